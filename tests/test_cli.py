@@ -1,0 +1,172 @@
+"""The tokenserver command: every subcommand and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from sqlalchemy import select
+
+from tokenserver.digests import digest
+from tokenserver.extensions import db
+from tokenserver.models import Client, SigningKey, User
+
+from .conftest import PASSWORD
+
+
+def test_users_create_from_stdin_and_list(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(
+        args=["users", "create", "alice", "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "created user alice" in result.output
+    listed = runner.invoke(args=["users", "list"])
+    assert "alice\tactive" in listed.output
+
+
+def test_users_create_with_prompt(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["users", "create", "bob"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+
+
+def test_users_create_errors_are_one_line(runner: FlaskCliRunner) -> None:
+    runner.invoke(args=["users", "create", "alice", "--password-stdin"], input=PASSWORD)
+    taken = runner.invoke(args=["users", "create", "ALICE", "--password-stdin"], input=PASSWORD)
+    assert taken.exit_code == 1
+    assert "taken" in taken.output
+    weak = runner.invoke(args=["users", "create", "carol", "--password-stdin"], input="password")
+    assert weak.exit_code == 1
+    assert "common" in weak.output
+    bad = runner.invoke(args=["users", "create", "x", "--password-stdin"], input=PASSWORD)
+    assert bad.exit_code == 1
+    for result in (taken, weak, bad):
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_users_disable_and_enable(app: Flask, runner: FlaskCliRunner) -> None:
+    runner.invoke(args=["users", "create", "dave", "--password-stdin"], input=PASSWORD)
+    assert runner.invoke(args=["users", "disable", "DAVE"]).exit_code == 0
+    assert "dave\tdisabled" in runner.invoke(args=["users", "list"]).output
+    assert runner.invoke(args=["users", "enable", "dave"]).exit_code == 0
+    with app.app_context():
+        assert db.session.scalars(select(User.disabled)).one() is False
+
+
+def test_users_disable_unknown_fails(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["users", "disable", "ghost"])
+    assert result.exit_code == 1
+    assert "ghost" in result.output
+
+
+def test_clients_create_json_stores_only_a_digest(app: Flask, runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["clients", "create", "web", "--json"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.output)
+    assert len(made["client_secret"]) >= 43  # 32 random bytes, base64url
+    assert made["grant_types"] == ["password", "refresh_token"]
+    assert made["scope"] == "junk:read junk:write"
+    with app.app_context():
+        stored = db.session.scalars(select(Client)).one()
+    assert stored.secret_hash == digest(made["client_secret"])
+    assert made["client_secret"] not in (stored.secret_hash or "")
+
+
+def test_clients_create_options(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(
+        args=[
+            "clients",
+            "create",
+            "rs",
+            "--grant",
+            "client_credentials",
+            "--scope",
+            "junk:read",
+            "--introspect",
+            "--json",
+        ]
+    )
+    made = json.loads(result.output)
+    assert made["grant_types"] == ["client_credentials"]
+    assert made["scope"] == "junk:read"
+    assert made["introspect"] is True
+
+
+def test_public_client_has_no_secret(runner: FlaskCliRunner) -> None:
+    made = json.loads(runner.invoke(args=["clients", "create", "spa", "--public", "--json"]).output)
+    assert "client_secret" not in made
+    assert made["public"] is True
+    plain = runner.invoke(args=["clients", "create", "spa2", "--public"])
+    assert "client_secret" not in plain.output
+
+
+def test_clients_create_refuses_bad_options(runner: FlaskCliRunner) -> None:
+    scope = runner.invoke(args=["clients", "create", "x", "--scope", "admin"])
+    assert scope.exit_code != 0
+    assert "admin" in scope.output
+    grant = runner.invoke(args=["clients", "create", "x", "--grant", "implicit"])
+    assert grant.exit_code != 0
+    public_cc = runner.invoke(
+        args=["clients", "create", "x", "--public", "--grant", "client_credentials"]
+    )
+    assert public_cc.exit_code != 0
+
+
+def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
+    made = json.loads(runner.invoke(args=["clients", "create", "web", "--json"]).output)
+    listed = runner.invoke(args=["clients", "list"]).output
+    assert made["client_id"] in listed
+    assert made["client_secret"] not in listed
+    assert runner.invoke(args=["clients", "delete", made["client_id"]]).exit_code == 0
+    assert made["client_id"] not in runner.invoke(args=["clients", "list"]).output
+    again = runner.invoke(args=["clients", "delete", made["client_id"]])
+    assert again.exit_code == 1
+    assert "no client" in again.output
+
+
+def test_ensure_demo_creates_only_when_no_client(runner: FlaskCliRunner) -> None:
+    first = runner.invoke(args=["clients", "ensure-demo"])
+    assert "demo client_secret" in first.output
+    second = runner.invoke(args=["clients", "ensure-demo"])
+    assert "demo client_secret" not in second.output
+
+
+def test_keys_rotate_and_list(app: Flask, runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["keys", "rotate"])
+    assert result.exit_code == 0
+    kid = result.output.split()[-1]
+    listed = runner.invoke(args=["keys", "list"]).output.splitlines()
+    assert listed[0].startswith(kid)
+    assert listed[0].endswith("current")
+    with app.app_context():
+        current = db.session.scalars(
+            select(SigningKey).where(SigningKey.retired_at.is_(None))
+        ).all()
+    assert [k.kid for k in current] == [kid]
+
+
+def test_help_explains_every_command(runner: FlaskCliRunner) -> None:
+    for path in (
+        ["users"],
+        ["clients"],
+        ["keys"],
+        ["tokens"],
+        ["db"],
+        ["users", "create"],
+        ["clients", "create"],
+        ["keys", "rotate"],
+        ["tokens", "purge"],
+    ):
+        result = runner.invoke(args=[*path, "--help"])
+        assert result.exit_code == 0
+        assert "Usage" in result.output
+
+
+def test_database_errors_are_one_line(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(database_url="sqlite:////nonexistent-dir/x.db")
+    result = app.test_cli_runner().invoke(args=["users", "list"])
+    assert result.exit_code == 1
+    assert "database error" in result.output
+    assert "Traceback" not in result.output

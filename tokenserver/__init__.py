@@ -1,0 +1,81 @@
+"""tokenserver: a standalone OAuth2 token server. create_app() assembles it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+
+from .config import Settings
+from .extensions import db, migrate
+
+MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI application from settings (read from the environment when not given)."""
+    app = Flask(__name__)
+    settings = (settings or Settings.from_env(instance_path=app.instance_path)).resolved(
+        app.instance_path
+    )
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings),
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["tokenserver.settings"] = settings
+    if settings.is_sqlite:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS, compare_type=True, render_as_batch=True)
+
+    from . import errors, observability, ops, users
+    from .keys import KeyRing
+    from .oauth import init_oauth
+    from .passwords import Passwords
+
+    app.extensions["tokenserver.passwords"] = Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+    )
+    with app.app_context():
+        app.extensions["tokenserver.keyring"] = KeyRing(
+            db.engine, settings.key_cache_seconds, settings.access_token_ttl
+        )
+        if settings.is_sqlite:
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+
+    errors.register_error_handlers(app)
+    observability.init_app(app)
+    init_oauth(app)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(users.bp)
+
+    from .cli import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    if settings.is_sqlite:
+        # A long busy timeout lets concurrent writers from several workers queue, not fail.
+        return {"connect_args": {"timeout": 30}}
+    return {
+        "pool_pre_ping": True,  # drop connections that died with a database restart
+        "pool_timeout": 5,  # an exhausted pool answers 503 soon rather than hanging
+        "connect_args": {"connect_timeout": 3},
+    }
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL so readers never block the writer; foreign keys enforced; fsync per checkpoint."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,276 @@
+"""The `tokenserver` command: database, users, clients, keys and token housekeeping."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import accounts
+from .config import ConfigError, Settings
+from .digests import digest, new_secret
+from .errors import APIError
+from .extensions import db
+from .keys import list_keys, rotate
+from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(f: F) -> F:
+    """Turn domain and database failures into one line on stderr and exit status 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except APIError as exc:
+            raise click.ClickException(exc.description) from None
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            raise click.ClickException(f"database error: {reason}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(group: click.Group, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """A subcommand that runs in the app context with one-line errors."""
+
+    def decorator(f: F) -> F:
+        return group.command(*args, **kwargs)(with_appcontext(_one_line_errors(f)))  # type: ignore[return-value]
+
+    return decorator
+
+
+@click.group()
+def users() -> None:
+    """Create, list, disable and enable user accounts."""
+
+
+@command(users, "create")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_create(username: str, password_stdin: bool) -> None:
+    """Create USERNAME, asking for the password (or reading it from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = accounts.register(username, password)
+    click.echo(f"created user {user.username} (id {user.id})")
+
+
+@command(users, "disable")
+@click.argument("username")
+def users_disable(username: str) -> None:
+    """Disable USERNAME: no new tokens, and every token they hold stops working at once."""
+    user = accounts.set_disabled(username, True)
+    click.echo(f"disabled {user.username}")
+
+
+@command(users, "enable")
+@click.argument("username")
+def users_enable(username: str) -> None:
+    """Enable USERNAME again."""
+    user = accounts.set_disabled(username, False)
+    click.echo(f"enabled {user.username}")
+
+
+@command(users, "list")
+def users_list() -> None:
+    """List every user: id, username, state, creation time."""
+    for user in accounts.list_all():
+        state = "disabled" if user.disabled else "active"
+        click.echo(f"{user.id}\t{user.username}\t{state}\t{isoformat(user.created_at)}")
+
+
+@click.group()
+def clients() -> None:
+    """Register, list and delete OAuth clients."""
+
+
+def create_client(
+    name: str, public: bool, grants: tuple[str, ...], scope: str | None, introspect: bool
+) -> tuple[Client, str | None]:
+    """Register a client; returns it with its secret (None for public clients)."""
+    chosen = list(dict.fromkeys(grants or DEFAULT_GRANTS))
+    if public and "client_credentials" in chosen:
+        raise APIError("a public client cannot use client_credentials (it has no secret)")
+    scopes = (scope or " ".join(SCOPES)).split()
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(SCOPES)}")
+    secret = None if public else new_secret(32)
+    client = Client(
+        client_id=new_secret(16),
+        name=name,
+        secret_hash=digest(secret) if secret else None,
+        grant_types=" ".join(chosen),
+        scope=" ".join(dict.fromkeys(scopes)),
+        can_introspect=introspect,
+    )
+    db.session.add(client)
+    db.session.commit()
+    return client, secret
+
+
+@command(clients, "create")
+@click.argument("name")
+@click.option("--public", is_flag=True, help="A public client (no secret; auth method none).")
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    type=click.Choice(GRANT_TYPES),
+    help="A grant type it may use; repeat for several. Default: password and refresh_token.",
+)
+@click.option("--scope", help="Space-separated scopes it may ask for. Default: every scope.")
+@click.option("--introspect", is_flag=True, help="A resource server: may introspect any token.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def clients_create(
+    name: str,
+    public: bool,
+    grants: tuple[str, ...],
+    scope: str | None,
+    introspect: bool,
+    as_json: bool,
+) -> None:
+    """Register client NAME and print its id and (once only) its secret."""
+    client, secret = create_client(name, public, grants, scope, introspect)
+    if as_json:
+        output = {"client_id": client.client_id, "client_secret": secret, **client.to_dict()}
+        if secret is None:
+            del output["client_secret"]
+        click.echo(json.dumps(output))
+        return
+    click.echo(f"client_id: {client.client_id}")
+    if secret:
+        click.echo(f"client_secret: {secret}")
+        click.echo("The secret is shown only now; store it safely.", err=True)
+
+
+@command(clients, "list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def clients_list(as_json: bool) -> None:
+    """List registered clients (never their secrets)."""
+    rows = db.session.scalars(select(Client).order_by(Client.id)).all()
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in rows]))
+        return
+    for c in rows:
+        kind = "public" if c.is_public else "confidential"
+        extra = " introspect" if c.can_introspect else ""
+        click.echo(f"{c.client_id}\t{c.name}\t{kind}\t{c.grant_types}\t{c.scope}{extra}")
+
+
+@command(clients, "delete")
+@click.argument("client_id")
+def clients_delete(client_id: str) -> None:
+    """Delete CLIENT_ID and every token issued to it."""
+    result = db.session.execute(delete(Client).where(Client.client_id == client_id))
+    db.session.commit()
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise click.ClickException(f"no client with id {client_id!r}")
+    click.echo(f"deleted {client_id}")
+
+
+@command(clients, "ensure-demo")
+def clients_ensure_demo() -> None:
+    """Create a demo confidential client if there is no client at all (used by `make run`)."""
+    if db.session.scalars(select(Client.id)).first() is not None:
+        click.echo("a client exists already; no demo client created")
+        return
+    client, secret = create_client(
+        "demo", False, ("password", "refresh_token", "client_credentials"), None, True
+    )
+    click.echo(f"demo client_id: {client.client_id}\ndemo client_secret: {secret}")
+
+
+@click.group()
+def keys() -> None:
+    """Rotate and list signing keys."""
+
+
+@command(keys, "rotate")
+def keys_rotate() -> None:
+    """Make a new signing key current; tokens signed by older keys stay valid until they expire."""
+    kid = rotate(db.engine)
+    click.echo(f"new signing key {kid}")
+
+
+@command(keys, "list")
+def keys_list() -> None:
+    """List signing keys: kid, creation time, and retirement time (if retired)."""
+    for key in list_keys(db.engine):
+        retired = isoformat(key.retired_at) if key.retired_at else "current"
+        click.echo(f"{key.kid}\t{isoformat(key.created_at)}\t{retired}")
+
+
+@click.group()
+def tokens() -> None:
+    """Housekeeping for token records."""
+
+
+@command(tokens, "purge")
+@click.option(
+    "--older-than",
+    default=86400,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Keep records until this many seconds past their expiry.",
+)
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Rows deleted per transaction, so the table is never locked for long.",
+)
+def tokens_purge(older_than: int, batch_size: int) -> None:
+    """Delete records of tokens expired long enough ago, and families left empty."""
+    from .purge import purge
+
+    records, families = purge(older_than, batch_size)
+    click.echo(f"purged {records} token records and {families} token families")
+
+
+def register_commands(app: Flask) -> None:
+    """Attach the command groups to the app's CLI (Flask-Migrate adds `db`)."""
+    for group in (users, clients, keys, tokens):
+        app.cli.add_command(group)
+
+
+def _create_app() -> Flask:
+    from . import create_app
+
+    return create_app()
+
+
+cli = FlaskGroup(
+    create_app=_create_app,
+    add_default_commands=False,
+    add_version_option=False,
+    help="Administer tokenserver: database, users, clients, signing keys, token records.",
+)
+
+
+def main() -> None:
+    """Entry point of the `tokenserver` console script."""
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    cli.main(prog_name="tokenserver")
+
+
+if __name__ == "__main__":
+    main()

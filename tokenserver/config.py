@@ -1,0 +1,137 @@
+"""Settings parsed once from the TOKENSERVER_* environment; the only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "TOKENSERVER_"
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("expected an http(s) URL such as https://auth.example.com")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    value = raw.strip()
+    try:
+        make_url(value)
+    except ArgumentError as exc:
+        raise ValueError("expected an SQLAlchemy URL") from exc
+    return value
+
+
+def _storage_uri(raw: str) -> str:
+    value = raw.strip()
+    if urlsplit(value).scheme not in {"memory", "redis", "rediss", "redis+unix"}:
+        raise ValueError("expected memory:// or a redis:// URL")
+    return value
+
+
+def _setting(env: str | None, parse: Callable[[str], Any], default: Any) -> Any:
+    """Declare a field read from TOKENSERVER_<env> (or a bare name) with its parser."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told, typed and validated."""
+
+    database_url: str = _setting("DATABASE_URL", _database_url, "")
+    issuer: str = _setting("ISSUER", _http_url, "http://localhost:8000")
+    audience: str = _setting("AUDIENCE", str.strip, "")
+    access_token_ttl: int = _setting("ACCESS_TOKEN_TTL", _positive_int, 900)
+    refresh_token_ttl: int = _setting("REFRESH_TOKEN_TTL", _positive_int, 2_592_000)
+    registration_open: bool = _setting("REGISTRATION_OPEN", _parse_bool, True)
+    ratelimit_storage_uri: str = _setting("RATELIMIT_STORAGE_URI", _storage_uri, "memory://")
+    ratelimit_enabled: bool = _setting("RATELIMIT_ENABLED", _parse_bool, True)
+    # Proxies in front of us whose X-Forwarded-For we believe; 0 trusts none (spoofable otherwise).
+    trusted_proxies: int = _setting("TRUSTED_PROXIES", _non_negative_int, 0)
+    # argon2id cost; the defaults sit above OWASP's minimum (19 MiB, t=2, p=1).
+    argon2_time_cost: int = _setting("ARGON2_TIME_COST", _positive_int, 2)
+    argon2_memory_kib: int = _setting("ARGON2_MEMORY_KIB", _positive_int, 19_456)
+    argon2_parallelism: int = _setting("ARGON2_PARALLELISM", _positive_int, 1)
+    # How long a worker trusts its copy of the signing keys before asking the database again.
+    key_cache_seconds: int = _setting("KEY_CACHE_SECONDS", _positive_int, 5)
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", _positive_int, 64 * 1024)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, instance_path: str | None = None
+    ) -> Settings:
+        """Build settings from the environment, raising ConfigError naming a bad variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+        return cls(**values).resolved(instance_path)
+
+    def resolved(self, instance_path: str | None = None) -> Settings:
+        """Fill the defaults that depend on other values (audience, SQLite path)."""
+        changes: dict[str, Any] = {}
+        if not self.audience:
+            changes["audience"] = self.issuer
+        if not self.database_url:
+            folder = Path(instance_path or Path.cwd() / "instance")
+            changes["database_url"] = f"sqlite:///{folder / 'tokenserver.db'}"
+        if not changes:
+            return self
+        return type(self)(**{**self.__dict__, **changes})
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is an SQLite file (which needs WAL and a busy timeout)."""
+        return self.database_url.startswith("sqlite")
+
+
+def current_settings() -> Settings:
+    """The settings of the app handling this request or command."""
+    from flask import current_app
+
+    settings: Settings = current_app.extensions["tokenserver.settings"]
+    return settings

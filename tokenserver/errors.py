@@ -1,0 +1,125 @@
+"""The API error family and the one renderer that turns every failure into JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    431: "request_header_fields_too_large",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    """An error the client should see, with its status, code and human description."""
+
+    status = 400
+    error = "invalid_request"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.status = status or self.status
+        self.error = error or self.error
+        self.headers = headers or {}
+
+
+class InvalidRequest(APIError):
+    """The request body or parameters break a rule; the description names the field."""
+
+
+class NotFound(APIError):
+    """Nothing at this address for this caller."""
+
+    status = 404
+    error = "not_found"
+
+
+class Conflict(APIError):
+    """The request collides with existing state."""
+
+    status = 409
+    error = "conflict"
+
+
+class Forbidden(APIError):
+    """The server refuses the action whoever asks."""
+
+    status = 403
+    error = "forbidden"
+
+
+def error_response(
+    status: int, error: str, description: str, headers: dict[str, Any] | None = None
+) -> Response:
+    """The one JSON shape of every error: {"error", "error_description"}."""
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    response = exc.get_response()
+    if response.mimetype == "application/json" and exc.response is not None:
+        return response  # already rendered as JSON (e.g. by Authlib's ResourceProtector)
+    headers = {k: v for k, v in response.headers.items() if k in ("Allow", "WWW-Authenticate")}
+    error = _HTTP_CODES.get(status, "error")
+    return error_response(status, error, exc.description or exc.name, headers)
+
+
+def _database_error(exc: DBAPIError) -> Response:
+    log.error("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The database is unavailable; try again shortly.",
+        {"Retry-After": "1"},
+    )
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error (request id %s)", g.get("request_id", "-"))
+    return error_response(500, "server_error", "An unexpected error occurred.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every failure through error_response()."""
+    app.register_error_handler(
+        APIError, lambda e: error_response(e.status, e.error, e.description, e.headers)
+    )
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(DBAPIError, _database_error_or_bug)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _database_error_or_bug(exc: DBAPIError) -> Response:
+    # A lost connection is an outage (503); anything else from the driver is our bug (500).
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return _database_error(exc)
+    return _unexpected(exc)

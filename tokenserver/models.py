@@ -1,0 +1,235 @@
+"""Typed SQLAlchemy models: users, OAuth clients, signing keys, token records, junk items."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from .extensions import db
+
+SCOPES = ("junk:read", "junk:write")
+DEFAULT_GRANTS = ("password", "refresh_token")
+GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so 64-bit ids are plain INTEGER there.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (SQLite forgets zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def isoformat(value: datetime) -> str:
+    """RFC 3339 text for a UTC timestamp, as the API renders it."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    """A resource owner who signs in with a username and password."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    # Lower-cased copy that carries the uniqueness rule: "Alice" and "alice" are one account.
+    username_key: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(512))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def get_user_id(self) -> int:
+        """Authlib's hook for the `sub` claim."""
+        return self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view of the user, as every route renders it."""
+        return {
+            "id": self.id,
+            "username": self.username,
+            "disabled": self.disabled,
+            "created_at": isoformat(self.created_at),
+        }
+
+
+class Client(db.Model):  # type: ignore[name-defined,misc]
+    """An OAuth client; confidential ones hold a secret stored only as its SHA-256 digest."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    grant_types: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(200))
+    can_introspect: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def is_public(self) -> bool:
+        """Public clients (apps that cannot keep a secret) authenticate with `none`."""
+        return self.secret_hash is None
+
+    @property
+    def scopes(self) -> list[str]:
+        """The scopes this client is registered for."""
+        return self.scope.split()
+
+    @property
+    def grants(self) -> list[str]:
+        """The grant types this client may use."""
+        return self.grant_types.split()
+
+    # --- Authlib's ClientMixin protocol -------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grants
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.is_public:
+            return method == "none"
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        from .digests import digest
+
+        if self.secret_hash is None:
+            return False
+        # Constant-time comparison of digests: no timing oracle on the secret.
+        return hmac.compare_digest(self.secret_hash, digest(client_secret))
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        """The scope to grant: all registered scopes when none is asked for.
+
+        Authlib drops scopes the client may not have; RFC 6749 §5.2 says invalid_scope.
+        """
+        from authlib.oauth2.rfc6749.errors import InvalidScopeError
+
+        if not scope:
+            return self.scope
+        requested = scope.split()
+        if not set(requested) <= set(self.scopes):
+            raise InvalidScopeError("The requested scope exceeds what this client may ask for.")
+        return " ".join(dict.fromkeys(requested))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public description of the client (never its secret)."""
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "public": self.is_public,
+            "grant_types": self.grants,
+            "scope": self.scope,
+            "introspect": self.can_introspect,
+            "created_at": isoformat(self.created_at),
+        }
+
+
+class SigningKey(db.Model):  # type: ignore[name-defined,misc]
+    """An RSA signing key shared by every worker and node; retired keys still verify."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_pem: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TokenFamily(db.Model):  # type: ignore[name-defined,misc]
+    """Every token descended from one login (or one client-credentials grant)."""
+
+    __tablename__ = "token_families"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TokenRecord(db.Model):  # type: ignore[name-defined,misc]
+    """One issued token: an access token by its `jti`, a refresh token by its SHA-256 digest."""
+
+    __tablename__ = "token_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    family_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("token_families.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # "access" or "refresh"
+    jti: Mapped[str | None] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(200))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JunkItem(db.Model):  # type: ignore[name-defined,misc]
+    """A user's own piece of data."""
+
+    __tablename__ = "junk_items"
+    # Keyset pagination walks (owner_id, id): a deep page costs what the first one does.
+    __table_args__ = (Index("ix_junk_items_owner_id_id", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The item as the API renders it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }

@@ -1,0 +1,59 @@
+"""The three grants we serve, each adjusted where Authlib's default disagrees with our contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidGrantError
+
+from .. import accounts
+from ..extensions import db
+from ..models import User
+from .tokens import RefreshCredential, spend_refresh_token
+
+# Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
+_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
+    """RFC 6749 §4.3: username and password for tokens."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+
+    def authenticate_user(self, username: str, password: str) -> User:
+        # Authlib answers bad credentials with invalid_request; RFC 6749 §5.2 says invalid_grant.
+        user = accounts.authenticate(username, password)
+        if user is None:
+            raise InvalidGrantError("The username or password is wrong.")
+        return user
+
+
+class RefreshGrant(grants.RefreshTokenGrant):
+    """RFC 6749 §6 with rotation: each refresh token works once (RFC 9700 §4.14.2)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential:
+        # Authlib reads here and revokes after saving, in separate steps; we spend it atomically.
+        credential = spend_refresh_token(refresh_token, self.request.client)
+        if credential is None:
+            raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+        return credential
+
+    def authenticate_user(self, refresh_token: RefreshCredential) -> User:
+        # A disabled user's refresh tokens die with the rest (invalid_grant, not invalid_request).
+        user = db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+        if user is None or user.disabled:
+            raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+        return user
+
+    def revoke_old_credential(self, refresh_token: Any) -> None:
+        """Nothing to do: authenticate_refresh_token already spent it."""
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """RFC 6749 §4.4: a confidential client acting for itself."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]

@@ -1,0 +1,85 @@
+"""/oauth/* and /.well-known/*: the token, introspection and revocation endpoints, metadata."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..config import current_settings
+from ..errors import InvalidRequest
+from ..keys import current_keyring
+from ..models import GRANT_TYPES, SCOPES
+
+bp = Blueprint("oauth", __name__)
+
+
+def _server():  # type: ignore[no-untyped-def]
+    from . import server
+
+    return server
+
+
+def _require_form() -> None:
+    # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+
+
+@bp.post("/oauth/token")
+def token() -> Response:
+    """Issue tokens for the password, refresh_token and client_credentials grants."""
+    _require_form()
+    if not request.form.get("grant_type"):
+        raise InvalidRequest("'grant_type' is required")
+    response: Response = _server().create_token_response()
+    return response
+
+
+@bp.post("/oauth/introspect")
+@bp.post("/introspect")
+def introspect() -> Response:
+    """RFC 7662 token introspection for authenticated clients."""
+    _require_form()
+    response: Response = _server().create_endpoint_response("introspection")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/oauth/revoke")
+def revoke() -> Response:
+    """RFC 7009 token revocation."""
+    _require_form()
+    response: Response = _server().create_endpoint_response("revocation")
+    return response
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def metadata() -> Response:
+    """RFC 8414 authorization server metadata."""
+    issuer = current_settings().issuer
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    response = jsonify(
+        issuer=issuer,
+        token_endpoint=f"{issuer}/oauth/token",
+        introspection_endpoint=f"{issuer}/oauth/introspect",
+        revocation_endpoint=f"{issuer}/oauth/revoke",
+        jwks_uri=f"{issuer}/.well-known/jwks.json",
+        grant_types_supported=list(GRANT_TYPES),
+        response_types_supported=[],
+        token_endpoint_auth_methods_supported=auth_methods,
+        introspection_endpoint_auth_methods_supported=auth_methods[:2],
+        revocation_endpoint_auth_methods_supported=auth_methods,
+        scopes_supported=list(SCOPES),
+        token_endpoint_auth_signing_alg_values_supported=["RS256"],
+        service_documentation=f"{issuer}/openapi.json",
+    )
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    """RFC 7517 public keys: the current one and retired ones whose tokens may live."""
+    response = jsonify(current_keyring().jwks())
+    # Short, so resource servers see a rotation soon; they refetch on an unknown kid anyway.
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response

@@ -1,0 +1,82 @@
+"""Reading request bodies: a JSON object (or a form where allowed) with known fields only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from .errors import APIError, InvalidRequest
+
+_MAX_JSON_DEPTH = 20
+
+
+def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[str, Any]:
+    """The body's fields, refusing other media types, malformed JSON and unknown fields."""
+    mimetype = request.mimetype
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        data = _json_object()
+    elif allow_form and mimetype == "application/x-www-form-urlencoded":
+        data = {key: request.form.getlist(key) for key in request.form}
+        for key, values in data.items():
+            if len(values) != 1:
+                raise InvalidRequest(f"'{key}' must be given once")
+            data[key] = values[0]
+    else:
+        accepted = "application/json" + (" or a form" if allow_form else "")
+        raise APIError(f"send the body as {accepted}", status=415, error="unsupported_media_type")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field '{unknown[0]}'")
+    return data
+
+
+def _json_object() -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > _MAX_JSON_DEPTH and _nesting_depth(raw) > _MAX_JSON_DEPTH:
+        raise InvalidRequest("the JSON body is nested too deeply")
+    data = request.get_json(silent=True)
+    if data is None and raw.strip() not in (b"null",):
+        raise InvalidRequest("the body is not valid JSON")
+    if not isinstance(data, dict):
+        raise InvalidRequest("the JSON body must be an object")
+    return data
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Bracket depth, counted before parsing so a deeply nested body cannot exhaust the stack."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def require_string(
+    data: dict[str, Any], field: str, *, max_length: int, min_length: int = 0
+) -> str:
+    """A string field within length bounds, or a 400 naming the field."""
+    if field not in data:
+        raise InvalidRequest(f"'{field}' is required")
+    value = data[field]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be a string")
+    if len(value) < min_length:
+        raise InvalidRequest(f"'{field}' must be at least {min_length} characters")
+    if len(value) > max_length:
+        raise InvalidRequest(f"'{field}' must be at most {max_length} characters")
+    return value
