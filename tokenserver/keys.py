@@ -7,10 +7,11 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .models import SigningKey, utcnow
 
@@ -18,8 +19,6 @@ KEY_SIZE = 2048
 ALGORITHM = "RS256"
 # A token may be presented a little after `exp` on a skewed clock; keep its key that much longer.
 _RETIREMENT_GRACE = timedelta(seconds=60)
-# An unknown `kid` triggers a reload at most this often, so forged kids cannot hammer the database.
-_MISS_RELOAD_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class KeyRing:
         self._loaded_at = float("-inf")
         self._current: RSAKey | None = None
         self._keys: dict[str, RSAKey] = {}
-        self._public: list[dict[str, object]] = []
+        self._public: list[dict[str, Any]] = []
 
     def signing_key(self) -> RSAKey:
         """The key new tokens are signed with, creating the first one if there is none."""
@@ -100,9 +99,13 @@ class KeyRing:
         """The public key for `kid`, if it may still verify tokens."""
         self._refresh_if_stale()
         key = self._keys.get(kid)
-        if key is None and time.monotonic() - self._loaded_at > _MISS_RELOAD_INTERVAL:
+        if key is None:
+            # Perhaps rotated elsewhere since our last look: reload once. Concurrent misses
+            # share one reload, so an unknown kid costs one small query, as a valid token does.
+            asked = time.monotonic()
             with self._lock:
-                self._load()  # perhaps rotated on another node since our last look
+                if self._loaded_at < asked:
+                    self._load()
             key = self._keys.get(kid)
         return key
 
@@ -125,28 +128,29 @@ class KeyRing:
         cutoff = utcnow() - self._retention
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(
-                    SigningKey.kid,
-                    SigningKey.private_pem,
-                    SigningKey.public_jwk,
-                    SigningKey.retired_at,
-                )
+                select(SigningKey.kid, SigningKey.public_jwk, SigningKey.retired_at)
                 .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > cutoff))
                 .order_by(SigningKey.created_at.desc())
             ).all()
-        keys: dict[str, RSAKey] = {}
-        current: RSAKey | None = None
-        for kid, pem, _jwk, retired_at in rows:
-            key = self._keys.get(kid) or RSAKey.import_key(
-                pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM}
-            )
-            keys[kid] = key
-            if current is None and retired_at is None:
-                current = key
-        self._keys = keys
-        self._public = [json.loads(jwk) for _kid, _pem, jwk, _r in rows]
+            current_kid = next((kid for kid, _jwk, retired_at in rows if retired_at is None), None)
+            current = self._current if self._current and self._current.kid == current_kid else None
+            if current is None and current_kid is not None:
+                current = _private_key(conn, current_kid)
+        # Verifying needs only public keys; the private part is parsed for the current key alone.
+        self._public = [json.loads(jwk) for _kid, jwk, _retired_at in rows]
+        self._keys = {
+            kid: self._keys.get(kid) or RSAKey.import_key(jwk)
+            for (kid, _jwk, _retired_at), jwk in zip(rows, self._public, strict=True)
+        }
         self._current = current
         self._loaded_at = time.monotonic()
+
+
+def _private_key(conn: Connection, kid: str) -> RSAKey:
+    pem: str = conn.execute(
+        select(SigningKey.private_pem).where(SigningKey.kid == kid)
+    ).scalar_one()
+    return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
 
 
 def current_keyring() -> KeyRing:

@@ -5,27 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
-from authlib.oauth2 import OAuth2Error
-from flask import Flask
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2 import OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InsecureTransportError
+from flask import Flask, current_app
+from flask import request as flask_request
 from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
 
+from .. import audit
 from ..config import Settings
+from ..errors import InvalidRequest
 from ..extensions import db
+from ..keys import KeyRing
 from ..models import SCOPES, Client
 from . import grants
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .tokens import RefreshCredential, TokenGenerator, record_issued
+from .records import RefreshCredential, record_issued
+from .tokens import TokenGenerator, issued_claims
 
-
-class AuthorizationServer(_AuthorizationServer):
-    """Authlib's server with every OAuth error carrying a description, as our contract says."""
-
-    def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
-        if not error.description:
-            error.description = _DESCRIPTIONS.get(error.error, "The request was refused.")
-        return super().handle_error_response(request, error)
-
-
+_MAX_CLIENT_ID_LENGTH = 64  # the column's width
 _DESCRIPTIONS = {
     "invalid_client": "Client authentication failed.",
     "invalid_grant": "The grant is invalid, expired or revoked.",
@@ -33,32 +32,95 @@ _DESCRIPTIONS = {
     "invalid_scope": "The requested scope is invalid or not allowed for this client.",
     "unauthorized_client": "This client may not use this grant type.",
     "unsupported_grant_type": "This grant type is not supported.",
-    "unsupported_token_type": "This token type is not supported.",
 }
 
-server = AuthorizationServer()
+
+class _FormPayload(FlaskOAuth2Payload):
+    """Parameters from the body only: RFC 6749 §3.2 and RFC 7009/7662 say form-encoded."""
+
+    @property
+    def data(self) -> MultiDict[str, str]:
+        return self._request.form
+
+
+class _Request(FlaskOAuth2Request):
+    """Authlib's request, with body-only parameters and TLS judged by the issuer's URL."""
+
+    def __init__(self, issuer: str) -> None:
+        # TLS usually ends at a proxy in front of us, so Authlib's https check must look at the
+        # address clients use (the issuer), not at the plain-HTTP hop that reaches gunicorn.
+        OAuth2Request.__init__(
+            self, flask_request.method, issuer + flask_request.path, headers=flask_request.headers
+        )
+        self._request = flask_request
+        self.payload = _FormPayload(flask_request)
+
+
+class AuthorizationServer(_AuthorizationServer):
+    """Authlib's server with our request reading and RFC-conformant error statuses."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        try:
+            return _Request(self.settings.issuer)
+        except InsecureTransportError:
+            # Never a 500: an http:// issuer off loopback is refused as Authlib would have it.
+            raise InvalidRequest("OAuth 2 requires https: the issuer is not an https URL") from None
+
+    def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
+        # Undo half-done work, e.g. a refresh token spent before a later check failed.
+        db.session.rollback()
+        error.description = error.description or _DESCRIPTIONS.get(error.error, "Refused.")
+        if error.error == "invalid_client":
+            # Authlib answers an unknown client_id sent in the body with 400; a failed client
+            # authentication is 401 however it was tried (RFC 6749 §5.2 allows it; API.md says so).
+            error.status_code = 401
+        return super().handle_error_response(request, error)
+
+
+def current_server() -> AuthorizationServer:
+    """The authorization server of the app handling this request."""
+    server: AuthorizationServer = current_app.extensions["tokenserver.oauth"]
+    return server
 
 
 def _query_client(client_id: str) -> Client | None:
+    if len(client_id) > _MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
+        return None  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a 401)
     return db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
 
 
+def _audit_issued(request: Any, claims: dict[str, Any], family_id: str, refreshed: bool) -> None:
+    """One audit line per token response: who got what, never the token itself."""
+    fields: dict[str, Any] = {"client_id": request.client.client_id, "family_id": family_id}
+    fields |= {"jti": claims["jti"], "scope": claims["scope"]}
+    if refreshed:
+        audit.event("token.refreshed", **fields)
+        return
+    if request.user is not None:
+        fields |= {"user_id": request.user.id, "username": request.user.username}
+    audit.event("token.issued", grant_type=request.payload.grant_type, **fields)
+
+
 def init_oauth(app: Flask) -> None:
-    """Bind the authorization server, its grants and endpoints to the app."""
+    """Build this app's authorization server, its grants and endpoints, and the routes."""
     settings: Settings = app.extensions["tokenserver.settings"]
-    keyring = app.extensions["tokenserver.keyring"]
+    keyring: KeyRing = app.extensions["tokenserver.keyring"]
 
     def save_token(token: dict[str, Any], request: Any) -> None:
-        parent = getattr(request, "refresh_token", None)
-        record_issued(
-            token,
-            request.client,
-            request.user,
-            settings.refresh_token_ttl,
-            parent if isinstance(parent, RefreshCredential) else None,
+        parent: RefreshCredential | None = request.refresh_token  # set by the refresh grant only
+        claims = issued_claims(token["access_token"])
+        family_id = record_issued(
+            token, claims, request.client, request.user, settings.refresh_token_ttl, parent
         )
+        _audit_issued(request, claims, family_id, refreshed=parent is not None)
 
+    server = AuthorizationServer(settings)
     server.init_app(app, query_client=_query_client, save_token=save_token)
+    # A scope no client may have is invalid_scope (Authlib checks this list, then the client's).
     server.scopes_supported = list(SCOPES)
     server.register_token_generator(
         "default",
@@ -69,6 +131,7 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
+    app.extensions["tokenserver.oauth"] = server
 
     from .routes import bp
 

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
-from flask import current_app
-from joserfc.errors import JoseError
 
-from ..digests import digest
-from ..extensions import db
-from ..keys import current_keyring
-from ..models import Client, TokenRecord
-from . import tokens
+from ..config import current_settings
+from ..models import Client
+from . import records
+from .tokens import TokenRejected, is_jwt_shaped, verified_claims
 
-_CLIENT_AUTH = ["client_secret_basic", "client_secret_post"]
+
+def _claims_or_none(token: str) -> dict[str, Any] | None:
+    try:
+        return verified_claims(token)
+    except TokenRejected:
+        return None
 
 
 class TokenView:
-    """A presented token as Authlib's endpoints ask about it."""
+    """A live token as Authlib's introspection endpoint asks about it."""
 
-    def __init__(self, live: tokens.LiveToken) -> None:
+    def __init__(self, live: records.LiveToken) -> None:
         self.live = live
 
     def check_client(self, client: Client) -> bool:
@@ -34,44 +37,46 @@ class TokenView:
         return False
 
 
-def find_live_token(token: str, hint: str | None = None) -> TokenView | None:
-    """The live token behind a presented string, access or refresh, or None."""
-    if tokens.is_jwt_shaped(token) and hint != "refresh_token":
-        try:
-            _header, claims = tokens.verify_access_token(token, current_keyring())
-            _check_registered_claims(claims)
-        except (JoseError, ValueError, KeyError, TypeError):
-            return None
-        live = tokens.live_access_token(claims)
-    elif len(token) <= 512:
-        live = tokens.live_refresh_token(token)
+def find_live_token(token: str) -> TokenView | None:
+    """The live token behind a presented string, access or refresh, or None.
+
+    The type hint is not needed: a JWT is never a refresh token, and RFC 7662 §2.1 lets us
+    search every type whatever the hint says.
+    """
+    if is_jwt_shaped(token):
+        claims = _claims_or_none(token)
+        live = records.live_access_token(claims) if claims else None
     else:
-        return None
+        live = records.live_refresh_token(token)
     return TokenView(live) if live else None
 
 
-def _check_registered_claims(claims: dict[str, Any]) -> None:
-    from .protect import claims_problem
-
-    problem = claims_problem(claims)
-    if problem:
-        raise ValueError(problem)
+def _require_token(request: Any) -> None:
+    # Authlib refuses a token_type_hint it does not know; RFC 7009 §2.1 and RFC 7662 §2.1 let
+    # the server ignore the hint, and we can tell the types apart without it.
+    if "token" not in request.form:
+        raise InvalidRequestError("'token' is required")
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):
     """Any client may ask about its own tokens; a resource server about any token."""
 
-    CLIENT_AUTH_METHODS = _CLIENT_AUTH
+    # Authlib allows only client_secret_basic; public clients (`none`) may not introspect.
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def check_params(self, request: Any, client: Client) -> None:
+        _require_token(request)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenView | None:
-        return find_live_token(token_string, token_type_hint)
+        return find_live_token(token_string)
 
     def check_permission(self, token: TokenView, client: Client, request: Any) -> bool:
+        # A token of another client reads as {"active": false}, exactly like an unknown one.
         return client.can_introspect or token.check_client(client)
 
     def introspect_token(self, token: TokenView) -> dict[str, Any]:
         live = token.live
-        settings = current_app.extensions["tokenserver.settings"]
+        settings = current_settings()
         payload: dict[str, Any] = {
             "active": True,
             "scope": live.scope,
@@ -81,7 +86,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             "iss": settings.issuer,
             "exp": live.expires_at,
             "iat": live.issued_at,
-            "token_type": "Bearer" if live.kind == tokens.ACCESS else "refresh_token",
+            "token_type": "Bearer" if live.kind == records.ACCESS else "refresh_token",
         }
         if live.user is not None:
             payload["username"] = live.user.username
@@ -93,16 +98,17 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
 class RevocationEndpoint(_RevocationEndpoint):
     """Revoking a refresh token kills its family; an access token, just itself."""
 
-    CLIENT_AUTH_METHODS = _CLIENT_AUTH + ["none"]
+    # Authlib allows only client_secret_basic; public clients must be able to log out too.
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def check_params(self, request: Any, client: Client) -> None:
+        _require_token(request)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
-        if tokens.is_jwt_shaped(token_string):
-            try:
-                _header, claims = tokens.verify_access_token(token_string, current_keyring())
-            except (JoseError, ValueError, KeyError, TypeError):
-                return None
-            return _RecordView.by_jti(claims.get("jti"))
-        return _RecordView.by_hash(digest(token_string)) if len(token_string) <= 512 else None
+        if is_jwt_shaped(token_string):
+            claims = _claims_or_none(token_string)
+            return records.stored_access_token(claims["jti"]) if claims else None
+        return records.stored_refresh_token(token_string)
 
     def authenticate_token(self, request: Any, client: Client) -> Any:
         # Authlib answers another client's token with invalid_grant, which confirms the token
@@ -111,38 +117,8 @@ class RevocationEndpoint(_RevocationEndpoint):
         token = self.query_token(request.form["token"], request.form.get("token_type_hint"))
         return token if token is not None and token.check_client(client) else None
 
-    def revoke_token(self, token: _RecordView, request: Any) -> None:
-        if token.record.kind == tokens.REFRESH:
-            tokens.revoke_family(token.record.family_id)
-        elif token.record.jti:
-            tokens.revoke_access_token(token.record.jti)
-
-
-class _RecordView:
-    """A stored token record, whatever its state, for revocation."""
-
-    def __init__(self, record: TokenRecord, client_id: str) -> None:
-        self.record = record
-        self.client_id = client_id
-
-    @classmethod
-    def by_jti(cls, jti: object) -> _RecordView | None:
-        return cls._first(TokenRecord.jti == jti) if isinstance(jti, str) else None
-
-    @classmethod
-    def by_hash(cls, token_hash: str) -> _RecordView | None:
-        return cls._first(TokenRecord.token_hash == token_hash)
-
-    @classmethod
-    def _first(cls, condition: Any) -> _RecordView | None:
-        from ..models import TokenFamily
-
-        row = db.session.execute(
-            db.select(TokenRecord, TokenFamily.client_id)
-            .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-            .where(condition)
-        ).first()
-        return cls(row.TokenRecord, row.client_id) if row else None
-
-    def check_client(self, client: Client) -> bool:
-        return self.client_id == client.client_id
+    def revoke_token(self, token: records.StoredToken, request: Any) -> None:
+        if token.kind == records.REFRESH:
+            records.revoke_family(token.family_id)
+        elif token.jti:
+            records.revoke_access_token(token.jti)

@@ -10,7 +10,7 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError
 from .. import accounts
 from ..extensions import db
 from ..models import User
-from .tokens import RefreshCredential, spend_refresh_token
+from .records import RefreshCredential, spend_refresh_token
 
 # Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
@@ -33,6 +33,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
     """RFC 6749 §6 with rotation: each refresh token works once (RFC 9700 §4.14.2)."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+    # Authlib issues no new refresh token on refresh by default; rotation needs one every time.
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential:
@@ -56,4 +57,5 @@ class RefreshGrant(grants.RefreshTokenGrant):
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """RFC 6749 §4.4: a confidential client acting for itself."""
 
+    # RFC 6749 §4.4: confidential clients only, so no `none`.
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]

@@ -8,20 +8,21 @@ from ..config import current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, SCOPES
+from . import current_server
+from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .grants import PasswordGrant
 
 bp = Blueprint("oauth", __name__)
-
-
-def _server():  # type: ignore[no-untyped-def]
-    from . import server
-
-    return server
 
 
 def _require_form() -> None:
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
+    repeated = next((name for name, values in request.form.lists() if len(values) > 1), None)
+    if repeated:
+        raise InvalidRequest(f"{repeated!r} must not be given more than once")
 
 
 @bp.post("/oauth/token")
@@ -30,7 +31,7 @@ def token() -> Response:
     _require_form()
     if not request.form.get("grant_type"):
         raise InvalidRequest("'grant_type' is required")
-    response: Response = _server().create_token_response()
+    response: Response = current_server().create_token_response()
     return response
 
 
@@ -39,7 +40,7 @@ def token() -> Response:
 def introspect() -> Response:
     """RFC 7662 token introspection for authenticated clients."""
     _require_form()
-    response: Response = _server().create_endpoint_response("introspection")
+    response: Response = current_server().create_endpoint_response("introspection")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -48,7 +49,7 @@ def introspect() -> Response:
 def revoke() -> Response:
     """RFC 7009 token revocation."""
     _require_form()
-    response: Response = _server().create_endpoint_response("revocation")
+    response: Response = current_server().create_endpoint_response("revocation")
     return response
 
 
@@ -56,7 +57,6 @@ def revoke() -> Response:
 def metadata() -> Response:
     """RFC 8414 authorization server metadata."""
     issuer = current_settings().issuer
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
     response = jsonify(
         issuer=issuer,
         token_endpoint=f"{issuer}/oauth/token",
@@ -64,12 +64,11 @@ def metadata() -> Response:
         revocation_endpoint=f"{issuer}/oauth/revoke",
         jwks_uri=f"{issuer}/.well-known/jwks.json",
         grant_types_supported=list(GRANT_TYPES),
-        response_types_supported=[],
-        token_endpoint_auth_methods_supported=auth_methods,
-        introspection_endpoint_auth_methods_supported=auth_methods[:2],
-        revocation_endpoint_auth_methods_supported=auth_methods,
+        response_types_supported=[],  # no authorization endpoint: only token grants
+        token_endpoint_auth_methods_supported=PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
+        introspection_endpoint_auth_methods_supported=IntrospectionEndpoint.CLIENT_AUTH_METHODS,
+        revocation_endpoint_auth_methods_supported=RevocationEndpoint.CLIENT_AUTH_METHODS,
         scopes_supported=list(SCOPES),
-        token_endpoint_auth_signing_alg_values_supported=["RS256"],
         service_documentation=f"{issuer}/openapi.json",
     )
     response.headers["Cache-Control"] = "public, max-age=300"

@@ -1,0 +1,281 @@
+"""End to end against real gunicorn workers on loopback, with real OAuth2 client libraries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt as pyjwt
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session as AuthlibSession
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from oauthlib.oauth2 import LegacyApplicationClient
+from requests.auth import HTTPBasicAuth
+from requests_oauthlib import OAuth2Session as OAuthlibSession
+
+from tokenserver.config import Settings
+
+from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from .test_oauth_token import claims_of, header_of
+
+ISSUER = "http://localhost:8000"  # what the server is configured to call itself
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def server(base_settings: Settings) -> Iterator[LiveServer]:
+    """Gunicorn for the whole module; keys cached for 1 s so a rotation shows up quickly."""
+    live = LiveServer(base_settings, WORKERS, TOKENSERVER_KEY_CACHE_SECONDS="1").start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def live(server: LiveServer, app: Flask) -> LiveServer:
+    """The module's server, with the test database cleaned after each test (through `app`)."""
+    return server
+
+
+@pytest.fixture
+def app_client(actions: Actions) -> RegisteredClient:
+    """Alice and a confidential client for her app."""
+    actions.user("alice")
+    return actions.oauth_client("app")
+
+
+def password_login(live: LiveServer, oauth_client: RegisteredClient, **extra: str) -> Any:
+    """A password grant for alice over HTTP."""
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
+    return requests.post(f"{live.url}/oauth/token", data=data, auth=oauth_client.auth, timeout=10)
+
+
+def me(live: LiveServer, access_token: str) -> requests.Response:
+    """GET /users/me on a fresh connection (so any worker may answer)."""
+    headers = {"Authorization": f"Bearer {access_token}", "Connection": "close"}
+    return requests.get(f"{live.url}/users/me", headers=headers, timeout=10)
+
+
+def test_requests_oauthlib_legacy_client_fetches_refreshes_and_uses_tokens(
+    live: LiveServer, app_client: RegisteredClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP on loopback only
+    token_url = f"{live.url}/oauth/token"
+    session = OAuthlibSession(client=LegacyApplicationClient(client_id=app_client.client_id))
+    token = session.fetch_token(
+        token_url,
+        username="alice",
+        password=PASSWORD,
+        client_id=app_client.client_id,
+        client_secret=app_client.secret,
+    )
+    assert token["token_type"] == "Bearer"
+    assert session.get(f"{live.url}/users/me").json()["username"] == "alice"
+    refreshed = session.refresh_token(token_url, auth=HTTPBasicAuth(*app_client.auth))
+    assert refreshed["refresh_token"] != token["refresh_token"]
+    assert session.get(f"{live.url}/users/me").status_code == 200
+    # The spent token, replayed, is refused and takes the session's login with it.
+    replay = requests.post(
+        token_url,
+        data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+        auth=app_client.auth,
+        timeout=10,
+    )
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+    assert session.get(f"{live.url}/users/me").status_code == 401
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_authlib_client_fetches_auto_refreshes_and_uses_tokens(
+    live: LiveServer, app_client: RegisteredClient, method: str
+) -> None:
+    updates: list[dict[str, Any]] = []
+    session = AuthlibSession(
+        app_client.client_id,
+        app_client.secret,
+        token_endpoint=f"{live.url}/oauth/token",
+        token_endpoint_auth_method=method,
+        update_token=lambda token, refresh_token=None, access_token=None: updates.append(token),
+    )
+    first = session.fetch_token(username="alice", password=PASSWORD, grant_type="password")
+    assert session.get(f"{live.url}/users/me").json()["username"] == "alice"
+    # A leeway beyond the token's life makes the client refresh before its next call.
+    session.leeway = 10_000
+    assert session.get(f"{live.url}/users/me").status_code == 200
+    assert len(updates) == 1
+    assert updates[0]["refresh_token"] != first["refresh_token"]
+    assert session.token["access_token"] == updates[0]["access_token"]
+
+
+def test_public_client_with_none_works_end_to_end(live: LiveServer, actions: Actions) -> None:
+    actions.user("alice")
+    spa = actions.oauth_client("spa", public=True)
+    session = AuthlibSession(
+        spa.client_id,
+        token_endpoint=f"{live.url}/oauth/token",
+        token_endpoint_auth_method="none",
+    )
+    session.fetch_token(username="alice", password=PASSWORD, grant_type="password")
+    assert session.get(f"{live.url}/users/me").status_code == 200
+    refreshed = session.refresh_token()
+    assert claims_of(refreshed["access_token"])["client_id"] == spa.client_id
+    revoked = session.revoke_token(
+        f"{live.url}/oauth/revoke", refreshed["refresh_token"], token_type_hint="refresh_token"
+    )
+    assert revoked.status_code == 200
+    assert session.get(f"{live.url}/users/me").status_code == 401
+
+
+def test_pyjwt_verifies_our_tokens_from_the_published_jwks(
+    live: LiveServer, app_client: RegisteredClient
+) -> None:
+    access_token = password_login(live, app_client).json()["access_token"]
+    metadata = requests.get(f"{live.url}/.well-known/oauth-authorization-server", timeout=10)
+    jwks_uri = metadata.json()["jwks_uri"]
+    assert jwks_uri == f"{ISSUER}/.well-known/jwks.json"
+    # The issuer names the public address; on loopback the same path is on our port.
+    keys = pyjwt.PyJWKClient(live.url + urlsplit(jwks_uri).path)
+    signing_key = keys.get_signing_key_from_jwt(access_token)
+    claims = pyjwt.decode(
+        access_token,
+        signing_key.key,
+        algorithms=["RS256"],
+        audience=ISSUER,
+        issuer=ISSUER,
+        options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+    )
+    assert claims["username"] == "alice"
+    with pytest.raises(pyjwt.InvalidAudienceError):
+        pyjwt.decode(access_token, signing_key.key, algorithms=["RS256"], audience="https://x")
+    with pytest.raises(pyjwt.InvalidIssuerError):
+        pyjwt.decode(
+            access_token, signing_key.key, algorithms=["RS256"], audience=ISSUER, issuer="https://x"
+        )
+
+
+def test_client_credentials_over_http(live: LiveServer, actions: Actions) -> None:
+    service = actions.oauth_client("service", scope="junk:read")
+    response = requests.post(
+        f"{live.url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=service.auth,
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "refresh_token" not in response.json()
+    assert claims_of(response.json()["access_token"])["sub"] == service.client_id
+
+
+def test_disabling_a_user_kills_their_tokens_on_every_path(
+    live: LiveServer, actions: Actions, app_client: RegisteredClient, runner: FlaskCliRunner
+) -> None:
+    resource_server = actions.oauth_client("api", introspect=True)
+    tokens = password_login(live, app_client).json()
+    assert me(live, tokens["access_token"]).status_code == 200
+    assert runner.invoke(args=["users", "disable", "alice"]).exit_code == 0
+    for _ in range(2 * WORKERS):  # whichever worker answers
+        refused = me(live, tokens["access_token"])
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_token"
+        assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        introspection = requests.post(
+            f"{live.url}/oauth/introspect",
+            data={"token": token},
+            auth=resource_server.auth,
+            timeout=10,
+        )
+        assert introspection.json() == {"active": False}
+    refresh = requests.post(
+        f"{live.url}/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=app_client.auth,
+        timeout=10,
+    )
+    assert refresh.status_code == 400
+    assert refresh.json()["error"] == "invalid_grant"
+    login = password_login(live, app_client)
+    assert login.status_code == 400
+    assert login.json()["error"] == "invalid_grant"
+
+
+def race_refreshes(
+    live: LiveServer, oauth_client: RegisteredClient, refresh_token: str, contenders: int
+) -> list[requests.Response]:
+    """Send the same refresh token from `contenders` threads at once."""
+    start = threading.Barrier(contenders)
+    responses: list[requests.Response] = []
+
+    def contend() -> None:
+        with requests.Session() as http:
+            start.wait()
+            responses.append(
+                http.post(
+                    f"{live.url}/oauth/token",
+                    data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+                    auth=oauth_client.auth,
+                    timeout=30,
+                )
+            )
+
+    threads = [threading.Thread(target=contend) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
+
+
+def test_concurrent_refreshes_have_exactly_one_winner(
+    live: LiveServer, app_client: RegisteredClient
+) -> None:
+    contenders = 12
+    for _round in range(3):
+        refresh_token = password_login(live, app_client).json()["refresh_token"]
+        responses = race_refreshes(live, app_client, refresh_token, contenders)
+        outcomes = sorted((r.status_code, r.json().get("error", "")) for r in responses)
+        assert outcomes == [(200, "")] + [(400, "invalid_grant")] * (contenders - 1)
+        # Each loser presented a spent token, and reuse detection cannot tell a race from a
+        # theft (RFC 9700 §4.14.2), so the login is revoked: the winner's new tokens die too.
+        [winner] = [r.json() for r in responses if r.status_code == 200]
+        assert me(live, winner["access_token"]).status_code == 401
+
+
+def test_key_rotation_reaches_every_worker_and_old_tokens_live_on(
+    live: LiveServer, make_app: Any, app_client: RegisteredClient, runner: FlaskCliRunner
+) -> None:
+    old_token = password_login(live, app_client).json()["access_token"]
+    old_kid = header_of(old_token)["kid"]
+    rotated = runner.invoke(args=["keys", "rotate"])
+    assert rotated.exit_code == 0
+    new_kid = rotated.output.split()[-1]
+    assert new_kid != old_kid
+    # A token signed with the new key elsewhere (a fresh worker or node) is accepted at once,
+    # before any worker's cache has run out: an unknown kid makes a worker look again.
+    fresh = make_app()
+    elsewhere = Actions(fresh, fresh.test_client())
+    elsewhere_token = elsewhere.token(app_client).json["access_token"]
+    assert header_of(elsewhere_token)["kid"] == new_kid
+    for _ in range(3 * WORKERS):
+        assert me(live, elsewhere_token).status_code == 200
+    # Within seconds every worker signs with the new key (polling for it, not sleeping).
+    deadline = time.monotonic() + 15
+    kids: list[str] = []
+    while time.monotonic() < deadline:
+        kids = [header_of(password_login(live, app_client).json()["access_token"])["kid"]]
+        kids += [header_of(password_login(live, app_client).json()["access_token"])["kid"]]
+        if set(kids) == {new_kid}:
+            break
+    assert set(kids) == {new_kid}
+    new_token = password_login(live, app_client).json()["access_token"]
+    for _ in range(3 * WORKERS):
+        assert me(live, new_token).status_code == 200
+        assert me(live, old_token).status_code == 200
+    published = requests.get(f"{live.url}/.well-known/jwks.json", timeout=10).json()["keys"]
+    assert {old_kid, new_kid} <= {jwk["kid"] for jwk in published}

@@ -1,0 +1,528 @@
+"""POST /oauth/token: the three grants, client authentication, scopes, rotation and expiry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import select
+
+from tokenserver.extensions import db
+from tokenserver.models import TokenFamily, TokenRecord
+
+from .conftest import PASSWORD, Actions, RegisteredClient
+
+METHODS = ["client_secret_basic", "client_secret_post", "none"]
+CONFIDENTIAL_METHODS = METHODS[:2]
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    """A JWT's payload, unverified (the server's own tests check the signature)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def header_of(token: str) -> dict[str, Any]:
+    """A JWT's protected header, unverified."""
+    header = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+
+
+def post_token(
+    client: FlaskClient, oauth_client: RegisteredClient, method: str, **data: str
+) -> Any:
+    """POST /oauth/token authenticating the client with `method`."""
+    auth = None
+    if method == "client_secret_basic":
+        auth = oauth_client.auth
+    elif method == "client_secret_post":
+        data = {**data, "client_id": oauth_client.client_id, "client_secret": oauth_client.secret}
+    else:
+        data = {**data, "client_id": oauth_client.client_id}
+    return client.post("/oauth/token", data=data, auth=auth)
+
+
+def password_grant(
+    client: FlaskClient, oauth_client: RegisteredClient, method: str, **extra: str
+) -> Any:
+    """A password grant for alice."""
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
+    return post_token(client, oauth_client, method, **data)
+
+
+def refresh_grant(
+    client: FlaskClient, oauth_client: RegisteredClient, token: str, **extra: str
+) -> Any:
+    """A refresh_token grant, with client_secret_basic (or `none` for a public client)."""
+    method = "client_secret_basic" if oauth_client.secret else "none"
+    data = {"grant_type": "refresh_token", "refresh_token": token, **extra}
+    return post_token(client, oauth_client, method, **data)
+
+
+def assert_oauth_error(response: Any, status: int, error: str) -> None:
+    """An RFC 6749 §5.2 error: status, code, a description, JSON."""
+    assert response.status_code == status, response.json
+    assert response.mimetype == "application/json"
+    assert response.json["error"] == error
+    assert response.json["error_description"]
+
+
+def works(client: FlaskClient, access_token: str) -> bool:
+    """Whether the bearer check accepts the token."""
+    return client.get("/users/me", headers=Actions.bearer(access_token)).status_code == 200
+
+
+@pytest.fixture
+def alice(actions: Actions) -> dict[str, Any]:
+    """The user most tests here log in as."""
+    return actions.user("alice")
+
+
+@pytest.fixture
+def app_client(actions: Actions) -> RegisteredClient:
+    """A confidential client allowed every grant and scope."""
+    return actions.oauth_client("app")
+
+
+# --- every client authentication method -------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_login_refresh_and_replay_with_each_client_auth_method(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], method: str
+) -> None:
+    oauth_client = actions.oauth_client("app", public=method == "none")
+    login = password_grant(client, oauth_client, method)
+    assert login.status_code == 200, login.json
+    body = login.json
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    assert (body["token_type"], body["expires_in"]) == ("Bearer", 900)
+    assert body["scope"] == "junk:read junk:write"
+    assert login.headers["Cache-Control"] == "no-store"
+    assert works(client, body["access_token"])
+    refresh = {"grant_type": "refresh_token", "refresh_token": body["refresh_token"]}
+    rotated = post_token(client, oauth_client, method, **refresh)
+    assert rotated.status_code == 200, rotated.json
+    assert rotated.headers["Cache-Control"] == "no-store"
+    assert rotated.json["refresh_token"] != body["refresh_token"]
+    assert works(client, rotated.json["access_token"])
+    replay = post_token(client, oauth_client, method, **refresh)
+    assert_oauth_error(replay, 400, "invalid_grant")
+    assert not works(client, rotated.json["access_token"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_contract_error_for_each_client_auth_method(
+    client: FlaskClient, actions: Actions, runner: FlaskCliRunner, method: str
+) -> None:
+    public = method == "none"
+    actions.user("alice")
+    actions.user("dora")
+    runner.invoke(args=["users", "disable", "dora"])
+    full = actions.oauth_client("app", public=public)
+    reader = actions.oauth_client("reader", public=public, scope="junk:read")
+    refresh_only = actions.oauth_client("r", public=public, grants=("refresh_token",))
+    ghost = RegisteredClient("no-such-client", "whatever")
+    login = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    cases: dict[str, tuple[RegisteredClient, dict[str, str], tuple[int, str]]] = {
+        "wrong password": (full, {**login, "password": "nope-nope"}, (400, "invalid_grant")),
+        "unknown user": (full, {**login, "username": "nobody"}, (400, "invalid_grant")),
+        "disabled user": (full, {**login, "username": "dora"}, (400, "invalid_grant")),
+        "unknown refresh token": (
+            full,
+            {"grant_type": "refresh_token", "refresh_token": "not-a-token"},
+            (400, "invalid_grant"),
+        ),
+        "missing username": (full, _without(login, "username"), (400, "invalid_request")),
+        "missing password": (full, _without(login, "password"), (400, "invalid_request")),
+        "missing refresh token": (
+            full,
+            {"grant_type": "refresh_token"},
+            (400, "invalid_request"),
+        ),
+        "missing grant type": (full, _without(login, "grant_type"), (400, "invalid_request")),
+        "authorization_code": (
+            full,
+            {**login, "grant_type": "authorization_code"},
+            (400, "unsupported_grant_type"),
+        ),
+        "made-up grant": (full, {**login, "grant_type": "urn:x"}, (400, "unsupported_grant_type")),
+        "unknown scope": (full, {**login, "scope": "junk:admin"}, (400, "invalid_scope")),
+        "partly unknown scope": (
+            full,
+            {**login, "scope": "junk:read openid"},
+            (400, "invalid_scope"),
+        ),
+        "scope beyond registration": (
+            reader,
+            {**login, "scope": "junk:read junk:write"},
+            (400, "invalid_scope"),
+        ),
+        "grant not registered": (refresh_only, login, (400, "unauthorized_client")),
+        "unknown client": (ghost, login, (401, "invalid_client")),
+        "client id with a NUL": (RegisteredClient("a\x00b", "s"), login, (401, "invalid_client")),
+        "client id too long": (RegisteredClient("c" * 65, "s"), login, (401, "invalid_client")),
+    }
+    answers = {}
+    for name, (oauth_client, data, _expected) in cases.items():
+        response = post_token(client, oauth_client, method, **data)
+        assert response.mimetype == "application/json", name
+        assert response.json["error_description"], name
+        answers[name] = (response.status_code, response.json["error"])
+    assert answers == {name: expected for name, (_c, _d, expected) in cases.items()}
+
+
+def _without(data: dict[str, str], name: str) -> dict[str, str]:
+    return {k: v for k, v in data.items() if k != name}
+
+
+@pytest.mark.parametrize("method", CONFIDENTIAL_METHODS)
+def test_wrong_client_secret_is_invalid_client_401(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient, method: str
+) -> None:
+    forged = RegisteredClient(app_client.client_id, "not-the-secret")
+    response = password_grant(client, forged, method)
+    assert_oauth_error(response, 401, "invalid_client")
+    assert response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_missing_or_misused_client_authentication_is_invalid_client(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    login = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    assert_oauth_error(client.post("/oauth/token", data=login), 401, "invalid_client")
+    # A confidential client may not skip its secret by posing as a public one.
+    assert_oauth_error(password_grant(client, app_client, "none"), 401, "invalid_client")
+    # A public client has no secret to send.
+    spa = actions.oauth_client("spa", public=True)
+    with_secret = RegisteredClient(spa.client_id, "made-up")
+    for method in CONFIDENTIAL_METHODS:
+        assert_oauth_error(password_grant(client, with_secret, method), 401, "invalid_client")
+    # RFC 6749 §4.4: client_credentials is for confidential clients only.
+    response = post_token(client, spa, "none", grant_type="client_credentials")
+    assert_oauth_error(response, 401, "invalid_client")
+
+
+def test_unknown_user_gets_the_same_answer_as_a_wrong_password(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    wrong = password_grant(client, app_client, "client_secret_basic", password="nope-nope")
+    unknown = password_grant(client, app_client, "client_secret_basic", username="nobody")
+    assert unknown.json == wrong.json  # no user enumeration through the answer
+
+
+def test_client_without_a_grant_is_unauthorized_client(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any]
+) -> None:
+    password_only = actions.oauth_client("pw", grants=("password",))
+    tokens = actions.token(password_only).json
+    refused = refresh_grant(client, password_only, tokens["refresh_token"])
+    assert_oauth_error(refused, 400, "unauthorized_client")
+    cc = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=password_only.auth
+    )
+    assert_oauth_error(cc, 400, "unauthorized_client")
+
+
+def test_malformed_requests_are_invalid_request(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    login = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    as_json = client.post("/oauth/token", json=login, auth=app_client.auth)
+    assert_oauth_error(as_json, 400, "invalid_request")
+    repeated = client.post(
+        "/oauth/token",
+        data="grant_type=password&username=alice&username=bob&password=x",
+        content_type="application/x-www-form-urlencoded",
+        auth=app_client.auth,
+    )
+    assert_oauth_error(repeated, 400, "invalid_request")
+    assert "username" in repeated.json["error_description"]
+
+
+def test_parameters_in_the_query_string_are_ignored(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    # RFC 6749 §3.2: the body carries the parameters; a URL may end up in logs.
+    response = client.post(
+        "/oauth/token?scope=junk:read",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+        auth=app_client.auth,
+    )
+    assert response.status_code == 200
+    assert response.json["scope"] == "junk:read junk:write"
+
+
+def test_tls_is_judged_by_the_issuer_not_the_hop_behind_the_proxy(make_app: Any) -> None:
+    login = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    # TLS ends at a proxy: the request reaches us over plain HTTP from a non-loopback address.
+    behind_proxy = {"base_url": "http://10.0.0.5:8000"}
+    secure = make_app(issuer="https://auth.example.com")
+    actions = Actions(secure, secure.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client("app")
+    ok = actions.client.post("/oauth/token", data=login, auth=oauth_client.auth, **behind_proxy)
+    assert ok.status_code == 200, ok.json
+    # An issuer that is plain HTTP off loopback is refused as Authlib would, but never with a 500.
+    insecure = make_app(issuer="http://auth.example.com").test_client()
+    refused = insecure.post("/oauth/token", data=login, auth=oauth_client.auth, **behind_proxy)
+    assert_oauth_error(refused, 400, "invalid_request")
+    assert "https" in refused.json["error_description"]
+
+
+# --- what is issued -------------------------------------------------------------------------
+
+
+def test_access_token_is_an_rfc9068_jwt_with_our_kid(
+    app: Flask, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    before = int(time.time())
+    token = actions.token(app_client).json["access_token"]
+    header, claims = header_of(token), claims_of(token)
+    current_kid = app.extensions["tokenserver.keyring"].signing_key().kid
+    assert header == {"alg": "RS256", "typ": "at+jwt", "kid": current_kid}
+    assert set(claims) == {"iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope"} | {
+        "username"
+    }
+    assert claims["iss"] == claims["aud"] == "http://localhost:8000"
+    assert claims["sub"] == str(alice["id"])
+    assert claims["username"] == "alice"
+    assert claims["client_id"] == app_client.client_id
+    assert claims["scope"] == "junk:read junk:write"
+    assert before <= claims["iat"] <= before + 5
+    assert claims["exp"] == claims["iat"] + 900
+    other = actions.token(app_client).json["access_token"]
+    assert claims_of(other)["jti"] != claims["jti"]
+
+
+def test_token_lifetime_and_audience_follow_settings(make_app: Any) -> None:
+    app = make_app(access_token_ttl=120, audience="https://api.example.com")
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    response = actions.token(actions.oauth_client("app"))
+    assert response.json["expires_in"] == 120
+    claims = claims_of(response.json["access_token"])
+    assert claims["exp"] - claims["iat"] == 120
+    assert claims["aud"] == "https://api.example.com"
+
+
+@pytest.mark.parametrize("method", CONFIDENTIAL_METHODS)
+def test_client_credentials_token_is_the_clients_own(
+    client: FlaskClient, actions: Actions, method: str
+) -> None:
+    service = actions.oauth_client("service", scope="junk:read")
+    response = post_token(client, service, method, grant_type="client_credentials")
+    assert response.status_code == 200, response.json
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "refresh_token" not in response.json
+    assert response.json["scope"] == "junk:read"
+    claims = claims_of(response.json["access_token"])
+    assert claims["sub"] == claims["client_id"] == service.client_id
+    assert "username" not in claims
+    # A valid token, but not a user's: the user routes refuse it.
+    me = client.get("/users/me", headers=Actions.bearer(response.json["access_token"]))
+    assert me.status_code == 403
+    assert me.json["error"] == "insufficient_scope"
+
+
+def test_scope_defaults_to_the_registration_and_may_be_narrowed(
+    actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    reader = actions.oauth_client("reader", scope="junk:read")
+    assert actions.token(reader).json["scope"] == "junk:read"
+    narrowed = actions.token(app_client, scope="junk:write")
+    assert narrowed.json["scope"] == "junk:write"
+    assert claims_of(narrowed.json["access_token"])["scope"] == "junk:write"
+
+
+# --- refresh: rotation, reuse detection, narrowing ------------------------------------------
+
+
+def test_spent_refresh_token_revokes_family(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    first = actions.token(app_client).json
+    second = refresh_grant(client, app_client, first["refresh_token"]).json
+    other_login = actions.token(app_client).json
+    assert_oauth_error(
+        refresh_grant(client, app_client, first["refresh_token"]), 400, "invalid_grant"
+    )
+    # The whole login is dead, the tokens issued after the spent one included...
+    assert_oauth_error(
+        refresh_grant(client, app_client, second["refresh_token"]), 400, "invalid_grant"
+    )
+    for access in (first["access_token"], second["access_token"]):
+        me = client.get("/users/me", headers=Actions.bearer(access))
+        assert (me.status_code, me.json["error"]) == (401, "invalid_token")
+    # ...but only that login.
+    assert works(client, other_login["access_token"])
+    assert refresh_grant(client, app_client, other_login["refresh_token"]).status_code == 200
+
+
+def test_refresh_token_of_another_client_is_invalid_grant_and_harmless(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    thief = actions.oauth_client("thief")
+    tokens = actions.token(app_client).json
+    stolen = refresh_grant(client, thief, tokens["refresh_token"])
+    assert_oauth_error(stolen, 400, "invalid_grant")
+    # The owner's login survives: a foreign presentation neither spends nor revokes it.
+    assert refresh_grant(client, app_client, tokens["refresh_token"]).status_code == 200
+
+
+def test_bad_refresh_tokens_are_invalid_grant(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    access_token = actions.token(app_client).json["access_token"]
+    for token in ("", "x" * 600, "a.b.c", "\u00e9" * 43, access_token):
+        assert_oauth_error(refresh_grant(client, app_client, token), 400, "invalid_grant")
+
+
+def test_refresh_may_narrow_scope_and_keeps_the_original_for_later(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    first = actions.token(app_client).json
+    narrowed = refresh_grant(client, app_client, first["refresh_token"], scope="junk:read")
+    assert narrowed.status_code == 200, narrowed.json
+    assert narrowed.json["scope"] == "junk:read"
+    assert claims_of(narrowed.json["access_token"])["scope"] == "junk:read"
+    # RFC 6749 §6: omitting scope means the scope originally granted, not the narrowed one.
+    later = refresh_grant(client, app_client, narrowed.json["refresh_token"])
+    assert later.json["scope"] == "junk:read junk:write"
+
+
+def test_refresh_cannot_widen_scope_and_the_token_survives(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    first = actions.token(app_client, scope="junk:read").json
+    wider = refresh_grant(client, app_client, first["refresh_token"], scope="junk:write")
+    assert_oauth_error(wider, 400, "invalid_scope")
+    # The failed request did not spend the token, so using it now is no replay.
+    retry = refresh_grant(client, app_client, first["refresh_token"])
+    assert retry.status_code == 200, retry.json
+    assert retry.json["scope"] == "junk:read"
+
+
+def test_disabled_user_cannot_refresh_and_enabling_restores(
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    actions: Actions,
+    alice: dict[str, Any],
+    app_client: RegisteredClient,
+) -> None:
+    tokens = actions.token(app_client).json
+    runner.invoke(args=["users", "disable", "alice"])
+    refused = refresh_grant(client, app_client, tokens["refresh_token"])
+    assert_oauth_error(refused, 400, "invalid_grant")
+    assert not works(client, tokens["access_token"])
+    runner.invoke(args=["users", "enable", "alice"])
+    # The refusal spent nothing, and re-enabling is not a replay.
+    assert refresh_grant(client, app_client, tokens["refresh_token"]).status_code == 200
+
+
+# --- expiry, with a controlled clock ---------------------------------------------------------
+
+
+def test_access_token_expires_after_its_lifetime(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    with time_machine.travel(time.time(), tick=False) as clock:
+        token = actions.token(app_client).json["access_token"]
+        clock.shift(899)
+        assert works(client, token)
+        clock.shift(1)
+        expired = client.get("/users/me", headers=Actions.bearer(token))
+    assert expired.status_code == 401
+    assert expired.json["error"] == "invalid_token"
+    assert expired.json["error_description"] == "The access token is expired."
+    assert 'error="invalid_token"' in expired.headers["WWW-Authenticate"]
+
+
+def test_refresh_token_expires_after_its_lifetime(make_app: Any) -> None:
+    app = make_app(refresh_token_ttl=3600)
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client("app")
+    with time_machine.travel(time.time(), tick=False) as clock:
+        tokens = actions.token(oauth_client).json
+        clock.shift(3599)
+        live = refresh_grant(actions.client, oauth_client, tokens["refresh_token"])
+        assert live.status_code == 200
+        clock.shift(3600)
+        expired = refresh_grant(actions.client, oauth_client, live.json["refresh_token"])
+    assert_oauth_error(expired, 400, "invalid_grant")
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def test_records_one_family_per_login_with_digests_only(
+    app: Flask,
+    client: FlaskClient,
+    actions: Actions,
+    alice: dict[str, Any],
+    app_client: RegisteredClient,
+) -> None:
+    first = actions.token(app_client).json
+    second = refresh_grant(client, app_client, first["refresh_token"]).json
+    actions.token(app_client)  # a second login: a second family
+    with app.app_context():
+        families = db.session.scalars(select(TokenFamily)).all()
+        records = db.session.scalars(select(TokenRecord).order_by(TokenRecord.id)).all()
+    assert len(families) == 2
+    assert {f.user_id for f in families} == {alice["id"]}
+    first_family = [r for r in records if r.family_id == records[0].family_id]
+    assert sorted(r.kind for r in first_family) == ["access", "access", "refresh", "refresh"]
+    jtis = {r.jti for r in first_family if r.kind == "access"}
+    assert jtis == {claims_of(t["access_token"])["jti"] for t in (first, second)}
+    refresh = [r for r in first_family if r.kind == "refresh"]
+    assert [r.spent_at is not None for r in refresh] == [True, False]
+    for record in records:
+        assert record.expires_at > record.issued_at
+        assert record.token_hash is None or len(record.token_hash) == 64
+
+
+def test_nothing_secret_is_stored_in_the_clear(
+    app: Flask, client: FlaskClient, actions: Actions, runner: FlaskCliRunner
+) -> None:
+    actions.user("alice")
+    app_client = actions.oauth_client("app")
+    service = actions.oauth_client("service", introspect=True)
+    first = actions.token(app_client).json
+    second = refresh_grant(client, app_client, first["refresh_token"]).json
+    machine = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=service.auth
+    ).json
+    for token in (second["access_token"], second["refresh_token"], machine["access_token"]):
+        client.post("/oauth/introspect", data={"token": token}, auth=service.auth)
+    client.post("/oauth/revoke", data={"token": second["refresh_token"]}, auth=app_client.auth)
+    secrets = {
+        "password": PASSWORD,
+        "client secret": app_client.secret,
+        "service secret": service.secret,
+        **{
+            f"{name} access token": t["access_token"]
+            for name, t in (("1st", first), ("2nd", second))
+        },
+        **{
+            f"{name} refresh token": t["refresh_token"]
+            for name, t in (("1st", first), ("2nd", second))
+        },
+        "client-credentials token": machine["access_token"],
+        # A JWT's signature alone would be enough to rebuild it from its recorded claims.
+        "access token signature": second["access_token"].rsplit(".", 1)[1],
+    }
+    found = []
+    with app.app_context():
+        for table in db.metadata.sorted_tables:
+            for row in db.session.execute(table.select()):
+                for column, value in row._mapping.items():
+                    text = str(value)
+                    found += [(table.name, column, n) for n, s in secrets.items() if s in text]
+    assert found == []
