@@ -1,0 +1,48 @@
+"""GET /openapi.json: the OpenAPI 3.1 description of every route, built from the code's limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from ..config import current_settings
+from . import components
+from .paths import all_paths
+from .schemas import SCHEMAS
+
+bp = Blueprint("openapi", __name__)
+
+
+def build_document(issuer: str) -> dict[str, Any]:
+    """The whole document, for a server whose public base URL is `issuer`."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tokenserver",
+            "version": "1.0.0",
+            "summary": "A standalone OAuth2 token server, with each user's own data under /junk.",
+            "description": "Every error, on every route, is JSON: "
+            '{"error": "<code>", "error_description": "<human text>"}.',
+        },
+        "servers": [{"url": issuer}],
+        "tags": [{"name": name} for name in ("users", "oauth", "junk", "operations")],
+        "paths": all_paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": components.responses(),
+            "headers": components.headers(),
+            "parameters": components.parameters(),
+            "securitySchemes": components.security_schemes(),
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    """This document, with the configured issuer as its server (built once per app)."""
+    document = current_app.extensions.get("tokenserver.openapi")
+    if document is None:
+        document = build_document(current_settings().issuer)
+        current_app.extensions["tokenserver.openapi"] = document
+    return jsonify(document)

@@ -1,0 +1,124 @@
+"""Reusable parts of the OpenAPI document: error responses, headers, parameters, security."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..cursors import MAX_ID
+from ..junk import PAGE_DEFAULT, PAGE_MAX
+from ..models import GRANT_TYPES, SCOPES
+
+Doc = dict[str, Any]
+
+# Every error shares the one {"error", "error_description"} body. Each operation lists the ones
+# it can give, so a status a route was not meant to answer fails response validation.
+ERRORS: dict[str, tuple[int, str]] = {
+    "BadRequest": (400, "The request breaks a rule; the description names the field."),
+    "Unauthorized": (401, "No valid bearer token (RFC 6750): invalid_token, or no token at all."),
+    "InsufficientScope": (403, "The token lacks the scope (RFC 6750 insufficient_scope)."),
+    "Forbidden": (403, "The server refuses the action, whoever asks."),
+    "NotFound": (404, "Nothing here for this caller."),
+    "Conflict": (409, "The request collides with existing state."),
+    "TooLarge": (413, "The body is larger than the configured maximum (64 KiB by default)."),
+    "UnsupportedMediaType": (415, "The body is not in an accepted media type."),
+    "TooManyRequests": (429, "Throttled; try again after Retry-After seconds."),
+    "Unavailable": (503, "The database is unavailable; try again shortly."),
+}
+_ERROR_HEADERS: dict[str, dict[str, str]] = {
+    "Unauthorized": {"WWW-Authenticate": "BearerChallenge"},
+    "InsufficientScope": {"WWW-Authenticate": "BearerChallenge"},
+    "TooManyRequests": {"Retry-After": "RetryAfter"},
+    "Unavailable": {"Retry-After": "RetryAfter"},
+}
+
+
+def ref(kind: str, name: str) -> Doc:
+    """A $ref to a component."""
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def json_response(schema: str, description: str, headers: dict[str, str] | None = None) -> Doc:
+    """A response with a JSON body of a named schema and named header components."""
+    response: Doc = {
+        "description": description,
+        "content": {"application/json": {"schema": ref("schemas", schema)}},
+    }
+    if headers:
+        response["headers"] = {name: ref("headers", header) for name, header in headers.items()}
+    return response
+
+
+def responses() -> Doc:
+    """The shared error responses, by name."""
+    return {
+        name: json_response("Error", description, _ERROR_HEADERS.get(name))
+        for name, (_status, description) in ERRORS.items()
+    }
+
+
+def _header(description: str, schema: Doc, required: bool = False) -> Doc:
+    return {"description": description, "required": required, "schema": schema}
+
+
+def headers() -> Doc:
+    """The response headers the document names."""
+    text = {"type": "string"}
+    return {
+        "Location": _header("Where the new resource lives", text, True),
+        "BearerChallenge": _header("The RFC 6750 Bearer challenge", text, True),
+        "BasicChallenge": _header("A Basic challenge for client authentication", text),
+        "RetryAfter": _header("Seconds to wait before trying again", {"type": "integer"}),
+        "NoStore": _header(
+            "Responses with credentials or user data are never cached", {"const": "no-store"}, True
+        ),
+    }
+
+
+def parameters() -> Doc:
+    """The path and query parameters of the junk routes."""
+    return {
+        "ItemId": {
+            "name": "item_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        },
+        "Limit": {
+            "name": "limit",
+            "in": "query",
+            "description": "Items per page.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": PAGE_MAX,
+                "default": PAGE_DEFAULT,
+            },
+        },
+        "Cursor": {
+            "name": "cursor",
+            "in": "query",
+            "description": "The next_cursor of the previous page, passed back unchanged.",
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def security_schemes() -> Doc:
+    """Bearer tokens for users' routes, Basic for OAuth clients."""
+    return {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An RFC 9068 access token from /oauth/token. Scopes: "
+            + ", ".join(SCOPES)
+            + "; an operation's requirement lists the scope it needs.",
+        },
+        "basicAuth": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "OAuth client authentication (client_secret_basic); the OAuth "
+            "endpoints also take client_secret_post, and public clients send only client_id. "
+            "Grants: " + ", ".join(GRANT_TYPES) + ".",
+        },
+    }

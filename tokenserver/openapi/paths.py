@@ -1,0 +1,238 @@
+"""The operations of the OpenAPI document, one per route the service answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .components import ERRORS, json_response, ref
+
+Doc = dict[str, Any]
+
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+_COMMON = ("TooManyRequests", "Unavailable")
+_BEARER = ("Unauthorized", "InsufficientScope", *_COMMON)
+_BODY = ("BadRequest", "TooLarge", "UnsupportedMediaType")
+_NO_AUTH: list[Doc] = [{}]
+# {} as an alternative: client_secret_post, or a public client sending only its client_id.
+_CLIENT_AUTH: list[Doc] = [{"basicAuth": []}, {}]
+_NO_STORE = {"Cache-Control": "NoStore"}
+
+
+def _op(
+    op_id: str, summary: str, tag: str, ok: dict[int, Doc], errors: tuple[str, ...], **extra: Any
+) -> Doc:
+    """One operation: its own responses, then the shared error responses it can give."""
+    responses = {str(status): response for status, response in ok.items()}
+    for name in sorted(errors, key=lambda name: ERRORS[name][0]):
+        responses.setdefault(str(ERRORS[name][0]), ref("responses", name))
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": [tag],
+        **extra,
+        "responses": responses,
+    }
+
+
+def _body(schema: str, *media: str) -> Doc:
+    return {"required": True, "content": {m: {"schema": ref("schemas", schema)} for m in media}}
+
+
+def _bearer(scope: str | None = None) -> list[Doc]:
+    return [{"bearerAuth": [scope] if scope else []}]
+
+
+def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
+    """An OAuth endpoint: form body, client authentication, RFC 6749 §5.2 errors."""
+    return _op(
+        op_id,
+        summary,
+        "oauth",
+        {
+            200: ok,
+            400: json_response("Error", "invalid_request, invalid_grant, invalid_scope, ..."),
+            401: json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
+        },
+        ("TooLarge", "UnsupportedMediaType", *_COMMON),
+        security=_CLIENT_AUTH,
+        requestBody=_body(body, _FORM),
+    )
+
+
+def _introspect(op_id: str) -> Doc:
+    ok = json_response("Introspection", "The token's state (RFC 7662)", _NO_STORE)
+    return _oauth_op(op_id, "Introspect an access or refresh token", ok, "TokenParameters")
+
+
+def _public_get(
+    op_id: str, summary: str, tag: str, ok: dict[int, Doc], errors: tuple[str, ...]
+) -> Doc:
+    return {"get": _op(op_id, summary, tag, ok, errors, security=_NO_AUTH)}
+
+
+def users() -> Doc:
+    """POST /users, GET /users/me."""
+    return {
+        "/users": {
+            "post": _op(
+                "createUser",
+                "Sign up",
+                "users",
+                {201: json_response("User", "The new account", {"Location": "Location"})},
+                (*_BODY, "Forbidden", "Conflict", *_COMMON),
+                security=_NO_AUTH,
+                requestBody=_body("Signup", _JSON, _FORM),
+            )
+        },
+        "/users/me": {
+            "get": _op(
+                "getMe",
+                "The account the bearer token belongs to",
+                "users",
+                {200: json_response("User", "The account", _NO_STORE)},
+                _BEARER,
+                security=_bearer(),
+            )
+        },
+    }
+
+
+def oauth() -> Doc:
+    """The token, introspection and revocation endpoints and the .well-known documents."""
+    return {
+        "/oauth/token": {
+            "post": _oauth_op(
+                "token",
+                "Issue tokens (grants: password, refresh_token, client_credentials)",
+                json_response("TokenResponse", "Tokens", _NO_STORE),
+                "TokenRequest",
+            )
+        },
+        "/oauth/introspect": {"post": _introspect("introspect")},
+        "/introspect": {"post": _introspect("introspectAlias")},
+        "/oauth/revoke": {
+            "post": _oauth_op(
+                "revoke",
+                "Revoke a token (RFC 7009); an unknown token also gets 200",
+                json_response("Revoked", "Revoked, or never known"),
+                "TokenParameters",
+            )
+        },
+        "/.well-known/oauth-authorization-server": _public_get(
+            "metadata",
+            "Authorization server metadata (RFC 8414)",
+            "oauth",
+            {200: json_response("ServerMetadata", "The metadata")},
+            _COMMON,
+        ),
+        "/.well-known/jwks.json": _public_get(
+            "jwks",
+            "Public signing keys (RFC 7517): the current one and retired ones still in use",
+            "oauth",
+            {200: json_response("JWKS", "The key set")},
+            _COMMON,
+        ),
+    }
+
+
+def junk() -> Doc:
+    """The caller's own items."""
+    item = json_response("JunkItem", "The item", _NO_STORE)
+    return {
+        "/junk": {
+            "get": _op(
+                "listJunk",
+                "A page of the caller's items, oldest first",
+                "junk",
+                {200: json_response("JunkPage", "A page", _NO_STORE)},
+                ("BadRequest", *_BEARER),
+                security=_bearer("junk:read"),
+                parameters=[ref("parameters", "Limit"), ref("parameters", "Cursor")],
+            ),
+            "post": _op(
+                "createJunk",
+                "Store a new item",
+                "junk",
+                {
+                    201: json_response(
+                        "JunkItem", "The new item", {**_NO_STORE, "Location": "Location"}
+                    )
+                },
+                (*_BODY, *_BEARER),
+                security=_bearer("junk:write"),
+                requestBody=_body("JunkCreate", _JSON),
+            ),
+        },
+        "/junk/{item_id}": {
+            "parameters": [ref("parameters", "ItemId")],
+            "get": _op(
+                "getJunk",
+                "One of the caller's items",
+                "junk",
+                {200: item},
+                ("NotFound", *_BEARER),
+                security=_bearer("junk:read"),
+            ),
+            "patch": _op(
+                "updateJunk",
+                "Change the given fields of an item",
+                "junk",
+                {200: item},
+                (*_BODY, "NotFound", *_BEARER),
+                security=_bearer("junk:write"),
+                requestBody=_body("JunkUpdate", _JSON),
+            ),
+            "delete": _op(
+                "deleteJunk",
+                "Delete an item",
+                "junk",
+                {204: {"description": "Deleted"}},
+                ("NotFound", *_BEARER),
+                security=_bearer("junk:write"),
+            ),
+        },
+    }
+
+
+def operations() -> Doc:
+    """Health, readiness, metrics and this document."""
+    metrics = {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/healthz": _public_get(
+            "healthz",
+            "Liveness: the process serves (no database call)",
+            "operations",
+            {200: json_response("Health", "Serving")},
+            (),
+        ),
+        "/readyz": _public_get(
+            "readyz",
+            "Readiness: the database answers and its schema is at head",
+            "operations",
+            {200: json_response("Ready", "Ready"), 503: json_response("NotReady", "Not ready")},
+            ("TooManyRequests",),
+        ),
+        "/metrics": _public_get(
+            "metrics",
+            "Prometheus metrics of all workers",
+            "operations",
+            {200: metrics},
+            (),
+        ),
+        "/openapi.json": _public_get(
+            "openapi",
+            "This document",
+            "operations",
+            {200: json_response("OpenAPIDocument", "The OpenAPI 3.1 document")},
+            ("TooManyRequests",),
+        ),
+    }
+
+
+def all_paths() -> Doc:
+    """Every route, grouped as the API contract groups them."""
+    return {**users(), **oauth(), **junk(), **operations()}

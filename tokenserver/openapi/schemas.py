@@ -1,0 +1,187 @@
+"""The JSON Schemas of the OpenAPI document: every body the service reads or writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..cursors import MAX_ID
+from ..junk import DESCRIPTION_MAX, NAME_MAX
+from ..models import GRANT_TYPES, SCOPES
+
+Schema = dict[str, Any]
+
+
+def _object(required: list[str], properties: Schema, *, closed: bool = True) -> Schema:
+    schema: Schema = {"type": "object", "required": required, "properties": properties}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+_STRING: Schema = {"type": "string"}
+_TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+_SCOPE: Schema = {
+    "type": "string",
+    "description": "Space-separated scopes, of: " + ", ".join(SCOPES),
+}
+_ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
+_DESCRIPTION: Schema = {"type": "string", "maxLength": DESCRIPTION_MAX}
+# A public key must never carry the private members of RFC 7518 §6.3.2.
+_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+SCHEMAS: Schema = {
+    "Error": _object(
+        ["error", "error_description"],
+        {
+            "error": {"type": "string", "minLength": 1, "examples": ["invalid_request"]},
+            "error_description": _STRING,
+        },
+    ),
+    "Signup": _object(
+        ["username", "password"],
+        {
+            "username": {"type": "string", "pattern": "^[A-Za-z0-9._-]{3,64}$"},
+            "password": {"type": "string", "minLength": 8, "maxLength": 1024},
+        },
+    ),
+    "User": _object(
+        ["id", "username", "disabled", "created_at"],
+        {"id": _ID, "username": _STRING, "disabled": {"type": "boolean"}, "created_at": _TIMESTAMP},
+    ),
+    "TokenRequest": _object(
+        ["grant_type"],
+        {
+            "grant_type": {"enum": list(GRANT_TYPES)},
+            "username": _STRING,
+            "password": _STRING,
+            "refresh_token": _STRING,
+            "scope": _SCOPE,
+            "client_id": _STRING,
+            "client_secret": _STRING,
+        },
+    ),
+    "TokenResponse": _object(
+        ["access_token", "token_type", "expires_in", "scope"],
+        {
+            "access_token": {"type": "string", "description": "An RFC 9068 JWT (RS256)"},
+            "token_type": {"const": "Bearer"},
+            "expires_in": {"type": "integer", "minimum": 1},
+            "refresh_token": {"type": "string", "description": "Opaque; rotates on each use"},
+            "scope": _SCOPE,
+        },
+    ),
+    "TokenParameters": _object(
+        ["token"],
+        {
+            "token": _STRING,
+            "token_type_hint": {"enum": ["access_token", "refresh_token"]},
+            "client_id": _STRING,
+            "client_secret": _STRING,
+        },
+    ),
+    "Introspection": {
+        "oneOf": [
+            _object(["active"], {"active": {"const": False}}),
+            _object(
+                ["active", "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "token_type"],
+                {
+                    "active": {"const": True},
+                    "scope": _SCOPE,
+                    "client_id": _STRING,
+                    "username": _STRING,
+                    "sub": _STRING,
+                    "aud": {"oneOf": [_STRING, {"type": "array", "items": _STRING}]},
+                    "iss": _STRING,
+                    "exp": {"type": "integer"},
+                    "iat": {"type": "integer"},
+                    "jti": _STRING,
+                    "token_type": {"enum": ["Bearer", "refresh_token"]},
+                },
+            ),
+        ]
+    },
+    "Revoked": {"type": "object", "maxProperties": 0},
+    "ServerMetadata": _object(
+        [
+            "issuer",
+            "token_endpoint",
+            "introspection_endpoint",
+            "revocation_endpoint",
+            "jwks_uri",
+            "grant_types_supported",
+            "token_endpoint_auth_methods_supported",
+            "scopes_supported",
+        ],
+        {
+            "issuer": {"type": "string", "format": "uri"},
+            "token_endpoint": {"type": "string", "format": "uri"},
+            "introspection_endpoint": {"type": "string", "format": "uri"},
+            "revocation_endpoint": {"type": "string", "format": "uri"},
+            "jwks_uri": {"type": "string", "format": "uri"},
+            "grant_types_supported": {"type": "array", "items": {"enum": list(GRANT_TYPES)}},
+            "token_endpoint_auth_methods_supported": {"type": "array", "items": _STRING},
+            "scopes_supported": {"type": "array", "items": {"enum": list(SCOPES)}},
+        },
+        closed=False,  # RFC 8414 metadata is extensible
+    ),
+    "JWKS": _object(
+        ["keys"],
+        {
+            "keys": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["kty", "kid"],
+                    "properties": {
+                        "kty": {"const": "RSA"},
+                        "kid": _STRING,
+                        "use": {"const": "sig"},
+                        "alg": {"const": "RS256"},
+                        "n": _STRING,
+                        "e": _STRING,
+                        **{member: False for member in _PRIVATE_MEMBERS},
+                    },
+                },
+            }
+        },
+    ),
+    "JunkItem": _object(
+        ["id", "name", "description", "created_at", "updated_at"],
+        {
+            "id": _ID,
+            "name": _NAME,
+            "description": _DESCRIPTION,
+            "created_at": _TIMESTAMP,
+            "updated_at": _TIMESTAMP,
+        },
+    ),
+    "JunkCreate": _object(
+        ["name"], {"name": _NAME, "description": {**_DESCRIPTION, "default": ""}}
+    ),
+    "JunkUpdate": {
+        **_object([], {"name": _NAME, "description": _DESCRIPTION}),
+        "minProperties": 1,
+    },
+    "JunkPage": _object(
+        ["items", "next_cursor"],
+        {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/JunkItem"}},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    ),
+    "Health": _object(["status"], {"status": {"const": "ok"}}),
+    "Ready": _object(["status", "schema"], {"status": {"const": "ok"}, "schema": _STRING}),
+    "NotReady": _object(
+        ["status", "reason"], {"status": {"const": "unavailable"}, "reason": _STRING}
+    ),
+    "OpenAPIDocument": _object(
+        ["openapi", "info", "paths"],
+        {"openapi": {"type": "string", "pattern": "^3\\.1\\."}},
+        closed=False,
+    ),
+}
