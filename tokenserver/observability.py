@@ -1,63 +1,79 @@
-"""Request ids and structured JSON logs: every line names the request it belongs to."""
+"""Request ids and structured JSON logs: every line logged inside a request names that request."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import secrets
 import sys
-import uuid
 from datetime import UTC, datetime
 
 from flask import Flask, Response, g, has_request_context, request
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+HEADER = "X-Request-ID"
+
+
+def request_id() -> str:
+    """This request's id: the caller's X-Request-ID if short and plain, else a new one."""
+    current: str | None = g.get("request_id")
+    if current is None:
+        supplied = request.headers.get(HEADER, "")
+        # Accept a caller's id only if it is short and plain: it ends up in logs and headers,
+        # so anything else could forge log lines or split headers.
+        current = supplied if _REQUEST_ID.fullmatch(supplied) else secrets.token_hex(16)
+        g.request_id = current
+    return current
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line, with the request id when there is one."""
+    """One JSON object per line, with the request id when the line is logged in a request."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         if has_request_context():
-            entry["request_id"] = g.get("request_id")
+            entry["request_id"] = request_id()
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
 
 
 def configure_logging() -> None:
-    """Send the service's logs to stderr as JSON lines (once per process)."""
-    root = logging.getLogger("tokenserver")
-    if any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    """Send every logger's lines to stderr as JSON (once per process); ours from INFO up."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
+        # The process's own stderr (file descriptor 2), whatever sys.stderr has been swapped
+        # for: a command's output captured from sys.stdout/sys.stderr stays free of log lines.
+        handler = logging.StreamHandler(sys.__stderr__ or sys.stderr)
+        handler.setFormatter(JSONFormatter())
+        root.addHandler(handler)
+    # Our own INFO lines (audit, operations) are wanted; libraries stay at WARNING.
+    logging.getLogger("tokenserver").setLevel(logging.INFO)
 
 
 def _assign_request_id() -> None:
-    supplied = request.headers.get("X-Request-ID", "")
-    # Accept a caller's id only if it is short and plain: it ends up in logs and headers.
-    g.request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+    request_id()
 
 
 def _echo_request_id(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers[HEADER] = request_id()
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 
 def init_app(app: Flask) -> None:
-    """Hook request ids and logging into the app."""
+    """Hook request ids and JSON logging into the app."""
     configure_logging()
-    app.before_request(_assign_request_id)
+    # First of all hooks, so a request refused by an earlier one (a rate limit) still has its id.
+    app.before_request_funcs.setdefault(None, []).insert(0, _assign_request_id)
     app.after_request(_echo_request_id)

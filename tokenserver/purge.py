@@ -3,39 +3,68 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import ColumnElement, Table, delete, exists, select
 
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
 
+# Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
+_KEY_GRACE = timedelta(minutes=5)
+
 
 def purge(older_than: int, batch_size: int) -> tuple[int, int]:
-    """Delete records expired over `older_than` seconds ago and families with none left."""
+    """Delete records expired over `older_than` seconds ago, then families left empty.
+
+    A spent refresh token's record stays until it expires like any other: presenting it again
+    must still be recognised as reuse and revoke its family.
+    """
     cutoff = utcnow() - timedelta(seconds=older_than)
-    records = _in_batches(
-        select(TokenRecord.id).where(TokenRecord.expires_at < cutoff), TokenRecord.id, batch_size
+    records = _delete_in_batches(
+        _table(TokenRecord), [TokenRecord.expires_at < cutoff], batch_size, walk=False
     )
-    empty = select(TokenFamily.id).where(
+    empty_family = [
         TokenFamily.created_at < cutoff,
         ~exists().where(TokenRecord.family_id == TokenFamily.id),
-    )
-    families = _in_batches(empty, TokenFamily.id, batch_size)
+    ]
+    families = _delete_in_batches(_table(TokenFamily), empty_family, batch_size, walk=True)
     # A retired key is useless once every token it signed has expired.
-    key_cutoff = cutoff - timedelta(seconds=current_settings().access_token_ttl)
-    db.session.execute(delete(SigningKey).where(SigningKey.retired_at < key_cutoff))
+    ttl = timedelta(seconds=current_settings().access_token_ttl)
+    db.session.execute(delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE))
     db.session.commit()
     return records, families
 
 
-def _in_batches(ids: select, column: object, batch_size: int) -> int:  # type: ignore[valid-type]
-    total = 0
-    table = column.class_  # type: ignore[attr-defined]
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+def _delete_in_batches(
+    table: Table, where: list[ColumnElement[bool]], batch_size: int, *, walk: bool
+) -> int:
+    """Delete matching rows, at most `batch_size` per transaction; returns how many went.
+
+    With `walk`, each batch starts after the last id deleted, so rows the query must look at
+    but keep (families still in use) are read once per run, not once per batch.
+    """
+    key = table.c.id
+    total, after = 0, None
     while True:
-        batch = db.session.scalars(ids.limit(batch_size)).all()  # type: ignore[attr-defined]
-        if not batch:
-            return total
-        db.session.execute(delete(table).where(column.in_(batch)))  # type: ignore[attr-defined]
+        chosen = select(key).where(*where).limit(batch_size)
+        if walk:
+            chosen = chosen.order_by(key)
+            if after is not None:
+                chosen = chosen.where(key > after)
+        # The conditions are checked again by the DELETE itself, so a row that changed since
+        # it was chosen is left alone; no list of ids travels as parameters.
+        gone = db.session.scalars(
+            delete(table).where(key.in_(chosen.scalar_subquery()), *where).returning(key)
+        ).all()
         db.session.commit()
-        total += len(batch)
+        if not gone:
+            return total
+        total += len(gone)
+        after = max(gone)

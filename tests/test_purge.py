@@ -1,0 +1,209 @@
+"""tokenserver tokens purge: old records, empty families and dead keys go; all else stays."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from sqlalchemy import delete, event, func, select
+
+from tests.conftest import Actions
+from tokenserver.extensions import db
+from tokenserver.models import SigningKey, TokenFamily, TokenRecord
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+class Store:
+    """Writes families, records and keys with chosen times, straight to the database."""
+
+    def __init__(self, app: Flask, actions: Actions) -> None:
+        self.app = app
+        self.user_id = actions.user("alice")["id"]
+        self.client_id = actions.oauth_client().client_id
+        self.kids: list[str] = []
+
+    def family(self, created: datetime) -> str:
+        family_id = secrets.token_hex(16)
+        with self.app.app_context():
+            db.session.add(
+                TokenFamily(
+                    id=family_id, client_id=self.client_id, user_id=self.user_id, created_at=created
+                )
+            )
+            db.session.commit()
+        return family_id
+
+    def record(
+        self, family_id: str, expires: datetime, kind: str = "access", spent: datetime | None = None
+    ) -> int:
+        with self.app.app_context():
+            record = TokenRecord(
+                family_id=family_id,
+                kind=kind,
+                jti=secrets.token_hex(8) if kind == "access" else None,
+                token_hash=secrets.token_hex(32) if kind == "refresh" else None,
+                scope="junk:read",
+                issued_at=expires - HOUR,
+                expires_at=expires,
+                spent_at=spent,
+            )
+            db.session.add(record)
+            db.session.commit()
+            return record.id
+
+    def retired_key(self, retired: datetime) -> str:
+        kid = f"purge-test-{secrets.token_hex(4)}"
+        with self.app.app_context():
+            db.session.add(
+                SigningKey(
+                    kid=kid,
+                    private_pem="unused",
+                    public_jwk="{}",
+                    created_at=retired - 30 * DAY,
+                    retired_at=retired,
+                )
+            )
+            db.session.commit()
+        self.kids.append(kid)
+        return kid
+
+    def record_ids(self) -> set[int]:
+        with self.app.app_context():
+            return set(db.session.scalars(select(TokenRecord.id)))
+
+    def family_ids(self) -> set[str]:
+        with self.app.app_context():
+            return set(db.session.scalars(select(TokenFamily.id)))
+
+    def key_ids(self) -> set[str]:
+        with self.app.app_context():
+            return set(db.session.scalars(select(SigningKey.kid)))
+
+
+@pytest.fixture
+def store(app: Flask, actions: Actions) -> Iterator[Store]:
+    """A Store at a fixed instant; the keys it made are removed afterwards (keys outlive tests)."""
+    with time_machine.travel(NOW, tick=False):
+        made = Store(app, actions)
+        yield made
+    with app.app_context():
+        db.session.execute(delete(SigningKey).where(SigningKey.kid.in_(made.kids)))
+        db.session.commit()
+
+
+def purge(runner: FlaskCliRunner, *args: str) -> str:
+    result = runner.invoke(args=["tokens", "purge", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_only_records_expired_longer_ago_than_older_than_go(
+    store: Store, runner: FlaskCliRunner
+) -> None:
+    family = store.family(NOW - 40 * DAY)
+    long_expired = store.record(family, NOW - DAY - HOUR)
+    long_expired_refresh = store.record(family, NOW - 3 * DAY, "refresh", spent=NOW - 4 * DAY)
+    recently_expired = store.record(family, NOW - DAY + HOUR)
+    live = store.record(family, NOW + HOUR)
+    # Spent but alive: presenting it again must still be caught as reuse, so it stays.
+    spent_alive = store.record(family, NOW + 10 * DAY, "refresh", spent=NOW - HOUR)
+
+    output = purge(runner)  # the default: a day past expiry
+    assert "purged 2 token records" in output
+    remaining = store.record_ids()
+    assert {recently_expired, live, spent_alive} <= remaining
+    assert not {long_expired, long_expired_refresh} & remaining
+    assert family in store.family_ids()
+
+
+def test_older_than_moves_the_cutoff(store: Store, runner: FlaskCliRunner) -> None:
+    family = store.family(NOW - 40 * DAY)
+    two_hours_ago = store.record(family, NOW - 2 * HOUR)
+    just_now = store.record(family, NOW - timedelta(minutes=5))
+    purge(runner, "--older-than", "3600")
+    assert store.record_ids() & {two_hours_ago, just_now} == {just_now}
+
+
+def test_old_families_left_empty_go_and_others_stay(store: Store, runner: FlaskCliRunner) -> None:
+    spent_family = store.family(NOW - 40 * DAY)
+    store.record(spent_family, NOW - 10 * DAY, "refresh")
+    store.record(spent_family, NOW - 20 * DAY)
+    in_use = store.family(NOW - 40 * DAY)
+    store.record(in_use, NOW - 10 * DAY)
+    store.record(in_use, NOW + 5 * DAY, "refresh")
+    old_and_empty = store.family(NOW - 3 * DAY)
+    new_and_empty = store.family(NOW - HOUR)  # its first records may be on their way
+
+    output = purge(runner)
+    assert "and 2 token families" in output
+    families = store.family_ids()
+    assert {in_use, new_and_empty} <= families
+    assert not {spent_family, old_and_empty} & families
+
+
+def test_retired_keys_go_once_no_token_of_theirs_can_live(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    ttl = timedelta(seconds=app.extensions["tokenserver.settings"].access_token_ttl)
+    long_dead = store.retired_key(NOW - DAY - ttl - HOUR)
+    retired_yesterday = store.retired_key(NOW - DAY)
+    with app.app_context():
+        current = set(
+            db.session.scalars(select(SigningKey.kid).where(SigningKey.retired_at.is_(None)))
+        )
+    purge(runner)
+    keys = store.key_ids()
+    assert retired_yesterday in keys
+    assert long_dead not in keys
+    assert current <= keys
+
+
+@contextmanager
+def _delete_statements(app: Flask, table: str) -> Iterator[list[str]]:
+    """Collect the DELETE statements sent for `table` while the context is open."""
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(f"DELETE FROM {table.upper()}"):
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+
+
+def test_batches_are_no_larger_than_batch_size(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    for _ in range(25):
+        store.record(store.family(NOW - 40 * DAY), NOW - 5 * DAY)
+    with _delete_statements(app, "token_records") as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert "purged 25 token records and 25 token families" in output
+    # 10 + 10 + 5 rows, then one statement that finds nothing left: four transactions.
+    assert len(seen) == 4
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(TokenRecord)) == 0
+
+
+def test_one_batch_when_batch_size_allows(app: Flask, store: Store, runner: FlaskCliRunner) -> None:
+    for _ in range(25):
+        store.record(store.family(NOW - 40 * DAY), NOW - 5 * DAY)
+    with _delete_statements(app, "token_families") as seen:
+        purge(runner, "--batch-size", "100")
+    assert len(seen) == 2
+    assert store.family_ids() == set()

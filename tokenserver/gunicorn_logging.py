@@ -1,0 +1,61 @@
+"""gunicorn's own logs as JSON lines: the access log and the error log, like the app's logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gunicorn import glogging
+
+from .observability import JSONFormatter, configure_logging
+
+
+class JSONLogger(glogging.Logger):
+    """gunicorn's Logger writing JSON objects built with json.dumps, never by string formatting.
+
+    A format-string access log breaks on a quote in a path or user agent (and lets a client
+    forge fields); json.dumps escapes whatever the client sent.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        """gunicorn's handlers, with every error-log line formatted as JSON."""
+        super().setup(cfg)
+        configure_logging()
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JSONFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
+        """One JSON line per request; no query string, as it may carry a token."""
+        if not self.access_log_enabled:
+            return
+        self.access_log.info(json.dumps(access_entry(resp, environ, request_time)))
+
+
+def access_entry(resp: Any, environ: dict[str, Any], request_time: timedelta) -> dict[str, Any]:
+    """The fields of one access-log line."""
+    status = resp.status
+    if isinstance(status, str):
+        status = status.split(None, 1)[0]
+    return {
+        "time": datetime.now(UTC).isoformat(),
+        "level": "info",
+        "logger": "gunicorn.access",
+        "pid": os.getpid(),
+        "request_id": _response_header(resp, "x-request-id"),
+        "remote": environ.get("REMOTE_ADDR"),
+        "method": environ.get("REQUEST_METHOD"),
+        "path": environ.get("PATH_INFO"),
+        "status": int(status) if str(status).isdigit() else status,
+        "bytes": getattr(resp, "sent", None),
+        "duration_ms": round(request_time.total_seconds() * 1000, 3),
+        "user_agent": environ.get("HTTP_USER_AGENT"),
+    }
+
+
+def _response_header(resp: Any, name: str) -> str | None:
+    for key, value in resp.headers:
+        if key.lower() == name:
+            return str(value)
+    return None

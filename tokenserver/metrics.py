@@ -1,0 +1,151 @@
+"""Prometheus metrics: what each request did, counted once and summed across gunicorn workers.
+
+Everything is derived in one after_request hook from what Flask already knows (the url rule,
+the status, the grant type of a token request, the `active` of an introspection answer), so no
+domain module has to call in here. Labels are route templates, never raw paths, to keep the
+number of series bounded whatever URLs clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Request, Response, current_app, request
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+
+from . import metric_files
+from .models import GRANT_TYPES
+
+bp = Blueprint("metrics", __name__)
+
+REQUESTS = Counter(
+    "tokenserver_http_requests",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "tokenserver_http_request_duration_seconds",
+    "Time to produce a response, by method and route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+TOKENS_ISSUED = Counter(
+    "tokenserver_tokens_issued",
+    "Successful token responses, by grant type.",
+    ["grant_type"],
+)
+LOGIN_FAILURES = Counter(
+    "tokenserver_login_failures",
+    "Password grants refused as invalid_grant (wrong credentials or a disabled account).",
+)
+THROTTLED = Counter(
+    "tokenserver_throttled_requests",
+    "Requests refused with 429 by a rate limit or the password guard, by route template.",
+    ["route"],
+)
+INTROSPECTIONS = Counter(
+    "tokenserver_introspections",
+    "Introspection answers, by whether the token was active.",
+    ["active"],
+)
+# Series that exist from the start, so a rate() over them works before the first event.
+for _grant in GRANT_TYPES:
+    TOKENS_ISSUED.labels(_grant)
+for _active in ("true", "false"):
+    INTROSPECTIONS.labels(_active)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_UNMATCHED = "<unmatched>"  # 404s and 405s: one series, whatever the path was
+_STARTED = "tokenserver.metrics.started"  # in the WSGI environ, like the request it times
+# This process's handles on its request series, so the hot path skips labels()' checks and
+# lock. Bounded: keys are known methods, route templates and status codes.
+_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_SELF = "metrics.metrics"
+_TOKEN = "oauth.token"
+_INTROSPECT = "oauth.introspect"
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Every worker's metrics in the Prometheus (or OpenMetrics) text format."""
+    registry: CollectorRegistry = current_app.extensions["tokenserver.metrics_registry"]
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    path = metric_files.directory()
+    if path is None:
+        body = encode(registry)
+    else:
+        with metric_files.scrape_lock(path):
+            body = encode(registry)
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+
+def _start_timer() -> None:
+    request.environ[_STARTED] = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    """Count this request; a few dictionary lookups, as it runs on every request."""
+    # The request itself, not the proxy: each proxy access is a context lookup of its own.
+    current: Request = request._get_current_object()  # type: ignore[attr-defined]
+    rule = current.url_rule
+    endpoint = rule.endpoint if rule is not None else None
+    if endpoint == _SELF:
+        return response  # scrapes would otherwise count themselves
+    route = rule.rule if rule is not None else _UNMATCHED
+    method = current.method if current.method in _METHODS else "other"
+    status = response.status_code
+    key = (method, route, status)
+    series = _series.get(key) or _series.setdefault(key, _new_series(method, route, status))
+    series[0].inc()
+    started = current.environ.get(_STARTED)
+    if started is not None:
+        series[1].observe(time.perf_counter() - started)
+    if status == 429:
+        THROTTLED.labels(route).inc()
+    elif endpoint == _TOKEN:
+        _count_token_answer(current, status, response)
+    elif endpoint == _INTROSPECT and status == 200:
+        body = _json(response)
+        INTROSPECTIONS.labels("true" if body.get("active") is True else "false").inc()
+    return response
+
+
+def _new_series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)
+
+
+def _count_token_answer(current: Request, status: int, response: Response) -> None:
+    if status == 200:
+        grant = current.form.get("grant_type", "")
+        TOKENS_ISSUED.labels(grant if grant in GRANT_TYPES else "other").inc()
+    elif (
+        status == 400
+        and current.form.get("grant_type") == "password"
+        and _json(response).get("error") == "invalid_grant"
+    ):
+        LOGIN_FAILURES.inc()
+
+
+def _json(response: Response) -> dict[str, Any]:
+    body = response.get_json(silent=True)
+    return body if isinstance(body, dict) else {}
+
+
+def _registry() -> CollectorRegistry:
+    """Under gunicorn, a registry that reads every worker's files; else this process's own."""
+    if metric_files.directory() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def init_app(app: Flask) -> None:
+    """Serve /metrics and count every other request."""
+    app.extensions["tokenserver.metrics_registry"] = _registry()
+    app.register_blueprint(bp)
+    # First of all hooks, so time spent in the others (rate limits, request ids) is measured.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
+    app.after_request(_observe)
