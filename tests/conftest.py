@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,12 +20,17 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from openapi_core import OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from openapi_core.exceptions import OpenAPIError
+from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tokenserver import create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
+from tokenserver.openapi import build_document
 
 ROOT = Path(__file__).resolve().parent.parent
 # Cheap hashing keeps the suite fast; test_passwords checks the production parameters.
@@ -86,6 +94,48 @@ def _clean(database_url: str) -> None:
     engine.dispose()
 
 
+@functools.cache
+def _openapi(issuer: str) -> OpenAPI:
+    """The service's OpenAPI document for an issuer, parsed once per session."""
+    return OpenAPI.from_dict(build_document(issuer))
+
+
+class _RequestAtIssuer(WerkzeugOpenAPIRequest):
+    """A test request as the document sees it: addressed to the configured issuer."""
+
+    def __init__(self, request: Any, issuer: str) -> None:
+        super().__init__(request)
+        self.issuer = issuer
+
+    @property
+    def host_url(self) -> str:
+        return self.issuer + "/"
+
+    @property
+    def body(self) -> bytes:
+        return b""  # the app has consumed the stream; only the response is checked
+
+
+class OpenAPICheckedClient(FlaskClient):
+    """A test client that fails the test when a response breaks the OpenAPI document."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        issuer = self.application.extensions["tokenserver.settings"].issuer
+        request = _RequestAtIssuer(response.request, issuer)
+        try:
+            _openapi(issuer).validate_response(request, WerkzeugOpenAPIResponse(response))
+        except (PathNotFound, OperationNotFound):
+            pass  # not a documented operation: a test-only route, an unknown URL, a 405
+        except OpenAPIError as exc:
+            detail = f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
+            raise AssertionError(
+                f"{request.method.upper()} {request.path} answered {response.status_code}, "
+                f"which the OpenAPI document does not allow: {detail}"
+            ) from exc
+        return response
+
+
 @pytest.fixture
 def make_app(base_settings: Settings) -> Iterator[Any]:
     """A factory for apps with settings changed from the base; all cleaned afterwards."""
@@ -94,6 +144,7 @@ def make_app(base_settings: Settings) -> Iterator[Any]:
     def factory(**changes: Any) -> Flask:
         app = create_app(replace(base_settings, **changes))
         app.config["TESTING"] = True
+        app.test_client_class = OpenAPICheckedClient
         apps.append(app)
         return app
 
@@ -204,9 +255,16 @@ def _free_port() -> int:
 class LiveServer:
     """Real gunicorn on loopback, configured through the environment like production."""
 
-    def __init__(self, settings: Settings, workers: int = 2, **env: str) -> None:
+    def __init__(
+        self, settings: Settings, workers: int = 2, log_dir: Path | None = None, **env: str
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Logs go to files, not pipes: a pipe nobody drains fills up and blocks the workers.
+        self._temporary_logs = log_dir is None  # removed again by stop()
+        log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tokenserver-live-"))
+        self.error_log = log_dir / f"gunicorn-{self.port}.log"
+        self.access_log = log_dir / f"gunicorn-{self.port}.access.log"
         self.env = {
             **os.environ,
             "TOKENSERVER_DATABASE_URL": settings.database_url,
@@ -221,7 +279,13 @@ class LiveServer:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
+    def log_lines(self, which: str = "error") -> list[str]:
+        """What gunicorn has written so far to its error log (stderr) or its access log."""
+        path = self.access_log if which == "access" else self.error_log
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
     def start(self) -> LiveServer:
+        stderr = open(self.error_log, "ab")  # noqa: SIM115 (the child keeps it open)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -232,23 +296,24 @@ class LiveServer:
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--access-logfile",
-                "/dev/null",
+                str(self.access_log),
                 "wsgi:app",
             ],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
         )
+        stderr.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                raise RuntimeError("\n".join(self.log_lines())[-2000:])
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or the workers are still loading the app
             time.sleep(0.05)  # polling for start-up, not waiting out a race
         self.stop()
         raise RuntimeError("gunicorn did not start within 30 s")
@@ -261,17 +326,22 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._temporary_logs:
+            shutil.rmtree(self.error_log.parent, ignore_errors=True)
 
 
 @pytest.fixture
-def live_server_factory(base_settings: Settings) -> Iterator[Any]:
-    """Start gunicorn servers on loopback with extra environment; all stopped afterwards."""
+def live_server_factory(base_settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    """Start gunicorn servers on loopback with extra environment; all stopped afterwards.
+
+    `TOKENSERVER_DATABASE_URL=...` among the environment serves another database.
+    """
     servers: list[LiveServer] = []
 
     def factory(workers: int = 2, **env: str) -> LiveServer:
-        server = LiveServer(base_settings, workers, **env).start()
-        servers.append(server)
-        return server
+        server = LiveServer(base_settings, workers, tmp_path, **env)
+        servers.append(server)  # stopped afterwards even if it fails to start
+        return server.start()
 
     yield factory
     for server in servers:
@@ -283,3 +353,19 @@ def live_server(live_server_factory: Any, app: Flask) -> LiveServer:
     """Two gunicorn workers serving the test database (and `app` cleans it afterwards)."""
     server: LiveServer = live_server_factory()
     return server
+
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the test Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"tokenserver-test-{secrets.token_hex(6)}"
+    yield prefix
+    connection = redis.Redis.from_url(REDIS_URL)
+    for key in connection.scan_iter(f"{prefix}:*"):
+        connection.delete(key)
+    connection.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 
 from .config import Settings
 from .extensions import db, migrate
@@ -31,9 +33,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
+    app.teardown_appcontext(_end_session)  # registered after Flask-SQLAlchemy's: runs first
     migrate.init_app(app, db, directory=MIGRATIONS, compare_type=True, render_as_batch=True)
 
-    from . import errors, observability, ops, users
+    from . import (
+        audit,
+        errors,
+        guard,
+        junk,
+        limits,
+        metrics,
+        observability,
+        openapi,
+        ops,
+        security,
+        users,
+    )
     from .keys import KeyRing
     from .oauth import init_oauth
     from .passwords import Passwords
@@ -50,9 +65,16 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     errors.register_error_handlers(app)
     observability.init_app(app)
+    security.init_app(app)
+    limits.init_app(app)
+    guard.init_app(app)
+    audit.init_app(app)
     init_oauth(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(junk.bp)
+    app.register_blueprint(openapi.bp)
+    metrics.init_app(app)
 
     from .cli import register_commands
 
@@ -61,14 +83,41 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _engine_options(settings: Settings) -> dict[str, Any]:
+    # Database errors are logged; their text must not carry the statement's values (hashes,
+    # token digests, usernames).
     if settings.is_sqlite:
         # A long busy timeout lets concurrent writers from several workers queue, not fail.
-        return {"connect_args": {"timeout": 30}}
+        return {"hide_parameters": True, "connect_args": {"timeout": 30}}
     return {
+        "hide_parameters": True,
         "pool_pre_ping": True,  # drop connections that died with a database restart
         "pool_timeout": 5,  # an exhausted pool answers 503 soon rather than hanging
-        "connect_args": {"connect_timeout": 3},
+        "connect_args": {
+            "connect_timeout": 3,  # an unreachable server fails the request in seconds
+            # TCP keepalives: a server gone without a word (a crashed host, a partition) is
+            # noticed in ~11 s, not after the kernel's two hours; statement bounds are set
+            # for the web workers only, in gunicorn.conf.py (PGOPTIONS).
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        },
     }
+
+
+def _end_session(_exc: BaseException | None) -> None:
+    """End the request's session even when the database died under it.
+
+    Flask-SQLAlchemy's own teardown would let the failing ROLLBACK escape Flask, and gunicorn
+    would answer a bare HTML 500 in place of the JSON 503 already rendered.
+    """
+    try:
+        db.session.remove()
+    except DBAPIError as exc:
+        db.session.registry.clear()  # its connection is invalidated; the pool reconnects later
+        logging.getLogger(__name__).warning(
+            "dropped a session whose connection failed: %s", exc.__class__.__name__
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
 from .extensions import db
+from .guard import Throttled, current_guard
 from .models import User
 from .passwords import current_passwords, password_problem
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def username_key(username: str) -> str:
-    """The case-folded form that makes usernames unique regardless of letter case."""
-    return username.lower()
+    """The case-folded form that makes usernames unique regardless of letter case.
+
+    Only ASCII letters fold, as usernames are ASCII: str.lower() would also fold look-alikes
+    such as the Kelvin sign (U+212A) into "k", so a non-ASCII name could reach an account.
+    """
+    return username.translate(_ASCII_LOWER)
 
 
 def validate_username(username: object) -> str:
@@ -41,6 +49,8 @@ def register(username: object, password: object) -> User:
         raise InvalidRequest("'password' is required")
     if not isinstance(password, str):
         raise InvalidRequest("'password' must be a string")
+    if _as_utf8(password) != password:
+        raise InvalidRequest("'password' must be valid Unicode text")
     problem = password_problem(password, name)
     if problem:
         raise InvalidRequest(f"'password': {problem}")
@@ -80,19 +90,61 @@ def get(username: str) -> User:
 
 
 def authenticate(username: str, password: str) -> User | None:
-    """The active user these credentials belong to, or None. Always costs one hash check."""
-    passwords = current_passwords()
-    user = find(username) if len(username) <= 64 else None
+    """The active user these credentials belong to, or None; a throttled guess raises Throttled.
+
+    The guard counts the check before any hash is computed, keyed on the normalised name
+    whether or not such a user exists, so its answers do not tell which accounts exist.
+    """
+    name = username_key(username)
+    try:
+        current_guard().admit(name)
+    except Throttled:
+        _login_failed(username, "throttled")
+        raise
+    user = _check_password(username, password)
     if user is None:
-        passwords.verify_dummy(password)  # same cost as a real miss: no enumeration by timing
         return None
-    verdict = passwords.verify(user.password_hash, password)
+    current_guard().clear(name)
+    audit.event("login.success", user_id=user.id, username=user.username)
+    return user
+
+
+def _check_password(username: str, password: str) -> User | None:
+    """The active user if the password is theirs. Always costs one full hash check."""
+    passwords = current_passwords()
+    # A name that breaks the username rules names no account: no need to ask the database.
+    user = find(username) if _USERNAME.fullmatch(username) else None
+    if user is None:
+        passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
+        _login_failed(username, "unknown_user")
+        return None
+    verdict = passwords.verify(user.password_hash, _as_utf8(password))
     if not verdict.ok or user.disabled:
+        _login_failed(username, "disabled" if verdict.ok else "wrong_password", user)
         return None
     if verdict.new_hash:
         user.password_hash = verdict.new_hash  # parameters changed, or a legacy Werkzeug hash
         db.session.commit()
     return user
+
+
+def _as_utf8(text: str) -> str:
+    """The text with any lone surrogate (a Python string may hold one; UTF-8 may not) replaced.
+
+    No stored password holds one, so a password with one is simply wrong, not an error.
+    """
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _login_failed(username: str, reason: str, user: User | None = None) -> None:
+    # A name that breaks the username rules is left out: it may be a password typed one field
+    # too early, and the audit log must never hold one.
+    audit.event(
+        "login.failure",
+        reason=reason,
+        username=username if _USERNAME.fullmatch(username) else None,
+        user_id=user.id if user else None,
+    )
 
 
 def set_disabled(username: str, disabled: bool) -> User:

@@ -14,9 +14,9 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts
+from . import accounts, audit
 from .config import ConfigError, Settings
-from .digests import digest, new_secret
+from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
 from .keys import list_keys, rotate
@@ -65,6 +65,7 @@ def users_create(username: str, password_stdin: bool) -> None:
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     user = accounts.register(username, password)
+    audit.event("user.created", user_id=user.id, username=user.username)
     click.echo(f"created user {user.username} (id {user.id})")
 
 
@@ -73,6 +74,7 @@ def users_create(username: str, password_stdin: bool) -> None:
 def users_disable(username: str) -> None:
     """Disable USERNAME: no new tokens, and every token they hold stops working at once."""
     user = accounts.set_disabled(username, True)
+    audit.event("user.disabled", user_id=user.id, username=user.username)
     click.echo(f"disabled {user.username}")
 
 
@@ -81,6 +83,7 @@ def users_disable(username: str) -> None:
 def users_enable(username: str) -> None:
     """Enable USERNAME again."""
     user = accounts.set_disabled(username, False)
+    audit.event("user.enabled", user_id=user.id, username=user.username)
     click.echo(f"enabled {user.username}")
 
 
@@ -110,7 +113,7 @@ def create_client(
         raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(SCOPES)}")
     secret = None if public else new_secret(32)
     client = Client(
-        client_id=new_secret(16),
+        client_id=new_identifier(),
         name=name,
         secret_hash=digest(secret) if secret else None,
         grant_types=" ".join(chosen),
@@ -119,6 +122,15 @@ def create_client(
     )
     db.session.add(client)
     db.session.commit()
+    audit.event(
+        "client.created",
+        client_id=client.client_id,
+        name=client.name,
+        public=client.is_public,
+        grant_types=client.grants,
+        scope=client.scope,
+        introspect=client.can_introspect,
+    )
     return client, secret
 
 
@@ -179,6 +191,7 @@ def clients_delete(client_id: str) -> None:
     db.session.commit()
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise click.ClickException(f"no client with id {client_id!r}")
+    audit.event("client.deleted", client_id=client_id)
     click.echo(f"deleted {client_id}")
 
 
@@ -203,6 +216,7 @@ def keys() -> None:
 def keys_rotate() -> None:
     """Make a new signing key current; tokens signed by older keys stay valid until they expire."""
     kid = rotate(db.engine)
+    audit.event("key.rotated", kid=kid)
     click.echo(f"new signing key {kid}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -66,6 +67,26 @@ def _storage_uri(raw: str) -> str:
     return value
 
 
+def _rate_limit(raw: str) -> str:
+    from limits import parse_many
+
+    value = raw.strip()
+    try:
+        parsed = parse_many(value)
+    except ValueError:
+        parsed = []
+    if not parsed or any(item.amount < 1 for item in parsed):
+        raise ValueError("expected limits such as 10/minute or 20/minute;200/hour")
+    return value
+
+
+def _key_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ValueError("expected up to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
 def _setting(env: str | None, parse: Callable[[str], Any], default: Any) -> Any:
     """Declare a field read from TOKENSERVER_<env> (or a bare name) with its parser."""
     return field(default=default, metadata={"env": env, "parse": parse})
@@ -83,6 +104,14 @@ class Settings:
     registration_open: bool = _setting("REGISTRATION_OPEN", _parse_bool, True)
     ratelimit_storage_uri: str = _setting("RATELIMIT_STORAGE_URI", _storage_uri, "memory://")
     ratelimit_enabled: bool = _setting("RATELIMIT_ENABLED", _parse_bool, True)
+    # Per-IP limits (README "Abuse limits"); each is a limits string, e.g. "20/minute;200/hour".
+    ratelimit_signup: str = _setting("RATELIMIT_SIGNUP", _rate_limit, "10/hour")
+    ratelimit_token_failures: str = _setting(
+        "RATELIMIT_TOKEN_FAILURES", _rate_limit, "20/minute;200/hour"
+    )
+    ratelimit_default: str = _setting("RATELIMIT_DEFAULT", _rate_limit, "120/minute")
+    # Namespace of our keys in a Redis shared with other services (or other test runs).
+    ratelimit_key_prefix: str = _setting("RATELIMIT_KEY_PREFIX", _key_prefix, "tokenserver")
     # Proxies in front of us whose X-Forwarded-For we believe; 0 trusts none (spoofable otherwise).
     trusted_proxies: int = _setting("TRUSTED_PROXIES", _non_negative_int, 0)
     # argon2id cost; the defaults sit above OWASP's minimum (19 MiB, t=2, p=1).

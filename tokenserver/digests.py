@@ -14,3 +14,8 @@ def new_secret(nbytes: int = 32) -> str:
 def digest(value: str) -> str:
     """The hex SHA-256 of a high-entropy credential: what the database keeps instead of it."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def new_identifier() -> str:
+    """A random public identifier (a client_id): hex, so it never starts with '-' as an option."""
+    return secrets.token_hex(16)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def error_response(
     return response
 
 
-def _http_error(exc: HTTPException) -> Response:
+def _http_error(exc: HTTPException) -> Response | WerkzeugResponse:
     status = exc.code or 500
     response = exc.get_response()
     if response.mimetype == "application/json" and exc.response is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -25,3 +26,18 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
+
+
+def _limiter() -> Limiter:
+    from .limits import client_address, per_ip_limits, unlimited
+
+    made = Limiter(
+        key_func=client_address,
+        default_limits=per_ip_limits(),  # values read per request from the app's settings
+        swallow_errors=True,  # a Redis outage lifts per-IP limits; the password guard stays
+    )
+    made.request_filter(unlimited)
+    return made
+
+
+limiter = _limiter()

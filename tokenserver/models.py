@@ -233,3 +233,18 @@ class JunkItem(db.Model):  # type: ignore[name-defined,misc]
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }
+
+
+class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
+    """The password-guessing guard's count for one account name, shared by every worker."""
+
+    __tablename__ = "login_throttles"
+
+    # SHA-256 of the normalised username: unknown names are guarded like real ones.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)  # password checks since the last success
+    # Stale rows (no attempt for a day) mean nothing and are pruned by this index.
+    last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    day_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    day_attempts: Mapped[int] = mapped_column(Integer)

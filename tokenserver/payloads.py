@@ -28,6 +28,9 @@ def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[st
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise InvalidRequest(f"unknown field '{unknown[0]}'")
+    for key, value in data.items():
+        if not _storable(value):
+            raise InvalidRequest(f"'{key}' holds a NUL character or a lone surrogate")
     return data
 
 
@@ -42,6 +45,25 @@ def _json_object() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("the JSON body must be an object")
     return data
+
+
+def _storable(value: Any) -> bool:
+    """Whether every string in a JSON value can be stored as text by every database we run on.
+
+    JSON may spell both a NUL character and half a surrogate pair, but PostgreSQL text takes
+    neither (and UTF-8 cannot hold the second): refused here, they never become a 500.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
 
 
 def _nesting_depth(raw: bytes) -> int:

@@ -1,0 +1,147 @@
+"""Per-IP rate limits (Flask-Limiter) on the routes anyone may call without a token.
+
+Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection
+and revocation endpoints count only failures, so busy legitimate clients are never slowed; the
+discovery and health-of-the-database routes count every request. /healthz and /metrics are
+never limited. Each app reads its values, switch and storage from its own settings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, request
+from flask_limiter import Limit, RequestLimit
+
+from .config import Settings, current_settings
+from .errors import error_response
+
+_NEVER_LIMITED = frozenset({"/healthz", "/metrics"})
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Which requests one limit counts, and which setting holds its value."""
+
+    name: str
+    routes: frozenset[str]
+    methods: tuple[str, ...]
+    setting: str
+    failures_only: bool
+
+
+_READ = ("GET", "HEAD")
+RULES = (
+    _Rule("signup", frozenset({"/users"}), ("POST",), "ratelimit_signup", False),
+    _Rule("token", frozenset({"/oauth/token"}), ("POST",), "ratelimit_token_failures", True),
+    _Rule(
+        "introspect",
+        frozenset({"/oauth/introspect", "/introspect"}),
+        ("POST",),
+        "ratelimit_default",
+        True,
+    ),
+    _Rule("revoke", frozenset({"/oauth/revoke"}), ("POST",), "ratelimit_default", True),
+    _Rule(
+        "discovery",
+        frozenset(
+            {
+                "/.well-known/oauth-authorization-server",
+                "/.well-known/jwks.json",
+                "/readyz",
+                "/openapi.json",
+            }
+        ),
+        _READ,
+        "ratelimit_default",
+        False,
+    ),
+)
+
+
+def client_address() -> str:
+    """Who a per-IP limit counts: the peer, or the client a trusted proxy names (ProxyFix)."""
+    return request.remote_addr or "unknown"
+
+
+def _route() -> str | None:
+    return request.url_rule.rule if request.url_rule is not None else None
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code >= 400
+
+
+def _too_many(limit: RequestLimit) -> Response:
+    """The JSON 429 every per-IP limit answers with."""
+    retry_after = max(1, math.ceil(limit.window.reset_time - time.time()))
+    return error_response(
+        429,
+        "too_many_requests",
+        f"Too many requests from this address; retry after {retry_after} seconds.",
+        {"Retry-After": str(retry_after)},
+    )
+
+
+def _limit(rule: _Rule) -> Limit:
+    def value() -> str:
+        limit: str = getattr(current_settings(), rule.setting)
+        return limit
+
+    def elsewhere() -> bool:
+        return _route() not in rule.routes
+
+    deduct_when: Callable[[Response], bool] | None = _failed if rule.failures_only else None
+    return Limit(
+        value,
+        key_function=client_address,
+        scope=rule.name,
+        methods=rule.methods,
+        exempt_when=elsewhere,
+        deduct_when=deduct_when,
+        on_breach=_too_many,
+    )
+
+
+def per_ip_limits() -> list[str | Callable[[], str] | Limit]:
+    """The limits the Limiter applies to every route (each exempts the routes it is not for)."""
+    return [_limit(rule) for rule in RULES]
+
+
+def unlimited() -> bool:
+    """Requests no per-IP limit applies to: all when switched off; /healthz and /metrics."""
+    return not current_settings().ratelimit_enabled or _route() in _NEVER_LIMITED
+
+
+def init_app(app: Flask) -> None:
+    """Bind the shared Limiter to this app with the app's storage.
+
+    Flask-Limiter keeps one storage per Limiter, the one of the app bound last: in a served
+    process there is only one app. Values and the on/off switch are read per request from the
+    app's own settings, so apps built side by side (tests, the CLI) keep theirs.
+    """
+    from .extensions import limiter
+
+    settings: Settings = app.extensions["tokenserver.settings"]
+    app.config.update(
+        # Always on at the Limiter: the switch is per app, read per request by unlimited().
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_OPTIONS=_storage_options(settings),
+        RATELIMIT_STRATEGY="fixed-window",
+    )
+    limiter.init_app(app)
+
+
+def _storage_options(settings: Settings) -> dict[str, str | int]:
+    if urlsplit(settings.ratelimit_storage_uri).scheme == "memory":
+        return {}
+    return {
+        "key_prefix": f"{settings.ratelimit_key_prefix}:limits",
+        "socket_timeout": 2,
+        "socket_connect_timeout": 2,
+    }
