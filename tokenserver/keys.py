@@ -111,7 +111,7 @@ class KeyRing:
 
     def jwks(self) -> dict[str, object]:
         """The RFC 7517 key set: current and still-useful retired public keys."""
-        self._refresh_if_stale()
+        self.signing_key()  # publish a key before the first token needs one: never an empty set
         return {"keys": list(self._public)}
 
     def key_set(self) -> KeySet:

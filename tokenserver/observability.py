@@ -67,7 +67,6 @@ def _assign_request_id() -> None:
 
 def _echo_request_id(response: Response) -> Response:
     response.headers[HEADER] = request_id()
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 
