@@ -226,13 +226,27 @@ class JunkItem(db.Model):  # type: ignore[name-defined,misc]
 
     def to_dict(self) -> dict[str, Any]:
         """The item as the API renders it."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "created_at": isoformat(self.created_at),
-            "updated_at": isoformat(self.updated_at),
-        }
+        return render_junk(self)
+
+
+JUNK_COLUMNS = (
+    JunkItem.id,
+    JunkItem.name,
+    JunkItem.description,
+    JunkItem.created_at,
+    JunkItem.updated_at,
+)
+
+
+def render_junk(item: Any) -> dict[str, Any]:
+    """A junk item, or a row of JUNK_COLUMNS, as the API renders it."""
+    return {
+        "id": item.id,
+        "name": item.name,
+        "description": item.description,
+        "created_at": isoformat(item.created_at),
+        "updated_at": isoformat(item.updated_at),
+    }
 
 
 class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]

@@ -10,7 +10,7 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from flask import Flask, current_app
 from flask import request as flask_request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from werkzeug.datastructures import MultiDict
 
 from .. import audit
@@ -90,7 +90,11 @@ def current_server() -> AuthorizationServer:
 def _query_client(client_id: str) -> Client | None:
     if len(client_id) > _MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
         return None  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a 401)
-    return db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
+    return db.session.scalars(_CLIENT_BY_ID, {"client_id": client_id}).first()
+
+
+# Built once: every token, introspection and revocation request looks its client up.
+_CLIENT_BY_ID = select(Client).where(Client.client_id == bindparam("client_id"))
 
 
 def _audit_issued(request: Any, claims: dict[str, Any], family_id: str, refreshed: bool) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from .. import audit
 from ..digests import digest
@@ -172,19 +172,24 @@ class LiveToken:
     audience: str | list[str] | None = None
 
 
+# Built once: this runs on every bearer request, and composing a select costs more than
+# executing it (statement caching skips compilation, not construction).
+_LIVE_ACCESS = (
+    select(TokenRecord.family_id, TokenFamily.client_id, User)
+    .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
+    .outerjoin(User, User.id == TokenFamily.user_id)
+    .where(
+        TokenRecord.jti == bindparam("jti"),
+        TokenRecord.kind == ACCESS,
+        TokenRecord.revoked_at.is_(None),
+        TokenFamily.revoked_at.is_(None),
+    )
+)
+
+
 def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     """A verified access token's record if it is unrevoked and its user still active."""
-    row = db.session.execute(
-        select(TokenRecord.family_id, TokenFamily.client_id, User)
-        .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-        .outerjoin(User, User.id == TokenFamily.user_id)
-        .where(
-            TokenRecord.jti == claims["jti"],
-            TokenRecord.kind == ACCESS,
-            TokenRecord.revoked_at.is_(None),
-            TokenFamily.revoked_at.is_(None),
-        )
-    ).first()
+    row = db.session.execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
     if row is None or not _subject_active(row.User, row.client_id, claims):
         return None
     return LiveToken(

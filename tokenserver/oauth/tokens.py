@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
+import time
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
@@ -90,6 +92,18 @@ def verify_access_token(token: str, keyring: KeyRing, issuer: str, audience: str
     """
     if len(token) > _MAX_TOKEN_LENGTH:
         raise TokenRejected()
+    claims = _verified(token, keyring, issuer, audience)
+    # Only `exp` can change the verdict on a cached token: check it on every use.
+    if claims["exp"] <= int(time.time()):
+        raise TokenRejected("expired")
+    return dict(claims)
+
+
+# This worker's cache of tokens whose signature and fixed claims have checked out, so a token
+# used again skips the RSA verification. Bounded, and holding no state that can change:
+# revocation and the user's status are asked of the database on every request.
+@functools.lru_cache(maxsize=4096)
+def _verified(token: str, keyring: KeyRing, issuer: str, audience: str) -> dict[str, Any]:
     try:
         decoded = jwt.decode(token, _key_for(keyring), algorithms=[ALGORITHM])
         # RFC 9068 §4: the `typ` header must say at+jwt, so no other JWT can pass as one.
