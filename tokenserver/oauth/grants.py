@@ -10,7 +10,7 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError
 from .. import accounts
 from ..extensions import db
 from ..models import User
-from .records import RefreshCredential, spend_refresh_token
+from .records import RefreshCredential, find_refresh_token
 
 # Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
@@ -37,8 +37,9 @@ class RefreshGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential:
-        # Authlib reads here and revokes after saving, in separate steps; we spend it atomically.
-        credential = spend_refresh_token(refresh_token, self.request.client)
+        # Authlib reads here and revokes after saving, in separate commits (two refreshes could
+        # both win); we only read here and spend with a conditional UPDATE in save_token.
+        credential = find_refresh_token(refresh_token, self.request.client)
         if credential is None:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
         return credential
@@ -51,7 +52,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
         return user
 
     def revoke_old_credential(self, refresh_token: Any) -> None:
-        """Nothing to do: authenticate_refresh_token already spent it."""
+        """Nothing to do: save_token spent it in the same transaction as the new tokens."""
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):

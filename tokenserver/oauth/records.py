@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from authlib.oauth2.rfc6749.errors import InvalidGrantError
 from sqlalchemy import bindparam, select, update
 
 from .. import audit
@@ -22,12 +23,13 @@ _MAX_REFRESH_TOKEN_LENGTH = 512
 
 @dataclass(frozen=True)
 class RefreshCredential:
-    """A refresh token that has just been spent, as the refresh grant sees it."""
+    """A live refresh token being exchanged, as the refresh grant sees it."""
 
     family_id: str
     client_id: str
     user_id: int | None
     scope: str
+    token_hash: str
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -51,9 +53,11 @@ def record_issued(
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
-    The commit also makes the spending of `parent` final: both happen or neither does.
+    A `parent` refresh token is spent in the same transaction: both happen or neither does.
     """
     issued = datetime.fromtimestamp(claims["iat"], UTC)
+    if parent is not None:
+        _spend(parent, client)
     family_id = parent.family_id if parent is not None else _new_family(client, user, issued)
     db.session.add(
         TokenRecord(
@@ -94,47 +98,69 @@ def _new_family(client: Client, user: User | None, issued: datetime) -> str:
     return family_id
 
 
-def spend_refresh_token(token: str, client: Client) -> RefreshCredential | None:
-    """Mark a live refresh token of `client` spent; a second use of one kills its family.
+def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
+    """The live, unspent refresh token of `client`; presenting a spent one kills its family.
 
-    One conditional UPDATE decides the winner, so concurrent refreshes with the same token
-    cannot both succeed (RFC 9700 §4.14.2: rotation with reuse detection). The spend is not
-    committed here: the new tokens' records commit it, and an error rolls it back.
+    Only reads: the token is spent when the new tokens are stored (see record_issued), so the
+    write lock is held for the few statements of that commit, not across RSA signing.
     """
     if not _may_be_ours(token):
         return None
-    now = utcnow()
     token_hash = digest(token)
-    live_family = select(TokenFamily.id).where(
-        TokenFamily.client_id == client.client_id, TokenFamily.revoked_at.is_(None)
+    row = db.session.execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
+    if row is None or row.TokenFamily.client_id != client.client_id:
+        return None  # unknown, or another client's: nothing to learn, nothing to revoke
+    if row.spent_at is not None:
+        _reuse_detected(client, row.family_id)
+        return None
+    family: TokenFamily = row.TokenFamily
+    if row.revoked_at or family.revoked_at or row.expires_at <= utcnow():
+        return None
+    return RefreshCredential(row.family_id, family.client_id, family.user_id, row.scope, token_hash)
+
+
+_REFRESH_BY_HASH = (
+    select(
+        TokenRecord.family_id,
+        TokenRecord.scope,
+        TokenRecord.spent_at,
+        TokenRecord.revoked_at,
+        TokenRecord.expires_at,
+        TokenFamily,
     )
+    .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
+    .where(TokenRecord.token_hash == bindparam("token_hash"), TokenRecord.kind == REFRESH)
+)
+
+
+def _spend(parent: RefreshCredential, client: Client) -> None:
+    """Mark `parent` spent, or fail: one conditional UPDATE decides the winner.
+
+    Concurrent refreshes with the same token cannot both pass (RFC 9700 §4.14.2): the loser's
+    UPDATE matches no row once the winner's is in, and the loser presented a spent token.
+    """
+    now = utcnow()
     spent = db.session.execute(
         update(TokenRecord)
         .where(
-            TokenRecord.token_hash == token_hash,
+            TokenRecord.token_hash == parent.token_hash,
             TokenRecord.kind == REFRESH,
             TokenRecord.spent_at.is_(None),
             TokenRecord.revoked_at.is_(None),
             TokenRecord.expires_at > now,
-            TokenRecord.family_id.in_(live_family),
         )
         .values(spent_at=now)
         .execution_options(synchronize_session=False)
     )
-    row = db.session.execute(
-        select(TokenRecord.family_id, TokenRecord.scope, TokenRecord.spent_at, TokenFamily)
-        .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-        .where(TokenRecord.token_hash == token_hash, TokenRecord.kind == REFRESH)
-    ).first()
-    if row is None or row.TokenFamily.client_id != client.client_id:
-        return None  # unknown, or another client's: nothing to learn, nothing to revoke
     if spent.rowcount != 1:  # type: ignore[attr-defined]
-        if row.spent_at is not None:
-            revoke_family(row.family_id)  # replay of a spent token: assume it was stolen
-            audit.event("token.reuse_detected", client_id=client.client_id, family_id=row.family_id)
-        return None
-    family: TokenFamily = row.TokenFamily
-    return RefreshCredential(row.family_id, family.client_id, family.user_id, row.scope)
+        db.session.rollback()
+        _reuse_detected(client, parent.family_id)
+        raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+
+
+def _reuse_detected(client: Client, family_id: str) -> None:
+    revoke_family(family_id)  # replay of a spent token: assume it was stolen
+    audit.event("token.reuse_detected", client_id=client.client_id, family_id=family_id)
 
 
 def revoke_family(family_id: str) -> None:
