@@ -97,15 +97,22 @@ def _query_client(client_id: str) -> Client | None:
 _CLIENT_BY_ID = select(Client).where(Client.client_id == bindparam("client_id"))
 
 
-def _audit_issued(request: Any, claims: dict[str, Any], family_id: str, refreshed: bool) -> None:
+def _who(request: Any) -> dict[str, Any]:
+    """The audit fields naming client and user, read before a commit expires them."""
+    fields: dict[str, Any] = {"client_id": request.client.client_id}
+    if request.user is not None:
+        fields |= {"user_id": request.user.id, "username": request.user.username}
+    return fields
+
+
+def _audit_issued(
+    request: Any, who: dict[str, Any], claims: dict[str, Any], family_id: str, refreshed: bool
+) -> None:
     """One audit line per token response: who got what, never the token itself."""
-    fields: dict[str, Any] = {"client_id": request.client.client_id, "family_id": family_id}
-    fields |= {"jti": claims["jti"], "scope": claims["scope"]}
+    fields = {**who, "family_id": family_id, "jti": claims["jti"], "scope": claims["scope"]}
     if refreshed:
         audit.event("token.refreshed", **fields)
         return
-    if request.user is not None:
-        fields |= {"user_id": request.user.id, "username": request.user.username}
     audit.event("token.issued", grant_type=request.payload.grant_type, **fields)
 
 
@@ -117,10 +124,11 @@ def init_oauth(app: Flask) -> None:
     def save_token(token: dict[str, Any], request: Any) -> None:
         parent: RefreshCredential | None = request.refresh_token  # set by the refresh grant only
         claims = issued_claims(token["access_token"])
+        who = _who(request)
         family_id = record_issued(
             token, claims, request.client, request.user, settings.refresh_token_ttl, parent
         )
-        _audit_issued(request, claims, family_id, refreshed=parent is not None)
+        _audit_issued(request, who, claims, family_id, refreshed=parent is not None)
 
     server = AuthorizationServer(settings)
     server.init_app(app, query_client=_query_client, save_token=save_token)
