@@ -33,5 +33,25 @@ format: install
 	$(BIN)/ruff format tokenserver tests bench
 	$(BIN)/ruff check --fix tokenserver tests bench
 
+# make bench [DB=postgres | BENCH_DATABASE_URL=postgresql+psycopg://...] [SCALE=1] [PROFILE=1]
+DB ?= sqlite
+BENCH_DATABASE_URL ?= $(if $(filter postgres postgresql,$(DB)),postgresql+psycopg://postgres@127.0.0.1:5432/postgres)
+BENCH_ARGS ?=
+
+bench: install ## each route under wrk against /healthz on 2 gunicorn workers; see README "Performance"
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(if $(PROFILE),$(BIN)/python -m pip install --quiet py-spy==0.4.3)
+	BENCH_DATABASE_URL='$(BENCH_DATABASE_URL)' $(BIN)/python -m bench.run \
+		$(if $(SCALE),--scale) $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
+bench-scale: ## the same, then again with 1,000,000 token records and 100,000 users
+	$(MAKE) bench SCALE=1
+
+# make fuzz [FUZZ_EXAMPLES=200]: `make test` runs the same tests with far fewer examples.
+FUZZ_EXAMPLES ?= 200
+
+fuzz: install ## schemathesis against live gunicorn, every operation, with and without a token
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py tests/test_properties.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

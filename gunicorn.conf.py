@@ -44,8 +44,8 @@ os.environ.setdefault(
 timeout = 30  # a worker stuck longer than this is killed and replaced
 graceful_timeout = 30  # on SIGTERM/HUP, in-flight requests get this long to finish
 keepalive = 5
-max_requests = 10_000  # recycle workers now and then, so slow leaks cannot accumulate
-max_requests_jitter = 1_000  # ...but not all at once
+max_requests = 50_000  # recycle workers now and then, so slow leaks cannot accumulate
+max_requests_jitter = 5_000  # ...but not all at once
 # No control socket: its default path is shared by every gunicorn of the same user, and
 # signals (HUP to reload, TTIN/TTOU, TERM) already do what it offers.
 control_socket_disable = True

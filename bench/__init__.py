@@ -1,0 +1,1 @@
+"""Load benchmark of tokenserver as deployed: `make bench` (see README, "Performance")."""

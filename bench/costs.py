@@ -1,0 +1,79 @@
+"""The fixed costs the targets are stated against, measured in this process and this run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from tokenserver.config import Settings
+from tokenserver.digests import new_secret
+from tokenserver.keys import ALGORITHM, KEY_SIZE
+from tokenserver.passwords import Passwords
+
+
+def _median_ms(action: Callable[[], Any], repeat: int) -> float:
+    action()  # first call pays for imports and caches
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
+
+
+def argon2_verify_ms(repeat: int = 15) -> float:
+    """One argon2id verification with the production parameters (the defaults)."""
+    settings = Settings()
+    passwords = Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+    )
+    password = new_secret()
+    stored = passwords.hash(password)
+    return _median_ms(lambda: passwords.verify(stored, password), repeat)
+
+
+def _access_token_claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "iss": "http://localhost:8000",
+        "sub": "12345",
+        "aud": "http://localhost:8000",
+        "exp": now + 900,
+        "iat": now,
+        "jti": new_secret(18),
+        "client_id": new_secret(16),
+        "scope": "junk:read junk:write",
+        "username": "bench-user",
+    }
+
+
+def rsa_costs_ms(repeat: int = 300) -> tuple[float, float]:
+    """Signing and verifying one RS256 access token with a key like the server's."""
+    key = RSAKey.generate_key(KEY_SIZE, parameters={"alg": ALGORITHM}, private=True)
+    key.ensure_kid()
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
+    claims = _access_token_claims()
+    token = jwt.encode(header, claims, key)
+    sign = _median_ms(lambda: jwt.encode(header, claims, key), repeat)
+    verify = _median_ms(lambda: jwt.decode(token, key, algorithms=[ALGORITHM]), repeat)
+    return sign, verify
+
+
+def measure() -> dict[str, Any]:
+    """The per-operation costs and the password-grant ceiling they imply on this machine."""
+    cores = os.cpu_count() or 1
+    argon2 = argon2_verify_ms()
+    sign, verify = rsa_costs_ms()
+    return {
+        "cores": cores,
+        "argon2_verify_ms": round(argon2, 2),
+        "password_grant_ceiling_rps": round(cores * 1000 / argon2, 1),
+        "rs256_sign_ms": round(sign, 3),
+        "rs256_verify_ms": round(verify, 3),
+    }

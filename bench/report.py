@@ -1,0 +1,140 @@
+"""Ratios, targets, the printed table and the JSON file of one bench invocation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RSS_LIMIT_MB = 120.0
+SCALE_TOLERANCE = 0.10  # the scale run's ratios may fall at most this much below the small run's
+# route key -> (what it is compared with, the least ratio that meets the target)
+TARGETS: dict[str, tuple[str, float]] = {
+    "introspect": ("healthz", 0.5),
+    "junk_list": ("healthz", 0.4),
+    "users_me": ("healthz", 0.4),
+    "refresh": ("healthz", 0.25),
+    "password": ("ceiling", 0.85),
+}
+
+
+def add_ratios(run: dict[str, Any]) -> None:
+    """Each route's rate over /healthz's, and over the argon2 ceiling for the password grant."""
+    routes = run["routes"]
+    floors = [routes[k]["rps"] for k in ("healthz", "healthz_end") if k in routes]
+    floor = sum(floors) / len(floors)  # the mean of the runs at the start and at the end
+    run["healthz_rps"] = round(floor, 1)
+    ceiling = run["costs"]["password_grant_ceiling_rps"]
+    for key, row in routes.items():
+        row["x_healthz"] = round(row["rps"] / floor, 3) if floor else None
+        basis, least = TARGETS.get(key, ("", 0.0))
+        if not basis:
+            continue
+        ratio = row["x_healthz"] if basis == "healthz" else round(row["rps"] / ceiling, 3)
+        row["target"] = {"versus": basis, "at_least": least, "ratio": ratio, "met": ratio >= least}
+    rss = run["worker_rss_mb"]
+    seen = [mb for row in routes.values() for mb in row.get("worker_rss_mb", {}).values()]
+    run["worker_rss_max_mb"] = max(seen + list(rss.values()), default=0.0)
+    run["rss_met"] = bool(rss) and run["worker_rss_max_mb"] < RSS_LIMIT_MB
+
+
+def compare(small: dict[str, Any], scale: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target ratio of the scale run next to the small run's."""
+    rows = []
+    for key, row in scale["routes"].items():
+        before = small["routes"].get(key, {}).get("target")
+        after = row.get("target")
+        if not before or not after or not before["ratio"]:
+            continue
+        change = after["ratio"] / before["ratio"] - 1
+        rows.append(
+            {
+                "route": key,
+                "small": before["ratio"],
+                "scale": after["ratio"],
+                "change": round(change, 3),
+                "met": change >= -SCALE_TOLERANCE,
+            }
+        )
+    return rows
+
+
+def _target_text(row: dict[str, Any]) -> str:
+    target = row.get("target")
+    if not target:
+        return ""
+    unit = "hz" if target["versus"] == "healthz" else "ceiling"
+    verdict = "ok" if target["met"] else "MISSED"
+    return f"{target['ratio']:.2f}x {unit} >= {target['at_least']:.2f}  {verdict}"
+
+
+def table(run: dict[str, Any]) -> str:
+    """The run as a fixed-width table plus the cost and memory lines under it."""
+    lines = [
+        f"== {run['label']} run on {run['database']}: {run['seeded_summary']}",
+        f"{'route':<30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'x healthz':>9} {'cpu ms':>7} {'other':>6}  target",
+    ]
+    for row in run["routes"].values():
+        lines.append(
+            f"{row['label']:<30} {row['rps']:>8.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+            f"{row['errors']:>7} {row['x_healthz']:>9.3f} {row['cpu_ms']:>7.2f} "
+            f"{row['cpu']['other']:>6.0%}  {_target_text(row)}"
+        )
+        if row.get("drain_seconds", 0) >= 2:
+            lines.append(
+                f"{'':<30} (queued requests kept the server busy {row['drain_seconds']} s more)"
+            )
+        if row.get("pool_exhausted"):
+            lines.append(f"{'':<30} (refresh pool ran out: {row['pool_exhausted']} reused tokens)")
+    lines += [
+        f"x healthz: over {run['healthz_rps']:.1f} req/s, the mean of the two /healthz rows",
+        "cpu ms: server (and PostgreSQL) CPU per request; other: CPU share of other processes",
+    ]
+    costs = run["costs"]
+    lines += [
+        f"argon2id verify {costs['argon2_verify_ms']:.1f} ms (production parameters) -> "
+        f"password-grant ceiling {costs['cores']} cores / {costs['argon2_verify_ms']:.1f} ms = "
+        f"{costs['password_grant_ceiling_rps']:.1f} req/s",
+        f"RS256 sign {costs['rs256_sign_ms']:.2f} ms, verify {costs['rs256_verify_ms']:.2f} ms",
+    ]
+    refresh = run["routes"].get("refresh")
+    if refresh and refresh["cpu_ms"]:
+        cpu_ms = refresh["cpu_ms"]
+        share = costs["rs256_sign_ms"] / cpu_ms
+        lines.append(
+            f"refresh grant: {cpu_ms:.2f} ms of CPU per request, of which RS256 signing "
+            f"{costs['rs256_sign_ms']:.2f} ms ({share:.0%}); /healthz costs "
+            f"{run['routes']['healthz']['cpu_ms']:.2f} ms"
+        )
+    rss = ", ".join(f"pid {pid}: {mb:.1f} MB" for pid, mb in run["worker_rss_mb"].items())
+    verdict = "ok" if run["rss_met"] else "MISSED"
+    lines.append(
+        f"worker VmRSS after the run: {rss}; the most after any route: "
+        f"{run['worker_rss_max_mb']:.1f} MB (limit {RSS_LIMIT_MB:.0f} MB: {verdict}); "
+        f"workers recycled by max_requests during the run: {run['worker_restarts']}"
+    )
+    return "\n".join(lines)
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """The scale run's target ratios against the small run's."""
+    lines = [f"== scale vs small (may fall at most {SCALE_TOLERANCE:.0%})"]
+    lines.append(f"{'route':<14} {'small':>7} {'scale':>7} {'change':>8}")
+    for row in rows:
+        verdict = "ok" if row["met"] else "MISSED"
+        lines.append(
+            f"{row['route']:<14} {row['small']:>7.3f} {row['scale']:>7.3f} "
+            f"{row['change']:>+8.1%}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], directory: Path) -> Path:
+    """bench/results/<timestamp>.json (the folder is gitignored)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

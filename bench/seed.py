@@ -1,0 +1,131 @@
+"""Seeding through the real API and the `tokenserver` command: clients, users, tokens, junk."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from .server import tokenserver_command
+
+# Every bench user shares one strong random password: logins succeed, so the per-account
+# password guard (which a success resets) never throttles the password-grant route.
+PASSWORD = f"bench {secrets.token_urlsafe(18)}"
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """A registered client and its secret."""
+
+    client_id: str
+    client_secret: str
+
+    @property
+    def basic(self) -> str:
+        """The value of an `Authorization: Basic` header for this client."""
+        from base64 import b64encode
+
+        pair = f"{self.client_id}:{self.client_secret}".encode()
+        return "Basic " + b64encode(pair).decode("ascii")
+
+
+@dataclass
+class Seeded:
+    """What the routes need: clients, users, live access tokens."""
+
+    app: ClientCredentials
+    resource_server: ClientCredentials
+    usernames: list[str] = field(default_factory=list)
+    user_ids: list[int] = field(default_factory=list)
+    access_tokens: list[str] = field(default_factory=list)
+    junk_items: int = 0
+
+
+def create_clients(env: dict[str, str]) -> tuple[ClientCredentials, ClientCredentials]:
+    """An app (password + refresh grants) and a resource server that may introspect any token."""
+    app = json.loads(tokenserver_command(env, "clients", "create", "bench-app", "--json"))
+    resource_server = json.loads(
+        tokenserver_command(
+            env,
+            "clients",
+            "create",
+            "bench-resource-server",
+            "--grant",
+            "client_credentials",
+            "--introspect",
+            "--json",
+        )
+    )
+    return (
+        ClientCredentials(app["client_id"], app["client_secret"]),
+        ClientCredentials(resource_server["client_id"], resource_server["client_secret"]),
+    )
+
+
+def _expect(response: requests.Response, status: int) -> dict[str, Any]:
+    if response.status_code != status:
+        raise RuntimeError(
+            f"{response.request.method} {response.url}: {response.status_code} {response.text}"
+        )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _sign_up(base: str, username: str) -> int:
+    response = requests.post(
+        f"{base}/users", json={"username": username, "password": PASSWORD}, timeout=30
+    )
+    return int(_expect(response, 201)["id"])
+
+
+def _log_in(base: str, app: ClientCredentials, username: str) -> str:
+    response = requests.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "password", "username": username, "password": PASSWORD},
+        auth=(app.client_id, app.client_secret),
+        timeout=30,
+    )
+    return str(_expect(response, 200)["access_token"])
+
+
+def junk_available(base: str) -> bool:
+    """Whether this server has the junk API (an unauthenticated GET is 401, not 404)."""
+    return requests.get(f"{base}/junk", timeout=10).status_code != 404
+
+
+def _add_junk(base: str, token: str, count: int) -> int:
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {token}"
+        for n in range(count):
+            item = {"name": f"seed item {n}", "description": "seeded by the benchmark " * 8}
+            _expect(session.post(f"{base}/junk", json=item, timeout=30), 201)
+    return count
+
+
+def seed(
+    base: str,
+    app: ClientCredentials,
+    resource_server: ClientCredentials,
+    users: int,
+    junk_per_user: int,
+    with_junk: bool,
+) -> Seeded:
+    """Sign users up, log each in once, and give each some junk, all through the API."""
+    seeded = Seeded(app, resource_server)
+    run_id = secrets.token_hex(3)
+    seeded.usernames = [f"bench-{run_id}-{n:04d}" for n in range(users)]
+    # A few requests at a time keep both workers busy while each signs up or logs in
+    # (each costs an argon2id hash with the production parameters).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        seeded.user_ids = list(pool.map(lambda name: _sign_up(base, name), seeded.usernames))
+        seeded.access_tokens = list(
+            pool.map(lambda name: _log_in(base, app, name), seeded.usernames)
+        )
+        if with_junk:
+            counts = pool.map(lambda tok: _add_junk(base, tok, junk_per_user), seeded.access_tokens)
+            seeded.junk_items = sum(counts)
+    return seeded
