@@ -63,7 +63,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         gen = None
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-    app = create_app(Settings(database_url=url, **FAST_HASHING))
+    app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
     with app.app_context():
         from flask_migrate import upgrade
 
@@ -141,8 +141,8 @@ def make_app(base_settings: Settings) -> Iterator[Any]:
     """A factory for apps with settings changed from the base; all cleaned afterwards."""
     apps: list[Flask] = []
 
-    def factory(**changes: Any) -> Flask:
-        app = create_app(replace(base_settings, **changes))
+    def factory(*, migrations: bool = False, **changes: Any) -> Flask:
+        app = create_app(replace(base_settings, **changes), migrations=migrations)
         app.config["TESTING"] = True
         app.test_client_class = OpenAPICheckedClient
         apps.append(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskCliRunner
@@ -147,7 +148,8 @@ def test_keys_rotate_and_list(app: Flask, runner: FlaskCliRunner) -> None:
     assert [k.kid for k in current] == [kid]
 
 
-def test_help_explains_every_command(runner: FlaskCliRunner) -> None:
+def test_help_explains_every_command(make_app: Any) -> None:
+    runner = make_app(migrations=True).test_cli_runner()  # as the `tokenserver` command builds it
     for path in (
         ["users"],
         ["clients"],

@@ -176,7 +176,9 @@ def _prepare(url: str) -> tuple[str, str]:
     """Migrate the cluster's database and register a client; returns its credentials."""
     from flask_migrate import upgrade
 
-    app = create_app(Settings(database_url=url, ratelimit_enabled=False, **FAST_HASHING))
+    app = create_app(
+        Settings(database_url=url, ratelimit_enabled=False, **FAST_HASHING), migrations=True
+    )
     with app.app_context():
         upgrade()
         client, secret = create_client("faults", False, ("password",), None, False)

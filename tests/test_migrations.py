@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, inspect, text
 
-from tokenserver import create_app
+from tokenserver import MIGRATIONS, create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
+from tokenserver.ops import SCHEMA_HEAD
 
-from .conftest import FAST_HASHING, _postgres_database
+from .conftest import FAST_HASHING, ROOT, _postgres_database
 
 
 def test_migrated_schema_matches_the_models(app: Flask) -> None:
@@ -25,7 +31,7 @@ def test_migrated_schema_matches_the_models(app: Flask) -> None:
 
 
 def _upgrade_from_empty(url: str) -> set[str]:
-    app = create_app(Settings(database_url=url, **FAST_HASHING))
+    app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
     with app.app_context():
         upgrade()
         upgrade()  # a second run at head is a no-op, not an error
@@ -52,3 +58,27 @@ def test_upgrade_takes_an_empty_database_to_head(base_settings: Settings, tmp_pa
     finally:
         if gen is not None:
             next(gen, None)
+
+
+def test_readyz_expects_the_newest_migration() -> None:
+    # /readyz compares with a constant (serving never loads alembic): a new migration must
+    # update it, or every node would report itself unready after the upgrade.
+    assert ScriptDirectory(MIGRATIONS).get_heads() == [SCHEMA_HEAD]
+
+
+def test_tokenserver_db_upgrade_takes_an_empty_database_to_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenserver.cli", "db", "upgrade"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "TOKENSERVER_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
+    engine.dispose()

@@ -11,13 +11,17 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from .config import Settings
-from .extensions import db, migrate
+from .extensions import db
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the WSGI application from settings (read from the environment when not given)."""
+def create_app(settings: Settings | None = None, *, migrations: bool = False) -> Flask:
+    """Build the WSGI application from settings (read from the environment when not given).
+
+    With `migrations`, Flask-Migrate is bound too (the `db` command, `flask_migrate.upgrade()`):
+    the CLI and the tests ask for it; the served app does not, so workers never load alembic.
+    """
     app = Flask(__name__)
     settings = (settings or Settings.from_env(instance_path=app.instance_path)).resolved(
         app.instance_path
@@ -34,7 +38,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     db.init_app(app)
     app.teardown_appcontext(_end_session)  # registered after Flask-SQLAlchemy's: runs first
-    migrate.init_app(app, db, directory=MIGRATIONS, compare_type=True, render_as_batch=True)
+    if migrations:
+        from flask_migrate import Migrate  # imports alembic: 12 MB a web worker has no use for
+
+        Migrate(app, db, directory=MIGRATIONS, compare_type=True, render_as_batch=True)
 
     from . import (
         audit,

@@ -265,7 +265,7 @@ def register_commands(app: Flask) -> None:
 def _create_app() -> Flask:
     from . import create_app
 
-    return create_app()
+    return create_app(migrations=True)
 
 
 cli = FlaskGroup(

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from werkzeug.security import check_password_hash
-from zxcvbn import zxcvbn
-from zxcvbn.matching import RANKED_DICTIONARIES
 
 MIN_LENGTH = 8
 MAX_LENGTH = 1024
@@ -68,6 +66,10 @@ def password_problem(password: str, username: str = "") -> str | None:
         return f"password must be at least {MIN_LENGTH} characters"
     if len(password) > MAX_LENGTH:
         return f"password must be at most {MAX_LENGTH} characters"
+    # Imported here: its dictionaries cost every worker 13 MB; only new passwords need them.
+    from zxcvbn import zxcvbn
+    from zxcvbn.matching import RANKED_DICTIONARIES
+
     if password.lower() in RANKED_DICTIONARIES["passwords"]:
         return "password is too common; choose another"
     result = zxcvbn(password[:_ANALYSED_PREFIX], user_inputs=[username] if username else [])

@@ -1,0 +1,51 @@
+"""The served app (wsgi.py): what every gunicorn worker loads into memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tokenserver.config import Settings
+
+from .conftest import ROOT
+
+# Runs in a fresh interpreter: this one has loaded alembic and zxcvbn for other tests.
+_SERVE_THEN_CHECK_A_PASSWORD = """
+import sys
+import wsgi
+from tokenserver.passwords import password_problem
+
+def heavy():
+    return sorted({m.split(".")[0] for m in sys.modules} & {"alembic", "flask_migrate", "zxcvbn"})
+
+client = wsgi.app.test_client()
+assert client.get("/healthz").status_code == 200
+ready = client.get("/readyz")
+assert ready.status_code == 200, ready.json
+print(heavy())
+assert password_problem("password1") is not None
+print(heavy())
+"""
+
+
+def test_workers_load_alembic_never_and_zxcvbn_only_to_check_a_password(
+    base_settings: Settings,
+) -> None:
+    # About 25 MB of a worker's memory: alembic serves only the CLI, zxcvbn only sign-ups.
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_THEN_CHECK_A_PASSWORD],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TOKENSERVER_DATABASE_URL": base_settings.database_url,
+            "TOKENSERVER_RATELIMIT_ENABLED": "false",
+            "TOKENSERVER_ARGON2_TIME_COST": "1",
+            "TOKENSERVER_ARGON2_MEMORY_KIB": "1024",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "['zxcvbn']"]
