@@ -6,14 +6,14 @@ import re
 import string
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
 from .extensions import db
 from .guard import Throttled, current_guard
-from .models import User
+from .models import USER_COLUMNS, Subject, User
 from .passwords import current_passwords, password_problem
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
@@ -89,7 +89,7 @@ def get(username: str) -> User:
     return user
 
 
-def authenticate(username: str, password: str) -> User | None:
+def authenticate(username: str, password: str) -> Subject | None:
     """The active user these credentials belong to, or None; a throttled guess raises Throttled.
 
     The guard counts the check before any hash is computed, keyed on the normalised name
@@ -109,21 +109,35 @@ def authenticate(username: str, password: str) -> User | None:
     return user
 
 
-def _check_password(username: str, password: str) -> User | None:
+# Core, built once: every password grant runs these (see oauth/records.py).
+_users: Table = User.__table__
+_LOGIN = select(*(_users.c[column.key] for column in USER_COLUMNS), _users.c.password_hash).where(
+    _users.c.username_key == bindparam("name_key")
+)
+_REHASH = (
+    update(_users).where(_users.c.id == bindparam("user_id")).values(password_hash=bindparam("new"))
+)
+
+
+def _check_password(username: str, password: str) -> Subject | None:
     """The active user if the password is theirs. Always costs one full hash check."""
     passwords = current_passwords()
     # A name that breaks the username rules names no account: no need to ask the database.
-    user = find(username) if _USERNAME.fullmatch(username) else None
-    if user is None:
+    row = None
+    if _USERNAME.fullmatch(username):
+        row = db.session.execute(_LOGIN, {"name_key": username_key(username)}).first()
+    if row is None:
         passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
         _login_failed(username, "unknown_user")
         return None
-    verdict = passwords.verify(user.password_hash, _as_utf8(password))
+    user = Subject(row.id, row.username, row.disabled, row.created_at)
+    verdict = passwords.verify(row.password_hash, _as_utf8(password))
     if not verdict.ok or user.disabled:
         _login_failed(username, "disabled" if verdict.ok else "wrong_password", user)
         return None
     if verdict.new_hash:
-        user.password_hash = verdict.new_hash  # parameters changed, or a legacy Werkzeug hash
+        # The parameters changed, or a legacy Werkzeug hash: store the current kind.
+        db.session.execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
         db.session.commit()
     return user
 
@@ -136,7 +150,7 @@ def _as_utf8(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def _login_failed(username: str, reason: str, user: User | None = None) -> None:
+def _login_failed(username: str, reason: str, user: Subject | None = None) -> None:
     # A name that breaks the username rules is left out: it may be a password typed one field
     # too early, and the audit log must never hold one.
     audit.event(

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Select,
+    Table,
     bindparam,
     delete,
     select,
@@ -20,7 +21,7 @@ from sqlalchemy import (
 from . import cursors
 from .errors import InvalidRequest, NotFound
 from .extensions import db
-from .models import JUNK_COLUMNS, JunkItem, User, render_junk, utcnow
+from .models import JUNK_COLUMNS, JunkItem, Subject, render_junk, utcnow
 from .oauth.protect import current_user, require_oauth
 from .payloads import read_fields, require_string
 
@@ -60,16 +61,17 @@ def page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
     One row beyond the page is fetched to learn whether another page follows. Plain rows, not
     ORM objects: a page is only rendered, and loading entities cost more than the query.
     """
+    items: Table = JunkItem.__table__  # Core, not ORM: this is a hot path (see records.py)
     owner: BindParameter[int] = bindparam("owner_id")
     after: BindParameter[int] = bindparam("after_id")
     if dialect == "postgresql":
-        seek = tuple_(JunkItem.owner_id, JunkItem.id) > tuple_(owner, after)
+        seek = tuple_(items.c.owner_id, items.c.id) > tuple_(owner, after)
     else:
-        seek = JunkItem.id > after
+        seek = items.c.id > after
     return (
-        select(*JUNK_COLUMNS)
-        .where(JunkItem.owner_id == owner, seek)
-        .order_by(JunkItem.owner_id, JunkItem.id)
+        select(*(items.c[column.key] for column in JUNK_COLUMNS))
+        .where(items.c.owner_id == owner, seek)
+        .order_by(items.c.owner_id, items.c.id)
         .limit(bindparam("size"))
     )
 
@@ -78,7 +80,7 @@ def page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
 _PAGE = {dialect: page_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def list_page(owner: User, limit: int, cursor: str | None) -> dict[str, Any]:
+def list_page(owner: Subject, limit: int, cursor: str | None) -> dict[str, Any]:
     """A page of the owner's items, oldest first, with the cursor of the next page or None."""
     after = cursors.decode(cursor, owner.id) if cursor is not None else 0
     dialect = db.session.get_bind().dialect.name
@@ -93,7 +95,7 @@ def list_page(owner: User, limit: int, cursor: str | None) -> dict[str, Any]:
     }
 
 
-def create(owner: User, data: dict[str, Any]) -> JunkItem:
+def create(owner: Subject, data: dict[str, Any]) -> JunkItem:
     """Store a new item for the owner."""
     fields = _validated(data, partial=False)
     now = utcnow()
@@ -109,7 +111,7 @@ def create(owner: User, data: dict[str, Any]) -> JunkItem:
     return item
 
 
-def get(owner: User, item_id: int) -> JunkItem:
+def get(owner: Subject, item_id: int) -> JunkItem:
     """The owner's item with this id, or NotFound."""
     item = db.session.scalars(select(JunkItem).where(*_owned(owner, item_id))).one_or_none()
     if item is None:
@@ -117,7 +119,7 @@ def get(owner: User, item_id: int) -> JunkItem:
     return item
 
 
-def patch(owner: User, item_id: int, data: dict[str, Any]) -> dict[str, Any]:
+def patch(owner: Subject, item_id: int, data: dict[str, Any]) -> dict[str, Any]:
     """Change the given fields in one conditional UPDATE, so concurrent patches never mix."""
     changes = _validated(data, partial=True)
     statement = (
@@ -136,7 +138,7 @@ def patch(owner: User, item_id: int, data: dict[str, Any]) -> dict[str, Any]:
     return rendered
 
 
-def remove(owner: User, item_id: int) -> None:
+def remove(owner: Subject, item_id: int) -> None:
     """Delete the owner's item, or NotFound."""
     result = db.session.execute(delete(JunkItem).where(*_owned(owner, item_id)))
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -145,7 +147,7 @@ def remove(owner: User, item_id: int) -> None:
     db.session.commit()
 
 
-def _owned(owner: User, item_id: int) -> tuple[ColumnElement[bool], ...]:
+def _owned(owner: Subject, item_id: int) -> tuple[ColumnElement[bool], ...]:
     """The condition for "this owner's item with this id"; no such item if the id cannot exist."""
     if not 1 <= item_id <= cursors.MAX_ID:
         raise _missing()  # beyond BIGINT: would overflow the driver, so it never reaches it

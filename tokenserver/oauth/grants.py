@@ -8,8 +8,7 @@ from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidGrantError
 
 from .. import accounts
-from ..extensions import db
-from ..models import User
+from ..models import Subject
 from .records import RefreshCredential, find_refresh_token
 
 # Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
@@ -21,7 +20,7 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
 
-    def authenticate_user(self, username: str, password: str) -> User:
+    def authenticate_user(self, username: str, password: str) -> Subject:
         # Authlib answers bad credentials with invalid_request; RFC 6749 §5.2 says invalid_grant.
         user = accounts.authenticate(username, password)
         if user is None:
@@ -44,9 +43,9 @@ class RefreshGrant(grants.RefreshTokenGrant):
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
         return credential
 
-    def authenticate_user(self, refresh_token: RefreshCredential) -> User:
+    def authenticate_user(self, refresh_token: RefreshCredential) -> Subject:
         # A disabled user's refresh tokens die with the rest (invalid_grant, not invalid_request).
-        user = db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+        user = refresh_token.user  # read with the token, in the same statement
         if user is None or user.disabled:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
         return user

@@ -12,7 +12,7 @@ from flask import g
 from werkzeug.exceptions import HTTPException
 
 from ..errors import error_response
-from ..models import User
+from ..models import Subject
 from . import records
 from .tokens import TokenRejected, verified_claims
 
@@ -80,9 +80,9 @@ require_oauth = ResourceProtector()
 require_oauth.register_token_validator(AccessTokenValidator(realm=REALM))
 
 
-def current_user() -> User:
+def current_user() -> Subject:
     """The user whose bearer token authorised this request."""
-    user: User | None = g.get("current_user")
+    user: Subject | None = g.get("current_user")
     if user is None:
         # A client-credentials token has no user; the user routes are not for it.
         raise HTTPException(

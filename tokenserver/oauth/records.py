@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError
-from sqlalchemy import bindparam, select, update
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from .. import audit
 from ..digests import digest
 from ..extensions import db
-from ..models import Client, TokenFamily, TokenRecord, User, utcnow
+from ..models import Client, Subject, TokenFamily, TokenRecord, User, UTCDateTime, utcnow
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -27,7 +28,7 @@ class RefreshCredential:
 
     family_id: str
     client_id: str
-    user_id: int | None
+    user: Subject | None
     scope: str
     token_hash: str
 
@@ -43,11 +44,27 @@ def _may_be_ours(refresh_token: str) -> bool:
     return refresh_token.isascii() and len(refresh_token) <= _MAX_REFRESH_TOKEN_LENGTH
 
 
+# The statements of the token grants and the bearer check are Core, built once, on the tables:
+# they run on every request, and composing a statement, or loading and tracking ORM objects,
+# costs more than executing it (statement caching skips compilation, not construction).
+_records: Table = TokenRecord.__table__
+_families: Table = TokenFamily.__table__
+_users: Table = User.__table__
+_user_columns = (_users.c.id, _users.c.username, _users.c.disabled, _users.c.created_at)
+_INSERT_FAMILY = insert(_families)
+_INSERT_RECORDS = insert(_records)
+
+
+def _subject(row: Any) -> Subject | None:
+    """The user of a row ending in the user columns (outer-joined: None when there is none)."""
+    return None if row.id is None else Subject(row.id, row.username, row.disabled, row.created_at)
+
+
 def record_issued(
     token: dict[str, Any],
     claims: dict[str, Any],
     client: Client,
-    user: User | None,
+    user: User | Subject | None,
     refresh_ttl: int,
     parent: RefreshCredential | None = None,
 ) -> str:
@@ -58,44 +75,59 @@ def record_issued(
     issued = datetime.fromtimestamp(claims["iat"], UTC)
     if parent is not None:
         _spend(parent, client)
-    family_id = parent.family_id if parent is not None else _new_family(client, user, issued)
-    db.session.add(
-        TokenRecord(
-            family_id=family_id,
-            kind=ACCESS,
-            jti=claims["jti"],
-            scope=claims["scope"],
-            issued_at=issued,
-            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        )
-    )
+    family_id = parent.family_id if parent is not None else secrets.token_hex(16)
+    records = [
+        {
+            "family_id": family_id,
+            "kind": ACCESS,
+            "jti": claims["jti"],
+            "token_hash": None,
+            "scope": claims["scope"],
+            "issued_at": issued,
+            "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+        }
+    ]
     if "refresh_token" in token:
-        # RFC 6749 §6: a rotated refresh token keeps the scope of the one it replaces.
-        db.session.add(
-            TokenRecord(
-                family_id=family_id,
-                kind=REFRESH,
-                token_hash=digest(token["refresh_token"]),  # never the token itself
-                scope=parent.scope if parent is not None else claims["scope"],
-                issued_at=issued,
-                expires_at=issued + timedelta(seconds=refresh_ttl),
-            )
+        records.append(
+            {
+                "family_id": family_id,
+                "kind": REFRESH,
+                "jti": None,
+                "token_hash": digest(token["refresh_token"]),  # never the token itself
+                # RFC 6749 §6: a rotated refresh token keeps the scope of the one it replaces.
+                "scope": parent.scope if parent is not None else claims["scope"],
+                "issued_at": issued,
+                "expires_at": issued + timedelta(seconds=refresh_ttl),
+            }
         )
-    db.session.commit()
+    try:
+        if parent is None:
+            family = {"id": family_id, "client_id": client.client_id, "created_at": issued}
+            db.session.execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
+        db.session.execute(_INSERT_RECORDS, records)
+        db.session.commit()
+    except IntegrityError:
+        # The client was deleted since it authenticated (another worker's copy may lag a second).
+        db.session.rollback()
+        raise InvalidClientError() from None
     return family_id
 
 
-def _new_family(client: Client, user: User | None, issued: datetime) -> str:
-    family_id = secrets.token_hex(16)
-    db.session.add(
-        TokenFamily(
-            id=family_id,
-            client_id=client.client_id,
-            user_id=user.id if user else None,
-            created_at=issued,
-        )
+_REFRESH_BY_HASH = (
+    select(
+        _records.c.family_id,
+        _records.c.scope,
+        _records.c.spent_at,
+        _records.c.revoked_at,
+        _records.c.expires_at,
+        _families.c.client_id,
+        _families.c.revoked_at.label("family_revoked_at"),
+        *_user_columns,
     )
-    return family_id
+    .join(_families, _families.c.id == _records.c.family_id)
+    .outerjoin(_users, _users.c.id == _families.c.user_id)
+    .where(_records.c.token_hash == bindparam("token_hash"), _records.c.kind == REFRESH)
+)
 
 
 def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
@@ -108,28 +140,27 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
         return None
     token_hash = digest(token)
     row = db.session.execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
-    if row is None or row.TokenFamily.client_id != client.client_id:
+    if row is None or row.client_id != client.client_id:
         return None  # unknown, or another client's: nothing to learn, nothing to revoke
     if row.spent_at is not None:
         _reuse_detected(client, row.family_id)
         return None
-    family: TokenFamily = row.TokenFamily
-    if row.revoked_at or family.revoked_at or row.expires_at <= utcnow():
+    if row.revoked_at or row.family_revoked_at or row.expires_at <= utcnow():
         return None
-    return RefreshCredential(row.family_id, family.client_id, family.user_id, row.scope, token_hash)
+    return RefreshCredential(row.family_id, row.client_id, _subject(row), row.scope, token_hash)
 
 
-_REFRESH_BY_HASH = (
-    select(
-        TokenRecord.family_id,
-        TokenRecord.scope,
-        TokenRecord.spent_at,
-        TokenRecord.revoked_at,
-        TokenRecord.expires_at,
-        TokenFamily,
+_now = bindparam("now", type_=UTCDateTime())
+_SPEND = (
+    update(_records)
+    .where(
+        _records.c.token_hash == bindparam("spent_hash"),  # a column's name is reserved here
+        _records.c.kind == REFRESH,
+        _records.c.spent_at.is_(None),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > _now,
     )
-    .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-    .where(TokenRecord.token_hash == bindparam("token_hash"), TokenRecord.kind == REFRESH)
+    .values(spent_at=_now)
 )
 
 
@@ -139,19 +170,7 @@ def _spend(parent: RefreshCredential, client: Client) -> None:
     Concurrent refreshes with the same token cannot both pass (RFC 9700 §4.14.2): the loser's
     UPDATE matches no row once the winner's is in, and the loser presented a spent token.
     """
-    now = utcnow()
-    spent = db.session.execute(
-        update(TokenRecord)
-        .where(
-            TokenRecord.token_hash == parent.token_hash,
-            TokenRecord.kind == REFRESH,
-            TokenRecord.spent_at.is_(None),
-            TokenRecord.revoked_at.is_(None),
-            TokenRecord.expires_at > now,
-        )
-        .values(spent_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    spent = db.session.execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         _reuse_detected(client, parent.family_id)
@@ -190,7 +209,7 @@ class LiveToken:
     kind: str
     family_id: str
     client_id: str
-    user: User | None
+    user: Subject | None
     scope: str
     issued_at: int
     expires_at: int
@@ -198,17 +217,15 @@ class LiveToken:
     audience: str | list[str] | None = None
 
 
-# Built once: this runs on every bearer request, and composing a select costs more than
-# executing it (statement caching skips compilation, not construction).
 _LIVE_ACCESS = (
-    select(TokenRecord.family_id, TokenFamily.client_id, User)
-    .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-    .outerjoin(User, User.id == TokenFamily.user_id)
+    select(_records.c.family_id, _families.c.client_id, *_user_columns)
+    .join(_families, _families.c.id == _records.c.family_id)
+    .outerjoin(_users, _users.c.id == _families.c.user_id)
     .where(
-        TokenRecord.jti == bindparam("jti"),
-        TokenRecord.kind == ACCESS,
-        TokenRecord.revoked_at.is_(None),
-        TokenFamily.revoked_at.is_(None),
+        _records.c.jti == bindparam("jti"),
+        _records.c.kind == ACCESS,
+        _records.c.revoked_at.is_(None),
+        _families.c.revoked_at.is_(None),
     )
 )
 
@@ -216,13 +233,16 @@ _LIVE_ACCESS = (
 def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     """A verified access token's record if it is unrevoked and its user still active."""
     row = db.session.execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
-    if row is None or not _subject_active(row.User, row.client_id, claims):
+    if row is None:
+        return None
+    user = _subject(row)
+    if not _subject_active(user, row.client_id, claims):
         return None
     return LiveToken(
         ACCESS,
         row.family_id,
         row.client_id,
-        row.User,
+        user,
         claims["scope"],
         claims["iat"],
         claims["exp"],
@@ -231,7 +251,7 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     )
 
 
-def _subject_active(user: User | None, client_id: str, claims: dict[str, Any]) -> bool:
+def _subject_active(user: Subject | None, client_id: str, claims: dict[str, Any]) -> bool:
     if user is None:
         # Only a client-credentials token has no user, and its subject is the client itself.
         return claims["sub"] == client_id
@@ -239,35 +259,45 @@ def _subject_active(user: User | None, client_id: str, claims: dict[str, Any]) -
     return not user.disabled and str(user.id) == claims["sub"]
 
 
+_LIVE_REFRESH = (
+    select(
+        _records.c.family_id,
+        _records.c.scope,
+        _records.c.issued_at,
+        _records.c.expires_at,
+        _families.c.client_id,
+        *_user_columns,
+    )
+    .join(_families, _families.c.id == _records.c.family_id)
+    .join(_users, _users.c.id == _families.c.user_id)
+    .where(
+        _records.c.token_hash == bindparam("token_hash"),
+        _records.c.kind == REFRESH,
+        _records.c.spent_at.is_(None),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > bindparam("now", type_=UTCDateTime()),
+        _families.c.revoked_at.is_(None),
+        _users.c.disabled.is_(False),
+    )
+)
+
+
 def live_refresh_token(token: str) -> LiveToken | None:
     """The refresh token's record if it is unspent, unrevoked, unexpired and its user active."""
     if not _may_be_ours(token):
         return None
-    row = db.session.execute(
-        select(TokenRecord, TokenFamily.client_id, User)
-        .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
-        .join(User, User.id == TokenFamily.user_id)
-        .where(
-            TokenRecord.token_hash == digest(token),
-            TokenRecord.kind == REFRESH,
-            TokenRecord.spent_at.is_(None),
-            TokenRecord.revoked_at.is_(None),
-            TokenRecord.expires_at > utcnow(),
-            TokenFamily.revoked_at.is_(None),
-            User.disabled.is_(False),
-        )
-    ).first()
+    params = {"token_hash": digest(token), "now": utcnow()}
+    row = db.session.execute(_LIVE_REFRESH, params).first()
     if row is None:
         return None
-    record: TokenRecord = row.TokenRecord
     return LiveToken(
         REFRESH,
-        record.family_id,
+        row.family_id,
         row.client_id,
-        row.User,
-        record.scope,
-        int(record.issued_at.timestamp()),
-        int(record.expires_at.timestamp()),
+        _subject(row),
+        row.scope,
+        int(row.issued_at.timestamp()),
+        int(row.expires_at.timestamp()),
     )
 
 

@@ -17,7 +17,7 @@ from joserfc.jws import CompactSignature
 from ..config import current_settings
 from ..digests import new_secret
 from ..keys import ALGORITHM, KeyRing, current_keyring
-from ..models import Client, User
+from ..models import Client, Subject, User
 
 # RFC 9068 §2.1: the media type of a JWT access token; "application/" may be left off.
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
@@ -45,15 +45,17 @@ class TokenGenerator(JWTBearerTokenGenerator):
         # One key in the set: joserfc signs with it and writes its `kid` into the header.
         return self.keyring.key_set()
 
-    def get_audiences(self, client: Client, user: User | None, scope: str) -> str:
+    def get_audiences(self, client: Client, user: User | Subject | None, scope: str) -> str:
         # Authlib's default audience is the client; RFC 9068 §3 wants the resource servers.
         return self.audience
 
-    def get_jti(self, client: Client, grant_type: str, user: User | None, scope: str) -> str:
+    def get_jti(
+        self, client: Client, grant_type: str, user: User | Subject | None, scope: str
+    ) -> str:
         return secrets.token_urlsafe(18)
 
     def get_extra_claims(
-        self, client: Client, grant_type: str, user: User | None, scope: str
+        self, client: Client, grant_type: str, user: User | Subject | None, scope: str
     ) -> dict[str, Any]:
         return {"username": user.username} if user is not None else {}
 
