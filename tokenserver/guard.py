@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, current_app
-from sqlalchemy import and_, case, delete, literal, or_, select
+from sqlalchemy import BindParameter, Table, and_, bindparam, case, delete, or_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.sql.elements import ColumnElement
 
 from .config import Settings
 from .errors import APIError
@@ -95,22 +94,19 @@ def _key(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _at(moment: datetime) -> ColumnElement[datetime]:
-    return literal(moment, UTCDateTime())
-
-
 class DatabaseGuard:
     """Counts in login_throttles; each admission is one conditional upsert."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._admission = _admission(engine.dialect.name)
 
     def admit(self, name: str) -> None:
         key, now = _key(name), utcnow()
         # A connection of its own: the count commits whatever becomes of the request.
         with self._engine.begin() as conn:
-            admitted = conn.execute(_admission(conn.dialect.name, key, now)).first() is not None
-            row = None if admitted else conn.execute(_state(key)).first()
+            admitted = conn.execute(self._admission, _admission_params(key, now)).first()
+            row = None if admitted else conn.execute(_STATE, {"key": key}).first()
         if not admitted:
             raise Throttled(_wait(row, now))
         if secrets.randbelow(_PRUNE_ODDS) == 0:
@@ -118,55 +114,71 @@ class DatabaseGuard:
 
     def clear(self, name: str) -> None:
         with self._engine.begin() as conn:
-            conn.execute(delete(LoginThrottle).where(LoginThrottle.key == _key(name)))
+            conn.execute(_CLEAR, {"key": _key(name)})
 
     def prune(self, now: datetime) -> int:
         """Delete a batch of counts nobody has touched for a day; returns how many."""
-        table = LoginThrottle.__table__
         stale = (
-            select(table.c.key)
-            .where(table.c.last_attempt_at <= now - timedelta(seconds=DAY))
+            select(_throttles.c.key)
+            .where(_throttles.c.last_attempt_at <= now - timedelta(seconds=DAY))
             .limit(_PRUNE_BATCH)
         )
         with self._engine.begin() as conn:
-            deleted: int = conn.execute(delete(table).where(table.c.key.in_(stale))).rowcount
+            deleted: int = conn.execute(
+                delete(_throttles).where(_throttles.c.key.in_(stale))
+            ).rowcount
         return deleted
 
 
-def _admission(dialect: str, key: str, now: datetime) -> Any:
+# The guard's statements are built once (per dialect) with bind parameters: every password
+# check runs them, and building the upsert (a CASE per step of the schedule) cost more than
+# running it. A bind parameter may not take a column's name in an INSERT or UPDATE.
+_throttles: Table = LoginThrottle.__table__
+_CLEAR = delete(_throttles).where(_throttles.c.key == bindparam("key"))
+_STATE = select(
+    _throttles.c.next_attempt_at, _throttles.c.day_started_at, _throttles.c.day_attempts
+).where(_throttles.c.key == bindparam("key"))
+
+
+def _at(name: str) -> BindParameter[datetime]:
+    return bindparam(name, type_=UTCDateTime())
+
+
+def _admission(dialect: str) -> Any:
     """INSERT a first attempt, or UPDATE the count only WHERE the name may try now.
 
-    A row comes back (RETURNING) only when the check was admitted and counted.
+    A row comes back (RETURNING) only when the check was admitted and counted. Its parameters
+    come from _admission_params.
     """
     from sqlalchemy.dialects import postgresql, sqlite
 
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = LoginThrottle.__table__
-    cutoff = now - timedelta(seconds=DAY)
+    table = _throttles
+    now, cutoff, first_next = _at("now"), _at("cutoff"), _at("first_next")
     stale = table.c.last_attempt_at <= cutoff  # a day without attempts: start afresh
     new_day = or_(stale, table.c.day_started_at <= cutoff)
-    first_next = now + timedelta(seconds=delay_after(1))
-    first = {
-        "key": key,
-        "attempts": 1,
-        "last_attempt_at": now,
-        "next_attempt_at": first_next,
-        "day_started_at": now,
-        "day_attempts": 1,
-    }
+    # now + delay_after(attempts + 1), from SCHEDULE (no date arithmetic in the database)
+    next_attempt = case(
+        *[(table.c.attempts + 1 == n, _at(f"after_{n}")) for n in range(1, len(SCHEDULE) + 1)],
+        else_=_at("after_max"),
+    )
     return (
         insert(table)
-        .values(**first)
+        .values(
+            key=bindparam("throttle_key"),
+            attempts=1,
+            last_attempt_at=now,
+            next_attempt_at=first_next,
+            day_started_at=now,
+            day_attempts=1,
+        )
         .on_conflict_do_update(
             index_elements=[table.c.key],
             set_={
                 "attempts": case((stale, 1), else_=table.c.attempts + 1),
-                "last_attempt_at": _at(now),
-                "next_attempt_at": case(
-                    (stale, _at(first_next)),
-                    else_=_next_attempt(table.c.attempts + 1, now),
-                ),
-                "day_started_at": case((new_day, _at(now)), else_=table.c.day_started_at),
+                "last_attempt_at": now,
+                "next_attempt_at": case((stale, first_next), else_=next_attempt),
+                "day_started_at": case((new_day, now), else_=table.c.day_started_at),
                 "day_attempts": case((new_day, 1), else_=table.c.day_attempts + 1),
             },
             where=or_(
@@ -181,19 +193,18 @@ def _admission(dialect: str, key: str, now: datetime) -> Any:
     )
 
 
-def _next_attempt(attempts: ColumnElement[int], now: datetime) -> ColumnElement[datetime]:
-    """now + delay_after(attempts) as SQL, from SCHEDULE (no date arithmetic in the database)."""
-    whens = [
-        (attempts == n, _at(now + timedelta(seconds=delay)))
-        for n, delay in enumerate(SCHEDULE, start=1)
-    ]
-    return case(*whens, else_=_at(now + timedelta(seconds=MAX_DELAY)))
-
-
-def _state(key: str) -> Any:
-    return select(
-        LoginThrottle.next_attempt_at, LoginThrottle.day_started_at, LoginThrottle.day_attempts
-    ).where(LoginThrottle.key == key)
+def _admission_params(key: str, now: datetime) -> dict[str, Any]:
+    """The values of one admission: the name's key, the clock, and now + each delay."""
+    params = {
+        "throttle_key": key,
+        "now": now,
+        "cutoff": now - timedelta(seconds=DAY),
+        "first_next": now + timedelta(seconds=delay_after(1)),
+        "after_max": now + timedelta(seconds=MAX_DELAY),
+    }
+    for n, delay in enumerate(SCHEDULE, start=1):
+        params[f"after_{n}"] = now + timedelta(seconds=delay)
+    return params
 
 
 def _wait(row: Any, now: datetime) -> float:
