@@ -21,6 +21,7 @@ from .errors import APIError
 from .extensions import db
 from .keys import list_keys, rotate
 from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
+from .oauth import current_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,6 +190,7 @@ def clients_delete(client_id: str) -> None:
     """Delete CLIENT_ID and every token issued to it."""
     result = db.session.execute(delete(Client).where(Client.client_id == client_id))
     db.session.commit()
+    current_server().clients.forget(client_id)  # other processes' copies expire within a second
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise click.ClickException(f"no client with id {client_id!r}")
     audit.event("client.deleted", client_id=client_id)

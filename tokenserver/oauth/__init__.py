@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
@@ -62,6 +63,7 @@ class AuthorizationServer(_AuthorizationServer):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
+        self.clients = ClientCache()
 
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         try:
@@ -87,13 +89,44 @@ def current_server() -> AuthorizationServer:
     return server
 
 
-def _query_client(client_id: str) -> Client | None:
-    if len(client_id) > _MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
-        return None  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a 401)
-    return db.session.scalars(_CLIENT_BY_ID, {"client_id": client_id}).first()
+class ClientCache:
+    """This worker's copies of the clients it has looked up, each kept for `ttl` seconds.
+
+    Every token, introspection and revocation request authenticates a client, and clients
+    change only through the CLI (which forgets its own copy at once). Elsewhere a deleted
+    client, or a new secret, takes effect within `ttl`: a second of staleness saves a query on
+    every request. Only found clients are kept; tokens, users and revocations are never cached.
+    """
+
+    def __init__(self, ttl: float = 1.0, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[float, Client]] = {}
+
+    def get(self, client_id: str) -> Client | None:
+        """The client with this id, from this worker's copy if it is fresh enough."""
+        now = time.monotonic()
+        entry = self._entries.get(client_id)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        if len(client_id) > _MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
+            return None  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a 401)
+        client = db.session.scalars(_CLIENT_BY_ID, {"client_id": client_id}).first()
+        if client is None:
+            self._entries.pop(client_id, None)
+            return None
+        db.session.expunge(client)  # detached: a commit must not expire what other requests read
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # clients are few; a full cache means ids are being sprayed
+        self._entries[client_id] = (now + self.ttl, client)
+        return client
+
+    def forget(self, client_id: str) -> None:
+        """Drop this worker's copy of a client that has just changed."""
+        self._entries.pop(client_id, None)
 
 
-# Built once: every token, introspection and revocation request looks its client up.
+# Built once: every token, introspection and revocation request may look its client up.
 _CLIENT_BY_ID = select(Client).where(Client.client_id == bindparam("client_id"))
 
 
@@ -131,7 +164,7 @@ def init_oauth(app: Flask) -> None:
         _audit_issued(request, who, claims, family_id, refreshed=parent is not None)
 
     server = AuthorizationServer(settings)
-    server.init_app(app, query_client=_query_client, save_token=save_token)
+    server.init_app(app, query_client=server.clients.get, save_token=save_token)
     # A scope no client may have is invalid_scope (Authlib checks this list, then the client's).
     server.scopes_supported = list(SCOPES)
     server.register_token_generator(
