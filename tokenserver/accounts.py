@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
-from .extensions import db
+from .extensions import connection, db
 from .guard import Throttled, current_guard
 from .models import USER_COLUMNS, Subject, User
 from .passwords import current_passwords, password_problem
@@ -125,7 +125,7 @@ def _check_password(username: str, password: str) -> Subject | None:
     # A name that breaks the username rules names no account: no need to ask the database.
     row = None
     if _USERNAME.fullmatch(username):
-        row = db.session.execute(_LOGIN, {"name_key": username_key(username)}).first()
+        row = connection().execute(_LOGIN, {"name_key": username_key(username)}).first()
     if row is None:
         passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
         _login_failed(username, "unknown_user")
@@ -137,7 +137,7 @@ def _check_password(username: str, password: str) -> Subject | None:
         return None
     if verdict.new_hash:
         # The parameters changed, or a legacy Werkzeug hash: store the current kind.
-        db.session.execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
+        connection().execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
         db.session.commit()
     return user
 

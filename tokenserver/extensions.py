@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_limiter import Limiter
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import MetaData
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names so Alembic can alter them on every backend.
@@ -24,6 +24,15 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+def connection() -> Connection:
+    """The request session's connection, in its transaction, for prebuilt Core statements.
+
+    The hot paths execute on it directly: the ORM session's execute layer (events, bind lookup,
+    ORM checks) costs more than their small queries, and Core statements need none of it.
+    """
+    return db.session.connection()
 
 
 def _limiter() -> Limiter:

@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from . import cursors
 from .errors import InvalidRequest, NotFound
-from .extensions import db
+from .extensions import connection, db
 from .models import JUNK_COLUMNS, JunkItem, Subject, render_junk, utcnow
 from .oauth.protect import current_user, require_oauth
 from .payloads import read_fields, require_string
@@ -86,7 +86,7 @@ def list_page(owner: Subject, limit: int, cursor: str | None) -> dict[str, Any]:
     dialect = db.session.get_bind().dialect.name
     statement = _PAGE[dialect] if dialect in _PAGE else page_statement(dialect)
     params = {"owner_id": owner.id, "after_id": after, "size": limit + 1}
-    rows = db.session.execute(statement, params).all()
+    rows = connection().execute(statement, params).all()
     items = rows[:limit]
     more = len(rows) > limit
     return {

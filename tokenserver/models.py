@@ -49,7 +49,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def isoformat(value: datetime) -> str:
     """RFC 3339 text for a UTC timestamp, as the API renders it."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # what UTCDateTime reads back already is
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class User(db.Model):  # type: ignore[name-defined,misc]

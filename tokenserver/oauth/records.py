@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import audit
 from ..digests import digest
-from ..extensions import db
+from ..extensions import connection, db
 from ..models import Client, Subject, TokenFamily, TokenRecord, User, UTCDateTime, utcnow
 
 ACCESS = "access"
@@ -103,8 +103,8 @@ def record_issued(
     try:
         if parent is None:
             family = {"id": family_id, "client_id": client.client_id, "created_at": issued}
-            db.session.execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
-        db.session.execute(_INSERT_RECORDS, records)
+            connection().execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
+        connection().execute(_INSERT_RECORDS, records)
         db.session.commit()
     except IntegrityError:
         # The client was deleted since it authenticated (another worker's copy may lag a second).
@@ -139,7 +139,7 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     if not _may_be_ours(token):
         return None
     token_hash = digest(token)
-    row = db.session.execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
+    row = connection().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
     if row is None or row.client_id != client.client_id:
         return None  # unknown, or another client's: nothing to learn, nothing to revoke
     if row.spent_at is not None:
@@ -170,7 +170,7 @@ def _spend(parent: RefreshCredential, client: Client) -> None:
     Concurrent refreshes with the same token cannot both pass (RFC 9700 §4.14.2): the loser's
     UPDATE matches no row once the winner's is in, and the loser presented a spent token.
     """
-    spent = db.session.execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
+    spent = connection().execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         _reuse_detected(client, parent.family_id)
@@ -232,7 +232,7 @@ _LIVE_ACCESS = (
 
 def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     """A verified access token's record if it is unrevoked and its user still active."""
-    row = db.session.execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
+    row = connection().execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
     if row is None:
         return None
     user = _subject(row)
@@ -287,7 +287,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
     if not _may_be_ours(token):
         return None
     params = {"token_hash": digest(token), "now": utcnow()}
-    row = db.session.execute(_LIVE_REFRESH, params).first()
+    row = connection().execute(_LIVE_REFRESH, params).first()
     if row is None:
         return None
     return LiveToken(
