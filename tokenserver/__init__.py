@@ -11,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from .config import Settings
-from .extensions import db
+from .extensions import close_reader, db
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -113,11 +113,12 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
 
 
 def _end_session(_exc: BaseException | None) -> None:
-    """End the request's session even when the database died under it.
+    """End the request's reader and session even when the database died under them.
 
     Flask-SQLAlchemy's own teardown would let the failing ROLLBACK escape Flask, and gunicorn
     would answer a bare HTML 500 in place of the JSON 503 already rendered.
     """
+    close_reader()
     try:
         db.session.remove()
     except DBAPIError as exc:

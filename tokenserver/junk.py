@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from . import cursors
 from .errors import InvalidRequest, NotFound
-from .extensions import connection, db
+from .extensions import db, reader
 from .models import JUNK_COLUMNS, JunkItem, Subject, render_junk, utcnow
 from .oauth.protect import current_user, require_oauth
 from .payloads import read_fields, require_string
@@ -83,10 +83,11 @@ _PAGE = {dialect: page_statement(dialect) for dialect in ("postgresql", "sqlite"
 def list_page(owner: Subject, limit: int, cursor: str | None) -> dict[str, Any]:
     """A page of the owner's items, oldest first, with the cursor of the next page or None."""
     after = cursors.decode(cursor, owner.id) if cursor is not None else 0
-    dialect = db.session.get_bind().dialect.name
+    conn = reader()
+    dialect = conn.dialect.name
     statement = _PAGE[dialect] if dialect in _PAGE else page_statement(dialect)
     params = {"owner_id": owner.id, "after_id": after, "size": limit + 1}
-    rows = connection().execute(statement, params).all()
+    rows = conn.execute(statement, params).all()
     items = rows[:limit]
     more = len(rows) > limit
     return {

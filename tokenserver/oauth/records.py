@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import audit
 from ..digests import digest
-from ..extensions import connection, db
+from ..extensions import connection, db, reader
 from ..models import Client, Subject, TokenFamily, TokenRecord, User, UTCDateTime, utcnow
 
 ACCESS = "access"
@@ -232,7 +232,7 @@ _LIVE_ACCESS = (
 
 def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     """A verified access token's record if it is unrevoked and its user still active."""
-    row = connection().execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
+    row = reader().execute(_LIVE_ACCESS, {"jti": claims["jti"]}).first()
     if row is None:
         return None
     user = _subject(row)
@@ -287,7 +287,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
     if not _may_be_ours(token):
         return None
     params = {"token_hash": digest(token), "now": utcnow()}
-    row = connection().execute(_LIVE_REFRESH, params).first()
+    row = reader().execute(_LIVE_REFRESH, params).first()
     if row is None:
         return None
     return LiveToken(
