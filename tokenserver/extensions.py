@@ -61,7 +61,9 @@ def close_reader() -> None:
     try:
         conn.close()
     except DBAPIError:
-        conn.invalidate()  # the database died under it; the pool reconnects later
+        # The database died under it: its pool entry is dropped, and the pool reconnects later.
+        if not conn.closed:
+            conn.invalidate()
 
 
 def _limiter() -> Limiter:
