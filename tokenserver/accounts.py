@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
-from .extensions import connection, db
+from .extensions import connection, db, reader
 from .guard import Throttled, current_guard
 from .models import USER_COLUMNS, Subject, User
 from .passwords import current_passwords, password_problem
@@ -125,7 +125,7 @@ def _check_password(username: str, password: str) -> Subject | None:
     # A name that breaks the username rules names no account: no need to ask the database.
     row = None
     if _USERNAME.fullmatch(username):
-        row = connection().execute(_LOGIN, {"name_key": username_key(username)}).first()
+        row = reader().execute(_LOGIN, {"name_key": username_key(username)}).first()
     if row is None:
         passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
         _login_failed(username, "unknown_user")

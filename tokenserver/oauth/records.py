@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import audit
 from ..digests import digest
-from ..extensions import connection, db, reader
+from ..extensions import db, reader
 from ..models import Client, Subject, TokenFamily, TokenRecord, User, UTCDateTime, utcnow
 
 ACCESS = "access"
@@ -71,10 +71,10 @@ def record_issued(
     """Store a token response's records (its access token, any refresh token); its family id.
 
     A `parent` refresh token is spent in the same transaction: both happen or neither does.
+    The transaction is a Core one of its own, short and outside the ORM session, which a token
+    grant has no other use for.
     """
     issued = datetime.fromtimestamp(claims["iat"], UTC)
-    if parent is not None:
-        _spend(parent, client)
     family_id = parent.family_id if parent is not None else secrets.token_hex(16)
     records = [
         {
@@ -101,15 +101,19 @@ def record_issued(
             }
         )
     try:
-        if parent is None:
-            family = {"id": family_id, "client_id": client.client_id, "created_at": issued}
-            connection().execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
-        connection().execute(_INSERT_RECORDS, records)
-        db.session.commit()
+        with db.engine.begin() as conn:
+            spent = parent is None or _spend(conn, parent)
+            if parent is None:
+                family = {"id": family_id, "client_id": client.client_id, "created_at": issued}
+                conn.execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
+            if spent:
+                conn.execute(_INSERT_RECORDS, records)
     except IntegrityError:
         # The client was deleted since it authenticated (another worker's copy may lag a second).
-        db.session.rollback()
         raise InvalidClientError() from None
+    if parent is not None and not spent:
+        _reuse_detected(client, parent.family_id)
+        raise InvalidGrantError("The refresh token is invalid, expired or spent.")
     return family_id
 
 
@@ -139,7 +143,7 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     if not _may_be_ours(token):
         return None
     token_hash = digest(token)
-    row = connection().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
+    row = reader().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
     if row is None or row.client_id != client.client_id:
         return None  # unknown, or another client's: nothing to learn, nothing to revoke
     if row.spent_at is not None:
@@ -164,17 +168,14 @@ _SPEND = (
 )
 
 
-def _spend(parent: RefreshCredential, client: Client) -> None:
-    """Mark `parent` spent, or fail: one conditional UPDATE decides the winner.
+def _spend(conn: Connection, parent: RefreshCredential) -> bool:
+    """Mark `parent` spent; False if it no longer could be. One conditional UPDATE decides.
 
     Concurrent refreshes with the same token cannot both pass (RFC 9700 §4.14.2): the loser's
     UPDATE matches no row once the winner's is in, and the loser presented a spent token.
     """
-    spent = connection().execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
-        db.session.rollback()
-        _reuse_detected(client, parent.family_id)
-        raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+    spent = conn.execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
+    return bool(spent.rowcount == 1)
 
 
 def _reuse_detected(client: Client, family_id: str) -> None:
