@@ -29,14 +29,24 @@ def _median_ms(action: Callable[[], Any], repeat: int) -> float:
 
 
 def argon2_verify_ms(repeat: int = 15) -> float:
-    """One argon2id verification with the production parameters (the defaults)."""
+    """One argon2id verification with the production parameters (the defaults).
+
+    The fastest of `repeat`, not the median: anything else running can only slow a
+    verification, and a slow sample would lower the password grant's ceiling.
+    """
     settings = Settings()
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
     password = new_secret()
     stored = passwords.hash(password)
-    return _median_ms(lambda: passwords.verify(stored, password), repeat)
+    passwords.verify(stored, password)  # the first call pays for allocating its memory
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        passwords.verify(stored, password)
+        samples.append(time.perf_counter() - started)
+    return min(samples) * 1000
 
 
 _hashing: tuple[Passwords, str, str] | None = None
