@@ -96,8 +96,8 @@ def list_page(owner: Subject, limit: int, cursor: str | None) -> dict[str, Any]:
     }
 
 
-def create(owner: Subject, data: dict[str, Any]) -> JunkItem:
-    """Store a new item for the owner."""
+def create(owner: Subject, data: dict[str, Any]) -> dict[str, Any]:
+    """Store a new item for the owner; the item as rendered."""
     fields = _validated(data, partial=False)
     now = utcnow()
     item = JunkItem(
@@ -108,8 +108,10 @@ def create(owner: Subject, data: dict[str, Any]) -> JunkItem:
         updated_at=now,
     )
     db.session.add(item)
+    db.session.flush()  # assigns the id
+    rendered = item.to_dict()  # now: after the commit, reading it would load it again
     db.session.commit()
-    return item
+    return rendered
 
 
 def get(owner: Subject, item_id: int) -> JunkItem:
@@ -203,7 +205,7 @@ def list_items() -> Response:
 def create_item() -> tuple[Response, int, dict[str, str]]:
     """Store a new item (JSON body)."""
     item = create(current_user(), read_fields(FIELDS))
-    return jsonify(item.to_dict()), 201, {"Location": url_for("junk.get_item", item_id=item.id)}
+    return jsonify(item), 201, {"Location": url_for("junk.get_item", item_id=item["id"])}
 
 
 @bp.get(_ITEM)
