@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
-from .extensions import connection, db, reader
+from .extensions import db, reader
 from .guard import Throttled, current_guard
 from .models import USER_COLUMNS, Subject, User
 from .passwords import current_passwords, password_problem
@@ -111,7 +111,7 @@ def authenticate(username: str, password: str) -> Subject | None:
 
 # Core, built once: every password grant runs these (see oauth/records.py).
 _users: Table = User.__table__
-_LOGIN = select(*(_users.c[column.key] for column in USER_COLUMNS), _users.c.password_hash).where(
+_LOGIN = select(*USER_COLUMNS, _users.c.password_hash).where(
     _users.c.username_key == bindparam("name_key")
 )
 _REHASH = (
@@ -130,14 +130,14 @@ def _check_password(username: str, password: str) -> Subject | None:
         passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
         _login_failed(username, "unknown_user")
         return None
-    user = Subject(row.id, row.username, row.disabled, row.created_at)
+    user = Subject.from_row(row)
     verdict = passwords.verify(row.password_hash, _as_utf8(password))
     if not verdict.ok or user.disabled:
         _login_failed(username, "disabled" if verdict.ok else "wrong_password", user)
         return None
     if verdict.new_hash:
         # The parameters changed, or a legacy Werkzeug hash: store the current kind.
-        connection().execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
+        db.session.execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
         db.session.commit()
     return user
 

@@ -28,20 +28,11 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 
-def connection() -> Connection:
-    """The request session's connection, in its transaction, for prebuilt Core statements.
-
-    The hot paths execute on it directly: the ORM session's execute layer (events, bind lookup,
-    ORM checks) costs more than their small queries, and Core statements need none of it.
-    """
-    return db.session.connection()
-
-
 _READER = "tokenserver_reader"
 
 
 def reader() -> Connection:
-    """This app context's connection for prebuilt Core reads that write nothing after them.
+    """This app context's connection for the hot paths' prebuilt Core reads (it writes nothing).
 
     A bearer check or an introspection reads a row or two: a pooled connection kept for the
     request costs a fraction of starting and ending an ORM session. Closed by close_reader().

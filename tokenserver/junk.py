@@ -69,7 +69,7 @@ def page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
     else:
         seek = items.c.id > after
     return (
-        select(*(items.c[column.key] for column in JUNK_COLUMNS))
+        select(*JUNK_COLUMNS)
         .where(items.c.owner_id == owner, seek)
         .order_by(items.c.owner_id, items.c.id)
         .limit(bindparam("size"))

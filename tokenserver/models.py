@@ -76,7 +76,10 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         return render_user(self)
 
 
-USER_COLUMNS = (User.id, User.username, User.disabled, User.created_at)
+# The columns a Subject is read from, as Core columns for the prebuilt hot-path statements.
+USER_COLUMNS = tuple(
+    User.__table__.c[name] for name in ("id", "username", "disabled", "created_at")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,11 @@ class Subject:
     username: str
     disabled: bool
     created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Subject:
+        """The Subject in a row that selected USER_COLUMNS."""
+        return cls(row.id, row.username, row.disabled, row.created_at)
 
     def get_user_id(self) -> int:
         """Authlib's hook for the `sub` claim."""
@@ -262,12 +270,9 @@ class JunkItem(db.Model):  # type: ignore[name-defined,misc]
         return render_junk(self)
 
 
-JUNK_COLUMNS = (
-    JunkItem.id,
-    JunkItem.name,
-    JunkItem.description,
-    JunkItem.created_at,
-    JunkItem.updated_at,
+# The columns an item is rendered from, as Core columns for the junk page's statement.
+JUNK_COLUMNS = tuple(
+    JunkItem.__table__.c[name] for name in ("id", "name", "description", "created_at", "updated_at")
 )
 
 

@@ -14,7 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from .. import audit
 from ..digests import digest
 from ..extensions import db, reader
-from ..models import Client, Subject, TokenFamily, TokenRecord, User, UTCDateTime, utcnow
+from ..models import (
+    USER_COLUMNS,
+    Client,
+    Subject,
+    TokenFamily,
+    TokenRecord,
+    User,
+    UTCDateTime,
+    utcnow,
+)
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -50,14 +59,14 @@ def _may_be_ours(refresh_token: str) -> bool:
 _records: Table = TokenRecord.__table__
 _families: Table = TokenFamily.__table__
 _users: Table = User.__table__
-_user_columns = (_users.c.id, _users.c.username, _users.c.disabled, _users.c.created_at)
+_now = bindparam("now", type_=UTCDateTime())
 _INSERT_FAMILY = insert(_families)
 _INSERT_RECORDS = insert(_records)
 
 
 def _subject(row: Any) -> Subject | None:
     """The user of a row ending in the user columns (outer-joined: None when there is none)."""
-    return None if row.id is None else Subject(row.id, row.username, row.disabled, row.created_at)
+    return None if row.id is None else Subject.from_row(row)
 
 
 def record_issued(
@@ -126,7 +135,7 @@ _REFRESH_BY_HASH = (
         _records.c.expires_at,
         _families.c.client_id,
         _families.c.revoked_at.label("family_revoked_at"),
-        *_user_columns,
+        *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
@@ -154,7 +163,6 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     return RefreshCredential(row.family_id, row.client_id, _subject(row), row.scope, token_hash)
 
 
-_now = bindparam("now", type_=UTCDateTime())
 _SPEND = (
     update(_records)
     .where(
@@ -219,7 +227,7 @@ class LiveToken:
 
 
 _LIVE_ACCESS = (
-    select(_records.c.family_id, _families.c.client_id, *_user_columns)
+    select(_records.c.family_id, _families.c.client_id, *USER_COLUMNS)
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
     .where(
@@ -267,7 +275,7 @@ _LIVE_REFRESH = (
         _records.c.issued_at,
         _records.c.expires_at,
         _families.c.client_id,
-        *_user_columns,
+        *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
     .join(_users, _users.c.id == _families.c.user_id)
@@ -276,7 +284,7 @@ _LIVE_REFRESH = (
         _records.c.kind == REFRESH,
         _records.c.spent_at.is_(None),
         _records.c.revoked_at.is_(None),
-        _records.c.expires_at > bindparam("now", type_=UTCDateTime()),
+        _records.c.expires_at > _now,
         _families.c.revoked_at.is_(None),
         _users.c.disabled.is_(False),
     )
