@@ -20,14 +20,14 @@ from ..errors import InvalidRequest
 from ..extensions import db
 from ..keys import KeyRing
 from ..models import SCOPES, Client
-from . import grants
+from . import client_auth, grants
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .records import RefreshCredential, record_issued
 from .tokens import TokenGenerator, issued_claims
 
 _MAX_CLIENT_ID_LENGTH = 64  # the column's width
 _DESCRIPTIONS = {
-    "invalid_client": "Client authentication failed.",
+    "invalid_client": client_auth.FAILED,
     "invalid_grant": "The grant is invalid, expired or revoked.",
     "invalid_request": "The request is missing a parameter or is malformed.",
     "invalid_scope": "The requested scope is invalid or not allowed for this client.",
@@ -64,6 +64,11 @@ class AuthorizationServer(_AuthorizationServer):
         super().__init__()
         self.settings = settings
         self.clients = ClientCache()
+
+    def init_app(self, app: Flask, query_client: Any = None, save_token: Any = None) -> None:
+        super().init_app(app, query_client=query_client, save_token=save_token)
+        # Authlib tries each allowed method in turn; ours allows one per request (RFC 6749 §2.3).
+        self._client_auth = client_auth.ClientAuthentication(self.query_client)
 
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         try:

@@ -153,8 +153,17 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
         return None
     token_hash = digest(token)
     row = reader().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
-    if row is None or row.client_id != client.client_id:
-        return None  # unknown, or another client's: nothing to learn, nothing to revoke
+    if row is None:
+        return None
+    if row.client_id != client.client_id:
+        # Another client's token: nothing to learn, nothing to revoke, but worth a line.
+        audit.event(
+            "token.wrong_client",
+            client_id=client.client_id,
+            owner_client_id=row.client_id,
+            family_id=row.family_id,
+        )
+        return None
     if row.spent_at is not None:
         _reuse_detected(client, row.family_id)
         return None

@@ -1,0 +1,115 @@
+"""Client authentication: exactly one method per request, chosen by what the request presents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749.authenticate_client import (
+    ClientAuthentication as _ClientAuthentication,
+)
+from authlib.oauth2.rfc6749.errors import InvalidClientError
+
+from .. import audit
+
+# One answer for every failure: an unknown client and a wrong secret must read the same.
+FAILED = "Client authentication failed."
+
+
+class ClientAuthentication(_ClientAuthentication):
+    """Authlib's registry of methods, used one method per request (RFC 6749 §2.3).
+
+    Authlib tries each allowed method in turn, so a request whose Basic secret is wrong still
+    authenticated as the public client its body named: credentials that fail must fail the
+    request. The method is the one the request presents (Basic header, assertion, secret in
+    the body, bare client_id), and any failure is one 401 invalid_client, audited.
+    """
+
+    def __init__(self, query_client: Any) -> None:
+        super().__init__(query_client)
+        # Authlib's decoder lets a non-UTF-8 header escape as a 500; ours refuses it.
+        self.register("client_secret_basic", _authenticate_basic)
+
+    def authenticate(self, request: Any, methods: list[str], endpoint: str) -> Any:
+        method = presented_method(request)
+        client = None
+        if method in methods and method in self._methods:
+            try:
+                client = self._methods[method](self.query_client, request)
+            except InvalidClientError:
+                client = None
+        if client is not None and not _may_use(client, method, endpoint):
+            client = None
+        if client is None:
+            _audit_failure(request, method, endpoint, self.query_client)
+            raise InvalidClientError(status_code=401, description=FAILED)
+        request.auth_method = method
+        return client
+
+
+def presented_method(request: Any) -> str | None:
+    """The one authentication method this request presents, or None if it presents none."""
+    authorization = request.headers.get("Authorization") or ""
+    if authorization[:6].lower() == "basic ":
+        return "client_secret_basic"
+    form = request.payload.data
+    if form.get("client_assertion") or form.get("client_assertion_type"):
+        return "private_key_jwt"
+    if form.get("client_secret"):
+        return "client_secret_post"
+    if form.get("client_id"):
+        return "none"
+    return None
+
+
+def basic_credentials(headers: Any) -> tuple[str, str] | None:
+    """The client id and secret of an `Authorization: Basic` header, or None if malformed."""
+    authorization = headers.get("Authorization") or ""
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or not client_id or not secret:
+        return None
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
+    return unquote(client_id), unquote(secret)
+
+
+def _authenticate_basic(query_client: Any, request: Any) -> Any:
+    credentials = basic_credentials(request.headers)
+    if credentials is None:
+        return None
+    client = query_client(credentials[0])
+    if client is None or not client.check_client_secret(credentials[1]):
+        return None
+    return client
+
+
+def _may_use(client: Any, method: str | None, endpoint: str) -> bool:
+    if not client.check_endpoint_auth_method(method, endpoint):
+        return False
+    # RFC 6749 §3.2.1: a confidential client must authenticate, never pass as public.
+    return method != "none" or client.check_endpoint_auth_method("none", "token")
+
+
+def _audit_failure(request: Any, method: str | None, endpoint: str, query_client: Any) -> None:
+    """One audit line per failed client authentication; the claimed id only if it is real."""
+    claimed = _claimed_client_id(request, method)
+    known = claimed is not None and query_client(claimed) is not None
+    audit.event(
+        "client.auth_failed",
+        method=method,
+        endpoint=endpoint,
+        client_id=claimed if known else None,
+    )
+
+
+def _claimed_client_id(request: Any, method: str | None) -> str | None:
+    if method == "client_secret_basic":
+        credentials = basic_credentials(request.headers)
+        return credentials[0] if credentials else None
+    client_id = request.payload.data.get("client_id")
+    return client_id if isinstance(client_id, str) else None
