@@ -1,8 +1,10 @@
-"""Security headers on every response, and which proxies' X-Forwarded-For to believe."""
+"""Security headers on every response, the body limit for chunked requests, trusted proxies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -34,11 +36,48 @@ def _add_headers(hsts: bool) -> Callable[[Response], Response]:
     return add
 
 
+class ChunkedBodyLimit:
+    """Give a chunked body a length, so it meets the same limit as a Content-Length one.
+
+    Werkzeug stops reading a body without a length at the limit and the form parser takes what
+    was read: the end of the body (a narrowing `scope`, say) was silently lost. Buffered here,
+    at most one byte past the limit, the body gets a Content-Length that Flask refuses with 413.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not environ.get("CONTENT_LENGTH"):
+            body = self._read(environ["wsgi.input"])
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            # Decoded now: Werkzeug would ignore a Content-Length beside "chunked".
+            del environ["HTTP_TRANSFER_ENCODING"]
+        return self.app(environ, start_response)  # type: ignore[no-any-return]
+
+    def _read(self, stream: Any) -> bytes:
+        parts: list[bytes] = []
+        wanted = self.limit + 1
+        while wanted > 0:
+            part = stream.read(wanted)
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+
 def init_app(app: Flask) -> None:
     """Add the headers to every response; trust X-Forwarded-For only from configured proxies."""
     settings: Settings = app.extensions["tokenserver.settings"]
     # Browsers heed HSTS only over https, so it is sent only when clients reach us that way.
     app.after_request(_add_headers(settings.issuer.startswith("https://")))
+    app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
+        app.wsgi_app, settings.max_body_bytes
+    )
     if settings.trusted_proxies:
         # Without a trusted proxy, X-Forwarded-For is whatever the client wrote: believing it
         # would let anyone pick the IP that per-IP limits and the audit log see.
