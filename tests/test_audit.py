@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -68,9 +69,10 @@ def test_login_success_names_user_client_ip_and_request(actions: Actions, events
     ("username", "password", "reason", "logged_name"),
     [
         ("alice", WRONG, "wrong_password", "alice"),
-        ("nobody", WRONG, "unknown_user", "nobody"),
-        # A password typed into the username field must not reach the log.
+        # A name that matches no user may be a password typed into the username field.
+        ("nobody", WRONG, "unknown_user", None),
         ("my secret pass phrase", WRONG, "unknown_user", None),
+        ("MySecretPass-2024", WRONG, "unknown_user", None),
     ],
 )
 def test_login_failure_says_why(
@@ -87,9 +89,22 @@ def test_login_failure_says_why(
     [event] = events("login.failure")
     assert event["reason"] == reason
     assert event["username"] == logged_name
+    if logged_name is None:
+        assert username not in json.dumps(event)
+        assert len(event["username_digest"]) == 32
     assert event["client_id"] == oauth_client.client_id
     assert event["ip"] == IP
     assert event["request_id"]
+
+
+def test_unknown_names_are_logged_as_one_keyed_digest(actions: Actions, events: Any) -> None:
+    oauth_client = actions.oauth_client()
+    for name in ("MySecretPass-2024", "mysecretpass-2024", "other-name"):
+        _token(actions, oauth_client, name, WRONG)
+    first, again, other = (e["username_digest"] for e in events("login.failure"))
+    assert first == again != other
+    # Keyed: not the plain SHA-256 of the name, which a guesser could compute.
+    assert first not in hashlib.sha256(b"mysecretpass-2024").hexdigest()
 
 
 def test_disabled_user_login_is_a_failure(

