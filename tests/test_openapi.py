@@ -15,6 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 CONTRACT = {
     ("post", "/users"),
     ("get", "/users/me"),
+    ("post", "/users/me/password"),
     ("post", "/oauth/token"),
     ("post", "/oauth/introspect"),
     ("post", "/introspect"),

@@ -16,6 +16,7 @@ from .errors import APIError, Conflict, InvalidRequest, NotFound
 from .extensions import db, reader
 from .guard import Throttled, current_guard
 from .models import USER_COLUMNS, Subject, User
+from .oauth.records import revoke_user_families
 from .passwords import current_passwords, password_problem
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
@@ -47,10 +48,7 @@ def validate_username(username: object) -> str:
 def register(username: object, password: object) -> User:
     """Create an account, refusing bad usernames, weak passwords and taken names."""
     name = validate_username(username)
-    if password is None:
-        raise InvalidRequest("'password' is required")
-    if not isinstance(password, str):
-        raise InvalidRequest("'password' must be a string")
+    password = _password_field("password", password)
     _check_new_password(password, name)
     if find(name) is not None:
         raise _taken()
@@ -177,6 +175,40 @@ def _name_digest(username: str) -> str:
     secret = str(current_keyring().signing_key().as_dict(private=True)["d"])
     name = username_key(username).encode("utf-8", "surrogatepass")
     return hmac.new(secret.encode(), name, hashlib.sha256).hexdigest()[:32]
+
+
+def change_password(user: Subject, current: object, new: object, keep_family: str | None) -> int:
+    """Replace a user's password and end every other login; how many logins ended.
+
+    The current password is checked as a login is: admitted by the password guard first, so
+    a stolen access token cannot be used to guess it faster than the token endpoint allows.
+    """
+    current_password = _password_field("current_password", current)
+    new_password = _password_field("new_password", new)
+    name = username_key(user.username)
+    try:
+        current_guard().admit(name)
+    except Throttled:
+        _login_failed(user.username, "throttled", user)
+        raise
+    checked = _check_password(user.username, current_password)
+    if checked is None or checked.id != user.id:
+        raise InvalidRequest("The current password is wrong.", error="invalid_grant")
+    current_guard().clear(name)
+    _check_new_password(new_password, user.username, "new_password")
+    new_hash = current_passwords().hash(new_password)
+    db.session.execute(_REHASH, {"user_id": user.id, "new": new_hash})
+    ended = revoke_user_families(user.id, keep_family)  # commits the new hash with it
+    audit.event("user.password_changed", user_id=user.id, username=user.username, ended=ended)
+    return ended
+
+
+def _password_field(field: str, value: object) -> str:
+    if value is None:
+        raise InvalidRequest(f"'{field}' is required")
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be a string")
+    return value
 
 
 def set_disabled(username: str, disabled: bool) -> User:

@@ -1,7 +1,8 @@
-"""/users: sign-up and the caller's own account."""
+"""/users: sign-up, the caller's own account and password."""
 
 from __future__ import annotations
 
+from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, jsonify, url_for
 
 from . import accounts, audit
@@ -13,6 +14,7 @@ from .payloads import read_fields
 bp = Blueprint("users", __name__)
 
 _SIGNUP_FIELDS = frozenset({"username", "password"})
+_PASSWORD_FIELDS = frozenset({"current_password", "new_password"})
 
 
 @bp.post("/users")
@@ -31,3 +33,17 @@ def create_user() -> tuple[Response, int, dict[str, str]]:
 def me() -> Response:
     """The account the bearer token belongs to."""
     return jsonify(current_user().to_dict())  # Cache-Control: no-store comes from security.py
+
+
+@bp.post("/users/me/password")
+@require_oauth()
+def change_password() -> tuple[str, int]:
+    """Change the caller's password; every other login (refresh-token family) of theirs ends."""
+    data = read_fields(_PASSWORD_FIELDS)
+    accounts.change_password(
+        current_user(),
+        data.get("current_password"),
+        data.get("new_password"),
+        keep_family=current_token.family_id,
+    )
+    return "", 204

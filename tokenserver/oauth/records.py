@@ -210,6 +210,20 @@ def revoke_family(family_id: str) -> None:
     db.session.commit()
 
 
+def revoke_user_families(user_id: int, keep_family: str | None = None) -> int:
+    """Revoke every live login of a user but `keep_family`; how many were revoked.
+
+    One UPDATE, committed with whatever the session holds (a new password hash, say), so the
+    change and the sign-outs it implies happen together or not at all.
+    """
+    condition = [TokenFamily.user_id == user_id, TokenFamily.revoked_at.is_(None)]
+    if keep_family is not None:
+        condition.append(TokenFamily.id != keep_family)
+    result = db.session.execute(update(TokenFamily).where(*condition).values(revoked_at=utcnow()))
+    db.session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def revoke_access_token(jti: str) -> None:
     """Revoke one access token."""
     db.session.execute(

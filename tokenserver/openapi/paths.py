@@ -72,7 +72,7 @@ def _public_get(
 
 
 def users() -> Doc:
-    """POST /users, GET /users/me."""
+    """POST /users, GET /users/me, POST /users/me/password."""
     return {
         "/users": {
             "post": _op(
@@ -93,6 +93,24 @@ def users() -> Doc:
                 {200: json_response("User", "The account", _NO_STORE)},
                 _BEARER,
                 security=_bearer(),
+            )
+        },
+        "/users/me/password": {
+            "post": _op(
+                "changePassword",
+                "Change the caller's password; every other login of theirs is signed out",
+                "users",
+                {
+                    204: {"description": "Changed"},
+                    400: json_response(
+                        "Error",
+                        "invalid_request naming the field (weak_password for a common new "
+                        "password), or invalid_grant: the current password is wrong",
+                    ),
+                },
+                (*_BODY, *_BEARER),
+                security=_bearer(),
+                requestBody=_body("PasswordChange", _JSON),
             )
         },
     }

@@ -45,6 +45,13 @@ SCHEMAS: Schema = {
             "password": {"type": "string", "minLength": 8, "maxLength": 1024},
         },
     ),
+    "PasswordChange": _object(
+        ["current_password", "new_password"],
+        {
+            "current_password": {"type": "string", "maxLength": 1024},
+            "new_password": {"type": "string", "minLength": 8, "maxLength": 1024},
+        },
+    ),
     "User": _object(
         ["id", "username", "disabled", "created_at"],
         {"id": _ID, "username": _STRING, "disabled": {"type": "boolean"}, "created_at": _TIMESTAMP},
