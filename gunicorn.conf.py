@@ -6,7 +6,7 @@ import sys
 
 # Neither imports prometheus_client, which picks multiprocess mode once, when first imported.
 from tokenserver import metric_files
-from tokenserver.config import ConfigError, Settings
+from tokenserver.config import ConfigError, Settings, unknown_variables
 
 
 def _int_env(name: str, default: int) -> int:
@@ -25,6 +25,8 @@ try:
 except ConfigError as exc:
     sys.stderr.write(f"Error: {exc}\n")
     sys.exit(2)
+for _line in unknown_variables():
+    sys.stderr.write(_line + "\n")
 
 bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
 workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -13,7 +16,7 @@ from tokenserver.digests import digest
 from tokenserver.extensions import db
 from tokenserver.models import Client, SigningKey, User
 
-from .conftest import PASSWORD
+from .conftest import PASSWORD, ROOT
 
 
 def test_users_create_from_stdin_and_list(runner: FlaskCliRunner) -> None:
@@ -172,3 +175,65 @@ def test_database_errors_are_one_line(make_app) -> None:  # type: ignore[no-unty
     assert result.exit_code == 1
     assert "database error" in result.output
     assert "Traceback" not in result.output
+
+
+def _tokenserver(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as an operator runs it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "tokenserver"), *args],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_help_shows_only_operator_commands() -> None:
+    result = _tokenserver("--help")
+    assert result.returncode == 0
+    for hidden in ("--app", "--debug", "--env-file", "limiter"):
+        assert hidden not in result.stdout
+    for shown in ("users", "clients", "keys", "tokens", "db"):
+        assert shown in result.stdout
+    db_help = _tokenserver("db", "--help").stdout
+    commands = [line.split()[0] for line in db_help.split("Commands:")[1].strip().splitlines()]
+    assert commands == ["upgrade"]
+    for developer in ("migrate", "revision", "downgrade", "stamp"):
+        assert developer not in commands
+    assert "--directory" not in db_help
+
+
+def test_db_upgrade_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/no-such-folder/tokenserver.db"
+    result = _tokenserver("db", "upgrade", TOKENSERVER_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot create the SQLite database: the folder {tmp_path}/no-such-folder "
+        "does not exist"
+    )
+
+
+def test_db_upgrade_of_a_missing_postgresql_database_is_one_line() -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/tokenserver_no_such_database"
+    result = _tokenserver("db", "upgrade", TOKENSERVER_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "does not exist" in line or "connection" in line
+
+
+def test_an_unknown_setting_gets_one_warning_naming_the_closest(tmp_path: Path) -> None:
+    result = _tokenserver(
+        "users",
+        "list",
+        TOKENSERVER_DATABASE_URL=f"sqlite:///{tmp_path}/t.db",
+        TOKENSERVER_ACESS_TOKEN_TTL="60",
+    )
+    warnings = [line for line in result.stderr.splitlines() if "ACESS" in line]
+    assert warnings == [
+        "Warning: TOKENSERVER_ACESS_TOKEN_TTL is not a tokenserver setting and is ignored; "
+        "did you mean TOKENSERVER_ACCESS_TOKEN_TTL?"
+    ]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tokenserver.config import ConfigError, Settings
+from tokenserver.config import ConfigError, Settings, unknown_variables
 
 from .conftest import ROOT
 
@@ -94,3 +94,98 @@ def test_gunicorn_refuses_bad_setting_with_one_line() -> None:
     assert result.returncode != 0
     assert "TOKENSERVER_REGISTRATION_OPEN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://example.com", "http://auth.example.com:8000", "http://10.0.0.5"]
+)
+def test_a_plain_http_issuer_off_loopback_is_refused(issuer: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_ISSUER": issuer})
+    assert "TOKENSERVER_ISSUER" in str(excinfo.value)
+    assert "https" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://localhost:8000", "http://127.0.0.1:9000", "http://[::1]:8000"]
+)
+def test_a_plain_http_issuer_on_loopback_is_allowed(issuer: str) -> None:
+    assert Settings.from_env({"TOKENSERVER_ISSUER": issuer}).issuer == issuer
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TOKENSERVER_ARGON2_MEMORY_KIB": "1"}, "TOKENSERVER_ARGON2_MEMORY_KIB"),
+        ({"TOKENSERVER_ARGON2_PARALLELISM": "99999999"}, "TOKENSERVER_ARGON2_PARALLELISM"),
+        ({"TOKENSERVER_ARGON2_TIME_COST": "4294967296"}, "TOKENSERVER_ARGON2_TIME_COST"),
+    ],
+)
+def test_argon2_parameters_the_library_refuses_name_the_variable(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env(env)
+    assert named in str(excinfo.value)
+    assert "32-bit" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "١٢", "-3"])
+def test_bad_numbers_are_explained_in_our_words(value: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_ACCESS_TOKEN_TTL": value})
+    assert "expected a positive whole number" in str(excinfo.value)
+    assert "literal" not in str(excinfo.value) and "int()" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TOKENSERVER_ISSUER": "http://example.com"}, "TOKENSERVER_ISSUER"),
+        ({"TOKENSERVER_ARGON2_MEMORY_KIB": "1"}, "TOKENSERVER_ARGON2_MEMORY_KIB"),
+    ],
+)
+@pytest.mark.parametrize("program", ["cli", "gunicorn"])
+def test_start_up_refusals_are_one_line_in_the_cli_and_gunicorn(
+    env: dict[str, str], named: str, program: str
+) -> None:
+    args = {
+        "cli": [sys.executable, "-m", "tokenserver.cli", "users", "list"],
+        "gunicorn": [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+    }[program]
+    result = _run(args, {**env, "PORT": "1"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Worker failed to boot" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert named in lines[0]
+
+
+def test_unknown_settings_are_listed_with_the_closest_name() -> None:
+    lines = unknown_variables(
+        {"TOKENSERVER_REGISTRATON_OPEN": "false", "TOKENSERVER_ISSUER": "x", "OTHER": "y"}
+    )
+    assert lines == [
+        "Warning: TOKENSERVER_REGISTRATON_OPEN is not a tokenserver setting and is ignored; "
+        "did you mean TOKENSERVER_REGISTRATION_OPEN?"
+    ]
+
+
+def test_gunicorn_warns_once_of_an_unknown_setting() -> None:
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--check-config",
+            "wsgi:app",
+        ],
+        {"TOKENSERVER_ACESS_TOKEN_TTL": "60"},
+    )
+    assert [line for line in result.stderr.splitlines() if "ACESS" in line] == [
+        "Warning: TOKENSERVER_ACESS_TOKEN_TTL is not a tokenserver setting and is ignored; "
+        "did you mean TOKENSERVER_ACCESS_TOKEN_TTL?"
+    ]

@@ -6,16 +6,18 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import delete, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts, audit
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, unknown_variables
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
@@ -270,12 +272,71 @@ def _create_app() -> Flask:
     return create_app(migrations=True)
 
 
-cli = FlaskGroup(
+# What operators never need: Flask-Limiter's maintenance group, Flask-Migrate's developer
+# commands (still callable, e.g. `db migrate`, but not listed) and Flask's own options.
+_HIDDEN_COMMANDS = frozenset({"limiter"})
+_OPERATOR_DB_COMMANDS = frozenset({"upgrade"})
+_HIDDEN_OPTIONS = frozenset({"app", "debug", "env_file"})
+
+
+class _OperatorGroup(FlaskGroup):
+    """Flask's CLI group showing only the commands an operator uses."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in super().list_commands(ctx) if name not in _HIDDEN_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if name == "db" and isinstance(command, click.Group):
+            _for_operators(command)
+        return command
+
+
+def _for_operators(db_group: click.Group) -> None:
+    """Hide Flask-Migrate's developer commands and options; give `upgrade` one-line errors."""
+    db_group.help = "Create or migrate the database schema."
+    for param in db_group.params:
+        param.hidden = True  # type: ignore[attr-defined]
+    for name, sub in db_group.commands.items():
+        sub.hidden = name not in _OPERATOR_DB_COMMANDS
+    upgrade = db_group.commands.get("upgrade")
+    if upgrade is not None and upgrade.callback and not hasattr(upgrade.callback, "one_line"):
+        upgrade.callback = _upgrade_errors(upgrade.callback)
+        upgrade.help = "Create the schema, or migrate it to the newest version."
+        for param in upgrade.params:
+            param.hidden = True  # type: ignore[attr-defined]
+
+
+def _upgrade_errors(f: F) -> F:
+    """`db upgrade` failing on a missing database says so in one line."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from flask import current_app
+
+        settings: Settings = current_app.extensions["tokenserver.settings"]
+        url = make_url(settings.database_url)
+        if settings.is_sqlite and url.database and url.database != ":memory:":
+            folder = Path(url.database).parent
+            if not folder.is_dir():
+                raise click.ClickException(
+                    f"cannot create the SQLite database: the folder {folder} does not exist"
+                )
+        return _one_line_errors(f)(*args, **kwargs)
+
+    wrapper.one_line = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+cli = _OperatorGroup(
     create_app=_create_app,
     add_default_commands=False,
     add_version_option=False,
     help="Administer tokenserver: database, users, clients, signing keys, token records.",
 )
+for _param in cli.params:
+    if _param.name in _HIDDEN_OPTIONS:
+        _param.hidden = True  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -285,6 +346,8 @@ def main() -> None:
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    for line in unknown_variables():
+        click.echo(line, err=True)
     cli.main(prog_name="tokenserver")
 
 

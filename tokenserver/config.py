@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -26,18 +28,20 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _whole_number(raw: str, smallest: int, expected: str) -> int:
+    # int() would also take "1_000" or "+5", and its error speaks Python ("invalid literal").
+    value = raw.strip()
+    if not value.isascii() or not value.isdigit() or int(value) < smallest:
+        raise ValueError(expected)
+    return int(value)
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw.strip())
-    if value <= 0:
-        raise ValueError("expected a positive whole number")
-    return value
+    return _whole_number(raw, 1, "expected a positive whole number")
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw.strip())
-    if value < 0:
-        raise ValueError("expected a whole number of 0 or more")
-    return value
+    return _whole_number(raw, 0, "expected a whole number of 0 or more")
 
 
 def _http_url(raw: str) -> str:
@@ -46,6 +50,24 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValueError("expected an http(s) URL such as https://auth.example.com")
     return value
+
+
+def _issuer(raw: str) -> str:
+    value = _http_url(raw)
+    parts = urlsplit(value)
+    # RFC 6749 §3.2 requires TLS: a plain-http issuer serves only this machine (development).
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        raise ValueError("must be an https URL (plain http is for localhost only)")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _database_url(raw: str) -> str:
@@ -97,7 +119,7 @@ class Settings:
     """Everything the service can be told, typed and validated."""
 
     database_url: str = _setting("DATABASE_URL", _database_url, "")
-    issuer: str = _setting("ISSUER", _http_url, "http://localhost:8000")
+    issuer: str = _setting("ISSUER", _issuer, "http://localhost:8000")
     audience: str = _setting("AUDIENCE", str.strip, "")
     access_token_ttl: int = _setting("ACCESS_TOKEN_TTL", _positive_int, 900)
     refresh_token_ttl: int = _setting("REFRESH_TOKEN_TTL", _positive_int, 2_592_000)
@@ -138,7 +160,36 @@ class Settings:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
-        return cls(**values).resolved(instance_path)
+        settings = cls(**values).resolved(instance_path)
+        settings._check_argon2()
+        return settings
+
+    def _check_argon2(self) -> None:
+        """Refuse argon2 parameters the library refuses, naming the variable, before serving."""
+        from argon2 import PasswordHasher
+        from argon2.exceptions import HashingError
+
+        hasher = PasswordHasher(
+            time_cost=self.argon2_time_cost,
+            memory_cost=self.argon2_memory_kib,
+            parallelism=self.argon2_parallelism,
+        )
+        try:
+            hasher.hash("a password to try the parameters on")
+        except (HashingError, OverflowError) as exc:
+            reason = "a value is too large" if isinstance(exc, OverflowError) else str(exc).lower()
+            named = [n for word, ns in _ARGON2_NAMES.items() if word in reason for n in ns]
+            names = list(dict.fromkeys(named)) or [
+                "ARGON2_TIME_COST",
+                "ARGON2_MEMORY_KIB",
+                "ARGON2_PARALLELISM",
+            ]
+            given = ", ".join(f"{PREFIX}{n}={self._argon2_value(n)}" for n in names)
+            raise ConfigError(f"{given} is not valid: argon2 refuses it ({reason})") from None
+
+    def _argon2_value(self, env: str) -> int:
+        value: int = getattr(self, next(f.name for f in fields(self) if f.metadata["env"] == env))
+        return value
 
     def resolved(self, instance_path: str | None = None) -> Settings:
         """Fill the defaults that depend on other values (audience, SQLite path)."""
@@ -156,6 +207,29 @@ class Settings:
     def is_sqlite(self) -> bool:
         """Whether the database is an SQLite file (which needs WAL and a busy timeout)."""
         return self.database_url.startswith("sqlite")
+
+
+# Which variable an argon2 refusal is about, by a word of the library's message.
+_ARGON2_NAMES = {
+    "time": ("ARGON2_TIME_COST",),
+    "memory": ("ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM"),  # memory must be >= 8 x lanes
+    "lanes": ("ARGON2_PARALLELISM",),
+    "thread": ("ARGON2_PARALLELISM",),
+}
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning line per TOKENSERVER_* variable no setting reads, naming the closest one."""
+    environ = os.environ if environ is None else environ
+    known = [f.metadata["env"] for f in fields(Settings)]
+    lines = []
+    for name in sorted(n for n in environ if n.startswith(PREFIX)):
+        if name.removeprefix(PREFIX) in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+        lines.append(f"Warning: {name} is not a tokenserver setting and is ignored{hint}")
+    return lines
 
 
 def current_settings() -> Settings:

@@ -104,6 +104,25 @@ def _database_error(exc: DBAPIError) -> Response:
     )
 
 
+def schema_missing(exc: DBAPIError) -> bool:
+    """Whether the database answered but lacks our tables or columns (not migrated to head)."""
+    orig = exc.orig
+    if type(orig).__name__ in ("UndefinedTable", "UndefinedColumn"):  # psycopg
+        return True
+    message = str(orig)
+    return message.startswith(("no such table", "no such column"))  # sqlite3
+
+
+def _schema_error(exc: DBAPIError) -> Response:
+    log.error("database schema is not at head: %s", exc.__class__.__name__)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The database schema is not at the newest version; run `tokenserver db upgrade`.",
+        {"Retry-After": "30"},
+    )
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error (request id %s)", g.get("request_id", "-"))
     return error_response(500, "server_error", "An unexpected error occurred.")
@@ -120,7 +139,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _database_error_or_bug(exc: DBAPIError) -> Response:
-    # A lost connection is an outage (503); anything else from the driver is our bug (500).
+    # A lost connection or an unmigrated schema is an outage (503); anything else from the
+    # driver is our bug (500).
+    if schema_missing(exc):
+        return _schema_error(exc)
     if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
         return _database_error(exc)
     return _unexpected(exc)

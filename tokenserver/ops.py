@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .errors import schema_missing
 from .extensions import db
 
 # The newest revision in migrations/versions: a constant, so that serving never loads alembic.
@@ -27,6 +28,9 @@ def readyz() -> tuple[Response, int]:
     try:
         with db.engine.connect() as conn:
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError as exc:
+        reason = "schema is not at head" if schema_missing(exc) else "database unreachable"
+        return jsonify(status="unavailable", reason=reason), 503
     except SQLAlchemyError:
         return jsonify(status="unavailable", reason="database unreachable"), 503
     if current != SCHEMA_HEAD:
