@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -44,3 +47,62 @@ def test_request_id_is_made_when_absent_or_unsafe(client: FlaskClient) -> None:
     assert len(made) == 32
     unsafe = client.get("/healthz", headers={"X-Request-ID": 'bad"id<script>'})
     assert unsafe.headers["X-Request-ID"] != 'bad"id<script>'
+
+
+def _token_errors(client: FlaskClient, auth: tuple[str, str]) -> list[Any]:
+    def post(**data: str) -> Any:
+        return client.post("/oauth/token", data=data, auth=auth)
+
+    return [
+        post(grant_type="password", password="x"),  # no username
+        post(grant_type="password", username="alice"),  # no password
+        post(grant_type="refresh_token"),  # no refresh_token
+        post(grant_type="urn:example:made-up"),
+        post(grant_type="password", username="a", password="b", scope="admin"),
+        client.post("/oauth/token", data={"grant_type": "password"}),  # no client at all
+    ]
+
+
+def test_oauth_errors_speak_with_one_voice(actions: Any) -> None:
+    oauth_client = actions.oauth_client(grants=("client_credentials",))
+    responses = _token_errors(actions.client, oauth_client.auth)
+    for response in responses:
+        description = response.json["error_description"]
+        assert "Missing" not in description and "methods" not in description, description
+        assert "urn:example" not in description  # nothing submitted is echoed
+        assert "grant_type=" not in description
+
+
+def test_missing_parameters_are_named_in_our_words(actions: Any) -> None:
+    oauth_client = actions.oauth_client()
+    responses = _token_errors(actions.client, oauth_client.auth)
+    assert [r.json["error_description"] for r in responses[:3]] == [
+        "'username' is required",
+        "'password' is required",
+        "'refresh_token' is required",
+    ]
+
+
+def test_json_sent_as_a_form_is_refused_without_echoing_it(client: FlaskClient) -> None:
+    body = '{"username": "alice", "password": "my very secret phrase"}'
+    response = client.post("/users", data=body, content_type="application/x-www-form-urlencoded")
+    _assert_json_error(response, 400, "invalid_request")
+    assert "secret" not in response.json["error_description"]
+    assert "alice" not in response.json["error_description"]
+
+
+def test_a_repeated_unknown_form_parameter_is_not_echoed(client: FlaskClient) -> None:
+    response = client.post(
+        "/oauth/token",
+        data="my-secret-phrase=1&my-secret-phrase=2&grant_type=password",
+        content_type="application/x-www-form-urlencoded",
+    )
+    _assert_json_error(response, 400, "invalid_request")
+    assert "my-secret-phrase" not in response.json["error_description"]
+
+
+@pytest.mark.parametrize(("wait", "words"), [(1, "1 second."), (2, "2 seconds.")])
+def test_waits_are_said_in_good_grammar(wait: int, words: str) -> None:
+    from tokenserver.guard import Throttled
+
+    assert str(Throttled(wait)).endswith(f"retry after {words}")

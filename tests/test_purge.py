@@ -161,7 +161,8 @@ def test_retired_keys_go_once_no_token_of_theirs_can_live(
         current = set(
             db.session.scalars(select(SigningKey.kid).where(SigningKey.retired_at.is_(None)))
         )
-    purge(runner)
+    output = purge(runner)
+    assert "deleted 1 retired signing keys" in output
     keys = store.key_ids()
     assert retired_yesterday in keys
     assert long_dead not in keys

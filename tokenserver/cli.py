@@ -256,8 +256,11 @@ def tokens_purge(older_than: int, batch_size: int) -> None:
     """Delete records of tokens expired long enough ago, and families left empty."""
     from .purge import purge
 
-    records, families = purge(older_than, batch_size)
-    click.echo(f"purged {records} token records and {families} token families")
+    records, families, keys = purge(older_than, batch_size)
+    click.echo(
+        f"purged {records} token records and {families} token families; "
+        f"deleted {keys} retired signing keys"
+    )
 
 
 def register_commands(app: Flask) -> None:

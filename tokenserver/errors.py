@@ -73,6 +73,11 @@ class Forbidden(APIError):
     error = "forbidden"
 
 
+def seconds(count: int) -> str:
+    """A number of seconds in words: "1 second", "2 seconds"."""
+    return f"{count} second" if count == 1 else f"{count} seconds"
+
+
 def error_response(
     status: int, error: str, description: str, headers: dict[str, Any] | None = None
 ) -> Response:

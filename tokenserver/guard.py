@@ -22,7 +22,7 @@ from sqlalchemy import BindParameter, Table, and_, bindparam, case, delete, or_,
 from sqlalchemy.engine import Engine
 
 from .config import Settings
-from .errors import APIError
+from .errors import APIError, seconds
 from .models import LoginThrottle, UTCDateTime, utcnow
 
 FREE_ATTEMPTS = 5
@@ -61,7 +61,7 @@ class Throttled(APIError):
     def __init__(self, wait_seconds: float) -> None:
         self.retry_after = max(1, math.ceil(wait_seconds))
         super().__init__(
-            f"Too many failed sign-ins for this account; retry after {self.retry_after} seconds.",
+            f"Too many failed sign-ins for this account; retry after {seconds(self.retry_after)}.",
             headers={"Retry-After": str(self.retry_after)},
         )
 

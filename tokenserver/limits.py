@@ -18,7 +18,7 @@ from flask import Flask, Response, request
 from flask_limiter import Limit, RequestLimit
 
 from .config import Settings, current_settings
-from .errors import error_response
+from .errors import error_response, seconds
 
 _NEVER_LIMITED = frozenset({"/healthz", "/metrics"})
 
@@ -82,7 +82,7 @@ def _too_many(limit: RequestLimit) -> Response:
     return error_response(
         429,
         "too_many_requests",
-        f"Too many requests from this address; retry after {retry_after} seconds.",
+        f"Too many requests from this address; retry after {seconds(retry_after)}.",
         {"Retry-After": str(retry_after)},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import request
@@ -9,29 +10,40 @@ from flask import request
 from .errors import APIError, InvalidRequest
 
 _MAX_JSON_DEPTH = 20
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[str, Any]:
     """The body's fields, refusing other media types, malformed JSON and unknown fields."""
     mimetype = request.mimetype
+    form = allow_form and mimetype == "application/x-www-form-urlencoded"
     if mimetype == "application/json" or mimetype.endswith("+json"):
         data = _json_object()
-    elif allow_form and mimetype == "application/x-www-form-urlencoded":
+    elif form:
         data = {key: request.form.getlist(key) for key in request.form}
-        for key, values in data.items():
-            if len(values) != 1:
-                raise InvalidRequest(f"'{key}' must be given once")
-            data[key] = values[0]
     else:
         accepted = "application/json" + (" or a form" if allow_form else "")
         raise APIError(f"send the body as {accepted}", status=415, error="unsupported_media_type")
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidRequest(f"unknown field '{unknown[0]}'")
+        raise InvalidRequest(_unknown_field(unknown[0], allowed))
+    if form:
+        for key, values in data.items():
+            if len(values) != 1:
+                raise InvalidRequest(f"'{key}' must be given once")
+            data[key] = values[0]
     for key, value in data.items():
         if not _storable(value):
             raise InvalidRequest(f"'{key}' holds a NUL character or a lone surrogate")
     return data
+
+
+def _unknown_field(name: str, allowed: frozenset[str]) -> str:
+    # Named only if it reads as a field name: JSON sent as a form arrives as one field named by
+    # the whole body, password and all, and an error never echoes what was submitted.
+    if _FIELD_NAME.fullmatch(name):
+        return f"unknown field '{name}'"
+    return f"the body holds an unknown field; allowed: {', '.join(sorted(allowed))}"
 
 
 def _json_object() -> dict[str, Any]:

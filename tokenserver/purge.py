@@ -15,8 +15,10 @@ from .models import SigningKey, TokenFamily, TokenRecord, utcnow
 _KEY_GRACE = timedelta(minutes=5)
 
 
-def purge(older_than: int, batch_size: int) -> tuple[int, int]:
-    """Delete records expired over `older_than` seconds ago, then families left empty.
+def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
+    """Delete records expired over `older_than` seconds ago, families left empty, dead keys.
+
+    Returns how many records, families and retired signing keys went.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -32,9 +34,11 @@ def purge(older_than: int, batch_size: int) -> tuple[int, int]:
     families = _delete_in_batches(_table(TokenFamily), empty_family, batch_size, walk=True)
     # A retired key is useless once every token it signed has expired.
     ttl = timedelta(seconds=current_settings().access_token_ttl)
-    db.session.execute(delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE))
+    keys = db.session.execute(
+        delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
+    )
     db.session.commit()
-    return records, families
+    return records, families, int(keys.rowcount)  # type: ignore[attr-defined]
 
 
 def _table(model: Any) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -80,12 +81,39 @@ class AuthorizationServer(_AuthorizationServer):
     def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
         # Undo half-done work, e.g. a refresh token spent before a later check failed.
         db.session.rollback()
-        error.description = error.description or _DESCRIPTIONS.get(error.error, "Refused.")
+        error.description = _in_our_words(error)
         if error.error == "invalid_client":
             # Authlib answers an unknown client_id sent in the body with 400; a failed client
             # authentication is 401 however it was tried (RFC 6749 §5.2 allows it; API.md says so).
             error.status_code = 401
         return super().handle_error_response(request, error)
+
+
+_AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in request\.")
+
+
+def _in_our_words(error: OAuth2Error) -> str:
+    """The error's description as the rest of the API words it.
+
+    Authlib's own texts read differently ("The client cannot authenticate with methods: [...]",
+    "grant_type=... is not supported", which echoes what was sent): any error Authlib raised
+    gets ours; errors our subclasses raise keep the words they were given.
+    """
+    missing = _AUTHLIB_MISSING.fullmatch(error.description or "")
+    if missing:
+        return f"'{missing[1]}' is required"
+    if error.description and not _raised_by_authlib(error):
+        return str(error.description)
+    return _DESCRIPTIONS.get(error.error, "The request was refused.")
+
+
+def _raised_by_authlib(error: BaseException) -> bool:
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("authlib.")
 
 
 def current_server() -> AuthorizationServer:

@@ -13,6 +13,27 @@ from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
 
 bp = Blueprint("oauth", __name__)
+# Every parameter our OAuth endpoints read (RFC 6749, 7009, 7662).
+_PARAMETERS = frozenset(
+    {
+        "grant_type",
+        "username",
+        "password",
+        "scope",
+        "refresh_token",
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "token",
+        "token_type_hint",
+        "code",
+        "redirect_uri",
+        "code_verifier",
+        "resource",
+        "audience",
+    }
+)
 
 
 def _require_form() -> None:
@@ -21,8 +42,10 @@ def _require_form() -> None:
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
     repeated = next((name for name, values in request.form.lists() if len(values) > 1), None)
-    if repeated:
-        raise InvalidRequest(f"{repeated!r} must not be given more than once")
+    if repeated is not None:
+        # Named only if it is a parameter of ours: an error never echoes what was submitted.
+        named = f"'{repeated}'" if repeated in _PARAMETERS else "a parameter"
+        raise InvalidRequest(f"{named} must not be given more than once")
 
 
 @bp.post("/oauth/token")
