@@ -81,11 +81,12 @@ def base_settings(database_url: str) -> Settings:
 
 
 def _clean(database_url: str) -> None:
-    """Empty every table but the schema version and the signing keys (slow to make)."""
+    """Empty every table but the schema version and the current signing key (slow to make)."""
     keep = {"alembic_version", "signing_keys"}
     tables = [t for t in reversed(db.metadata.sorted_tables) if t.name not in keep]
     engine = create_engine(database_url)
     with engine.begin() as conn:
+        conn.execute(text("DELETE FROM signing_keys WHERE state != 'current'"))
         if conn.dialect.name == "postgresql":
             conn.execute(text("TRUNCATE " + ", ".join(t.name for t in tables) + " CASCADE"))
         else:
