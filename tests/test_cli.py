@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from tokenserver.digests import digest
 from tokenserver.extensions import db
-from tokenserver.models import Client, SigningKey, User
+from tokenserver.models import Client, SigningKey, User, utcnow
 
 from .conftest import PASSWORD
 
@@ -189,3 +189,24 @@ def test_database_errors_are_one_line(make_app) -> None:  # type: ignore[no-unty
     assert result.exit_code == 1
     assert "database error" in result.output
     assert "Traceback" not in result.output
+
+
+def test_keys_revoke_takes_a_kid_that_begins_with_a_dash(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    with app.app_context():
+        db.session.add(
+            SigningKey(
+                kid="-dash", private_key="", public_jwk="{}", state="retired", created_at=utcnow()
+            )
+        )
+        db.session.commit()
+    result = runner.invoke(args=["keys", "revoke", "-dash"])
+    assert result.exit_code == 0, result.output
+    assert "revoked -dash" in result.stdout
+    again = runner.invoke(args=["keys", "revoke", "-dash"])
+    assert again.exit_code == 1
+    assert "already revoked" in again.output
+    unknown = runner.invoke(args=["keys", "revoke", "no-such-kid"])
+    assert unknown.exit_code == 1
+    assert "no signing key" in unknown.output

@@ -273,7 +273,8 @@ def keys_rotate(at_once: bool, older_than: str | None) -> None:
     click.echo(f"published now; it signs from {signs_from}", err=True)
 
 
-@command(keys, "revoke")
+# A kid is an RFC 7638 thumbprint in base64url: it may begin with "-", which is not an option.
+@command(keys, "revoke", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 def keys_revoke(kid: str) -> None:
     """Withdraw KID at once (a leaked key): out of the JWKS, and every token it signed dead."""
