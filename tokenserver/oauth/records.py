@@ -78,7 +78,7 @@ _INSERT_USER_FAMILY = insert(_families).from_select(
         _users.c.id,
         bindparam("created_at", type_=UTCDateTime()),
     ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
-)
+).returning(_families.c.id)  # psycopg reports no rowcount for INSERT ... SELECT
 _INSERT_CLIENT_FAMILY = insert(_families)
 
 
@@ -165,7 +165,7 @@ def _insert_family(
             {"id": family_id, "client_id": client.client_id, "created_at": issued},
         )
         return True
-    return bool(conn.execute(_INSERT_USER_FAMILY, family | {"user_id": user.id}).rowcount == 1)
+    return conn.execute(_INSERT_USER_FAMILY, family | {"user_id": user.id}).first() is not None
 
 
 def signing_kid(access_token: str) -> str | None:
