@@ -7,7 +7,7 @@ import sys
 # Neither imports prometheus_client, which picks multiprocess mode once, when first imported.
 from tokenserver import metric_files
 from tokenserver.config import ConfigError, Settings
-from tokenserver.keys import check_at_startup
+from tokenserver.keywrap import check_at_startup
 
 
 def _int_env(name: str, default: int) -> int:

@@ -19,8 +19,7 @@ from sqlalchemy import create_engine, delete, select, text
 from tokenserver import create_app
 from tokenserver.config import ConfigError, Settings
 from tokenserver.extensions import db
-from tokenserver.keys import check_at_startup
-from tokenserver.keywrap import KeyEncryptionError, KeyWrapper
+from tokenserver.keywrap import KeyEncryptionError, KeyWrapper, check_at_startup
 from tokenserver.models import SigningKey
 
 from .conftest import FAST_HASHING, ROOT, Actions, _postgres_database

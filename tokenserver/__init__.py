@@ -118,8 +118,7 @@ def _check_key_encryption(engine: Any, wrapper: Any) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .config import ConfigError
-    from .keys import check_wrapping
-    from .keywrap import KeyEncryptionError
+    from .keywrap import KeyEncryptionError, check_wrapping
 
     try:
         check_wrapping(engine, wrapper)

@@ -21,7 +21,8 @@ from .config import ConfigError, Settings, current_settings
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
-from .keys import check_at_startup, list_keys, revoke, rewrap, rotate
+from .keys import list_keys, revoke, rotate
+from .keywrap import check_at_startup, rewrap
 from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
 from .oauth import current_server
 

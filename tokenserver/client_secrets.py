@@ -43,4 +43,3 @@ def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
         previous_valid_until=isoformat(until) if until else None,
     )
     return secret, until
-

@@ -8,7 +8,6 @@ that time pass promotes it, in one transaction; the database's unique index keep
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +19,8 @@ from sqlalchemy import Table, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from .config import ConfigError, Settings
 from .errors import APIError, NotFound
-from .keywrap import ENV, KeyEncryptionError, KeyWrapper
+from .keywrap import KeyWrapper
 from .models import SigningKey, utcnow
 
 KEY_SIZE = 2048
@@ -189,39 +187,6 @@ def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
         return _insert(conn, wrapper, CURRENT, replacement)
 
 
-def rewrap(engine: Engine, wrapper: KeyWrapper) -> int:
-    """Encrypt every stored private key under the first key-encryption key; how many changed."""
-    if not wrapper.enabled:
-        raise APIError("set TOKENSERVER_KEY_ENCRYPTION_KEY (the new key first) before rewrapping")
-    changed = 0
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
-        ).all()
-        for kid, stored in rows:
-            if wrapper.is_wrapped_by_first(stored):
-                continue
-            fresh = wrapper.wrap(kid, wrapper.unwrap(kid, stored))
-            # Conditional: a key retired meanwhile keeps its wiped private part.
-            result = conn.execute(
-                update(_keys)
-                .where(_keys.c.kid == kid, _keys.c.private_key == stored)
-                .values(private_key=fresh)
-            )
-            changed += result.rowcount
-    return changed
-
-
-def check_wrapping(engine: Engine, wrapper: KeyWrapper) -> None:
-    """Raise KeyEncryptionError unless every stored private key opens with the configured keys."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
-        ).all()
-    for kid, stored in rows:
-        wrapper.unwrap(kid, stored)
-
-
 def list_keys(engine: Engine) -> list[KeyInfo]:
     """Every stored key, newest first."""
     with engine.connect() as conn:
@@ -357,30 +322,3 @@ def current_keyring() -> KeyRing:
 
     keyring: KeyRing = current_app.extensions["tokenserver.keyring"]
     return keyring
-
-
-def check_at_startup(settings: Settings) -> str | None:
-    """For gunicorn's master and the CLI, before anything else: keys that do not open raise
-    ConfigError (one line); an unset key-encryption key returns a warning line."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and not os.path.exists(url.database or ""):
-        pass  # a new database: nothing stored yet (and the master must not create the file)
-    else:
-        engine = create_engine(
-            url, connect_args={"connect_timeout": 3} if "postgres" in url.drivername else {}
-        )
-        try:
-            check_wrapping(engine, KeyWrapper(settings.key_encryption_keys))
-        except KeyEncryptionError as exc:
-            raise ConfigError(str(exc)) from None
-        except SQLAlchemyError:
-            pass  # no schema yet, or no database: `db upgrade` and /readyz deal with that
-        finally:
-            engine.dispose()
-    if settings.key_encryption_keys:
-        return None
-    return f"{ENV} is not set: private signing keys are stored unencrypted"

@@ -1,4 +1,4 @@
-"""Private signing keys at rest: AES-GCM under the key-encryption key (README "Key-encryption key").
+"""Private signing keys at rest: AES-GCM under the key-encryption key, rewrapping, checks.
 
 A wrapped key is stored as `aesgcm:<key id>:<base64 of nonce + ciphertext>`, with the key's
 `kid` as associated data, so a ciphertext copied onto another row does not decrypt. The key id
@@ -15,10 +15,17 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Table, select, update
+from sqlalchemy.engine import Engine
+
+from .config import ConfigError, Settings
+from .errors import APIError
+from .models import SigningKey
 
 PREFIX = "aesgcm:"
 _NONCE_BYTES = 12  # NIST SP 800-38D: 96-bit random nonces, one per encryption
 ENV = "TOKENSERVER_KEY_ENCRYPTION_KEY"
+_keys: Table = SigningKey.__table__
 
 
 class KeyEncryptionError(Exception):
@@ -77,3 +84,63 @@ class KeyWrapper:
     def is_wrapped_by_first(self, stored: str) -> bool:
         """Whether a stored key is already encrypted under the first configured key."""
         return self._first is not None and stored.startswith(f"{PREFIX}{self._first}:")
+
+
+def rewrap(engine: Engine, wrapper: KeyWrapper) -> int:
+    """Encrypt every stored private key under the first key-encryption key; how many changed."""
+    if not wrapper.enabled:
+        raise APIError("set TOKENSERVER_KEY_ENCRYPTION_KEY (the new key first) before rewrapping")
+    changed = 0
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
+        ).all()
+        for kid, stored in rows:
+            if wrapper.is_wrapped_by_first(stored):
+                continue
+            fresh = wrapper.wrap(kid, wrapper.unwrap(kid, stored))
+            # Conditional: a key retired meanwhile keeps its wiped private part.
+            result = conn.execute(
+                update(_keys)
+                .where(_keys.c.kid == kid, _keys.c.private_key == stored)
+                .values(private_key=fresh)
+            )
+            changed += result.rowcount
+    return changed
+
+
+def check_wrapping(engine: Engine, wrapper: KeyWrapper) -> None:
+    """Raise KeyEncryptionError unless every stored private key opens with the configured keys."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
+        ).all()
+    for kid, stored in rows:
+        wrapper.unwrap(kid, stored)
+
+
+def check_at_startup(settings: Settings) -> str | None:
+    """For gunicorn's master and the CLI, before anything else: keys that do not open raise
+    ConfigError (one line); an unset key-encryption key returns a warning line."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not os.path.exists(url.database or ""):
+        pass  # a new database: nothing stored yet (and the master must not create the file)
+    else:
+        engine = create_engine(
+            url, connect_args={"connect_timeout": 3} if "postgres" in url.drivername else {}
+        )
+        try:
+            check_wrapping(engine, KeyWrapper(settings.key_encryption_keys))
+        except KeyEncryptionError as exc:
+            raise ConfigError(str(exc)) from None
+        except SQLAlchemyError:
+            pass  # no schema yet, or no database: `db upgrade` and /readyz deal with that
+        finally:
+            engine.dispose()
+    if settings.key_encryption_keys:
+        return None
+    return f"{ENV} is not set: private signing keys are stored unencrypted"

@@ -70,15 +70,19 @@ _now = bindparam("now", type_=UTCDateTime())
 _INSERT_RECORDS = insert(_records)
 # A new login's family is stored only while its user is still enabled, in one statement: a
 # login racing `users disable` either lands first (and is revoked with the rest) or not at all.
-_INSERT_USER_FAMILY = insert(_families).from_select(
-    ["id", "client_id", "user_id", "created_at"],
-    select(
-        bindparam("family_id", type_=_families.c.id.type),
-        bindparam("client_id", type_=_families.c.client_id.type),
-        _users.c.id,
-        bindparam("created_at", type_=UTCDateTime()),
-    ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
-).returning(_families.c.id)  # psycopg reports no rowcount for INSERT ... SELECT
+_INSERT_USER_FAMILY = (
+    insert(_families)
+    .from_select(
+        ["id", "client_id", "user_id", "created_at"],
+        select(
+            bindparam("family_id", type_=_families.c.id.type),
+            bindparam("client_id", type_=_families.c.client_id.type),
+            _users.c.id,
+            bindparam("created_at", type_=UTCDateTime()),
+        ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
+    )
+    .returning(_families.c.id)
+)  # psycopg reports no rowcount for INSERT ... SELECT
 _INSERT_CLIENT_FAMILY = insert(_families)
 
 
