@@ -53,16 +53,15 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The database the whole session runs on, migrated to head."""
-    base = os.environ.get("TEST_DATABASE_URL", "").strip()
+def migrated_database(base: str, sqlite_path: Path) -> Iterator[str]:
+    """A new database at head: a throwaway one on the PostgreSQL server `base` names, if it
+    names one, else an SQLite file at `sqlite_path`."""
     if base.startswith("postgresql"):
         gen = _postgres_database(base)
         url = next(gen)
     else:
         gen = None
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        url = f"sqlite:///{sqlite_path}"
     app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
     with app.app_context():
         from flask_migrate import upgrade
@@ -72,6 +71,13 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     if gen is not None:
         next(gen, None)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database the whole session runs on, migrated to head."""
+    base = os.environ.get("TEST_DATABASE_URL", "").strip()
+    yield from migrated_database(base, tmp_path_factory.mktemp("db") / "test.db")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from tokenserver.extensions import db
 from tokenserver.keywrap import KeyEncryptionError, KeyWrapper, check_at_startup
 from tokenserver.models import SigningKey
 
-from .conftest import FAST_HASHING, ROOT, Actions, _postgres_database
+from .conftest import FAST_HASHING, ROOT, Actions, migrated_database
 
 OLD = os.urandom(32)
 NEW = os.urandom(32)
@@ -37,44 +37,17 @@ def own_database(
     base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A database of this module's own: the keys it encrypts must not reach other tests."""
-    if base_settings.database_url.startswith("postgresql"):
-        gen = _postgres_database(base_settings.database_url)
-        url = next(gen)
-    else:
-        gen = None
-        url = f"sqlite:///{tmp_path_factory.mktemp('keywrap') / 'keys.db'}"
-    app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
-    with app.app_context():
-        upgrade()
-        db.engine.dispose()
-    yield url
-    if gen is not None:
-        next(gen, None)
+    path = tmp_path_factory.mktemp("keywrap") / "keys.db"
+    yield from migrated_database(base_settings.database_url, path)
 
 
 @pytest.fixture
-def app_with(own_database: str) -> Iterator[Any]:
+def app_with(own_database: str, make_app: Any) -> Iterator[Any]:
     """Apps on the module's database with the given key-encryption keys; no keys at first."""
     engine = create_engine(own_database)
     with engine.begin() as conn:
         conn.execute(delete(SigningKey.__table__))
-    apps: list[Flask] = []
-
-    def factory(*keys: bytes) -> Flask:
-        settings = Settings(
-            database_url=own_database,
-            ratelimit_enabled=False,
-            key_encryption_keys=keys,
-            **FAST_HASHING,
-        ).resolved()
-        app = create_app(settings)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        with app.app_context():
-            db.engine.dispose()
+    yield lambda *keys: make_app(database_url=own_database, key_encryption_keys=keys)
     with engine.begin() as conn:
         for table in ("token_records", "token_families", "clients", "users", "signing_keys"):
             conn.execute(text(f"DELETE FROM {table}"))
