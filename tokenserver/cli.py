@@ -101,7 +101,7 @@ def users_list() -> None:
 
 @click.group()
 def clients() -> None:
-    """Register, list and delete OAuth clients."""
+    """Register, list, delete OAuth clients and rotate their secrets."""
 
 
 def create_client(
@@ -210,7 +210,10 @@ def clients_delete(client_id: str) -> None:
     help="Seconds the old secret keeps working, so deployed apps can switch over.",
 )
 def clients_rotate_secret(client_id: str, overlap: int) -> None:
-    """Give CLIENT_ID a new secret and print it (once only)."""
+    """Give CLIENT_ID a new secret, shown once.
+
+    The old secret keeps working for --overlap seconds.
+    """
     secret, until = rotate_secret(client_id, overlap)
     current_server().clients.forget(client_id)  # other processes' copies expire within a second
     click.echo(f"client_secret: {secret}")
@@ -253,7 +256,10 @@ def _duration(raw: str) -> timedelta:
     help="Only if the current key has signed this long, e.g. 30d (safe from cron on every node).",
 )
 def keys_rotate(at_once: bool, older_than: str | None) -> None:
-    """Publish a new signing key; it signs after TOKENSERVER_KEY_PUBLISH_SECONDS."""
+    """Publish a new signing key, to sign later.
+
+    It is in every JWKS at once and signs after TOKENSERVER_KEY_PUBLISH_SECONDS.
+    """
     settings = current_settings()
     rotation = rotate(
         db.engine,
@@ -278,7 +284,11 @@ def keys_rotate(at_once: bool, older_than: str | None) -> None:
 @command(keys, "revoke", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 def keys_revoke(kid: str) -> None:
-    """Withdraw KID at once (a leaked key): out of the JWKS, and every token it signed dead."""
+    """Withdraw a leaked key KID at once.
+
+    It leaves the JWKS and every token it signed is refused; a revoked current key is
+    replaced at once.
+    """
     replacement = revoke(db.engine, current_app.extensions["tokenserver.keywrap"], kid)
     audit.event("key.revoked", kid=kid, replaced_by=replacement)
     click.echo(f"revoked {kid}")
@@ -288,7 +298,11 @@ def keys_revoke(kid: str) -> None:
 
 @command(keys, "list")
 def keys_list() -> None:
-    """List signing keys: kid, state, created, became current, stopped signing."""
+    """List signing keys and their states.
+
+    Columns: kid, state (next, current, retired, revoked), created, became current, stopped
+    signing.
+    """
     for key in list_keys(db.engine):
         times = (key.created_at, key.activated_at, key.retired_at)
         click.echo("\t".join([key.kid, key.state, *(isoformat(t) if t else "-" for t in times)]))
@@ -296,7 +310,10 @@ def keys_list() -> None:
 
 @command(keys, "rewrap")
 def keys_rewrap() -> None:
-    """Encrypt every private key under the first key in TOKENSERVER_KEY_ENCRYPTION_KEY."""
+    """Re-encrypt every private key under a new key.
+
+    The first key of TOKENSERVER_KEY_ENCRYPTION_KEY (NEW,OLD while rotating) encrypts.
+    """
     changed = rewrap(db.engine, current_app.extensions["tokenserver.keywrap"])
     audit.event("key.rewrapped", keys=changed)
     click.echo(f"re-encrypted {changed} signing keys")
