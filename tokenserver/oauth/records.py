@@ -155,13 +155,15 @@ def record_issued(
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
     if not stored:
-        raise InvalidGrantError("The user is disabled.")  # disabled while signing in
+        # Disabled while signing in; said as for any refused sign-in (no account-state oracle).
+        raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
 
 
 def _insert_family(
     conn: Connection, family_id: str, client: Client, user: User | Subject | None, issued: datetime
 ) -> bool:
+    """Store a new login's family; False if its user was disabled meanwhile."""
     family = {"family_id": family_id, "client_id": client.client_id, "created_at": issued}
     if user is None:
         conn.execute(
@@ -223,6 +225,7 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
 
 
 def _within_grace(spent_at: datetime | None, grace: int, now: datetime) -> bool:
+    """Whether a spent refresh token was spent less than `grace` seconds ago."""
     return spent_at is not None and grace > 0 and now - spent_at < timedelta(seconds=grace)
 
 
