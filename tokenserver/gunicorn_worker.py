@@ -13,6 +13,7 @@ gthread would: this class only decides when a connection is worth a thread.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import time
 from collections import deque
@@ -32,6 +33,8 @@ _END_OF_HEAD = b"\r\n\r\n"
 class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gthread, but a pool thread is given only a request whose head is already here."""
 
+    pending_conns: deque[Any]  # gthread's: connections waiting in the poller (ours: for a head)
+
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         """Refuse what this worker cannot gather heads for: TLS and HTTP/2 are not plain bytes."""
@@ -43,10 +46,8 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """Take a new connection and wait, in the poller, for its first request head."""
         try:
             sock, address = listener.accept()
-        except BlockingIOError:
-            return  # another worker took it
-        except ConnectionAbortedError:
-            return
+        except (BlockingIOError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up
         self.nr_conns += 1
         conn = gthread.TConn(self.cfg, sock, address, listener.getsockname())  # non-blocking
         conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
@@ -107,9 +108,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             return
         self.pending_conns = deque(conn for conn in self.pending_conns if conn.timeout > now)
         for conn in late:
-            try:
+            with contextlib.suppress(OSError, KeyError, ValueError):  # already unregistered
                 self.poller.unregister(conn.sock)
-            except (OSError, KeyError, ValueError):
-                pass  # already unregistered
             self.nr_conns -= 1
             conn.close()
