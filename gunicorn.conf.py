@@ -1,7 +1,5 @@
 """gunicorn settings as deployed; PORT, WEB_CONCURRENCY and the metrics directory from the env."""
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import sys
@@ -47,22 +45,6 @@ worker_class = "tokenserver.gunicorn_worker.BufferedHeadWorker"
 threads = 4
 worker_connections = 1000
 
-
-def _return_large_blocks_to_the_os() -> None:
-    """Serve every malloc of 1 MiB or more from its own mapping, unmapped again when freed.
-
-    Each argon2id check takes 19 MiB. glibc would serve it from the calling thread's arena
-    after the first one and keep it there: with 4 threads a worker grew from 114 to 176 MB
-    (make bench). A fixed threshold (M_MMAP_THRESHOLD) turns off glibc's adjustment of it.
-    Set here, in the master, so the workers forked from it inherit it; elsewhere a no-op.
-    """
-    libc = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
-    if mallopt is not None:
-        mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD, from glibc's malloc.h
-
-
-_return_large_blocks_to_the_os()
 
 # Once the settings are known good (a refused start leaves nothing behind), and before the
 # workers (forked from here) import prometheus_client: they all write their metrics here.
