@@ -125,6 +125,20 @@ def test_a_kept_alive_connection_is_served_again_and_then_cut_if_its_next_head_s
     sock.close()
 
 
+def test_a_pipelined_part_head_waits_in_the_poller_and_is_cut(live_server: LiveServer) -> None:
+    sock = _connect(live_server)
+    # A whole request and the start of another in one packet; the rest never comes.
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\n")
+    sent = time.monotonic()
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    # Meanwhile the worker's threads are free for everyone else.
+    for _ in range(8):
+        assert requests.get(f"{live_server.url}/healthz", timeout=PROMPT).status_code == 200
+    assert _closed_by_server(sock, limit=KEEPALIVE + 10)
+    assert time.monotonic() - sent >= KEEPALIVE - 1  # the poller's one-second tick
+    sock.close()
+
+
 def test_a_head_split_across_packets_is_answered(live_server: LiveServer) -> None:
     sock = _connect(live_server)
     for part in (b"GET /hea", b"lthz HTTP/1.1\r\nHost: local", b"host\r\n", b"\r\n"):

@@ -60,8 +60,24 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         # Its deadline (conn.timeout) stays: `keepalive` seconds from the previous response.
         self._await_head(conn, conn.timeout)
 
-    def _await_head(self, conn: Any, deadline: float | None = None) -> None:
-        conn.head = bytearray()
+    def enqueue_req(self, conn: Any) -> None:
+        """Give a thread a connection whose head is whole; a pipelined part-head waits first.
+
+        gthread hands a kept-alive connection straight back to a thread when bytes of the next
+        request were read with the last one; if they are not a whole head, that thread would
+        block on the rest. They go back to the poller instead, with the usual deadline.
+        """
+        buffered = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        if buffered and not _whole(bytearray(buffered)):
+            conn.sock.setblocking(False)
+            self._await_head(conn, time.monotonic() + self.cfg.keepalive, buffered)
+            return
+        if buffered:
+            conn.parser.unreader.unread(buffered)
+        super().enqueue_req(conn)
+
+    def _await_head(self, conn: Any, deadline: float | None = None, head: bytes = b"") -> None:
+        conn.head = bytearray(head)
         conn.timeout = deadline if deadline is not None else time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
@@ -80,8 +96,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if not data or len(head) > MAX_HEAD_BYTES:
             self._drop(conn)  # gone, or far more than any head of ours
             return
-        # Whole, or with a bare LF, which gunicorn's parser refuses at once (RFC 9112 §2.2).
-        if head.find(_END_OF_HEAD, start) < 0 and head.count(b"\n") == head.count(b"\r\n"):
+        if not _whole(head, start):
             return
         self.poller.unregister(client)
         self.pending_conns.remove(conn)
@@ -112,3 +127,8 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 self.poller.unregister(conn.sock)
             self.nr_conns -= 1
             conn.close()
+
+
+def _whole(head: bytearray, start: int = 0) -> bool:
+    """Whether a head has ended, or has a bare LF (gunicorn refuses it at once: RFC 9112 §2.2)."""
+    return head.find(_END_OF_HEAD, start) >= 0 or head.count(b"\n") != head.count(b"\r\n")
