@@ -29,12 +29,13 @@ except ConfigError as exc:
 bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
 workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
 # Idle and slow connections must not hold the service (README "Deployment"). Measured on
-# loopback with 2 workers (bench/ and tests/test_serving.py do the same):
+# loopback with 2 workers (tests/test_gunicorn_worker.py does the same):
 # - sync (one connection per worker): 4 idle sockets, or 4 clients sending a header line a
 #   second, stall every other request until `timeout` kills the workers (26-30 s).
 # - gthread, 4 threads: a new connection takes a thread for up to 5 s before it sends a byte
 #   (4 idle sockets: 4.7 s for the next request), and a slowloris head is read by a thread
-#   with no deadline at all (4 of them: nothing else answers, and they are never cut).
+#   with no deadline at all: 4 of them were never cut, and a request that met a worker whose
+#   threads they held waited over 15 s (1 of 3).
 # - BufferedHeadWorker (gthread whose poller gathers each head before a thread sees it):
 #   with 8 idle and 8 slowloris sockets open, /healthz answers in milliseconds, and the
 #   slow ones are closed `keepalive` seconds after they connected.
