@@ -246,3 +246,21 @@ def test_concurrent_requests_into_one_threaded_worker_all_answer_right(
     with app.app_context():  # the key ring made one key, however many threads wanted it
         current = select(func.count()).where(SigningKey.retired_at.is_(None))
         assert db.session.scalar(current) == 1
+
+
+def test_per_ip_limits_count_exactly_across_one_workers_threads(live_server_factory: Any) -> None:
+    server = live_server_factory(
+        workers=1,
+        TOKENSERVER_RATELIMIT_ENABLED="true",
+        TOKENSERVER_RATELIMIT_SIGNUP="5/day",
+    )
+
+    def sign_up(n: int) -> int:
+        body = {"username": f"limited-{n}", "password": PASSWORD}
+        return requests.post(f"{server.url}/users", json=body, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = Counter(pool.map(sign_up, range(24)))
+    assert answers == {201: 5, 429: 19}
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert sample(text, "tokenserver_throttled_requests_total", route="/users") == 19
