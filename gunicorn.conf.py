@@ -32,7 +32,24 @@ for _line in unknown_variables():
 
 bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
 workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
-worker_class = "sync"
+# Idle and slow connections must not hold the service (README "Deployment"). Measured on
+# loopback with 2 workers (tests/test_gunicorn_worker.py does the same):
+# - sync (one connection per worker): 4 idle sockets, or 4 clients sending a header line a
+#   second, stall every other request until `timeout` kills the workers (26-30 s).
+# - gthread, 4 threads: a new connection takes a thread for up to 5 s before it sends a byte
+#   (4 idle sockets: 4.7 s for the next request), and a slowloris head is read by a thread
+#   with no deadline at all: 4 of them were never cut, and a request that met a worker whose
+#   threads they held waited over 15 s (1 of 3).
+# - BufferedHeadWorker (gthread whose poller gathers each head before a thread sees it):
+#   with 8 idle and 8 slowloris sockets open, /healthz answers in milliseconds, and the
+#   slow ones are closed `keepalive` seconds after they connected.
+# The threads run requests; waiting connections cost a file descriptor each, up to
+# worker_connections per worker. Each thread may hold two pooled database connections (the
+# reader and the session): 4 threads stay within SQLAlchemy's default pool (5 + 10 overflow).
+worker_class = "tokenserver.gunicorn_worker.BufferedHeadWorker"
+threads = 4
+worker_connections = 1000
+
 
 # Once the settings are known good (a refused start leaves nothing behind), and before the
 # workers (forked from here) import prometheus_client: they all write their metrics here.
@@ -45,8 +62,10 @@ os.environ.setdefault(
     "PGOPTIONS", "-c statement_timeout=10s -c idle_in_transaction_session_timeout=60s"
 )
 
-timeout = 30  # a worker stuck longer than this is killed and replaced
+timeout = 30  # a worker whose main loop is stuck longer than this is killed and replaced
 graceful_timeout = 30  # on SIGTERM/HUP, in-flight requests get this long to finish
+# Seconds a client has to send a whole request head, from connecting or from its previous
+# response; a connection idle that long is closed. Also the keep-alive idle time.
 keepalive = 5
 max_requests = 50_000  # recycle workers now and then, so slow leaks cannot accumulate
 max_requests_jitter = 5_000  # ...but not all at once

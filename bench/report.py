@@ -9,6 +9,9 @@ from typing import Any
 
 RSS_LIMIT_MB = 120.0
 SCALE_TOLERANCE = 0.10  # the scale run's ratios may fall at most this much below the small run's
+# How far a route's ratio may fall with the shipped workers against the sync ones: the noise of
+# one run on a shared machine.
+WORKERS_TOLERANCE = 0.10
 # route key -> (what it is compared with, the least ratio that meets the target)
 TARGETS: dict[str, tuple[str, float]] = {
     "introspect": ("healthz", 0.5),
@@ -58,6 +61,57 @@ def compare(small: dict[str, Any], scale: dict[str, Any]) -> list[dict[str, Any]
             }
         )
     return rows
+
+
+def compare_workers(sync: dict[str, Any], shipped: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each route's rate and ratio over /healthz with the old sync workers and the shipped ones."""
+    rows = []
+    for key, row in shipped["routes"].items():
+        old = sync["routes"].get(key)
+        if old is None:
+            continue
+        # The password grant's ratio is to its argon2id ceiling (its target); others' to /healthz.
+        new_ratio, old_ratio = _ratio(row), _ratio(old)
+        change = new_ratio / old_ratio - 1 if old_ratio else 0.0
+        floor = key in ("healthz", "healthz_end")  # the yardstick itself: its ratio is noise
+        rows.append(
+            {
+                "route": key,
+                "label": row["label"],
+                "sync_rps": old["rps"],
+                "sync_ratio": old_ratio,
+                "shipped_rps": row["rps"],
+                "shipped_ratio": new_ratio,
+                "change": round(change, 3),
+                "met": None if floor else change >= -WORKERS_TOLERANCE,
+            }
+        )
+    return rows
+
+
+def _ratio(row: dict[str, Any]) -> float:
+    target = row.get("target")
+    ratio: float = target["ratio"] if target else row["x_healthz"]
+    return ratio
+
+
+def workers_table(rows: list[dict[str, Any]]) -> str:
+    """The shipped workers beside the old sync ones, route by route."""
+    lines = [
+        f"== shipped workers (gunicorn.conf.py) vs sync; a ratio may fall at most "
+        f"{WORKERS_TOLERANCE:.0%}",
+        f"{'route':<30} {'sync req/s':>10} {'ratio':>6} {'shipped req/s':>13} {'ratio':>6} "
+        f"{'change':>8}",
+    ]
+    for row in rows:
+        verdict = {None: "", True: "ok", False: "MISSED"}[row["met"]]
+        lines.append(
+            f"{row['label']:<30} {row['sync_rps']:>10.1f} {row['sync_ratio']:>6.3f} "
+            f"{row['shipped_rps']:>13.1f} {row['shipped_ratio']:>6.3f} "
+            f"{row['change']:>+8.1%}  {verdict}"
+        )
+    lines.append("ratio: x healthz of the same run; the password grant's: of its argon2id ceiling")
+    return "\n".join(lines)
 
 
 def _target_text(row: dict[str, Any]) -> str:

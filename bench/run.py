@@ -26,6 +26,9 @@ SCALE_USERS = 100_000
 SCALE_RECORDS = 1_000_000
 SCALE_JUNK_PER_USER = 2
 REFRESH_TTL = 2_592_000
+# The settings gunicorn.conf.py shipped before its threaded worker, run beside it for comparison
+# (a sync worker with threads > 1 would be turned into gthread by gunicorn).
+SYNC_BASELINE = "--worker-class sync --threads 1"
 
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +40,9 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--scale", action="store_true", help="also run with 1M token records")
     parser.add_argument("--no-baseline", action="store_true", help="scale run only")
+    parser.add_argument(
+        "--no-sync", action="store_true", help="skip the run with the old sync workers"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per route")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per route")
     parser.add_argument("--connections", type=int, default=8)
@@ -116,14 +122,16 @@ def _drive(
     return rows
 
 
-def bench_once(label: str, options: argparse.Namespace, scale: bool) -> dict[str, Any]:
+def bench_once(
+    label: str, options: argparse.Namespace, scale: bool, gunicorn_args: str = ""
+) -> dict[str, Any]:
     """One server, one database, every route; returns the run's numbers."""
     with (
         tempfile.TemporaryDirectory(prefix="tokenserver-bench-") as tmp,
         throwaway_database(options.database_url, Path(tmp)) as database_url,
     ):
         workdir = Path(tmp)
-        env = server_env(database_url, options.workers, free_port())
+        env = server_env(database_url, options.workers, free_port(), gunicorn_args)
         tokenserver_command(env, "db", "upgrade")
         app, resource_server = seed.create_clients(env)
         loaded: dict[str, Any] = {}
@@ -150,6 +158,7 @@ def bench_once(label: str, options: argparse.Namespace, scale: bool) -> dict[str
             server.stop()
     run = {
         "label": label,
+        "gunicorn_args": gunicorn_args or "gunicorn.conf.py as shipped",
         "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
         "seeded": {"users": USERS, "junk_items": seeded.junk_items, "bulk": loaded},
         "seeded_summary": _seeded_summary(seeded, loaded),
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(bench_once("small", options, scale=False))
     if options.scale:
         runs.append(bench_once("scale", options, scale=True))
+    sync = None
+    if not options.no_sync and (not options.scale or not options.no_baseline):
+        sync = bench_once("small (sync)", options, scale=False, gunicorn_args=SYNC_BASELINE)
     result: dict[str, Any] = {
         "started_at": started_at,
         "commit": _commit(),
@@ -210,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) == 2:
         result["scale_vs_small"] = report.compare(runs[0], runs[1])
         print(report.comparison_table(result["scale_vs_small"]), end="\n\n")
+    if sync is not None:
+        result["sync_baseline"] = sync
+        result["shipped_vs_sync"] = report.compare_workers(sync, runs[0])
+        print(report.workers_table(result["shipped_vs_sync"]), end="\n\n")
     result["seconds"] = round(time.monotonic() - started, 1)
     path = report.write_json(result, options.results)
     print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

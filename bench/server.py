@@ -39,11 +39,14 @@ def throwaway_database(base_url: str | None, workdir: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def server_env(database_url: str, workers: int, port: int) -> dict[str, str]:
+def server_env(
+    database_url: str, workers: int, port: int, gunicorn_args: str = ""
+) -> dict[str, str]:
     """The environment of the server and of the `tokenserver` command for this run.
 
     argon2 keeps its production defaults (the password grant is measured against them); the
     per-IP limits are off so that one loopback client is not throttled as an attacker would be.
+    `gunicorn_args` override gunicorn.conf.py (GUNICORN_CMD_ARGS), e.g. for the sync baseline.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSERVER_")}
     env.update(
@@ -52,6 +55,9 @@ def server_env(database_url: str, workers: int, port: int) -> dict[str, str]:
         PORT=str(port),
         WEB_CONCURRENCY=str(workers),
     )
+    env.pop("GUNICORN_CMD_ARGS", None)
+    if gunicorn_args:
+        env["GUNICORN_CMD_ARGS"] = gunicorn_args
     return env
 
 

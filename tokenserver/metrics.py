@@ -60,7 +60,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _UNMATCHED = "<unmatched>"  # 404s and 405s: one series, whatever the path was
 _STARTED = "tokenserver.metrics.started"  # in the WSGI environ, like the request it times
 # This process's handles on its request series, so the hot path skips labels()' checks and
-# lock. Bounded: keys are known methods, route templates and status codes.
+# lock. Bounded: keys are known methods, route templates and status codes. Threads need no
+# lock of ours: setdefault is atomic, and labels() gives racing threads the same child.
 _series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _SELF = "metrics.metrics"
 _TOKEN = "oauth.token"

@@ -1,0 +1,267 @@
+"""The shipped gunicorn settings: idle and slow connections hold nothing; threads share safely."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from sqlalchemy import func, select
+
+from tests.conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from tests.test_metrics import REQUESTS, sample
+from tokenserver.extensions import db
+from tokenserver.keys import CURRENT
+from tokenserver.models import SigningKey
+
+KEEPALIVE = 5  # gunicorn.conf.py: seconds a client has to send a whole request head
+# Far above the milliseconds these take, yet below KEEPALIVE: an answer that had to wait for
+# the held connections to be cut would miss it.
+PROMPT = KEEPALIVE * 0.6
+
+
+def _connect(server: LiveServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def _closed_by_server(sock: socket.socket, limit: float) -> bool:
+    """Wait (at most `limit` seconds) for the server to close `sock`; whether it did."""
+    sock.settimeout(limit)
+    try:
+        while sock.recv(4096):
+            pass  # a 4xx answer before the close is fine; we wait for the end of stream
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+class _Slowloris:
+    """Connections that send a request head one header line at a time, never finishing it."""
+
+    def __init__(self, server: LiveServer, count: int) -> None:
+        self.socks = [_connect(server) for _ in range(count)]
+        self.opened = time.monotonic()
+        for sock in self.socks:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drip, daemon=True)
+        self._thread.start()
+
+    def _drip(self) -> None:
+        n = 0
+        while not self._stop.wait(0.5):  # the attack's own pace, not a wait for a result
+            n += 1
+            for sock in self.socks:
+                with contextlib.suppress(OSError):  # cut by the server: what the test awaits
+                    sock.sendall(f"X-Drip-{n}: x\r\n".encode())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def _token(server: LiveServer, oauth_client: RegisteredClient) -> requests.Response:
+    return requests.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=oauth_client.auth,
+        timeout=PROMPT,
+    )
+
+
+def test_idle_and_slow_connections_do_not_hold_the_server(
+    live_server: LiveServer, actions: Actions
+) -> None:
+    workers = 2  # live_server's
+    oauth_client = actions.oauth_client("busy")
+    assert _token(live_server, oauth_client).status_code == 200  # the signing key exists
+    idle = [_connect(live_server) for _ in range(2 * workers)]
+    slow = _Slowloris(live_server, 2 * workers)
+    try:
+        # Every other client is answered at once, again and again, while those stay open.
+        for _ in range(3):
+            health = requests.get(f"{live_server.url}/healthz", timeout=PROMPT)
+            assert health.status_code == 200
+            token = _token(live_server, oauth_client)
+            assert token.status_code == 200
+            assert token.json()["token_type"].lower() == "bearer"
+        # The server cuts the slow heads at the documented bound, however busily they drip,
+        # and closes the idle connections at the same bound.
+        for sock in slow.socks + idle:
+            assert _closed_by_server(sock, limit=KEEPALIVE + 10)
+        assert time.monotonic() - slow.opened >= KEEPALIVE
+    finally:
+        slow.stop()
+        for sock in idle:
+            sock.close()
+
+
+def test_a_kept_alive_connection_is_served_again_and_then_cut_if_its_next_head_stalls(
+    live_server: LiveServer,
+) -> None:
+    http = HTTPConnection("127.0.0.1", live_server.port, timeout=5)
+    for _ in range(2):  # keep-alive: one connection, several requests
+        http.request("GET", "/healthz")
+        response = http.getresponse()
+        assert response.status == 200
+        assert response.read() == b'{"status":"ok"}\n'
+    answered = time.monotonic()
+    sock = http.sock
+    assert sock is not None  # the same connection, still open
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+    assert _closed_by_server(sock, limit=KEEPALIVE + 10)
+    assert time.monotonic() - answered >= KEEPALIVE - 1  # the poller's one-second tick
+    sock.close()
+
+
+def test_a_pipelined_part_head_waits_in_the_poller_and_is_cut(live_server: LiveServer) -> None:
+    sock = _connect(live_server)
+    # A whole request and the start of another in one packet; the rest never comes.
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\n")
+    sent = time.monotonic()
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    # Meanwhile the worker's threads are free for everyone else.
+    for _ in range(8):
+        assert requests.get(f"{live_server.url}/healthz", timeout=PROMPT).status_code == 200
+    assert _closed_by_server(sock, limit=KEEPALIVE + 10)
+    assert time.monotonic() - sent >= KEEPALIVE - 1  # the poller's one-second tick
+    sock.close()
+
+
+def test_a_head_split_across_packets_is_answered(live_server: LiveServer) -> None:
+    sock = _connect(live_server)
+    for part in (b"GET /hea", b"lthz HTTP/1.1\r\nHost: local", b"host\r\n", b"\r\n"):
+        sock.sendall(part)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    sock.close()
+
+
+def test_an_oversized_head_is_refused(live_server: LiveServer) -> None:
+    sock = _connect(live_server)
+    header = b"X-Big: " + b"a" * 8000 + b"\r\n"
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):  # noqa: PT012
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(10):
+            sock.sendall(header)
+        sock.sendall(b"\r\n")
+        if not sock.recv(4096):
+            raise ConnectionResetError  # closed without an answer: refused all the same
+    sock.close()
+
+
+# --- several threads in one worker ---------------------------------------------------------
+
+
+def _user_session(url: str, n: int, app_client: RegisteredClient, api: RegisteredClient) -> Counter:
+    """One user's whole story, every answer checked; returns the (method, route, status) sent."""
+    sent: Counter[tuple[str, str, str]] = Counter()
+    name = f"thread-user-{n}"
+    with requests.Session() as http:
+
+        def call(method: str, route: str, path: str, expect: int, **kwargs: Any) -> Any:
+            response = http.request(method, url + path, timeout=60, **kwargs)
+            assert response.status_code == expect, (path, response.text)
+            sent[(method, route, str(expect))] += 1
+            return response.json() if response.content else None
+
+        call("POST", "/users", "/users", 201, json={"username": name, "password": PASSWORD})
+        tokens = call(
+            "POST",
+            "/oauth/token",
+            "/oauth/token",
+            200,
+            data={"grant_type": "password", "username": name, "password": PASSWORD},
+            auth=app_client.auth,
+        )
+        bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+        me = call("GET", "/users/me", "/users/me", 200, headers=bearer)
+        assert me["username"] == name
+        item = call("POST", "/junk", "/junk", 201, json={"name": name}, headers=bearer)
+        listed = call("GET", "/junk", "/junk", 200, headers=bearer)
+        assert [i["id"] for i in listed["items"]] == [item["id"]]  # its own, and only its own
+        refreshed = call(
+            "POST",
+            "/oauth/token",
+            "/oauth/token",
+            200,
+            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+            auth=app_client.auth,
+        )
+        for token, active in ((refreshed["access_token"], True), ("forged.not.ours", False)):
+            answer = call(
+                "POST",
+                "/oauth/introspect",
+                "/oauth/introspect",
+                200,
+                data={"token": token},
+                auth=api.auth,
+            )
+            assert answer["active"] is active
+            if active:
+                assert answer["username"] == name
+        call("GET", "/junk", "/junk", 401, headers={"Authorization": "Bearer forged.not.ours"})
+        call("GET", "/.well-known/jwks.json", "/.well-known/jwks.json", 200)
+    return sent
+
+
+def test_concurrent_requests_into_one_threaded_worker_all_answer_right(
+    live_server_factory: Any, actions: Actions, app: Flask
+) -> None:
+    with app.app_context():  # no key yet: the threads' first tokens race to make one
+        db.session.execute(SigningKey.__table__.delete())
+        db.session.commit()
+    app_client = actions.oauth_client("threads-app")
+    api = actions.oauth_client("threads-api", introspect=True)
+    server = live_server_factory(workers=1)  # the shipped threads, all in one process
+    before = requests.get(f"{server.url}/metrics", timeout=10).text
+    users = 24
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        sessions = list(
+            pool.map(lambda n: _user_session(server.url, n, app_client, api), range(users))
+        )
+    sent = sum(sessions, Counter())
+    assert sent[("POST", "/oauth/token", "200")] == 2 * users
+    after = requests.get(f"{server.url}/metrics", timeout=10).text
+    for (method, route, status), count in sent.items():
+        delta = sample(after, REQUESTS, method=method, route=route, status=status) - sample(
+            before, REQUESTS, method=method, route=route, status=status
+        )
+        assert delta == count, (method, route, status)
+    assert (
+        sample(after, "tokenserver_tokens_issued_total", grant_type="password")
+        - sample(before, "tokenserver_tokens_issued_total", grant_type="password")
+        == users
+    )
+    with app.app_context():  # one current key, however many threads wanted to make it
+        current = select(func.count()).where(SigningKey.state == CURRENT)
+        assert db.session.scalar(current) == 1
+
+
+def test_per_ip_limits_count_exactly_across_one_workers_threads(live_server_factory: Any) -> None:
+    server = live_server_factory(
+        workers=1,
+        TOKENSERVER_RATELIMIT_ENABLED="true",
+        TOKENSERVER_RATELIMIT_SIGNUP="5/day",
+    )
+
+    def sign_up(n: int) -> int:
+        body = {"username": f"limited-{n}", "password": PASSWORD}
+        return requests.post(f"{server.url}/users", json=body, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = Counter(pool.map(sign_up, range(24)))
+    assert answers == {201: 5, 429: 19}
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert sample(text, "tokenserver_throttled_requests_total", route="/users") == 19
