@@ -121,6 +121,10 @@ class Settings:
     # How long a worker trusts its copy of the signing keys before asking the database again.
     key_cache_seconds: int = _setting("KEY_CACHE_SECONDS", _positive_int, 5)
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _positive_int, 64 * 1024)
+    # RFC 9700 §2.4: deployments that follow it turn the password grant off.
+    password_grant: bool = _setting("PASSWORD_GRANT", _parse_bool, True)
+    # Lifetime of a browser session on our pages (/login, /consent, /account), seconds.
+    login_session_max_age: int = _setting("LOGIN_SESSION_MAX_AGE", _positive_int, 86_400)
 
     @classmethod
     def from_env(
