@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
         observability,
         openapi,
         ops,
+        pages,
         security,
         users,
     )
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     app.register_blueprint(users.bp)
     app.register_blueprint(junk.bp)
     app.register_blueprint(openapi.bp)
+    pages.init_app(app)
     metrics.init_app(app)
 
     from .cli import register_commands

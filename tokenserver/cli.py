@@ -20,8 +20,17 @@ from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
 from .keys import list_keys, rotate
-from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
+from .models import (
+    BROWSER_GRANTS,
+    DEFAULT_GRANTS,
+    GRANT_TYPES,
+    OIDC_SCOPES,
+    SCOPES,
+    Client,
+    isoformat,
+)
 from .oauth import current_server
+from .redirects import redirect_uri_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,16 +111,30 @@ def clients() -> None:
 
 
 def create_client(
-    name: str, public: bool, grants: tuple[str, ...], scope: str | None, introspect: bool
+    name: str,
+    public: bool,
+    grants: tuple[str, ...],
+    scope: str | None,
+    introspect: bool,
+    redirect_uris: tuple[str, ...] = (),
+    first_party: bool = False,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (None for public clients)."""
-    chosen = list(dict.fromkeys(grants or DEFAULT_GRANTS))
+    chosen = list(dict.fromkeys(grants or (BROWSER_GRANTS if redirect_uris else DEFAULT_GRANTS)))
     if public and "client_credentials" in chosen:
         raise APIError("a public client cannot use client_credentials (it has no secret)")
-    scopes = (scope or " ".join(SCOPES)).split()
-    unknown = [s for s in scopes if s not in SCOPES]
+    if "authorization_code" in chosen and not redirect_uris:
+        raise APIError("the authorization_code grant needs at least one --redirect-uri")
+    for uri in redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise APIError(f"redirect URI {uri!r}: {problem}")
+    known = (*SCOPES, *OIDC_SCOPES)
+    default_scopes = known if redirect_uris else SCOPES
+    scopes = (scope or " ".join(default_scopes)).split()
+    unknown = [s for s in scopes if s not in known]
     if unknown:
-        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(SCOPES)}")
+        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(known)}")
     secret = None if public else new_secret(32)
     client = Client(
         client_id=new_identifier(),
@@ -120,6 +143,8 @@ def create_client(
         grant_types=" ".join(chosen),
         scope=" ".join(dict.fromkeys(scopes)),
         can_introspect=introspect,
+        redirect_uris=" ".join(dict.fromkeys(redirect_uris)),
+        first_party=first_party,
     )
     db.session.add(client)
     db.session.commit()
@@ -131,6 +156,8 @@ def create_client(
         grant_types=client.grants,
         scope=client.scope,
         introspect=client.can_introspect,
+        redirect_uris=client.redirect_uri_list,
+        first_party=client.first_party,
     )
     return client, secret
 
@@ -147,6 +174,14 @@ def create_client(
 )
 @click.option("--scope", help="Space-separated scopes it may ask for. Default: every scope.")
 @click.option("--introspect", is_flag=True, help="A resource server: may introspect any token.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="An exact redirect URI for browser sign-in; repeat for several. Without --grant, "
+    "the client gets authorization_code and refresh_token.",
+)
+@click.option("--first-party", is_flag=True, help="One of our own apps: users skip consent.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -154,10 +189,14 @@ def clients_create(
     grants: tuple[str, ...],
     scope: str | None,
     introspect: bool,
+    redirect_uris: tuple[str, ...],
+    first_party: bool,
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
-    client, secret = create_client(name, public, grants, scope, introspect)
+    client, secret = create_client(
+        name, public, grants, scope, introspect, redirect_uris, first_party
+    )
     if as_json:
         output = {"client_id": client.client_id, "client_secret": secret, **client.to_dict()}
         if secret is None:

@@ -47,3 +47,23 @@ def local_path(target: str | None, default: str = "/account") -> str:
     if parts.scheme or parts.netloc:
         return default
     return target
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why a redirect URI cannot be registered, or None.
+
+    RFC 6749 §3.1.2: absolute, no fragment. RFC 9700 §2.6 and RFC 8252 §8.3: plain http only on
+    loopback; native apps may use a private-use scheme (com.example.app:/callback).
+    """
+    parts = urlsplit(uri)
+    if not uri or any(ch.isspace() for ch in uri) or not parts.scheme:
+        return "must be an absolute URI without spaces"
+    if parts.fragment or "#" in uri:
+        return "must not have a fragment"
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        return "must name a host"
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        return "plain http is allowed only on loopback (127.0.0.1 or [::1])"
+    if parts.scheme.lower() in ("javascript", "data", "file", "vbscript"):
+        return "must not be a javascript:, data:, file: or vbscript: URI"
+    return None

@@ -12,16 +12,15 @@ from datetime import timedelta
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
-from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2 import OAuth2Error, OAuth2Request
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
-from flask import request as flask_request
 
 from ..config import current_settings
 from ..models import Client, utcnow
 from ..store import consents
 from . import current_server
 from .codes import CodeGrant, SignedIn
+from .query import QueryRequest
 
 
 class BadAuthorizationRequest(Exception):
@@ -63,17 +62,6 @@ class Authorization:
         return self.scope.split()
 
 
-class _Request(FlaskOAuth2Request):
-    """Query (GET) or query and form (POST) parameters; TLS judged by the issuer's URL."""
-
-    def __init__(self, issuer: str) -> None:
-        OAuth2Request.__init__(
-            self, flask_request.method, issuer + flask_request.path, headers=flask_request.headers
-        )
-        self._request = flask_request
-        self.payload = FlaskOAuth2Payload(flask_request)
-
-
 def error_location(redirect_uri: str, error: str, description: str, state: str | None) -> str:
     """The client's redirect URI carrying an error (RFC 6749 §4.1.2.1, RFC 9207 `iss`)."""
     params = [("error", error), ("error_description", description)]
@@ -86,7 +74,7 @@ def error_location(redirect_uri: str, error: str, description: str, state: str |
 def validate(signed_in: SignedIn | None) -> Authorization:
     """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack."""
     try:
-        request = _Request(current_settings().issuer)
+        request = QueryRequest(current_settings().issuer)
     except InsecureTransportError:
         raise BadAuthorizationRequest("OAuth 2 requires https: the issuer is not https.") from None
     request.user = signed_in

@@ -1,0 +1,106 @@
+"""/account: change the password, see and end sessions and apps, sign out everywhere."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import redirect, request
+from werkzeug.wrappers import Response
+
+from .. import signin
+from ..errors import InvalidRequest
+from ..store import apps, sessions
+from ..store.sessions import Session
+from . import bp, web
+
+_DONE = {
+    "password": "Your password is changed. Every other sign-in has ended.",
+    "session": "That session is signed out.",
+    "app": "That app is signed out.",
+}
+
+
+def _session_or_login() -> Session | Response:
+    session = web.current_session()
+    if session is None:
+        return redirect("/login?" + urlencode({"next": "/account"}), 303)
+    return session
+
+
+@bp.get("/account")
+def account() -> Response:
+    """The signed-in user's account page."""
+    session = _session_or_login()
+    if isinstance(session, Response):
+        return session
+    return _page(session)
+
+
+def _page(session: Session, status: int = 200, error: str | None = None) -> Response:
+    return web.page(
+        "account.html",
+        status,
+        user=session.user,
+        current_id=session.id,
+        sessions=sessions.list_live(session.user.id),
+        apps=apps.list_signed_in(session.user.id),
+        done=_DONE.get(request.args.get("done", "")),
+        error=error,
+    )
+
+
+@bp.post("/account/password")
+def change_password() -> Response:
+    """Change the password (the current one is checked as at sign-in)."""
+    web.check_form()
+    session = _session_or_login()
+    if isinstance(session, Response):
+        return session
+    current, new = request.form.get("current_password", ""), request.form.get("new_password", "")
+    if new != request.form.get("confirm_password", ""):
+        return _page(session, 400, "The new passwords do not match.")
+    try:
+        signin.change_password(session, current, new)
+    except InvalidRequest as exc:
+        return _page(session, 400, exc.description)
+    return redirect("/account?done=password", 303)
+
+
+@bp.post("/account/sessions/end")
+def end_session() -> Response:
+    """Sign out one of the user's browser sessions."""
+    web.check_form()
+    session = _session_or_login()
+    if isinstance(session, Response):
+        return session
+    target = request.form.get("session_id", "")
+    signin.end_session(session, target)
+    if target == session.id:
+        response = redirect("/login", 303)
+        web.clear_session_cookie(response)
+        return response
+    return redirect("/account?done=session", 303)
+
+
+@bp.post("/account/apps/sign-out")
+def sign_out_app() -> Response:
+    """Revoke every token one app holds for the user."""
+    web.check_form()
+    session = _session_or_login()
+    if isinstance(session, Response):
+        return session
+    signin.sign_out_app(session, request.form.get("client_id", ""))
+    return redirect("/account?done=app", 303)
+
+
+@bp.post("/account/sign-out-everywhere")
+def sign_out_everywhere() -> Response:
+    """End every session and revoke every token of the user, this browser's too."""
+    web.check_form()
+    session = _session_or_login()
+    if isinstance(session, Response):
+        return session
+    signin.sign_out_everywhere(session)
+    response = redirect("/login", 303)
+    web.clear_session_cookie(response)
+    return response
