@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, jsonify
 
 from ..config import current_settings
@@ -54,7 +55,7 @@ def openid_configuration() -> Response:
 
 
 @bp.route("/oauth/userinfo", methods=["GET", "POST"])
+@require_oauth("openid")
 def userinfo() -> Response:
     """OpenID Connect Core §5.3: claims about the user of an access token with `openid`."""
-    token = require_oauth.acquire_token(["openid"])
-    return jsonify(user_info(current_user(), token.scope))
+    return jsonify(user_info(current_user(), current_token.scope))

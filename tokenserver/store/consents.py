@@ -33,7 +33,7 @@ def remember(user_id: int, client_id: str, scope: str) -> None:
     row = {"user_id": user_id, "client_id": client_id, "scope": scope_key(scope)}
     try:
         with db.engine.begin() as conn:
-            conn.execute(_consents.insert().values(row, created_at=utcnow()))
+            conn.execute(_consents.insert().values({**row, "created_at": utcnow()}))
     except IntegrityError:
         pass  # already remembered
 

@@ -59,7 +59,7 @@ def start(user_id: int, max_age: int, user_agent: str) -> tuple[str, str]:
 
 _LIVE = (
     select(
-        _sessions.c.id,
+        _sessions.c.id.label("session_id"),
         _sessions.c.auth_time,
         _sessions.c.expires_at,
         _sessions.c.user_agent,
@@ -83,7 +83,8 @@ def find(secret: str) -> Session | None:
         row = conn.execute(_LIVE, {"secret_hash": digest(secret), "now": utcnow()}).first()
     if row is None:
         return None
-    return Session(row.id, Subject.from_row(row), row.auth_time, row.expires_at, row.user_agent)
+    user = Subject.from_row(row)
+    return Session(row.session_id, user, row.auth_time, row.expires_at, row.user_agent)
 
 
 def list_live(user_id: int) -> list[SessionInfo]:
