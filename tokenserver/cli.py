@@ -14,7 +14,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, audit
+from . import accounts, audit, signin
 from .config import ConfigError, Settings
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError
@@ -84,6 +84,7 @@ def users_create(username: str, password_stdin: bool) -> None:
 def users_disable(username: str) -> None:
     """Disable USERNAME: no new tokens, and every token they hold stops working at once."""
     user = accounts.set_disabled(username, True)
+    signin.end_browser_sessions(user.id)  # and they stay ended if the user is enabled again
     audit.event("user.disabled", user_id=user.id, username=user.username)
     click.echo(f"disabled {user.username}")
 

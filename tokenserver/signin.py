@@ -65,6 +65,11 @@ def end_session(session: Session, session_id: str) -> bool:
     return ended
 
 
+def end_browser_sessions(user_id: int) -> None:
+    """End every browser session of a user (who is being disabled)."""
+    sessions.end(user_id)
+
+
 def sign_out_app(session: Session, client_id: str) -> None:
     """Revoke every token the user's sign-ins to one app hold, and forget the consent."""
     apps.revoke(session.user.id, client_id)

@@ -6,6 +6,8 @@ Thin views over signin.py and oauth/authorize.py; HTML from templates/, one styl
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 from ..errors import APIError
 from . import web
@@ -26,6 +28,14 @@ def _private(response: Response) -> Response:
     # Pages show who is signed in and carry CSRF tokens: no cache may keep them.
     response.headers["Cache-Control"] = "no-store"
     return web.keep_csrf_cookie(response)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> BaseResponse:
+    # A page answers HTML: a per-IP limit's 429 page as rendered, any other error as a page.
+    if exc.response is not None:
+        return exc.response
+    return web.page("error.html", exc.code or 500, title=exc.name, message=exc.description or "")
 
 
 @bp.errorhandler(APIError)
