@@ -31,6 +31,9 @@ def _add_headers(hsts: bool) -> Callable[[Response], Response]:
             response.headers[name] = value
         if request.blueprint == "pages" or request.endpoint == "static":
             response.headers["Content-Security-Policy"] = _PAGE_CSP
+            # With no-referrer, browsers send `Origin: null` on our own form posts, which the
+            # pages' cross-site check must refuse; same-origin still tells other sites nothing.
+            response.headers["Referrer-Policy"] = "same-origin"
         if request.path.startswith(_PRIVATE_PREFIXES):
             response.headers["Cache-Control"] = "no-store"
         if hsts:

@@ -5,9 +5,10 @@ Thin views over signin.py and oauth/authorize.py; HTML from templates/, one styl
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask, Response
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response as BaseResponse
 
 from ..errors import APIError
 from . import web
@@ -31,7 +32,7 @@ def _private(response: Response) -> Response:
 
 
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> BaseResponse:
+def _http_error(exc: HTTPException) -> Any:
     # A page answers HTML: a per-IP limit's 429 page as rendered, any other error as a page.
     if exc.response is not None:
         return exc.response

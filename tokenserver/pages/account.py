@@ -27,6 +27,29 @@ def _session_or_login() -> Session | Response:
     return session
 
 
+_BROWSERS = (
+    ("Edg/", "Edge"),
+    ("Firefox/", "Firefox"),
+    ("Chrome/", "Chrome"),
+    ("Safari/", "Safari"),
+)
+_SYSTEMS = (
+    ("Android", "Android"),
+    ("iPhone", "iOS"),
+    ("iPad", "iPadOS"),
+    ("Windows", "Windows"),
+    ("Mac OS X", "macOS"),
+    ("Linux", "Linux"),
+)
+
+
+def describe_browser(user_agent: str) -> str:
+    """A person's name for a browser: "Chrome on Linux" (the raw User-Agent means little)."""
+    browser = next((name for mark, name in _BROWSERS if mark in user_agent), "A browser")
+    system = next((name for mark, name in _SYSTEMS if mark in user_agent), None)
+    return f"{browser} on {system}" if system else browser
+
+
 @bp.get("/account")
 def account() -> Response:
     """The signed-in user's account page."""
@@ -43,6 +66,7 @@ def _page(session: Session, status: int = 200, error: str | None = None) -> Resp
         user=session.user,
         current_id=session.id,
         sessions=sessions.list_live(session.user.id),
+        describe_browser=describe_browser,
         apps=apps.list_signed_in(session.user.id),
         done=_DONE.get(request.args.get("done", "")),
         error=error,
