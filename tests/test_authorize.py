@@ -358,3 +358,49 @@ def test_a_user_disabled_after_sign_in_gets_no_tokens_for_the_code(
 
 def _later(seconds: int) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def test_refresh_with_openid_returns_a_new_id_token(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    refreshed = flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 200
+    claims = _claims(refreshed.json["id_token"])
+    assert claims["aud"] == client_id and claims["sub"] == _claims(first["id_token"])["sub"]
+
+
+def test_userinfo_answers_get_and_post_and_needs_openid(flow: Flow, actions: Actions) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    token = flow.exchange(client_id, secret, code, verifier).json["access_token"]
+    bearer = Actions.bearer(token)
+    assert flow.client.get("/oauth/userinfo", headers=bearer).json["preferred_username"] == "alice"
+    assert flow.client.post("/oauth/userinfo", headers=bearer).status_code == 200
+    password_token = actions.token(actions.oauth_client("cli")).json["access_token"]
+    refused = flow.client.get("/oauth/userinfo", headers=Actions.bearer(password_token))
+    assert refused.status_code == 403 and refused.json["error"] == "insufficient_scope"
+    assert flow.client.get("/oauth/userinfo").status_code == 401
+
+
+def test_openid_configuration_lists_what_rfc8414_metadata_lists(client: FlaskClient) -> None:
+    oidc = client.get("/.well-known/openid-configuration").json
+    assert oidc == client.get("/.well-known/oauth-authorization-server").json
+    assert oidc["userinfo_endpoint"] == "http://localhost:8000/oauth/userinfo"
+    assert oidc["end_session_endpoint"] == "http://localhost:8000/oauth/logout"
+    assert oidc["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert oidc["subject_types_supported"] == ["public"]
+
+
+def test_password_grant_can_be_turned_off(make_app: Any, actions: Actions) -> None:
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    app = make_app(password_grant=False)
+    client = app.test_client()
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    response = client.post("/oauth/token", data=data, auth=oauth_client.auth)
+    assert response.status_code == 400 and response.json["error"] == "unsupported_grant_type"
+    metadata = client.get("/.well-known/oauth-authorization-server").json
+    assert "password" not in metadata["grant_types_supported"]

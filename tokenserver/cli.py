@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts, audit, signin
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, current_settings
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
@@ -239,14 +239,65 @@ def clients_delete(client_id: str) -> None:
 
 @command(clients, "ensure-demo")
 def clients_ensure_demo() -> None:
-    """Create a demo confidential client if there is no client at all (used by `make run`)."""
-    if db.session.scalars(select(Client.id)).first() is not None:
+    """Create a demo client if there is no client at all, and print a sign-in URL for it.
+
+    Used by `make run`: the URL opens our sign-in page in a browser, and the printed curl line
+    exchanges the code it returns (the demo client's loopback redirect URI, RFC 8252 §7.3).
+    """
+    demo = db.session.scalars(select(Client).where(Client.name == DEMO_NAME)).first()
+    if demo is None and db.session.scalars(select(Client.id)).first() is not None:
         click.echo("a client exists already; no demo client created")
         return
-    client, secret = create_client(
-        "demo", False, ("password", "refresh_token", "client_credentials"), None, True
+    secret = None
+    if demo is None:
+        demo, secret = create_client(
+            DEMO_NAME,
+            False,
+            ("password", "refresh_token", "client_credentials", "authorization_code"),
+            None,
+            True,
+            (DEMO_REDIRECT,),
+        )
+        click.echo(f"demo client_id: {demo.client_id}\ndemo client_secret: {secret}")
+    if DEMO_REDIRECT in demo.redirect_uri_list:
+        click.echo(demo_sign_in(demo.client_id, secret))
+
+
+DEMO_NAME = "demo"
+DEMO_REDIRECT = "http://127.0.0.1/callback"
+_DEMO_CALLBACK = "http://127.0.0.1:8400/callback"  # any port matches the loopback URI
+
+
+def demo_sign_in(client_id: str, secret: str | None) -> str:
+    """Instructions to sign in as the demo client in a browser and exchange the code."""
+    from urllib.parse import urlencode
+
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    issuer = current_settings().issuer
+    verifier = new_secret(32)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": _DEMO_CALLBACK,
+            "scope": "openid profile junk:read junk:write",
+            "state": new_secret(8),
+            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
     )
-    click.echo(f"demo client_id: {client.client_id}\ndemo client_secret: {secret}")
+    auth = f"{client_id}:{secret or 'DEMO_SECRET'}"
+    return (
+        "\nSign in through the browser (make a user first: tokenserver users create NAME):\n"
+        "open this URL, sign in and allow the demo app\n"
+        f"  {issuer}/oauth/authorize?{query}\n"
+        "The browser then lands on 127.0.0.1:8400 (nothing listens there): copy `code` from\n"
+        "its address bar within 60 seconds and exchange it:\n"
+        f"  curl -u '{auth}' -d grant_type=authorization_code -d code=CODE \\\n"
+        f"    -d redirect_uri={_DEMO_CALLBACK} -d code_verifier={verifier} \\\n"
+        f"    {issuer}/oauth/token\n"
+    )
 
 
 @click.group()
