@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from flask import redirect, request
@@ -73,13 +75,22 @@ def _page(session: Session, status: int = 200, error: str | None = None) -> Resp
     )
 
 
+def _account_form(view: Callable[[Session], Response]) -> Callable[[], Response]:
+    """A form post of /account: cross-site and CSRF checks, then the signed-in user's session."""
+
+    @functools.wraps(view)
+    def wrapper() -> Response:
+        web.check_form()
+        session = _session_or_login()
+        return session if isinstance(session, Response) else view(session)
+
+    return wrapper
+
+
 @bp.post("/account/password")
-def change_password() -> Response:
+@_account_form
+def change_password(session: Session) -> Response:
     """Change the password (the current one is checked as at sign-in)."""
-    web.check_form()
-    session = _session_or_login()
-    if isinstance(session, Response):
-        return session
     current, new = request.form.get("current_password", ""), request.form.get("new_password", "")
     if new != request.form.get("confirm_password", ""):
         return _page(session, 400, "The new passwords do not match.")
@@ -91,40 +102,33 @@ def change_password() -> Response:
 
 
 @bp.post("/account/sessions/end")
-def end_session() -> Response:
+@_account_form
+def end_session(session: Session) -> Response:
     """Sign out one of the user's browser sessions."""
-    web.check_form()
-    session = _session_or_login()
-    if isinstance(session, Response):
-        return session
     target = request.form.get("session_id", "")
     signin.end_session(session, target)
     if target == session.id:
-        response = redirect("/login", 303)
-        web.clear_session_cookie(response)
-        return response
+        return _signed_out()
     return redirect("/account?done=session", 303)
 
 
 @bp.post("/account/apps/sign-out")
-def sign_out_app() -> Response:
+@_account_form
+def sign_out_app(session: Session) -> Response:
     """Revoke every token one app holds for the user."""
-    web.check_form()
-    session = _session_or_login()
-    if isinstance(session, Response):
-        return session
     signin.sign_out_app(session, request.form.get("client_id", ""))
     return redirect("/account?done=app", 303)
 
 
 @bp.post("/account/sign-out-everywhere")
-def sign_out_everywhere() -> Response:
+@_account_form
+def sign_out_everywhere(session: Session) -> Response:
     """End every session and revoke every token of the user, this browser's too."""
-    web.check_form()
-    session = _session_or_login()
-    if isinstance(session, Response):
-        return session
     signin.sign_out_everywhere(session)
+    return _signed_out()
+
+
+def _signed_out() -> Response:
     response = redirect("/login", 303)
     web.clear_session_cookie(response)
     return response

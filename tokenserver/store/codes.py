@@ -31,19 +31,10 @@ class NewCode:
 
 
 @dataclass(frozen=True)
-class SpentCode:
+class SpentCode(NewCode):
     """A code just spent by this request: Authlib's AuthorizationCodeMixin, read-only."""
 
     code_hash: str
-    client_id: str
-    user_id: int
-    redirect_uri: str | None
-    scope: str
-    code_challenge: str
-    code_challenge_method: str
-    nonce: str | None
-    auth_time: datetime
-    session_id: str
 
     def get_redirect_uri(self) -> str | None:
         return self.redirect_uri
