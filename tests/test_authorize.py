@@ -188,6 +188,8 @@ def test_denied_consent_tells_the_client_access_denied(flow: Flow) -> None:
         ({"code_challenge_method": None}, "invalid_request"),
         ({"response_type": "token"}, "unsupported_response_type"),
         ({"scope": "junk:admin"}, "invalid_scope"),
+        ({"nonce": "n" * 300}, "invalid_request"),
+        ({"nonce": "bad\x00nonce"}, "invalid_request"),
     ],
 )
 def test_bad_authorization_requests_redirect_back_with_the_error(
@@ -212,6 +214,7 @@ def test_bad_authorization_requests_redirect_back_with_the_error(
         {"redirect_uri": "https://app.example.com.evil.example/callback"},
         {"client_id": "no-such-client"},
         {"client_id": None},
+        {"response_type": "\u00b5", "client_id": "\u008b"},
     ],
 )
 def test_unknown_client_or_redirect_uri_gets_a_page_never_a_redirect(

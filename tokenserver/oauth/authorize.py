@@ -22,6 +22,8 @@ from . import current_server
 from .codes import CodeGrant, SignedIn
 from .query import QueryRequest
 
+_MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
+
 
 class BadAuthorizationRequest(Exception):
     """An unknown client or an unverified redirect URI: shown as a page, never redirected to."""
@@ -83,6 +85,10 @@ def validate(signed_in: SignedIn | None) -> Authorization:
         grant = current_server().get_authorization_grant(request)
         grant.validate_no_multiple_request_parameter(request)
         grant.validate_consent_request()
+    except ValueError:
+        # Authlib will not build an error whose description would echo characters RFC 6749
+        # §5.2 forbids (a non-ASCII response_type, say): the request is malformed, shown as such.
+        raise BadAuthorizationRequest("The request has malformed parameters.") from None
     except OAuth2Error as error:
         if not error.redirect_uri:  # never redirect to a URI we could not verify
             raise BadAuthorizationRequest(error.description or error.error) from None
@@ -94,6 +100,11 @@ def validate(signed_in: SignedIn | None) -> Authorization:
     if "none" in prompt and len(prompt) > 1:
         raise RedirectBack(
             error_location(grant.redirect_uri, "invalid_request", "prompt=none stands alone", state)
+        )
+    nonce = request.payload.data.get("nonce") or ""
+    if len(nonce) > _MAX_NONCE or not nonce.isprintable():
+        raise RedirectBack(
+            error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
         )
     return Authorization(grant, request.client, request.scope, grant.redirect_uri, state)
 

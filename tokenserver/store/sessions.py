@@ -48,7 +48,7 @@ def start(user_id: int, max_age: int, user_agent: str) -> tuple[str, str]:
         "id": session_id,
         "secret_hash": digest(secret),  # a stolen database holds no usable cookie
         "user_id": user_id,
-        "user_agent": user_agent[:200],
+        "user_agent": "".join(ch for ch in user_agent if ch.isprintable())[:200],
         "auth_time": now,
         "expires_at": now + timedelta(seconds=max_age),
     }
