@@ -14,7 +14,8 @@ from .errors import InvalidRequest
 from .passwords import current_passwords, password_problem
 from .store import apps, consents, sessions
 from .store import users as user_store
-from .store.sessions import Session
+from .store.apps import SignedInApp
+from .store.sessions import Session, SessionInfo
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ def sign_in(
 def current(secret: str | None) -> Session | None:
     """The live session of this cookie, if any (ended, expired or disabled user: None)."""
     return sessions.find(secret) if secret else None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What /account shows: the user's live browser sessions and the apps they signed in to."""
+
+    sessions: list[SessionInfo]
+    apps: list[SignedInApp]
+
+
+def overview(session: Session) -> Overview:
+    """The signed-in user's sessions and apps."""
+    return Overview(sessions.list_live(session.user.id), apps.list_signed_in(session.user.id))
 
 
 def sign_out(secret: str) -> None:

@@ -11,7 +11,6 @@ from werkzeug.wrappers import Response
 
 from .. import signin
 from ..errors import InvalidRequest
-from ..store import apps, sessions
 from ..store.sessions import Session
 from . import bp, web
 
@@ -62,14 +61,15 @@ def account() -> Response:
 
 
 def _page(session: Session, status: int = 200, error: str | None = None) -> Response:
+    shown = signin.overview(session)
     return web.page(
         "account.html",
         status,
         user=session.user,
         current_id=session.id,
-        sessions=sessions.list_live(session.user.id),
+        sessions=shown.sessions,
         describe_browser=describe_browser,
-        apps=apps.list_signed_in(session.user.id),
+        apps=shown.apps,
         done=_DONE.get(request.args.get("done", "")),
         error=error,
     )
