@@ -1,7 +1,7 @@
 """browser sign-in
 
 Revision ID: 103211adb2ab
-Revises: b0b7d1a44332
+Revises: 48a54d378cdf
 Create Date: 2026-11-29
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '103211adb2ab'
-down_revision = 'b0b7d1a44332'
+down_revision = '48a54d378cdf'
 branch_labels = None
 depends_on = None
 
