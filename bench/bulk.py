@@ -217,3 +217,39 @@ def seed_scale(
         "junk_items": junk,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def mint_code_pool(
+    database_url: str, client_id: str, user_ids: list[int], count: int, redirect_uri: str
+) -> tuple[list[str], str]:
+    """`count` fresh authorization codes (alive 60 s) and the PKCE verifier they all share."""
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    from tokenserver.browser_models import AuthorizationCode
+
+    now, verifier = utcnow(), new_secret(32)
+    challenge = create_s256_code_challenge(verifier)
+    codes = [new_secret(32) for _ in range(count)]
+    rows = (
+        {
+            "code_hash": digest(code),
+            "client_id": client_id,
+            "user_id": user_ids[n % len(user_ids)],
+            "redirect_uri": redirect_uri,
+            "scope": "openid profile junk:read",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "nonce": secrets.token_urlsafe(12),
+            "auth_time": now,
+            "session_id": secrets.token_hex(16),
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=60),
+        }
+        for n, code in enumerate(codes)
+    )
+    engine = engine_for(database_url)
+    try:
+        _insert(engine, AuthorizationCode.__table__, rows)
+    finally:
+        engine.dispose()
+    return codes, verifier

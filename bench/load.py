@@ -178,3 +178,37 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "errors": raw["non2xx"] + raw["socket_errors"],
         "pool_exhausted": raw["exhausted"],
     }
+
+
+def userinfo(seeded: Seeded) -> Route:
+    """OpenID Connect userinfo, rotating over the users' `openid` access tokens."""
+    return Route(
+        "userinfo", "GET /oauth/userinfo", "GET", "/oauth/userinfo", "bearer", seeded.openid_tokens
+    )
+
+
+def code_exchange(seeded: Seeded, codes: list[str], verifier: str, redirect_uri: str) -> Route:
+    """Each request exchanges a different fresh authorization code (PKCE, id_token issued)."""
+    assert seeded.web is not None
+    bodies = [
+        urlencode(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            }
+        )
+        for code in codes
+    ]
+    headers = {"Authorization": seeded.web.basic, "Content-Type": _FORM}
+    return Route(
+        "code",
+        "POST /oauth/token (code)",
+        "POST",
+        "/oauth/token",
+        "once",
+        bodies,
+        None,
+        headers,
+    )

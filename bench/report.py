@@ -18,6 +18,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "junk_list": ("healthz", 0.4),
     "users_me": ("healthz", 0.4),
     "refresh": ("healthz", 0.25),
+    "userinfo": ("healthz", 0.4),
+    "code": ("healthz", 0.25),
     "password": ("ceiling", 0.85),
 }
 

@@ -116,6 +116,17 @@ def _drive(
             database_url, seeded.app.client_id, seeded.user_ids, count, REFRESH_TTL
         )
         rows["refresh"] = driver.measure(load.refresh_grant(seeded, tokens))
+    if seeded.web is not None and (not wanted or "userinfo" in wanted):
+        rows["userinfo"] = driver.measure(load.userinfo(seeded))
+    if seeded.web is not None and (not wanted or "code" in wanted):
+        # Minted just before use: a code lives 60 seconds, longer than the measured window.
+        count = _refresh_pool_size(rows["healthz"]["rps"], options)
+        codes, verifier = bulk.mint_code_pool(
+            database_url, seeded.web.client_id, seeded.user_ids, count, seed.WEB_REDIRECT
+        )
+        rows["code"] = driver.measure(
+            load.code_exchange(seeded, codes, verifier, seed.WEB_REDIRECT)
+        )
     if not wanted or "password" in wanted:
         rows["password"] = driver.measure(load.password_grant(seeded))
     rows["healthz_end"] = driver.measure(load.healthz("GET /healthz (end)"), "healthz_end")
@@ -134,6 +145,7 @@ def bench_once(
         env = server_env(database_url, options.workers, free_port(), gunicorn_args)
         tokenserver_command(env, "db", "upgrade")
         app, resource_server = seed.create_clients(env)
+        web = seed.create_web_client(env)
         loaded: dict[str, Any] = {}
         if scale:
             print(f"[{label}] bulk-loading {SCALE_RECORDS:,} token records...", flush=True)
@@ -144,7 +156,9 @@ def bench_once(
         server = Gunicorn(env, workdir).start()
         try:
             with_junk = seed.junk_available(server.url)
-            seeded = seed.seed(server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk)
+            seeded = seed.seed(
+                server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk, web
+            )
             print(f"[{label}] seeded {USERS} users; measuring costs and routes", flush=True)
             measured = costs.measure()
             initial_workers = server.worker_pids()

@@ -43,6 +43,38 @@ class Seeded:
     user_ids: list[int] = field(default_factory=list)
     access_tokens: list[str] = field(default_factory=list)
     junk_items: int = 0
+    # A browser sign-in client (code grant, loopback redirect) and its users' `openid` tokens.
+    web: ClientCredentials | None = None
+    openid_tokens: list[str] = field(default_factory=list)
+
+
+WEB_REDIRECT = "http://127.0.0.1/callback"
+
+
+def create_web_client(env: dict[str, str]) -> ClientCredentials | None:
+    """A web app with the code grant (and the password grant, to seed `openid` tokens fast).
+
+    None when this build has no browser sign-in (its `clients create` has no --redirect-uri).
+    """
+    try:
+        made = json.loads(
+            tokenserver_command(
+                env,
+                "clients",
+                "create",
+                "bench-web",
+                "--grant",
+                "password",
+                "--grant",
+                "authorization_code",
+                "--redirect-uri",
+                WEB_REDIRECT,
+                "--json",
+            )
+        )
+    except RuntimeError:
+        return None
+    return ClientCredentials(made["client_id"], made["client_secret"])
 
 
 def create_clients(env: dict[str, str]) -> tuple[ClientCredentials, ClientCredentials]:
@@ -113,6 +145,7 @@ def seed(
     users: int,
     junk_per_user: int,
     with_junk: bool,
+    web: ClientCredentials | None = None,
 ) -> Seeded:
     """Sign users up, log each in once, and give each some junk, all through the API."""
     seeded = Seeded(app, resource_server)
@@ -125,6 +158,11 @@ def seed(
         seeded.access_tokens = list(
             pool.map(lambda name: _log_in(base, app, name), seeded.usernames)
         )
+        if web is not None:
+            seeded.web = web
+            seeded.openid_tokens = list(
+                pool.map(lambda name: _log_in(base, web, name), seeded.usernames)
+            )
         if with_junk:
             counts = pool.map(lambda tok: _add_junk(base, tok, junk_per_user), seeded.access_tokens)
             seeded.junk_items = sum(counts)

@@ -24,7 +24,12 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
     assert body["introspection_endpoint"] == f"{ISSUER}/oauth/introspect"
     assert body["revocation_endpoint"] == f"{ISSUER}/oauth/revoke"
     assert body["jwks_uri"] == f"{ISSUER}/.well-known/jwks.json"
-    assert body["grant_types_supported"] == ["password", "refresh_token", "client_credentials"]
+    assert body["grant_types_supported"] == [
+        "password",
+        "refresh_token",
+        "client_credentials",
+        "authorization_code",
+    ]
     assert body["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
@@ -35,7 +40,11 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
         "client_secret_post",
     ]
     assert "none" in body["revocation_endpoint_auth_methods_supported"]
-    assert body["scopes_supported"] == ["junk:read", "junk:write"]
+    assert body["scopes_supported"] == ["junk:read", "junk:write", "openid", "profile"]
+    assert body["authorization_endpoint"] == f"{ISSUER}/oauth/authorize"
+    assert body["response_types_supported"] == ["code"]
+    assert body["code_challenge_methods_supported"] == ["S256"]
+    assert body["authorization_response_iss_parameter_supported"] is True
     # Only for private_key_jwt / client_secret_jwt, which we do not offer (RFC 8414 §2).
     assert "token_endpoint_auth_signing_alg_values_supported" not in body
 
@@ -45,10 +54,8 @@ def test_metadata_passes_authlibs_rfc8414_checks(make_app: Any) -> None:
     metadata = AuthorizationServerMetadata(
         client.get("/.well-known/oauth-authorization-server").json
     )
-    # With no authorization endpoint there is no response type to list; everything else holds.
     for key in metadata.REGISTRY_KEYS:
-        if key != "response_types_supported":
-            getattr(metadata, f"validate_{key}")()
+        getattr(metadata, f"validate_{key}")()
 
 
 def test_jwks_lists_the_signing_key_publicly(client: FlaskClient, actions: Actions) -> None:

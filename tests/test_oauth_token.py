@@ -147,10 +147,10 @@ def test_every_contract_error_for_each_client_auth_method(
             (400, "invalid_request"),
         ),
         "missing grant type": (full, _without(login, "grant_type"), (400, "invalid_request")),
-        "authorization_code": (
+        "authorization_code, not registered": (
             full,
             {**login, "grant_type": "authorization_code"},
-            (400, "unsupported_grant_type"),
+            (400, "unauthorized_client"),
         ),
         "made-up grant": (full, {**login, "grant_type": "urn:x"}, (400, "unsupported_grant_type")),
         "unknown scope": (full, {**login, "scope": "junk:admin"}, (400, "invalid_scope")),

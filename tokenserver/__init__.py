@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
         observability,
         openapi,
         ops,
+        pages,
         security,
         users,
     )
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     app.register_blueprint(users.bp)
     app.register_blueprint(junk.bp)
     app.register_blueprint(openapi.bp)
+    pages.init_app(app)
     metrics.init_app(app)
 
     from .cli import register_commands

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, audit
+from . import accounts, audit, signin
 from .client_secrets import rotate_secret
 from .config import ConfigError, Settings, current_settings, unknown_variables
 from .digests import digest, new_identifier, new_secret
@@ -25,8 +25,17 @@ from .errors import APIError
 from .extensions import db
 from .keys import list_keys, revoke, rotate
 from .keywrap import check_at_startup, rewrap
-from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
+from .models import (
+    BROWSER_GRANTS,
+    DEFAULT_GRANTS,
+    GRANT_TYPES,
+    OIDC_SCOPES,
+    SCOPES,
+    Client,
+    isoformat,
+)
 from .oauth import current_server
+from .redirects import redirect_uri_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +89,7 @@ def users_create(username: str, password_stdin: bool) -> None:
 def users_disable(username: str) -> None:
     """Disable USERNAME: no new tokens, and every token they hold stops working at once."""
     user = accounts.set_disabled(username, True)
+    signin.end_browser_sessions(user.id)  # and they stay ended if the user is enabled again
     audit.event("user.disabled", user_id=user.id, username=user.username)
     click.echo(f"disabled {user.username}")
 
@@ -107,16 +117,30 @@ def clients() -> None:
 
 
 def create_client(
-    name: str, public: bool, grants: tuple[str, ...], scope: str | None, introspect: bool
+    name: str,
+    public: bool,
+    grants: tuple[str, ...],
+    scope: str | None,
+    introspect: bool,
+    redirect_uris: tuple[str, ...] = (),
+    first_party: bool = False,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (None for public clients)."""
-    chosen = list(dict.fromkeys(grants or DEFAULT_GRANTS))
+    chosen = list(dict.fromkeys(grants or (BROWSER_GRANTS if redirect_uris else DEFAULT_GRANTS)))
     if public and "client_credentials" in chosen:
         raise APIError("a public client cannot use client_credentials (it has no secret)")
-    scopes = (scope or " ".join(SCOPES)).split()
-    unknown = [s for s in scopes if s not in SCOPES]
+    if "authorization_code" in chosen and not redirect_uris:
+        raise APIError("the authorization_code grant needs at least one --redirect-uri")
+    for uri in redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise APIError(f"redirect URI {uri!r}: {problem}")
+    known = (*SCOPES, *OIDC_SCOPES)
+    default_scopes = known if redirect_uris else SCOPES
+    scopes = (scope or " ".join(default_scopes)).split()
+    unknown = [s for s in scopes if s not in known]
     if unknown:
-        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(SCOPES)}")
+        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(known)}")
     secret = None if public else new_secret(32)
     client = Client(
         client_id=new_identifier(),
@@ -125,6 +149,8 @@ def create_client(
         grant_types=" ".join(chosen),
         scope=" ".join(dict.fromkeys(scopes)),
         can_introspect=introspect,
+        redirect_uris=" ".join(dict.fromkeys(redirect_uris)),
+        first_party=first_party,
     )
     db.session.add(client)
     db.session.commit()
@@ -136,6 +162,8 @@ def create_client(
         grant_types=client.grants,
         scope=client.scope,
         introspect=client.can_introspect,
+        redirect_uris=client.redirect_uri_list,
+        first_party=client.first_party,
     )
     return client, secret
 
@@ -152,6 +180,14 @@ def create_client(
 )
 @click.option("--scope", help="Space-separated scopes it may ask for. Default: every scope.")
 @click.option("--introspect", is_flag=True, help="A resource server: may introspect any token.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="An exact redirect URI for browser sign-in; repeat for several. Without --grant, "
+    "the client gets authorization_code and refresh_token.",
+)
+@click.option("--first-party", is_flag=True, help="One of our own apps: users skip consent.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -159,10 +195,14 @@ def clients_create(
     grants: tuple[str, ...],
     scope: str | None,
     introspect: bool,
+    redirect_uris: tuple[str, ...],
+    first_party: bool,
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
-    client, secret = create_client(name, public, grants, scope, introspect)
+    client, secret = create_client(
+        name, public, grants, scope, introspect, redirect_uris, first_party
+    )
     if as_json:
         output = {"client_id": client.client_id, "client_secret": secret, **client.to_dict()}
         if secret is None:
@@ -225,14 +265,65 @@ def clients_rotate_secret(client_id: str, overlap: int) -> None:
 
 @command(clients, "ensure-demo")
 def clients_ensure_demo() -> None:
-    """Create a demo confidential client if there is no client at all (used by `make run`)."""
-    if db.session.scalars(select(Client.id)).first() is not None:
+    """Create a demo client if there is no client at all, and print a sign-in URL for it.
+
+    Used by `make run`: the URL opens our sign-in page in a browser, and the printed curl line
+    exchanges the code it returns (the demo client's loopback redirect URI, RFC 8252 §7.3).
+    """
+    demo = db.session.scalars(select(Client).where(Client.name == DEMO_NAME)).first()
+    if demo is None and db.session.scalars(select(Client.id)).first() is not None:
         click.echo("a client exists already; no demo client created")
         return
-    client, secret = create_client(
-        "demo", False, ("password", "refresh_token", "client_credentials"), None, True
+    secret = None
+    if demo is None:
+        demo, secret = create_client(
+            DEMO_NAME,
+            False,
+            ("password", "refresh_token", "client_credentials", "authorization_code"),
+            None,
+            True,
+            (DEMO_REDIRECT,),
+        )
+        click.echo(f"demo client_id: {demo.client_id}\ndemo client_secret: {secret}")
+    if DEMO_REDIRECT in demo.redirect_uri_list:
+        click.echo(demo_sign_in(demo.client_id, secret))
+
+
+DEMO_NAME = "demo"
+DEMO_REDIRECT = "http://127.0.0.1/callback"
+_DEMO_CALLBACK = "http://127.0.0.1:8400/callback"  # any port matches the loopback URI
+
+
+def demo_sign_in(client_id: str, secret: str | None) -> str:
+    """Instructions to sign in as the demo client in a browser and exchange the code."""
+    from urllib.parse import urlencode
+
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    issuer = current_settings().issuer
+    verifier = new_secret(32)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": _DEMO_CALLBACK,
+            "scope": "openid profile junk:read junk:write",
+            "state": new_secret(8),
+            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
     )
-    click.echo(f"demo client_id: {client.client_id}\ndemo client_secret: {secret}")
+    auth = f"{client_id}:{secret or 'DEMO_SECRET'}"
+    return (
+        "\nSign in through the browser (make a user first: tokenserver users create NAME):\n"
+        "open this URL, sign in and allow the demo app\n"
+        f"  {issuer}/oauth/authorize?{query}\n"
+        "The browser then lands on 127.0.0.1:8400 (nothing listens there): copy `code` from\n"
+        "its address bar within 60 seconds and exchange it:\n"
+        f"  curl -u '{auth}' -d grant_type=authorization_code -d code=CODE \\\n"
+        f"    -d redirect_uri={_DEMO_CALLBACK} -d code_verifier={verifier} \\\n"
+        f"    {issuer}/oauth/token\n"
+    )
 
 
 @click.group()

@@ -174,6 +174,10 @@ class Settings:
     # Seconds in which a just-spent refresh token may be presented again (two tabs racing).
     refresh_reuse_grace: int = _setting("REFRESH_REUSE_GRACE", _non_negative_int, 0)
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _positive_int, 64 * 1024)
+    # RFC 9700 §2.4: deployments that follow it turn the password grant off.
+    password_grant: bool = _setting("PASSWORD_GRANT", _parse_bool, True)
+    # Lifetime of a browser session on our pages (/login, /consent, /account), seconds.
+    login_session_max_age: int = _setting("LOGIN_SESSION_MAX_AGE", _positive_int, 86_400)
 
     @classmethod
     def from_env(

@@ -38,6 +38,8 @@ _READ = ("GET", "HEAD")
 RULES = (
     _Rule("signup", frozenset({"/users"}), ("POST",), "ratelimit_signup", False),
     _Rule("token", frozenset({"/oauth/token"}), ("POST",), "ratelimit_token_failures", True),
+    # The sign-in page checks passwords as the token endpoint does: the same per-IP limit.
+    _Rule("login", frozenset({"/login"}), ("POST",), "ratelimit_token_failures", True),
     _Rule(
         "introspect",
         frozenset({"/oauth/introspect", "/introspect"}),
@@ -51,6 +53,8 @@ RULES = (
         frozenset(
             {
                 "/.well-known/oauth-authorization-server",
+                "/.well-known/openid-configuration",
+                "/oauth/authorize",
                 "/.well-known/jwks.json",
                 "/readyz",
                 "/openapi.json",
@@ -79,6 +83,17 @@ def _failed(response: Response) -> bool:
 def _too_many(limit: RequestLimit) -> Response:
     """The JSON 429 every per-IP limit answers with."""
     retry_after = max(1, math.ceil(limit.window.reset_time - time.time()))
+    if request.blueprint == "pages":
+        from .pages.web import page
+
+        response = page(
+            "error.html",
+            429,
+            title="Too many attempts",
+            message=f"Too many requests from this address; retry after {retry_after} seconds.",
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     return error_response(
         429,
         "too_many_requests",

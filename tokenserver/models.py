@@ -25,8 +25,12 @@ from sqlalchemy.types import TypeDecorator
 from .extensions import db
 
 SCOPES = ("junk:read", "junk:write")
+# OpenID Connect Core 1.0 §5.4: who signed in (and, with profile, their username).
+OIDC_SCOPES = ("openid", "profile")
 DEFAULT_GRANTS = ("password", "refresh_token")
-GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+# What a client registered with redirect URIs and no explicit grant gets.
+BROWSER_GRANTS = ("authorization_code", "refresh_token")
+GRANT_TYPES = ("password", "refresh_token", "client_credentials", "authorization_code")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so 64-bit ids are plain INTEGER there.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -145,6 +149,10 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     scope: Mapped[str] = mapped_column(String(200))
     can_introspect: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Space-separated exact redirect URIs for the authorization code grant (RFC 6749 §3.1.2).
+    redirect_uris: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Our own apps: the consent screen is skipped.
+    first_party: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     @property
     def is_public(self) -> bool:
@@ -165,14 +173,28 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     def get_client_id(self) -> str:
         return self.client_id
 
-    def get_default_redirect_uri(self) -> None:
-        return None
+    def get_default_redirect_uri(self) -> str | None:
+        # RFC 6749 §3.1.2.3: redirect_uri may be left out only when exactly one is registered.
+        uris = self.redirect_uri_list
+        return uris[0] if len(uris) == 1 else None
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        from .redirects import redirect_uri_matches
+
+        return any(redirect_uri_matches(uri, redirect_uri) for uri in self.redirect_uri_list)
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and "authorization_code" in self.grants
+
+    @property
+    def redirect_uri_list(self) -> list[str]:
+        """The registered redirect URIs."""
+        return self.redirect_uris.split()
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        """RP-Initiated Logout 1.0 §3: post-logout URIs are the registered redirect URIs."""
+        return {"post_logout_redirect_uris": self.redirect_uri_list}
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grants
@@ -222,6 +244,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
             "grant_types": self.grants,
             "scope": self.scope,
             "introspect": self.can_introspect,
+            "redirect_uris": self.redirect_uri_list,
+            "first_party": self.first_party,
             "created_at": isoformat(self.created_at),
         }
 
@@ -341,3 +365,7 @@ class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     day_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     day_attempts: Mapped[int] = mapped_column(Integer)
+
+
+# Browser sign-in's tables live in their own module; importing it here registers them.
+from . import browser_models  # noqa: E402, F401

@@ -20,9 +20,11 @@ from ..config import Settings
 from ..errors import InvalidRequest
 from ..extensions import db
 from ..keys import KeyRing
-from ..models import SCOPES, Client
+from ..models import OIDC_SCOPES, SCOPES, Client
 from . import client_auth, grants
+from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .logout import LogoutEndpoint
 from .records import RefreshCredential, record_issued
 from .tokens import TokenGenerator, issued_claims
 
@@ -200,6 +202,7 @@ def init_oauth(app: Flask) -> None:
             parent,
             session_max_age=settings.session_max_age,
         )
+        request.issued_family = family_id  # the code grant binds its code to this family
         if parent is not None and parent.within_grace:
             who["within_grace"] = True  # a spent token presented again, within the reuse grace
         _audit_issued(request, who, claims, family_id, refreshed=parent is not None)
@@ -207,18 +210,23 @@ def init_oauth(app: Flask) -> None:
     server = AuthorizationServer(settings)
     server.init_app(app, query_client=server.clients.get, save_token=save_token)
     # A scope no client may have is invalid_scope (Authlib checks this list, then the client's).
-    server.scopes_supported = list(SCOPES)
+    server.scopes_supported = [*SCOPES, *OIDC_SCOPES]
     server.register_token_generator(
         "default",
         TokenGenerator(settings.issuer, settings.audience, settings.access_token_ttl, keyring),
     )
-    server.register_grant(grants.PasswordGrant)
-    server.register_grant(grants.RefreshGrant)
+    if settings.password_grant:  # RFC 9700 §2.4: a deployment may turn it off
+        server.register_grant(grants.PasswordGrant)
+    server.register_grant(grants.RefreshGrant, [RefreshIdToken()])
+    server.register_grant(CodeGrant, [S256Challenge(required=True), IdToken()])
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(LogoutEndpoint)
     app.extensions["tokenserver.oauth"] = server
 
+    from .oidc import bp as oidc_bp
     from .routes import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(oidc_bp)

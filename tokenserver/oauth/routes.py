@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
 from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
-from ..models import GRANT_TYPES, SCOPES
+from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 from . import current_server
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
+from .oidc import browser_metadata
 
 bp = Blueprint("oauth", __name__)
 # Every parameter our OAuth endpoints read (RFC 6749, 7009, 7662).
@@ -79,23 +82,30 @@ def revoke() -> Response:
 @bp.get("/.well-known/oauth-authorization-server")
 def metadata() -> Response:
     """RFC 8414 authorization server metadata."""
-    issuer = current_settings().issuer
-    response = jsonify(
-        issuer=issuer,
-        token_endpoint=f"{issuer}/oauth/token",
-        introspection_endpoint=f"{issuer}/oauth/introspect",
-        revocation_endpoint=f"{issuer}/oauth/revoke",
-        jwks_uri=f"{issuer}/.well-known/jwks.json",
-        grant_types_supported=list(GRANT_TYPES),
-        response_types_supported=[],  # no authorization endpoint: only token grants
-        token_endpoint_auth_methods_supported=PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
-        introspection_endpoint_auth_methods_supported=IntrospectionEndpoint.CLIENT_AUTH_METHODS,
-        revocation_endpoint_auth_methods_supported=RevocationEndpoint.CLIENT_AUTH_METHODS,
-        scopes_supported=list(SCOPES),
-        service_documentation=f"{issuer}/openapi.json",
-    )
+    response = jsonify(server_metadata(current_settings().issuer))
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+def server_metadata(issuer: str) -> dict[str, Any]:
+    """What RFC 8414 and OpenID Connect Discovery publish: the same endpoints in both."""
+    grant_types = [
+        name for name in GRANT_TYPES if name != "password" or current_settings().password_grant
+    ]
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/oauth/token",
+        "introspection_endpoint": f"{issuer}/oauth/introspect",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": IntrospectionEndpoint.CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": RevocationEndpoint.CLIENT_AUTH_METHODS,
+        "scopes_supported": [*SCOPES, *OIDC_SCOPES],
+        "service_documentation": f"{issuer}/openapi.json",
+        **browser_metadata(issuer),
+    }
 
 
 @bp.get("/.well-known/jwks.json")

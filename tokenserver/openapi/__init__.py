@@ -26,7 +26,7 @@ def build_document(issuer: str) -> dict[str, Any]:
             '{"error": "<code>", "error_description": "<human text>"}.',
         },
         "servers": [{"url": issuer}],
-        "tags": [{"name": name} for name in ("users", "oauth", "junk", "operations")],
+        "tags": [{"name": name} for name in ("users", "oauth", "pages", "junk", "operations")],
         "paths": all_paths(),
         "components": {
             "schemas": SCHEMAS,

@@ -122,7 +122,7 @@ def oauth() -> Doc:
         "/oauth/token": {
             "post": _oauth_op(
                 "token",
-                "Issue tokens (grants: password, refresh_token, client_credentials)",
+                "Issue tokens: password, refresh_token, client_credentials, authorization_code",
                 json_response("TokenResponse", "Tokens", _NO_STORE),
                 "TokenRequest",
             )
@@ -254,4 +254,6 @@ def operations() -> Doc:
 
 def all_paths() -> Doc:
     """Every route, grouped as the API contract groups them."""
-    return {**users(), **oauth(), **junk(), **operations()}
+    from . import browser
+
+    return {**users(), **oauth(), **browser.paths(), **junk(), **operations()}

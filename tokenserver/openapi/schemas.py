@@ -6,7 +6,7 @@ from typing import Any
 
 from ..cursors import MAX_ID
 from ..junk import DESCRIPTION_MAX, NAME_MAX
-from ..models import GRANT_TYPES, SCOPES
+from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 
 Schema = dict[str, Any]
 
@@ -22,7 +22,7 @@ _STRING: Schema = {"type": "string"}
 _TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 _SCOPE: Schema = {
     "type": "string",
-    "description": "Space-separated scopes, of: " + ", ".join(SCOPES),
+    "description": "Space-separated scopes, of: " + ", ".join((*SCOPES, *OIDC_SCOPES)),
 }
 _ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
@@ -63,6 +63,9 @@ SCHEMAS: Schema = {
             "username": _STRING,
             "password": _STRING,
             "refresh_token": _STRING,
+            "code": _STRING,
+            "redirect_uri": _STRING,
+            "code_verifier": _STRING,
             "scope": _SCOPE,
             "client_id": _STRING,
             "client_secret": _STRING,
@@ -75,9 +78,11 @@ SCHEMAS: Schema = {
             "token_type": {"const": "Bearer"},
             "expires_in": {"type": "integer", "minimum": 1},
             "refresh_token": {"type": "string", "description": "Opaque; rotates on each use"},
+            "id_token": {"type": "string", "description": "OpenID Connect, with scope openid"},
             "scope": _SCOPE,
         },
     ),
+    "UserInfo": _object(["sub"], {"sub": _STRING, "preferred_username": _STRING}, closed=False),
     "TokenParameters": _object(
         ["token"],
         {
@@ -128,7 +133,10 @@ SCHEMAS: Schema = {
             "jwks_uri": {"type": "string", "format": "uri"},
             "grant_types_supported": {"type": "array", "items": {"enum": list(GRANT_TYPES)}},
             "token_endpoint_auth_methods_supported": {"type": "array", "items": _STRING},
-            "scopes_supported": {"type": "array", "items": {"enum": list(SCOPES)}},
+            "scopes_supported": {
+                "type": "array",
+                "items": {"enum": [*SCOPES, *OIDC_SCOPES]},
+            },
         },
         closed=False,  # RFC 8414 metadata is extensible
     ),

@@ -1,0 +1,409 @@
+"""The authorization code grant with PKCE and OpenID Connect, driven through the test client."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import jwt as pyjwt
+import pytest
+import time_machine
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from tokenserver.oauth.codes import CODE_TTL
+
+from .conftest import PASSWORD, Actions
+
+REDIRECT = "https://app.example.com/callback"
+LOOPBACK = "http://127.0.0.1/callback"
+
+
+def pkce() -> tuple[str, str]:
+    """A fresh (code_verifier, S256 code_challenge)."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, create_s256_code_challenge(verifier)
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+def query_of(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+class Flow:
+    """A browser (the test client's cookie jar) signing in for an app, step by step."""
+
+    def __init__(self, app: Flask, client: FlaskClient) -> None:
+        self.app = app
+        self.client = client
+
+    def register(
+        self,
+        *uris: str,
+        public: bool = False,
+        first_party: bool = False,
+        scope: str | None = None,
+        name: str = "Photo App",
+    ) -> tuple[str, str | None]:
+        from tokenserver.cli import create_client
+
+        with self.app.app_context():
+            made, secret = create_client(
+                name, public, (), scope, False, uris or (REDIRECT,), first_party
+            )
+            return made.client_id, secret
+
+    def login(self, username: str = "alice", password: str = PASSWORD, next: str = "/account"):
+        page = self.client.get("/login?" + urlencode({"next": next}))
+        form = {"csrf_token": csrf_of(page.text), "username": username, "password": password}
+        return self.client.post("/login", data={**form, "next": next})
+
+    def authorize(self, client_id: str, challenge: str, /, **params: str | None):
+        query = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "scope": "openid profile junk:read",
+            "state": "st-1",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            **params,
+        }
+        query = {k: v for k, v in query.items() if v is not None}
+        return self.client.get("/oauth/authorize?" + urlencode(query))
+
+    def consent(self, location: str, decision: str = "allow"):
+        page = self.client.get(location)
+        assert page.status_code == 200, page.text
+        return self.client.post(
+            location, data={"csrf_token": csrf_of(page.text), "decision": decision}
+        )
+
+    def code_for(self, client_id: str, challenge: str, **params: str) -> str:
+        """Sign-in already done: authorize, allow if asked, and return the code."""
+        response = self.authorize(client_id, challenge, **params)
+        if response.headers["Location"].startswith("/consent"):
+            response = self.consent(response.headers["Location"])
+        query = query_of(response.headers["Location"])
+        assert "code" in query, query
+        return query["code"]
+
+    def exchange(self, client_id: str, secret: str | None, code: str, verifier: str, **extra):
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            **extra,
+        }
+        data = {k: v for k, v in data.items() if v is not None}
+        if secret is None:
+            return self.client.post("/oauth/token", data={**data, "client_id": client_id})
+        return self.client.post("/oauth/token", data=data, auth=(client_id, secret))
+
+
+@pytest.fixture
+def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
+    actions.user("alice")
+    return Flow(app, client)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    return pyjwt.decode(token, options={"verify_signature": False})
+
+
+def test_sign_in_consent_and_code_exchange_give_tokens_and_an_id_token(flow: Flow) -> None:
+    client_id, secret = flow.register()
+    verifier, challenge = pkce()
+    first = flow.authorize(client_id, challenge, nonce="n-0S6")
+    assert first.status_code == 302
+    assert first.headers["Location"].startswith("/login?")
+    signed_in = flow.login(next=query_of(first.headers["Location"])["next"])
+    assert signed_in.status_code == 303
+    back = flow.client.get(signed_in.headers["Location"])
+    assert back.headers["Location"].startswith("/consent?")
+    page = flow.client.get(back.headers["Location"])
+    assert "Photo App" in page.text and "See your username" in page.text
+    allowed = flow.consent(back.headers["Location"])
+    query = query_of(allowed.headers["Location"])
+    assert allowed.headers["Location"].startswith(REDIRECT + "?")
+    assert query["state"] == "st-1" and query["iss"] == "http://localhost:8000"
+    response = flow.exchange(client_id, secret, query["code"], verifier)
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["refresh_token"] and body["scope"] == "openid profile junk:read"
+    claims = _claims(body["id_token"])
+    assert claims["iss"] == "http://localhost:8000" and claims["aud"] == client_id
+    assert claims["nonce"] == "n-0S6" and claims["preferred_username"] == "alice"
+    assert {"auth_time", "at_hash", "sid", "exp", "iat", "sub"} <= set(claims)
+    info = flow.client.get("/oauth/userinfo", headers=Actions.bearer(body["access_token"]))
+    assert info.json == {"sub": claims["sub"], "preferred_username": "alice"}
+
+
+def test_consent_is_remembered_per_client_and_scope_set(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    _verifier, challenge = pkce()
+    flow.code_for(client_id, challenge)  # asks, and is allowed
+    again = flow.authorize(client_id, challenge)
+    assert again.headers["Location"].startswith(REDIRECT)  # not asked twice
+    wider = flow.authorize(client_id, challenge, scope="openid profile junk:read junk:write")
+    assert wider.headers["Location"].startswith("/consent?")  # a new set of scopes: asked
+    forced = flow.authorize(client_id, challenge, prompt="consent")
+    assert forced.headers["Location"].startswith("/consent?")
+
+
+def test_first_party_clients_skip_consent(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.authorize(client_id, pkce()[1])
+    assert "code" in query_of(response.headers["Location"])
+
+
+def test_denied_consent_tells_the_client_access_denied(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    asked = flow.authorize(client_id, pkce()[1])
+    denied = flow.consent(asked.headers["Location"], "deny")
+    query = query_of(denied.headers["Location"])
+    assert denied.headers["Location"].startswith(REDIRECT)
+    assert query["error"] == "access_denied" and query["state"] == "st-1"
+    assert query["iss"] == "http://localhost:8000" and "code" not in query
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"code_challenge": None, "code_challenge_method": None}, "invalid_request"),
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge_method": None}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"scope": "junk:admin"}, "invalid_scope"),
+        ({"nonce": "n" * 300}, "invalid_request"),
+        ({"nonce": "bad\x00nonce"}, "invalid_request"),
+    ],
+)
+def test_bad_authorization_requests_redirect_back_with_the_error(
+    flow: Flow, change: dict[str, Any], error: str
+) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    response = flow.authorize(client_id, pkce()[1], **change)
+    assert response.status_code == 302
+    query = query_of(response.headers["Location"])
+    assert response.headers["Location"].startswith(REDIRECT)
+    assert query["error"] == error and query["state"] == "st-1"
+    assert query["iss"] == "http://localhost:8000" and query["error_description"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"redirect_uri": "https://evil.example/callback"},
+        {"redirect_uri": REDIRECT + "/"},
+        {"redirect_uri": REDIRECT + "?x=1"},
+        {"redirect_uri": "https://app.example.com.evil.example/callback"},
+        {"client_id": "no-such-client"},
+        {"client_id": None},
+        {"response_type": "\u00b5", "client_id": "\u008b"},
+    ],
+)
+def test_unknown_client_or_redirect_uri_gets_a_page_never_a_redirect(
+    flow: Flow, change: dict[str, Any]
+) -> None:
+    client_id, _secret = flow.register(REDIRECT, "https://app.example.com/other")
+    flow.login()
+    response = flow.authorize(client_id, pkce()[1], **change)
+    assert response.status_code == 400
+    assert response.mimetype == "text/html" and "Location" not in response.headers
+    assert "evil" not in response.text or "not supported" in response.text
+
+
+def test_redirect_uri_may_be_left_out_only_when_one_is_registered(flow: Flow) -> None:
+    one, _s = flow.register()
+    two, _s = flow.register(REDIRECT, "https://app.example.com/other")
+    flow.login()
+    assert (
+        flow.authorize(one, pkce()[1], redirect_uri=None).headers["Location"].startswith("/consent")
+    )
+    assert flow.authorize(two, pkce()[1], redirect_uri=None).status_code == 400
+
+
+def test_loopback_redirect_matches_any_port_but_nothing_else(flow: Flow) -> None:
+    client_id, _secret = flow.register(LOOPBACK, public=True, first_party=True)
+    flow.login()
+    ok = flow.authorize(client_id, pkce()[1], redirect_uri="http://127.0.0.1:53123/callback")
+    assert ok.headers["Location"].startswith("http://127.0.0.1:53123/callback?code=")
+    for bad in (
+        "http://localhost:53123/callback",
+        "http://127.0.0.1:53123/other",
+        "https://127.0.0.1:53123/callback",
+        "http://127.0.0.1:53123/callback?x=1",
+    ):
+        assert flow.authorize(client_id, pkce()[1], redirect_uri=bad).status_code == 400, bad
+
+
+def test_prompt_none_without_a_session_is_login_required(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    response = flow.authorize(client_id, pkce()[1], prompt="none")
+    query = query_of(response.headers["Location"])
+    assert response.headers["Location"].startswith(REDIRECT)
+    assert query["error"] == "login_required" and query["state"] == "st-1"
+
+
+def test_prompt_none_without_consent_is_consent_required(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    response = flow.authorize(client_id, pkce()[1], prompt="none")
+    assert query_of(response.headers["Location"])["error"] == "consent_required"
+
+
+def test_prompt_login_and_max_age_ask_for_the_password_again(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    login = flow.authorize(client_id, pkce()[1], prompt="login")
+    assert login.headers["Location"].startswith("/login?")
+    back = query_of(login.headers["Location"])["next"]
+    assert "prompt" not in back  # after signing in, the request does not ask again
+    with time_machine.travel(_later(120), tick=False):
+        stale = flow.authorize(client_id, pkce()[1], max_age="60")
+    assert stale.headers["Location"].startswith("/login?")
+    fresh = flow.authorize(client_id, pkce()[1], max_age="3600")
+    assert "code" in query_of(fresh.headers["Location"])
+
+
+def test_login_hint_fills_in_the_username(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    response = flow.authorize(client_id, pkce()[1], login_hint="alice")
+    page = flow.client.get(response.headers["Location"])
+    assert 'value="alice"' in page.text
+
+
+def _code_and_client(flow: Flow, public: bool = False) -> tuple[str, str | None, str, str]:
+    client_id, secret = flow.register(public=public, first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    return client_id, secret, flow.code_for(client_id, challenge), verifier
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"code_verifier": None}, "invalid_request"),
+        ({"code_verifier": secrets.token_urlsafe(48)}, "invalid_grant"),
+        ({"redirect_uri": "https://app.example.com/other"}, "invalid_grant"),
+        ({"code": "not-a-code"}, "invalid_grant"),
+    ],
+)
+def test_code_exchange_refuses_a_wrong_verifier_redirect_or_code(
+    flow: Flow, change: dict[str, Any], error: str
+) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    extra = {k: v for k, v in change.items() if k != "code"}
+    response = flow.exchange(client_id, secret, change.get("code", code), verifier, **extra)
+    assert response.status_code == 400 and response.json["error"] == error
+
+
+def test_public_client_exchanges_with_pkce_and_no_secret(flow: Flow) -> None:
+    client_id, _secret, code, verifier = _code_and_client(flow, public=True)
+    response = flow.exchange(client_id, None, code, verifier)
+    assert response.status_code == 200 and "id_token" in response.json
+
+
+def test_a_code_is_bound_to_its_client(flow: Flow) -> None:
+    _client_id, _secret, code, verifier = _code_and_client(flow)
+    other, other_secret = flow.register(first_party=True)
+    response = flow.exchange(other, other_secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+
+
+def test_reused_code_is_refused_and_revokes_what_it_issued(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier)
+    assert first.status_code == 200
+    access = first.json["access_token"]
+    assert flow.client.get("/oauth/userinfo", headers=Actions.bearer(access)).status_code == 200
+    again = flow.exchange(client_id, secret, code, verifier)
+    assert again.status_code == 400 and again.json["error"] == "invalid_grant"
+    assert flow.client.get("/oauth/userinfo", headers=Actions.bearer(access)).status_code == 401
+    refreshed = flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 400 and refreshed.json["error"] == "invalid_grant"
+
+
+def test_code_expires_after_sixty_seconds(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    with time_machine.travel(_later(CODE_TTL + 1), tick=False):
+        response = flow.exchange(client_id, secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+
+
+def test_a_user_disabled_after_sign_in_gets_no_tokens_for_the_code(
+    flow: Flow, runner: FlaskCliRunner
+) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    runner.invoke(args=["users", "disable", "alice"])
+    response = flow.exchange(client_id, secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+
+
+def _later(seconds: int) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def test_refresh_with_openid_returns_a_new_id_token(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    refreshed = flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 200
+    claims = _claims(refreshed.json["id_token"])
+    assert claims["aud"] == client_id and claims["sub"] == _claims(first["id_token"])["sub"]
+
+
+def test_userinfo_answers_get_and_post_and_needs_openid(flow: Flow, actions: Actions) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    token = flow.exchange(client_id, secret, code, verifier).json["access_token"]
+    bearer = Actions.bearer(token)
+    assert flow.client.get("/oauth/userinfo", headers=bearer).json["preferred_username"] == "alice"
+    assert flow.client.post("/oauth/userinfo", headers=bearer).status_code == 200
+    password_token = actions.token(actions.oauth_client("cli")).json["access_token"]
+    refused = flow.client.get("/oauth/userinfo", headers=Actions.bearer(password_token))
+    assert refused.status_code == 403 and refused.json["error"] == "insufficient_scope"
+    assert flow.client.get("/oauth/userinfo").status_code == 401
+
+
+def test_openid_configuration_lists_what_rfc8414_metadata_lists(client: FlaskClient) -> None:
+    oidc = client.get("/.well-known/openid-configuration").json
+    assert oidc == client.get("/.well-known/oauth-authorization-server").json
+    assert oidc["userinfo_endpoint"] == "http://localhost:8000/oauth/userinfo"
+    assert oidc["end_session_endpoint"] == "http://localhost:8000/oauth/logout"
+    assert oidc["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert oidc["subject_types_supported"] == ["public"]
+
+
+def test_password_grant_can_be_turned_off(make_app: Any, actions: Actions) -> None:
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    app = make_app(password_grant=False)
+    client = app.test_client()
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    response = client.post("/oauth/token", data=data, auth=oauth_client.auth)
+    assert response.status_code == 400 and response.json["error"] == "unsupported_grant_type"
+    metadata = client.get("/.well-known/oauth-authorization-server").json
+    assert "password" not in metadata["grant_types_supported"]

@@ -1,0 +1,267 @@
+"""Browser sign-in as users meet it: headless Chromium against live gunicorn, real clients.
+
+A relying party built on Authlib's Flask client (configured only from our discovery document)
+signs a user in through our pages; a native-style public client uses requests-oauthlib with
+PKCE on a loopback redirect.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from authlib.integrations.flask_client import OAuth
+from flask import Flask, jsonify, url_for
+from requests_oauthlib import OAuth2Session
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
+
+from tokenserver.config import Settings
+
+from .conftest import PASSWORD, LiveServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCOPE = "openid profile junk:read"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(base_settings: Settings, app: Flask, tmp_path: Path) -> Iterator[LiveServer]:
+    """Live gunicorn whose issuer is its own loopback URL, as a browser reaches it."""
+    live = LiveServer(base_settings, 2, tmp_path)
+    live.env["TOKENSERVER_ISSUER"] = live.url
+    try:
+        yield live.start()
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium with a fresh profile."""
+    profile = tempfile.mkdtemp(prefix="tokenserver-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _register(server: LiveServer, *args: str) -> dict[str, Any]:
+    """`tokenserver clients create ... --json` against the live server's database."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenserver.cli", "clients", "create", *args, "--json"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(done.stdout))
+
+
+def _sign_up(server: LiveServer, username: str = "alice") -> None:
+    response = requests.post(
+        f"{server.url}/users", json={"username": username, "password": PASSWORD}, timeout=10
+    )
+    assert response.status_code == 201
+
+
+def _wait_for(browser: WebDriver, prefix: str) -> None:
+    WebDriverWait(browser, 20).until(expected_conditions.url_contains(prefix))
+
+
+def _sign_in(browser: WebDriver, shots: Path | None = None) -> None:
+    """Fill in and submit our sign-in form as a person would."""
+    _wait_for(browser, "/login")
+    if shots:
+        browser.save_screenshot(str(shots / "login.png"))
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flask, dict[str, Any]]:
+    """A web app that signs its users in with us, knowing only our discovery document."""
+    rp = Flask("relying_party")
+    rp.secret_key = "relying-party-test-secret"
+    oauth = OAuth(rp)
+    oauth.register(
+        "tokenserver",
+        client_id=client["client_id"],
+        client_secret=client["client_secret"],
+        server_metadata_url=f"{issuer}/.well-known/openid-configuration",
+        client_kwargs={"scope": SCOPE, "code_challenge_method": "S256"},
+    )
+    seen: dict[str, Any] = {}
+
+    @rp.get("/")
+    def start() -> Any:
+        redirect_uri = url_for("callback", _external=True)
+        return oauth.tokenserver.authorize_redirect(redirect_uri)
+
+    @rp.get("/callback")
+    def callback() -> Any:
+        token = oauth.tokenserver.authorize_access_token()  # verifies the id_token and nonce
+        seen["token"] = token
+        seen["userinfo"] = dict(oauth.tokenserver.userinfo(token=token))
+        return jsonify(signed_in_as=token["userinfo"]["preferred_username"])
+
+    return rp, seen
+
+
+@pytest.fixture
+def rp_port() -> int:
+    return _free_port()
+
+
+def test_a_web_app_signs_a_user_in_through_our_pages(
+    server: LiveServer, browser: WebDriver, rp_port: int, tmp_path: Path
+) -> None:
+    _sign_up(server)
+    callback = f"http://127.0.0.1:{rp_port}/callback"
+    client = _register(server, "Photo App", "--redirect-uri", callback)
+    rp, seen = _relying_party(server.url, client, rp_port)
+    rp_server = make_server("127.0.0.1", rp_port, rp, threaded=True)
+    thread = threading.Thread(target=rp_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{rp_port}/")
+        _sign_in(browser, tmp_path)
+        _wait_for(browser, "/consent")
+        assert "Photo App" in browser.page_source
+        assert "See your username" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "consent.png"))
+        browser.find_element(By.CSS_SELECTOR, "button[name=decision][value=allow]").click()
+        _wait_for(browser, "/callback")
+        WebDriverWait(browser, 20).until(lambda b: "signed_in_as" in b.page_source)
+        assert '"signed_in_as":"alice"' in browser.page_source.replace(" ", "")
+    finally:
+        rp_server.shutdown()
+        thread.join(timeout=10)
+    token = seen["token"]
+    claims = token["userinfo"]  # Authlib parsed and verified the id_token against our JWKS
+    assert claims["iss"] == server.url and claims["aud"] == client["client_id"]
+    assert claims["preferred_username"] == "alice" and claims["sid"] and claims["auth_time"]
+    assert seen["userinfo"] == {"sub": claims["sub"], "preferred_username": "alice"}
+    assert token["scope"] == SCOPE and token["refresh_token"]
+    # Our own account page, in the same browser: the app is listed as signed in.
+    browser.get(f"{server.url}/account")
+    assert "Photo App" in browser.page_source and "this browser" in browser.page_source
+    browser.save_screenshot(str(tmp_path / "account.png"))
+
+
+class _Loopback(BaseHTTPRequestHandler):
+    """A native app's one-shot loopback listener (RFC 8252 §7.3)."""
+
+    received: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).received.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"You can close this window.")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_native_app_signs_in_with_pkce_on_a_loopback_port(
+    server: LiveServer, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # loopback http, RFC 8252 §8.3
+    _sign_up(server)
+    client = _register(
+        server,
+        "Desktop App",
+        "--public",
+        "--first-party",
+        "--redirect-uri",
+        "http://127.0.0.1/callback",
+    )
+    listener = HTTPServer(("127.0.0.1", 0), _Loopback)
+    _Loopback.received = []
+    port = listener.server_address[1]
+    thread = threading.Thread(target=listener.handle_request, daemon=True)
+    thread.start()
+    app = OAuth2Session(
+        client["client_id"],
+        redirect_uri=f"http://127.0.0.1:{port}/callback",
+        scope=SCOPE.split(),
+        pkce="S256",
+    )
+    url, _state = app.authorization_url(f"{server.url}/oauth/authorize")
+    browser.get(url)
+    _sign_in(browser)
+    _wait_for(browser, f"127.0.0.1:{port}/callback")
+    thread.join(timeout=20)
+    assert _Loopback.received, "the browser never reached the loopback listener"
+    token = app.fetch_token(
+        f"{server.url}/oauth/token",
+        authorization_response=f"http://127.0.0.1:{port}{_Loopback.received[0]}",
+        include_client_id=True,
+    )
+    assert token["token_type"] == "Bearer" and token["id_token"]
+    info = app.get(f"{server.url}/oauth/userinfo", timeout=10)
+    assert info.status_code == 200 and info.json()["preferred_username"] == "alice"
+    # The same code again: refused, and the tokens it issued are revoked.
+    again = requests.post(
+        f"{server.url}/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": dict(
+                p.split("=", 1) for p in _Loopback.received[0].split("?", 1)[1].split("&")
+            )["code"],
+            "redirect_uri": f"http://127.0.0.1:{port}/callback",
+            "code_verifier": app._code_verifier,
+            "client_id": client["client_id"],
+        },
+        timeout=10,
+    )
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert app.get(f"{server.url}/oauth/userinfo", timeout=10).status_code == 401

@@ -1,0 +1,266 @@
+"""The sign-in, consent, account and logout pages: cookies, CSRF, throttling, open redirects."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from .conftest import PASSWORD, Actions
+from .test_authorize import REDIRECT, Flow, csrf_of, pkce, query_of
+
+
+@pytest.fixture
+def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
+    actions.user("alice")
+    return Flow(app, client)
+
+
+def _cookie(response: Any, name: str) -> str:
+    header = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(name + "="))
+    return str(header)
+
+
+def test_login_page_is_an_accessible_form_with_our_stylesheet_only(client: FlaskClient) -> None:
+    page = client.get("/login")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.text
+    assert 'name="username"' in html and 'autocomplete="username"' in html
+    assert 'name="password"' in html and 'autocomplete="current-password"' in html
+    assert 'type="submit"' in html and '<label for="username">' in html
+    assert "<script" not in html and "http" not in html.split("<body>")[1].split("footer")[0]
+    csp = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "style-src 'self'" in csp
+    assert "script-src" not in csp and page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Cache-Control"] == "no-store"
+    assert client.get("/static/pages.css").status_code == 200
+
+
+def test_sign_in_sets_a_rotated_httponly_lax_session_cookie(flow: Flow) -> None:
+    first = flow.login()
+    assert first.status_code == 303 and first.headers["Location"] == "/account"
+    cookie = _cookie(first, "tokenserver_session")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert "Max-Age=86400" in cookie
+    old = cookie.split(";")[0].split("=", 1)[1]
+    second = flow.login()
+    new = _cookie(second, "tokenserver_session").split(";")[0].split("=", 1)[1]
+    assert new != old  # rotated at every sign-in
+    flow.client.set_cookie("tokenserver_session", old)
+    assert flow.client.get("/account").status_code == 303  # the old one ended
+
+
+def test_session_cookie_is_secure_and_host_bound_on_https(make_app: Any, actions: Actions) -> None:
+    actions.user("alice")
+    app = make_app(issuer="https://auth.example.com", login_session_max_age=600)
+    flow = Flow(app, app.test_client())
+    response = flow.login()
+    cookie = _cookie(response, "__Host-tokenserver_session")
+    assert "Secure" in cookie and "Max-Age=600" in cookie and "Path=/" in cookie
+
+
+def test_wrong_password_unknown_user_and_disabled_user_get_one_message(
+    flow: Flow, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    actions.user("dora")
+    runner.invoke(args=["users", "disable", "dora"])
+    answers = {
+        (r.status_code, "do not match" in r.text)
+        for r in (
+            flow.login(password="wrong-password"),
+            flow.login(username="nobody"),
+            flow.login(username="dora"),
+        )
+    }
+    assert answers == {(401, True)}
+
+
+def test_a_throttled_account_gets_a_429_page_without_a_password_check(flow: Flow) -> None:
+    for _ in range(5):
+        assert flow.login(password="wrong-password").status_code == 401
+    throttled = flow.login()  # the right password, but the guard refuses before checking
+    assert throttled.status_code == 429 and throttled.mimetype == "text/html"
+    assert int(throttled.headers["Retry-After"]) >= 1
+    assert "tokenserver_session" not in throttled.headers.get("Set-Cookie", "")
+
+
+def test_login_failures_count_against_the_per_ip_limit(make_app: Any, actions: Actions) -> None:
+    actions.user("alice")
+    app = make_app(ratelimit_enabled=True, ratelimit_token_failures="2/minute")
+    flow = Flow(app, app.test_client())
+    assert flow.login(username="nobody1").status_code == 401
+    assert flow.login(username="nobody2").status_code == 401
+    limited = flow.login()
+    assert limited.status_code == 429 and limited.mimetype == "text/html"
+    assert "Retry-After" in limited.headers
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "javascript:alert(1)",
+        "http:evil.example",
+    ],
+)
+def test_next_never_leaves_the_site(flow: Flow, target: str) -> None:
+    response = flow.login(next=target)
+    assert response.status_code == 303 and response.headers["Location"] == "/account"
+
+
+def test_next_returns_to_a_local_page(flow: Flow) -> None:
+    assert flow.login(next="/oauth/authorize?x=1").headers["Location"] == "/oauth/authorize?x=1"
+
+
+def _forms(flow: Flow, client_id: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every form of our pages: (action, fields without the CSRF token)."""
+    asked = flow.authorize(client_id, pkce()[1]).headers["Location"]
+    return {
+        "login": ("/login", {"username": "alice", "password": PASSWORD}),
+        "consent": (asked, {"decision": "allow"}),
+        "password": (
+            "/account/password",
+            {
+                "current_password": PASSWORD,
+                "new_password": "n3w pass phrase",
+                "confirm_password": "n3w pass phrase",
+            },
+        ),
+        "end session": ("/account/sessions/end", {"session_id": "x"}),
+        "sign out app": ("/account/apps/sign-out", {"client_id": client_id}),
+        "everywhere": ("/account/sign-out-everywhere", {}),
+        "logout": ("/oauth/logout", {"csrf_token": ""}),
+    }
+
+
+def test_every_form_refuses_a_post_without_the_csrf_token(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    for name, (action, fields) in _forms(flow, client_id).items():
+        response = flow.client.post(action, data=fields)
+        assert response.status_code == 403, name
+        assert "Location" not in response.headers, name
+    assert flow.client.get("/account").status_code == 200  # still signed in: nothing happened
+
+
+def test_every_form_refuses_a_cross_site_post_even_with_a_token(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    token = csrf_of(flow.client.get("/login").text)
+    for name, (action, fields) in _forms(flow, client_id).items():
+        response = flow.client.post(
+            action,
+            data={**fields, "csrf_token": token},
+            headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        )
+        assert response.status_code == 403, name
+    assert flow.client.get("/account").status_code == 200
+
+
+def test_a_disabled_user_loses_the_browser_session(flow: Flow, runner: FlaskCliRunner) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    assert flow.client.get("/account").status_code == 200
+    runner.invoke(args=["users", "disable", "alice"])
+    assert flow.client.get("/account").headers["Location"].startswith("/login")
+    response = flow.authorize(client_id, pkce()[1])
+    assert response.headers["Location"].startswith("/login?")  # no code: signed out
+    runner.invoke(args=["users", "enable", "alice"])
+    assert flow.client.get("/account").status_code == 303  # the session stays dead
+
+
+def test_account_lists_apps_and_sessions_and_signs_them_out(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True, name="Photo App")
+    flow.login()
+    verifier, challenge = pkce()
+    tokens = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    page = flow.client.get("/account")
+    assert "Photo App" in page.text and "this browser" in page.text
+    token = csrf_of(page.text)
+    done = flow.client.post(
+        "/account/apps/sign-out", data={"csrf_token": token, "client_id": client_id}
+    )
+    assert done.status_code == 303
+    bearer = Actions.bearer(tokens["access_token"])
+    assert flow.client.get("/oauth/userinfo", headers=bearer).status_code == 401
+    assert "Photo App" not in flow.client.get("/account").text
+
+
+def test_change_password_ends_other_sign_ins(flow: Flow, app: Flask) -> None:
+    other = Flow(app, app.test_client())
+    other.login()
+    flow.login()
+    token = csrf_of(flow.client.get("/account").text)
+    new = "a brand new passphrase"
+    form = {
+        "csrf_token": token,
+        "current_password": "wrong",
+        "new_password": new,
+        "confirm_password": new,
+    }
+    assert flow.client.post("/account/password", data=form).status_code == 400
+    form["current_password"] = PASSWORD
+    assert flow.client.post("/account/password", data=form).status_code == 303
+    assert flow.client.get("/account").status_code == 200  # this browser stays in
+    assert other.client.get("/account").status_code == 303  # the other one is out
+    assert flow.login(password=new).status_code == 303
+
+
+def test_sign_out_everywhere_ends_this_session_too(flow: Flow) -> None:
+    flow.login()
+    token = csrf_of(flow.client.get("/account").text)
+    response = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert flow.client.get("/account").status_code == 303
+
+
+def _id_token(flow: Flow) -> tuple[str, str]:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    body = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    return client_id, body["id_token"]
+
+
+def test_rp_initiated_logout_ends_the_session_and_returns_to_the_registered_uri(
+    flow: Flow,
+) -> None:
+    _client_id, id_token = _id_token(flow)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    response = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 302
+    assert query_of(response.headers["Location"]) == {"state": "s9"}
+    assert response.headers["Location"].startswith(REDIRECT)
+    assert flow.client.get("/account").status_code == 303
+
+
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", REDIRECT + "/../evil", "https://app.example.com"]
+)
+def test_logout_never_redirects_to_an_unregistered_uri(flow: Flow, target: str) -> None:
+    _client_id, id_token = _id_token(flow)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": target}
+    response = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert "signed out" in response.text
+
+
+def test_logout_without_an_id_token_asks_first(flow: Flow) -> None:
+    flow.login()
+    asked = flow.client.get("/oauth/logout")
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert flow.client.get("/account").status_code == 200  # a bare link signs no one out
+    done = flow.client.post("/oauth/logout", data={"csrf_token": csrf_of(asked.text)})
+    assert done.status_code == 200 and flow.client.get("/account").status_code == 303
+
+
+def test_logout_refuses_a_forged_id_token_hint(flow: Flow) -> None:
+    flow.login()
+    response = flow.client.get("/oauth/logout?id_token_hint=e30.e30.AAAA")
+    assert response.status_code == 400 and flow.client.get("/account").status_code == 200

@@ -1,0 +1,71 @@
+"""Typed models of browser sign-in: authorization codes, remembered consents, browser sessions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+from .models import BigId, UTCDateTime, utcnow
+
+
+class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]
+    """An authorization code (RFC 6749 §4.1.2), kept only as its SHA-256 digest; single use."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    # The redirect_uri the authorization request named (None when it relied on the only one).
+    redirect_uri: Mapped[str | None] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(String(200))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8))
+    nonce: Mapped[str | None] = mapped_column(String(255))
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    session_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A second presentation (RFC 6749 §4.1.2): whatever the code issued is revoked.
+    reused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    family_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class Consent(db.Model):  # type: ignore[name-defined,misc]
+    """A user's remembered "allow" for one client and one exact set of scopes."""
+
+    __tablename__ = "consents"
+
+    user_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), primary_key=True
+    )
+    # The scopes, sorted and space-separated: one row per distinct set.
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BrowserSession(db.Model):  # type: ignore[name-defined,misc]
+    """A signed-in browser on our pages; its cookie holds a secret kept here as a digest."""
+
+    __tablename__ = "browser_sessions"
+    __table_args__ = (Index("ix_browser_sessions_user_id_ended_at", "user_id", "ended_at"),)
+
+    # Public id: the `sid` claim of id tokens, and what /account names a session by.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

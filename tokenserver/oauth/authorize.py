@@ -1,0 +1,170 @@
+"""The authorization endpoint's decisions (RFC 6749 §4.1.1, OpenID Connect Core §3.1.2).
+
+The pages call these: validate a request with Authlib, decide whether the user must sign in or
+consent, and build every redirect back to the client (always with `iss`, RFC 9207).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InsecureTransportError
+
+from ..config import current_settings
+from ..models import Client, utcnow
+from ..store import consents
+from . import current_server
+from .codes import CodeGrant, SignedIn
+from .query import QueryRequest
+
+_MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
+
+
+class BadAuthorizationRequest(Exception):
+    """An unknown client or an unverified redirect URI: shown as a page, never redirected to."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class RedirectBack(Exception):
+    """An error the client hears about at its verified redirect URI (RFC 6749 §4.1.2.1)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+class Next(enum.Enum):
+    """What the authorization request needs before a code can be issued."""
+
+    LOGIN = "login"
+    CONSENT = "consent"
+    CODE = "code"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A validated authorization request."""
+
+    grant: CodeGrant
+    client: Client
+    scope: str
+    redirect_uri: str
+    state: str | None
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.scope.split()
+
+
+def error_location(redirect_uri: str, error: str, description: str, state: str | None) -> str:
+    """The client's redirect URI carrying an error (RFC 6749 §4.1.2.1, RFC 9207 `iss`)."""
+    params = [("error", error), ("error_description", description)]
+    if state:
+        params.append(("state", state))
+    params.append(("iss", current_settings().issuer))
+    return str(add_params_to_uri(redirect_uri, params))
+
+
+def validate(signed_in: SignedIn | None) -> Authorization:
+    """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack."""
+    try:
+        request = QueryRequest(current_settings().issuer)
+    except InsecureTransportError:
+        raise BadAuthorizationRequest("OAuth 2 requires https: the issuer is not https.") from None
+    request.user = signed_in
+    state = request.payload.state
+    try:
+        grant = current_server().get_authorization_grant(request)
+        grant.validate_no_multiple_request_parameter(request)
+        grant.validate_consent_request()
+    except ValueError:
+        # Authlib will not build an error whose description would echo characters RFC 6749
+        # §5.2 forbids (a non-ASCII response_type, say): the request is malformed, shown as such.
+        raise BadAuthorizationRequest("The request has malformed parameters.") from None
+    except OAuth2Error as error:
+        if not error.redirect_uri:  # never redirect to a URI we could not verify
+            raise BadAuthorizationRequest(error.description or error.error) from None
+        description = error.description or error.error.replace("_", " ")
+        raise RedirectBack(
+            error_location(error.redirect_uri, error.error, description, state)
+        ) from None
+    prompt = _prompts(request)
+    if "none" in prompt and len(prompt) > 1:
+        raise RedirectBack(
+            error_location(grant.redirect_uri, "invalid_request", "prompt=none stands alone", state)
+        )
+    nonce = request.payload.data.get("nonce") or ""
+    if len(nonce) > _MAX_NONCE or not nonce.isprintable():
+        raise RedirectBack(
+            error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
+        )
+    return Authorization(grant, request.client, request.scope, grant.redirect_uri, state)
+
+
+def _prompts(request: Any) -> set[str]:
+    return set((request.payload.data.get("prompt") or "").split())
+
+
+def _max_age(request: Any) -> int | None:
+    raw = request.payload.data.get("max_age")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
+    """Sign in, consent, or issue the code; prompt=none turns the first two into errors."""
+    request = authorization.grant.request
+    prompt, max_age = _prompts(request), _max_age(request)
+    stale = (
+        signed_in is not None
+        and max_age is not None
+        and utcnow() - signed_in.auth_time > timedelta(seconds=max_age)
+    )
+    if signed_in is None or "login" in prompt or stale:
+        if "none" in prompt:
+            _refuse(authorization, "login_required", "The user is not signed in.")
+        return Next.LOGIN
+    assert signed_in is not None
+    client = authorization.client
+    known = consents.remembered(signed_in.user.id, client.client_id, authorization.scope)
+    if not client.first_party and ("consent" in prompt or not known):
+        if "none" in prompt:
+            _refuse(authorization, "consent_required", "The user has not allowed this app.")
+        return Next.CONSENT
+    return Next.CODE
+
+
+def _refuse(authorization: Authorization, error: str, description: str) -> None:
+    raise RedirectBack(
+        error_location(authorization.redirect_uri, error, description, authorization.state)
+    )
+
+
+def issue_code(authorization: Authorization, signed_in: SignedIn) -> str:
+    """Issue a code for the signed-in user: the Location to send the browser to."""
+    grant = authorization.grant
+    _status, _body, headers = grant.create_authorization_response(grant.redirect_uri, signed_in)
+    return str(dict(headers)["Location"])
+
+
+def allow(authorization: Authorization, signed_in: SignedIn) -> str:
+    """The user allowed: remember it for this (client, scopes), then issue the code."""
+    consents.remember(signed_in.user.id, authorization.client.client_id, authorization.scope)
+    return issue_code(authorization, signed_in)
+
+
+def deny(authorization: Authorization) -> str:
+    """The user denied: the client hears access_denied."""
+    return error_location(
+        authorization.redirect_uri,
+        "access_denied",
+        "The user denied the request.",
+        authorization.state,
+    )

@@ -1,0 +1,162 @@
+"""The authorization code grant with PKCE (RFC 7636) and OpenID Connect's id_token, on Authlib.
+
+Each class overrides Authlib only where our contract (API.md "Browser sign-in") differs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode, OpenIDToken, UserInfo
+from joserfc.jwk import RSAKey
+
+from .. import audit
+from ..config import current_settings
+from ..digests import digest
+from ..keys import ALGORITHM, current_keyring
+from ..models import Client, Subject
+from ..store import apps, codes, users
+from .grants import _AUTH_METHODS
+
+CODE_TTL = 60  # seconds: RFC 6749 §4.1.2 says short; our contract says at most 60
+_MAX_CODE_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """The user an authorization is granted for, with their browser session's facts."""
+
+    user: Subject
+    session_id: str
+    auth_time: datetime
+
+    def get_user_id(self) -> int:
+        return self.user.id
+
+
+class CodeGrant(grants.AuthorizationCodeGrant):
+    """RFC 6749 §4.1: codes stored as digests, spent once, bound to what issued them."""
+
+    # Authlib allows only confidential clients here; public apps use `none` with PKCE.
+    TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+
+    def create_authorization_response(self, redirect_uri: str, grant_user: Any) -> Any:
+        # RFC 9207: the response names its issuer, so a client talking to several servers
+        # cannot be sent another server's code (mix-up attacks).
+        status, body, headers = super().create_authorization_response(redirect_uri, grant_user)
+        location = add_params_to_uri(headers[0][1], [("iss", current_settings().issuer)])
+        return status, body, [("Location", location)]
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        signed_in: SignedIn = request.user
+        data = request.payload.data
+        bound = codes.NewCode(
+            client_id=request.client.client_id,
+            user_id=signed_in.user.id,
+            redirect_uri=request.payload.redirect_uri,
+            scope=request.scope,
+            code_challenge=data["code_challenge"],
+            code_challenge_method=data.get("code_challenge_method") or "S256",
+            nonce=data.get("nonce"),
+            auth_time=signed_in.auth_time,
+            session_id=signed_in.session_id,
+        )
+        codes.save(digest(code), bound, CODE_TTL)  # never the code itself
+
+    def query_authorization_code(self, code: str, client: Client) -> codes.SpentCode | None:
+        # Authlib reads here and deletes after issuing (two exchanges could both win); we spend
+        # here with one conditional UPDATE, and a replay revokes what the code issued.
+        if not code.isascii() or len(code) > _MAX_CODE_LENGTH:
+            return None
+        outcome = codes.spend(digest(code), client.client_id)
+        if outcome.replayed:
+            if outcome.family_id is not None:
+                apps.revoke_family(outcome.family_id)
+            audit.event(
+                "code.reuse_detected", client_id=client.client_id, family_id=outcome.family_id
+            )
+        return outcome.code
+
+    def delete_authorization_code(self, authorization_code: codes.SpentCode) -> None:
+        # Spent already; remember what it issued, and revoke that if a replay came meanwhile.
+        family_id: str = self.request.issued_family
+        if codes.link_family(authorization_code.code_hash, family_id):
+            apps.revoke_family(family_id)
+
+    def authenticate_user(self, authorization_code: codes.SpentCode) -> Subject | None:
+        user = users.subject(authorization_code.user_id)
+        return None if user is None or user.disabled else user  # disabled since: invalid_grant
+
+
+class S256Challenge(CodeChallenge):
+    """PKCE for every client, S256 only (RFC 9700 §2.1.1: `plain` adds nothing over TLS)."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        # Authlib lets a request without a challenge through; ours is required of everyone.
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("'code_challenge' is required (PKCE, S256).")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("'code_challenge_method' must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class _IdTokenClaims:
+    """What our id_tokens say and how they are signed: RS256 with the access tokens' key."""
+
+    def resolve_client_private_key(self, client: Client) -> RSAKey:
+        return current_keyring().signing_key()
+
+    def get_client_algorithm(self, client: Client) -> str:
+        return ALGORITHM
+
+    def get_encode_header(self, client: Client) -> dict[str, Any]:
+        # The kid lets a relying party pick the key from our JWKS; typ tells it from an at+jwt.
+        return {"alg": ALGORITHM, "kid": current_keyring().signing_key().kid, "typ": "JWT"}
+
+    def get_client_claims(self, client: Client) -> dict[str, Any]:
+        now = int(time.time())
+        settings = current_settings()
+        return {
+            "iss": settings.issuer,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + settings.access_token_ttl,
+        }
+
+    def generate_user_info(self, user: Subject | SignedIn, scope: str) -> UserInfo:
+        return user_info(user.user if isinstance(user, SignedIn) else user, scope)
+
+
+class IdToken(_IdTokenClaims, OpenIDCode):
+    """OpenID Connect Core §3.1.3.6: the id_token of the code grant, with the session's sid."""
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        return False  # a nonce is bound to one single-use code, so it cannot be replayed
+
+    def get_authorization_code_claims(self, authorization_code: codes.SpentCode) -> dict[str, Any]:
+        claims: dict[str, Any] = super().get_authorization_code_claims(authorization_code)
+        # OpenID Connect Front-Channel Logout §3: sid names the browser session signed in.
+        return {**claims, "sid": authorization_code.session_id}
+
+
+class RefreshIdToken(_IdTokenClaims, OpenIDToken):
+    """OpenID Connect Core §12.2: a refresh with `openid` returns a new id_token too."""
+
+
+def user_info(user: Subject, scope: str) -> UserInfo:
+    """The claims about a user that `scope` allows: sub, and preferred_username with profile."""
+    info = UserInfo(sub=str(user.id))
+    if "profile" in scope.split():
+        info["preferred_username"] = user.username
+    return info

@@ -1,0 +1,23 @@
+"""Authlib's request for the browser-facing endpoints, which read the query string too."""
+
+from __future__ import annotations
+
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2 import OAuth2Request
+from flask import request as flask_request
+
+
+class QueryRequest(FlaskOAuth2Request):
+    """Query (GET) or query and form (POST) parameters; TLS judged by the issuer's URL.
+
+    /oauth/authorize and /oauth/logout take their parameters in the query (RFC 6749 §4.1.1);
+    the token endpoint's request reads the body only. TLS usually ends at a proxy, so the
+    https check looks at the issuer, as the token endpoint's does.
+    """
+
+    def __init__(self, issuer: str) -> None:
+        OAuth2Request.__init__(
+            self, flask_request.method, issuer + flask_request.path, headers=flask_request.headers
+        )
+        self._request = flask_request
+        self.payload = FlaskOAuth2Payload(flask_request)

@@ -1,0 +1,204 @@
+"""The OpenAPI operations of browser sign-in: our HTML pages and OpenID Connect's JSON routes.
+
+Pages answer HTML, errors included (API.md "Browser sign-in": an unverified redirect URI gets
+a page, never a redirect); redirects are 302/303 with a Location.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .components import ERRORS, json_response, ref
+
+Doc = dict[str, Any]
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_REDIRECT = {"description": "Redirect", "headers": {"Location": ref("headers", "Location")}}
+
+
+def _html(description: str) -> Doc:
+    return {"description": description, "content": _HTML}
+
+
+def _page(
+    op_id: str, summary: str, ok: dict[int, str], redirects: tuple[int, ...] = (), **extra: Any
+) -> Doc:
+    """A page: HTML answers (errors too), and the redirects it may send."""
+    responses: Doc = {str(status): _html(text) for status, text in ok.items()}
+    for status in redirects:
+        responses[str(status)] = _REDIRECT
+    for status, text in (
+        (400, "Bad request"),
+        (403, "Cross-site or without the CSRF token"),
+        (429, "Too many attempts; see Retry-After"),
+    ):
+        responses.setdefault(str(status), _html(text))
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["pages"],
+        "security": [{}],
+        **extra,
+        "responses": responses,
+    }
+
+
+def _query(name: str, description: str, required: bool = False) -> Doc:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_AUTHORIZE_PARAMETERS = [
+    _query("response_type", "code", True),
+    _query("client_id", "The client's id", True),
+    _query("redirect_uri", "A registered redirect URI; optional when exactly one is registered"),
+    _query("scope", "Space-separated scopes"),
+    _query("state", "Returned unchanged"),
+    _query("code_challenge", "PKCE (RFC 7636), required", True),
+    _query("code_challenge_method", "S256 (plain is refused)", True),
+    _query("nonce", "OpenID Connect: copied into the id_token"),
+    _query("prompt", "none, login or consent"),
+    _query("max_age", "Seconds since sign-in beyond which the user signs in again"),
+    _query("login_hint", "A username to fill in on the sign-in page"),
+]
+_FORM_BODY = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {"csrf_token": {"type": "string"}},
+                "required": ["csrf_token"],
+            }
+        }
+    },
+}
+
+
+def paths() -> Doc:
+    """/oauth/authorize, /login, /consent, /account, /oauth/logout, userinfo, discovery."""
+    userinfo_errors = ("Unauthorized", "InsufficientScope", "TooManyRequests", "Unavailable")
+    userinfo = {
+        "operationId": "userinfo",
+        "summary": "OpenID Connect UserInfo: claims about the token's user (scope openid)",
+        "tags": ["oauth"],
+        "security": [{"bearerAuth": ["openid"]}],
+        "responses": {
+            "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
+            **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},
+        },
+    }
+    return {
+        "/oauth/authorize": {
+            "get": _page(
+                "authorize",
+                "Authorization endpoint (RFC 6749 §4.1, PKCE S256, OpenID Connect)",
+                {400: "Unknown client or unregistered redirect URI: never redirected"},
+                (302,),
+                parameters=_AUTHORIZE_PARAMETERS,
+            )
+        },
+        "/login": {
+            "get": _page(
+                "loginPage",
+                "The sign-in form",
+                {200: "The form"},
+                parameters=[
+                    _query("next", "A path on this server to return to"),
+                    _query("login_hint", "A username to fill in"),
+                ],
+            ),
+            "post": _page(
+                "login",
+                "Sign in: a new browser session",
+                {401: "Wrong credentials"},
+                (303,),
+                requestBody=_FORM_BODY,
+            ),
+        },
+        "/consent": {
+            "get": _page(
+                "consentPage",
+                "Allow or deny an app",
+                {200: "The question"},
+                (302,),
+                parameters=_AUTHORIZE_PARAMETERS,
+            ),
+            "post": _page(
+                "consent",
+                "The user's decision (allow or deny)",
+                {},
+                (302, 303),
+                parameters=_AUTHORIZE_PARAMETERS,
+                requestBody=_FORM_BODY,
+            ),
+        },
+        "/account": {
+            "get": _page(
+                "accountPage", "The signed-in user's account", {200: "The account page"}, (303,)
+            )
+        },
+        "/account/password": {
+            "post": _page(
+                "changePasswordPage", "Change the password", {}, (303,), requestBody=_FORM_BODY
+            )
+        },
+        "/account/sessions/end": {
+            "post": _page(
+                "endSessionPage", "Sign out one browser session", {}, (303,), requestBody=_FORM_BODY
+            )
+        },
+        "/account/apps/sign-out": {
+            "post": _page(
+                "signOutAppPage", "Revoke one app's sign-in", {}, (303,), requestBody=_FORM_BODY
+            )
+        },
+        "/account/sign-out-everywhere": {
+            "post": _page(
+                "signOutEverywherePage",
+                "End every session and app sign-in",
+                {},
+                (303,),
+                requestBody=_FORM_BODY,
+            )
+        },
+        "/oauth/logout": {
+            method: _page(
+                f"logout{method.title()}",
+                "RP-Initiated Logout 1.0 (id_token_hint, post_logout_redirect_uri, state)",
+                {200: "Signed out, or asked to confirm"},
+                (302,),
+                parameters=[
+                    _query("id_token_hint", "An id_token we issued"),
+                    _query("post_logout_redirect_uri", "Registered exactly"),
+                    _query("state", "Returned unchanged"),
+                    _query("client_id", "The client's id"),
+                ],
+            )
+            for method in ("get", "post")
+        },
+        "/oauth/userinfo": {
+            "get": {**userinfo},
+            "post": {**userinfo, "operationId": "userinfoPost"},
+        },
+        "/.well-known/openid-configuration": {
+            "get": {
+                "operationId": "openidConfiguration",
+                "summary": "OpenID Connect Discovery 1.0 (the RFC 8414 document)",
+                "tags": ["oauth"],
+                "security": [{}],
+                "responses": {
+                    "200": json_response("ServerMetadata", "The metadata"),
+                    **{
+                        str(ERRORS[n][0]): ref("responses", n)
+                        for n in ("TooManyRequests", "Unavailable")
+                    },
+                },
+            }
+        },
+    }

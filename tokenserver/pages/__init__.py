@@ -1,0 +1,57 @@
+"""The browser-facing blueprint: sign-in, consent, the authorization endpoint, /account.
+
+Thin views over signin.py and oauth/authorize.py; HTML from templates/, one stylesheet of ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from ..errors import APIError
+from . import web
+
+bp = Blueprint("pages", __name__)
+
+# Words for each scope on the consent and account pages.
+SCOPE_WORDS = {
+    "openid": "Know who you are on this service",
+    "profile": "See your username",
+    "junk:read": "Read your junk items",
+    "junk:write": "Create, change and delete your junk items",
+}
+
+
+@bp.after_request
+def _private(response: Response) -> Response:
+    # Pages show who is signed in and carry CSRF tokens: no cache may keep them.
+    response.headers["Cache-Control"] = "no-store"
+    return web.keep_csrf_cookie(response)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Any:
+    # A page answers HTML: a per-IP limit's 429 page as rendered, any other error as a page.
+    if exc.response is not None:
+        return exc.response
+    return web.page("error.html", exc.code or 500, title=exc.name, message=exc.description or "")
+
+
+@bp.errorhandler(APIError)
+def _api_error(exc: APIError) -> Response:
+    response = web.page(
+        "error.html", exc.status, title="Something went wrong", message=exc.description
+    )
+    for name, value in exc.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the pages and their template globals."""
+    from . import account, authorize, login  # noqa: F401 (their routes join the blueprint)
+
+    app.jinja_env.globals.update(csrf_token=web.csrf_token, scope_words=SCOPE_WORDS)
+    app.register_blueprint(bp)

@@ -1,0 +1,116 @@
+"""/oauth/authorize, /consent and /oauth/logout: the browser's side of sign-in for an app."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from authlib.oauth2 import OAuth2Error
+from flask import redirect, request
+from werkzeug.wrappers import Response
+
+from .. import signin
+from ..oauth import authorize, current_server
+from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
+from . import bp, web
+
+
+def _validated() -> Authorization:
+    """The authorization request of this URL, or the page / redirect that refuses it."""
+    try:
+        return authorize.validate(web.signed_in())
+    except BadAuthorizationRequest as exc:
+        # RFC 6749 §4.1.2.1: an unverified client or redirect URI is told to the user only.
+        raise web.refuse(400, "This sign-in link is not valid", exc.description) from None
+    except RedirectBack as exc:
+        raise _redirect_exception(exc.location) from None
+
+
+def _redirect_exception(location: str) -> Exception:
+    from werkzeug.exceptions import HTTPException
+
+    return HTTPException(response=redirect(location, 302))
+
+
+def _to_login() -> Response:
+    """Send the user to sign in, then back to this request (without prompt=login: no loop)."""
+    params = [(k, v) for k, v in request.args.items(multi=True) if k != "prompt"]
+    prompts = [p for p in request.args.get("prompt", "").split() if p != "login"]
+    if prompts:
+        params.append(("prompt", " ".join(prompts)))
+    back = "/oauth/authorize?" + urlencode(params)
+    query = {"next": back}
+    if request.args.get("login_hint"):
+        query["login_hint"] = request.args["login_hint"]
+    return redirect("/login?" + urlencode(query), 302)
+
+
+@bp.get("/oauth/authorize")
+def authorize_endpoint() -> Response:
+    """RFC 6749 §4.1.1 with PKCE: sign in, consent, then a code for the client."""
+    authorization = _validated()
+    signed_in = web.signed_in()
+    try:
+        step = authorize.next_step(authorization, signed_in)
+    except RedirectBack as exc:
+        return redirect(exc.location, 302)
+    if step is Next.LOGIN:
+        return _to_login()
+    if step is Next.CONSENT:
+        return redirect("/consent?" + request.query_string.decode("ascii", "replace"), 302)
+    assert signed_in is not None
+    return redirect(authorize.issue_code(authorization, signed_in), 302)
+
+
+@bp.get("/consent")
+def consent_form() -> Response:
+    """Name the app and what it asks for in words; allow or deny."""
+    signed_in = web.signed_in()
+    if signed_in is None:
+        return redirect("/login?" + urlencode({"next": request.full_path}), 302)
+    authorization = _validated()
+    return web.page(
+        "consent.html",
+        client=authorization.client,
+        scopes=authorization.scopes,
+        user=signed_in.user,
+        action=request.full_path,
+    )
+
+
+@bp.post("/consent")
+def consent() -> Response:
+    """The user's answer: allow issues the code (and is remembered), deny tells the app."""
+    web.check_form()
+    signed_in = web.signed_in()
+    if signed_in is None:
+        return redirect("/login?" + urlencode({"next": request.full_path}), 303)
+    authorization = _validated()
+    decision = request.form.get("decision")
+    if decision == "allow":
+        return redirect(authorize.allow(authorization, signed_in), 302)
+    if decision == "deny":
+        return redirect(authorize.deny(authorization), 302)
+    raise web.refuse(400, "No decision", "Choose Allow or Deny.")
+
+
+@bp.route("/oauth/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """RP-Initiated Logout 1.0: end the browser session, then back to the app if registered."""
+    server = current_server()
+    try:
+        end = server.validate_endpoint_request("end_session")
+    except OAuth2Error as error:
+        raise web.refuse(400, "This sign-out link is not valid", error.description or "") from None
+    # Without a valid id_token_hint, anyone's page could sign the user out: ask first.
+    if end.needs_confirmation:
+        if request.method == "GET" or "csrf_token" not in request.form:
+            return web.page("logout.html", session=web.current_session(), action=request.full_path)
+        web.check_form()
+    secret = web.session_cookie()
+    if secret:
+        signin.sign_out(secret)
+    response = server.create_endpoint_response("end_session", end)
+    if response is None:
+        response = web.page("signed_out.html")
+    web.clear_session_cookie(response)
+    return response

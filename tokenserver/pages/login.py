@@ -1,0 +1,53 @@
+"""/login: our sign-in form; the password guard and per-IP limits apply as at /oauth/token."""
+
+from __future__ import annotations
+
+from flask import redirect, request
+from werkzeug.wrappers import Response
+
+from .. import signin
+from ..guard import Throttled
+from ..redirects import local_path
+from . import bp, web
+
+_MAX_FIELD = 1024  # a longer username or password cannot be right
+
+
+@bp.get("/login")
+def login_form() -> Response:
+    """The sign-in form; `next` is where the user was going."""
+    return _form(200)
+
+
+def _form(status: int, error: str | None = None, username: str | None = None) -> Response:
+    return web.page(
+        "login.html",
+        status,
+        next=local_path(request.values.get("next")),
+        username=username if username is not None else request.args.get("login_hint", ""),
+        error=error,
+    )
+
+
+@bp.post("/login")
+def login() -> Response:
+    """Check the password; on success start a new session and go where the user was going."""
+    web.check_form()
+    username = request.form.get("username", "")[:_MAX_FIELD]
+    password = request.form.get("password", "")[:_MAX_FIELD]
+    try:
+        started = signin.sign_in(
+            username, password, request.user_agent.string, web.session_cookie()
+        )
+    except Throttled as exc:
+        response = _form(
+            429, f"Too many attempts. Try again in {exc.retry_after} seconds.", username
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if started is None:
+        # One message for any cause: no telling an unknown name from a wrong password.
+        return _form(401, "That username and password do not match.", username)
+    response = redirect(local_path(request.form.get("next")), 303)
+    web.set_session_cookie(response, started.secret)
+    return response

@@ -1,0 +1,117 @@
+"""Signing in on our pages: browser sessions, and what a signed-in user does at /account.
+
+The password check is accounts.authenticate, so the per-account guard, the dummy hash for
+unknown names and the disabled switch apply exactly as at the token endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import accounts, audit
+from .config import current_settings
+from .errors import InvalidRequest
+from .passwords import current_passwords, password_problem
+from .store import apps, consents, sessions
+from .store import users as user_store
+from .store.apps import SignedInApp
+from .store.sessions import Session, SessionInfo
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """A browser session just started: its cookie secret (shown to the browser only)."""
+
+    secret: str
+    session_id: str
+
+
+def sign_in(
+    username: str, password: str, user_agent: str, previous: str | None
+) -> NewSession | None:
+    """A new session if the password is right (the previous one, if any, ends: rotation).
+
+    Raises guard.Throttled, without checking the password, when the account is throttled.
+    """
+    user = accounts.authenticate(username, password)
+    if user is None:
+        return None
+    if previous:
+        sign_out(previous)  # a cookie planted before sign-in never becomes a session (fixation)
+    secret, session_id = sessions.start(
+        user.id, current_settings().login_session_max_age, user_agent
+    )
+    audit.event("session.started", user_id=user.id, session_id=session_id)
+    return NewSession(secret, session_id)
+
+
+def current(secret: str | None) -> Session | None:
+    """The live session of this cookie, if any (ended, expired or disabled user: None)."""
+    return sessions.find(secret) if secret else None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What /account shows: the user's live browser sessions and the apps they signed in to."""
+
+    sessions: list[SessionInfo]
+    apps: list[SignedInApp]
+
+
+def overview(session: Session) -> Overview:
+    """The signed-in user's sessions and apps."""
+    return Overview(sessions.list_live(session.user.id), apps.list_signed_in(session.user.id))
+
+
+def sign_out(secret: str) -> None:
+    """End the session of this cookie, if it is live."""
+    session = sessions.find(secret)
+    if session is not None:
+        sessions.end(session.user.id, session.id)
+        audit.event("session.ended", user_id=session.user.id, session_id=session.id)
+
+
+def end_session(session: Session, session_id: str) -> bool:
+    """End one of the signed-in user's sessions; False if it is not theirs or not live."""
+    ended = sessions.end(session.user.id, session_id) > 0
+    if ended:
+        audit.event("session.ended", user_id=session.user.id, session_id=session_id)
+    return ended
+
+
+def end_browser_sessions(user_id: int) -> None:
+    """End every browser session of a user (who is being disabled)."""
+    sessions.end(user_id)
+
+
+def sign_out_app(session: Session, client_id: str) -> None:
+    """Revoke every token the user's sign-ins to one app hold, and forget the consent."""
+    apps.revoke(session.user.id, client_id)
+    consents.forget(session.user.id, client_id)
+    audit.event("app.signed_out", user_id=session.user.id, client_id=client_id)
+
+
+def sign_out_everywhere(session: Session) -> None:
+    """End every browser session of the user and revoke every token they hold."""
+    sessions.end(session.user.id)
+    apps.revoke(session.user.id)
+    audit.event("user.signed_out_everywhere", user_id=session.user.id)
+
+
+def change_password(session: Session, current_password: str, new_password: str) -> None:
+    """Set a new password; every other sign-in (sessions, apps' tokens) ends.
+
+    A wrong current password is refused and counts toward the password guard.
+    """
+    user = session.user
+    if accounts.authenticate(user.username, current_password) is None:
+        raise InvalidRequest("The current password is wrong.", error="invalid_grant")
+    problem = password_problem(new_password, user.username)
+    if problem:
+        raise InvalidRequest(f"The new {problem}.")
+    user_store.set_password_hash(user.id, current_passwords().hash(new_password))
+    apps.revoke(user.id)
+    for other in sessions.list_live(user.id):
+        if other.id != session.id:
+            sessions.end(user.id, other.id)
+    audit.event("user.password_changed", user_id=user.id)

@@ -1,0 +1,116 @@
+"""Browser sessions on our pages: server-side, so they can be listed, ended and outlived."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, bindparam, insert, select, update
+
+from ..browser_models import BrowserSession
+from ..digests import digest, new_secret
+from ..extensions import db
+from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
+
+_sessions: Table = BrowserSession.__table__
+_users: Table = User.__table__
+_now = bindparam("now", type_=UTCDateTime())
+_MAX_SECRET_LENGTH = 128  # ours are 43 characters
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live browser session and its (active) user."""
+
+    id: str
+    user: Subject
+    auth_time: datetime
+    expires_at: datetime
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A live session as /account lists it."""
+
+    id: str
+    user_agent: str
+    auth_time: datetime
+    expires_at: datetime
+
+
+def start(user_id: int, max_age: int, user_agent: str) -> tuple[str, str]:
+    """A new session for a user who has just proven their password: (cookie secret, id)."""
+    secret, now = new_secret(32), utcnow()
+    session_id = secrets.token_hex(16)
+    row = {
+        "id": session_id,
+        "secret_hash": digest(secret),  # a stolen database holds no usable cookie
+        "user_id": user_id,
+        "user_agent": "".join(ch for ch in user_agent if ch.isprintable())[:200],
+        "auth_time": now,
+        "expires_at": now + timedelta(seconds=max_age),
+    }
+    with db.engine.begin() as conn:
+        conn.execute(insert(_sessions).values(row))
+    return secret, session_id
+
+
+_LIVE = (
+    select(
+        _sessions.c.id.label("session_id"),
+        _sessions.c.auth_time,
+        _sessions.c.expires_at,
+        _sessions.c.user_agent,
+        *USER_COLUMNS,
+    )
+    .join(_users, _users.c.id == _sessions.c.user_id)
+    .where(
+        _sessions.c.secret_hash == bindparam("secret_hash"),
+        _sessions.c.ended_at.is_(None),
+        _sessions.c.expires_at > _now,
+        _users.c.disabled.is_(False),  # a disabled user loses their browser sessions at once
+    )
+)
+
+
+def find(secret: str) -> Session | None:
+    """The live session whose cookie holds `secret`, if its user is active."""
+    if not secret.isascii() or len(secret) > _MAX_SECRET_LENGTH:
+        return None
+    with db.engine.connect() as conn:
+        row = conn.execute(_LIVE, {"secret_hash": digest(secret), "now": utcnow()}).first()
+    if row is None:
+        return None
+    user = Subject.from_row(row)
+    return Session(row.session_id, user, row.auth_time, row.expires_at, row.user_agent)
+
+
+def list_live(user_id: int) -> list[SessionInfo]:
+    """The user's live sessions, newest first."""
+    query = (
+        select(
+            _sessions.c.id, _sessions.c.user_agent, _sessions.c.auth_time, _sessions.c.expires_at
+        )
+        .where(
+            _sessions.c.user_id == user_id,
+            _sessions.c.ended_at.is_(None),
+            _sessions.c.expires_at > utcnow(),
+        )
+        .order_by(_sessions.c.auth_time.desc())
+    )
+    with db.engine.connect() as conn:
+        return [SessionInfo(*row) for row in conn.execute(query)]
+
+
+def end(user_id: int, session_id: str | None = None) -> int:
+    """End one of the user's sessions (or, with no id, all of them); returns how many."""
+    condition = [_sessions.c.user_id == user_id, _sessions.c.ended_at.is_(None)]
+    if session_id is not None:
+        condition.append(_sessions.c.id == session_id)
+    with db.engine.begin() as conn:
+        ended: int = conn.execute(
+            update(_sessions).where(*condition).values(ended_at=utcnow())
+        ).rowcount
+    return ended
