@@ -2,8 +2,9 @@
 
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection
 and revocation endpoints count only failures, so busy legitimate clients are never slowed; the
-discovery and health-of-the-database routes count every request. /healthz and /metrics are
-never limited. Each app reads its values, switch and storage from its own settings.
+discovery routes count every request. /healthz, /readyz and /metrics are never limited: a load
+balancer checks /readyz on every node twice a second from one address. Each app reads its
+values, switch and storage from its own settings.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flask_limiter import Limit, RequestLimit
 from .config import Settings, current_settings
 from .errors import error_response
 
-_NEVER_LIMITED = frozenset({"/healthz", "/metrics"})
+_NEVER_LIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,6 @@ RULES = (
             {
                 "/.well-known/oauth-authorization-server",
                 "/.well-known/jwks.json",
-                "/readyz",
                 "/openapi.json",
             }
         ),
@@ -113,7 +113,7 @@ def per_ip_limits() -> list[str | Callable[[], str] | Limit]:
 
 
 def unlimited() -> bool:
-    """Requests no per-IP limit applies to: all when switched off; /healthz and /metrics."""
+    """Requests no per-IP limit applies to: all when switched off; the operational routes."""
     return not current_settings().ratelimit_enabled or _route() in _NEVER_LIMITED
 
 
