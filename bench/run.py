@@ -139,6 +139,8 @@ def bench_once(label: str, options: argparse.Namespace, scale: bool) -> dict[str
             seeded = seed.seed(server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk)
             print(f"[{label}] seeded {USERS} users; measuring costs and routes", flush=True)
             measured = costs.measure()
+            if not database_url.startswith("postgresql"):
+                measured.update(costs.sqlite_commit_costs(workdir))
             initial_workers = server.worker_pids()
             rows = _drive(Driver(server, options, workdir), seeded, database_url, with_junk)
             rss = server.worker_rss_mb()

@@ -13,8 +13,10 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +35,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 class Balancer:
     """HAProxy with deploy/haproxy.cfg, its addresses given through the environment."""
 
-    def __init__(self, bind: str, nodes: tuple[str, str], stats: str, log: Path | None = None):
+    def __init__(
+        self, bind: str, nodes: tuple[str, str], stats: str, socket: Path, log: Path | None = None
+    ):
         self.bind = bind
+        self.socket = socket
         self.url = f"http://{bind}"
         self.stats_url = f"http://{stats}/stats;csv"
         self.env = {
@@ -43,6 +48,7 @@ class Balancer:
             "TOKENSERVER_NODE1": nodes[0],
             "TOKENSERVER_NODE2": nodes[1],
             "TOKENSERVER_LB_STATS": stats,
+            "TOKENSERVER_LB_SOCKET": str(socket),
         }
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -85,6 +91,35 @@ class Balancer:
             return all(states.get(name, "").startswith(state) for name, state in wanted.items())
 
         wait_until(reached, seconds, f"the balancer never saw {wanted}: {self.states()}")
+
+    def command(self, line: str) -> str:
+        """One command to HAProxy's runtime API (its stats socket); its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(str(self.socket))
+            conn.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def sessions(self, name: str) -> int:
+        """Requests the balancer has in flight on a node."""
+        for line in self.command("show stat").splitlines():
+            row = line.split(",")
+            if row[:2] == ["nodes", name]:
+                return int(row[4])  # scur
+        raise KeyError(name)
+
+    def drain(self, name: str, seconds: float = 35) -> None:
+        """Send a node no new request, and wait until its in-flight ones are answered."""
+        self.command(f"set server nodes/{name} state drain")
+        wait_until(lambda: self.sessions(name) == 0, seconds, f"{name} did not drain")
+
+    def ready(self, name: str, seconds: float = 30) -> None:
+        """Put a drained node back in the pool once its health check passes."""
+        self.command(f"set server nodes/{name} state ready")
+        self.wait_for({name: "UP"}, seconds)
 
     def stop(self) -> None:
         """Stop HAProxy (and wait for it)."""
@@ -182,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"0.0.0.0:{args.port}",
         (f"127.0.0.1:{args.node_ports[0]}", f"127.0.0.1:{args.node_ports[1]}"),
         f"127.0.0.1:{args.stats_port}",
+        Path(tempfile.mkdtemp(prefix="tokenserver-cluster-")) / "haproxy.sock",
     )
     stopping = False
 
@@ -206,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"tokenserver cluster: http://localhost:{args.port} -> nodes on ports "
             f"{args.node_ports[0]} and {args.node_ports[1]}; balancer state at "
-            f"{balancer.stats_url}. Ctrl-C stops everything.",
+            f"{balancer.stats_url}, runtime API at {balancer.socket}. Ctrl-C stops everything.",
             flush=True,
         )
         while not stopping:
@@ -221,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         balancer.stop()  # first, so no request is sent to a node that is going away
+        shutil.rmtree(balancer.socket.parent, ignore_errors=True)
         for process in nodes:
             process.terminate()
         for process in nodes:

@@ -6,6 +6,7 @@ import functools
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -303,6 +304,7 @@ class LiveServer:
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            start_new_session=True,  # a process group of its own, for kill()
         )
         stderr.close()
         deadline = time.monotonic() + 30
@@ -318,14 +320,35 @@ class LiveServer:
         self.stop()
         raise RuntimeError("gunicorn did not start within 30 s")
 
-    def stop(self) -> None:
+    @property
+    def address(self) -> str:
+        """host:port, as a load balancer names this server."""
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, signum: int) -> None:
+        """Signal gunicorn's master: HUP reloads its workers, TERM stops it gracefully."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once, as a crash of its host would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def terminate(self) -> None:
+        """Stop gracefully (TERM; in-flight requests finish) and wait; KILL if it hangs."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=35)  # gunicorn's graceful_timeout, and a little
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        """Stop gracefully and remove temporary logs."""
+        self.terminate()
         if self._temporary_logs:
             shutil.rmtree(self.error_log.parent, ignore_errors=True)
 
