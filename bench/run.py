@@ -26,6 +26,7 @@ SCALE_USERS = 100_000
 SCALE_RECORDS = 1_000_000
 SCALE_JUNK_PER_USER = 2
 REFRESH_TTL = 2_592_000
+BARE_LABEL = "bare Flask app /healthz"
 
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
@@ -94,12 +95,15 @@ def _refresh_pool_size(healthz_rps: float, options: argparse.Namespace) -> int:
 
 
 def _drive(
-    driver: Driver, seeded: seed.Seeded, database_url: str, with_junk: bool
+    driver: Driver, bare: Driver, seeded: seed.Seeded, database_url: str, with_junk: bool
 ) -> dict[str, Any]:
-    """Every route, between two /healthz runs (start and end) that the ratios are taken from."""
+    """Every route, between two /healthz runs and two bare-app runs (start and end)."""
     options = driver.options
     wanted = {k for k in options.routes.split(",") if k}
-    rows = {"healthz": driver.measure(load.healthz())}
+    rows = {
+        "bare": bare.measure(load.healthz(BARE_LABEL), "bare"),
+        "healthz": driver.measure(load.healthz()),
+    }
     routes = [load.introspection(seeded), *load.bearer_routes(seeded, with_junk)]
     for route in routes:
         if not wanted or route.key in wanted:
@@ -113,6 +117,7 @@ def _drive(
     if not wanted or "password" in wanted:
         rows["password"] = driver.measure(load.password_grant(seeded))
     rows["healthz_end"] = driver.measure(load.healthz("GET /healthz (end)"), "healthz_end")
+    rows["bare_end"] = bare.measure(load.healthz(f"{BARE_LABEL} (end)"), "bare_end")
     return rows
 
 
@@ -134,7 +139,10 @@ def bench_once(label: str, options: argparse.Namespace, scale: bool) -> dict[str
             )
             print(f"[{label}] loaded {loaded}", flush=True)
         server = Gunicorn(env, workdir).start()
+        # The floor: a bare Flask app under the same gunicorn settings, on its own port.
+        bare = Gunicorn({**env, "PORT": str(free_port())}, workdir, "bench.bare:app", "bare")
         try:
+            bare.start()
             with_junk = seed.junk_available(server.url)
             seeded = seed.seed(server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk)
             print(f"[{label}] seeded {USERS} users; measuring costs and routes", flush=True)
@@ -142,13 +150,20 @@ def bench_once(label: str, options: argparse.Namespace, scale: bool) -> dict[str
             if not database_url.startswith("postgresql"):
                 measured.update(costs.sqlite_commit_costs(workdir))
             initial_workers = server.worker_pids()
-            rows = _drive(Driver(server, options, workdir), seeded, database_url, with_junk)
+            rows = _drive(
+                Driver(server, options, workdir),
+                Driver(bare, options, workdir),
+                seeded,
+                database_url,
+                with_junk,
+            )
             rss = server.worker_rss_mb()
             restarts = sum(r["worker_restarts"] for r in rows.values())
         except BaseException:
             print(server.log_tail(), file=sys.stderr)
             raise
         finally:
+            bare.stop()
             server.stop()
     run = {
         "label": label,

@@ -384,10 +384,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own on the test Redis; its keys are deleted afterwards."""
-    import redis
-
     prefix = f"tokenserver-test-{secrets.token_hex(6)}"
     yield prefix
+    delete_redis_keys(prefix)
+
+
+def delete_redis_keys(prefix: str) -> None:
+    """Delete every key under a test's prefix on the test Redis."""
+    import redis
+
     connection = redis.Redis.from_url(REDIS_URL)
     for key in connection.scan_iter(f"{prefix}:*"):
         connection.delete(key)

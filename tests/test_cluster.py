@@ -10,6 +10,7 @@ these run in the PostgreSQL run of `make test` only.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import threading
@@ -26,7 +27,16 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import create_engine, select
 
 from deploy.cluster import Balancer, wait_until
-from tests.conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient, _free_port
+from tests.conftest import (
+    PASSWORD,
+    REDIS_URL,
+    Actions,
+    LiveServer,
+    RegisteredClient,
+    _free_port,
+    delete_redis_keys,
+)
+from tokenserver.config import Settings
 from tokenserver.models import User
 
 pytestmark = [
@@ -57,41 +67,66 @@ class Cluster:
         return self.balancer.url
 
 
+def _start_cluster(
+    settings: Settings, log_dir: Path, prefix: str, stack: list[Any], **env: str
+) -> Cluster:
+    """Two nodes on the test database and Redis, behind HAProxy; each added to `stack`."""
+    env = {
+        "TOKENSERVER_RATELIMIT_STORAGE_URI": REDIS_URL,
+        "TOKENSERVER_RATELIMIT_KEY_PREFIX": prefix,
+        "TOKENSERVER_TRUSTED_PROXIES": "1",
+        **env,
+    }
+    nodes = []
+    for _ in range(2):
+        node = LiveServer(settings, 2, log_dir, **env)
+        stack.append(node)  # stopped afterwards even if it fails to start
+        nodes.append(node.start())
+    balancer = Balancer(
+        f"127.0.0.1:{_free_port()}",
+        (nodes[0].address, nodes[1].address),
+        f"127.0.0.1:{_free_port()}",
+        log_dir / "haproxy.sock",
+        log_dir / "haproxy.log",
+    )
+    stack.append(balancer)
+    balancer.start().wait_for({"node1": "UP", "node2": "UP"})
+    return Cluster(nodes, balancer)
+
+
+def _stop(stack: list[Any]) -> None:
+    for part in reversed(stack):  # the balancer first
+        part.stop()
+
+
 @pytest.fixture
 def cluster_factory(
-    live_server_factory: Any, app: Flask, redis_prefix: str, tmp_path: Path
+    base_settings: Settings, app: Flask, redis_prefix: str, tmp_path: Path
 ) -> Iterator[Callable[..., Cluster]]:
-    """Start two nodes sharing the test database and Redis, behind HAProxy; stop them after."""
-    balancers: list[Balancer] = []
+    """Start clusters of this test's own (other settings); all stopped afterwards."""
+    stack: list[Any] = []
+    yield lambda **env: _start_cluster(base_settings, tmp_path, redis_prefix, stack, **env)
+    _stop(stack)
 
-    def factory(**env: str) -> Cluster:
-        env = {
-            "TOKENSERVER_RATELIMIT_STORAGE_URI": REDIS_URL,
-            "TOKENSERVER_RATELIMIT_KEY_PREFIX": redis_prefix,
-            "TOKENSERVER_TRUSTED_PROXIES": "1",
-            **env,
-        }
-        nodes = [live_server_factory(**env), live_server_factory(**env)]
-        balancer = Balancer(
-            f"127.0.0.1:{_free_port()}",
-            (nodes[0].address, nodes[1].address),
-            f"127.0.0.1:{_free_port()}",
-            tmp_path / "haproxy.sock",
-            tmp_path / "haproxy.log",
-        )
-        balancers.append(balancer)
-        balancer.start().wait_for({"node1": "UP", "node2": "UP"})
-        return Cluster(nodes, balancer)
 
-    yield factory
-    for balancer in balancers:
-        balancer.stop()
+@pytest.fixture(scope="module")
+def shared_cluster(
+    base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """One cluster for the tests that change no setting (per-IP limits off, guard on)."""
+    stack: list[Any] = []
+    prefix = f"tokenserver-test-{secrets.token_hex(6)}"
+    try:
+        yield _start_cluster(base_settings, tmp_path_factory.mktemp("cluster"), prefix, stack)
+    finally:
+        _stop(stack)
+        delete_redis_keys(prefix)
 
 
 @pytest.fixture
-def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
-    """Two nodes with the per-IP limits off (the password guard stays on)."""
-    return cluster_factory()
+def cluster(shared_cluster: Cluster, app: Flask) -> Cluster:
+    """The shared cluster; `app` empties the database after each test."""
+    return shared_cluster
 
 
 def _signup(url: str, username: str, session: Any = requests) -> Any:
@@ -235,16 +270,16 @@ def test_password_guard_counts_failures_on_every_node_together(
     cluster: Cluster, actions: Actions
 ) -> None:
     first, second = (node.url for node in cluster.nodes)
-    assert _signup(first, "alice").status_code == 201
+    assert _signup(first, "mallory").status_code == 201
     oauth_client = actions.oauth_client()
     # The guard's free attempts (tokenserver.guard.FREE_ATTEMPTS), spread over both nodes.
     statuses = [
-        _password_grant(url, oauth_client, "alice", WRONG).status_code
+        _password_grant(url, oauth_client, "mallory", WRONG).status_code
         for url in (first, second, first, second, first)
     ]
     assert statuses == [400] * 5
     for url in (first, second):
-        refused = _password_grant(url, oauth_client, "alice", PASSWORD)
+        refused = _password_grant(url, oauth_client, "mallory", PASSWORD)
         assert refused.status_code == 429
         assert "Retry-After" in refused.headers
 
@@ -313,7 +348,10 @@ def _booted_workers(node: LiveServer) -> int:
     return sum("Booting worker" in line for line in node.log_lines())
 
 
-def test_rolling_restart_of_one_node_fails_no_request(cluster: Cluster, actions: Actions) -> None:
+def test_rolling_restart_of_one_node_fails_no_request(
+    cluster_factory: Callable[..., Cluster], actions: Actions
+) -> None:
+    cluster = cluster_factory()
     oauth_client = actions.oauth_client()
     node = cluster.nodes[0]
 
@@ -354,8 +392,10 @@ def test_rolling_restart_of_one_node_fails_no_request(cluster: Cluster, actions:
 
 
 def test_killed_node_is_drained_and_loses_no_acknowledged_write(
-    cluster: Cluster, database_url: str
+    cluster_factory: Callable[..., Cluster], database_url: str
 ) -> None:
+    cluster = cluster_factory()
+
     def work(session: requests.Session, name: str) -> tuple[str, int]:
         return name, _signup(cluster.url, name, session).status_code
 
