@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotF
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from deploy.cluster import node_command
 from tokenserver import create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
@@ -288,18 +288,7 @@ class LiveServer:
     def start(self) -> LiveServer:
         stderr = open(self.error_log, "ab")  # noqa: SIM115 (the child keeps it open)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--access-logfile",
-                str(self.access_log),
-                "wsgi:app",
-            ],
+            [*node_command(self.address), "--access-logfile", str(self.access_log)],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
