@@ -27,7 +27,7 @@ test: install ## the whole suite; TEST_DATABASE_URL=postgresql+psycopg://... run
 lint: install
 	$(BIN)/ruff check tokenserver tests bench deploy
 	$(BIN)/ruff format --check tokenserver tests bench deploy
-	$(BIN)/mypy tokenserver
+	$(BIN)/mypy tokenserver deploy
 
 format: install
 	$(BIN)/ruff format tokenserver tests bench deploy

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -127,11 +128,14 @@ class Balancer:
 
 
 def wait_until(
-    condition: object, seconds: float, message: str, process: subprocess.Popen[bytes] | None = None
+    condition: Callable[[], object],
+    seconds: float,
+    message: str,
+    process: subprocess.Popen[bytes] | None = None,
 ) -> None:
-    """Poll `condition` (a callable) until true; raise with `message` after `seconds`."""
+    """Poll `condition` until true; raise with `message` after `seconds`."""
     deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{message}: it exited with {process.returncode}")
         if time.monotonic() > deadline:
