@@ -7,6 +7,7 @@ import sys
 # Neither imports prometheus_client, which picks multiprocess mode once, when first imported.
 from tokenserver import metric_files
 from tokenserver.config import ConfigError, Settings
+from tokenserver.keywrap import check_at_startup
 
 
 def _int_env(name: str, default: int) -> int:
@@ -19,9 +20,10 @@ def _int_env(name: str, default: int) -> int:
     return int(raw)
 
 
-# Fail before forking workers, with one line naming the bad variable.
+# Fail before forking workers, with one line naming the bad variable (or the key that does
+# not open the signing keys); a warning, if any, is logged once gunicorn's logger is up.
 try:
-    Settings.from_env()
+    _STARTUP_WARNING = check_at_startup(Settings.from_env())
 except ConfigError as exc:
     sys.stderr.write(f"Error: {exc}\n")
     sys.exit(2)
@@ -65,6 +67,8 @@ errorlog = "-"
 def on_starting(server: object) -> None:
     """Counters start at zero with each master: drop files an earlier one left behind."""
     metric_files.reset(METRICS_DIR)
+    if _STARTUP_WARNING:
+        server.log.warning(_STARTUP_WARNING)  # type: ignore[attr-defined]
 
 
 def child_exit(server: object, worker: object) -> None:

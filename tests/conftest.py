@@ -54,16 +54,15 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The database the whole session runs on, migrated to head."""
-    base = os.environ.get("TEST_DATABASE_URL", "").strip()
+def migrated_database(base: str, sqlite_path: Path) -> Iterator[str]:
+    """A new database at head: a throwaway one on the PostgreSQL server `base` names, if it
+    names one, else an SQLite file at `sqlite_path`."""
     if base.startswith("postgresql"):
         gen = _postgres_database(base)
         url = next(gen)
     else:
         gen = None
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        url = f"sqlite:///{sqlite_path}"
     app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
     with app.app_context():
         from flask_migrate import upgrade
@@ -76,17 +75,25 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database the whole session runs on, migrated to head."""
+    base = os.environ.get("TEST_DATABASE_URL", "").strip()
+    yield from migrated_database(base, tmp_path_factory.mktemp("db") / "test.db")
+
+
+@pytest.fixture(scope="session")
 def base_settings(database_url: str) -> Settings:
     """Settings every test app starts from."""
     return Settings(database_url=database_url, ratelimit_enabled=False, **FAST_HASHING).resolved()
 
 
 def _clean(database_url: str) -> None:
-    """Empty every table but the schema version and the signing keys (slow to make)."""
+    """Empty every table but the schema version and the current signing key (slow to make)."""
     keep = {"alembic_version", "signing_keys"}
     tables = [t for t in reversed(db.metadata.sorted_tables) if t.name not in keep]
     engine = create_engine(database_url)
     with engine.begin() as conn:
+        conn.execute(text("DELETE FROM signing_keys WHERE state != 'current'"))
         if conn.dialect.name == "postgresql":
             conn.execute(text("TRUNCATE " + ", ".join(t.name for t in tables) + " CASCADE"))
         else:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from tokenserver.digests import digest
 from tokenserver.extensions import db
-from tokenserver.models import Client, SigningKey, User
+from tokenserver.models import Client, SigningKey, User, utcnow
 
 from .conftest import PASSWORD
 
@@ -134,18 +134,32 @@ def test_ensure_demo_creates_only_when_no_client(runner: FlaskCliRunner) -> None
     assert "demo client_secret" not in second.output
 
 
-def test_keys_rotate_and_list(app: Flask, runner: FlaskCliRunner) -> None:
+def test_keys_rotate_publishes_a_next_key_and_list_shows_states(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    current = app.extensions["tokenserver.keyring"].signing_key().kid
     result = runner.invoke(args=["keys", "rotate"])
-    assert result.exit_code == 0
-    kid = result.output.split()[-1]
-    listed = runner.invoke(args=["keys", "list"]).output.splitlines()
-    assert listed[0].startswith(kid)
-    assert listed[0].endswith("current")
+    assert result.exit_code == 0, result.output
+    kid = result.stdout.split()[-1]
+    assert "signs from" in result.stderr
+    listed = [line.split("\t") for line in runner.invoke(args=["keys", "list"]).stdout.splitlines()]
+    assert [row[:2] for row in listed[:2]] == [[kid, "next"], [current, "current"]]
+    now = runner.invoke(args=["keys", "rotate", "--now"])
+    assert now.exit_code == 0, now.output
+    newest = now.stdout.split()[-1]
+    states = {
+        row[0]: row[1]
+        for row in (
+            line.split("\t") for line in runner.invoke(args=["keys", "list"]).stdout.splitlines()
+        )
+    }
+    assert states[newest] == "current"
+    assert states[kid] == states[current] == "retired"
     with app.app_context():
-        current = db.session.scalars(
-            select(SigningKey).where(SigningKey.retired_at.is_(None))
+        current_rows = db.session.scalars(
+            select(SigningKey.kid).where(SigningKey.state == "current")
         ).all()
-    assert [k.kid for k in current] == [kid]
+    assert current_rows == [newest]
 
 
 def test_help_explains_every_command(make_app: Any) -> None:
@@ -159,6 +173,9 @@ def test_help_explains_every_command(make_app: Any) -> None:
         ["users", "create"],
         ["clients", "create"],
         ["keys", "rotate"],
+        ["keys", "revoke"],
+        ["keys", "rewrap"],
+        ["clients", "rotate-secret"],
         ["tokens", "purge"],
     ):
         result = runner.invoke(args=[*path, "--help"])
@@ -172,3 +189,24 @@ def test_database_errors_are_one_line(make_app) -> None:  # type: ignore[no-unty
     assert result.exit_code == 1
     assert "database error" in result.output
     assert "Traceback" not in result.output
+
+
+def test_keys_revoke_takes_a_kid_that_begins_with_a_dash(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    with app.app_context():
+        db.session.add(
+            SigningKey(
+                kid="-dash", private_key="", public_jwk="{}", state="retired", created_at=utcnow()
+            )
+        )
+        db.session.commit()
+    result = runner.invoke(args=["keys", "revoke", "-dash"])
+    assert result.exit_code == 0, result.output
+    assert "revoked -dash" in result.stdout
+    again = runner.invoke(args=["keys", "revoke", "-dash"])
+    assert again.exit_code == 1
+    assert "already revoked" in again.output
+    unknown = runner.invoke(args=["keys", "revoke", "no-such-kid"])
+    assert unknown.exit_code == 1
+    assert "no signing key" in unknown.output

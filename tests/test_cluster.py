@@ -10,6 +10,7 @@ these run in the PostgreSQL run of `make test` only.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskCliRunner
+from joserfc import jws
 from sqlalchemy import create_engine, select
 
 from deploy.cluster import Balancer, wait_until
@@ -227,43 +229,49 @@ def test_deleted_client_is_refused_by_every_node(
     assert time.monotonic() - deleted_at < 1.0 + 1.0  # the cache's 1 s, and the requests' time
 
 
-def test_rotated_key_is_published_and_verified_by_every_node(
-    cluster_factory: Callable[..., Cluster], actions: Actions, runner: FlaskCliRunner
+PUBLISH_SECONDS = 8  # how long the test's rotation publishes a key before it signs
+
+
+def test_rotated_key_is_in_every_jwks_before_any_node_signs_with_it(
+    cluster_factory: Callable[..., Cluster], actions: Actions, make_app: Any
 ) -> None:
+    """`keys rotate` publishes first and signs later, on every node (API "keys rotate")."""
     cluster = cluster_factory(TOKENSERVER_KEY_CACHE_SECONDS="1")
     assert _signup(cluster.url, "alice").status_code == 201
     oauth_client = actions.oauth_client()
 
     def token_kid() -> tuple[str, str]:
-        from joserfc import jws
-
         token = _password_grant(cluster.url, oauth_client, "alice", PASSWORD).json()
         header = jws.extract_compact(token["access_token"].encode()).protected
         return token["access_token"], header["kid"]
 
+    def published(url: str) -> set[str]:
+        keys = requests.get(f"{url}/.well-known/jwks.json", timeout=TIMEOUT).json()["keys"]
+        return {key["kid"] for key in keys}
+
     old_token, old_kid = token_kid()
+    runner = make_app(key_publish_seconds=PUBLISH_SECONDS).test_cli_runner()
+    rotated_at = time.monotonic()
     rotated = runner.invoke(args=["keys", "rotate"])
-    assert rotated.exit_code == 0
-    new_kid = rotated.output.split()[-1]
-    assert new_kid != old_kid
-    for node in cluster.nodes:  # published by every node (it may reload first)
-        wait_until(
-            lambda url=node.url: (
-                new_kid
-                in {
-                    k["kid"]
-                    for k in requests.get(f"{url}/.well-known/jwks.json", timeout=5).json()["keys"]
-                }
-            ),
-            5,
-            "a node never published the new key",
-        )
-    answers: list[tuple[str, str]] = []
-    wait_until(lambda: answers.append(token_kid()) or answers[-1][1] == new_kid, 5, "never used")
-    new_token = answers[-1][0]
+    assert rotated.exit_code == 0, rotated.output
+    new_kid = re.search(r"new signing key (\S+)", rotated.output).group(1)  # type: ignore[union-attr]
+    for node in cluster.nodes:  # in every node's JWKS within its key cache (1 s)
+        wait_until(lambda url=node.url: new_kid in published(url), 5, "never published")
+    issued: list[tuple[float, str, str]] = []  # (answered after rotating, token, kid)
+
+    def next_token() -> str:
+        token, kid = token_kid()
+        issued.append((time.monotonic() - rotated_at, token, kid))
+        return kid
+
+    wait_until(lambda: next_token() == new_kid, PUBLISH_SECONDS + 15, "the new key never signed")
+    early = [kid for elapsed, _token, kid in issued if elapsed < PUBLISH_SECONDS]
+    assert early and set(early) == {old_kid}  # nobody signed with it while it was only published
+    new_token = issued[-1][1]
     for node in cluster.nodes:
         assert _me(node.url, new_token).status_code == 200
         assert _me(node.url, old_token).status_code == 200  # the old key still verifies
+        assert {old_kid, new_kid} <= published(node.url)
 
 
 def test_password_guard_counts_failures_on_every_node_together(

@@ -82,3 +82,47 @@ def test_tokenserver_db_upgrade_takes_an_empty_database_to_head(tmp_path: Path) 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
     engine.dispose()
+
+
+def test_upgrade_leaves_one_current_key_where_the_old_schema_had_two(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    url = base_settings.database_url
+    gen = None
+    if url.startswith("postgresql"):
+        gen = _postgres_database(url)
+        url = next(gen)
+    else:
+        url = f"sqlite:///{tmp_path / 'keys.db'}"
+    try:
+        app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
+        with app.app_context():
+            upgrade(revision="b0b7d1a44332")
+            with db.engine.begin() as conn:
+                for kid, created, retired in (
+                    ("old", "2026-01-01", "2026-02-01"),
+                    ("twin-a", "2026-02-01", None),
+                    ("twin-b", "2026-02-02", None),  # two workers raced on the old schema
+                ):
+                    conn.execute(
+                        text(
+                            "INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at,"
+                            " retired_at) VALUES (:kid, 'pem', '{}', :created, :retired)"
+                        ),
+                        {"kid": kid, "created": created, "retired": retired},
+                    )
+            upgrade()
+            with db.engine.connect() as conn:
+                rows = conn.execute(
+                    text("SELECT kid, state, private_key FROM signing_keys ORDER BY kid")
+                ).all()
+            db.engine.dispose()
+        assert [(kid, state) for kid, state, _ in rows] == [
+            ("old", "retired"),
+            ("twin-a", "retired"),
+            ("twin-b", "current"),
+        ]
+        assert {pem for _, _, pem in rows} == {"pem"}
+    finally:
+        if gen is not None:
+            next(gen, None)

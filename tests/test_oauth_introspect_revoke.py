@@ -183,7 +183,7 @@ def test_spent_refresh_token_is_exactly_inactive(
     assert introspect(client, resource_server, rotated["refresh_token"]).json["active"] is True
 
 
-def test_disabled_users_tokens_are_exactly_inactive_and_return_when_enabled(
+def test_disabled_users_tokens_are_exactly_inactive_and_stay_so_when_enabled(
     client: FlaskClient, runner: Any, login: dict[str, Any], resource_server: RegisteredClient
 ) -> None:
     runner.invoke(args=["users", "disable", "alice"])
@@ -193,7 +193,10 @@ def test_disabled_users_tokens_are_exactly_inactive_and_return_when_enabled(
     assert me.status_code == 401
     assert me.json["error"] == "invalid_token"
     runner.invoke(args=["users", "enable", "alice"])
-    assert introspect(client, resource_server, login["access_token"]).json["active"] is True
+    for token in (login["access_token"], login["refresh_token"]):
+        assert introspect(client, resource_server, token).json == INACTIVE
+    me = client.get("/users/me", headers=Actions.bearer(login["access_token"]))
+    assert me.status_code == 401
 
 
 def test_introspection_needs_client_authentication(

@@ -409,7 +409,7 @@ def test_refresh_cannot_widen_scope_and_the_token_survives(
     assert retry.json["scope"] == "junk:read"
 
 
-def test_disabled_user_cannot_refresh_and_enabling_restores(
+def test_disabled_user_cannot_refresh_and_enabling_brings_nothing_back(
     client: FlaskClient,
     runner: FlaskCliRunner,
     actions: Actions,
@@ -422,8 +422,14 @@ def test_disabled_user_cannot_refresh_and_enabling_restores(
     assert_oauth_error(refused, 400, "invalid_grant")
     assert not works(client, tokens["access_token"])
     runner.invoke(args=["users", "enable", "alice"])
-    # The refusal spent nothing, and re-enabling is not a replay.
-    assert refresh_grant(client, app_client, tokens["refresh_token"]).status_code == 200
+    # Disabling revoked the login for good: the user signs in anew.
+    assert_oauth_error(
+        refresh_grant(client, app_client, tokens["refresh_token"]), 400, "invalid_grant"
+    )
+    assert not works(client, tokens["access_token"])
+    fresh = actions.token(app_client).json
+    assert works(client, fresh["access_token"])
+    assert refresh_grant(client, app_client, fresh["refresh_token"]).status_code == 200
 
 
 # --- expiry, with a controlled clock ---------------------------------------------------------

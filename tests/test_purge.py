@@ -67,7 +67,8 @@ class Store:
             db.session.add(
                 SigningKey(
                     kid=kid,
-                    private_pem="unused",
+                    private_key="",
+                    state="retired",
                     public_jwk="{}",
                     created_at=retired - 30 * DAY,
                     retired_at=retired,

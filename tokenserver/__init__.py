@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     app.extensions["tokenserver.settings"] = settings
     if settings.is_sqlite:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        _create_private_sqlite_file(settings.database_url)
 
     db.init_app(app)
     app.teardown_appcontext(_end_session)  # registered after Flask-SQLAlchemy's: runs first
@@ -57,18 +60,26 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
         users,
     )
     from .keys import KeyRing
+    from .keywrap import KeyWrapper
     from .oauth import init_oauth
     from .passwords import Passwords
 
     app.extensions["tokenserver.passwords"] = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
+    wrapper = KeyWrapper(settings.key_encryption_keys)
     with app.app_context():
-        app.extensions["tokenserver.keyring"] = KeyRing(
-            db.engine, settings.key_cache_seconds, settings.access_token_ttl
-        )
         if settings.is_sqlite:
             event.listen(db.engine, "connect", _sqlite_pragmas)
+        _check_key_encryption(db.engine, wrapper)
+        app.extensions["tokenserver.keyring"] = KeyRing(
+            db.engine,
+            settings.key_cache_seconds,
+            settings.access_token_ttl,
+            publish_seconds=settings.key_publish_seconds or 0,
+            wrapper=wrapper,
+        )
+    app.extensions["tokenserver.keywrap"] = wrapper
 
     errors.register_error_handlers(app)
     observability.init_app(app)
@@ -87,6 +98,34 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
 
     register_commands(app)
     return app
+
+
+def _create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite database file readable by its owner only (it holds every secret)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # O_EXCL: an existing file keeps the mode its owner chose. SQLite gives its -wal and -shm
+    # files the database file's mode. A missing folder is SQLite's to report.
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _check_key_encryption(engine: Any, wrapper: Any) -> None:
+    """Refuse to start when the configured key-encryption keys cannot open the signing keys."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .config import ConfigError
+    from .keywrap import KeyEncryptionError, check_wrapping
+
+    try:
+        check_wrapping(engine, wrapper)
+    except KeyEncryptionError as exc:
+        raise ConfigError(str(exc)) from None
+    except SQLAlchemyError:
+        pass  # no schema yet, or no database: `db upgrade` and /readyz deal with that
 
 
 def _engine_options(settings: Settings) -> dict[str, Any]:

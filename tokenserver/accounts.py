@@ -162,9 +162,13 @@ def _login_failed(username: str, reason: str, user: Subject | None = None) -> No
 
 
 def set_disabled(username: str, disabled: bool) -> User:
-    """Disable or enable an account; a disabled user's tokens stop working at once."""
+    """Disable or enable an account; a disabled user's tokens stop working at once, for good."""
+    from .oauth.records import revoke_user_families
+
     user = get(username)
     user.disabled = disabled
+    if disabled:
+        revoke_user_families(user.id)  # so enabling again brings none of them back
     db.session.commit()
     return user
 

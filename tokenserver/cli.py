@@ -6,20 +6,23 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts, audit
-from .config import ConfigError, Settings
+from .client_secrets import rotate_secret
+from .config import ConfigError, Settings, current_settings
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError
 from .extensions import db
-from .keys import list_keys, rotate
+from .keys import list_keys, revoke, rotate
+from .keywrap import check_at_startup, rewrap
 from .models import DEFAULT_GRANTS, GRANT_TYPES, SCOPES, Client, isoformat
 from .oauth import current_server
 
@@ -98,7 +101,7 @@ def users_list() -> None:
 
 @click.group()
 def clients() -> None:
-    """Register, list and delete OAuth clients."""
+    """Register, list, delete OAuth clients and rotate their secrets."""
 
 
 def create_client(
@@ -197,6 +200,27 @@ def clients_delete(client_id: str) -> None:
     click.echo(f"deleted {client_id}")
 
 
+@command(clients, "rotate-secret")
+@click.argument("client_id")
+@click.option(
+    "--overlap",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seconds the old secret keeps working, so deployed apps can switch over.",
+)
+def clients_rotate_secret(client_id: str, overlap: int) -> None:
+    """Give CLIENT_ID a new secret, shown once.
+
+    The old secret keeps working for --overlap seconds.
+    """
+    secret, until = rotate_secret(client_id, overlap)
+    current_server().clients.forget(client_id)  # other processes' copies expire within a second
+    click.echo(f"client_secret: {secret}")
+    old = f"works until {isoformat(until)}" if until else "no longer works"
+    click.echo(f"The secret is shown only now; store it safely. The old secret {old}.", err=True)
+
+
 @command(clients, "ensure-demo")
 def clients_ensure_demo() -> None:
     """Create a demo confidential client if there is no client at all (used by `make run`)."""
@@ -211,23 +235,88 @@ def clients_ensure_demo() -> None:
 
 @click.group()
 def keys() -> None:
-    """Rotate and list signing keys."""
+    """Rotate, revoke, list and re-encrypt signing keys."""
+
+
+def _duration(raw: str) -> timedelta:
+    """A duration such as 30d, 12h, 15m or 3600 (seconds)."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    text = raw.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    if not number.isdigit():
+        raise click.BadParameter(f"{raw!r} is not a duration such as 30d, 12h, 15m or 3600")
+    return timedelta(seconds=int(number) * units[unit])
 
 
 @command(keys, "rotate")
-def keys_rotate() -> None:
-    """Make a new signing key current; tokens signed by older keys stay valid until they expire."""
-    kid = rotate(db.engine)
-    audit.event("key.rotated", kid=kid)
-    click.echo(f"new signing key {kid}")
+@click.option("--now", "at_once", is_flag=True, help="Sign with the new key at once (emergency).")
+@click.option(
+    "--if-older-than",
+    "older_than",
+    help="Only if the current key has signed this long, e.g. 30d (safe from cron on every node).",
+)
+def keys_rotate(at_once: bool, older_than: str | None) -> None:
+    """Publish a new signing key, to sign later.
+
+    It is in every JWKS at once and signs after TOKENSERVER_KEY_PUBLISH_SECONDS.
+    """
+    settings = current_settings()
+    rotation = rotate(
+        db.engine,
+        current_app.extensions["tokenserver.keywrap"],
+        settings.key_publish_seconds or 0,
+        now=at_once,
+        if_older_than=_duration(older_than) if older_than else None,
+    )
+    if rotation is None:
+        click.echo("the current signing key is not that old; nothing to do")
+        return
+    signs_from = isoformat(rotation.signs_from)
+    if not rotation.made:
+        click.echo(f"signing key {rotation.kid} is already published; it signs from {signs_from}")
+        return
+    audit.event("key.rotated", kid=rotation.kid, now=at_once, signs_from=signs_from)
+    click.echo(f"new signing key {rotation.kid}")
+    click.echo(f"published now; it signs from {signs_from}", err=True)
+
+
+# A kid is an RFC 7638 thumbprint in base64url: it may begin with "-", which is not an option.
+@command(keys, "revoke", context_settings={"ignore_unknown_options": True})
+@click.argument("kid")
+def keys_revoke(kid: str) -> None:
+    """Withdraw a leaked key KID at once.
+
+    It leaves the JWKS and every token it signed is refused; a revoked current key is
+    replaced at once.
+    """
+    replacement = revoke(db.engine, current_app.extensions["tokenserver.keywrap"], kid)
+    audit.event("key.revoked", kid=kid, replaced_by=replacement)
+    click.echo(f"revoked {kid}")
+    if replacement:
+        click.echo(f"signing key {replacement} signs from now")
 
 
 @command(keys, "list")
 def keys_list() -> None:
-    """List signing keys: kid, creation time, and retirement time (if retired)."""
+    """List signing keys and their states.
+
+    Columns: kid, state (next, current, retired, revoked), created, became current, stopped
+    signing.
+    """
     for key in list_keys(db.engine):
-        retired = isoformat(key.retired_at) if key.retired_at else "current"
-        click.echo(f"{key.kid}\t{isoformat(key.created_at)}\t{retired}")
+        times = (key.created_at, key.activated_at, key.retired_at)
+        click.echo("\t".join([key.kid, key.state, *(isoformat(t) if t else "-" for t in times)]))
+
+
+@command(keys, "rewrap")
+def keys_rewrap() -> None:
+    """Re-encrypt every private key under a new key.
+
+    The first key of TOKENSERVER_KEY_ENCRYPTION_KEY (NEW,OLD while rotating) encrypts.
+    """
+    changed = rewrap(db.engine, current_app.extensions["tokenserver.keywrap"])
+    audit.event("key.rewrapped", keys=changed)
+    click.echo(f"re-encrypted {changed} signing keys")
 
 
 @click.group()
@@ -281,11 +370,17 @@ cli = FlaskGroup(
 def main() -> None:
     """Entry point of the `tokenserver` console script."""
     try:
-        Settings.from_env()
+        warning = check_at_startup(Settings.from_env())
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
-    cli.main(prog_name="tokenserver")
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
+    try:
+        cli.main(prog_name="tokenserver")
+    except ConfigError as exc:  # found while building the app (create_app checks again)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PREFIX = "TOKENSERVER_"
+# Seconds resource servers may cache the JWKS (its Cache-Control), part of the publish delay.
+JWKS_MAX_AGE = 60
 
 
 class ConfigError(Exception):
@@ -87,9 +89,28 @@ def _key_prefix(raw: str) -> str:
     return value
 
 
-def _setting(env: str | None, parse: Callable[[str], Any], default: Any) -> Any:
+def _encryption_keys(raw: str) -> tuple[bytes, ...]:
+    """One or more comma-separated base64 keys of 32 bytes; the first encrypts, any decrypts."""
+    import base64
+    import binascii
+
+    keys = []
+    for part in raw.split(","):
+        try:
+            key = base64.b64decode(part.strip(), validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != 32:
+            raise ValueError("expected base64 of 32 random bytes (comma-separated while rotating)")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _setting(
+    env: str | None, parse: Callable[[str], Any], default: Any, *, secret: bool = False
+) -> Any:
     """Declare a field read from TOKENSERVER_<env> (or a bare name) with its parser."""
-    return field(default=default, metadata={"env": env, "parse": parse})
+    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse})
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,16 @@ class Settings:
     argon2_parallelism: int = _setting("ARGON2_PARALLELISM", _positive_int, 1)
     # How long a worker trusts its copy of the signing keys before asking the database again.
     key_cache_seconds: int = _setting("KEY_CACHE_SECONDS", _positive_int, 5)
+    # How long a rotated key is published before it signs; None: JWKS max-age + key cache.
+    key_publish_seconds: int | None = _setting("KEY_PUBLISH_SECONDS", _non_negative_int, None)
+    # AES-GCM keys for private signing keys at rest (README "Key-encryption key").
+    key_encryption_keys: tuple[bytes, ...] = _setting(
+        "KEY_ENCRYPTION_KEY", _encryption_keys, (), secret=True
+    )
+    # A login (refresh family) ends this long after it began, however often it is refreshed.
+    session_max_age: int = _setting("SESSION_MAX_AGE", _positive_int, 2_592_000)
+    # Seconds in which a just-spent refresh token may be presented again (two tabs racing).
+    refresh_reuse_grace: int = _setting("REFRESH_REUSE_GRACE", _non_negative_int, 0)
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _positive_int, 64 * 1024)
 
     @classmethod
@@ -145,6 +176,9 @@ class Settings:
         changes: dict[str, Any] = {}
         if not self.audience:
             changes["audience"] = self.issuer
+        if self.key_publish_seconds is None:
+            # No verifier can hold a key set older than its max-age plus our own cache.
+            changes["key_publish_seconds"] = JWKS_MAX_AGE + self.key_cache_seconds
         if not self.database_url:
             folder = Path(instance_path or Path.cwd() / "instance")
             changes["database_url"] = f"sqlite:///{folder / 'tokenserver.db'}"

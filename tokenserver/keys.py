@@ -1,4 +1,9 @@
-"""Signing keys: created on first need, rotated by the CLI, cached per worker for a few seconds."""
+"""Signing keys: published before they sign, promoted in the database, cached per worker.
+
+A rotated key is `next`: in the JWKS at once, signing only once TOKENSERVER_KEY_PUBLISH_SECONDS
+have passed, so no verifier meets a `kid` its cached key set lacks. Whichever worker first sees
+that time pass promotes it, in one transaction; the database's unique index keeps one current key.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
+from .errors import APIError, NotFound
+from .keywrap import KeyWrapper
 from .models import SigningKey, utcnow
 
 KEY_SIZE = 2048
 ALGORITHM = "RS256"
+NEXT, CURRENT, RETIRED, REVOKED = "next", "current", "retired", "revoked"
 # A token may be presented a little after `exp` on a skewed clock; keep its key that much longer.
 _RETIREMENT_GRACE = timedelta(seconds=60)
+_keys: Table = SigningKey.__table__
 
 
 @dataclass(frozen=True)
@@ -26,8 +36,19 @@ class KeyInfo:
     """A signing key's public facts, for `keys list`."""
 
     kid: str
+    state: str
     created_at: datetime
+    activated_at: datetime | None
     retired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What `keys rotate` did: the key that is (or will be) current, and whether it is new."""
+
+    kid: str
+    made: bool
+    signs_from: datetime
 
 
 def _new_key() -> RSAKey:
@@ -36,37 +57,147 @@ def _new_key() -> RSAKey:
     return key
 
 
-def _insert(engine: Engine, key: RSAKey, retire_others: bool) -> None:
+def _insert(conn: Connection, wrapper: KeyWrapper, state: str, key: RSAKey) -> str:
+    """Store `key` (generated before the transaction: RSA takes long; locks must not)."""
     now = utcnow()
-    with engine.begin() as conn:
-        if retire_others:
-            conn.execute(
-                update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=now)
-            )
-        conn.execute(
-            SigningKey.__table__.insert().values(
-                kid=key.kid,
-                private_pem=key.as_pem(private=True).decode("ascii"),
-                public_jwk=json.dumps(key.as_dict(private=False)),
-                created_at=now,
-            )
+    kid = str(key.kid)
+    conn.execute(
+        insert(_keys).values(
+            kid=kid,
+            private_key=wrapper.wrap(kid, key.as_pem(private=True).decode("ascii")),
+            public_jwk=json.dumps(key.as_dict(private=False)),
+            state=state,
+            created_at=now,
+            activated_at=now if state == CURRENT else None,
         )
+    )
+    return kid
 
 
-def rotate(engine: Engine) -> str:
-    """Make a new current key; older ones stay published until their tokens have expired."""
+def _retire(state: str, now: datetime) -> Any:
+    # A key that will never sign again keeps no private part: a stolen backup cannot mint with it.
+    return (
+        update(_keys)
+        .where(_keys.c.state == state)
+        .values(state=RETIRED, retired_at=now, private_key="")
+    )
+
+
+def _pending(conn: Connection) -> Any:
+    return conn.execute(
+        select(_keys.c.kid, _keys.c.created_at).where(_keys.c.state == NEXT)
+    ).first()
+
+
+def _current_since(conn: Connection) -> datetime | None:
+    row = conn.execute(
+        select(_keys.c.activated_at, _keys.c.created_at).where(_keys.c.state == CURRENT)
+    ).first()
+    return (row.activated_at or row.created_at) if row else None
+
+
+def rotate(
+    engine: Engine,
+    wrapper: KeyWrapper,
+    publish_seconds: int,
+    *,
+    now: bool = False,
+    if_older_than: timedelta | None = None,
+) -> Rotation | None:
+    """Publish a next key that signs after `publish_seconds`; or, `now`, a current key at once.
+
+    With `if_older_than`, only when the current key has signed that long (None otherwise). A
+    next key already pending is kept, not doubled, so cron may run this on every node at once.
+    """
+    delay = timedelta(seconds=publish_seconds)
+    with engine.connect() as conn:
+        since = _current_since(conn)
+        pending = _pending(conn)
+    if if_older_than is not None and since is not None and utcnow() - since < if_older_than:
+        return None
+    if pending is not None and not now:
+        return Rotation(pending.kid, False, pending.created_at + delay)
+    if since is None and pending is None:
+        now = True  # nothing signs yet: a first key has nobody to be published to in advance
     key = _new_key()
-    _insert(engine, key, retire_others=True)
-    return str(key.kid)
+    try:
+        with engine.begin() as conn:
+            if now:
+                retired_at = utcnow()
+                conn.execute(_retire(CURRENT, retired_at))
+                conn.execute(_retire(NEXT, retired_at))  # it has never signed: nothing to keep
+            kid = _insert(conn, wrapper, CURRENT if now else NEXT, key)
+    except IntegrityError:
+        # Another node rotated at the same moment (the index allows one next key): theirs stands.
+        with engine.connect() as conn:
+            pending = _pending(conn)
+        if pending is None:
+            raise
+        return Rotation(pending.kid, False, pending.created_at + delay)
+    return Rotation(kid, True, utcnow() if now else utcnow() + delay)
+
+
+def promote_due(engine: Engine, publish_seconds: int) -> bool:
+    """Make the next key current if it has been published long enough; True if this did it.
+
+    The first statement writes the current key's row, which serialises concurrent promoters:
+    the others wait, then find nothing left to do.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=publish_seconds)
+    pending = _keys.alias("pending")  # not correlated with the row being updated
+    due_pending = (pending.c.state == NEXT) & (pending.c.created_at <= cutoff)
+    due = (_keys.c.state == NEXT) & (_keys.c.created_at <= cutoff)
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(_retire(CURRENT, now).where(exists().where(due_pending)))
+        promoted = conn.execute(update(_keys).where(due).values(state=CURRENT, activated_at=now))
+        if promoted.rowcount != 1:
+            transaction.rollback()  # promoted (or revoked) by someone else meanwhile
+            return False
+    return True
+
+
+def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
+    """Withdraw a key at once: out of the JWKS, and its tokens dead (see oauth/records.py).
+
+    Revoking the current key puts another in its place in the same transaction (the pending
+    next key, else a new one), whose kid is returned.
+    """
+    replacement = _new_key()  # made before the transaction, in case the current key goes
+    with engine.begin() as conn:
+        state = conn.execute(select(_keys.c.state).where(_keys.c.kid == kid)).scalar()
+        if state is None:
+            raise NotFound(f"no signing key {kid!r}")
+        if state == REVOKED:
+            raise APIError(f"signing key {kid} is already revoked")
+        changed = conn.execute(
+            update(_keys)
+            .where(_keys.c.kid == kid, _keys.c.state == state)
+            .values(state=REVOKED, retired_at=utcnow(), private_key="")
+        )
+        if changed.rowcount != 1:
+            raise APIError(f"signing key {kid} changed meanwhile; try again")
+        if state != CURRENT:
+            return None
+        promoted = conn.execute(
+            update(_keys).where(_keys.c.state == NEXT).values(state=CURRENT, activated_at=utcnow())
+        )
+        if promoted.rowcount == 1:
+            return str(conn.execute(select(_keys.c.kid).where(_keys.c.state == CURRENT)).scalar())
+        return _insert(conn, wrapper, CURRENT, replacement)
 
 
 def list_keys(engine: Engine) -> list[KeyInfo]:
     """Every stored key, newest first."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(SigningKey.kid, SigningKey.created_at, SigningKey.retired_at).order_by(
-                SigningKey.created_at.desc()
-            )
+            select(
+                _keys.c.kid,
+                _keys.c.state,
+                _keys.c.created_at,
+                _keys.c.activated_at,
+                _keys.c.retired_at,
+            ).order_by(_keys.c.created_at.desc())
         )
         return [KeyInfo(*row) for row in rows]
 
@@ -74,10 +205,21 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
 class KeyRing:
     """This worker's cache of the keys in the database (explicit, and bounded in time)."""
 
-    def __init__(self, engine: Engine, cache_seconds: int, access_token_ttl: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache_seconds: int,
+        access_token_ttl: int,
+        *,
+        publish_seconds: int,
+        wrapper: KeyWrapper | None = None,
+    ) -> None:
         self._engine = engine
         self._cache_seconds = cache_seconds
-        self._retention = timedelta(seconds=access_token_ttl) + _RETIREMENT_GRACE
+        self._publish_seconds = publish_seconds
+        self._wrapper = wrapper or KeyWrapper()
+        # A worker with a stale cache may sign with a retired key for `cache_seconds` more.
+        self._retention = timedelta(seconds=access_token_ttl + cache_seconds) + _RETIREMENT_GRACE
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._current: RSAKey | None = None
@@ -90,7 +232,7 @@ class KeyRing:
         if self._current is None:
             with self._lock:
                 if self._current is None:
-                    _insert(self._engine, _new_key(), retire_others=False)
+                    self._create_current()
                     self._load()
         assert self._current is not None
         return self._current
@@ -110,13 +252,21 @@ class KeyRing:
         return key
 
     def jwks(self) -> dict[str, object]:
-        """The RFC 7517 key set: current and still-useful retired public keys."""
+        """The RFC 7517 key set: the next key, the current one and still-useful retired ones."""
         self.signing_key()  # publish a key before the first token needs one: never an empty set
         return {"keys": list(self._public)}
 
     def key_set(self) -> KeySet:
         """Just the current signing key, as the token generator wants it."""
         return KeySet([self.signing_key()])
+
+    def _create_current(self) -> None:
+        key = _new_key()
+        try:
+            with self._engine.begin() as conn:
+                _insert(conn, self._wrapper, CURRENT, key)
+        except IntegrityError:
+            pass  # another worker or node made it first; the unique index kept theirs alone
 
     def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at > self._cache_seconds:
@@ -125,32 +275,45 @@ class KeyRing:
                     self._load()
 
     def _load(self) -> None:
-        cutoff = utcnow() - self._retention
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(SigningKey.kid, SigningKey.public_jwk, SigningKey.retired_at)
-                .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > cutoff))
-                .order_by(SigningKey.created_at.desc())
-            ).all()
-            current_kid = next((kid for kid, _jwk, retired_at in rows if retired_at is None), None)
-            current = self._current if self._current and self._current.kid == current_kid else None
-            if current is None and current_kid is not None:
-                current = _private_key(conn, current_kid)
+        rows = self._select()
+        due = utcnow() - timedelta(seconds=self._publish_seconds)
+        if any(row.state == NEXT and row.created_at <= due for row in rows):
+            promote_due(self._engine, self._publish_seconds)
+            rows = self._select()
+        current_kid = next((row.kid for row in rows if row.state == CURRENT), None)
+        current = self._current if self._current and self._current.kid == current_kid else None
+        if current is None and current_kid is not None:
+            current = self._private_key(current_kid)
         # Verifying needs only public keys; the private part is parsed for the current key alone.
-        self._public = [json.loads(jwk) for _kid, jwk, _retired_at in rows]
+        self._public = [json.loads(row.public_jwk) for row in rows]
         self._keys = {
-            kid: self._keys.get(kid) or RSAKey.import_key(jwk)
-            for (kid, _jwk, _retired_at), jwk in zip(rows, self._public, strict=True)
+            row.kid: self._keys.get(row.kid) or RSAKey.import_key(jwk)
+            for row, jwk in zip(rows, self._public, strict=True)
         }
         self._current = current
         self._loaded_at = time.monotonic()
 
+    def _select(self) -> list[Any]:
+        cutoff = utcnow() - self._retention
+        with self._engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(_keys.c.kid, _keys.c.public_jwk, _keys.c.state, _keys.c.created_at)
+                    .where(
+                        _keys.c.state.in_((NEXT, CURRENT))
+                        | ((_keys.c.state == RETIRED) & (_keys.c.retired_at > cutoff))
+                    )
+                    .order_by(_keys.c.created_at.desc())
+                )
+            )
 
-def _private_key(conn: Connection, kid: str) -> RSAKey:
-    pem: str = conn.execute(
-        select(SigningKey.private_pem).where(SigningKey.kid == kid)
-    ).scalar_one()
-    return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
+    def _private_key(self, kid: str) -> RSAKey:
+        with self._engine.connect() as conn:
+            stored: str = conn.execute(
+                select(_keys.c.private_key).where(_keys.c.kid == kid)
+            ).scalar_one()
+        pem = self._wrapper.unwrap(kid, stored)
+        return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
 
 
 def current_keyring() -> KeyRing:

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -128,6 +138,9 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     secret_hash: Mapped[str | None] = mapped_column(String(64))
+    # After `clients rotate-secret --overlap`, the old secret works until this time.
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(64))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     grant_types: Mapped[str] = mapped_column(String(200))
     scope: Mapped[str] = mapped_column(String(200))
     can_introspect: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
@@ -175,7 +188,16 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         if self.secret_hash is None:
             return False
         # Constant-time comparison of digests: no timing oracle on the secret.
-        return hmac.compare_digest(self.secret_hash, digest(client_secret))
+        presented = digest(client_secret)
+        if hmac.compare_digest(self.secret_hash, presented):
+            return True
+        previous, until = self.previous_secret_hash, self.previous_secret_expires_at
+        return (
+            previous is not None
+            and until is not None
+            and until > utcnow()
+            and hmac.compare_digest(previous, presented)
+        )
 
     def get_allowed_scope(self, scope: str | None) -> str:
         """The scope to grant: all registered scopes when none is asked for.
@@ -205,15 +227,32 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
 
 
 class SigningKey(db.Model):  # type: ignore[name-defined,misc]
-    """An RSA signing key shared by every worker and node; retired keys still verify."""
+    """An RSA signing key shared by every worker and node: next, current, retired or revoked.
+
+    A `next` key is published before it signs; a retired key still verifies its tokens; a
+    revoked key does neither. The partial unique index lets the database, not luck, hold at
+    most one `next` and one `current` key, however many workers create or promote at once.
+    """
 
     __tablename__ = "signing_keys"
+    __table_args__ = (
+        Index(
+            "uq_signing_keys_state_active",
+            "state",
+            unique=True,
+            sqlite_where=text("state IN ('next', 'current')"),
+            postgresql_where=text("state IN ('next', 'current')"),
+        ),
+    )
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    private_pem: Mapped[str] = mapped_column(Text)
+    # AES-GCM-wrapped PEM (see keywrap.py), a plain PEM, or "" once the key can never sign again.
+    private_key: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # became current
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # stopped signing
 
 
 class TokenFamily(db.Model):  # type: ignore[name-defined,misc]
@@ -243,6 +282,8 @@ class TokenRecord(db.Model):  # type: ignore[name-defined,misc]
     )
     kind: Mapped[str] = mapped_column(String(16))  # "access" or "refresh"
     jti: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # The signing key of an access token: revoking the key kills the token at once.
+    kid: Mapped[str | None] = mapped_column(String(64))
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     scope: Mapped[str] = mapped_column(String(200))
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime)

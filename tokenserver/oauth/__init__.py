@@ -159,8 +159,16 @@ def init_oauth(app: Flask) -> None:
         claims = issued_claims(token["access_token"])
         who = _who(request)
         family_id = record_issued(
-            token, claims, request.client, request.user, settings.refresh_token_ttl, parent
+            token,
+            claims,
+            request.client,
+            request.user,
+            settings.refresh_token_ttl,
+            parent,
+            session_max_age=settings.session_max_age,
         )
+        if parent is not None and parent.within_grace:
+            who["within_grace"] = True  # a spent token presented again, within the reuse grace
         _audit_issued(request, who, claims, family_id, refreshed=parent is not None)
 
     server = AuthorizationServer(settings)

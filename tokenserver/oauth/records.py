@@ -8,15 +8,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from joserfc import jws
+from sqlalchemy import Connection, Table, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import audit
+from ..config import current_settings
 from ..digests import digest
 from ..extensions import db, reader
 from ..models import (
     USER_COLUMNS,
     Client,
+    SigningKey,
     Subject,
     TokenFamily,
     TokenRecord,
@@ -40,6 +43,9 @@ class RefreshCredential:
     user: Subject | None
     scope: str
     token_hash: str
+    session_ends_at: datetime  # the login's absolute end (TOKENSERVER_SESSION_MAX_AGE)
+    # Spent a moment ago, and presented again within TOKENSERVER_REFRESH_REUSE_GRACE.
+    within_grace: bool = False
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -59,9 +65,25 @@ def _may_be_ours(refresh_token: str) -> bool:
 _records: Table = TokenRecord.__table__
 _families: Table = TokenFamily.__table__
 _users: Table = User.__table__
+_keys: Table = SigningKey.__table__
 _now = bindparam("now", type_=UTCDateTime())
-_INSERT_FAMILY = insert(_families)
 _INSERT_RECORDS = insert(_records)
+# A new login's family is stored only while its user is still enabled, in one statement: a
+# login racing `users disable` either lands first (and is revoked with the rest) or not at all.
+_INSERT_USER_FAMILY = (
+    insert(_families)
+    .from_select(
+        ["id", "client_id", "user_id", "created_at"],
+        select(
+            bindparam("family_id", type_=_families.c.id.type),
+            bindparam("client_id", type_=_families.c.client_id.type),
+            _users.c.id,
+            bindparam("created_at", type_=UTCDateTime()),
+        ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
+    )
+    .returning(_families.c.id)
+)  # psycopg reports no rowcount for INSERT ... SELECT
+_INSERT_CLIENT_FAMILY = insert(_families)
 
 
 def _subject(row: Any) -> Subject | None:
@@ -76,20 +98,27 @@ def record_issued(
     user: User | Subject | None,
     refresh_ttl: int,
     parent: RefreshCredential | None = None,
+    *,
+    session_max_age: int | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
     A `parent` refresh token is spent in the same transaction: both happen or neither does.
     The transaction is a Core one of its own, short and outside the ORM session, which a token
-    grant has no other use for.
+    grant has no other use for. A refresh token never outlives its login's session
+    (`session_max_age` from the login; the app's setting when not given).
     """
+    if session_max_age is None:
+        session_max_age = current_settings().session_max_age
     issued = datetime.fromtimestamp(claims["iat"], UTC)
     family_id = parent.family_id if parent is not None else secrets.token_hex(16)
+    session_ends = parent.session_ends_at if parent else issued + timedelta(seconds=session_max_age)
     records = [
         {
             "family_id": family_id,
             "kind": ACCESS,
             "jti": claims["jti"],
+            "kid": signing_kid(token["access_token"]),
             "token_hash": None,
             "scope": claims["scope"],
             "issued_at": issued,
@@ -102,28 +131,53 @@ def record_issued(
                 "family_id": family_id,
                 "kind": REFRESH,
                 "jti": None,
+                "kid": None,
                 "token_hash": digest(token["refresh_token"]),  # never the token itself
                 # RFC 6749 §6: a rotated refresh token keeps the scope of the one it replaces.
                 "scope": parent.scope if parent is not None else claims["scope"],
                 "issued_at": issued,
-                "expires_at": issued + timedelta(seconds=refresh_ttl),
+                "expires_at": min(issued + timedelta(seconds=refresh_ttl), session_ends),
             }
         )
     try:
         with db.engine.begin() as conn:
-            spent = parent is None or _spend(conn, parent)
-            if parent is None:
-                family = {"id": family_id, "client_id": client.client_id, "created_at": issued}
-                conn.execute(_INSERT_FAMILY, family | {"user_id": user.id if user else None})
-            if spent:
+            stored = (
+                _spend(conn, parent)
+                if parent
+                else _insert_family(conn, family_id, client, user, issued)
+            )
+            if stored:
                 conn.execute(_INSERT_RECORDS, records)
     except IntegrityError:
         # The client was deleted since it authenticated (another worker's copy may lag a second).
         raise InvalidClientError() from None
-    if parent is not None and not spent:
+    if parent is not None and not stored:
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+    if not stored:
+        # Disabled while signing in; said as for any refused sign-in (no account-state oracle).
+        raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
+
+
+def _insert_family(
+    conn: Connection, family_id: str, client: Client, user: User | Subject | None, issued: datetime
+) -> bool:
+    """Store a new login's family; False if its user was disabled meanwhile."""
+    family = {"family_id": family_id, "client_id": client.client_id, "created_at": issued}
+    if user is None:
+        conn.execute(
+            _INSERT_CLIENT_FAMILY,
+            {"id": family_id, "client_id": client.client_id, "created_at": issued},
+        )
+        return True
+    return conn.execute(_INSERT_USER_FAMILY, family | {"user_id": user.id}).first() is not None
+
+
+def signing_kid(access_token: str) -> str | None:
+    """The `kid` in the header of a token we have just signed."""
+    kid = jws.extract_compact(access_token.encode()).headers().get("kid")
+    return kid if isinstance(kid, str) else None
 
 
 _REFRESH_BY_HASH = (
@@ -135,6 +189,7 @@ _REFRESH_BY_HASH = (
         _records.c.expires_at,
         _families.c.client_id,
         _families.c.revoked_at.label("family_revoked_at"),
+        _families.c.created_at.label("family_created_at"),
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -147,7 +202,8 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     """The live, unspent refresh token of `client`; presenting a spent one kills its family.
 
     Only reads: the token is spent when the new tokens are stored (see record_issued), so the
-    write lock is held for the few statements of that commit, not across RSA signing.
+    write lock is held for the few statements of that commit, not across RSA signing. A token
+    spent less than TOKENSERVER_REFRESH_REUSE_GRACE ago passes too (two tabs racing).
     """
     if not _may_be_ours(token):
         return None
@@ -155,12 +211,22 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     row = reader().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
     if row is None or row.client_id != client.client_id:
         return None  # unknown, or another client's: nothing to learn, nothing to revoke
-    if row.spent_at is not None:
+    settings, now = current_settings(), utcnow()
+    session_ends = row.family_created_at + timedelta(seconds=settings.session_max_age)
+    grace = _within_grace(row.spent_at, settings.refresh_reuse_grace, now)
+    if row.spent_at is not None and not grace:
         _reuse_detected(client, row.family_id)
         return None
-    if row.revoked_at or row.family_revoked_at or row.expires_at <= utcnow():
+    if row.revoked_at or row.family_revoked_at or min(row.expires_at, session_ends) <= now:
         return None
-    return RefreshCredential(row.family_id, row.client_id, _subject(row), row.scope, token_hash)
+    return RefreshCredential(
+        row.family_id, row.client_id, _subject(row), row.scope, token_hash, session_ends, grace
+    )
+
+
+def _within_grace(spent_at: datetime | None, grace: int, now: datetime) -> bool:
+    """Whether a spent refresh token was spent less than `grace` seconds ago."""
+    return spent_at is not None and grace > 0 and now - spent_at < timedelta(seconds=grace)
 
 
 _SPEND = (
@@ -174,16 +240,42 @@ _SPEND = (
     )
     .values(spent_at=_now)
 )
+# The grace case: still spent less than the grace ago, decided by the same kind of conditional
+# UPDATE (it rewrites spent_at unchanged, taking the row's lock), so a reuse racing the end of
+# the grace, or a revocation, is judged once.
+_SPEND_AGAIN = (
+    update(_records)
+    .where(
+        _records.c.token_hash == bindparam("spent_hash"),
+        _records.c.kind == REFRESH,
+        _records.c.spent_at > bindparam("grace_start", type_=UTCDateTime()),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > _now,
+    )
+    .values(spent_at=_records.c.spent_at)
+)
 
 
 def _spend(conn: Connection, parent: RefreshCredential) -> bool:
     """Mark `parent` spent; False if it no longer could be. One conditional UPDATE decides.
 
     Concurrent refreshes with the same token cannot both pass (RFC 9700 §4.14.2): the loser's
-    UPDATE matches no row once the winner's is in, and the loser presented a spent token.
+    UPDATE matches no row once the winner's is in, and the loser presented a spent token,
+    unless it came within the reuse grace.
     """
-    spent = conn.execute(_SPEND, {"spent_hash": parent.token_hash, "now": utcnow()})
-    return bool(spent.rowcount == 1)
+    now = utcnow()
+    spent = conn.execute(_SPEND, {"spent_hash": parent.token_hash, "now": now})
+    if spent.rowcount == 1:
+        return True
+    grace = current_settings().refresh_reuse_grace
+    if grace <= 0:
+        return False
+    params = {
+        "spent_hash": parent.token_hash,
+        "now": now,
+        "grace_start": now - timedelta(seconds=grace),
+    }
+    return bool(conn.execute(_SPEND_AGAIN, params).rowcount == 1)
 
 
 def _reuse_detected(client: Client, family_id: str) -> None:
@@ -199,6 +291,20 @@ def revoke_family(family_id: str) -> None:
         .values(revoked_at=utcnow())
     )
     db.session.commit()
+
+
+def revoke_user_families(user_id: int, keep_family: str | None = None) -> int:
+    """Revoke every login of a user (but `keep_family`), now and for good; how many.
+
+    Enabling the user again brings none of them back: their access and refresh tokens stay
+    dead, and the user signs in anew. Committed at once, with any pending change of the user.
+    """
+    condition = [TokenFamily.user_id == user_id, TokenFamily.revoked_at.is_(None)]
+    if keep_family is not None:
+        condition.append(TokenFamily.id != keep_family)
+    result = db.session.execute(update(TokenFamily).where(*condition).values(revoked_at=utcnow()))
+    db.session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def revoke_access_token(jti: str) -> None:
@@ -230,11 +336,15 @@ _LIVE_ACCESS = (
     select(_records.c.family_id, _families.c.client_id, *USER_COLUMNS)
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
+    # `keys revoke`: a token signed by a revoked key dies at once on every worker, even one
+    # whose cached key set still verifies it.
+    .outerjoin(_keys, and_(_keys.c.kid == _records.c.kid, _keys.c.state == "revoked"))
     .where(
         _records.c.jti == bindparam("jti"),
         _records.c.kind == ACCESS,
         _records.c.revoked_at.is_(None),
         _families.c.revoked_at.is_(None),
+        _keys.c.kid.is_(None),
     )
 )
 
@@ -286,6 +396,7 @@ _LIVE_REFRESH = (
         _records.c.revoked_at.is_(None),
         _records.c.expires_at > _now,
         _families.c.revoked_at.is_(None),
+        _families.c.created_at > bindparam("session_start", type_=UTCDateTime()),
         _users.c.disabled.is_(False),
     )
 )
@@ -295,7 +406,9 @@ def live_refresh_token(token: str) -> LiveToken | None:
     """The refresh token's record if it is unspent, unrevoked, unexpired and its user active."""
     if not _may_be_ours(token):
         return None
-    params = {"token_hash": digest(token), "now": utcnow()}
+    now = utcnow()
+    session_start = now - timedelta(seconds=current_settings().session_max_age)
+    params = {"token_hash": digest(token), "now": now, "session_start": session_start}
     row = reader().execute(_LIVE_REFRESH, params).first()
     if row is None:
         return None

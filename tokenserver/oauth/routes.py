@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..config import current_settings
+from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, SCOPES
@@ -77,8 +77,9 @@ def metadata() -> Response:
 
 @bp.get("/.well-known/jwks.json")
 def jwks() -> Response:
-    """RFC 7517 public keys: the current one and retired ones whose tokens may live."""
+    """RFC 7517 public keys: the next one, the current one, and retired ones whose tokens live."""
     response = jsonify(current_keyring().jwks())
-    # Short, so resource servers see a rotation soon; they refetch on an unknown kid anyway.
-    response.headers["Cache-Control"] = "public, max-age=60"
+    # A new key is published this long plus our key cache before it signs (keys.py), so a
+    # verifier that honours this max-age never meets a kid its cached set lacks.
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
     return response

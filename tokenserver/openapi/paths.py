@@ -128,7 +128,8 @@ def oauth() -> Doc:
         ),
         "/.well-known/jwks.json": _public_get(
             "jwks",
-            "Public signing keys (RFC 7517): the current one and retired ones still in use",
+            "Public signing keys (RFC 7517): the next one (published before it signs), the "
+            "current one, and retired ones still in use",
             "oauth",
             {200: json_response("JWKS", "The key set")},
             _COMMON,

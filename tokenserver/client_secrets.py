@@ -1,0 +1,45 @@
+"""Client secrets: rotation, with the old secret kept working for an overlap if asked."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from . import audit
+from .digests import digest, new_secret
+from .errors import APIError, NotFound
+from .extensions import db
+from .models import Client, isoformat, utcnow
+
+
+def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
+    """Give a confidential client a new secret (returned once); the old one works `overlap`
+    seconds more (0: not at all). Returns the secret and the old one's end, if it has one."""
+    client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
+    if client is None:
+        raise NotFound(f"no client with id {client_id!r}")
+    if client.is_public:
+        raise APIError(f"client {client_id} is public: it has no secret to rotate")
+    secret, now = new_secret(32), utcnow()
+    until = now + timedelta(seconds=overlap) if overlap > 0 else None
+    # Conditional on the hash read: two rotations at once cannot both keep "the old" secret.
+    changed = db.session.execute(
+        update(Client)
+        .where(Client.client_id == client_id, Client.secret_hash == client.secret_hash)
+        .values(
+            secret_hash=digest(secret),
+            previous_secret_hash=client.secret_hash if until else None,
+            previous_secret_expires_at=until,
+        )
+    )
+    db.session.commit()
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        raise APIError(f"the secret of client {client_id} changed meanwhile; try again")
+    audit.event(
+        "client.secret_rotated",
+        client_id=client_id,
+        overlap=overlap,
+        previous_valid_until=isoformat(until) if until else None,
+    )
+    return secret, until
