@@ -236,7 +236,9 @@ def test_rotated_key_is_in_every_jwks_before_any_node_signs_with_it(
     cluster_factory: Callable[..., Cluster], actions: Actions, make_app: Any
 ) -> None:
     """`keys rotate` publishes first and signs later, on every node (API "keys rotate")."""
-    cluster = cluster_factory(TOKENSERVER_KEY_CACHE_SECONDS="1")
+    cluster = cluster_factory(
+        TOKENSERVER_KEY_CACHE_SECONDS="1", TOKENSERVER_KEY_PUBLISH_SECONDS=str(PUBLISH_SECONDS)
+    )
     assert _signup(cluster.url, "alice").status_code == 201
     oauth_client = actions.oauth_client()
 
