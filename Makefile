@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench bench-scale fuzz clean
+.PHONY: install run test lint format bench bench-scale fuzz cluster clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,13 @@ test: install ## the whole suite; TEST_DATABASE_URL=postgresql+psycopg://... run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check tokenserver tests bench
-	$(BIN)/ruff format --check tokenserver tests bench
-	$(BIN)/mypy tokenserver
+	$(BIN)/ruff check tokenserver tests bench deploy
+	$(BIN)/ruff format --check tokenserver tests bench deploy
+	$(BIN)/mypy tokenserver deploy
 
 format: install
-	$(BIN)/ruff format tokenserver tests bench
-	$(BIN)/ruff check --fix tokenserver tests bench
+	$(BIN)/ruff format tokenserver tests bench deploy
+	$(BIN)/ruff check --fix tokenserver tests bench deploy
 
 # make bench [DB=postgres | BENCH_DATABASE_URL=postgresql+psycopg://...] [SCALE=1] [PROFILE=1]
 DB ?= sqlite
@@ -52,6 +52,12 @@ FUZZ_EXAMPLES ?= 200
 
 fuzz: install ## schemathesis against live gunicorn, every operation, with and without a token
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py tests/test_properties.py $(PYTEST_ARGS)
+
+# make cluster: TOKENSERVER_DATABASE_URL (default: database tokenserver on the local PostgreSQL)
+# and TOKENSERVER_RATELIMIT_STORAGE_URI (default: the local Redis) choose the shared services.
+cluster: install ## two nodes on one PostgreSQL and one Redis behind HAProxy on port 8000
+	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
+	$(BIN)/python -m deploy.cluster
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from joserfc import jwt
@@ -104,6 +106,39 @@ def rsa_costs_ms(repeat: int = 300) -> tuple[float, float]:
     sign = _median_ms(lambda: jwt.encode(header, claims, key), repeat)
     verify = _median_ms(lambda: jwt.decode(token, key, algorithms=[ALGORITHM]), repeat)
     return sign, verify
+
+
+def sqlite_commit_ms(directory: Path, synchronous: str, repeat: int = 200) -> float:
+    """One small committed insert on a WAL SQLite file in `directory` (the bench database's disk).
+
+    FULL (what the server uses) against NORMAL is the price of a commit surviving a power cut:
+    one fsync of the WAL per commit. A refresh grant commits once.
+    """
+    path = directory / f"commit-{synchronous.lower()}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+
+        def commit() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (randomblob(300))")
+            conn.execute("COMMIT")
+
+        return _median_ms(commit, repeat)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def sqlite_commit_costs(directory: Path) -> dict[str, float]:
+    """A commit's cost with synchronous=FULL (shipped) and NORMAL, on the bench's own disk."""
+    return {
+        "sqlite_commit_full_ms": round(sqlite_commit_ms(directory, "FULL"), 3),
+        "sqlite_commit_normal_ms": round(sqlite_commit_ms(directory, "NORMAL"), 3),
+    }
 
 
 def measure() -> dict[str, Any]:

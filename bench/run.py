@@ -29,6 +29,7 @@ REFRESH_TTL = 2_592_000
 # The settings gunicorn.conf.py shipped before its threaded worker, run beside it for comparison
 # (a sync worker with threads > 1 would be turned into gthread by gunicorn).
 SYNC_BASELINE = "--worker-class sync --threads 1"
+BARE_LABEL = "bare Flask app /healthz"
 
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
@@ -100,12 +101,15 @@ def _refresh_pool_size(healthz_rps: float, options: argparse.Namespace) -> int:
 
 
 def _drive(
-    driver: Driver, seeded: seed.Seeded, database_url: str, with_junk: bool
+    driver: Driver, bare: Driver, seeded: seed.Seeded, database_url: str, with_junk: bool
 ) -> dict[str, Any]:
-    """Every route, between two /healthz runs (start and end) that the ratios are taken from."""
+    """Every route, between two /healthz runs and two bare-app runs (start and end)."""
     options = driver.options
     wanted = {k for k in options.routes.split(",") if k}
-    rows = {"healthz": driver.measure(load.healthz())}
+    rows = {
+        "bare": bare.measure(load.healthz(BARE_LABEL), "bare"),
+        "healthz": driver.measure(load.healthz()),
+    }
     routes = [load.introspection(seeded), *load.bearer_routes(seeded, with_junk)]
     for route in routes:
         if not wanted or route.key in wanted:
@@ -130,6 +134,7 @@ def _drive(
     if not wanted or "password" in wanted:
         rows["password"] = driver.measure(load.password_grant(seeded))
     rows["healthz_end"] = driver.measure(load.healthz("GET /healthz (end)"), "healthz_end")
+    rows["bare_end"] = bare.measure(load.healthz(f"{BARE_LABEL} (end)"), "bare_end")
     return rows
 
 
@@ -154,21 +159,33 @@ def bench_once(
             )
             print(f"[{label}] loaded {loaded}", flush=True)
         server = Gunicorn(env, workdir).start()
+        # The floor: a bare Flask app under the same gunicorn settings, on its own port.
+        bare = Gunicorn({**env, "PORT": str(free_port())}, workdir, "bench.bare:app", "bare")
         try:
+            bare.start()
             with_junk = seed.junk_available(server.url)
             seeded = seed.seed(
                 server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk, web
             )
             print(f"[{label}] seeded {USERS} users; measuring costs and routes", flush=True)
             measured = costs.measure()
+            if not database_url.startswith("postgresql"):
+                measured.update(costs.sqlite_commit_costs(workdir))
             initial_workers = server.worker_pids()
-            rows = _drive(Driver(server, options, workdir), seeded, database_url, with_junk)
+            rows = _drive(
+                Driver(server, options, workdir),
+                Driver(bare, options, workdir),
+                seeded,
+                database_url,
+                with_junk,
+            )
             rss = server.worker_rss_mb()
             restarts = sum(r["worker_restarts"] for r in rows.values())
         except BaseException:
             print(server.log_tail(), file=sys.stderr)
             raise
         finally:
+            bare.stop()
             server.stop()
     run = {
         "label": label,

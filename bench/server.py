@@ -87,8 +87,12 @@ def free_port() -> int:
 class Gunicorn:
     """gunicorn with the deployed gunicorn.conf.py, bound to loopback only."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, app: str = "wsgi:app", name: str = "gunicorn"
+    ) -> None:
         self.env = env
+        self.app = app
+        self.log = workdir / f"{name}.log"
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -96,7 +100,7 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         """Start the master and wait until /healthz answers."""
-        log = (self.workdir / "gunicorn.log").open("wb")
+        log = self.log.open("wb")
         self.process = subprocess.Popen(
             [
                 str(BIN / "gunicorn"),
@@ -105,7 +109,7 @@ class Gunicorn:
                 # The deployed config binds every interface; the bench stays on loopback.
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "wsgi:app",
+                self.app,
             ],
             cwd=ROOT,
             env=self.env,
@@ -124,7 +128,7 @@ class Gunicorn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited; see {self.workdir / 'gunicorn.log'}")
+                raise RuntimeError(f"gunicorn exited; see {self.log}")
             try:
                 if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
@@ -163,7 +167,7 @@ class Gunicorn:
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the server's log (for a failed run: the tracebacks are there)."""
-        log = self.workdir / "gunicorn.log"
+        log = self.log
         if not log.exists():
             return ""
         # Access-log lines are noise here; the error lines say what went wrong.

@@ -6,9 +6,9 @@ import functools
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +27,7 @@ from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotF
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from deploy.cluster import node_command
 from tokenserver import create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
@@ -294,22 +295,12 @@ class LiveServer:
     def start(self) -> LiveServer:
         stderr = open(self.error_log, "ab")  # noqa: SIM115 (the child keeps it open)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--access-logfile",
-                str(self.access_log),
-                "wsgi:app",
-            ],
+            [*node_command(self.address), "--access-logfile", str(self.access_log)],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            start_new_session=True,  # a process group of its own, for kill()
         )
         stderr.close()
         deadline = time.monotonic() + 30
@@ -325,14 +316,35 @@ class LiveServer:
         self.stop()
         raise RuntimeError("gunicorn did not start within 30 s")
 
-    def stop(self) -> None:
+    @property
+    def address(self) -> str:
+        """host:port, as a load balancer names this server."""
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, signum: int) -> None:
+        """Signal gunicorn's master: HUP reloads its workers, TERM stops it gracefully."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once, as a crash of its host would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def terminate(self) -> None:
+        """Stop gracefully (TERM; in-flight requests finish) and wait; KILL if it hangs."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=35)  # gunicorn's graceful_timeout, and a little
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        """Stop gracefully and remove temporary logs."""
+        self.terminate()
         if self._temporary_logs:
             shutil.rmtree(self.error_log.parent, ignore_errors=True)
 
@@ -368,10 +380,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own on the test Redis; its keys are deleted afterwards."""
-    import redis
-
     prefix = f"tokenserver-test-{secrets.token_hex(6)}"
     yield prefix
+    delete_redis_keys(prefix)
+
+
+def delete_redis_keys(prefix: str) -> None:
+    """Delete every key under a test's prefix on the test Redis."""
+    import redis
+
     connection = redis.Redis.from_url(REDIS_URL)
     for key in connection.scan_iter(f"{prefix}:*"):
         connection.delete(key)

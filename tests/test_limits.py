@@ -139,7 +139,7 @@ def test_failed_introspection_and_revocation_count(make_app: Any) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/.well-known/oauth-authorization-server", "/.well-known/jwks.json", "/readyz"],
+    ["/.well-known/oauth-authorization-server", "/.well-known/jwks.json"],
 )
 def test_open_routes_have_the_default_limit(make_app: Any, path: str) -> None:
     app = _limited(make_app, ratelimit_default="3/minute")
@@ -161,7 +161,7 @@ def test_openapi_document_has_the_default_limit(make_app: Any) -> None:
     _assert_too_many(client.get("/openapi.json"))
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
 def test_health_and_metrics_are_never_limited(make_app: Any, path: str) -> None:
     client = _limited(make_app, ratelimit_default="1/minute").test_client()
     statuses = {client.get(path).status_code for _ in range(30)}

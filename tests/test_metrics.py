@@ -183,7 +183,9 @@ def test_metrics_are_never_rate_limited(make_app: Any) -> None:
     client = make_app(ratelimit_enabled=True, ratelimit_default="5/minute").test_client()
     assert {client.get("/metrics").status_code for _ in range(20)} == {200}
     # The same limit does apply to its neighbours: the limiter is on in this app.
-    assert 429 in {client.get("/readyz").status_code for _ in range(20)}
+    assert 429 in {
+        client.get("/.well-known/oauth-authorization-server").status_code for _ in range(20)
+    }
 
 
 def _hammer(url: str, paths: list[str]) -> list[int]:

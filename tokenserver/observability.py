@@ -13,18 +13,24 @@ from flask import Flask, Response, g, has_request_context, request
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEADER = "X-Request-ID"
+_ENVIRON_KEY = "HTTP_X_REQUEST_ID"  # the header as WSGI names it: no Headers lookup per request
 
 
 def request_id() -> str:
     """This request's id: the caller's X-Request-ID if short and plain, else a new one."""
     current: str | None = g.get("request_id")
     if current is None:
-        supplied = request.headers.get(HEADER, "")
-        # Accept a caller's id only if it is short and plain: it ends up in logs and headers,
-        # so anything else could forge log lines or split headers.
-        current = supplied if _REQUEST_ID.fullmatch(supplied) else secrets.token_hex(16)
-        g.request_id = current
+        current = g.request_id = _new_request_id(request.environ)
     return current
+
+
+def _new_request_id(environ: dict[str, object]) -> str:
+    supplied = environ.get(_ENVIRON_KEY)
+    # Accept a caller's id only if it is short and plain: it ends up in logs and headers,
+    # so anything else could forge log lines or split headers.
+    if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return secrets.token_hex(16)
 
 
 class JSONFormatter(logging.Formatter):
@@ -62,11 +68,13 @@ def configure_logging() -> None:
 
 
 def _assign_request_id() -> None:
-    request_id()
+    g.request_id = _new_request_id(request.environ)
 
 
 def _echo_request_id(response: Response) -> Response:
-    response.headers[HEADER] = request_id()
+    # Assigned by the first before_request hook, so every response has one (g.get: a request
+    # that failed before any hook ran still gets one here).
+    response.headers[HEADER] = g.get("request_id") or request_id()
     return response
 
 
