@@ -46,7 +46,15 @@ def server(base_settings: Settings) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def live(server: LiveServer, app: Flask) -> LiveServer:
-    """The module's server, with the test database cleaned after each test (through `app`)."""
+    """The module's server, with the test database cleaned after each test (through `app`).
+
+    The cleanup deletes every signing key but the current one, and a worker trusts its key set
+    for KEY_CACHE seconds: until then it could still sign with a key the cleanup removed. The
+    test starts once every worker's set is older than that (each reloads at its next request).
+    """
+    settled = time.monotonic() + KEY_CACHE
+    while time.monotonic() <= settled:
+        published_kids(server)
     return server
 
 
@@ -330,13 +338,18 @@ def test_emergency_rotation_and_revocation_reach_every_worker(
     # Dead at once on every worker, though their cached key sets still hold the key.
     for _ in range(3 * WORKERS):
         assert me(live, leaked_token).status_code == 401
-    # Within the key cache, every worker signs with the replacement and publishes it alone.
+    # Within the key cache, every worker signs with the replacement and publishes it alone
+    # (a worker that has not yet reloaded its key set may sign with the leaked key until then).
+    settled = time.monotonic() + KEY_CACHE
     deadline = time.monotonic() + 10 * KEY_CACHE + 10
     kids: list[str] = []
-    while time.monotonic() < deadline and kids[-3:] != [replacement] * 3:
+    while time.monotonic() < deadline and (
+        time.monotonic() <= settled or kids[-3:] != [replacement] * 3
+    ):
         kids.append(header_of(password_login(live, app_client).json()["access_token"])["kid"])
     assert kids[-3:] == [replacement] * 3
     new_token = password_login(live, app_client).json()["access_token"]
+    assert header_of(new_token)["kid"] == replacement
     for _ in range(3 * WORKERS):
         assert me(live, new_token).status_code == 200
     everywhere = set.union(*(published_kids(live) for _ in range(2 * WORKERS)))
