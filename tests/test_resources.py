@@ -177,6 +177,10 @@ def test_introspection_returns_the_tokens_real_audience(
     for token, aud in ((foreign["access_token"], PHOTOS), (ours["access_token"], DEFAULT)):
         answer = actions.client.post("/oauth/introspect", data={"token": token}, auth=server.auth)
         assert answer.json["active"] is True and answer.json["aud"] == aud
+    # A refresh token reports the resources of its login.
+    for token, aud in ((foreign["refresh_token"], PHOTOS), (ours["refresh_token"], DEFAULT)):
+        answer = actions.client.post("/oauth/introspect", data={"token": token}, auth=server.auth)
+        assert answer.json["active"] is True and answer.json["aud"] == aud
     # Revoking works on a foreign-audience token too, and introspection then says inactive.
     revoked = actions.client.post(
         "/oauth/revoke", data={"token": foreign["access_token"]}, auth=registered.auth
@@ -286,7 +290,9 @@ def test_cli_registers_and_lists_audiences_and_auth_method(runner: FlaskCliRunne
     created = json.loads(made.output)
     assert created["audiences"] == [PHOTOS, MAIL]
     assert created["token_endpoint_auth_method"] == "client_secret_basic"
-    public = json.loads(runner.invoke(args=["clients", "create", "app", "--public", "--json"]).output)
+    public = json.loads(
+        runner.invoke(args=["clients", "create", "app", "--public", "--json"]).output
+    )
     listed = json.loads(runner.invoke(args=["clients", "list", "--json"]).output)
     by_id = {c["client_id"]: c for c in listed}
     assert by_id[created["client_id"]]["audiences"] == [PHOTOS, MAIL]

@@ -1,4 +1,4 @@
-"""The password, refresh and client-credentials grants, each adjusted where Authlib's default disagrees with our contract."""
+"""The three grants we serve, each adjusted where Authlib's default disagrees with our contract."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
+from .resources import as_audience
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -421,6 +422,7 @@ _LIVE_REFRESH = (
         _records.c.issued_at,
         _records.c.expires_at,
         _families.c.client_id,
+        _families.c.resources,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -456,6 +458,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
         row.scope,
         int(row.issued_at.timestamp()),
         int(row.expires_at.timestamp()),
+        audience=as_audience(row.resources.split()),
     )
 
 

@@ -62,8 +62,12 @@ def bind_audience(resources: list[str]) -> None:
 
 
 def bound_audience() -> str | list[str] | None:
-    """The `aud` bound for this request's token: one resource, several, or None (the default)."""
-    resources: list[str] = g.get("token_resources") or []
+    """The `aud` bound for this request's token (see as_audience)."""
+    return as_audience(g.get("token_resources") or [])
+
+
+def as_audience(resources: list[str]) -> str | list[str] | None:
+    """Resources as an `aud` claim: one, several, or None (the default audience)."""
     if not resources:
         return None
     return resources[0] if len(resources) == 1 else resources

@@ -96,8 +96,8 @@ def verify_access_token(
     """The claims of a valid, unexpired access token of ours; raises TokenRejected otherwise.
 
     `audience` None accepts any `aud` (introspection and revocation serve every resource
-    server). Only RS256 under one of our `kid`s passes, which stops `alg: none`, HS256 signed with our
-    public key (key confusion) and tokens signed by anyone else's key.
+    server). Only RS256 under one of our `kid`s passes, which stops `alg: none`, HS256 signed
+    with our public key (key confusion) and tokens signed by anyone else's key.
     """
     if len(token) > _MAX_TOKEN_LENGTH:
         raise TokenRejected()
