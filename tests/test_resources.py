@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from .conftest import Actions, RegisteredClient
+from .conftest import PASSWORD, Actions, RegisteredClient
 from .test_authorize import REDIRECT, Flow, pkce, query_of
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
@@ -40,6 +40,14 @@ def registered(actions: Actions) -> RegisteredClient:
 def _refresh(actions: Actions, app: RegisteredClient, token: str, **extra: str) -> Any:
     data = {"grant_type": "refresh_token", "refresh_token": token, **extra}
     return actions.client.post("/oauth/token", data=data, auth=app.auth)
+
+
+def _login_for_photos_and_mail(actions: Actions, app: RegisteredClient) -> Any:
+    """A password grant with two `resource` parameters (RFC 8707 §2 allows several)."""
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    return actions.client.post(
+        "/oauth/token", data={**data, "resource": [PHOTOS, MAIL]}, auth=app.auth
+    )
 
 
 def _client_credentials(actions: Actions, app: RegisteredClient, **extra: str) -> Any:
@@ -80,16 +88,7 @@ def test_without_resource_the_token_is_for_the_default_audience(
 def test_several_resources_give_a_token_for_all_of_them(
     actions: Actions, registered: RegisteredClient
 ) -> None:
-    response = actions.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": "alice",
-            "password": "correct horse battery staple",
-            "resource": [PHOTOS, MAIL],
-        },
-        auth=registered.auth,
-    )
+    response = _login_for_photos_and_mail(actions, registered)
     assert response.status_code == 200, response.json
     assert _verified(actions.client, response.json["access_token"], MAIL)["aud"] == [PHOTOS, MAIL]
 
@@ -121,16 +120,7 @@ def test_an_unknown_or_malformed_resource_is_invalid_target(
 def test_a_refresh_may_narrow_to_one_resource_of_the_login_never_widen(
     actions: Actions, registered: RegisteredClient
 ) -> None:
-    login = actions.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": "alice",
-            "password": "correct horse battery staple",
-            "resource": [PHOTOS, MAIL],
-        },
-        auth=registered.auth,
-    ).json
+    login = _login_for_photos_and_mail(actions, registered).json
     wider = _refresh(actions, registered, login["refresh_token"], resource=PRINT)
     assert wider.status_code == 400 and wider.json["error"] == "invalid_target"
     # The refused request spent nothing: the refresh token still works, narrowed to one resource.
