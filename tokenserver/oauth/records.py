@@ -370,7 +370,7 @@ class LiveToken:
 
 
 _LIVE_ACCESS = (
-    select(_records.c.family_id, _families.c.client_id, *USER_COLUMNS)
+    select(_records.c.family_id, _families.c.client_id, _families.c.resources, *USER_COLUMNS)
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
     # `keys revoke`: a token signed by a revoked key dies at once on every worker, even one
@@ -394,6 +394,8 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     user = _subject(row)
     if not _subject_active(user, row.client_id, claims):
         return None
+    if not _aud_granted(claims["aud"], row.resources.split()):
+        return None
     return LiveToken(
         ACCESS,
         row.family_id,
@@ -405,6 +407,14 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
         claims["jti"],
         claims["aud"],
     )
+
+
+def _aud_granted(aud: Any, resources: list[str]) -> bool:
+    """Whether `aud` is what this login could be issued: its RFC 8707 resources (or some of
+    them, after a narrowing refresh), else the default audience."""
+    granted = resources or [current_settings().audience]
+    auds = aud if isinstance(aud, list) else [aud]
+    return bool(auds) and all(value in granted for value in auds)
 
 
 def _subject_active(user: Subject | None, client_id: str, claims: dict[str, Any]) -> bool:
