@@ -6,11 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import time_machine
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tokenserver.guard import FREE_ATTEMPTS
 
 from .conftest import PASSWORD, Actions
+from .test_authorize import Flow
 from .test_oauth_token import assert_oauth_error, refresh_grant
 
 NEW = "a brand new pass phrase"
@@ -100,3 +102,14 @@ def test_a_client_token_may_not_change_any_password(actions: Actions) -> None:
         "/oauth/token", data={"grant_type": "client_credentials"}, auth=backend.auth
     ).json["access_token"]
     assert _change(actions.client, token, PASSWORD).status_code == 403
+
+
+def test_changing_the_password_by_api_also_ends_browser_sessions(
+    app: Flask, actions: Actions
+) -> None:
+    here = actions.login("alice")
+    browser = Flow(app, app.test_client())
+    assert browser.login().status_code == 303
+    assert browser.client.get("/account").status_code == 200
+    assert _change(actions.client, here["access_token"], PASSWORD).status_code == 204
+    assert browser.client.get("/account").headers["Location"].startswith("/login")

@@ -18,6 +18,7 @@ from .guard import Throttled, current_guard
 from .models import USER_COLUMNS, Subject, User
 from .oauth.records import revoke_user_families
 from .passwords import current_passwords, password_problem
+from .store import sessions
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -177,8 +178,17 @@ def _name_digest(username: str) -> str:
     return hmac.new(secret.encode(), name, hashlib.sha256).hexdigest()[:32]
 
 
-def change_password(user: Subject, current: object, new: object, keep_family: str | None) -> int:
-    """Replace a user's password and end every other login; how many logins ended.
+def change_password(
+    user: Subject,
+    current: object,
+    new: object,
+    keep_family: str | None = None,
+    keep_session: str | None = None,
+) -> int:
+    """Replace a user's password and end every other login; how many token logins ended.
+
+    Every other sign-in ends: the refresh-token families but `keep_family`, and the browser
+    sessions on our pages but `keep_session` (the API and /account share this one path).
 
     The current password is checked as a login is: admitted by the password guard first, so
     a stolen access token cannot be used to guess it faster than the token endpoint allows.
@@ -199,6 +209,7 @@ def change_password(user: Subject, current: object, new: object, keep_family: st
     new_hash = current_passwords().hash(new_password)
     db.session.execute(_REHASH, {"user_id": user.id, "new": new_hash})
     ended = revoke_user_families(user.id, keep_family)  # commits the new hash with it
+    sessions.end(user.id, keep=keep_session)
     audit.event("user.password_changed", user_id=user.id, username=user.username, ended=ended)
     return ended
 

@@ -10,10 +10,7 @@ from dataclasses import dataclass
 
 from . import accounts, audit
 from .config import current_settings
-from .errors import InvalidRequest
-from .passwords import current_passwords, password_problem
 from .store import apps, consents, sessions
-from .store import users as user_store
 from .store.apps import SignedInApp
 from .store.sessions import Session, SessionInfo
 
@@ -101,17 +98,7 @@ def sign_out_everywhere(session: Session) -> None:
 def change_password(session: Session, current_password: str, new_password: str) -> None:
     """Set a new password; every other sign-in (sessions, apps' tokens) ends.
 
-    A wrong current password is refused and counts toward the password guard.
+    The same rule as the API's (accounts.change_password): a wrong current password is
+    refused and counts toward the password guard.
     """
-    user = session.user
-    if accounts.authenticate(user.username, current_password) is None:
-        raise InvalidRequest("The current password is wrong.", error="invalid_grant")
-    problem = password_problem(new_password, user.username)
-    if problem:
-        raise InvalidRequest(f"The new {problem}.")
-    user_store.set_password_hash(user.id, current_passwords().hash(new_password))
-    apps.revoke(user.id)
-    for other in sessions.list_live(user.id):
-        if other.id != session.id:
-            sessions.end(user.id, other.id)
-    audit.event("user.password_changed", user_id=user.id)
+    accounts.change_password(session.user, current_password, new_password, None, session.id)

@@ -104,11 +104,13 @@ def list_live(user_id: int) -> list[SessionInfo]:
         return [SessionInfo(*row) for row in conn.execute(query)]
 
 
-def end(user_id: int, session_id: str | None = None) -> int:
-    """End one of the user's sessions (or, with no id, all of them); returns how many."""
+def end(user_id: int, session_id: str | None = None, *, keep: str | None = None) -> int:
+    """End one of the user's sessions (or, with no id, all but `keep`); returns how many."""
     condition = [_sessions.c.user_id == user_id, _sessions.c.ended_at.is_(None)]
     if session_id is not None:
         condition.append(_sessions.c.id == session_id)
+    if keep is not None:
+        condition.append(_sessions.c.id != keep)
     with db.engine.begin() as conn:
         ended: int = conn.execute(
             update(_sessions).where(*condition).values(ended_at=utcnow())
