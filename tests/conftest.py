@@ -214,6 +214,7 @@ class Actions:
         grants: tuple[str, ...] = (),
         scope: str | None = None,
         introspect: bool = False,
+        audiences: tuple[str, ...] = (),
     ) -> RegisteredClient:
         from tokenserver.cli import create_client
 
@@ -221,7 +222,9 @@ class Actions:
         if public:
             grants = tuple(g for g in grants if g != "client_credentials")
         with self.app.app_context():
-            made, secret = create_client(name, public, grants, scope, introspect)
+            made, secret = create_client(
+                name, public, grants, scope, introspect, audiences=audiences
+            )
             return RegisteredClient(made.client_id, secret)
 
     def token(

@@ -53,12 +53,13 @@ class Flow:
         first_party: bool = False,
         scope: str | None = None,
         name: str = "Photo App",
+        audiences: tuple[str, ...] = (),
     ) -> tuple[str, str | None]:
         from tokenserver.cli import create_client
 
         with self.app.app_context():
             made, secret = create_client(
-                name, public, (), scope, False, uris or (REDIRECT,), first_party
+                name, public, (), scope, False, uris or (REDIRECT,), first_party, audiences
             )
             return made.client_id, secret
 

@@ -35,6 +35,7 @@ from .models import (
     isoformat,
 )
 from .oauth import current_server
+from .oauth.resources import uri_problem as resource_problem
 from .redirects import redirect_uri_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,6 +125,7 @@ def create_client(
     introspect: bool,
     redirect_uris: tuple[str, ...] = (),
     first_party: bool = False,
+    audiences: tuple[str, ...] = (),
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (None for public clients)."""
     chosen = list(dict.fromkeys(grants or (BROWSER_GRANTS if redirect_uris else DEFAULT_GRANTS)))
@@ -135,6 +137,10 @@ def create_client(
         problem = redirect_uri_problem(uri)
         if problem:
             raise APIError(f"redirect URI {uri!r}: {problem}")
+    for uri in audiences:
+        problem = resource_problem(uri)
+        if problem:
+            raise APIError(f"audience {uri!r}: {problem}")
     known = (*SCOPES, *OIDC_SCOPES)
     default_scopes = known if redirect_uris else SCOPES
     scopes = (scope or " ".join(default_scopes)).split()
@@ -151,6 +157,7 @@ def create_client(
         can_introspect=introspect,
         redirect_uris=" ".join(dict.fromkeys(redirect_uris)),
         first_party=first_party,
+        audiences=" ".join(dict.fromkeys(audiences)),
     )
     db.session.add(client)
     db.session.commit()
@@ -164,6 +171,7 @@ def create_client(
         introspect=client.can_introspect,
         redirect_uris=client.redirect_uri_list,
         first_party=client.first_party,
+        audiences=client.audience_list,
     )
     return client, secret
 
@@ -188,6 +196,13 @@ def create_client(
     "the client gets authorization_code and refresh_token.",
 )
 @click.option("--first-party", is_flag=True, help="One of our own apps: users skip consent.")
+@click.option(
+    "--audience",
+    "audiences",
+    multiple=True,
+    help="A resource server (RFC 8707 `resource`, an absolute URI) it may ask tokens for; "
+    "repeat for several.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -197,11 +212,12 @@ def clients_create(
     introspect: bool,
     redirect_uris: tuple[str, ...],
     first_party: bool,
+    audiences: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
     client, secret = create_client(
-        name, public, grants, scope, introspect, redirect_uris, first_party
+        name, public, grants, scope, introspect, redirect_uris, first_party, audiences
     )
     if as_json:
         output = {"client_id": client.client_id, "client_secret": secret, **client.to_dict()}
@@ -226,7 +242,11 @@ def clients_list(as_json: bool) -> None:
     for c in rows:
         kind = "public" if c.is_public else "confidential"
         extra = " introspect" if c.can_introspect else ""
-        click.echo(f"{c.client_id}\t{c.name}\t{kind}\t{c.grant_types}\t{c.scope}{extra}")
+        audiences = c.audiences or "-"
+        click.echo(
+            f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"
+            f"\t{audiences}"
+        )
 
 
 @command(clients, "delete")

@@ -153,6 +153,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     redirect_uris: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Our own apps: the consent screen is skipped.
     first_party: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Space-separated resource servers (RFC 8707 `resource` values) it may ask tokens for.
+    audiences: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     @property
     def is_public(self) -> bool:
@@ -185,6 +187,16 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code" and "authorization_code" in self.grants
+
+    @property
+    def audience_list(self) -> list[str]:
+        """The resource servers this client may ask tokens for (RFC 8707)."""
+        return self.audiences.split()
+
+    @property
+    def auth_method(self) -> str:
+        """How it authenticates at the token endpoint (RFC 7591 token_endpoint_auth_method)."""
+        return "none" if self.is_public else "client_secret_basic"
 
     @property
     def redirect_uri_list(self) -> list[str]:
@@ -246,6 +258,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
             "introspect": self.can_introspect,
             "redirect_uris": self.redirect_uri_list,
             "first_party": self.first_party,
+            "audiences": self.audience_list,
+            "token_endpoint_auth_method": self.auth_method,
             "created_at": isoformat(self.created_at),
         }
 
@@ -293,6 +307,8 @@ class TokenFamily(db.Model):  # type: ignore[name-defined,misc]
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The login's RFC 8707 resources, space-separated: a refresh may narrow to one, never widen.
+    resources: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class TokenRecord(db.Model):  # type: ignore[name-defined,misc]

@@ -34,6 +34,7 @@ _DESCRIPTIONS = {
     "invalid_grant": "The grant is invalid, expired or revoked.",
     "invalid_request": "The request is missing a parameter or is malformed.",
     "invalid_scope": "The requested scope is invalid or not allowed for this client.",
+    "invalid_target": "The requested resource is invalid or not allowed for this client.",
     "unauthorized_client": "This client may not use this grant type.",
     "unsupported_grant_type": "This grant type is not supported.",
 }
@@ -201,6 +202,7 @@ def init_oauth(app: Flask) -> None:
             settings.refresh_token_ttl,
             parent,
             session_max_age=settings.session_max_age,
+            resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
         )
         request.issued_family = family_id  # the code grant binds its code to this family
         if parent is not None and parent.within_grace:

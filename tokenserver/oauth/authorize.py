@@ -21,6 +21,7 @@ from ..store import consents
 from . import current_server
 from .codes import CodeGrant, SignedIn
 from .query import QueryRequest
+from .resources import InvalidTargetError, requested
 
 _MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
 
@@ -106,6 +107,12 @@ def validate(signed_in: SignedIn | None) -> Authorization:
         raise RedirectBack(
             error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
         )
+    try:
+        requested(request.payload.data, request.client)  # bound into the code when issued
+    except InvalidTargetError as error:
+        raise RedirectBack(
+            error_location(grant.redirect_uri, error.error, str(error.description), state)
+        ) from None
     return Authorization(grant, request.client, request.scope, grant.redirect_uri, state)
 
 

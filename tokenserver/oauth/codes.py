@@ -24,6 +24,7 @@ from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
 from ..store import apps, codes, users
 from .grants import _AUTH_METHODS
+from .resources import ResourceIndicators, requested
 
 CODE_TTL = 60  # seconds: RFC 6749 §4.1.2 says short; our contract says at most 60
 _MAX_CODE_LENGTH = 512
@@ -41,7 +42,7 @@ class SignedIn:
         return self.user.id
 
 
-class CodeGrant(grants.AuthorizationCodeGrant):
+class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
     """RFC 6749 §4.1: codes stored as digests, spent once, bound to what issued them."""
 
     # Authlib allows only confidential clients here; public apps use `none` with PKCE.
@@ -67,8 +68,15 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             nonce=data.get("nonce"),
             auth_time=signed_in.auth_time,
             session_id=signed_in.session_id,
+            # Checked at /oauth/authorize (authorize.validate); the exchange may only narrow it.
+            resources=" ".join(requested(data, request.client)),
         )
         codes.save(digest(code), bound, CODE_TTL)  # never the code itself
+
+    def granted_resources(self) -> list[str]:
+        # RFC 8707 §2.2: the token request may narrow the code's resources, never widen them.
+        code: codes.SpentCode = self.request.authorization_code
+        return code.resources.split()
 
     def query_authorization_code(self, code: str, client: Client) -> codes.SpentCode | None:
         # Authlib reads here and deletes after issuing (two exchanges could both win); we spend

@@ -10,12 +10,13 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError
 from .. import accounts
 from ..models import Subject
 from .records import RefreshCredential, find_refresh_token
+from .resources import ResourceIndicators
 
 # Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
 
-class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
+class PasswordGrant(ResourceIndicators, grants.ResourceOwnerPasswordCredentialsGrant):
     """RFC 6749 §4.3: username and password for tokens."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
@@ -28,12 +29,16 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
         return user
 
 
-class RefreshGrant(grants.RefreshTokenGrant):
+class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
     """RFC 6749 §6 with rotation: each refresh token works once (RFC 9700 §4.14.2)."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
     # Authlib issues no new refresh token on refresh by default; rotation needs one every time.
     INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def granted_resources(self) -> list[str]:
+        # RFC 8707 §2.2: a refresh may narrow to the login's resources, never widen them.
+        return list(self.request.refresh_token.resources)
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential:
         # Authlib reads here and revokes after saving, in separate commits (two refreshes could
@@ -54,7 +59,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
         """Nothing to do: save_token spent it in the same transaction as the new tokens."""
 
 
-class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+class ClientCredentialsGrant(ResourceIndicators, grants.ClientCredentialsGrant):
     """RFC 6749 §4.4: a confidential client acting for itself."""
 
     # RFC 6749 §4.4: confidential clients only, so no `none`.

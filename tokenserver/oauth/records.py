@@ -27,6 +27,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
+from .resources import as_audience
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -46,6 +47,7 @@ class RefreshCredential:
     session_ends_at: datetime  # the login's absolute end (TOKENSERVER_SESSION_MAX_AGE)
     # Spent a moment ago, and presented again within TOKENSERVER_REFRESH_REUSE_GRACE.
     within_grace: bool = False
+    resources: tuple[str, ...] = ()  # the login's RFC 8707 resources
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -73,12 +75,13 @@ _INSERT_RECORDS = insert(_records)
 _INSERT_USER_FAMILY = (
     insert(_families)
     .from_select(
-        ["id", "client_id", "user_id", "created_at"],
+        ["id", "client_id", "user_id", "created_at", "resources"],
         select(
             bindparam("family_id", type_=_families.c.id.type),
             bindparam("client_id", type_=_families.c.client_id.type),
             _users.c.id,
             bindparam("created_at", type_=UTCDateTime()),
+            bindparam("resources", type_=_families.c.resources.type),
         ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
     )
     .returning(_families.c.id)
@@ -100,13 +103,15 @@ def record_issued(
     parent: RefreshCredential | None = None,
     *,
     session_max_age: int | None = None,
+    resources: list[str] | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
     A `parent` refresh token is spent in the same transaction: both happen or neither does.
     The transaction is a Core one of its own, short and outside the ORM session, which a token
     grant has no other use for. A refresh token never outlives its login's session
-    (`session_max_age` from the login; the app's setting when not given).
+    (`session_max_age` from the login; the app's setting when not given). A new login keeps
+    the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for.
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -144,7 +149,7 @@ def record_issued(
             stored = (
                 _spend(conn, parent)
                 if parent
-                else _insert_family(conn, family_id, client, user, issued)
+                else _insert_family(conn, family_id, client, user, issued, resources or [])
             )
             if stored:
                 conn.execute(_INSERT_RECORDS, records)
@@ -161,14 +166,29 @@ def record_issued(
 
 
 def _insert_family(
-    conn: Connection, family_id: str, client: Client, user: User | Subject | None, issued: datetime
+    conn: Connection,
+    family_id: str,
+    client: Client,
+    user: User | Subject | None,
+    issued: datetime,
+    resources: list[str],
 ) -> bool:
     """Store a new login's family; False if its user was disabled meanwhile."""
-    family = {"family_id": family_id, "client_id": client.client_id, "created_at": issued}
+    family = {
+        "family_id": family_id,
+        "client_id": client.client_id,
+        "created_at": issued,
+        "resources": " ".join(resources),
+    }
     if user is None:
         conn.execute(
             _INSERT_CLIENT_FAMILY,
-            {"id": family_id, "client_id": client.client_id, "created_at": issued},
+            {
+                "id": family_id,
+                "client_id": client.client_id,
+                "created_at": issued,
+                "resources": family["resources"],
+            },
         )
         return True
     return conn.execute(_INSERT_USER_FAMILY, family | {"user_id": user.id}).first() is not None
@@ -190,6 +210,7 @@ _REFRESH_BY_HASH = (
         _families.c.client_id,
         _families.c.revoked_at.label("family_revoked_at"),
         _families.c.created_at.label("family_created_at"),
+        _families.c.resources,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -229,7 +250,14 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
     if row.revoked_at or row.family_revoked_at or min(row.expires_at, session_ends) <= now:
         return None
     return RefreshCredential(
-        row.family_id, row.client_id, _subject(row), row.scope, token_hash, session_ends, grace
+        row.family_id,
+        row.client_id,
+        _subject(row),
+        row.scope,
+        token_hash,
+        session_ends,
+        grace,
+        tuple(row.resources.split()),
     )
 
 
@@ -342,7 +370,7 @@ class LiveToken:
 
 
 _LIVE_ACCESS = (
-    select(_records.c.family_id, _families.c.client_id, *USER_COLUMNS)
+    select(_records.c.family_id, _families.c.client_id, _families.c.resources, *USER_COLUMNS)
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
     # `keys revoke`: a token signed by a revoked key dies at once on every worker, even one
@@ -366,6 +394,8 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     user = _subject(row)
     if not _subject_active(user, row.client_id, claims):
         return None
+    if not _aud_granted(claims["aud"], row.resources.split()):
+        return None
     return LiveToken(
         ACCESS,
         row.family_id,
@@ -377,6 +407,14 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
         claims["jti"],
         claims["aud"],
     )
+
+
+def _aud_granted(aud: Any, resources: list[str]) -> bool:
+    """Whether `aud` is what this login could be issued: its RFC 8707 resources (or some of
+    them, after a narrowing refresh), else the default audience."""
+    granted = resources or [current_settings().audience]
+    auds = aud if isinstance(aud, list) else [aud]
+    return bool(auds) and all(value in granted for value in auds)
 
 
 def _subject_active(user: Subject | None, client_id: str, claims: dict[str, Any]) -> bool:
@@ -394,6 +432,7 @@ _LIVE_REFRESH = (
         _records.c.issued_at,
         _records.c.expires_at,
         _families.c.client_id,
+        _families.c.resources,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -429,6 +468,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
         row.scope,
         int(row.issued_at.timestamp()),
         int(row.expires_at.timestamp()),
+        audience=as_audience(row.resources.split()),
     )
 
 

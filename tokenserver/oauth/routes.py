@@ -38,13 +38,23 @@ _PARAMETERS = frozenset(
     }
 )
 
+# RFC 8707 §2: `resource` may be given several times, one per resource server.
+_REPEATABLE = frozenset({"resource"})
+
 
 def _require_form() -> None:
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
-    repeated = next((name for name, values in request.form.lists() if len(values) > 1), None)
+    repeated = next(
+        (
+            name
+            for name, values in request.form.lists()
+            if len(values) > 1 and name not in _REPEATABLE
+        ),
+        None,
+    )
     if repeated is not None:
         # Named only if it is a parameter of ours: an error never echoes what was submitted.
         named = f"'{repeated}'" if repeated in _PARAMETERS else "a parameter"

@@ -18,6 +18,7 @@ from ..config import current_settings
 from ..digests import new_secret
 from ..keys import ALGORITHM, KeyRing, current_keyring
 from ..models import Client, Subject, User
+from .resources import bound_audience
 
 # RFC 9068 §2.1: the media type of a JWT access token; "application/" may be left off.
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
@@ -45,9 +46,12 @@ class TokenGenerator(JWTBearerTokenGenerator):
         # One key in the set: joserfc signs with it and writes its `kid` into the header.
         return self.keyring.key_set()
 
-    def get_audiences(self, client: Client, user: User | Subject | None, scope: str) -> str:
-        # Authlib's default audience is the client; RFC 9068 §3 wants the resource servers.
-        return self.audience
+    def get_audiences(
+        self, client: Client, user: User | Subject | None, scope: str
+    ) -> str | list[str]:
+        # Authlib's default audience is the client; RFC 9068 §3 wants the resource servers:
+        # the request's RFC 8707 resources, else ours.
+        return bound_audience() or self.audience
 
     def get_jti(
         self, client: Client, grant_type: str, user: User | Subject | None, scope: str
@@ -86,11 +90,14 @@ class _AccessTokenClaims(jwt.JWTClaimsRegistry):
             raise InvalidClaimError("iat")
 
 
-def verify_access_token(token: str, keyring: KeyRing, issuer: str, audience: str) -> dict[str, Any]:
+def verify_access_token(
+    token: str, keyring: KeyRing, issuer: str, audience: str | None
+) -> dict[str, Any]:
     """The claims of a valid, unexpired access token of ours; raises TokenRejected otherwise.
 
-    Only RS256 under one of our `kid`s passes, which stops `alg: none`, HS256 signed with our
-    public key (key confusion) and tokens signed by anyone else's key.
+    `audience` None accepts any `aud` (introspection and revocation serve every resource
+    server). Only RS256 under one of our `kid`s passes, which stops `alg: none`, HS256 signed
+    with our public key (key confusion) and tokens signed by anyone else's key.
     """
     if len(token) > _MAX_TOKEN_LENGTH:
         raise TokenRejected()
@@ -105,7 +112,7 @@ def verify_access_token(token: str, keyring: KeyRing, issuer: str, audience: str
 # used again skips the RSA verification. Bounded, and holding no state that can change:
 # revocation and the user's status are asked of the database on every request.
 @functools.lru_cache(maxsize=4096)
-def _verified(token: str, keyring: KeyRing, issuer: str, audience: str) -> dict[str, Any]:
+def _verified(token: str, keyring: KeyRing, issuer: str, audience: str | None) -> dict[str, Any]:
     try:
         decoded = jwt.decode(token, _key_for(keyring), algorithms=[ALGORITHM])
         # RFC 9068 §4: the `typ` header must say at+jwt, so no other JWT can pass as one.
@@ -119,10 +126,15 @@ def _verified(token: str, keyring: KeyRing, issuer: str, audience: str) -> dict[
     return dict(decoded.claims)
 
 
-def verified_claims(token: str) -> dict[str, Any]:
-    """The claims of a valid access token for this app's issuer; raises TokenRejected."""
+def verified_claims(token: str, any_audience: bool = False) -> dict[str, Any]:
+    """The claims of a valid access token for this app's issuer; raises TokenRejected.
+
+    Its `aud` must be our default audience (our own routes), or, with `any_audience`, anything
+    (a token we issued for another resource server, RFC 8707).
+    """
     settings = current_settings()
-    return verify_access_token(token, current_keyring(), settings.issuer, settings.audience)
+    audience = None if any_audience else settings.audience
+    return verify_access_token(token, current_keyring(), settings.issuer, audience)
 
 
 def _key_for(keyring: KeyRing) -> Any:
@@ -139,11 +151,11 @@ def _key_for(keyring: KeyRing) -> Any:
     return resolve
 
 
-def _claims_registry(issuer: str, audience: str) -> _AccessTokenClaims:
+def _claims_registry(issuer: str, audience: str | None) -> _AccessTokenClaims:
     required: Any = {"essential": True}
     return _AccessTokenClaims(
         iss={"essential": True, "value": issuer},
-        aud={"essential": True, "value": audience},
+        aud=required if audience is None else {"essential": True, "value": audience},
         sub=required,
         exp=required,
         iat=required,

@@ -59,6 +59,11 @@ _AUTHORIZE_PARAMETERS = [
     _query("redirect_uri", "A registered redirect URI; optional when exactly one is registered"),
     _query("scope", "Space-separated scopes"),
     _query("state", "Returned unchanged"),
+    _query(
+        "resource",
+        "RFC 8707: a registered audience the tokens will be aimed at (repeatable); bound into "
+        "the code. An unknown or malformed one is redirected back as invalid_target",
+    ),
     _query("code_challenge", "PKCE (RFC 7636), required", True),
     _query("code_challenge_method", "S256 (plain is refused)", True),
     _query("nonce", "OpenID Connect: copied into the id_token"),

@@ -51,7 +51,9 @@ def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
         "oauth",
         {
             200: ok,
-            400: json_response("Error", "invalid_request, invalid_grant, invalid_scope, ..."),
+            400: json_response(
+                "Error", "invalid_request, invalid_grant, invalid_scope, invalid_target, ..."
+            ),
             401: json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
         },
         ("TooLarge", "UnsupportedMediaType", *_COMMON),

@@ -24,6 +24,14 @@ _SCOPE: Schema = {
     "type": "string",
     "description": "Space-separated scopes, of: " + ", ".join((*SCOPES, *OIDC_SCOPES)),
 }
+# RFC 8707 §2: repeatable; each an absolute URI without a fragment, registered for the client.
+_RESOURCE: Schema = {
+    "type": "array",
+    "items": {"type": "string", "format": "uri"},
+    "description": "RFC 8707 resource indicators: the access token's aud becomes these; each "
+    "must be one of the client's registered audiences (invalid_target otherwise). A refresh "
+    "or code exchange may narrow the original grant's resources, never widen them.",
+}
 _ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
 _DESCRIPTION: Schema = {"type": "string", "maxLength": DESCRIPTION_MAX}
@@ -67,6 +75,7 @@ SCHEMAS: Schema = {
             "redirect_uri": _STRING,
             "code_verifier": _STRING,
             "scope": _SCOPE,
+            "resource": _RESOURCE,
             "client_id": _STRING,
             "client_secret": _STRING,
         },

@@ -28,6 +28,7 @@ class NewCode:
     nonce: str | None
     auth_time: datetime
     session_id: str
+    resources: str  # RFC 8707, space-separated; "" for the default audience
 
 
 @dataclass(frozen=True)
