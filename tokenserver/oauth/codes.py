@@ -22,7 +22,8 @@ from ..config import current_settings
 from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
-from ..store import apps, codes, users
+from ..store import codes, users
+from . import records
 from .grants import _AUTH_METHODS
 from .resources import ResourceIndicators, requested
 
@@ -86,7 +87,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         outcome = codes.spend(digest(code), client.client_id)
         if outcome.replayed:
             if outcome.family_id is not None:
-                apps.revoke_family(outcome.family_id)
+                records.revoke_family(outcome.family_id)
             audit.event(
                 "code.reuse_detected", client_id=client.client_id, family_id=outcome.family_id
             )
@@ -96,7 +97,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         # Spent already; remember what it issued, and revoke that if a replay came meanwhile.
         family_id: str = self.request.issued_family
         if codes.link_family(authorization_code.code_hash, family_id):
-            apps.revoke_family(family_id)
+            records.revoke_family(family_id)
 
     def authenticate_user(self, authorization_code: codes.SpentCode) -> Subject | None:
         user = users.subject(authorization_code.user_id)

@@ -53,13 +53,3 @@ def revoke(user_id: int, client_id: str | None = None) -> int:
             update(_families).where(*condition).values(revoked_at=utcnow())
         ).rowcount
     return revoked
-
-
-def revoke_family(family_id: str) -> None:
-    """Revoke one token family (what a replayed authorization code issued)."""
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(_families)
-            .where(_families.c.id == family_id, _families.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
