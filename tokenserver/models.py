@@ -155,6 +155,9 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     first_party: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Space-separated resource servers (RFC 8707 `resource` values) it may ask tokens for.
     audiences: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # private_key_jwt (RFC 7523): the client's public keys, inline (a JWKS document) or by URL.
+    jwks: Mapped[str | None] = mapped_column(Text)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2048))
 
     @property
     def is_public(self) -> bool:
@@ -385,3 +388,16 @@ class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
 
 # Browser sign-in's tables live in their own module; importing it here registers them.
 from . import browser_models  # noqa: E402, F401
+
+
+class SpentJti(db.Model):  # type: ignore[name-defined,misc]
+    """A single-use JWT id already presented (client assertions, DPoP proofs), until it expires.
+
+    The key is a digest of the id's kind, issuer and `jti`: every worker and node sees it, and
+    an id cannot be spent twice however many processes receive it at once (primary key).
+    """
+
+    __tablename__ = "spent_jtis"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
