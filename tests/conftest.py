@@ -216,15 +216,14 @@ class Actions:
         introspect: bool = False,
         audiences: tuple[str, ...] = (),
     ) -> RegisteredClient:
-        from tokenserver.cli import create_client
+        from tokenserver.clients import ClientSpec, register_client
 
         grants = grants or ("password", "refresh_token", "client_credentials")
         if public:
             grants = tuple(g for g in grants if g != "client_credentials")
         with self.app.app_context():
-            made, secret = create_client(
-                name, public, grants, scope, introspect, audiences=audiences
-            )
+            spec = ClientSpec(name, public, grants, scope, introspect, audiences=audiences)
+            made, secret = register_client(spec)
             return RegisteredClient(made.client_id, secret)
 
     def token(

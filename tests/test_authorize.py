@@ -55,12 +55,18 @@ class Flow:
         name: str = "Photo App",
         audiences: tuple[str, ...] = (),
     ) -> tuple[str, str | None]:
-        from tokenserver.cli import create_client
+        from tokenserver.clients import ClientSpec, register_client
 
+        spec = ClientSpec(
+            name,
+            public,
+            scope=scope,
+            redirect_uris=uris or (REDIRECT,),
+            first_party=first_party,
+            audiences=audiences,
+        )
         with self.app.app_context():
-            made, secret = create_client(
-                name, public, (), scope, False, uris or (REDIRECT,), first_party, audiences
-            )
+            made, secret = register_client(spec)
             return made.client_id, secret
 
     def login(self, username: str = "alice", password: str = PASSWORD, next: str = "/account"):

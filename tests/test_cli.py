@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import select
@@ -275,3 +276,68 @@ def test_keys_revoke_takes_a_kid_that_begins_with_a_dash(
     unknown = runner.invoke(args=["keys", "revoke", "no-such-kid"])
     assert unknown.exit_code == 1
     assert "no signing key" in unknown.output
+
+
+def test_a_client_registered_with_keys_has_no_secret(
+    runner: FlaskCliRunner, tmp_path: Path
+) -> None:
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-256")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    made = runner.invoke(args=["clients", "create", "svc", "--jwks-file", str(jwks), "--json"])
+    assert made.exit_code == 0, made.output
+    client = json.loads(made.stdout)
+    assert "client_secret" not in client
+    assert client["token_endpoint_auth_method"] == "private_key_jwt"
+    assert client["public"] is False
+    rotated = runner.invoke(args=["clients", "rotate-secret", client["client_id"]])
+    assert rotated.exit_code != 0 and "no secret" in rotated.output
+
+
+@pytest.mark.parametrize(
+    ("document", "complaint"),
+    [
+        ("not json", "not a JSON document"),
+        ('{"keys": []}', "holds no key"),
+        ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "public RSA, EC, OKP"),
+        ("PRIVATE", "private parts"),
+        ('{"keys": [{"kty": "EC", "crv": "P-256"}]}', "cannot be read"),
+    ],
+)
+def test_bad_client_keys_are_refused(
+    runner: FlaskCliRunner, tmp_path: Path, document: str, complaint: str
+) -> None:
+    from joserfc.jwk import ECKey
+
+    if document == "PRIVATE":
+        document = json.dumps({"keys": [ECKey.generate_key("P-256").as_dict(private=True)]})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(document)
+    made = runner.invoke(args=["clients", "create", "svc", "--jwks-file", str(jwks)])
+    assert made.exit_code != 0
+    assert complaint in made.output
+    listed = runner.invoke(args=["clients", "list", "--json"])
+    assert json.loads(listed.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--jwks-uri", "http://keys.example.com/jwks.json"], "https"),
+        (["--jwks-uri", "https://keys.example.com/jwks.json#k"], "fragment"),
+        (["--jwks-uri", "https://keys.example.com/j", "--public"], "public client has no keys"),
+    ],
+)
+def test_bad_jwks_uris_are_refused(runner: FlaskCliRunner, args: list[str], complaint: str) -> None:
+    made = runner.invoke(args=["clients", "create", "svc", *args])
+    assert made.exit_code != 0
+    assert complaint in made.output
+
+
+def test_a_client_may_name_its_keys_by_url(runner: FlaskCliRunner) -> None:
+    uri = "https://keys.example.com/jwks.json"
+    made = runner.invoke(args=["clients", "create", "svc", "--jwks-uri", uri, "--json"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["token_endpoint_auth_method"] == "private_key_jwt"

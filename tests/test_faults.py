@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, select, text
 
 from tests.conftest import FAST_HASHING, PASSWORD, _free_port
 from tokenserver import create_app
-from tokenserver.cli import create_client
+from tokenserver.clients import ClientSpec, register_client
 from tokenserver.config import Settings
 from tokenserver.digests import digest
 from tokenserver.extensions import db
@@ -181,7 +181,7 @@ def _prepare(url: str) -> tuple[str, str]:
     )
     with app.app_context():
         upgrade()
-        client, secret = create_client("faults", False, ("password",), None, False)
+        client, secret = register_client(ClientSpec("faults", grants=("password",)))
         db.engine.dispose()
     assert secret is not None
     return client.client_id, secret

@@ -80,12 +80,12 @@ def fuzz_target(base_settings: Settings, tmp_path_factory: pytest.TempPathFactor
 
 
 def _user_token(app: Any, url: str) -> str:
-    from tokenserver.cli import create_client
+    from tokenserver.clients import ClientSpec, register_client
 
     signup = {"username": "fuzzer", "password": PASSWORD}
     assert requests.post(f"{url}/users", json=signup, timeout=10).status_code == 201
     with app.app_context():
-        made, secret = create_client("fuzz", False, ("password",), None, True)
+        made, secret = register_client(ClientSpec("fuzz", grants=("password",), introspect=True))
         auth = (made.client_id, secret)
     login = {"grant_type": "password", **signup}
     response = requests.post(f"{url}/oauth/token", data=login, auth=auth, timeout=10)

@@ -13,30 +13,25 @@ from typing import Any, TypeVar
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts, audit, signin
 from .client_secrets import rotate_secret
+from .clients import ClientSpec, delete_client, register_client
 from .config import ConfigError, Settings, current_settings, unknown_variables
-from .digests import digest, new_identifier, new_secret
+from .digests import new_secret
 from .errors import APIError
 from .extensions import db
 from .keys import list_keys, revoke, rotate
 from .keywrap import check_at_startup, rewrap
 from .models import (
-    BROWSER_GRANTS,
-    DEFAULT_GRANTS,
     GRANT_TYPES,
-    OIDC_SCOPES,
-    SCOPES,
     Client,
     isoformat,
 )
 from .oauth import current_server
-from .oauth.resources import uri_problem as resource_problem
-from .redirects import redirect_uri_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,65 +112,6 @@ def clients() -> None:
     """Register, list, delete OAuth clients and rotate their secrets."""
 
 
-def create_client(
-    name: str,
-    public: bool,
-    grants: tuple[str, ...],
-    scope: str | None,
-    introspect: bool,
-    redirect_uris: tuple[str, ...] = (),
-    first_party: bool = False,
-    audiences: tuple[str, ...] = (),
-) -> tuple[Client, str | None]:
-    """Register a client; returns it with its secret (None for public clients)."""
-    chosen = list(dict.fromkeys(grants or (BROWSER_GRANTS if redirect_uris else DEFAULT_GRANTS)))
-    if public and "client_credentials" in chosen:
-        raise APIError("a public client cannot use client_credentials (it has no secret)")
-    if "authorization_code" in chosen and not redirect_uris:
-        raise APIError("the authorization_code grant needs at least one --redirect-uri")
-    for uri in redirect_uris:
-        problem = redirect_uri_problem(uri)
-        if problem:
-            raise APIError(f"redirect URI {uri!r}: {problem}")
-    for uri in audiences:
-        problem = resource_problem(uri)
-        if problem:
-            raise APIError(f"audience {uri!r}: {problem}")
-    known = (*SCOPES, *OIDC_SCOPES)
-    default_scopes = known if redirect_uris else SCOPES
-    scopes = (scope or " ".join(default_scopes)).split()
-    unknown = [s for s in scopes if s not in known]
-    if unknown:
-        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(known)}")
-    secret = None if public else new_secret(32)
-    client = Client(
-        client_id=new_identifier(),
-        name=name,
-        secret_hash=digest(secret) if secret else None,
-        grant_types=" ".join(chosen),
-        scope=" ".join(dict.fromkeys(scopes)),
-        can_introspect=introspect,
-        redirect_uris=" ".join(dict.fromkeys(redirect_uris)),
-        first_party=first_party,
-        audiences=" ".join(dict.fromkeys(audiences)),
-    )
-    db.session.add(client)
-    db.session.commit()
-    audit.event(
-        "client.created",
-        client_id=client.client_id,
-        name=client.name,
-        public=client.is_public,
-        grant_types=client.grants,
-        scope=client.scope,
-        introspect=client.can_introspect,
-        redirect_uris=client.redirect_uri_list,
-        first_party=client.first_party,
-        audiences=client.audience_list,
-    )
-    return client, secret
-
-
 @command(clients, "create")
 @click.argument("name")
 @click.option("--public", is_flag=True, help="A public client (no secret; auth method none).")
@@ -203,6 +139,14 @@ def create_client(
     help="A resource server (RFC 8707 `resource`, an absolute URI) it may ask tokens for; "
     "repeat for several.",
 )
+@click.option(
+    "--jwks-file",
+    type=click.File("r"),
+    help="A JSON Web Key Set of the client's public keys: it authenticates with private_key_jwt.",
+)
+@click.option(
+    "--jwks-uri", help="Where the client publishes its public keys (https): private_key_jwt."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -213,12 +157,32 @@ def clients_create(
     redirect_uris: tuple[str, ...],
     first_party: bool,
     audiences: tuple[str, ...],
+    jwks_file: Any,
+    jwks_uri: str | None,
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
-    client, secret = create_client(
-        name, public, grants, scope, introspect, redirect_uris, first_party, audiences
+    if jwks_file is not None and jwks_uri is not None:
+        raise click.UsageError("give --jwks-file or --jwks-uri, not both")
+    jwks = None
+    if jwks_file is not None:
+        try:
+            jwks = json.load(jwks_file)
+        except ValueError:
+            raise click.ClickException(f"{jwks_file.name} is not a JSON document") from None
+    spec = ClientSpec(
+        name,
+        public,
+        grants,
+        scope,
+        introspect,
+        redirect_uris,
+        first_party,
+        audiences,
+        jwks,
+        jwks_uri,
     )
+    client, secret = register_client(spec)
     if as_json:
         output = {"client_id": client.client_id, "client_secret": secret, **client.to_dict()}
         if secret is None:
@@ -253,12 +217,7 @@ def clients_list(as_json: bool) -> None:
 @click.argument("client_id")
 def clients_delete(client_id: str) -> None:
     """Delete CLIENT_ID and every token issued to it."""
-    result = db.session.execute(delete(Client).where(Client.client_id == client_id))
-    db.session.commit()
-    current_server().clients.forget(client_id)  # other processes' copies expire within a second
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise click.ClickException(f"no client with id {client_id!r}")
-    audit.event("client.deleted", client_id=client_id)
+    delete_client(client_id)
     click.echo(f"deleted {client_id}")
 
 
@@ -296,13 +255,13 @@ def clients_ensure_demo() -> None:
         return
     secret = None
     if demo is None:
-        demo, secret = create_client(
-            DEMO_NAME,
-            False,
-            ("password", "refresh_token", "client_credentials", "authorization_code"),
-            None,
-            True,
-            (DEMO_REDIRECT,),
+        demo, secret = register_client(
+            ClientSpec(
+                DEMO_NAME,
+                grants=("password", "refresh_token", "client_credentials", "authorization_code"),
+                introspect=True,
+                redirect_uris=(DEMO_REDIRECT,),
+            )
         )
         click.echo(f"demo client_id: {demo.client_id}\ndemo client_secret: {secret}")
     if DEMO_REDIRECT in demo.redirect_uri_list:

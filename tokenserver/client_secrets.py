@@ -19,8 +19,9 @@ def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
     client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
     if client is None:
         raise NotFound(f"no client with id {client_id!r}")
-    if client.is_public:
-        raise APIError(f"client {client_id} is public: it has no secret to rotate")
+    if client.secret_hash is None:
+        kind = "public" if client.is_public else "authenticated by its keys"
+        raise APIError(f"client {client_id} is {kind}: it has no secret to rotate")
     secret, now = new_secret(32), utcnow()
     until = now + timedelta(seconds=overlap) if overlap > 0 else None
     # Conditional on the hash read: two rotations at once cannot both keep "the old" secret.

@@ -162,7 +162,12 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     @property
     def is_public(self) -> bool:
         """Public clients (apps that cannot keep a secret) authenticate with `none`."""
-        return self.secret_hash is None
+        return self.secret_hash is None and not self.has_keys
+
+    @property
+    def has_keys(self) -> bool:
+        """It authenticates with `private_key_jwt`, by keys registered inline or by URL."""
+        return self.jwks is not None or self.jwks_uri is not None
 
     @property
     def scopes(self) -> list[str]:
@@ -199,6 +204,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     @property
     def auth_method(self) -> str:
         """How it authenticates at the token endpoint (RFC 7591 token_endpoint_auth_method)."""
+        if self.has_keys:
+            return "private_key_jwt"
         return "none" if self.is_public else "client_secret_basic"
 
     @property
@@ -215,6 +222,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         return grant_type in self.grants
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.has_keys:
+            return method == "private_key_jwt"
         if self.is_public:
             return method == "none"
         return method in ("client_secret_basic", "client_secret_post")
