@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -348,6 +350,49 @@ def test_reused_code_is_refused_and_revokes_what_it_issued(flow: Flow) -> None:
         auth=(client_id, secret),
     )
     assert refreshed.status_code == 400 and refreshed.json["error"] == "invalid_grant"
+
+
+def test_a_failed_exchange_leaves_the_code_to_the_client_with_the_verifier(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    guessed = flow.exchange(client_id, secret, code, secrets.token_urlsafe(48))
+    assert guessed.status_code == 400 and guessed.json["error"] == "invalid_grant"
+    assert flow.exchange(client_id, secret, code, verifier).status_code == 200
+
+
+def test_concurrent_exchanges_of_one_code_issue_nothing_that_lives(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    barrier = threading.Barrier(4)
+
+    def exchange(_: int) -> Any:
+        barrier.wait()
+        return Flow(flow.app, flow.app.test_client()).exchange(client_id, secret, code, verifier)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(exchange, range(4)))
+    winners = [r for r in responses if r.status_code == 200]
+    assert len(winners) == 1
+    assert all(r.json["error"] == "invalid_grant" for r in responses if r not in winners)
+    # The losers were replays: what the winner got is revoked (RFC 6749 §4.1.2).
+    access = winners[0].json["access_token"]
+    assert flow.client.get("/oauth/userinfo", headers=Actions.bearer(access)).status_code == 401
+
+
+def test_a_code_spent_between_lookup_and_exchange_is_spent_once(flow: Flow) -> None:
+    from tokenserver.digests import digest
+    from tokenserver.extensions import db
+    from tokenserver.store import codes
+
+    client_id, _secret, code, _verifier = _code_and_client(flow)
+    with flow.app.app_context():
+        first = codes.present(digest(code), client_id).code
+        second = codes.present(digest(code), client_id).code
+        assert first is not None and second is not None  # both looked before either spent
+        with db.engine.begin() as conn:
+            assert codes.spend(conn, first.code_hash, "f" * 32) is True
+        with db.engine.begin() as conn:
+            assert codes.spend(conn, second.code_hash, "e" * 32) is False
+        again = codes.present(digest(code), client_id)
+        assert again.code is None and again.replayed and again.family_id == "f" * 32
 
 
 def test_code_expires_after_sixty_seconds(flow: Flow) -> None:

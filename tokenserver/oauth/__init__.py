@@ -21,11 +21,12 @@ from ..errors import InvalidRequest
 from ..extensions import db
 from ..keys import KeyRing
 from ..models import OIDC_SCOPES, SCOPES, Client
+from ..store.codes import PresentedCode
 from . import client_auth, grants
-from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge
+from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge, spent_meanwhile
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .logout import LogoutEndpoint
-from .records import RefreshCredential, record_issued
+from .records import CodeSpentMeanwhile, RefreshCredential, record_issued
 from .tokens import TokenGenerator, issued_claims
 
 _MAX_CLIENT_ID_LENGTH = 64  # the column's width
@@ -192,19 +193,26 @@ def init_oauth(app: Flask) -> None:
 
     def save_token(token: dict[str, Any], request: Any) -> None:
         parent: RefreshCredential | None = request.refresh_token  # set by the refresh grant only
+        code: PresentedCode | None = request.authorization_code  # set by the code grant only
         claims = issued_claims(token["access_token"])
         who = _who(request)
-        family_id = record_issued(
-            token,
-            claims,
-            request.client,
-            request.user,
-            settings.refresh_token_ttl,
-            parent,
-            session_max_age=settings.session_max_age,
-            resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
-        )
-        request.issued_family = family_id  # the code grant binds its code to this family
+        try:
+            family_id = record_issued(
+                token,
+                claims,
+                request.client,
+                request.user,
+                settings.refresh_token_ttl,
+                parent,
+                session_max_age=settings.session_max_age,
+                resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
+                code_hash=code.code_hash if code is not None else None,
+            )
+        except CodeSpentMeanwhile:
+            # Two exchanges of one code at once: the loser is a replay, as if it came later.
+            assert code is not None
+            spent_meanwhile(request.client.client_id, code.code_hash)
+            raise
         if parent is not None and parent.within_grace:
             who["within_grace"] = True  # a spent token presented again, within the reuse grace
         _audit_issued(request, who, claims, family_id, refreshed=parent is not None)

@@ -76,32 +76,38 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
 
     def granted_resources(self) -> list[str]:
         # RFC 8707 §2.2: the token request may narrow the code's resources, never widen them.
-        code: codes.SpentCode = self.request.authorization_code
+        code: codes.PresentedCode = self.request.authorization_code
         return code.resources.split()
 
-    def query_authorization_code(self, code: str, client: Client) -> codes.SpentCode | None:
-        # Authlib reads here and deletes after issuing (two exchanges could both win); we spend
-        # here with one conditional UPDATE, and a replay revokes what the code issued.
+    def query_authorization_code(self, code: str, client: Client) -> codes.PresentedCode | None:
+        # Authlib reads here and deletes after issuing (two exchanges could both win); we read
+        # here and spend with one conditional UPDATE in the transaction that stores the tokens
+        # (records.record_issued); a replay revokes what the code issued.
         if not code.isascii() or len(code) > _MAX_CODE_LENGTH:
             return None
-        outcome = codes.spend(digest(code), client.client_id)
+        outcome = codes.present(digest(code), client.client_id)
         if outcome.replayed:
-            if outcome.family_id is not None:
-                records.revoke_family(outcome.family_id)
-            audit.event(
-                "code.reuse_detected", client_id=client.client_id, family_id=outcome.family_id
-            )
+            reuse_detected(client.client_id, outcome.family_id)
         return outcome.code
 
-    def delete_authorization_code(self, authorization_code: codes.SpentCode) -> None:
-        # Spent already; remember what it issued, and revoke that if a replay came meanwhile.
-        family_id: str = self.request.issued_family
-        if codes.link_family(authorization_code.code_hash, family_id):
-            records.revoke_family(family_id)
+    def delete_authorization_code(self, authorization_code: codes.PresentedCode) -> None:
+        pass  # spent with the tokens it issued, in one transaction
 
-    def authenticate_user(self, authorization_code: codes.SpentCode) -> Subject | None:
+    def authenticate_user(self, authorization_code: codes.PresentedCode) -> Subject | None:
         user = users.subject(authorization_code.user_id)
         return None if user is None or user.disabled else user  # disabled since: invalid_grant
+
+
+def reuse_detected(client_id: str, family_id: str | None) -> None:
+    """A spent code was presented again: revoke every token it issued (RFC 6749 §4.1.2)."""
+    if family_id is not None:
+        records.revoke_family(family_id)
+    audit.event("code.reuse_detected", client_id=client_id, family_id=family_id)
+
+
+def spent_meanwhile(client_id: str, code_hash: str) -> None:
+    """Another exchange spent the code after this one looked it up: this one is a replay."""
+    reuse_detected(client_id, codes.replayed(code_hash).family_id)
 
 
 class S256Challenge(CodeChallenge):
@@ -153,7 +159,9 @@ class IdToken(_IdTokenClaims, OpenIDCode):
     def exists_nonce(self, nonce: str, request: Any) -> bool:
         return False  # a nonce is bound to one single-use code, so it cannot be replayed
 
-    def get_authorization_code_claims(self, authorization_code: codes.SpentCode) -> dict[str, Any]:
+    def get_authorization_code_claims(
+        self, authorization_code: codes.PresentedCode
+    ) -> dict[str, Any]:
         claims: dict[str, Any] = super().get_authorization_code_claims(authorization_code)
         # OpenID Connect Front-Channel Logout §3: sid names the browser session signed in.
         return {**claims, "sid": authorization_code.session_id}

@@ -27,6 +27,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
+from ..store import codes
 from .resources import as_audience
 
 ACCESS = "access"
@@ -104,10 +105,12 @@ def record_issued(
     *,
     session_max_age: int | None = None,
     resources: list[str] | None = None,
+    code_hash: str | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
-    A `parent` refresh token is spent in the same transaction: both happen or neither does.
+    A `parent` refresh token, or the authorization code (`code_hash`) being exchanged, is
+    spent in the same transaction: both happen or neither does, in one commit.
     The transaction is a Core one of its own, short and outside the ORM session, which a token
     grant has no other use for. A refresh token never outlives its login's session
     (`session_max_age` from the login; the app's setting when not given). A new login keeps
@@ -144,18 +147,25 @@ def record_issued(
                 "expires_at": min(issued + timedelta(seconds=refresh_ttl), session_ends),
             }
         )
+    code_spent = True
     try:
         with db.engine.begin() as conn:
-            stored = (
+            if code_hash is not None:
+                code_spent = codes.spend(conn, code_hash, family_id)
+            stored = code_spent and (
                 _spend(conn, parent)
                 if parent
                 else _insert_family(conn, family_id, client, user, issued, resources or [])
             )
             if stored:
                 conn.execute(_INSERT_RECORDS, records)
+            else:
+                conn.rollback()
     except IntegrityError:
         # The client was deleted since it authenticated (another worker's copy may lag a second).
         raise InvalidClientError() from None
+    if not code_spent:
+        raise CodeSpentMeanwhile()
     if parent is not None and not stored:
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
@@ -163,6 +173,13 @@ def record_issued(
         # Disabled while signing in; said as for any refused sign-in (no account-state oracle).
         raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
+
+
+class CodeSpentMeanwhile(InvalidGrantError):
+    """Another request spent the authorization code between its lookup and this exchange."""
+
+    def __init__(self) -> None:
+        super().__init__("The grant is invalid, expired or revoked.")
 
 
 def _insert_family(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from ..browser_models import AuthorizationCode
 from ..extensions import db
@@ -32,8 +32,11 @@ class NewCode:
 
 
 @dataclass(frozen=True)
-class SpentCode(NewCode):
-    """A code just spent by this request: Authlib's AuthorizationCodeMixin, read-only."""
+class PresentedCode(NewCode):
+    """A live code presented at the token endpoint: Authlib's AuthorizationCodeMixin, read-only.
+
+    Not spent yet: it is spent by `spend`, in the transaction that stores what it issues.
+    """
 
     code_hash: str
 
@@ -69,61 +72,72 @@ def save(code_hash: str, code: NewCode, ttl: int) -> None:
         conn.execute(insert(_codes).values(values))
 
 
-_SPEND = (
-    update(_codes)
-    .where(
-        _codes.c.code_hash == bindparam("hash"),
-        _codes.c.client_id == bindparam("client"),
-        _codes.c.used_at.is_(None),
-        _codes.c.expires_at > _now,
-    )
-    .values(used_at=_now)
-    .returning(*(_codes.c[name] for name in SpentCode.__dataclass_fields__))
-)
+_FIND = select(
+    *(_codes.c[name] for name in PresentedCode.__dataclass_fields__),
+    _codes.c.used_at,
+    _codes.c.expires_at,
+).where(_codes.c.code_hash == bindparam("hash"))
 _MARK_REUSED = (
     update(_codes)
     .where(_codes.c.code_hash == bindparam("hash"), _codes.c.used_at.is_not(None))
     .values(reused_at=_now)
     .returning(_codes.c.family_id)
 )
+_SPEND = (
+    update(_codes)
+    .where(
+        _codes.c.code_hash == bindparam("hash"),
+        _codes.c.used_at.is_(None),
+        _codes.c.expires_at > _now,
+    )
+    .values(used_at=_now, family_id=bindparam("family"))
+    .returning(_codes.c.code_hash)
+)
 
 
 @dataclass(frozen=True)
-class Spend:
-    """The outcome of presenting a code: the code if this was its one use, else a replay's
-    family (what the code issued, to revoke) or nothing."""
+class Presentation:
+    """The outcome of presenting a code: the code if it is live, else a replay's family (what
+    the code issued, to revoke) or nothing."""
 
-    code: SpentCode | None
+    code: PresentedCode | None
     replayed: bool = False
     family_id: str | None = None
 
 
-def spend(code_hash: str, client_id: str) -> Spend:
-    """Spend a code for `client_id` now; a second presentation is marked and reported.
+def present(code_hash: str, client_id: str) -> Presentation:
+    """Look a code up for `client_id`; a presentation of a spent one (by any client: it has
+    leaked) is marked and reported.
+
+    A live code is only read here: it is spent with what it issues (`spend`), so a grant
+    costs one write transaction, and a request that fails its checks (PKCE, redirect URI)
+    leaves it to the client that holds the verifier.
+    """
+    now = utcnow()
+    with db.engine.connect() as conn:
+        row = conn.execute(_FIND, {"hash": code_hash}).first()
+    if row is None:
+        return Presentation(None)
+    if row.used_at is None:
+        if row.client_id != client_id or row.expires_at <= now:
+            return Presentation(None)
+        fields = {name: row._mapping[name] for name in PresentedCode.__dataclass_fields__}
+        return Presentation(PresentedCode(**fields))
+    return replayed(code_hash)
+
+
+def replayed(code_hash: str) -> Presentation:
+    """Mark a spent code presented again; its outcome names the family it issued."""
+    with db.engine.begin() as conn:
+        reused = conn.execute(_MARK_REUSED, {"hash": code_hash, "now": utcnow()}).first()
+    return Presentation(None, replayed=True, family_id=reused.family_id if reused else None)
+
+
+def spend(conn: Connection, code_hash: str, family_id: str) -> bool:
+    """Spend a live code in the caller's transaction, naming the family it issues; False if
+    another request spent it first (or it expired meanwhile).
 
     One conditional UPDATE decides, so two concurrent exchanges cannot both win.
     """
-    now = utcnow()
-    with db.engine.begin() as conn:
-        row = conn.execute(_SPEND, {"hash": code_hash, "client": client_id, "now": now}).first()
-        if row is not None:
-            return Spend(SpentCode(**row._mapping))
-        reused = conn.execute(_MARK_REUSED, {"hash": code_hash, "now": now}).first()
-    if reused is None:
-        return Spend(None)
-    return Spend(None, replayed=True, family_id=reused.family_id)
-
-
-_LINK = (
-    update(_codes)
-    .where(_codes.c.code_hash == bindparam("hash"))
-    .values(family_id=bindparam("family"))
-    .returning(_codes.c.reused_at)
-)
-
-
-def link_family(code_hash: str, family_id: str) -> bool:
-    """Record which token family a code issued; True if the code was replayed meanwhile."""
-    with db.engine.begin() as conn:
-        row = conn.execute(_LINK, {"hash": code_hash, "family": family_id}).first()
-    return row is not None and row.reused_at is not None
+    params = {"hash": code_hash, "family": family_id, "now": utcnow()}
+    return conn.execute(_SPEND, params).first() is not None
