@@ -1,6 +1,5 @@
 """gunicorn settings as deployed; PORT, WEB_CONCURRENCY and the metrics directory from the env."""
 
-import multiprocessing
 import os
 import sys
 
@@ -10,28 +9,19 @@ from tokenserver.config import ConfigError, Settings, unknown_variables
 from tokenserver.keywrap import check_at_startup
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        sys.stderr.write(f"Error: {name}={raw!r} is not valid: expected a positive whole number\n")
-        sys.exit(2)
-    return int(raw)
-
-
 # Fail before forking workers, with one line naming the bad variable (or the key that does
 # not open the signing keys); a warning, if any, is logged once gunicorn's logger is up.
 try:
-    _STARTUP_WARNING = check_at_startup(Settings.from_env())
+    _SETTINGS = Settings.from_env()
+    _STARTUP_WARNING = check_at_startup(_SETTINGS)
 except ConfigError as exc:
     sys.stderr.write(f"Error: {exc}\n")
     sys.exit(2)
 for _line in unknown_variables():
     sys.stderr.write(_line + "\n")
 
-bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
-workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
+bind = f"0.0.0.0:{_SETTINGS.port}"
+workers = _SETTINGS.web_concurrency
 # Idle and slow connections must not hold the service (README "Deployment"). Measured on
 # loopback with 2 workers (tests/test_gunicorn_worker.py does the same):
 # - sync (one connection per worker): 4 idle sockets, or 4 clients sending a header line a

@@ -189,3 +189,30 @@ def test_gunicorn_warns_once_of_an_unknown_setting() -> None:
         "Warning: TOKENSERVER_ACESS_TOKEN_TTL is not a tokenserver setting and is ignored; "
         "did you mean TOKENSERVER_ACCESS_TOKEN_TTL?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PORT": "http"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+    ],
+)
+def test_port_and_worker_count_are_settings_too(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env(env)
+    assert str(excinfo.value).startswith(f"{named}=")
+    settings = Settings.from_env({"PORT": "8123", "WEB_CONCURRENCY": "3"})
+    assert (settings.port, settings.web_concurrency) == (8123, 3)
+
+
+def test_gunicorn_refuses_a_bad_port_with_one_line() -> None:
+    result = _run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        {"PORT": "eighty"},
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "Error: PORT='eighty' is not valid: expected a TCP port from 1 to 65535"
+    ]

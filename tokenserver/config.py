@@ -46,6 +46,13 @@ def _non_negative_int(raw: str) -> int:
     return _whole_number(raw, 0, "expected a whole number of 0 or more")
 
 
+def _port(raw: str) -> int:
+    port = _whole_number(raw, 1, "expected a TCP port from 1 to 65535")
+    if port > 65535:
+        raise ValueError("expected a TCP port from 1 to 65535")
+    return port
+
+
 def _http_url(raw: str) -> str:
     value = raw.strip().rstrip("/")
     parts = urlsplit(value)
@@ -129,10 +136,17 @@ def _encryption_keys(raw: str) -> tuple[bytes, ...]:
 
 
 def _setting(
-    env: str | None, parse: Callable[[str], Any], default: Any, *, secret: bool = False
+    env: str,
+    parse: Callable[[str], Any],
+    default: Any,
+    *,
+    secret: bool = False,
+    bare: bool = False,
 ) -> Any:
-    """Declare a field read from TOKENSERVER_<env> (or a bare name) with its parser."""
-    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse})
+    """Declare a field read from TOKENSERVER_<env> (or from <env> itself, if `bare`)."""
+    name = env if bare else PREFIX + env
+    metadata = {"env": env, "name": name, "parse": parse}
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,11 @@ class Settings:
     password_grant: bool = _setting("PASSWORD_GRANT", _parse_bool, True)
     # Lifetime of a browser session on our pages (/login, /consent, /account), seconds.
     login_session_max_age: int = _setting("LOGIN_SESSION_MAX_AGE", _positive_int, 86_400)
+    # Read by gunicorn.conf.py, under the names platforms (Heroku, Dokku...) set.
+    port: int = _setting("PORT", _port, 8000, bare=True)
+    web_concurrency: int = _setting(
+        "WEB_CONCURRENCY", _positive_int, 2 * (os.cpu_count() or 1) + 1, bare=True
+    )
 
     @classmethod
     def from_env(
@@ -187,7 +206,7 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name = PREFIX + f.metadata["env"]
+            name = f.metadata["name"]
             raw = environ.get(name)
             if raw is None or raw.strip() == "":
                 continue
@@ -259,7 +278,7 @@ _ARGON2_NAMES = {
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """One warning line per TOKENSERVER_* variable no setting reads, naming the closest one."""
     environ = os.environ if environ is None else environ
-    known = [f.metadata["env"] for f in fields(Settings)]
+    known = [f.metadata["env"] for f in fields(Settings) if f.metadata["name"].startswith(PREFIX)]
     lines = []
     for name in sorted(n for n in environ if n.startswith(PREFIX)):
         if name.removeprefix(PREFIX) in known:

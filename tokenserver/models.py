@@ -81,10 +81,6 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    def get_user_id(self) -> int:
-        """Authlib's hook for the `sub` claim."""
-        return self.id
-
     def to_dict(self) -> dict[str, Any]:
         """The public view of the user, as every route renders it."""
         return render_user(self)

@@ -36,7 +36,8 @@ def _add_headers(hsts: bool) -> Callable[[Response], Response]:
             # With no-referrer, browsers send `Origin: null` on our own form posts, which the
             # pages' cross-site check must refuse; same-origin still tells other sites nothing.
             response.headers["Referrer-Policy"] = "same-origin"
-        if request.path.startswith(_PRIVATE_PREFIXES):
+        # Credentials, user data, and pages that show who is signed in and carry CSRF tokens.
+        if request.path.startswith(_PRIVATE_PREFIXES) or request.blueprint == "pages":
             response.headers["Cache-Control"] = "no-store"
         if hsts:
             response.headers["Strict-Transport-Security"] = _HSTS

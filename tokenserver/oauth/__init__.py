@@ -83,8 +83,6 @@ class AuthorizationServer(_AuthorizationServer):
             raise InvalidRequest("OAuth 2 requires https: the issuer is not an https URL") from None
 
     def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
-        # Undo half-done work, e.g. a refresh token spent before a later check failed.
-        db.session.rollback()
         error.description = _in_our_words(error)
         if error.error == "invalid_client":
             # Authlib answers an unknown client_id sent in the body with 400; a failed client

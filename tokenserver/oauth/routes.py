@@ -77,7 +77,6 @@ def introspect() -> Response:
     """RFC 7662 token introspection for authenticated clients."""
     _require_form()
     response: Response = current_server().create_endpoint_response("introspection")
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -26,9 +26,7 @@ SCOPE_WORDS = {
 
 @bp.after_request
 def _private(response: Response) -> Response:
-    # Pages show who is signed in and carry CSRF tokens: no cache may keep them.
-    response.headers["Cache-Control"] = "no-store"
-    return web.keep_csrf_cookie(response)
+    return web.keep_csrf_cookie(response)  # no-store: security.py, as for every private route
 
 
 @bp.errorhandler(HTTPException)
