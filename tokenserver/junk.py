@@ -6,24 +6,13 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
-from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
-    Select,
-    Table,
-    bindparam,
-    delete,
-    select,
-    tuple_,
-    update,
-)
 
 from . import cursors
 from .errors import InvalidRequest, NotFound
-from .extensions import db, reader
-from .models import JUNK_COLUMNS, JunkItem, Subject, render_junk, utcnow
+from .models import Subject, render_junk
 from .oauth.protect import current_user, require_oauth
 from .payloads import read_fields, require_string
+from .store import junk as store
 
 bp = Blueprint("junk", __name__)
 
@@ -36,7 +25,7 @@ _LIMIT = re.compile(r"[0-9]{1,4}")
 _ITEM = "/junk/<int:item_id>"  # digits only: "abc" and "-1" never match, so they are a 404
 
 
-# --- the domain: every query is filtered by owner, so another user's item is simply absent ---
+# --- the domain: the store filters every statement by owner, so another user's item is absent ---
 
 
 def parse_limit(raw: str | None) -> int:
@@ -48,110 +37,54 @@ def parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
-    """One page as a seek on the (owner_id, id) index: never an OFFSET, never a scan.
-
-    On PostgreSQL the seek is a row comparison on the whole index key, which only that index
-    can serve: given a bare `id > :after`, its planner may walk the primary key instead and
-    filter out every other user's rows on the way (a thousand of them for a first page in the
-    tests). SQLite seeks that index only with the bare form, and prefers the index by itself.
-    One row beyond the page is fetched to learn whether another page follows. Plain rows, not
-    ORM objects: a page is only rendered, and loading entities cost more than the query.
-    """
-    items: Table = JunkItem.__table__  # Core, not ORM: this is a hot path (see records.py)
-    owner: BindParameter[int] = bindparam("owner_id")
-    after: BindParameter[int] = bindparam("after_id")
-    if dialect == "postgresql":
-        seek = tuple_(items.c.owner_id, items.c.id) > tuple_(owner, after)
-    else:
-        seek = items.c.id > after
-    return (
-        select(*JUNK_COLUMNS)
-        .where(items.c.owner_id == owner, seek)
-        .order_by(items.c.owner_id, items.c.id)
-        .limit(bindparam("size"))
-    )
-
-
-# Built once per dialect: composing a select costs more than running it.
-_PAGE = {dialect: page_statement(dialect) for dialect in ("postgresql", "sqlite")}
-
-
 def list_page(owner: Subject, limit: int, cursor: str | None) -> dict[str, Any]:
-    """A page of the owner's items, oldest first, with the cursor of the next page or None."""
+    """A page of the owner's items, oldest first, with the cursor of the next page or None.
+
+    One item beyond the page is read to learn whether another page follows.
+    """
     after = cursors.decode(cursor, owner.id) if cursor is not None else 0
-    conn = reader()
-    dialect = conn.dialect.name
-    statement = _PAGE[dialect] if dialect in _PAGE else page_statement(dialect)
-    params = {"owner_id": owner.id, "after_id": after, "size": limit + 1}
-    rows = conn.execute(statement, params).all()
-    items = rows[:limit]
-    more = len(rows) > limit
+    found = store.page(owner.id, after, limit + 1)
+    items = found[:limit]
     return {
         "items": [render_junk(item) for item in items],
-        "next_cursor": cursors.encode(owner.id, items[-1].id) if more else None,
+        "next_cursor": cursors.encode(owner.id, items[-1].id) if len(found) > limit else None,
     }
 
 
 def create(owner: Subject, data: dict[str, Any]) -> dict[str, Any]:
     """Store a new item for the owner; the item as rendered."""
     fields = _validated(data, partial=False)
-    now = utcnow()
-    item = JunkItem(
-        owner_id=owner.id,
-        name=fields["name"],
-        description=fields.get("description", ""),
-        created_at=now,
-        updated_at=now,
-    )
-    db.session.add(item)
-    db.session.flush()  # assigns the id
-    rendered = item.to_dict()  # now: after the commit, reading it would load it again
-    db.session.commit()
-    return rendered
+    return render_junk(store.add(owner.id, fields["name"], fields.get("description", "")))
 
 
-def get(owner: Subject, item_id: int) -> JunkItem:
-    """The owner's item with this id, or NotFound."""
-    item = db.session.scalars(select(JunkItem).where(*_owned(owner, item_id))).one_or_none()
-    if item is None:
-        raise _missing()
-    return item
+def get(owner: Subject, item_id: int) -> dict[str, Any]:
+    """The owner's item with this id as rendered, or NotFound."""
+    return render_junk(_found(store.find(owner.id, _checked(item_id))))
 
 
 def patch(owner: Subject, item_id: int, data: dict[str, Any]) -> dict[str, Any]:
-    """Change the given fields in one conditional UPDATE, so concurrent patches never mix."""
+    """Change the given fields; the item as rendered, or NotFound."""
     changes = _validated(data, partial=True)
-    statement = (
-        update(JunkItem)
-        .where(*_owned(owner, item_id))
-        .values(**changes, updated_at=utcnow())
-        .returning(JunkItem)
-        .execution_options(synchronize_session=False)
-    )
-    item = db.session.scalars(statement).one_or_none()
-    if item is None:
-        db.session.rollback()
-        raise _missing()
-    rendered = item.to_dict()
-    db.session.commit()
-    return rendered
+    return render_junk(_found(store.update(owner.id, _checked(item_id), changes)))
 
 
 def remove(owner: Subject, item_id: int) -> None:
     """Delete the owner's item, or NotFound."""
-    result = db.session.execute(delete(JunkItem).where(*_owned(owner, item_id)))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        db.session.rollback()
+    if not store.remove(owner.id, _checked(item_id)):
         raise _missing()
-    db.session.commit()
 
 
-def _owned(owner: Subject, item_id: int) -> tuple[ColumnElement[bool], ...]:
-    """The condition for "this owner's item with this id"; no such item if the id cannot exist."""
+def _checked(item_id: int) -> int:
+    """An id that could exist; beyond BIGINT it would overflow the driver, so it is absent."""
     if not 1 <= item_id <= cursors.MAX_ID:
-        raise _missing()  # beyond BIGINT: would overflow the driver, so it never reaches it
-    return (JunkItem.id == item_id, JunkItem.owner_id == owner.id)
+        raise _missing()
+    return item_id
+
+
+def _found(item: store.Item | None) -> store.Item:
+    if item is None:
+        raise _missing()
+    return item
 
 
 def _validated(data: dict[str, Any], *, partial: bool) -> dict[str, str]:
@@ -207,7 +140,7 @@ def create_item() -> tuple[Response, int, dict[str, str]]:
 @require_oauth("junk:read")
 def get_item(item_id: int) -> Response:
     """One of the caller's items."""
-    return jsonify(get(current_user(), item_id).to_dict())
+    return jsonify(get(current_user(), item_id))
 
 
 @bp.patch(_ITEM)
