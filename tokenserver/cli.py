@@ -31,6 +31,7 @@ from .models import (
     GRANT_TYPES,
     OIDC_SCOPES,
     SCOPES,
+    TOKEN_EXCHANGE,
     Client,
     isoformat,
 )
@@ -129,8 +130,14 @@ def create_client(
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (None for public clients)."""
     chosen = list(dict.fromkeys(grants or (BROWSER_GRANTS if redirect_uris else DEFAULT_GRANTS)))
-    if public and "client_credentials" in chosen:
-        raise APIError("a public client cannot use client_credentials (it has no secret)")
+    for confidential_only in ("client_credentials", TOKEN_EXCHANGE):
+        if public and confidential_only in chosen:
+            raise APIError(f"a public client cannot use {confidential_only} (it has no secret)")
+    if TOKEN_EXCHANGE in chosen and not audiences:
+        raise APIError(
+            f"the {TOKEN_EXCHANGE} grant needs at least one --audience: the resources it "
+            "serves and may exchange tokens for"
+        )
     if "authorization_code" in chosen and not redirect_uris:
         raise APIError("the authorization_code grant needs at least one --redirect-uri")
     for uri in redirect_uris:

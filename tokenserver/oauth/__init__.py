@@ -24,6 +24,7 @@ from ..models import OIDC_SCOPES, SCOPES, Client
 from . import client_auth, grants
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .exchange import TokenExchangeGrant
 from .logout import LogoutEndpoint
 from .records import RefreshCredential, record_issued
 from .tokens import TokenGenerator, issued_claims
@@ -222,6 +223,7 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(grants.RefreshGrant, [RefreshIdToken()])
     server.register_grant(CodeGrant, [S256Challenge(required=True), IdToken()])
     server.register_grant(grants.ClientCredentialsGrant)
+    server.register_grant(TokenExchangeGrant)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from flask import g
 from joserfc import jws, jwt
 from joserfc.errors import InvalidClaimError, JoseError
 from joserfc.jwk import KeySet, RSAKey
@@ -37,7 +38,7 @@ class TokenGenerator(JWTBearerTokenGenerator):
             issuer,
             alg=ALGORITHM,
             refresh_token_generator=_new_refresh_token,
-            expires_generator=access_ttl,
+            expires_generator=functools.partial(_lifetime, access_ttl),
         )
         self.audience = audience
         self.keyring = keyring
@@ -61,7 +62,25 @@ class TokenGenerator(JWTBearerTokenGenerator):
     def get_extra_claims(
         self, client: Client, grant_type: str, user: User | Subject | None, scope: str
     ) -> dict[str, Any]:
-        return {"username": user.username} if user is not None else {}
+        claims: dict[str, Any] = {"username": user.username} if user is not None else {}
+        act = g.get("token_act")
+        if act is not None:
+            claims["act"] = act  # RFC 8693 §4.1: who acts for the subject
+        return claims
+
+
+def bind_delegation(act: dict[str, Any], not_after: int) -> None:
+    """The `act` claim and latest `exp` of the token this request issues (RFC 8693); the
+    generator is not given the request, as with the audience (resources.bind_audience)."""
+    g.token_act = act
+    g.token_not_after = not_after
+
+
+def _lifetime(access_ttl: int, client: Client, grant_type: str) -> int:
+    """Seconds the token this request issues lives: our TTL, cut to the bound not-after."""
+    not_after = g.get("token_not_after")
+    # An exchanged token never outlives the token it was exchanged for.
+    return access_ttl if not_after is None else min(access_ttl, not_after - int(time.time()))
 
 
 def _new_refresh_token(**_: Any) -> str:
