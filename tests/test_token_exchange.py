@@ -581,3 +581,27 @@ def test_authlib_client_exchanges_against_gunicorn(
         timeout=10,
     )
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+
+
+def test_a_sender_constrained_subject_token_is_invalid_grant(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    # The real token's claims and record, bound to a key (RFC 9449 cnf) by our own signature.
+    ours = app.extensions["tokenserver.keyring"].signing_key()
+    thumbprint = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+    bound = _signed({**claims_of(setup.subject), "cnf": {"jkt": thumbprint}}, ours)
+    assert introspect(actions, setup.auditor, bound)["active"] is True  # a live token of ours
+    response = exchange(actions, setup.gateway, bound, resource=PHOTOS)
+    assert refused(response, 400, "invalid_grant")
+    assert "sender-constrained" in response.json["error_description"]
+
+
+def test_an_exchange_leaves_no_actor_on_later_tokens_of_the_same_context(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    with app.app_context():  # one context around both requests, as some callers hold one
+        assert exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).status_code == 200
+        later = actions.token(setup.front)
+    assert later.status_code == 200
+    claims = claims_of(later.json["access_token"])
+    assert "act" not in claims and claims["exp"] - claims["iat"] == 900

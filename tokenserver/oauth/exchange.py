@@ -27,7 +27,7 @@ from ..models import TOKEN_EXCHANGE, Client
 from . import records
 from .grants import ClientCredentialsGrant
 from .resources import InvalidTargetError, bind_audience, uri_problem
-from .tokens import TokenRejected, bind_delegation, issued_claims, verified_claims
+from .tokens import TokenRejected, delegated, issued_claims, verified_claims
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # Each exchange of an exchanged token nests one more actor; tokens must stay small (tokens.py).
@@ -66,15 +66,17 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
         self.request.subject = subject
         self.request.exchanged_scope = _narrowed_scope(self.request.payload.scope, subject, client)
         self.validate_requested_scope()  # a scope no client may have is invalid_scope
+        self.request.act = _act(client, subject, actor)
         bind_audience(targets)
-        bind_delegation(_act(client, subject, actor), subject.claims["exp"])
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        token: dict[str, Any] = self.generate_token(
-            user=self.request.user,
-            scope=self.request.exchanged_scope,
-            include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
-        )
+        subject: _Presented = self.request.subject
+        with delegated(self.request.act, subject.claims["exp"]):
+            token: dict[str, Any] = self.generate_token(
+                user=self.request.user,
+                scope=self.request.exchanged_scope,
+                include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
+            )
         token["issued_token_type"] = ACCESS_TOKEN_TYPE
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER
@@ -158,6 +160,10 @@ def _subject(data: Any, client: Client) -> _Presented:
     if not _for_client(subject, client):
         # A token that reached a service it was not aimed at stays where it was aimed.
         raise InvalidGrantError("The subject token was not issued for this client's use.")
+    if "cnf" in subject.claims:
+        # A sender-constrained token (RFC 9449) is its key holder's alone: swapping it for an
+        # unbound one would strip that binding off.
+        raise InvalidGrantError("A sender-constrained subject token cannot be exchanged.")
     return subject
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
@@ -69,11 +71,19 @@ class TokenGenerator(JWTBearerTokenGenerator):
         return claims
 
 
-def bind_delegation(act: dict[str, Any], not_after: int) -> None:
-    """The `act` claim and latest `exp` of the token this request issues (RFC 8693); the
-    generator is not given the request, as with the audience (resources.bind_audience)."""
-    g.token_act = act
-    g.token_not_after = not_after
+@contextlib.contextmanager
+def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
+    """While signing an exchanged token (RFC 8693): its `act` claim and latest `exp`.
+
+    The generator is not given the request (as with resources.bind_audience); the binding
+    ends with the block, so no later token in the same context inherits it.
+    """
+    g.token_act, g.token_not_after = act, not_after
+    try:
+        yield
+    finally:
+        g.pop("token_act", None)
+        g.pop("token_not_after", None)
 
 
 def _lifetime(access_ttl: int, client: Client, grant_type: str) -> int:
