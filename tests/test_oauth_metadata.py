@@ -29,6 +29,7 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
         "refresh_token",
         "client_credentials",
         "authorization_code",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
     ]
     assert body["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",

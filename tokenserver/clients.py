@@ -21,7 +21,7 @@ from . import audit
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError, NotFound
 from .extensions import db
-from .models import BROWSER_GRANTS, DEFAULT_GRANTS, OIDC_SCOPES, SCOPES, Client
+from .models import BROWSER_GRANTS, DEFAULT_GRANTS, OIDC_SCOPES, SCOPES, TOKEN_EXCHANGE, Client
 from .oauth.resources import uri_problem as resource_problem
 from .redirects import redirect_uri_problem
 
@@ -56,8 +56,14 @@ def register_client(spec: ClientSpec) -> tuple[Client, str | None]:
         raise APIError("give the client's keys inline (jwks) or by URL (jwks_uri), not both")
     if spec.public and keyed:
         raise APIError("a public client has no keys: it authenticates with none")
-    if spec.public and "client_credentials" in grants:
-        raise APIError("a public client cannot use client_credentials (it has no secret)")
+    for confidential_only in ("client_credentials", TOKEN_EXCHANGE):
+        if spec.public and confidential_only in grants:
+            raise APIError(f"a public client cannot use {confidential_only} (it has no secret)")
+    if TOKEN_EXCHANGE in grants and not spec.audiences:
+        raise APIError(
+            f"the {TOKEN_EXCHANGE} grant needs at least one --audience: the resources it "
+            "serves and may exchange tokens for"
+        )
     if "authorization_code" in grants and not spec.redirect_uris:
         raise APIError("the authorization_code grant needs at least one redirect URI")
     for uri in spec.redirect_uris:

@@ -30,7 +30,14 @@ OIDC_SCOPES = ("openid", "profile")
 DEFAULT_GRANTS = ("password", "refresh_token")
 # What a client registered with redirect URIs and no explicit grant gets.
 BROWSER_GRANTS = ("authorization_code", "refresh_token")
-GRANT_TYPES = ("password", "refresh_token", "client_credentials", "authorization_code")
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693
+GRANT_TYPES = (
+    "password",
+    "refresh_token",
+    "client_credentials",
+    "authorization_code",
+    TOKEN_EXCHANGE,
+)
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so 64-bit ids are plain INTEGER there.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -338,6 +345,12 @@ class TokenRecord(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A token exchanged (RFC 8693) in its subject's family is another client's, for another
+    # audience: both are its own, so it dies with the login yet is checked as what it is.
+    client_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    audience: Mapped[str | None] = mapped_column(Text)  # space-separated; None: the family's
 
 
 class JunkItem(db.Model):  # type: ignore[name-defined,misc]

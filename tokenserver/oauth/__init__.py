@@ -25,6 +25,7 @@ from ..store.codes import PresentedCode
 from . import client_auth, grants
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge, spent_meanwhile
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .exchange import TokenExchangeGrant
 from .logout import LogoutEndpoint
 from .records import CodeSpentMeanwhile, RefreshCredential, record_issued
 from .tokens import TokenGenerator, issued_claims
@@ -228,6 +229,7 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(grants.RefreshGrant, [RefreshIdToken()])
     server.register_grant(CodeGrant, [S256Challenge(required=True), IdToken()])
     server.register_grant(grants.ClientCredentialsGrant)
+    server.register_grant(TokenExchangeGrant)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)

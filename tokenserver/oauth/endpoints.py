@@ -93,6 +93,8 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             payload["username"] = live.user.username
         if live.jti:
             payload["jti"] = live.jti
+        if live.act is not None:
+            payload["act"] = live.act  # RFC 8693 §4.1 and §2.2: an exchanged token's actors
         return payload
 
 

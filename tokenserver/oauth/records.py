@@ -9,7 +9,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
 from joserfc import jws
-from sqlalchemy import Connection, Table, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import audit
@@ -217,6 +217,63 @@ def signing_kid(access_token: str) -> str | None:
     return kid if isinstance(kid, str) else None
 
 
+def _typed(column: Any) -> Any:
+    """A parameter typed as `column`, for the select list of an INSERT ... SELECT."""
+    return bindparam(column.name, type_=column.type)
+
+
+# An exchanged token joins its subject's family only while that login is alive and its user
+# enabled, in one statement: an exchange racing a revocation lands first (and dies with the
+# rest) or not at all.
+_EXCHANGED_COLUMNS = ("jti", "kid", "scope", "issued_at", "expires_at", "client_id", "audience")
+_INSERT_EXCHANGED = (
+    insert(_records)
+    .from_select(
+        ["family_id", "kind", *_EXCHANGED_COLUMNS],
+        select(
+            _families.c.id,
+            bindparam("kind", type_=_records.c.kind.type),
+            *(_typed(_records.c[name]) for name in _EXCHANGED_COLUMNS),
+        )
+        .join(_users, _users.c.id == _families.c.user_id)
+        .where(
+            _families.c.id == bindparam("family_id"),
+            _families.c.revoked_at.is_(None),
+            _users.c.disabled.is_(False),
+        ),
+    )
+    .returning(_records.c.id)
+)
+
+
+def record_exchanged(
+    access_token: str, claims: dict[str, Any], family_id: str, client: Client
+) -> None:
+    """Store a token exchanged (RFC 8693) for one in `family_id`, as `client`'s, in that family.
+
+    Revoking the login, or disabling its user, then kills the exchanged token with the rest.
+    """
+    auds = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+    record = {
+        "family_id": family_id,
+        "kind": ACCESS,
+        "jti": claims["jti"],
+        "kid": signing_kid(access_token),
+        "scope": claims["scope"],
+        "issued_at": datetime.fromtimestamp(claims["iat"], UTC),
+        "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+        "client_id": client.client_id,
+        "audience": " ".join(auds),
+    }
+    try:
+        with db.engine.begin() as conn:
+            stored = conn.execute(_INSERT_EXCHANGED, record).first() is not None
+    except IntegrityError:
+        raise InvalidClientError() from None  # the client was deleted since it authenticated
+    if not stored:
+        raise InvalidGrantError("The subject token is invalid, expired or revoked.")
+
+
 _REFRESH_BY_HASH = (
     select(
         _records.c.family_id,
@@ -384,10 +441,19 @@ class LiveToken:
     expires_at: int
     jti: str | None = None
     audience: str | list[str] | None = None
+    act: dict[str, Any] | None = None  # RFC 8693 §4.1: who acts for the subject
 
 
 _LIVE_ACCESS = (
-    select(_records.c.family_id, _families.c.client_id, _families.c.resources, *USER_COLUMNS)
+    select(
+        _records.c.family_id,
+        _families.c.client_id,
+        _families.c.resources,
+        # An exchanged token's own client and audience (RFC 8693); None for the family's.
+        _records.c.client_id.label("issued_to"),
+        _records.c.audience,
+        *USER_COLUMNS,
+    )
     .join(_families, _families.c.id == _records.c.family_id)
     .outerjoin(_users, _users.c.id == _families.c.user_id)
     # `keys revoke`: a token signed by a revoked key dies at once on every worker, even one
@@ -411,18 +477,20 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
     user = _subject(row)
     if not _subject_active(user, row.client_id, claims):
         return None
-    if not _aud_granted(claims["aud"], row.resources.split()):
+    granted = row.resources if row.audience is None else row.audience
+    if not _aud_granted(claims["aud"], granted.split()):
         return None
     return LiveToken(
         ACCESS,
         row.family_id,
-        row.client_id,
+        row.issued_to or row.client_id,
         user,
         claims["scope"],
         claims["iat"],
         claims["exp"],
         claims["jti"],
         claims["aud"],
+        claims.get("act"),
     )
 
 
@@ -516,7 +584,12 @@ def stored_refresh_token(token: str) -> StoredToken | None:
 
 def _stored(condition: Any, kind: str) -> StoredToken | None:
     row = db.session.execute(
-        select(TokenRecord.family_id, TokenRecord.jti, TokenFamily.client_id)
+        select(
+            TokenRecord.family_id,
+            TokenRecord.jti,
+            # An exchanged token is its exchanging client's to revoke, not the login's client's.
+            func.coalesce(TokenRecord.client_id, TokenFamily.client_id).label("client_id"),
+        )
         .join(TokenFamily, TokenFamily.id == TokenRecord.family_id)
         .where(condition, TokenRecord.kind == kind)
     ).first()

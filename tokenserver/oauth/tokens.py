@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from flask import g
 from joserfc import jws, jwt
 from joserfc.errors import InvalidClaimError, JoseError
 from joserfc.jwk import KeySet, RSAKey
@@ -37,7 +40,7 @@ class TokenGenerator(JWTBearerTokenGenerator):
             issuer,
             alg=ALGORITHM,
             refresh_token_generator=_new_refresh_token,
-            expires_generator=access_ttl,
+            expires_generator=functools.partial(_lifetime, access_ttl),
         )
         self.audience = audience
         self.keyring = keyring
@@ -61,7 +64,33 @@ class TokenGenerator(JWTBearerTokenGenerator):
     def get_extra_claims(
         self, client: Client, grant_type: str, user: User | Subject | None, scope: str
     ) -> dict[str, Any]:
-        return {"username": user.username} if user is not None else {}
+        claims: dict[str, Any] = {"username": user.username} if user is not None else {}
+        act = g.get("token_act")
+        if act is not None:
+            claims["act"] = act  # RFC 8693 §4.1: who acts for the subject
+        return claims
+
+
+@contextlib.contextmanager
+def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
+    """While signing an exchanged token (RFC 8693): its `act` claim and latest `exp`.
+
+    The generator is not given the request (as with resources.bind_audience); the binding
+    ends with the block, so no later token in the same context inherits it.
+    """
+    g.token_act, g.token_not_after = act, not_after
+    try:
+        yield
+    finally:
+        g.pop("token_act", None)
+        g.pop("token_not_after", None)
+
+
+def _lifetime(access_ttl: int, client: Client, grant_type: str) -> int:
+    """Seconds the token this request issues lives: our TTL, cut to the bound not-after."""
+    not_after = g.get("token_not_after")
+    # An exchanged token never outlives the token it was exchanged for.
+    return access_ttl if not_after is None else min(access_ttl, not_after - int(time.time()))
 
 
 def _new_refresh_token(**_: Any) -> str:

@@ -124,7 +124,8 @@ def oauth() -> Doc:
         "/oauth/token": {
             "post": _oauth_op(
                 "token",
-                "Issue tokens: password, refresh_token, client_credentials, authorization_code",
+                "Issue tokens: password, refresh_token, client_credentials, authorization_code, "
+                "token exchange (RFC 8693)",
                 json_response("TokenResponse", "Tokens", _NO_STORE),
                 "TokenRequest",
             )

@@ -32,6 +32,16 @@ _RESOURCE: Schema = {
     "must be one of the client's registered audiences (invalid_target otherwise). A refresh "
     "or code exchange may narrow the original grant's resources, never widen them.",
 }
+_TOKEN_TYPE: Schema = {"const": "urn:ietf:params:oauth:token-type:access_token"}
+# RFC 8693 §4.1: the actor, and the actors before it, nested.
+_ACT: Schema = {
+    "type": "object",
+    "required": ["sub"],
+    "properties": {"sub": _STRING, "act": {"$ref": "#/components/schemas/Actor"}},
+    "additionalProperties": False,
+    "description": "RFC 8693 §4.1: who acts for the subject (an exchanging client's id); "
+    "`act` nests the actors before it",
+}
 _ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
 _DESCRIPTION: Schema = {"type": "string", "maxLength": DESCRIPTION_MAX}
@@ -76,6 +86,25 @@ SCHEMAS: Schema = {
             "code_verifier": _STRING,
             "scope": _SCOPE,
             "resource": _RESOURCE,
+            "subject_token": {
+                "type": "string",
+                "description": "Token exchange (RFC 8693): a live access token of ours, aimed "
+                "at a resource the exchanging client serves (one of its audiences)",
+            },
+            "subject_token_type": _TOKEN_TYPE,
+            "actor_token": {
+                "type": "string",
+                "description": "Token exchange: an access token of ours naming who acts; its "
+                "subject is nested in the new token's act",
+            },
+            "actor_token_type": _TOKEN_TYPE,
+            "requested_token_type": _TOKEN_TYPE,
+            "audience": {
+                "type": "array",
+                "items": _STRING,
+                "description": "Token exchange: the target service(s); with resource, each "
+                "must be one of the client's registered audiences (invalid_target otherwise)",
+            },
             "client_id": _STRING,
             "client_secret": _STRING,
         },
@@ -88,9 +117,14 @@ SCHEMAS: Schema = {
             "expires_in": {"type": "integer", "minimum": 1},
             "refresh_token": {"type": "string", "description": "Opaque; rotates on each use"},
             "id_token": {"type": "string", "description": "OpenID Connect, with scope openid"},
+            "issued_token_type": {
+                **_TOKEN_TYPE,
+                "description": "Token exchange (RFC 8693 §2.2.1) only: what access_token is",
+            },
             "scope": _SCOPE,
         },
     ),
+    "Actor": _ACT,
     "UserInfo": _object(["sub"], {"sub": _STRING, "preferred_username": _STRING}, closed=False),
     "TokenParameters": _object(
         ["token"],
@@ -117,6 +151,7 @@ SCHEMAS: Schema = {
                     "exp": {"type": "integer"},
                     "iat": {"type": "integer"},
                     "jti": _STRING,
+                    "act": {"$ref": "#/components/schemas/Actor"},
                     "token_type": {"enum": ["Bearer", "refresh_token"]},
                 },
             ),
