@@ -614,3 +614,31 @@ def test_register_with_requests_then_client_credentials_with_authlib_over_gunico
         timeout=10,
     )
     assert refused.status_code == 401
+
+
+def test_failed_registration_requests_are_limited_per_ip(make_app: Any) -> None:
+    app = make_app(ratelimit_enabled=True, ratelimit_token_failures="3/minute")
+    client, runner = app.test_client(), app.test_cli_runner()
+    good = register(client, initial_token(runner), WEB_APP).json
+    for _ in range(4):  # successful registrations and reads never count
+        assert _manage(client, "GET", good).status_code == 200
+    guessed = bearer("guessed")
+    for _ in range(3):
+        assert client.post("/oauth/register", json=WEB_APP, headers=guessed).status_code == 401
+    limited = register(client, initial_token(runner), WEB_APP)
+    assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
+    assert "Retry-After" in limited.headers
+    assert client_count(app) == 1
+    # The management route counts its own failures: guessed tokens, refused updates.
+    path = f"/oauth/register/{good['client_id']}"
+    assert client.get(path, headers=guessed).status_code == 401
+    assert client.delete(path, headers=guessed).status_code == 401
+    assert _manage(client, "PUT", good, json={"client_id": "other"}).status_code == 400
+    assert _manage(client, "GET", good).status_code == 429
+    other = client.post(
+        "/oauth/register",
+        json=WEB_APP,
+        headers=bearer(initial_token(runner)),
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert other.status_code == 201  # another address has its own budget

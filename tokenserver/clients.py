@@ -119,7 +119,11 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     columns, by_secret = _checked_columns(spec)
     secret = None
     if not by_secret:
-        columns |= {"secret_hash": None, "previous_secret_hash": None}
+        columns |= {
+            "secret_hash": None,
+            "previous_secret_hash": None,
+            "previous_secret_expires_at": None,
+        }
     elif client.secret_hash is None:
         secret = new_secret(32)
         columns["secret_hash"] = digest(secret)
