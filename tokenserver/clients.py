@@ -181,7 +181,10 @@ def initial_access_token_usable(token: str) -> bool:
 
 
 def invalid_token(description: str) -> APIError:
-    """RFC 6750 §3.1: a bearer token for registration that is wrong, expired or spent."""
+    """RFC 6750 §3.1: a bearer token for registration that is wrong, expired or spent.
+
+    The realm is oauth/protect.py's REALM, as on every bearer-protected route.
+    """
     challenge = (
         f'Bearer realm="tokenserver", error="invalid_token", error_description="{description}"'
     )
