@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts, audit, signin
 from .client_secrets import rotate_secret
-from .clients import ClientSpec, delete_client, register_client
+from .clients import ClientSpec, delete_client, issue_initial_access_token, register_client
 from .config import ConfigError, Settings, current_settings, unknown_variables
 from .digests import new_secret
 from .errors import APIError
@@ -242,6 +242,27 @@ def clients_rotate_secret(client_id: str, overlap: int) -> None:
     click.echo(f"The secret is shown only now; store it safely. The old secret {old}.", err=True)
 
 
+@command(clients, "registration-token")
+@click.option(
+    "--expires-in",
+    default=86400,
+    show_default=True,
+    type=click.IntRange(60, 30 * 86400),
+    help="Seconds until the token expires, if it has not been used.",
+)
+def clients_registration_token(expires_in: int) -> None:
+    """Print an initial access token for one dynamic client registration (RFC 7591).
+
+    The token is shown once and stored only as a digest. It registers one client at
+    POST /oauth/register, then is spent.
+    """
+    token, expires_at = issue_initial_access_token(expires_in)
+    click.echo(token)
+    click.echo(
+        f"Registers one client; expires at {isoformat(expires_at)}. Shown only now.", err=True
+    )
+
+
 @command(clients, "ensure-demo")
 def clients_ensure_demo() -> None:
     """Create a demo client if there is no client at all, and print a sign-in URL for it.
@@ -415,10 +436,10 @@ def tokens_purge(older_than: int, batch_size: int) -> None:
     """Delete records of tokens expired long enough ago, and families left empty."""
     from .purge import purge
 
-    records, families, keys = purge(older_than, batch_size)
+    records, families, keys, initial = purge(older_than, batch_size)
     click.echo(
         f"purged {records} token records and {families} token families; "
-        f"deleted {keys} retired signing keys"
+        f"deleted {keys} retired signing keys and {initial} initial access tokens"
     )
 
 

@@ -1,4 +1,4 @@
-"""Registering and deleting OAuth clients: the rules every path shares (CLI, API, pages).
+"""Registering, updating and deleting OAuth clients: the rules every path shares (CLI, API).
 
 A client authenticates one way: a secret (confidential), its keys (`private_key_jwt`,
 RFC 7523, a JWKS inline or at a URL), or nothing (public, PKCE only). Every change is audited
@@ -10,28 +10,51 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from . import audit
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError, NotFound
 from .extensions import db
-from .models import BROWSER_GRANTS, DEFAULT_GRANTS, OIDC_SCOPES, SCOPES, TOKEN_EXCHANGE, Client
+from .models import (
+    BROWSER_GRANTS,
+    DEFAULT_GRANTS,
+    OIDC_SCOPES,
+    SCOPES,
+    TOKEN_EXCHANGE,
+    Client,
+    isoformat,
+    utcnow,
+)
 from .oauth.resources import uri_problem as resource_problem
 from .redirects import redirect_uri_problem
+from .store import initial_tokens
 
 # Client keys sign assertions: asymmetric key types only (a shared secret is a client secret).
 _KEY_TYPES = ("RSA", "EC", "OKP")
 
 
+class InvalidClientMetadata(APIError):
+    """RFC 7591 §3.2.2: a client metadata field breaks a rule; the description names it."""
+
+    error = "invalid_client_metadata"
+
+
+class InvalidRedirectURI(InvalidClientMetadata):
+    """RFC 7591 §3.2.2: a redirect URI cannot be registered."""
+
+    error = "invalid_redirect_uri"
+
+
 @dataclass(frozen=True)
 class ClientSpec:
-    """What a new client is registered with; empty fields take the documented defaults."""
+    """What a client is registered with; empty fields take the documented defaults."""
 
     name: str
     public: bool = False
@@ -43,72 +66,81 @@ class ClientSpec:
     audiences: tuple[str, ...] = ()
     jwks: dict[str, Any] | None = None  # a JWKS document of public keys (private_key_jwt)
     jwks_uri: str | None = None  # or where to fetch one
+    # A secret client's RFC 7591 token_endpoint_auth_method; None is client_secret_basic.
+    secret_auth_method: str | None = None
+
+
+@dataclass(frozen=True)
+class DynamicRegistration:
+    """A client registered over RFC 7591, with what is shown only now."""
+
+    client: Client
+    secret: str | None  # None unless it authenticates by secret
+    registration_token: str  # RFC 7592: manages this client, and only it
 
 
 def register_client(spec: ClientSpec) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (None unless it authenticates by secret).
 
-    Raises APIError naming the first thing wrong with the spec; nothing is stored then.
+    Raises InvalidClientMetadata naming the first thing wrong with the spec; nothing is stored
+    then.
     """
-    grants = list(dict.fromkeys(spec.grants or _default_grants(spec)))
-    keyed = spec.jwks is not None or spec.jwks_uri is not None
-    if spec.jwks is not None and spec.jwks_uri is not None:
-        raise APIError("give the client's keys inline (jwks) or by URL (jwks_uri), not both")
-    if spec.public and keyed:
-        raise APIError("a public client has no keys: it authenticates with none")
-    for confidential_only in ("client_credentials", TOKEN_EXCHANGE):
-        if spec.public and confidential_only in grants:
-            raise APIError(f"a public client cannot use {confidential_only} (it has no secret)")
-    if TOKEN_EXCHANGE in grants and not spec.audiences:
-        raise APIError(
-            f"the {TOKEN_EXCHANGE} grant needs at least one --audience: the resources it "
-            "serves and may exchange tokens for"
-        )
-    if "authorization_code" in grants and not spec.redirect_uris:
-        raise APIError("the authorization_code grant needs at least one redirect URI")
-    for uri in spec.redirect_uris:
-        problem = redirect_uri_problem(uri)
-        if problem:
-            raise APIError(f"redirect URI {uri!r}: {problem}")
-    for uri in spec.audiences:
-        problem = resource_problem(uri)
-        if problem:
-            raise APIError(f"audience {uri!r}: {problem}")
-    scopes = _scopes(spec)
-    jwks = public_jwks(spec.jwks) if spec.jwks is not None else None
-    if spec.jwks_uri is not None:
-        problem = jwks_uri_problem(spec.jwks_uri)
-        if problem:
-            raise APIError(f"jwks_uri {spec.jwks_uri!r}: {problem}")
-    secret = None if spec.public or keyed else new_secret(32)
-    client = Client(
-        client_id=new_identifier(),
-        name=spec.name,
-        secret_hash=digest(secret) if secret else None,
-        grant_types=" ".join(grants),
-        scope=" ".join(scopes),
-        can_introspect=spec.introspect,
-        redirect_uris=" ".join(dict.fromkeys(spec.redirect_uris)),
-        first_party=spec.first_party,
-        audiences=" ".join(dict.fromkeys(spec.audiences)),
-        jwks=json.dumps(jwks, separators=(",", ":")) if jwks is not None else None,
-        jwks_uri=spec.jwks_uri,
-    )
+    client, secret = _new_client(spec)
     db.session.add(client)
     db.session.commit()
-    audit.event(
-        "client.created",
-        client_id=client.client_id,
-        name=client.name,
-        public=client.is_public,
-        auth_method=client.auth_method,
-        grant_types=client.grants,
-        scope=client.scope,
-        introspect=client.can_introspect,
-        redirect_uris=client.redirect_uri_list,
-        first_party=client.first_party,
-        audiences=client.audience_list,
-    )
+    _audit("client.created", client)
+    return client, secret
+
+
+def register_dynamic_client(spec: ClientSpec, initial_access_token: str) -> DynamicRegistration:
+    """Register a client over RFC 7591, spending the operator's single-use initial access token.
+
+    Dynamically registered clients follow stricter rules (see _dynamic_rules). The spec is
+    checked in full before the token is spent, so bad metadata costs nothing; the token is
+    spent by one conditional UPDATE, so two requests racing with it register one client.
+    """
+    _dynamic_rules(spec)
+    client, secret = _new_client(spec)
+    registration_token = new_secret(32)
+    client.registration_token_hash = digest(registration_token)  # stored only as a digest
+    if not initial_tokens.spend(digest(initial_access_token), client.client_id):
+        raise invalid_token("The initial access token is unknown, expired or already used.")
+    db.session.add(client)
+    db.session.commit()
+    _audit("client.created", client, dynamic=True)
+    return DynamicRegistration(client, secret, registration_token)
+
+
+def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]:
+    """Replace a client's metadata with `spec` (RFC 7592 §2.2), under the rules it was made by.
+
+    Its id, registration token and, while it stays a secret client, its secret are kept; a
+    client that becomes a secret client gets a new secret, returned once (else None). Raises
+    InvalidClientMetadata, changing nothing, if the spec breaks a rule.
+    """
+    from .oauth import current_server
+
+    client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
+    if client is None:
+        raise NotFound(f"no client with id {client_id!r}")
+    if client.registration_token_hash is not None:
+        _dynamic_rules(spec)
+    columns, by_secret = _checked_columns(spec)
+    secret = None
+    if not by_secret:
+        columns |= {
+            "secret_hash": None,
+            "previous_secret_hash": None,
+            "previous_secret_expires_at": None,
+        }
+    elif client.secret_hash is None:
+        secret = new_secret(32)
+        columns["secret_hash"] = digest(secret)
+    for name, value in columns.items():
+        setattr(client, name, value)
+    db.session.commit()
+    current_server().clients.forget(client_id)  # other processes' copies expire within a second
+    _audit("client.updated", client, new_secret=secret is not None)
     return client, secret
 
 
@@ -124,23 +156,196 @@ def delete_client(client_id: str) -> None:
     audit.event("client.deleted", client_id=client_id)
 
 
+def managed_client(client_id: str, registration_token: str) -> Client | None:
+    """The client `registration_token` manages, if it is `client_id`; else None (RFC 7592 §3).
+
+    Looked up by both, so one client's token never reaches another client.
+    """
+    if len(client_id) > 64 or "\x00" in client_id:
+        return None  # cannot be ours, and PostgreSQL refuses NUL in text
+    query = select(Client).where(
+        Client.client_id == client_id,
+        Client.registration_token_hash == digest(registration_token),
+    )
+    client: Client | None = db.session.scalars(query).first()
+    return client
+
+
+def issue_initial_access_token(expires_in: int) -> tuple[str, datetime]:
+    """A new RFC 7591 initial access token (shown once) and when it expires.
+
+    Single use: it registers one client. An operator hands one to one party for one app; a
+    leaked token then registers at most one client, never an unbounded number.
+    """
+    token = new_secret(32)
+    expires_at = utcnow() + timedelta(seconds=expires_in)
+    initial_tokens.issue(digest(token), expires_at)
+    audit.event("client.registration_token_issued", expires_at=isoformat(expires_at))
+    return token, expires_at
+
+
+def initial_access_token_usable(token: str) -> bool:
+    """Whether `token` is a live, unspent initial access token (the spend itself is atomic)."""
+    return initial_tokens.usable(digest(token))
+
+
+def invalid_token(description: str) -> APIError:
+    """RFC 6750 §3.1: a bearer token for registration that is wrong, expired or spent.
+
+    The realm is oauth/protect.py's REALM, as on every bearer-protected route.
+    """
+    challenge = (
+        f'Bearer realm="tokenserver", error="invalid_token", error_description="{description}"'
+    )
+    return APIError(
+        description, status=401, error="invalid_token", headers={"WWW-Authenticate": challenge}
+    )
+
+
+def _new_client(spec: ClientSpec) -> tuple[Client, str | None]:
+    """An unsaved client made from `spec`, with its secret if it authenticates by one."""
+    columns, by_secret = _checked_columns(spec)
+    secret = new_secret(32) if by_secret else None
+    client_id = new_identifier()
+    columns["name"] = columns["name"] or client_id  # RFC 7591 §2: shown instead of a name
+    client = Client(client_id=client_id, secret_hash=digest(secret) if secret else None, **columns)
+    return client, secret
+
+
+def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
+    """The client's columns made from `spec`, and whether it authenticates by secret.
+
+    Raises InvalidClientMetadata (InvalidRedirectURI for a redirect URI) naming the field.
+    """
+    grants = list(dict.fromkeys(spec.grants or _default_grants(spec)))
+    keyed = spec.jwks is not None or spec.jwks_uri is not None
+    if spec.jwks is not None and spec.jwks_uri is not None:
+        raise InvalidClientMetadata(
+            "jwks, jwks_uri: give the client's keys inline (jwks) or by URL (jwks_uri), not both"
+        )
+    if spec.public and keyed:
+        raise InvalidClientMetadata("jwks: a public client has no keys: it authenticates with none")
+    for confidential_only in ("client_credentials", TOKEN_EXCHANGE):
+        if spec.public and confidential_only in grants:
+            raise InvalidClientMetadata(
+                f"grant_types: a public client cannot use {confidential_only} (it has no secret)"
+            )
+    if TOKEN_EXCHANGE in grants and not spec.audiences:
+        raise InvalidClientMetadata(
+            f"the {TOKEN_EXCHANGE} grant needs at least one --audience: the resources it "
+            "serves and may exchange tokens for"
+        )
+    if spec.secret_auth_method is not None and (spec.public or keyed):
+        raise InvalidClientMetadata(
+            f"token_endpoint_auth_method: {spec.secret_auth_method} is for clients with a secret"
+        )
+    if "authorization_code" in grants and not spec.redirect_uris:
+        raise InvalidClientMetadata(
+            "redirect_uris: the authorization_code grant needs at least one redirect URI"
+        )
+    for uri in spec.redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise InvalidRedirectURI(f"redirect URI {uri!r}: {problem}")
+    for uri in spec.audiences:
+        problem = resource_problem(uri)
+        if problem:
+            raise InvalidClientMetadata(f"audience {uri!r}: {problem}")
+    scopes = _scopes(spec)
+    jwks = public_jwks(spec.jwks) if spec.jwks is not None else None
+    if spec.jwks_uri is not None:
+        problem = jwks_uri_problem(spec.jwks_uri)
+        if problem:
+            raise InvalidClientMetadata(f"jwks_uri {spec.jwks_uri!r}: {problem}")
+    columns = {
+        "name": spec.name,
+        "grant_types": " ".join(grants),
+        "scope": " ".join(scopes),
+        "can_introspect": spec.introspect,
+        "redirect_uris": " ".join(dict.fromkeys(spec.redirect_uris)),
+        "first_party": spec.first_party,
+        "audiences": " ".join(dict.fromkeys(spec.audiences)),
+        "jwks": json.dumps(jwks, separators=(",", ":")) if jwks is not None else None,
+        "jwks_uri": spec.jwks_uri,
+        "secret_auth_method": spec.secret_auth_method,
+    }
+    return columns, not (spec.public or keyed)
+
+
+# RFC 8628's grant: a public client (a device without a keyboard) may use it.
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# The grants a dynamically registered public client may use: redirect- and device-based ones.
+_PUBLIC_GRANTS = frozenset({"authorization_code", "refresh_token", DEVICE_GRANT})
+# Grants that issue refresh tokens to a dynamically registered client.
+_REFRESHING_GRANTS = frozenset({"authorization_code", DEVICE_GRANT})
+
+
+def _dynamic_rules(spec: ClientSpec) -> None:
+    """What a client registered over HTTP may not have, beyond what every client may not.
+
+    Nobody vouched for it: never first-party (consent is always asked), never a resource
+    server (introspection of every token), never the password grant (RFC 9700 §2.4: it hands
+    users' passwords to the client), and redirect URIs only https or loopback http.
+    """
+    grants = spec.grants or _default_grants(spec)
+    if spec.first_party or spec.introspect:
+        raise InvalidClientMetadata(
+            "a dynamically registered client is never first-party nor a resource server"
+        )
+    if "password" in grants:
+        raise InvalidClientMetadata(
+            "grant_types: the password grant is not offered to dynamically registered clients "
+            "(RFC 9700 §2.4)"
+        )
+    if spec.public and not set(grants) <= _PUBLIC_GRANTS:
+        raise InvalidClientMetadata(
+            "grant_types: a client with token_endpoint_auth_method none may use only "
+            "authorization_code, refresh_token and the device grant"
+        )
+    if "refresh_token" in grants and not _REFRESHING_GRANTS & set(grants):
+        raise InvalidClientMetadata(
+            "grant_types: refresh_token needs a grant that issues refresh tokens "
+            "(authorization_code or the device grant)"
+        )
+    for uri in spec.redirect_uris:
+        if urlsplit(uri).scheme not in ("https", "http"):
+            raise InvalidRedirectURI(f"redirect URI {uri!r}: must be https (or http on loopback)")
+
+
+def _audit(name: str, client: Client, **extra: Any) -> None:
+    audit.event(
+        name,
+        client_id=client.client_id,
+        name=client.name,
+        public=client.is_public,
+        auth_method=client.auth_method,
+        grant_types=client.grants,
+        scope=client.scope,
+        introspect=client.can_introspect,
+        redirect_uris=client.redirect_uri_list,
+        first_party=client.first_party,
+        audiences=client.audience_list,
+        **extra,
+    )
+
+
 def public_jwks(document: Any) -> dict[str, Any]:
     """`document` as a JWKS of public signing keys, or APIError saying what is wrong."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise APIError('jwks must be a JSON object with a "keys" array')
+        raise InvalidClientMetadata('jwks must be a JSON object with a "keys" array')
     if not document["keys"]:
-        raise APIError("jwks holds no key")
+        raise InvalidClientMetadata("jwks holds no key")
     for key in document["keys"]:
         if not isinstance(key, dict) or key.get("kty") not in _KEY_TYPES:
-            raise APIError(f"jwks keys must be public {', '.join(_KEY_TYPES)} keys")
+            raise InvalidClientMetadata(f"jwks keys must be public {', '.join(_KEY_TYPES)} keys")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joserfc warns of small keys; refused below
             keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError) as exc:
-        raise APIError(f"jwks holds a key that cannot be read ({exc})") from None
+        raise InvalidClientMetadata(f"jwks holds a key that cannot be read ({exc})") from None
     if any(key.is_private for key in keys):
-        raise APIError("jwks must hold public keys only, never private parts")
+        raise InvalidClientMetadata("jwks must hold public keys only, never private parts")
     return {"keys": [key.as_dict(private=False) for key in keys]}
 
 
@@ -165,5 +370,7 @@ def _scopes(spec: ClientSpec) -> list[str]:
     scopes = (spec.scope or " ".join(default)).split()
     unknown = [s for s in scopes if s not in known]
     if unknown:
-        raise APIError(f"unknown scope {unknown[0]!r}; known: {', '.join(known)}")
+        raise InvalidClientMetadata(
+            f"scope: unknown scope {unknown[0]!r}; known: {', '.join(known)}"
+        )
     return list(dict.fromkeys(scopes))

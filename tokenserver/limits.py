@@ -1,10 +1,10 @@
 """Per-IP rate limits (Flask-Limiter) on the routes anyone may call without a token.
 
-Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection
-and revocation endpoints count only failures, so busy legitimate clients are never slowed; the
-discovery routes count every request. /healthz, /readyz and /metrics are never limited: a load
-balancer checks /readyz on every node twice a second from one address. Each app reads its
-values, switch and storage from its own settings.
+Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection,
+revocation and client registration endpoints count only failures, so busy legitimate clients are
+never slowed; the discovery routes count every request. /healthz, /readyz and /metrics are never
+limited: a load balancer checks /readyz on every node twice a second from one address. Each app
+reads its values, switch and storage from its own settings.
 """
 
 from __future__ import annotations
@@ -51,6 +51,15 @@ RULES = (
         True,
     ),
     _Rule("revoke", frozenset({"/oauth/revoke"}), ("POST",), "ratelimit_default", True),
+    # Registration needs a token: failures (a guessed or spent token, bad metadata) count,
+    # on the budget that guards the token endpoint's credentials.
+    _Rule(
+        "register",
+        frozenset({"/oauth/register", "/oauth/register/<client_id>"}),
+        ("POST", "GET", "PUT", "DELETE"),
+        "ratelimit_token_failures",
+        True,
+    ),
     _Rule(
         "discovery",
         frozenset(

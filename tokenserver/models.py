@@ -161,6 +161,10 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     # private_key_jwt (RFC 7523): the client's public keys, inline (a JWKS document) or by URL.
     jwks: Mapped[str | None] = mapped_column(Text)
     jwks_uri: Mapped[str | None] = mapped_column(String(2048))
+    # RFC 7591: client_secret_post when a secret client registered so (NULL: client_secret_basic).
+    secret_auth_method: Mapped[str | None] = mapped_column(String(32))
+    # RFC 7592: digest of the token that manages a dynamically registered client (NULL: CLI's).
+    registration_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
 
     @property
     def is_public(self) -> bool:
@@ -209,7 +213,7 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         """How it authenticates at the token endpoint (RFC 7591 token_endpoint_auth_method)."""
         if self.has_keys:
             return "private_key_jwt"
-        return "none" if self.is_public else "client_secret_basic"
+        return "none" if self.is_public else self.secret_auth_method or "client_secret_basic"
 
     @property
     def redirect_uri_list(self) -> list[str]:
@@ -419,3 +423,18 @@ class SpentJti(db.Model):  # type: ignore[name-defined,misc]
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class InitialAccessToken(db.Model):  # type: ignore[name-defined,misc]
+    """An RFC 7591 initial access token from the CLI: registers one client, before it expires.
+
+    Only the token's SHA-256 digest is kept; `spent_at` marks the registration it allowed.
+    """
+
+    __tablename__ = "initial_access_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    client_id: Mapped[str | None] = mapped_column(String(64))  # the client it registered

@@ -233,6 +233,11 @@ def init_oauth(app: Flask) -> None:
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)
+    # Imported here: the registration endpoints use clients.py, which uses this package.
+    from .registration import ConfigurationEndpoint, RegistrationEndpoint
+
+    server.register_endpoint(RegistrationEndpoint)
+    server.register_endpoint(ConfigurationEndpoint)
     app.extensions["tokenserver.oauth"] = server
 
     from .oidc import bp as oidc_bp

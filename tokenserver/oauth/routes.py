@@ -88,6 +88,20 @@ def revoke() -> Response:
     return response
 
 
+@bp.post("/oauth/register")
+def register() -> Response:
+    """RFC 7591 dynamic client registration, with an initial access token."""
+    response: Response = current_server().create_endpoint_response("client_registration")
+    return response
+
+
+@bp.route("/oauth/register/<client_id>", methods=["GET", "PUT", "DELETE"])
+def configure(client_id: str) -> Response:
+    """RFC 7592: read, replace or delete a registration, with its registration access token."""
+    response: Response = current_server().create_endpoint_response("client_configuration")
+    return response
+
+
 @bp.get("/.well-known/oauth-authorization-server")
 def metadata() -> Response:
     """RFC 8414 authorization server metadata."""
@@ -106,6 +120,7 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "token_endpoint": f"{issuer}/oauth/token",
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "registration_endpoint": f"{issuer}/oauth/register",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from ..config import current_settings
-from . import components
+from . import components, registration
 from .paths import all_paths
 from .schemas import SCHEMAS
 
@@ -29,11 +29,14 @@ def build_document(issuer: str) -> dict[str, Any]:
         "tags": [{"name": name} for name in ("users", "oauth", "pages", "junk", "operations")],
         "paths": all_paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **registration.schemas()},
             "responses": components.responses(),
             "headers": components.headers(),
             "parameters": components.parameters(),
-            "securitySchemes": components.security_schemes(),
+            "securitySchemes": {
+                **components.security_schemes(),
+                **registration.security_schemes(),
+            },
         },
     }
 

@@ -257,6 +257,13 @@ def operations() -> Doc:
 
 def all_paths() -> Doc:
     """Every route, grouped as the API contract groups them."""
-    from . import browser
+    from . import browser, registration
 
-    return {**users(), **oauth(), **browser.paths(), **junk(), **operations()}
+    return {
+        **users(),
+        **oauth(),
+        **registration.paths(),
+        **browser.paths(),
+        **junk(),
+        **operations(),
+    }

@@ -174,6 +174,7 @@ SCHEMAS: Schema = {
             "token_endpoint": {"type": "string", "format": "uri"},
             "introspection_endpoint": {"type": "string", "format": "uri"},
             "revocation_endpoint": {"type": "string", "format": "uri"},
+            "registration_endpoint": {"type": "string", "format": "uri"},
             "jwks_uri": {"type": "string", "format": "uri"},
             "grant_types_supported": {"type": "array", "items": {"enum": list(GRANT_TYPES)}},
             "token_endpoint_auth_methods_supported": {"type": "array", "items": _STRING},

@@ -1,0 +1,644 @@
+"""Dynamic client registration (RFC 7591) and its management (RFC 7592)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+import time_machine
+from authlib.integrations.requests_client import OAuth2Session
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from joserfc.jwk import RSAKey
+from sqlalchemy import func, select
+
+from tokenserver.extensions import db
+from tokenserver.models import Client, InitialAccessToken
+
+from .conftest import Actions, LiveServer
+from .test_authorize import REDIRECT, Flow, pkce, query_of
+from .test_oauth_token import claims_of
+
+ISSUER = "http://localhost:8000"
+TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def initial_token(runner: FlaskCliRunner, *args: str) -> str:
+    """A fresh initial access token from the CLI."""
+    result = runner.invoke(args=["clients", "registration-token", *args])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert TOKEN_LINE.match(token), result.stdout
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def register(
+    client: FlaskClient, token: str, metadata: dict[str, Any] | None = None, **more: Any
+) -> Any:
+    return client.post("/oauth/register", json={**(metadata or {}), **more}, headers=bearer(token))
+
+
+def client_count(app: Flask) -> int:
+    with app.app_context():
+        return int(db.session.scalar(select(func.count()).select_from(Client)) or 0)
+
+
+WEB_APP: dict[str, Any] = {
+    "client_name": "Photo App",
+    "redirect_uris": [REDIRECT],
+    "grant_types": ["authorization_code", "refresh_token"],
+    "token_endpoint_auth_method": "none",
+    "scope": "openid profile junk:read",
+}
+
+
+def test_registration_returns_the_client_as_registered_with_its_credentials(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    response = register(
+        client,
+        initial_token(runner),
+        client_name="Sync service",
+        grant_types=["client_credentials"],
+        scope="junk:read",
+        logo_uri="https://example.com/logo.png",  # not registered here: ignored (RFC 7591 §2)
+        made_up_field=42,
+    )
+    assert response.status_code == 201, response.json
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json
+    client_id = body["client_id"]
+    assert body["client_name"] == "Sync service"
+    assert body["grant_types"] == ["client_credentials"]
+    assert body["response_types"] == []
+    assert body["token_endpoint_auth_method"] == "client_secret_basic"
+    assert body["scope"] == "junk:read"
+    assert body["client_secret"] and body["client_secret_expires_at"] == 0
+    assert abs(body["client_id_issued_at"] - datetime.now(UTC).timestamp()) < 60
+    assert body["registration_client_uri"] == f"{ISSUER}/oauth/register/{client_id}"
+    assert body["registration_access_token"]
+    assert "logo_uri" not in body and "made_up_field" not in body
+    # The secret works at the token endpoint.
+    token = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, body["client_secret"]),
+    )
+    assert token.status_code == 200 and claims_of(token.json["access_token"])["sub"] == client_id
+
+
+def test_registration_without_a_token_is_refused_with_a_bare_challenge(
+    app: Flask, client: FlaskClient
+) -> None:
+    for headers in ({}, {"Authorization": "Basic YTpi"}, {"Authorization": "Bearer "}):
+        response = client.post("/oauth/register", json=WEB_APP, headers=headers)
+        assert response.status_code == 401
+        assert response.json["error"] == "invalid_token"
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokenserver"'
+    assert client_count(app) == 0
+
+
+def test_registration_with_a_wrong_expired_or_spent_token_is_invalid_token(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    now = datetime.now(UTC)
+    with time_machine.travel(now, tick=False):
+        expiring = initial_token(runner, "--expires-in", "60")
+    spent = initial_token(runner)
+    assert register(client, spent, **WEB_APP).status_code == 201
+    before = client_count(app)
+    with time_machine.travel(now + timedelta(seconds=61), tick=False):
+        attempts = [expiring, spent, "not-a-token", spent + "x", "\x00" * 10]
+        for token in attempts:
+            response = register(client, token, **WEB_APP)
+            assert response.status_code == 401, token
+            assert response.json["error"] == "invalid_token"
+            assert response.headers["WWW-Authenticate"].startswith(
+                'Bearer realm="tokenserver", error="invalid_token"'
+            )
+    assert client_count(app) == before
+
+
+def test_an_initial_access_token_registers_exactly_one_client(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    token = initial_token(runner)
+    first = register(client, token, **WEB_APP)
+    second = register(client, token, **WEB_APP)
+    assert first.status_code == 201
+    assert second.status_code == 401 and second.json["error"] == "invalid_token"
+    assert client_count(app) == 1
+
+
+@pytest.mark.parametrize(
+    "metadata, error, field",
+    [
+        ({"redirect_uris": ["http://app.example.com/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        ({"redirect_uris": ["https://app.example.com/cb#frag"]}, "invalid_redirect_uri", "frag"),
+        ({"redirect_uris": ["com.example.app:/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        ({"redirect_uris": ["javascript:alert(1)"]}, "invalid_redirect_uri", "redirect URI"),
+        (
+            {"redirect_uris": "https://app.example.com/cb"},
+            "invalid_client_metadata",
+            "redirect_uris",
+        ),
+        ({"redirect_uris": []}, "invalid_client_metadata", "redirect_uris"),
+        ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
+        (
+            {"grant_types": ["password", "refresh_token"], "response_types": []},
+            "invalid_client_metadata",
+            "RFC 9700",
+        ),
+        ({"grant_types": ["implicit"]}, "invalid_client_metadata", "grant_types"),
+        ({"grant_types": []}, "invalid_client_metadata", "grant_types"),
+        (
+            {"grant_types": ["refresh_token"], "response_types": []},
+            "invalid_client_metadata",
+            "grant_types",
+        ),
+        (
+            {"grant_types": ["client_credentials"], "response_types": []},
+            "invalid_client_metadata",
+            "token_endpoint_auth_method none",
+        ),
+        ({"response_types": ["token"]}, "invalid_client_metadata", "response_types"),
+        ({"response_types": []}, "invalid_client_metadata", "response_types"),
+        (
+            {"token_endpoint_auth_method": "client_secret_jwt"},
+            "invalid_client_metadata",
+            "token_endpoint_auth_method",
+        ),
+        (
+            {"token_endpoint_auth_method": "private_key_jwt"},
+            "invalid_client_metadata",
+            "token_endpoint_auth_method",
+        ),
+        ({"jwks_uri": "https://app.example.com/jwks"}, "invalid_client_metadata", "jwks_uri"),
+        ({"scope": "junk:admin"}, "invalid_client_metadata", "scope"),
+        ({"scope": 7}, "invalid_client_metadata", "scope"),
+        ({"client_name": "x" * 201}, "invalid_client_metadata", "client_name"),
+        ({"client_name": "bad\nname"}, "invalid_client_metadata", "client_name"),
+    ],
+)
+def test_bad_metadata_is_refused_naming_the_field_and_changes_nothing(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    metadata: dict[str, Any],
+    error: str,
+    field: str,
+) -> None:
+    token = initial_token(runner)
+    response = register(client, token, **{**WEB_APP, **metadata})
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == error
+    assert field in response.json["error_description"]
+    assert client_count(app) == 0
+    # Refused metadata does not spend the token.
+    assert register(client, token, **WEB_APP).status_code == 201
+
+
+def _jwks() -> dict[str, Any]:
+    return {"keys": [RSAKey.generate_key(2048).as_dict(private=False)]}
+
+
+@pytest.mark.parametrize(
+    "metadata, field",
+    [
+        ({"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": "no"}}, "jwks"),
+        (
+            {
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": {"keys": [RSAKey.generate_key(2048).as_dict(private=True)]},
+            },
+            "jwks",
+        ),
+        (
+            {
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": _jwks(),
+                "jwks_uri": "https://app.example.com/jwks",
+            },
+            "jwks",
+        ),
+        (
+            {"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "http://x.example/j"},
+            "jwks_uri",
+        ),
+        ({"token_endpoint_auth_method": "none", "jwks": _jwks()}, "jwks"),
+    ],
+)
+def test_bad_keys_are_refused_and_change_nothing(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    metadata: dict[str, Any],
+    field: str,
+) -> None:
+    response = register(client, initial_token(runner), **{**WEB_APP, **metadata})
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_client_metadata"
+    assert field in response.json["error_description"]
+    assert client_count(app) == 0
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"client_name=x", "application/x-www-form-urlencoded"),
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'"a string"', "application/json"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_invalid_client_metadata(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, body: bytes, content_type: str
+) -> None:
+    response = client.post(
+        "/oauth/register",
+        data=body,
+        headers={**bearer(initial_token(runner)), "Content-Type": content_type},
+    )
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_client_metadata"
+    assert client_count(app) == 0
+
+
+def test_a_key_client_registers_with_private_key_jwt(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    jwks = _jwks()
+    response = register(
+        client,
+        initial_token(runner),
+        client_name="Keyed service",
+        grant_types=["client_credentials"],
+        token_endpoint_auth_method="private_key_jwt",
+        jwks=jwks,
+    )
+    assert response.status_code == 201, response.json
+    assert response.json["token_endpoint_auth_method"] == "private_key_jwt"
+    assert response.json["jwks"]["keys"][0]["n"] == jwks["keys"][0]["n"]
+    assert "client_secret" not in response.json
+
+
+def test_registered_clients_are_never_first_party_nor_resource_servers(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    response = register(
+        client,
+        initial_token(runner),
+        **WEB_APP,
+        first_party=True,
+        introspect=True,
+        can_introspect=True,
+    )
+    assert response.status_code == 201
+    with app.app_context():
+        made = db.session.scalars(
+            select(Client).where(Client.client_id == response.json["client_id"])
+        ).one()
+        assert not made.first_party and not made.can_introspect
+
+
+def test_a_registered_public_client_signs_a_user_in_with_pkce(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered = register(client, initial_token(runner), **WEB_APP)
+    assert registered.status_code == 201
+    assert "client_secret" not in registered.json
+    client_id = registered.json["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    first = flow.authorize(client_id, challenge)
+    assert first.headers["Location"].startswith("/consent?")  # never first-party: consent asked
+    allowed = flow.consent(first.headers["Location"])
+    code = query_of(allowed.headers["Location"])["code"]
+    tokens = flow.exchange(client_id, None, code, verifier)
+    assert tokens.status_code == 200, tokens.json
+    assert claims_of(tokens.json["access_token"])["client_id"] == client_id
+    assert "id_token" in tokens.json and "refresh_token" in tokens.json
+    refreshed = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens.json["refresh_token"],
+            "client_id": client_id,
+        },
+    )
+    assert refreshed.status_code == 200
+    # Without its verifier, or with the password grant, it gets nothing.
+    password = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": "alice",
+            "password": "x" * 9,
+            "client_id": client_id,
+        },
+    )
+    assert password.status_code in (400, 401)
+    assert password.json["error"] in ("unauthorized_client", "unsupported_grant_type")
+
+
+def _manage(client: FlaskClient, method: str, body: dict[str, Any], **kw: Any) -> Any:
+    token = body["registration_access_token"]
+    path = body["registration_client_uri"].removeprefix(ISSUER)
+    return client.open(path, method=method, headers=bearer(token), **kw)
+
+
+def test_read_update_and_delete_with_the_registration_access_token(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_post"
+    ).json
+    client_id, secret = registered["client_id"], registered["client_secret"]
+    read = _manage(client, "GET", registered)
+    assert read.status_code == 200 and read.headers["Cache-Control"] == "no-store"
+    assert "client_secret" not in read.json  # shown once, never again
+    expected = {k: v for k, v in registered.items() if k != "client_secret"}
+    assert read.json == expected
+
+    update = {
+        "client_id": client_id,
+        "client_secret": secret,
+        "client_name": "Photo App 2",
+        "redirect_uris": ["https://app.example.com/new"],
+        "grant_types": ["authorization_code"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": "junk:read",
+    }
+    updated = _manage(client, "PUT", registered, json=update)
+    assert updated.status_code == 200, updated.json
+    assert updated.json["client_name"] == "Photo App 2"
+    assert updated.json["redirect_uris"] == ["https://app.example.com/new"]
+    assert updated.json["grant_types"] == ["authorization_code"]
+    assert updated.json["token_endpoint_auth_method"] == "client_secret_basic"
+    assert updated.json["registration_access_token"] == registered["registration_access_token"]
+    assert "client_secret" not in updated.json  # still a secret client: the same secret
+    assert _manage(client, "GET", registered).json["client_name"] == "Photo App 2"
+
+    # Becoming public drops the secret; becoming confidential again issues a new one, once.
+    public = _manage(client, "PUT", registered, json={**WEB_APP, "client_id": client_id})
+    assert public.status_code == 200 and public.json["token_endpoint_auth_method"] == "none"
+    confidential = _manage(
+        client,
+        "PUT",
+        registered,
+        json={
+            **WEB_APP,
+            "client_id": client_id,
+            "token_endpoint_auth_method": "client_secret_basic",
+        },
+    )
+    assert confidential.status_code == 200
+    new_secret = confidential.json["client_secret"]
+    assert new_secret != secret
+    with app.app_context():
+        made = db.session.scalars(select(Client).where(Client.client_id == client_id)).one()
+        assert made.check_client_secret(new_secret) and not made.check_client_secret(secret)
+
+    deleted = _manage(client, "DELETE", registered)
+    assert deleted.status_code == 204
+    assert client_count(app) == 0
+    again = _manage(client, "GET", registered)
+    assert again.status_code == 401 and again.json["error"] == "invalid_token"
+
+
+def test_deleting_a_registration_ends_its_tokens(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    registered = register(
+        client, initial_token(runner), grant_types=["client_credentials"], response_types=[]
+    ).json
+    auth = (registered["client_id"], registered["client_secret"])
+    issued = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=auth)
+    assert issued.status_code == 200
+    assert _manage(client, "DELETE", registered).status_code == 204
+    after = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=auth)
+    assert after.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "change, error, named",
+    [
+        ({"client_id": None}, "invalid_request", "client_id"),
+        ({"client_id": "someone-else"}, "invalid_request", "client_id"),
+        ({"client_secret": "wrong"}, "invalid_request", "client_secret"),
+        ({"registration_access_token": "x"}, "invalid_request", "registration_access_token"),
+        ({"client_id_issued_at": 1}, "invalid_request", "client_id_issued_at"),
+        ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
+        ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
+    ],
+)
+def test_a_bad_update_is_refused_and_changes_nothing(
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    change: dict[str, Any],
+    error: str,
+    named: str,
+) -> None:
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    update = {**WEB_APP, "client_id": registered["client_id"], "client_name": "Changed", **change}
+    update = {k: v for k, v in update.items() if v is not None}
+    response = _manage(client, "PUT", registered, json=update)
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == error and named in response.json["error_description"]
+    assert _manage(client, "GET", registered).json["client_name"] == "Photo App"
+
+
+def test_another_clients_registration_token_is_refused(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    mine = register(client, initial_token(runner), **WEB_APP).json
+    theirs = register(client, initial_token(runner), **WEB_APP).json
+    cli_made = actions.oauth_client("cli-made")
+    targets = [theirs["client_id"], cli_made.client_id, "no-such-client", "x" * 500]
+    for target in targets:
+        for method in ("GET", "PUT", "DELETE"):
+            response = client.open(
+                f"/oauth/register/{target}",
+                method=method,
+                headers=bearer(mine["registration_access_token"]),
+                json={"client_id": target, **WEB_APP} if method == "PUT" else None,
+            )
+            assert response.status_code == 401, (target, method)
+            assert response.json["error"] == "invalid_token"
+            assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    # Nothing changed; the initial access token is not a registration access token either.
+    assert client_count(app) == 3
+    token = initial_token(runner)
+    response = client.get(f"/oauth/register/{mine['client_id']}", headers=bearer(token))
+    assert response.status_code == 401
+    no_token = client.get(f"/oauth/register/{mine['client_id']}")
+    assert no_token.status_code == 401
+    assert no_token.headers["WWW-Authenticate"] == 'Bearer realm="tokenserver"'
+
+
+def test_tokens_are_stored_only_as_digests(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    token = initial_token(runner)
+    body = register(client, token, WEB_APP, token_endpoint_auth_method="client_secret_basic").json
+    secrets_shown = [token, body["registration_access_token"], body["client_secret"]]
+    with app.app_context():
+        dump = "\n".join(
+            repr(tuple(row))
+            for table in ("clients", "initial_access_tokens")
+            for row in db.session.execute(db.metadata.tables[table].select())
+        )
+    assert body["client_id"] in dump  # the scan sees the rows
+    for secret in secrets_shown:
+        assert secret not in dump
+
+
+def test_cli_registration_token_prints_a_token_that_expires_when_asked(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    now = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        result = runner.invoke(args=["clients", "registration-token", "--expires-in", "3600"])
+        default = runner.invoke(args=["clients", "registration-token"])
+    assert result.exit_code == 0 and default.exit_code == 0
+    assert TOKEN_LINE.match(result.stdout.strip())
+    assert "2031-05-01T13:00:00Z" in result.stderr and "one client" in result.stderr
+    assert "2031-05-02T12:00:00Z" in default.stderr  # a day by default
+    with app.app_context():
+        expiries = sorted(db.session.scalars(select(InitialAccessToken.expires_at)))
+    assert expiries == [now + timedelta(hours=1), now + timedelta(days=1)]
+    for bad in ("0", "-5", "abc", str(31 * 86400)):
+        refused = runner.invoke(args=["clients", "registration-token", "--expires-in", bad])
+        assert refused.exit_code == 2, bad
+
+
+def test_registration_is_audited_without_secrets(
+    client: FlaskClient, runner: FlaskCliRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="tokenserver.audit")
+    token = initial_token(runner)
+    body = register(client, token, **WEB_APP).json
+    _manage(client, "PUT", body, json={**WEB_APP, "client_id": body["client_id"]})
+    _manage(client, "DELETE", body)
+    events = [r.fields for r in caplog.records if r.name == "tokenserver.audit"]  # type: ignore[attr-defined]
+    names = [e["event"] for e in events]
+    assert names == [
+        "client.registration_token_issued",
+        "client.created",
+        "client.updated",
+        "client.deleted",
+    ]
+    assert events[1]["dynamic"] is True and events[1]["client_id"] == body["client_id"]
+    logged = json.dumps(events, default=str)
+    assert token not in logged and body["registration_access_token"] not in logged
+
+
+def test_purge_deletes_initial_access_tokens_expired_long_ago(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    now = datetime.now(UTC)
+    with time_machine.travel(now - timedelta(days=3), tick=False):
+        initial_token(runner, "--expires-in", "3600")
+    with time_machine.travel(now - timedelta(hours=2), tick=False):
+        initial_token(runner, "--expires-in", "3600")  # expired an hour ago: kept a day
+    live = initial_token(runner)
+    output = runner.invoke(args=["tokens", "purge"]).output
+    assert "1 initial access tokens" in output
+    with app.app_context():
+        left = db.session.scalars(select(InitialAccessToken.token_hash)).all()
+    assert len(left) == 2
+    from tokenserver.digests import digest
+
+    assert digest(live) in left
+
+
+def test_metadata_documents_name_the_registration_endpoint(client: FlaskClient) -> None:
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        assert client.get(path).json["registration_endpoint"] == f"{ISSUER}/oauth/register"
+
+
+def test_register_with_requests_then_client_credentials_with_authlib_over_gunicorn(
+    live_server: LiveServer, runner: FlaskCliRunner
+) -> None:
+    token = initial_token(runner)
+    response = requests.post(
+        f"{live_server.url}/oauth/register",
+        json={
+            "client_name": "Reporting job",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "token_endpoint_auth_method": "client_secret_post",
+            "scope": "junk:read",
+        },
+        headers=bearer(token),
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    session = OAuth2Session(
+        body["client_id"],
+        body["client_secret"],
+        token_endpoint_auth_method="client_secret_post",
+        scope="junk:read",
+    )
+    issued = session.fetch_token(f"{live_server.url}/oauth/token", grant_type="client_credentials")
+    assert claims_of(issued["access_token"])["sub"] == body["client_id"]
+    path = body["registration_client_uri"].removeprefix(ISSUER)
+    read = requests.get(
+        f"{live_server.url}{path}", headers=bearer(body["registration_access_token"]), timeout=10
+    )
+    assert read.status_code == 200 and read.json()["client_name"] == "Reporting job"
+    gone = requests.delete(
+        f"{live_server.url}{path}", headers=bearer(body["registration_access_token"]), timeout=10
+    )
+    assert gone.status_code == 204
+    refused = requests.post(
+        f"{live_server.url}/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": body["client_id"],
+            "client_secret": body["client_secret"],
+        },
+        timeout=10,
+    )
+    assert refused.status_code == 401
+
+
+def test_failed_registration_requests_are_limited_per_ip(make_app: Any) -> None:
+    app = make_app(ratelimit_enabled=True, ratelimit_token_failures="3/minute")
+    client, runner = app.test_client(), app.test_cli_runner()
+    good = register(client, initial_token(runner), WEB_APP).json
+    for _ in range(4):  # successful registrations and reads never count
+        assert _manage(client, "GET", good).status_code == 200
+    guessed = bearer("guessed")
+    for _ in range(3):
+        assert client.post("/oauth/register", json=WEB_APP, headers=guessed).status_code == 401
+    limited = register(client, initial_token(runner), WEB_APP)
+    assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
+    assert "Retry-After" in limited.headers
+    assert client_count(app) == 1
+    # The management route counts its own failures: guessed tokens, refused updates.
+    path = f"/oauth/register/{good['client_id']}"
+    assert client.get(path, headers=guessed).status_code == 401
+    assert client.delete(path, headers=guessed).status_code == 401
+    assert _manage(client, "PUT", good, json={"client_id": "other"}).status_code == 400
+    assert _manage(client, "GET", good).status_code == 429
+    other = client.post(
+        "/oauth/register",
+        json=WEB_APP,
+        headers=bearer(initial_token(runner)),
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert other.status_code == 201  # another address has its own budget
