@@ -30,7 +30,14 @@ OIDC_SCOPES = ("openid", "profile")
 DEFAULT_GRANTS = ("password", "refresh_token")
 # What a client registered with redirect URIs and no explicit grant gets.
 BROWSER_GRANTS = ("authorization_code", "refresh_token")
-GRANT_TYPES = ("password", "refresh_token", "client_credentials", "authorization_code")
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
+GRANT_TYPES = (
+    "password",
+    "refresh_token",
+    "client_credentials",
+    "authorization_code",
+    DEVICE_CODE,
+)
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so 64-bit ids are plain INTEGER there.
 BigId = BigInteger().with_variant(Integer, "sqlite")

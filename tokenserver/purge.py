@@ -1,4 +1,4 @@
-"""Deleting token records long past expiry, in short batches that never hold a lock for long."""
+"""Deleting token records and device authorizations long past expiry, in short batches."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from sqlalchemy import ColumnElement, Table, delete, exists, select
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
+from .store import devices
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
 
 
-def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
+def purge(older_than: int, batch_size: int) -> tuple[int, int, int, int]:
     """Delete records expired over `older_than` seconds ago, families left empty, dead keys.
 
-    Returns how many records, families and retired signing keys went.
+    Returns how many records, families, retired signing keys and device authorizations went.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -38,7 +39,9 @@ def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
         delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
     )
     db.session.commit()
-    return records, families, int(keys.rowcount)  # type: ignore[attr-defined]
+    # An expired device code only ever answers expired_token: nothing to keep it for.
+    device_authorizations = devices.purge(cutoff, batch_size)
+    return records, families, int(keys.rowcount), device_authorizations  # type: ignore[attr-defined]
 
 
 def _table(model: Any) -> Table:

@@ -23,6 +23,7 @@ from ..keys import KeyRing
 from ..models import OIDC_SCOPES, SCOPES, Client
 from . import client_auth, grants
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge
+from .devices import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceIdToken
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .logout import LogoutEndpoint
 from .records import RefreshCredential, record_issued
@@ -222,6 +223,8 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(grants.RefreshGrant, [RefreshIdToken()])
     server.register_grant(CodeGrant, [S256Challenge(required=True), IdToken()])
     server.register_grant(grants.ClientCredentialsGrant)
+    server.register_grant(DeviceCodeGrant, [DeviceIdToken()])
+    server.register_endpoint(DeviceAuthorizationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)
