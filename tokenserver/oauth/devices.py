@@ -155,8 +155,11 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
         asked = requested(self.request.payload.data, self.request.client)
         if not set(asked) <= set(credential.resources.split()):  # checked before spending
             raise InvalidTargetError("The resource is wider than the original grant.")
+        if not devices.spend(credential, now):
+            raise InvalidGrantError("The device code is invalid, expired or spent.")
+        # Spent first: a user disabled since approving leaves the code dead, not waiting.
         user = users.subject(credential.user_id) if credential.user_id is not None else None
-        if user is None or user.disabled or not devices.spend(credential, now):
+        if user is None or user.disabled:
             raise InvalidGrantError("The device code is invalid, expired or spent.")
         return user
 

@@ -75,7 +75,8 @@ def token() -> Response:
 @bp.post("/oauth/device_authorization")
 def device_authorization() -> Response:
     """RFC 8628 §3.1: a device code, and a user code for the user to type at /device."""
-    _require_form()
+    if request.mimetype or request.content_length:  # a Basic-authenticated client may send none
+        _require_form()
     response: Response = current_server().create_endpoint_response("device_authorization")
     return response
 
