@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, text
 
 from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
+from tokenserver.observability import JSONFormatter
 
 from .conftest import Actions, RegisteredClient
 from .test_authorize import Flow, csrf_of
@@ -312,6 +315,7 @@ def test_a_poll_without_device_code_is_invalid_request(device: Device) -> None:
         data={"grant_type": DEVICE_GRANT, "client_id": device.oauth_client.client_id},
     )
     assert _error(response) == "invalid_request"
+    assert response.json["error_description"] == "'device_code' is required"
 
 
 def test_a_client_without_the_grant_cannot_poll(device: Device, actions: Actions) -> None:
@@ -513,8 +517,6 @@ def test_user_codes_are_read_case_and_hyphen_blind(typed: str, stored: str | Non
 
 
 def test_clients_create_accepts_the_device_grant(runner: FlaskCliRunner) -> None:
-    import json
-
     result = runner.invoke(
         args=["clients", "create", "TV", "--public", "--grant", DEVICE_GRANT, "--json"]
     )
@@ -542,3 +544,28 @@ def test_purge_deletes_expired_device_authorizations(
     result = runner.invoke(args=["tokens", "purge"])
     assert result.exit_code == 0 and "1 device authorizations" in result.output
     assert len(_stored(app)) == 1
+
+
+def test_the_flow_is_audited_and_no_code_reaches_the_logs(
+    device: Device, tv: RegisteredClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # everything the service logs in production, and more
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    tokens = device.poll(codes["device_code"]).json
+    formatter = JSONFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    events = [json.loads(line) for line in lines if '"event": "device.' in line]
+    assert [e["event"] for e in events] == ["device.authorization_started", "device.allowed"]
+    assert events[1]["client_id"] == tv.client_id and events[1]["username"] == "alice"
+    assert any('"grant_type": "urn:ietf:params:oauth:grant-type:device_code"' in x for x in lines)
+    user_code = codes["user_code"]
+    for secret in (
+        codes["device_code"],
+        user_code,
+        user_code.replace("-", ""),
+        tokens["access_token"],
+        tokens["refresh_token"],
+    ):
+        assert not [line for line in lines if secret in line]

@@ -93,7 +93,7 @@ class AuthorizationServer(_AuthorizationServer):
         return super().handle_error_response(request, error)
 
 
-_AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in request\.")
+_AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in (?:request|payload)\.?")
 
 
 def _in_our_words(error: OAuth2Error) -> str:
