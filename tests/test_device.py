@@ -247,6 +247,15 @@ def test_an_allowed_code_gives_tokens_once_that_work(
         },
     )
     assert refreshed.status_code == 200, refreshed.json
+    # A login like any other: /account lists the device, and signing it out there ends it.
+    account = client.get("/account")
+    assert "Living Room TV" in account.text
+    client.post(
+        "/account/apps/sign-out",
+        data={"csrf_token": csrf_of(account.text), "client_id": tv.client_id},
+    )
+    me = client.get("/users/me", headers=Actions.bearer(refreshed.json["access_token"]))
+    assert me.status_code == 401
 
 
 def test_a_denied_code_answers_access_denied_and_cannot_be_allowed_after(device: Device) -> None:

@@ -6,7 +6,7 @@ Each class overrides Authlib only where our contract (API.md "Devices (RFC 8628)
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import (
@@ -151,7 +151,7 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
             raise SlowDownError(f"Polled too often: wait {interval} seconds between polls.")
         raise AuthorizationPendingError("The user has not answered yet.")
 
-    def _spend(self, credential: DeviceCredential, now: Any) -> Subject:
+    def _spend(self, credential: DeviceCredential, now: datetime) -> Subject:
         asked = requested(self.request.payload.data, self.request.client)
         if not set(asked) <= set(credential.resources.split()):  # checked before spending
             raise InvalidTargetError("The resource is wider than the original grant.")
