@@ -2,7 +2,8 @@
 
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection
 and revocation endpoints count only failures, so busy legitimate clients are never slowed; the
-discovery routes count every request. /healthz, /readyz and /metrics are never limited: a load
+discovery routes and device authorizations count every request; wrong device user codes count
+per IP and per browser session. /healthz, /readyz and /metrics are never limited: a load
 balancer checks /readyz on every node twice a second from one address. Each app reads its
 values, switch and storage from its own settings.
 """
