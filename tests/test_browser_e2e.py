@@ -265,3 +265,107 @@ def test_a_native_app_signs_in_with_pkce_on_a_loopback_port(
     )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     assert app.get(f"{server.url}/oauth/userinfo", timeout=10).status_code == 401
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+class _Poller:
+    """A device polling the token endpoint as RFC 8628 §3.4-3.5 says, on a thread of its own."""
+
+    def __init__(self, token_url: str, client_id: str, codes: dict[str, Any]) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.codes = codes
+        self.errors: list[str] = []
+        self.tokens: dict[str, Any] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        interval = self.codes["interval"]
+        data = {
+            "grant_type": DEVICE_GRANT,
+            "device_code": self.codes["device_code"],
+            "client_id": self.client_id,
+        }
+        while not self.stop.is_set():
+            response = requests.post(self.token_url, data=data, timeout=10)
+            if response.status_code == 200:
+                self.tokens = response.json()
+                return
+            error = response.json()["error"]
+            self.errors.append(error)
+            if error == "slow_down":
+                interval += 5
+            elif error != "authorization_pending":
+                return
+            self.stop.wait(interval)  # the protocol's own pause between polls
+
+
+def test_a_device_signs_in_while_its_user_allows_it_in_a_browser(
+    server: LiveServer, browser: WebDriver, tmp_path: Path
+) -> None:
+    _sign_up(server)
+    tv = _register(
+        server,
+        "Living Room TV",
+        "--public",
+        "--grant",
+        DEVICE_GRANT,
+        "--grant",
+        "refresh_token",
+        "--scope",
+        SCOPE,
+    )
+    started = requests.post(
+        f"{server.url}/oauth/device_authorization", data={"client_id": tv["client_id"]}, timeout=10
+    )
+    assert started.status_code == 200
+    codes = started.json()
+    poller = _Poller(f"{server.url}/oauth/token", tv["client_id"], codes)
+    poller.thread.start()
+    try:
+        # The user opens verification_uri_complete (a QR code, say), signs in, confirms the code.
+        browser.get(codes["verification_uri_complete"])
+        _sign_in(browser)
+        _wait_for(browser, "/device")
+        field = browser.find_element(By.NAME, "user_code")
+        assert field.get_attribute("value") == codes["user_code"]
+        browser.save_screenshot(str(tmp_path / "device-code.png"))
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        allow = WebDriverWait(browser, 20).until(
+            expected_conditions.element_to_be_clickable(
+                (By.CSS_SELECTOR, "button[name=decision][value=allow]")
+            )
+        )
+        assert "Living Room TV" in browser.page_source
+        assert "Read your junk items" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "device-allow.png"))
+        allow.click()
+        WebDriverWait(browser, 20).until(lambda b: "Device connected" in b.page_source)
+        browser.save_screenshot(str(tmp_path / "device-done.png"))
+        poller.thread.join(timeout=codes["interval"] * 3 + 10)
+    finally:
+        poller.stop.set()
+        poller.thread.join(timeout=15)
+    assert poller.errors and set(poller.errors) == {"authorization_pending"}
+    tokens = poller.tokens
+    assert tokens["token_type"] == "Bearer" and tokens["refresh_token"] and tokens["id_token"]
+    me = requests.get(
+        f"{server.url}/users/me",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        timeout=10,
+    )
+    assert me.status_code == 200 and me.json()["username"] == "alice"
+    # The code was spent: the device cannot be handed a second set of tokens.
+    again = requests.post(
+        f"{server.url}/oauth/token",
+        data={
+            "grant_type": DEVICE_GRANT,
+            "device_code": codes["device_code"],
+            "client_id": tv["client_id"],
+        },
+        timeout=10,
+    )
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"

@@ -23,6 +23,7 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
     assert body["token_endpoint"] == f"{ISSUER}/oauth/token"
     assert body["introspection_endpoint"] == f"{ISSUER}/oauth/introspect"
     assert body["revocation_endpoint"] == f"{ISSUER}/oauth/revoke"
+    assert body["device_authorization_endpoint"] == f"{ISSUER}/oauth/device_authorization"
     assert body["jwks_uri"] == f"{ISSUER}/.well-known/jwks.json"
     assert body["grant_types_supported"] == [
         "password",
@@ -30,6 +31,7 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
         "client_credentials",
         "authorization_code",
         "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:ietf:params:oauth:grant-type:device_code",
     ]
     assert body["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",

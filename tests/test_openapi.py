@@ -42,6 +42,9 @@ CONTRACT = {
     ("get", "/oauth/logout"),
     ("post", "/oauth/logout"),
     ("get", "/.well-known/openid-configuration"),
+    ("post", "/oauth/device_authorization"),
+    ("get", "/device"),
+    ("post", "/device"),
 }
 _METHODS = {"get", "post", "put", "patch", "delete"}
 

@@ -136,6 +136,8 @@ def _forms(flow: Flow, client_id: str) -> dict[str, tuple[str, dict[str, str]]]:
         "sign out app": ("/account/apps/sign-out", {"client_id": client_id}),
         "everywhere": ("/account/sign-out-everywhere", {}),
         "logout": ("/oauth/logout", {"csrf_token": ""}),
+        "device code": ("/device", {"user_code": "BCDF-GHJK"}),
+        "device decision": ("/device", {"user_code": "BCDF-GHJK", "decision": "allow"}),
     }
 
 

@@ -26,6 +26,8 @@ _SECRET_FIELDS = frozenset(
         "refresh_token",
         "password_hash",
         "secret_hash",
+        "device_code",
+        "user_code",
     }
 )
 

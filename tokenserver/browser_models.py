@@ -1,10 +1,11 @@
-"""Typed models of browser sign-in: authorization codes, remembered consents, browser sessions."""
+"""Typed models of browser sign-in: authorization codes, remembered consents, browser sessions,
+and device authorizations (RFC 8628)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -71,3 +72,33 @@ class BrowserSession(db.Model):  # type: ignore[name-defined,misc]
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeviceAuthorization(db.Model):  # type: ignore[name-defined,misc]
+    """A device authorization (RFC 8628 §3.2): both codes kept only as digests; single use."""
+
+    __tablename__ = "device_authorizations"
+
+    device_code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Unique among all stored codes: the page finds the authorization by the code alone.
+    user_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    scope: Mapped[str] = mapped_column(String(200))
+    # The RFC 8707 resources asked for, space-separated: the token request may only narrow them.
+    resources: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Seconds the device must wait between polls; raised by 5 at each slow_down (§3.5).
+    interval: Mapped[int] = mapped_column(Integer)
+    # How many polls have been counted: each poll's UPDATE is conditional on the count it read.
+    polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # "pending", "allowed" or "denied"
+    user_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the approver's sign-in
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # tokens were issued
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -433,14 +433,13 @@ def tokens() -> None:
     help="Rows deleted per transaction, so the table is never locked for long.",
 )
 def tokens_purge(older_than: int, batch_size: int) -> None:
-    """Delete records of tokens expired long enough ago, and families left empty."""
+    """Delete records of tokens expired long enough ago, and what nothing can need any more."""
     from .purge import purge
 
-    records, families, keys, initial = purge(older_than, batch_size)
-    click.echo(
-        f"purged {records} token records and {families} token families; "
-        f"deleted {keys} retired signing keys and {initial} initial access tokens"
-    )
+    counts = purge(older_than, batch_size)
+    records, families = counts.pop("token records"), counts.pop("token families")
+    rest = " and ".join(f"{count} {name}" for name, count in counts.items())
+    click.echo(f"purged {records} token records and {families} token families; deleted {rest}")
 
 
 def register_commands(app: Flask) -> None:

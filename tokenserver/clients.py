@@ -25,6 +25,7 @@ from .extensions import db
 from .models import (
     BROWSER_GRANTS,
     DEFAULT_GRANTS,
+    DEVICE_CODE,
     OIDC_SCOPES,
     SCOPES,
     TOKEN_EXCHANGE,
@@ -272,12 +273,10 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
     return columns, not (spec.public or keyed)
 
 
-# RFC 8628's grant: a public client (a device without a keyboard) may use it.
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 # The grants a dynamically registered public client may use: redirect- and device-based ones.
-_PUBLIC_GRANTS = frozenset({"authorization_code", "refresh_token", DEVICE_GRANT})
+_PUBLIC_GRANTS = frozenset({"authorization_code", "refresh_token", DEVICE_CODE})
 # Grants that issue refresh tokens to a dynamically registered client.
-_REFRESHING_GRANTS = frozenset({"authorization_code", DEVICE_GRANT})
+_REFRESHING_GRANTS = frozenset({"authorization_code", DEVICE_CODE})
 
 
 def _dynamic_rules(spec: ClientSpec) -> None:

@@ -167,6 +167,8 @@ class Settings:
         "RATELIMIT_TOKEN_FAILURES", _rate_limit, "20/minute;200/hour"
     )
     ratelimit_default: str = _setting("RATELIMIT_DEFAULT", _rate_limit, "120/minute")
+    # Wrong user codes at /device, per IP and per browser session (RFC 8628 §5.1: guessing).
+    ratelimit_user_code: str = _setting("RATELIMIT_USER_CODE", _rate_limit, "10/hour")
     # Namespace of our keys in a Redis shared with other services (or other test runs).
     ratelimit_key_prefix: str = _setting("RATELIMIT_KEY_PREFIX", _key_prefix, "tokenserver")
     # Proxies in front of us whose X-Forwarded-For we believe; 0 trusts none (spoofable otherwise).

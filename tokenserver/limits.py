@@ -2,7 +2,8 @@
 
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection,
 revocation and client registration endpoints count only failures, so busy legitimate clients are
-never slowed; the discovery routes count every request. /healthz, /readyz and /metrics are never
+never slowed; the discovery routes and device authorizations count every request; wrong device
+user codes count per IP and per browser session. /healthz, /readyz and /metrics are never
 limited: a load balancer checks /readyz on every node twice a second from one address. Each app
 reads its values, switch and storage from its own settings.
 """
@@ -35,6 +36,15 @@ class _Rule:
     methods: tuple[str, ...]
     setting: str
     failures_only: bool
+    key: Callable[[], str] | None = None  # whose requests count; None: the client's IP
+
+
+def _browser_session() -> str:
+    """Who the per-session user-code limit counts: the signed-in session, else the IP."""
+    from .pages.web import current_session
+
+    session = current_session()
+    return f"session:{session.id}" if session is not None else client_address()
 
 
 _READ = ("GET", "HEAD")
@@ -43,6 +53,23 @@ RULES = (
     _Rule("token", frozenset({"/oauth/token"}), ("POST",), "ratelimit_token_failures", True),
     # The sign-in page checks passwords as the token endpoint does: the same per-IP limit.
     _Rule("login", frozenset({"/login"}), ("POST",), "ratelimit_token_failures", True),
+    _Rule(
+        "device_authorization",
+        frozenset({"/oauth/device_authorization"}),
+        ("POST",),
+        "ratelimit_default",
+        False,  # each success stores a new authorization: every request counts
+    ),
+    # RFC 8628 §5.1: a user code is short, so wrong guesses count per IP and per browser session.
+    _Rule("user_code", frozenset({"/device"}), ("POST",), "ratelimit_user_code", True),
+    _Rule(
+        "user_code_session",
+        frozenset({"/device"}),
+        ("POST",),
+        "ratelimit_user_code",
+        True,
+        key=_browser_session,
+    ),
     _Rule(
         "introspect",
         frozenset({"/oauth/introspect", "/introspect"}),
@@ -124,7 +151,7 @@ def _limit(rule: _Rule) -> Limit:
     deduct_when: Callable[[Response], bool] | None = _failed if rule.failures_only else None
     return Limit(
         value,
-        key_function=client_address,
+        key_function=rule.key or client_address,
         scope=rule.name,
         methods=rule.methods,
         exempt_when=elsewhere,

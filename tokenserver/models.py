@@ -31,12 +31,14 @@ DEFAULT_GRANTS = ("password", "refresh_token")
 # What a client registered with redirect URIs and no explicit grant gets.
 BROWSER_GRANTS = ("authorization_code", "refresh_token")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
 GRANT_TYPES = (
     "password",
     "refresh_token",
     "client_credentials",
     "authorization_code",
     TOKEN_EXCHANGE,
+    DEVICE_CODE,
 )
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so 64-bit ids are plain INTEGER there.

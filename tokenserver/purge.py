@@ -1,4 +1,4 @@
-"""Deleting token records long past expiry, in short batches that never hold a lock for long."""
+"""Deleting token records and device authorizations long past expiry, in short batches."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from sqlalchemy import ColumnElement, Table, delete, exists, select
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
-from .store import initial_tokens
+from .store import devices, initial_tokens
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
 
 
-def purge(older_than: int, batch_size: int) -> tuple[int, int, int, int]:
-    """Delete records expired over `older_than` seconds ago, families left empty, dead keys,
-    and initial access tokens (RFC 7591) expired as long ago.
+def purge(older_than: int, batch_size: int) -> dict[str, int]:
+    """Delete what expired over `older_than` seconds ago and nothing can need any more.
 
-    Returns how many records, families, retired signing keys and initial access tokens went.
+    Token records, families left empty, retired signing keys none of whose tokens can be
+    alive, initial access tokens (RFC 7591) and device authorizations (an expired device code
+    only ever answers expired_token). Returns how many of each went, by name.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -40,8 +41,13 @@ def purge(older_than: int, batch_size: int) -> tuple[int, int, int, int]:
         delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
     )
     db.session.commit()
-    initial = initial_tokens.purge(cutoff)
-    return records, families, int(keys.rowcount), initial  # type: ignore[attr-defined]
+    return {
+        "token records": records,
+        "token families": families,
+        "retired signing keys": int(keys.rowcount),  # type: ignore[attr-defined]
+        "initial access tokens": initial_tokens.purge(cutoff),
+        "device authorizations": devices.purge(cutoff, batch_size),
+    }
 
 
 def _table(model: Any) -> Table:

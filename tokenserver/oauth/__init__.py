@@ -24,6 +24,7 @@ from ..models import OIDC_SCOPES, SCOPES, Client
 from ..store.codes import PresentedCode
 from . import client_auth, grants
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge, spent_meanwhile
+from .devices import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceIdToken
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .exchange import TokenExchangeGrant
 from .logout import LogoutEndpoint
@@ -92,7 +93,7 @@ class AuthorizationServer(_AuthorizationServer):
         return super().handle_error_response(request, error)
 
 
-_AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in request\.")
+_AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in (?:request|payload)\.?")
 
 
 def _in_our_words(error: OAuth2Error) -> str:
@@ -192,7 +193,9 @@ def init_oauth(app: Flask) -> None:
 
     def save_token(token: dict[str, Any], request: Any) -> None:
         parent: RefreshCredential | None = request.refresh_token  # set by the refresh grant only
-        code: PresentedCode | None = request.authorization_code  # set by the code grant only
+        # Set by the code grant (the device grant borrows the attribute for its id_token).
+        code = request.authorization_code
+        code = code if isinstance(code, PresentedCode) else None
         claims = issued_claims(token["access_token"])
         who = _who(request)
         try:
@@ -230,6 +233,8 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(CodeGrant, [S256Challenge(required=True), IdToken()])
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_grant(TokenExchangeGrant)
+    server.register_grant(DeviceCodeGrant, [DeviceIdToken()])
+    server.register_endpoint(DeviceAuthorizationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)

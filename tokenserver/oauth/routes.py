@@ -33,6 +33,7 @@ _PARAMETERS = frozenset(
         "code",
         "redirect_uri",
         "code_verifier",
+        "device_code",
         "resource",
         "audience",
     }
@@ -63,11 +64,20 @@ def _require_form() -> None:
 
 @bp.post("/oauth/token")
 def token() -> Response:
-    """Issue tokens for the password, refresh_token and client_credentials grants."""
+    """Issue tokens for every grant the server registers (models.GRANT_TYPES)."""
     _require_form()
     if not request.form.get("grant_type"):
         raise InvalidRequest("'grant_type' is required")
     response: Response = current_server().create_token_response()
+    return response
+
+
+@bp.post("/oauth/device_authorization")
+def device_authorization() -> Response:
+    """RFC 8628 §3.1: a device code, and a user code for the user to type at /device."""
+    if request.mimetype or request.content_length:  # a Basic-authenticated client may send none
+        _require_form()
+    response: Response = current_server().create_endpoint_response("device_authorization")
     return response
 
 
@@ -121,6 +131,7 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "registration_endpoint": f"{issuer}/oauth/register",
+        "device_authorization_endpoint": f"{issuer}/oauth/device_authorization",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,

@@ -85,8 +85,48 @@ _FORM_BODY = {
 }
 
 
+def _device() -> Doc:
+    """/device: type or confirm a device's user code, then allow or deny (RFC 8628 §3.3)."""
+    user_code = _query("user_code", "A user code to fill in, from verification_uri_complete")
+    body = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "csrf_token": {"type": "string"},
+                        "user_code": {"type": "string", "description": "XXXX-XXXX, any case"},
+                        "decision": {"enum": ["allow", "deny"]},
+                    },
+                    "required": ["csrf_token", "user_code"],
+                }
+            }
+        },
+    }
+    return {
+        "get": _page(
+            "devicePage",
+            "Type (or confirm) the code a device shows; signs the user in first",
+            {200: "The form"},
+            (302,),
+            parameters=[user_code],
+        ),
+        "post": _page(
+            "device",
+            "A code shows what the device asks for; a decision allows or denies it",
+            {
+                200: "The question, or the outcome",
+                400: "A wrong, expired or used code (counts toward the guessing limit)",
+            },
+            (303,),
+            requestBody=body,
+        ),
+    }
+
+
 def paths() -> Doc:
-    """/oauth/authorize, /login, /consent, /account, /oauth/logout, userinfo, discovery."""
+    """/oauth/authorize, /login, /consent, /account, /oauth/logout, /device, userinfo, discovery."""
     userinfo_errors = ("Unauthorized", "InsufficientScope", "TooManyRequests", "Unavailable")
     userinfo = {
         "operationId": "userinfo",
@@ -187,6 +227,7 @@ def paths() -> Doc:
             )
             for method in ("get", "post")
         },
+        "/device": _device(),
         "/oauth/userinfo": {
             "get": {**userinfo},
             "post": {**userinfo, "operationId": "userinfoPost"},

@@ -125,9 +125,21 @@ def oauth() -> Doc:
             "post": _oauth_op(
                 "token",
                 "Issue tokens: password, refresh_token, client_credentials, authorization_code, "
-                "token exchange (RFC 8693)",
+                "token exchange (RFC 8693), device_code (RFC 8628: authorization_pending, "
+                "slow_down, access_denied, expired_token while polling)",
                 json_response("TokenResponse", "Tokens", _NO_STORE),
                 "TokenRequest",
+            )
+        },
+        "/oauth/device_authorization": {
+            "post": _oauth_op(
+                "deviceAuthorization",
+                "Start a device sign-in (RFC 8628 §3.1): a device code to poll with, and a user "
+                "code for the user to type at /device",
+                json_response(
+                    "DeviceAuthorization", "The codes and where the user goes", _NO_STORE
+                ),
+                "DeviceAuthorizationRequest",
             )
         },
         "/oauth/introspect": {"post": _introspect("introspect")},

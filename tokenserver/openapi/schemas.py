@@ -84,6 +84,7 @@ SCHEMAS: Schema = {
             "code": _STRING,
             "redirect_uri": _STRING,
             "code_verifier": _STRING,
+            "device_code": _STRING,
             "scope": _SCOPE,
             "resource": _RESOURCE,
             "subject_token": {
@@ -125,6 +126,33 @@ SCHEMAS: Schema = {
         },
     ),
     "Actor": _ACT,
+    "DeviceAuthorizationRequest": _object(
+        [],
+        {"scope": _SCOPE, "resource": _RESOURCE, "client_id": _STRING, "client_secret": _STRING},
+    ),
+    "DeviceAuthorization": _object(
+        [
+            "device_code",
+            "user_code",
+            "verification_uri",
+            "verification_uri_complete",
+            "expires_in",
+            "interval",
+        ],
+        {
+            "device_code": {"type": "string", "description": "Opaque; poll /oauth/token with it"},
+            "user_code": {
+                "type": "string",
+                "pattern": "^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$",
+                "description": "For the user to type at verification_uri (any case; the "
+                "hyphen may be left out)",
+            },
+            "verification_uri": {"type": "string", "format": "uri"},
+            "verification_uri_complete": {"type": "string", "format": "uri"},
+            "expires_in": {"type": "integer", "minimum": 1},
+            "interval": {"type": "integer", "minimum": 1},
+        },
+    ),
     "UserInfo": _object(["sub"], {"sub": _STRING, "preferred_username": _STRING}, closed=False),
     "TokenParameters": _object(
         ["token"],
@@ -175,6 +203,7 @@ SCHEMAS: Schema = {
             "introspection_endpoint": {"type": "string", "format": "uri"},
             "revocation_endpoint": {"type": "string", "format": "uri"},
             "registration_endpoint": {"type": "string", "format": "uri"},
+            "device_authorization_endpoint": {"type": "string", "format": "uri"},
             "jwks_uri": {"type": "string", "format": "uri"},
             "grant_types_supported": {"type": "array", "items": {"enum": list(GRANT_TYPES)}},
             "token_endpoint_auth_methods_supported": {"type": "array", "items": _STRING},

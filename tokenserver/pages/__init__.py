@@ -1,4 +1,4 @@
-"""The browser-facing blueprint: sign-in, consent, the authorization endpoint, /account.
+"""The browser-facing blueprint: sign-in, consent, the authorization endpoint, /account, /device.
 
 Thin views over signin.py and oauth/authorize.py; HTML from templates/, one stylesheet of ours.
 """
@@ -49,7 +49,7 @@ def _api_error(exc: APIError) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the pages and their template globals."""
-    from . import account, authorize, login  # noqa: F401 (their routes join the blueprint)
+    from . import account, authorize, device, login  # noqa: F401 (their routes join the blueprint)
 
     app.jinja_env.globals.update(csrf_token=web.csrf_token, scope_words=SCOPE_WORDS)
     app.register_blueprint(bp)

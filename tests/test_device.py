@@ -1,0 +1,580 @@
+"""The device authorization grant (RFC 8628): the endpoint, the /device page, polling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt as pyjwt
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import create_engine, text
+
+from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
+from tokenserver.observability import JSONFormatter
+
+from .conftest import Actions, RegisteredClient
+from .test_authorize import Flow, csrf_of
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SCOPE = "openid profile junk:read"
+USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
+
+
+class Device:
+    """A device (its client) and the browser of the user who approves it (the test client)."""
+
+    def __init__(self, app: Flask, client: FlaskClient, oauth_client: RegisteredClient) -> None:
+        self.flow = Flow(app, client)
+        self.client = client
+        self.oauth_client = oauth_client
+
+    def _auth(self, client: RegisteredClient | None = None) -> dict[str, Any]:
+        who = client or self.oauth_client
+        if who.secret is None:
+            return {"data": {"client_id": who.client_id}}
+        return {"data": {}, "auth": who.auth}
+
+    def start(self, client: RegisteredClient | None = None, **params: str) -> Any:
+        auth = self._auth(client)
+        return self.client.post(
+            "/oauth/device_authorization",
+            data={**auth.pop("data"), **params},
+            **auth,
+        )
+
+    def codes(self, **params: str) -> dict[str, Any]:
+        response = self.start(**params)
+        assert response.status_code == 200, response.json
+        return dict(response.json)
+
+    def poll(self, device_code: str, client: RegisteredClient | None = None, **extra: str) -> Any:
+        auth = self._auth(client)
+        data = {**auth.pop("data"), "grant_type": DEVICE_GRANT, "device_code": device_code}
+        return self.client.post("/oauth/token", data={**data, **extra}, **auth)
+
+    def enter(self, user_code: str) -> Any:
+        """Type the code on /device (signed in already): the question, or a refusal."""
+        page = self.client.get("/device")
+        assert page.status_code == 200, page.status_code
+        return self.client.post(
+            "/device", data={"csrf_token": csrf_of(page.text), "user_code": user_code}
+        )
+
+    def answer(self, user_code: str, decision: str = "allow") -> Any:
+        question = self.enter(user_code)
+        assert question.status_code == 200, question.text
+        return self.client.post(
+            "/device",
+            data={
+                "csrf_token": csrf_of(question.text),
+                "user_code": user_code,
+                "decision": decision,
+            },
+        )
+
+
+def _error(response: Any) -> str:
+    assert response.status_code == 400, (response.status_code, response.json)
+    return str(response.json["error"])
+
+
+@pytest.fixture
+def tv(actions: Actions) -> RegisteredClient:
+    """A public device app registered for the device grant (and refresh tokens)."""
+    return actions.oauth_client(
+        "Living Room TV", public=True, grants=(DEVICE_GRANT, "refresh_token"), scope=SCOPE
+    )
+
+
+@pytest.fixture
+def device(app: Flask, client: FlaskClient, actions: Actions, tv: RegisteredClient) -> Device:
+    actions.user("alice")
+    return Device(app, client, tv)
+
+
+def _stored(app: Flask) -> list[dict[str, Any]]:
+    engine = create_engine(app.extensions["tokenserver.settings"].database_url)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM device_authorizations"))]
+    engine.dispose()
+    return rows
+
+
+# --- the device authorization endpoint ---------------------------------------------------------
+
+
+def test_device_authorization_answers_codes_and_stores_only_digests(
+    app: Flask, device: Device
+) -> None:
+    response = device.start()
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    body = response.json
+    assert set(body) == {
+        "device_code",
+        "user_code",
+        "verification_uri",
+        "verification_uri_complete",
+        "expires_in",
+        "interval",
+    }
+    assert USER_CODE.match(body["user_code"])
+    assert body["verification_uri"] == "http://localhost:8000/device"
+    assert (
+        body["verification_uri_complete"]
+        == f"{body['verification_uri']}?user_code={body['user_code']}"
+    )
+    assert body["expires_in"] == DEVICE_CODE_TTL == 600 and body["interval"] == 5
+    (row,) = _stored(app)
+    stored = " ".join(str(value) for value in row.values())
+    assert body["device_code"] not in stored
+    assert body["user_code"].replace("-", "") not in stored and body["user_code"] not in stored
+    assert row["scope"] == SCOPE and row["status"] == "pending"
+
+
+def test_confidential_clients_authenticate_as_at_the_token_endpoint(
+    device: Device, actions: Actions
+) -> None:
+    printer = actions.oauth_client("Printer", grants=(DEVICE_GRANT,), scope="junk:read")
+    assert device.start(printer).status_code == 200
+    wrong = RegisteredClient(printer.client_id, "not-the-secret")
+    refused = device.start(wrong)
+    assert refused.status_code == 401 and refused.json["error"] == "invalid_client"
+    # A confidential client may not pass as public by sending only its client_id.
+    bare = RegisteredClient(printer.client_id, None)
+    assert device.start(bare).status_code == 401
+    unknown = RegisteredClient("no-such-client", None)
+    assert device.start(unknown).status_code == 401
+
+
+def test_a_client_without_the_device_grant_is_refused_and_nothing_is_stored(
+    app: Flask, device: Device, actions: Actions
+) -> None:
+    other = actions.oauth_client("Web", public=True, grants=("password", "refresh_token"))
+    response = device.start(other)
+    assert _error(response) == "unauthorized_client"
+    assert _stored(app) == []
+
+
+def test_scope_is_narrowed_like_the_token_endpoint(app: Flask, device: Device) -> None:
+    assert device.codes()  # no scope: the client's whole registered scope
+    assert _error(device.start(scope="junk:write")) == "invalid_scope"  # not registered for it
+    assert _error(device.start(scope="admin")) == "invalid_scope"  # no such scope at all
+    narrow = device.codes(scope="junk:read")
+    device.flow.login()
+    device.answer(narrow["user_code"])
+    token = device.poll(narrow["device_code"])
+    assert token.status_code == 200 and token.json["scope"] == "junk:read"
+    assert "id_token" not in token.json  # no openid, no id_token
+    assert sorted(row["scope"] for row in _stored(app)) == ["junk:read", SCOPE]
+
+
+def test_resource_picks_the_audience_and_must_be_registered(
+    device: Device, actions: Actions
+) -> None:
+    api = "https://api.example.com"
+    tv = actions.oauth_client(
+        "Audience TV", public=True, grants=(DEVICE_GRANT,), scope="junk:read", audiences=(api,)
+    )
+    assert _error(device.start(tv, resource="https://other.example.com")) == "invalid_target"
+    codes = device.start(tv, resource=api).json
+    device.flow.login()
+    device.answer(codes["user_code"])
+    # The token request may not widen the authorization's resources.
+    wider = device.poll(codes["device_code"], tv, resource="https://x.example")
+    assert _error(wider) == "invalid_target"
+    token = device.poll(codes["device_code"], tv)
+    assert token.status_code == 200
+    assert (
+        pyjwt.decode(token.json["access_token"], options={"verify_signature": False})["aud"] == api
+    )
+
+
+def test_the_endpoint_wants_a_form_body(device: Device) -> None:
+    response = device.client.post("/oauth/device_authorization", json={"client_id": "x"})
+    assert _error(response) == "invalid_request"
+
+
+# --- polling -----------------------------------------------------------------------------------
+
+
+def test_polling_is_pending_then_slow_down_raises_the_interval(device: Device) -> None:
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False) as clock:
+        codes = device.codes()
+        assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+        clock.shift(timedelta(seconds=2))
+        slow = device.poll(codes["device_code"])
+        assert _error(slow) == "slow_down" and "10 seconds" in slow.json["error_description"]
+        clock.shift(timedelta(seconds=6))  # the old interval: now too soon again
+        assert _error(device.poll(codes["device_code"])) == "slow_down"
+        clock.shift(timedelta(seconds=16))  # 15 s is the interval now
+        assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+        clock.shift(timedelta(seconds=16))
+        assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+
+
+def test_an_allowed_code_gives_tokens_once_that_work(
+    device: Device, client: FlaskClient, tv: RegisteredClient
+) -> None:
+    codes = device.codes()
+    device.flow.login()
+    done = device.answer(codes["user_code"])
+    assert done.status_code == 200 and "Device connected" in done.text
+    token = device.poll(codes["device_code"])
+    assert token.status_code == 200 and token.headers["Cache-Control"] == "no-store"
+    body = token.json
+    assert body["token_type"] == "Bearer" and body["scope"] == SCOPE and body["refresh_token"]
+    me = client.get("/users/me", headers=Actions.bearer(body["access_token"]))
+    assert me.status_code == 200 and me.json["username"] == "alice"
+    id_token = pyjwt.decode(body["id_token"], options={"verify_signature": False})
+    assert id_token["aud"] == tv.client_id and id_token["preferred_username"] == "alice"
+    assert id_token["auth_time"] <= id_token["iat"]
+    # Spent: a second exchange is refused, and the first tokens keep working.
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"
+    refreshed = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": tv.client_id,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    # A login like any other: /account lists the device, and signing it out there ends it.
+    account = client.get("/account")
+    assert "Living Room TV" in account.text
+    client.post(
+        "/account/apps/sign-out",
+        data={"csrf_token": csrf_of(account.text), "client_id": tv.client_id},
+    )
+    me = client.get("/users/me", headers=Actions.bearer(refreshed.json["access_token"]))
+    assert me.status_code == 401
+
+
+def test_a_denied_code_answers_access_denied_and_cannot_be_allowed_after(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    denied = device.answer(codes["user_code"], "deny")
+    assert denied.status_code == 200 and "denied" in denied.text
+    assert _error(device.poll(codes["device_code"])) == "access_denied"
+    again = device.enter(codes["user_code"])
+    assert again.status_code == 400 and "not valid" in again.text
+    assert _error(device.poll(codes["device_code"])) == "access_denied"
+
+
+def test_an_allowed_code_cannot_be_answered_again(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    question = device.enter(codes["user_code"])
+    token = csrf_of(question.text)
+    form = {"csrf_token": token, "user_code": codes["user_code"]}
+    assert device.client.post("/device", data={**form, "decision": "allow"}).status_code == 200
+    second = device.client.post("/device", data={**form, "decision": "deny"})
+    assert second.status_code == 400 and "not valid" in second.text
+    assert device.poll(codes["device_code"]).status_code == 200  # still allowed
+
+
+def test_an_expired_code_answers_expired_token_and_cannot_be_allowed(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    later = datetime.now(UTC) + timedelta(seconds=DEVICE_CODE_TTL + 1)
+    with time_machine.travel(later, tick=False):
+        assert _error(device.poll(codes["device_code"])) == "expired_token"
+        assert device.enter(codes["user_code"]).status_code == 400
+
+
+def test_an_allowed_code_expires_unexchanged(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    later = datetime.now(UTC) + timedelta(seconds=DEVICE_CODE_TTL + 1)
+    with time_machine.travel(later, tick=False):
+        assert _error(device.poll(codes["device_code"])) == "expired_token"
+
+
+def test_another_clients_code_is_unknown_to_it_and_left_alone(
+    device: Device, actions: Actions
+) -> None:
+    codes = device.codes()
+    thief = actions.oauth_client("Thief", public=True, grants=(DEVICE_GRANT,), scope="junk:read")
+    assert _error(device.poll(codes["device_code"], thief)) == "invalid_grant"
+    device.flow.login()
+    device.answer(codes["user_code"])
+    assert _error(device.poll(codes["device_code"], thief)) == "invalid_grant"
+    # The foreign polls neither spent the code nor counted as the owner's polls.
+    assert device.poll(codes["device_code"]).status_code == 200
+
+
+@pytest.mark.parametrize("device_code", ["no-such-code", "x" * 600, "caf\u00e9", " "])
+def test_an_unknown_device_code_is_invalid_grant(device: Device, device_code: str) -> None:
+    device.codes()
+    assert _error(device.poll(device_code)) == "invalid_grant"
+
+
+def test_a_poll_without_device_code_is_invalid_request(device: Device) -> None:
+    response = device.client.post(
+        "/oauth/token",
+        data={"grant_type": DEVICE_GRANT, "client_id": device.oauth_client.client_id},
+    )
+    assert _error(response) == "invalid_request"
+    assert response.json["error_description"] == "'device_code' is required"
+
+
+def test_a_client_without_the_grant_cannot_poll(device: Device, actions: Actions) -> None:
+    codes = device.codes()
+    other = actions.oauth_client("Web", public=True, grants=("password",))
+    assert _error(device.poll(codes["device_code"], other)) == "unauthorized_client"
+
+
+def test_the_device_flow_works_with_the_password_grant_off(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    actions.user("alice")
+    app = make_app(password_grant=False)
+    device = Device(app, app.test_client(), tv)
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    assert device.poll(codes["device_code"]).status_code == 200
+    password = device.client.post(
+        "/oauth/token",
+        data={"grant_type": "password", "username": "alice", "password": "x"},
+    )
+    assert password.status_code == 400 and password.json["error"] == "unsupported_grant_type"
+    grants = device.client.get("/.well-known/oauth-authorization-server").json
+    assert DEVICE_GRANT in grants["grant_types_supported"]
+    assert "password" not in grants["grant_types_supported"]
+
+
+# --- the /device page --------------------------------------------------------------------------
+
+
+def test_the_page_sends_the_user_to_sign_in_and_back_with_the_code(device: Device) -> None:
+    codes = device.codes()
+    complete = urlsplit(codes["verification_uri_complete"])
+    asked = device.client.get(f"{complete.path}?{complete.query}")
+    assert asked.status_code == 302
+    login = urlsplit(asked.headers["Location"])
+    assert login.path == "/login"
+    back = parse_qs(login.query)["next"][0]
+    assert back == f"/device?user_code={codes['user_code']}"
+    signed_in = device.flow.login(next=back)
+    assert signed_in.headers["Location"] == back
+    page = device.client.get(back)
+    assert page.status_code == 200
+    # Filled in, to be confirmed: the page never looks the code up on a GET.
+    assert f'value="{codes["user_code"]}"' in page.text and "Living Room TV" not in page.text
+    assert 'name="user_code"' in page.text
+
+
+def test_the_question_names_the_app_and_its_scopes_in_words(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    typed = codes["user_code"].lower().replace("-", " ")
+    question = device.enter(typed)
+    assert question.status_code == 200
+    html = question.text
+    assert "Living Room TV" in html and "See your username" in html and "Read your junk" in html
+    assert 'name="decision" value="allow"' in html and 'name="decision" value="deny"' in html
+    assert codes["user_code"] in html  # shown to compare with the device's screen
+    assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+
+
+def test_a_wrong_code_shows_a_message(device: Device) -> None:
+    device.codes()
+    device.flow.login()
+    for wrong in ("BCDF-GHJK", "AEIO-UAEI", "<script>", "x" * 100):
+        response = device.enter(wrong)
+        assert response.status_code == 400 and "not valid" in response.text, wrong
+        assert "<script>" not in response.text
+
+
+def test_the_decision_needs_a_csrf_token(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    device.enter(codes["user_code"])
+    forged = device.client.post(
+        "/device", data={"user_code": codes["user_code"], "decision": "allow"}
+    )
+    assert forged.status_code == 403
+    wrong = device.client.post(
+        "/device",
+        data={"user_code": codes["user_code"], "decision": "allow", "csrf_token": "forged"},
+    )
+    assert wrong.status_code == 403
+    assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+
+
+def test_a_decision_other_than_allow_or_deny_is_refused(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    question = device.enter(codes["user_code"])
+    response = device.client.post(
+        "/device",
+        data={
+            "csrf_token": csrf_of(question.text),
+            "user_code": codes["user_code"],
+            "decision": "maybe",
+        },
+    )
+    assert response.status_code == 400
+    assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+
+
+def test_a_disabled_user_cannot_approve(device: Device, runner: FlaskCliRunner) -> None:
+    codes = device.codes()
+    device.flow.login()
+    question = device.enter(codes["user_code"])
+    runner.invoke(args=["users", "disable", "alice"])
+    response = device.client.post(
+        "/device",
+        data={
+            "csrf_token": csrf_of(question.text),
+            "user_code": codes["user_code"],
+            "decision": "allow",
+        },
+    )
+    assert response.status_code == 303 and response.headers["Location"].startswith("/login?")
+    assert _error(device.poll(codes["device_code"])) == "authorization_pending"
+
+
+def test_a_user_disabled_after_approving_gets_no_tokens(
+    device: Device, runner: FlaskCliRunner
+) -> None:
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    runner.invoke(args=["users", "disable", "alice"])
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"
+    runner.invoke(args=["users", "enable", "alice"])
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"  # the code died
+
+
+def test_wrong_codes_are_limited_per_ip_and_per_browser_session(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    actions.user("alice")
+    app = make_app(ratelimit_enabled=True, ratelimit_user_code="3/hour")
+    device = Device(app, app.test_client(), tv)
+    codes = device.codes()
+    device.flow.login()
+    for _ in range(3):
+        assert device.enter("BCDF-GHJK").status_code == 400
+    limited = device.enter(codes["user_code"])  # even the right code: the budget is spent
+    assert limited.status_code == 429 and limited.mimetype == "text/html"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # The same browser session from another address: its own budget is spent too.
+    device.client.environ_base["REMOTE_ADDR"] = "10.0.0.2"
+    assert device.enter(codes["user_code"]).status_code == 429
+    # Another browser at another address still gets its answer.
+    fresh = Device(app, app.test_client(), tv)
+    fresh.client.environ_base["REMOTE_ADDR"] = "10.0.0.3"
+    fresh.flow.login()
+    assert fresh.enter(codes["user_code"]).status_code == 200
+
+
+def test_right_codes_do_not_count_toward_the_limit(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    actions.user("alice")
+    app = make_app(ratelimit_enabled=True, ratelimit_user_code="2/hour")
+    device = Device(app, app.test_client(), tv)
+    codes = device.codes()
+    device.flow.login()
+    for _ in range(4):
+        assert device.enter(codes["user_code"]).status_code == 200
+
+
+def test_device_authorization_is_limited_per_ip(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    app = make_app(ratelimit_enabled=True, ratelimit_default="2/minute")
+    device = Device(app, app.test_client(), tv)
+    assert device.start().status_code == 200
+    assert device.start().status_code == 200
+    limited = device.start()
+    assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("BCDF-GHJK", "BCDFGHJK"),
+        ("bcdf-ghjk", "BCDFGHJK"),
+        ("bcdfghjk", "BCDFGHJK"),
+        (" BCDF GHJK ", "BCDFGHJK"),
+        ("B-C-D-F-G-H-J-K", "BCDFGHJK"),
+        ("BCDF-GHJ", None),
+        ("BCDF-GHJKL", None),
+        ("ABCD-EFGH", None),  # vowels are not in the alphabet
+        ("BCDF-GHJ1", None),
+        ("", None),
+    ],
+)
+def test_user_codes_are_read_case_and_hyphen_blind(typed: str, stored: str | None) -> None:
+    assert normalize_user_code(typed) == stored
+
+
+# --- administration ----------------------------------------------------------------------------
+
+
+def test_clients_create_accepts_the_device_grant(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(
+        args=["clients", "create", "TV", "--public", "--grant", DEVICE_GRANT, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["grant_types"] == [DEVICE_GRANT]
+
+
+def test_metadata_names_the_device_endpoint(client: FlaskClient) -> None:
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        body = client.get(path).json
+        assert (
+            body["device_authorization_endpoint"]
+            == "http://localhost:8000/oauth/device_authorization"
+        )
+        assert DEVICE_GRANT in body["grant_types_supported"]
+
+
+def test_purge_deletes_expired_device_authorizations(
+    app: Flask, device: Device, runner: FlaskCliRunner
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=2)
+    with time_machine.travel(old, tick=False):
+        device.codes()
+    device.codes()  # live
+    result = runner.invoke(args=["tokens", "purge"])
+    assert result.exit_code == 0 and "1 device authorizations" in result.output
+    assert len(_stored(app)) == 1
+
+
+def test_the_flow_is_audited_and_no_code_reaches_the_logs(
+    device: Device, tv: RegisteredClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # everything the service logs in production, and more
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    tokens = device.poll(codes["device_code"]).json
+    formatter = JSONFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    events = [json.loads(line) for line in lines if '"event": "device.' in line]
+    assert [e["event"] for e in events] == ["device.authorization_started", "device.allowed"]
+    assert events[1]["client_id"] == tv.client_id and events[1]["username"] == "alice"
+    assert any('"grant_type": "urn:ietf:params:oauth:grant-type:device_code"' in x for x in lines)
+    user_code = codes["user_code"]
+    for secret in (
+        codes["device_code"],
+        user_code,
+        user_code.replace("-", ""),
+        tokens["access_token"],
+        tokens["refresh_token"],
+    ):
+        assert not [line for line in lines if secret in line]
