@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import secrets
 import shutil
@@ -13,11 +15,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from openapi_core import OpenAPI
@@ -31,6 +35,7 @@ from deploy.cluster import node_command
 from tokenserver import create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
+from tokenserver.observability import JSONFormatter
 from tokenserver.openapi import build_document
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +44,7 @@ FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parall
 PASSWORD = "correct horse battery staple"
 
 
-def _postgres_database(base_url: str) -> Iterator[str]:
+def postgres_database(base_url: str) -> Iterator[str]:
     """A throwaway database on the server TEST_DATABASE_URL names, so runs never collide."""
     url = make_url(base_url)
     name = f"tokenserver_test_{secrets.token_hex(4)}"
@@ -58,7 +63,7 @@ def migrated_database(base: str, sqlite_path: Path) -> Iterator[str]:
     """A new database at head: a throwaway one on the PostgreSQL server `base` names, if it
     names one, else an SQLite file at `sqlite_path`."""
     if base.startswith("postgresql"):
-        gen = _postgres_database(base)
+        gen = postgres_database(base)
         url = next(gen)
     else:
         gen = None
@@ -87,7 +92,7 @@ def base_settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, ratelimit_enabled=False, **FAST_HASHING).resolved()
 
 
-def _clean(database_url: str) -> None:
+def clean_database(database_url: str) -> None:
     """Empty every table but the schema version and the current signing key (slow to make)."""
     keep = {"alembic_version", "signing_keys"}
     tables = [t for t in reversed(db.metadata.sorted_tables) if t.name not in keep]
@@ -160,7 +165,7 @@ def make_app(base_settings: Settings) -> Iterator[Any]:
     for app in apps:
         with app.app_context():
             db.engine.dispose()
-    _clean(base_settings.database_url)
+    clean_database(base_settings.database_url)
 
 
 @pytest.fixture
@@ -395,3 +400,42 @@ def delete_redis_keys(prefix: str) -> None:
     for key in connection.scan_iter(f"{prefix}:*"):
         connection.delete(key)
     connection.close()
+
+
+@pytest.fixture
+def frozen() -> Iterator[Any]:
+    """The clock stopped at now; tests move it with .shift(seconds)."""
+    with time_machine.travel(datetime.now(UTC), tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def resource_server(actions: Actions) -> RegisteredClient:
+    """A client that may introspect any token."""
+    return actions.oauth_client("api", introspect=True)
+
+
+@pytest.fixture
+def events(caplog: pytest.LogCaptureFixture) -> Any:
+    """A function returning the audit events logged so far, as the JSON lines written."""
+    caplog.set_level(logging.INFO, logger="tokenserver.audit")
+    formatter = JSONFormatter()
+
+    def logged(name: str | None = None) -> list[dict[str, Any]]:
+        lines = [
+            json.loads(formatter.format(record))
+            for record in caplog.records
+            if record.name == "tokenserver.audit"
+        ]
+        return [line for line in lines if name is None or line["event"] == name]
+
+    return logged
+
+
+@pytest.fixture
+def flow(app: Flask, client: FlaskClient, actions: Actions) -> Any:
+    """A browser signing in as alice (who exists) for an app, step by step."""
+    from .helpers import Flow
+
+    actions.user("alice")
+    return Flow(app, client)

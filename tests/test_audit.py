@@ -23,23 +23,6 @@ WRONG = "not the password at all"
 IP = "192.0.2.9"
 
 
-@pytest.fixture
-def events(caplog: pytest.LogCaptureFixture) -> Any:
-    """A function returning the audit events logged so far, as the JSON lines written."""
-    caplog.set_level(logging.INFO, logger="tokenserver.audit")
-    formatter = JSONFormatter()
-
-    def logged(name: str | None = None) -> list[dict[str, Any]]:
-        lines = [
-            json.loads(formatter.format(record))
-            for record in caplog.records
-            if record.name == "tokenserver.audit"
-        ]
-        return [line for line in lines if name is None or line["event"] == name]
-
-    return logged
-
-
 def _token(actions: Actions, oauth_client: Any, username: str, password: str, **kw: Any) -> Any:
     data = {"grant_type": "password", "username": username, "password": password}
     return actions.client.post(

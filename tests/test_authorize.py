@@ -2,128 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt as pyjwt
 import pytest
 import time_machine
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from tokenserver.oauth.codes import CODE_TTL
 
 from .conftest import PASSWORD, Actions
-
-REDIRECT = "https://app.example.com/callback"
-LOOPBACK = "http://127.0.0.1/callback"
-
-
-def pkce() -> tuple[str, str]:
-    """A fresh (code_verifier, S256 code_challenge)."""
-    verifier = secrets.token_urlsafe(48)
-    return verifier, create_s256_code_challenge(verifier)
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "the page has no CSRF token"
-    return match.group(1)
-
-
-def query_of(location: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-
-
-class Flow:
-    """A browser (the test client's cookie jar) signing in for an app, step by step."""
-
-    def __init__(self, app: Flask, client: FlaskClient) -> None:
-        self.app = app
-        self.client = client
-
-    def register(
-        self,
-        *uris: str,
-        public: bool = False,
-        first_party: bool = False,
-        scope: str | None = None,
-        name: str = "Photo App",
-        audiences: tuple[str, ...] = (),
-    ) -> tuple[str, str | None]:
-        from tokenserver.clients import ClientSpec, register_client
-
-        spec = ClientSpec(
-            name,
-            public,
-            scope=scope,
-            redirect_uris=uris or (REDIRECT,),
-            first_party=first_party,
-            audiences=audiences,
-        )
-        with self.app.app_context():
-            made, secret = register_client(spec)
-            return made.client_id, secret
-
-    def login(self, username: str = "alice", password: str = PASSWORD, next: str = "/account"):
-        page = self.client.get("/login?" + urlencode({"next": next}))
-        form = {"csrf_token": csrf_of(page.text), "username": username, "password": password}
-        return self.client.post("/login", data={**form, "next": next})
-
-    def authorize(self, client_id: str, challenge: str, /, **params: str | None):
-        query = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-            "scope": "openid profile junk:read",
-            "state": "st-1",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            **params,
-        }
-        query = {k: v for k, v in query.items() if v is not None}
-        return self.client.get("/oauth/authorize?" + urlencode(query))
-
-    def consent(self, location: str, decision: str = "allow"):
-        page = self.client.get(location)
-        assert page.status_code == 200, page.text
-        return self.client.post(
-            location, data={"csrf_token": csrf_of(page.text), "decision": decision}
-        )
-
-    def code_for(self, client_id: str, challenge: str, **params: str) -> str:
-        """Sign-in already done: authorize, allow if asked, and return the code."""
-        response = self.authorize(client_id, challenge, **params)
-        if response.headers["Location"].startswith("/consent"):
-            response = self.consent(response.headers["Location"])
-        query = query_of(response.headers["Location"])
-        assert "code" in query, query
-        return query["code"]
-
-    def exchange(self, client_id: str, secret: str | None, code: str, verifier: str, **extra):
-        data = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            **extra,
-        }
-        data = {k: v for k, v in data.items() if v is not None}
-        if secret is None:
-            return self.client.post("/oauth/token", data={**data, "client_id": client_id})
-        return self.client.post("/oauth/token", data=data, auth=(client_id, secret))
-
-
-@pytest.fixture
-def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
-    actions.user("alice")
-    return Flow(app, client)
+from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
 
 
 def _claims(token: str) -> dict[str, Any]:

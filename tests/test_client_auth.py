@@ -12,8 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from .conftest import PASSWORD, Actions, RegisteredClient
-from .test_audit import events  # noqa: F401 (a fixture)
-from .test_oauth_token import assert_oauth_error
+from .helpers import assert_oauth_error
 
 ENDPOINTS = ["/oauth/token", "/oauth/introspect", "/oauth/revoke"]
 LOGIN = {"grant_type": "password", "username": "alice", "password": PASSWORD}

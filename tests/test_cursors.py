@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -10,9 +9,7 @@ import pytest
 from tokenserver import cursors
 from tokenserver.errors import InvalidRequest
 
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+from .helpers import b64url
 
 
 @pytest.mark.parametrize(("owner", "after"), [(1, 1), (7, 12345), (cursors.MAX_ID, cursors.MAX_ID)])
@@ -34,7 +31,7 @@ def _flip(cursor: str, index: int) -> str:
 def _forged(payload: dict[str, object]) -> str:
     """A cursor with a chosen payload but the checksum of a real one."""
     real = cursors.encode(1, 5)
-    return _b64(json.dumps(payload).encode()) + "." + real.split(".")[1]
+    return b64url(json.dumps(payload).encode()) + "." + real.split(".")[1]
 
 
 _GOOD = cursors.encode(1, 5)
@@ -53,7 +50,7 @@ _GOOD = cursors.encode(1, 5)
         _GOOD + "." + _GOOD,
         _flip(_GOOD, 3),
         _flip(_GOOD, len(_GOOD) - 2),
-        _GOOD.split(".")[0] + "." + _b64(b"\x00" * 12),
+        _GOOD.split(".")[0] + "." + b64url(b"\x00" * 12),
         _forged({"v": 1, "o": 1, "a": 6}),
         "x" * 5000,
         "é" + _GOOD,
@@ -73,6 +70,6 @@ def test_cursor_of_another_owner_is_refused() -> None:
 @pytest.mark.parametrize("after", [0, -1, cursors.MAX_ID + 1, True, 1.0, "5", None])
 def test_cursor_with_an_impossible_position_is_refused(after: object) -> None:
     payload = json.dumps({"v": 1, "o": 1, "a": after}).encode()
-    cursor = _b64(payload) + "." + _b64(cursors._check(payload))
+    cursor = b64url(payload) + "." + b64url(cursors._check(payload))
     with pytest.raises(InvalidRequest, match="'cursor'"):
         cursors.decode(cursor, 1)

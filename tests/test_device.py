@@ -20,7 +20,7 @@ from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
 from tokenserver.observability import JSONFormatter
 
 from .conftest import Actions, RegisteredClient
-from .test_authorize import Flow, csrf_of
+from .helpers import Flow, csrf_of
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile junk:read"

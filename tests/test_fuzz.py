@@ -29,7 +29,7 @@ from tokenserver import create_app
 from tokenserver.config import Settings
 from tokenserver.extensions import db
 
-from .conftest import PASSWORD, LiveServer, _clean
+from .conftest import PASSWORD, LiveServer, clean_database
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 _METHODS = ("get", "put", "post", "delete", "patch")
@@ -76,7 +76,7 @@ def fuzz_target(base_settings: Settings, tmp_path_factory: pytest.TempPathFactor
         server.stop()
         with app.app_context():
             db.engine.dispose()
-        _clean(base_settings.database_url)
+        clean_database(base_settings.database_url)
 
 
 def _user_token(app: Any, url: str) -> str:

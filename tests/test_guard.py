@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import redis
-import time_machine
 from flask import Flask
 from sqlalchemy import func, select
 
@@ -33,15 +28,9 @@ from tokenserver.models import LoginThrottle
 from tokenserver.passwords import Passwords
 
 from .conftest import REDIS_URL, Actions, RegisteredClient
+from .helpers import HeldRequest
 
 WRONG = "not the password at all"
-
-
-@pytest.fixture
-def frozen() -> Iterator[Any]:
-    """The clock stopped at now; tests move it with .shift(seconds)."""
-    with time_machine.travel(datetime.now(UTC), tick=False) as traveller:
-        yield traveller
 
 
 @pytest.fixture(params=["database", "redis"])
@@ -260,33 +249,6 @@ def test_unreachable_redis_refuses_logins_with_503(make_app: Any) -> None:
     assert response.is_json
     assert response.json["error"] == "service_unavailable"
     assert response.headers["Retry-After"] == "1"
-
-
-class HeldRequest:
-    """A request sent all but its last body byte, so the gunicorn worker that took it waits."""
-
-    def __init__(self, url: str, path: str, fields: dict[str, str], auth: str = "") -> None:
-        body = urlencode(fields).encode()
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-            "Content-Type: application/x-www-form-urlencoded\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n{auth}\r\n"
-        )
-        self.sock.sendall(head.encode() + body[:-1])
-        self.rest = body[-1:]
-
-    def finish(self) -> int:
-        """Send the last byte and return the response status."""
-        # The server may have answered (e.g. 429) and closed before reading the body.
-        with contextlib.suppress(OSError):
-            self.sock.sendall(self.rest)
-        data = b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        self.sock.close()
-        return int(data.split(b" ", 2)[1])
 
 
 def basic_auth_header(oauth_client: RegisteredClient) -> str:

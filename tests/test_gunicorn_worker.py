@@ -17,10 +17,11 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from tests.conftest import PASSWORD, Actions, LiveServer, RegisteredClient
-from tests.test_metrics import REQUESTS, sample
 from tokenserver.extensions import db
 from tokenserver.keys import CURRENT
 from tokenserver.models import SigningKey
+
+from .helpers import REQUESTS, sample
 
 KEEPALIVE = 5  # gunicorn.conf.py: seconds a client has to send a whole request head
 # Far above the milliseconds these take, yet below KEEPALIVE: an answer that had to wait for

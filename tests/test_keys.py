@@ -20,9 +20,8 @@ from tokenserver.keywrap import KeyWrapper
 from tokenserver.models import SigningKey, utcnow
 
 from .conftest import Actions
-from .test_oauth_token import header_of
+from .helpers import PRIVATE_MEMBERS, header_of
 
-PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 PUBLISH = 65  # seconds a rotated key is published before it signs, in these tests
 PLAIN = KeyWrapper()
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis
 import requests
-import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -17,17 +14,10 @@ from tokenserver.config import ConfigError, Settings
 from tokenserver.keys import current_keyring
 
 from .conftest import PASSWORD, REDIS_URL, Actions
-from .test_guard import HeldRequest
+from .helpers import HeldRequest
 
 WRONG = "not the password at all"
 OTHER_IP = {"REMOTE_ADDR": "198.51.100.7"}
-
-
-@pytest.fixture
-def frozen() -> Iterator[Any]:
-    """The clock stopped at now; tests move it with .shift(seconds)."""
-    with time_machine.travel(datetime.now(UTC), tick=False) as traveller:
-        yield traveller
 
 
 def _limited(make_app: Any, **changes: Any) -> Flask:

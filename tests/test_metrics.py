@@ -22,19 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ROOT, Actions
 from tokenserver import metric_files
 
-REQUESTS = "tokenserver_http_requests_total"
-
+from .helpers import REQUESTS, sample
 
 _UNUSED_PATH = "/no-such-route-but-this-test"
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in an exposition, 0 when the series does not exist yet."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
 
 
 def label_values(text: str, name: str, label: str) -> set[str]:

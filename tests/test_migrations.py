@@ -18,7 +18,7 @@ from tokenserver.config import Settings
 from tokenserver.extensions import db
 from tokenserver.ops import SCHEMA_HEAD
 
-from .conftest import FAST_HASHING, ROOT, _postgres_database
+from .conftest import FAST_HASHING, ROOT, postgres_database
 
 
 def test_migrated_schema_matches_the_models(app: Flask) -> None:
@@ -43,7 +43,7 @@ def _upgrade_from_empty(url: str) -> set[str]:
 def test_upgrade_takes_an_empty_database_to_head(base_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = base_settings.database_url
     if url.startswith("postgresql"):
-        gen = _postgres_database(url)
+        gen = postgres_database(url)
         url = next(gen)
     else:
         gen = None
@@ -90,7 +90,7 @@ def test_upgrade_leaves_one_current_key_where_the_old_schema_had_two(
     url = base_settings.database_url
     gen = None
     if url.startswith("postgresql"):
-        gen = _postgres_database(url)
+        gen = postgres_database(url)
         url = next(gen)
     else:
         url = f"sqlite:///{tmp_path / 'keys.db'}"

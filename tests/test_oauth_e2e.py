@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from requests_oauthlib import OAuth2Session as OAuthlibSession
 from tokenserver.config import Settings
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
-from .test_oauth_token import claims_of, header_of
+from .helpers import claims_of, header_of, password_login, race_refreshes
 
 ISSUER = "http://localhost:8000"  # what the server is configured to call itself
 WORKERS = 2
@@ -63,12 +62,6 @@ def app_client(actions: Actions) -> RegisteredClient:
     """Alice and a confidential client for her app."""
     actions.user("alice")
     return actions.oauth_client("app")
-
-
-def password_login(live: LiveServer, oauth_client: RegisteredClient, **extra: str) -> Any:
-    """A password grant for alice over HTTP."""
-    data = {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
-    return requests.post(f"{live.url}/oauth/token", data=data, auth=oauth_client.auth, timeout=10)
 
 
 def me(live: LiveServer, access_token: str) -> requests.Response:
@@ -220,33 +213,6 @@ def test_disabling_a_user_kills_their_tokens_on_every_path(
     login = password_login(live, app_client)
     assert login.status_code == 400
     assert login.json()["error"] == "invalid_grant"
-
-
-def race_refreshes(
-    live: LiveServer, oauth_client: RegisteredClient, refresh_token: str, contenders: int
-) -> list[requests.Response]:
-    """Send the same refresh token from `contenders` threads at once."""
-    start = threading.Barrier(contenders)
-    responses: list[requests.Response] = []
-
-    def contend() -> None:
-        with requests.Session() as http:
-            start.wait()
-            responses.append(
-                http.post(
-                    f"{live.url}/oauth/token",
-                    data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-                    auth=oauth_client.auth,
-                    timeout=30,
-                )
-            )
-
-    threads = [threading.Thread(target=contend) for _ in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return responses
 
 
 def test_concurrent_refreshes_have_exactly_one_winner(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -18,17 +17,13 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from .conftest import Actions, RegisteredClient
-from .test_oauth_token import claims_of
+from .helpers import b64url, claims_of
 
 Forger = Callable[[dict[str, Any], RSAKey, RSAKey], str]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _segment(value: dict[str, Any]) -> str:
-    return _b64(json.dumps(value).encode())
+    return b64url(json.dumps(value).encode())
 
 
 def _signed(claims: dict[str, Any], key: RSAKey, **header: Any) -> str:
@@ -55,7 +50,7 @@ def _hs256_with_our_public_key(claims: dict[str, Any], ours: RSAKey, foreign: RS
     signing_input += _segment(claims)
     secret = ours.as_pem(private=False)
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def _tampered(claims: dict[str, Any], ours: RSAKey, foreign: RSAKey) -> str:
@@ -127,12 +122,6 @@ def foreign_key() -> RSAKey:
 def real(actions: Actions) -> dict[str, Any]:
     """A genuine login of alice, whose claims the forgeries start from."""
     return actions.login("alice")
-
-
-@pytest.fixture
-def resource_server(actions: Actions) -> RegisteredClient:
-    """A client that may introspect any token."""
-    return actions.oauth_client("api", introspect=True)
 
 
 def _forge(app: Flask, real: dict[str, Any], forger: Forger, foreign: RSAKey) -> str:

@@ -15,7 +15,7 @@ from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
 
 from .conftest import Actions, RegisteredClient
-from .test_oauth_token import assert_oauth_error, claims_of
+from .helpers import assert_oauth_error, claims_of
 
 INACTIVE = {"active": False}
 ACTIVE_FIELDS = {
@@ -37,12 +37,6 @@ ACTIVE_FIELDS = {
 def login(actions: Actions) -> dict[str, Any]:
     """Alice's tokens from her app (the app is under "client")."""
     return actions.login("alice")
-
-
-@pytest.fixture
-def resource_server(actions: Actions) -> RegisteredClient:
-    """A client registered with --introspect."""
-    return actions.oauth_client("api", introspect=True)
 
 
 def introspect(

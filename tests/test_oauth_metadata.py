@@ -9,7 +9,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from flask.testing import FlaskClient
 
 from .conftest import Actions
-from .test_keys import PRIVATE_MEMBERS
+from .helpers import PRIVATE_MEMBERS
 
 ISSUER = "https://auth.example.com"
 

@@ -17,8 +17,14 @@ from tokenserver.models import TokenFamily
 from tokenserver.oauth.records import revoke_user_families
 
 from .conftest import LiveServer, RegisteredClient
-from .test_oauth_e2e import password_login, race_refreshes
-from .test_oauth_token import assert_oauth_error, claims_of, refresh_grant, works
+from .helpers import (
+    assert_oauth_error,
+    claims_of,
+    password_login,
+    race_refreshes,
+    refresh_grant,
+    works,
+)
 
 DAY = 86400
 INACTIVE = {"active": False}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from typing import Any
 
@@ -17,35 +15,10 @@ from tokenserver.extensions import db
 from tokenserver.models import TokenFamily, TokenRecord
 
 from .conftest import PASSWORD, Actions, RegisteredClient
+from .helpers import assert_oauth_error, claims_of, header_of, post_token, refresh_grant, works
 
 METHODS = ["client_secret_basic", "client_secret_post", "none"]
 CONFIDENTIAL_METHODS = METHODS[:2]
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    """A JWT's payload, unverified (the server's own tests check the signature)."""
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
-def header_of(token: str) -> dict[str, Any]:
-    """A JWT's protected header, unverified."""
-    header = token.split(".")[0]
-    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
-
-
-def post_token(
-    client: FlaskClient, oauth_client: RegisteredClient, method: str, **data: str
-) -> Any:
-    """POST /oauth/token authenticating the client with `method`."""
-    auth = None
-    if method == "client_secret_basic":
-        auth = oauth_client.auth
-    elif method == "client_secret_post":
-        data = {**data, "client_id": oauth_client.client_id, "client_secret": oauth_client.secret}
-    else:
-        data = {**data, "client_id": oauth_client.client_id}
-    return client.post("/oauth/token", data=data, auth=auth)
 
 
 def password_grant(
@@ -54,28 +27,6 @@ def password_grant(
     """A password grant for alice."""
     data = {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
     return post_token(client, oauth_client, method, **data)
-
-
-def refresh_grant(
-    client: FlaskClient, oauth_client: RegisteredClient, token: str, **extra: str
-) -> Any:
-    """A refresh_token grant, with client_secret_basic (or `none` for a public client)."""
-    method = "client_secret_basic" if oauth_client.secret else "none"
-    data = {"grant_type": "refresh_token", "refresh_token": token, **extra}
-    return post_token(client, oauth_client, method, **data)
-
-
-def assert_oauth_error(response: Any, status: int, error: str) -> None:
-    """An RFC 6749 §5.2 error: status, code, a description, JSON."""
-    assert response.status_code == status, response.json
-    assert response.mimetype == "application/json"
-    assert response.json["error"] == error
-    assert response.json["error_description"]
-
-
-def works(client: FlaskClient, access_token: str) -> bool:
-    """Whether the bearer check accepts the token."""
-    return client.get("/users/me", headers=Actions.bearer(access_token)).status_code == 200
 
 
 @pytest.fixture

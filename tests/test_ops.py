@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from tokenserver.extensions import db
 
-from .conftest import _postgres_database
+from .conftest import postgres_database
 
 
 def test_healthz(client: FlaskClient) -> None:
@@ -63,7 +63,7 @@ def test_database_outage_is_json_503(make_app: Any) -> None:
 def unmigrated_url(base_settings: Any, tmp_path: Path) -> Iterator[str]:
     """A reachable database of the suite's kind with no schema at all."""
     if base_settings.database_url.startswith("postgresql"):
-        created = _postgres_database(base_settings.database_url)
+        created = postgres_database(base_settings.database_url)
         yield next(created)
         next(created, None)
     else:

@@ -10,13 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from .conftest import PASSWORD, Actions
-from .test_authorize import REDIRECT, Flow, csrf_of, pkce, query_of
-
-
-@pytest.fixture
-def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
-    actions.user("alice")
-    return Flow(app, client)
+from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
 
 
 def _cookie(response: Any, name: str) -> str:

@@ -12,8 +12,7 @@ from flask.testing import FlaskClient
 from tokenserver.guard import FREE_ATTEMPTS
 
 from .conftest import PASSWORD, Actions
-from .test_authorize import Flow
-from .test_oauth_token import assert_oauth_error, refresh_grant
+from .helpers import Flow, assert_oauth_error, refresh_grant
 
 NEW = "a brand new pass phrase"
 

@@ -20,8 +20,7 @@ from tokenserver.extensions import db
 from tokenserver.models import Client, InitialAccessToken
 
 from .conftest import Actions, LiveServer
-from .test_authorize import REDIRECT, Flow, pkce, query_of
-from .test_oauth_token import claims_of
+from .helpers import REDIRECT, Flow, claims_of, pkce, query_of
 
 ISSUER = "http://localhost:8000"
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{43}$")

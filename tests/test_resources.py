@@ -8,11 +8,10 @@ from urllib.parse import urlencode
 
 import jwt as pyjwt
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from .conftest import PASSWORD, Actions, RegisteredClient
-from .test_authorize import REDIRECT, Flow, pkce, query_of
+from .helpers import REDIRECT, Flow, pkce, query_of
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -183,12 +182,6 @@ def test_introspection_returns_the_tokens_real_audience(
 
 
 # --- the authorization code flow ------------------------------------------------------------
-
-
-@pytest.fixture
-def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
-    actions.user("alice")
-    return Flow(app, client)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from joserfc.jwk import RSAKey
 from tokenserver.models import TOKEN_EXCHANGE
 
 from .conftest import Actions, LiveServer, RegisteredClient
-from .test_oauth_token import claims_of
+from .helpers import Flow, claims_of, pkce
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -193,7 +193,6 @@ def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Set
 def test_a_code_login_token_can_be_exchanged(
     app: Flask, client: FlaskClient, actions: Actions, setup: Setup
 ) -> None:
-    from .test_authorize import Flow, pkce
 
     flow = Flow(app, client)
     client_id, secret = flow.register(first_party=True, scope="openid junk:read")
