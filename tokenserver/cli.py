@@ -209,7 +209,7 @@ def clients_list(as_json: bool) -> None:
         audiences = c.audiences or "-"
         click.echo(
             f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"
-            f"\t{audiences}"
+            f"\t{audiences}\t{c.jwks_uri or '-'}"
         )
 
 
@@ -412,13 +412,14 @@ def tokens() -> None:
     help="Rows deleted per transaction, so the table is never locked for long.",
 )
 def tokens_purge(older_than: int, batch_size: int) -> None:
-    """Delete records of tokens expired long enough ago, and families left empty."""
+    """Delete records of tokens expired long enough ago, families left empty, dead keys,
+    and the spent JWT ids (client assertions) of JWTs that have expired."""
     from .purge import purge
 
-    records, families, keys = purge(older_than, batch_size)
+    records, families, keys, jtis = purge(older_than, batch_size)
     click.echo(
         f"purged {records} token records and {families} token families; "
-        f"deleted {keys} retired signing keys"
+        f"deleted {keys} retired signing keys; forgot {jtis} spent JWT ids"
     )
 
 

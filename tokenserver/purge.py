@@ -10,15 +10,17 @@ from sqlalchemy import ColumnElement, Table, delete, exists, select
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
+from .store import replay
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
 
 
-def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
-    """Delete records expired over `older_than` seconds ago, families left empty, dead keys.
+def purge(older_than: int, batch_size: int) -> tuple[int, int, int, int]:
+    """Delete records expired over `older_than` seconds ago, families left empty, dead keys,
+    and spent JWT ids whose JWTs have expired.
 
-    Returns how many records, families and retired signing keys went.
+    Returns how many records, families, retired signing keys and spent JWT ids went.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -38,7 +40,10 @@ def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
         delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
     )
     db.session.commit()
-    return records, families, int(keys.rowcount)  # type: ignore[attr-defined]
+    # A spent jti is kept until its JWT can no longer pass the exp check (leeway included);
+    # after that the JWT itself is refused, so the id is dead weight whatever --older-than says.
+    jtis = replay.purge()
+    return records, families, int(keys.rowcount), jtis  # type: ignore[attr-defined]
 
 
 def _table(model: Any) -> Table:
