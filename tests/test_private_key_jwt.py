@@ -399,6 +399,7 @@ def test_wrong_assertion_type_is_refused(keyed: _Keyed) -> None:
 
 def test_keyed_client_cannot_use_a_secret_or_nothing(keyed: _Keyed) -> None:
     grant = {"grant_type": "client_credentials"}
+    _refused(keyed.http.post("/oauth/token", data=grant))
     _refused(keyed.http.post("/oauth/token", data=grant, auth=(keyed.client_id, "guess")))
     _refused(keyed.http.post("/oauth/token", data={**grant, "client_id": keyed.client_id}))
     _refused(
@@ -605,6 +606,17 @@ def test_failing_jwks_uri_is_invalid_client_never_500(
     # A failed fetch is not retried on every request either.
     _refused(_send(client, key, client_id, aud))
     assert jwks_server.fetches == 1
+
+
+def test_failed_fetch_is_logged_without_the_query(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks_server.mode = "down"
+    client_id = _register(app, jwks_uri=f"{jwks_server.url}?access=s3cret")
+    _refused(_send(client, _ec(), client_id, f"{_issuer(app)}/oauth/token"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "tokenserver.oauth.client_keys"]
+    assert lines == [f"jwks_uri {jwks_server.url} failed: answered 503"]
+    assert "s3cret" not in caplog.text
 
 
 def test_jwks_uri_with_private_keys_is_refused(
