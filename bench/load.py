@@ -13,6 +13,7 @@ from .seed import PASSWORD, Seeded
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_route.lua"
 _FORM = "application/x-www-form-urlencoded"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,30 @@ def refresh_grant(seeded: Seeded, refresh_tokens: list[str]) -> Route:
         bodies,
         None,
         headers,
+    )
+
+
+def private_key_jwt(assertions: list[str]) -> Route:
+    """client_credentials with private_key_jwt: each request presents a fresh assertion."""
+    bodies = [
+        urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }
+        )
+        for assertion in assertions
+    ]
+    return Route(
+        "private_key_jwt",
+        "POST /oauth/token (private_key_jwt)",
+        "POST",
+        "/oauth/token",
+        "once",  # a jti is single use
+        bodies,
+        None,
+        {"Content-Type": _FORM},
     )
 
 

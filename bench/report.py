@@ -21,6 +21,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "refresh": ("healthz", 0.25),
     "userinfo": ("healthz", 0.4),
     "code": ("healthz", 0.25),
+    "private_key_jwt": ("healthz", 0.25),
     "password": ("ceiling", 0.85),
 }
 

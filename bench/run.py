@@ -131,6 +131,11 @@ def _drive(
         rows["code"] = driver.measure(
             load.code_exchange(seeded, codes, verifier, seed.WEB_REDIRECT)
         )
+    if seeded.keyed is not None and (not wanted or "private_key_jwt" in wanted):
+        # Signed just before use: an assertion lives four minutes, its jti once.
+        count = _refresh_pool_size(rows["healthz"]["rps"], options)
+        assertions = seed.client_assertions(driver.server.url, seeded.keyed, count)
+        rows["private_key_jwt"] = driver.measure(load.private_key_jwt(assertions))
     if not wanted or "password" in wanted:
         rows["password"] = driver.measure(load.password_grant(seeded))
     rows["healthz_end"] = driver.measure(load.healthz("GET /healthz (end)"), "healthz_end")
@@ -151,6 +156,7 @@ def bench_once(
         tokenserver_command(env, "db", "upgrade")
         app, resource_server = seed.create_clients(env)
         web = seed.create_web_client(env)
+        keyed = seed.create_keyed_client(env)
         loaded: dict[str, Any] = {}
         if scale:
             print(f"[{label}] bulk-loading {SCALE_RECORDS:,} token records...", flush=True)
@@ -167,6 +173,7 @@ def bench_once(
             seeded = seed.seed(
                 server.url, app, resource_server, USERS, JUNK_PER_USER, with_junk, web
             )
+            seeded.keyed = keyed
             print(f"[{label}] seeded {USERS} users; measuring costs and routes", flush=True)
             measured = costs.measure()
             if not database_url.startswith("postgresql"):

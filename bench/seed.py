@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,63 @@ class Seeded:
     # A browser sign-in client (code grant, loopback redirect) and its users' `openid` tokens.
     web: ClientCredentials | None = None
     openid_tokens: list[str] = field(default_factory=list)
+    # A client authenticating with private_key_jwt (its EC key), when this build has them.
+    keyed: KeyedClient | None = None
+
+
+@dataclass(frozen=True)
+class KeyedClient:
+    """A client registered with a public key; it signs its own assertions (RFC 7523)."""
+
+    client_id: str
+    key: Any  # joserfc ECKey, private
+
+
+def create_keyed_client(env: dict[str, str]) -> KeyedClient | None:
+    """A client_credentials client with an EC P-256 key, or None if this build has no keys."""
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-256", auto_kid=True)
+    jwks = json.dumps({"keys": [key.as_dict(private=False)]})
+    try:
+        made = json.loads(
+            tokenserver_command(
+                env,
+                "clients",
+                "create",
+                "bench-keyed",
+                "--grant",
+                "client_credentials",
+                "--jwks-file",
+                "-",
+                "--json",
+                stdin=jwks,
+            )
+        )
+    except RuntimeError:
+        return None
+    return KeyedClient(made["client_id"], key)
+
+
+def client_assertions(base: str, keyed: KeyedClient, count: int) -> list[str]:
+    """`count` fresh single-use assertions (ES256, a jti each, alive four minutes)."""
+    from joserfc import jwt
+
+    metadata = _expect(
+        requests.get(f"{base}/.well-known/oauth-authorization-server", timeout=10), 200
+    )
+    now = int(time.time())
+    claims = {"iss": keyed.client_id, "sub": keyed.client_id, "aud": metadata["token_endpoint"]}
+    header = {"alg": "ES256", "kid": keyed.key.kid}
+    return [
+        jwt.encode(
+            header,
+            {**claims, "iat": now, "exp": now + 240, "jti": secrets.token_urlsafe(16)},
+            keyed.key,
+            algorithms=["ES256"],
+        )
+        for _ in range(count)
+    ]
 
 
 WEB_REDIRECT = "http://127.0.0.1/callback"

@@ -36,11 +36,13 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
     assert body["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
         "none",
     ]
     assert body["introspection_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
     ]
     assert "none" in body["revocation_endpoint_auth_methods_supported"]
     assert body["scopes_supported"] == ["junk:read", "junk:write", "openid", "profile"]
@@ -48,8 +50,15 @@ def test_metadata_describes_what_the_server_does(make_app: Any) -> None:
     assert body["response_types_supported"] == ["code"]
     assert body["code_challenge_methods_supported"] == ["S256"]
     assert body["authorization_response_iss_parameter_supported"] is True
-    # Only for private_key_jwt / client_secret_jwt, which we do not offer (RFC 8414 §2).
-    assert "token_endpoint_auth_signing_alg_values_supported" not in body
+    # RFC 8414 §2: private_key_jwt's algorithms, asymmetric only (never none, never HS*).
+    for endpoint in ("token", "introspection", "revocation"):
+        assert body[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] == [
+            "RS256",
+            "PS256",
+            "ES256",
+            "EdDSA",
+            "Ed25519",
+        ]
 
 
 def test_metadata_passes_authlibs_rfc8414_checks(make_app: Any) -> None:

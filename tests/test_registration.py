@@ -232,6 +232,17 @@ def _jwks() -> dict[str, Any]:
             {"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "http://x.example/j"},
             "jwks_uri",
         ),
+        *(
+            ({"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": uri}, "jwks_uri")
+            for uri in (
+                "http://127.0.0.1:9000/jwks",
+                "https://127.0.0.1/jwks",
+                "https://10.0.0.7/jwks",
+                "https://169.254.169.254/latest/meta-data",
+                "https://[::1]/jwks",
+                "https://localhost/jwks",
+            )
+        ),
         ({"token_endpoint_auth_method": "none", "jwks": _jwks()}, "jwks"),
     ],
 )

@@ -209,7 +209,7 @@ def clients_list(as_json: bool) -> None:
         audiences = c.audiences or "-"
         click.echo(
             f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"
-            f"\t{audiences}"
+            f"\t{audiences}\t{c.jwks_uri or '-'}"
         )
 
 

@@ -281,6 +281,7 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
             "first_party": self.first_party,
             "audiences": self.audience_list,
             "token_endpoint_auth_method": self.auth_method,
+            "jwks_uri": self.jwks_uri,
             "created_at": isoformat(self.created_at),
         }
 

@@ -23,6 +23,8 @@ from ..keys import KeyRing
 from ..models import OIDC_SCOPES, SCOPES, Client
 from ..store.codes import PresentedCode
 from . import client_auth, grants
+from .assertions import PrivateKeyJWT
+from .client_keys import ClientKeys
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge, spent_meanwhile
 from .devices import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceIdToken
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
@@ -71,11 +73,14 @@ class AuthorizationServer(_AuthorizationServer):
         super().__init__()
         self.settings = settings
         self.clients = ClientCache()
+        self.client_keys = ClientKeys()  # this worker's copies of clients' jwks_uri documents
 
     def init_app(self, app: Flask, query_client: Any = None, save_token: Any = None) -> None:
         super().init_app(app, query_client=query_client, save_token=save_token)
         # Authlib tries each allowed method in turn; ours allows one per request (RFC 6749 §2.3).
-        self._client_auth = client_auth.ClientAuthentication(self.query_client)
+        self._client_auth = client_auth.ClientAuthentication(
+            self.query_client, PrivateKeyJWT(self.settings.issuer, self.client_keys)
+        )
 
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         try:

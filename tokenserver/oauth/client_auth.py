@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 from typing import Any
 from urllib.parse import unquote
 
@@ -11,8 +13,13 @@ from authlib.oauth2.rfc6749.authenticate_client import (
     ClientAuthentication as _ClientAuthentication,
 )
 from authlib.oauth2.rfc6749.errors import InvalidClientError
+from joserfc import jws
+from joserfc.errors import JoseError
 
 from .. import audit
+from .assertions import PrivateKeyJWT
+
+log = logging.getLogger(__name__)
 
 # One answer for every failure: an unknown client and a wrong secret must read the same.
 FAILED = "Client authentication failed."
@@ -27,10 +34,11 @@ class ClientAuthentication(_ClientAuthentication):
     the body, bare client_id), and any failure is one 401 invalid_client, audited.
     """
 
-    def __init__(self, query_client: Any) -> None:
+    def __init__(self, query_client: Any, private_key_jwt: PrivateKeyJWT) -> None:
         super().__init__(query_client)
         # Authlib's decoder lets a non-UTF-8 header escape as a 500; ours refuses it.
         self.register("client_secret_basic", _authenticate_basic)
+        self.register("private_key_jwt", private_key_jwt)
 
     def authenticate(self, request: Any, methods: list[str], endpoint: str) -> Any:
         method = presented_method(request)
@@ -38,7 +46,9 @@ class ClientAuthentication(_ClientAuthentication):
         if method in methods and method in self._methods:
             try:
                 client = self._methods[method](self.query_client, request)
-            except InvalidClientError:
+            except InvalidClientError as exc:
+                # Why, for the operator only (never a secret: a claim name, a key problem).
+                log.info("%s authentication failed: %s", method, exc.description)
                 client = None
         if client is not None and not _may_use(client, method, endpoint):
             client = None
@@ -112,4 +122,18 @@ def _claimed_client_id(request: Any, method: str | None) -> str | None:
         credentials = basic_credentials(request.headers)
         return credentials[0] if credentials else None
     client_id = request.payload.data.get("client_id")
+    if client_id is None and method == "private_key_jwt":
+        client_id = _assertion_subject(request.payload.data.get("client_assertion"))
     return client_id if isinstance(client_id, str) else None
+
+
+def _assertion_subject(assertion: Any) -> Any:
+    """The unverified `sub` of a client assertion: whom it claims to be, for the audit line."""
+    if not isinstance(assertion, str):
+        return None
+    try:
+        payload = jws.extract_compact(assertion.encode()).payload
+        claims = json.loads(payload)
+    except (JoseError, ValueError):
+        return None
+    return claims.get("sub") if isinstance(claims, dict) else None

@@ -63,7 +63,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     """Any client may ask about its own tokens; a resource server about any token."""
 
     # Authlib allows only client_secret_basic; public clients (`none`) may not introspect.
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def check_params(self, request: Any, client: Client) -> None:
         _require_token(request)
@@ -102,7 +102,7 @@ class RevocationEndpoint(_RevocationEndpoint):
     """Revoking a refresh token kills its family; an access token, just itself."""
 
     # Authlib allows only client_secret_basic; public clients must be able to log out too.
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
     def check_params(self, request: Any, client: Client) -> None:
         _require_token(request)

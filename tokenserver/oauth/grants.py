@@ -12,8 +12,9 @@ from ..models import Subject
 from .records import RefreshCredential, find_refresh_token
 from .resources import ResourceIndicators
 
-# Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`.
-_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+# Authlib's grants accept only client_secret_basic; public clients need `none`, others `post`
+# or their keys (private_key_jwt, RFC 7523).
+_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
 class PasswordGrant(ResourceIndicators, grants.ResourceOwnerPasswordCredentialsGrant):
@@ -63,4 +64,4 @@ class ClientCredentialsGrant(ResourceIndicators, grants.ClientCredentialsGrant):
     """RFC 6749 §4.4: a confidential client acting for itself."""
 
     # RFC 6749 §4.4: confidential clients only, so no `none`.
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]

@@ -11,6 +11,7 @@ from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 from . import current_server
+from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
 from .oidc import browser_metadata
@@ -135,8 +136,12 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
+        # RFC 8414 §2: the algorithms private_key_jwt assertions may be signed with.
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "introspection_endpoint_auth_methods_supported": IntrospectionEndpoint.CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": RevocationEndpoint.CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": [*SCOPES, *OIDC_SCOPES],
         "service_documentation": f"{issuer}/openapi.json",
         **browser_metadata(issuer),

@@ -118,7 +118,8 @@ def security_schemes() -> Doc:
             "type": "http",
             "scheme": "basic",
             "description": "OAuth client authentication (client_secret_basic); the OAuth "
-            "endpoints also take client_secret_post, and public clients send only client_id. "
+            "endpoints also take client_secret_post and private_key_jwt (client_assertion, "
+            "RFC 7523), and public clients send only client_id. "
             "Grants: " + ", ".join(GRANT_TYPES) + ".",
         },
     }

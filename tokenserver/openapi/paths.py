@@ -14,7 +14,8 @@ _COMMON = ("TooManyRequests", "Unavailable")
 _BEARER = ("Unauthorized", "InsufficientScope", *_COMMON)
 _BODY = ("BadRequest", "TooLarge", "UnsupportedMediaType")
 _NO_AUTH: list[Doc] = [{}]
-# {} as an alternative: client_secret_post, or a public client sending only its client_id.
+# {} as an alternative: client_secret_post, private_key_jwt (client_assertion), or a public
+# client sending only its client_id.
 _CLIENT_AUTH: list[Doc] = [{"basicAuth": []}, {}]
 _NO_STORE = {"Cache-Control": "NoStore"}
 

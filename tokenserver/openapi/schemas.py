@@ -11,6 +11,18 @@ from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 Schema = dict[str, Any]
 
 
+# private_key_jwt (RFC 7523 §2.2): a JWT signed with the client's registered key.
+_CLIENT_ASSERTION: Schema = {
+    "client_assertion": {
+        "type": "string",
+        "description": "private_key_jwt: a JWT signed by the client's key; iss and sub are the "
+        "client_id, aud the issuer or the token endpoint, a single-use jti, exp at most "
+        "5 minutes ahead",
+    },
+    "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+}
+
+
 def _object(required: list[str], properties: Schema, *, closed: bool = True) -> Schema:
     schema: Schema = {"type": "object", "required": required, "properties": properties}
     if closed:
@@ -108,6 +120,7 @@ SCHEMAS: Schema = {
             },
             "client_id": _STRING,
             "client_secret": _STRING,
+            **_CLIENT_ASSERTION,
         },
     ),
     "TokenResponse": _object(
@@ -161,6 +174,7 @@ SCHEMAS: Schema = {
             "token_type_hint": {"enum": ["access_token", "refresh_token"]},
             "client_id": _STRING,
             "client_secret": _STRING,
+            **_CLIENT_ASSERTION,
         },
     ),
     "Introspection": {

@@ -1,0 +1,222 @@
+"""A client's public keys for private_key_jwt (RFC 7523): its inline JWKS, or its jwks_uri.
+
+Inline documents are parsed once per text, so once per version of the client. Documents at a
+jwks_uri are fetched by each worker at most once per cache period (the document's
+`Cache-Control: max-age`, within bounds), with a short timeout and a size cap; an unknown
+`kid` (the client rotated its keys) may fetch again, at most once per `refetch_interval` per
+URL, so nobody can make us hammer the client's server by sending made-up kids.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from joserfc.errors import JoseError
+from joserfc.jwk import Key, KeySet
+from werkzeug.http import parse_cache_control_header
+
+from ..models import Client
+
+log = logging.getLogger(__name__)
+
+# Assertions are signed with the client's private key: asymmetric algorithms only, never
+# `none` and never HS* (an HMAC keyed with a public key anyone can read).
+ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
+_KEY_TYPE = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed25519": "OKP"}
+KEY_TYPES = ("RSA", "EC", "OKP")
+
+
+class KeysUnavailable(Exception):
+    """The client's keys cannot be had: a bad document, or its jwks_uri failed."""
+
+
+def public_key_set(document: Any) -> KeySet:
+    """`document` as a set of public signing keys, or KeysUnavailable saying what is wrong."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeysUnavailable('jwks must be a JSON object with a "keys" array')
+    if not document["keys"]:
+        raise KeysUnavailable("jwks holds no key")
+    for key in document["keys"]:
+        if not isinstance(key, dict) or key.get("kty") not in KEY_TYPES:
+            raise KeysUnavailable(f"jwks keys must be public {', '.join(KEY_TYPES)} keys")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # joserfc warns of small keys
+            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError) as exc:
+        raise KeysUnavailable(f"jwks holds a key that cannot be read ({exc})") from None
+    if any(key.is_private for key in keys):
+        raise KeysUnavailable("jwks must hold public keys only, never private parts")
+    return keys
+
+
+@functools.lru_cache(maxsize=256)
+def inline_keys(document: str) -> KeySet:
+    """A client's registered JWKS text, parsed once per text (so once per client version)."""
+    try:
+        return public_key_set(json.loads(document))
+    except ValueError as exc:
+        raise KeysUnavailable(f"registered jwks is not JSON ({exc})") from None
+
+
+def pick_key(keys: KeySet, header: dict[str, Any]) -> Key:
+    """The key a JWS header names: by `kid`, else the one key of the algorithm's type."""
+    alg, kid = header.get("alg"), header.get("kid")
+    key_type = _KEY_TYPE.get(alg) if isinstance(alg, str) else None
+    if key_type is None:
+        raise KeysUnavailable("the assertion's alg is not one we accept")
+    if kid is not None and not isinstance(kid, str):
+        raise KeysUnavailable("the assertion's kid is not a string")
+    # Without a kid, several keys of one type would leave us guessing: the client must name one.
+    matches = [key for key in keys if key.key_type == key_type and (kid is None or key.kid == kid)]
+    if len(matches) != 1:
+        raise KeysUnavailable("no single key of the client matches the assertion's kid and alg")
+    return matches[0]
+
+
+@dataclass
+class _Fetched:
+    keys: KeySet | None  # None: the last fetch failed
+    fetched_at: float
+    expires_at: float
+
+    def has(self, kid: str | None) -> bool:
+        return self.keys is not None and (kid is None or any(key.kid == kid for key in self.keys))
+
+
+class RemoteKeys:
+    """This worker's cache of the JWKS documents at clients' jwks_uri, bounded in time.
+
+    Every fetch has a short timeout and a size cap, follows no redirect, and never raises
+    anything but KeysUnavailable: a client's broken server is that client's invalid_client,
+    never our 500, and never a stalled worker for longer than the timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 3.0,
+        max_bytes: int = 64 * 1024,
+        default_ttl: float = 300.0,
+        min_ttl: float = 60.0,
+        max_ttl: float = 3600.0,
+        refetch_interval: float = 30.0,
+        size: int = 256,
+    ) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.default_ttl = default_ttl
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.refetch_interval = refetch_interval
+        self.size = size
+        self.fetches = 0  # how many times this worker went to the network (for metrics/tests)
+        self._entries: dict[str, _Fetched] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, uri: str, kid: str | None) -> KeySet:
+        """The keys at `uri`, from this worker's copy unless it is stale or lacks `kid`."""
+        entry = self._entries.get(uri)
+        if entry is not None and entry.expires_at > time.time() and entry.has(kid):
+            return entry.keys  # type: ignore[return-value]
+        with self._lock(uri):  # one fetch per URL at a time; the others wait for its result
+            entry = self._entries.get(uri)
+            now = time.time()
+            if entry is not None and entry.expires_at > now and entry.has(kid):
+                return entry.keys  # type: ignore[return-value]
+            if entry is not None and now - entry.fetched_at < self.refetch_interval:
+                # Asked moments ago (a made-up kid, or the server failing): not again so soon.
+                if entry.keys is None or entry.expires_at <= now:
+                    raise KeysUnavailable("the client's jwks_uri failed moments ago")
+                return entry.keys
+            return self._refresh(uri, now)
+
+    def _refresh(self, uri: str, now: float) -> KeySet:
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # jwks_uri clients are few; a full cache means churn
+        try:
+            keys, ttl = self._fetch(uri)
+        except KeysUnavailable as exc:
+            self._entries[uri] = _Fetched(None, now, now)
+            log.warning("jwks_uri %s failed: %s", _redacted(uri), exc)
+            raise
+        self._entries[uri] = _Fetched(keys, now, now + ttl)
+        return keys
+
+    def _fetch(self, uri: str) -> tuple[KeySet, float]:
+        self.fetches += 1
+        deadline = time.monotonic() + self.timeout
+        try:
+            with requests.get(
+                uri,
+                timeout=self.timeout,
+                stream=True,
+                allow_redirects=False,
+                headers={"Accept": "application/jwk-set+json, application/json"},
+            ) as response:
+                if response.status_code != 200:
+                    raise KeysUnavailable(f"answered {response.status_code}")
+                body = self._read_capped(response, deadline)
+                ttl = self._ttl(response.headers.get("Cache-Control"))
+        except requests.RequestException as exc:
+            raise KeysUnavailable(f"{type(exc).__name__}") from None
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise KeysUnavailable("the document is not JSON") from None
+        return public_key_set(document), ttl
+
+    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+        body = bytearray()
+        for chunk in response.iter_content(8192):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise KeysUnavailable(f"the document is larger than {self.max_bytes} bytes")
+            # The timeout bounds each read; this bounds the whole of a trickled answer.
+            if time.monotonic() > deadline:
+                raise KeysUnavailable("the document took too long to arrive")
+        return bytes(body)
+
+    def _ttl(self, cache_control: str | None) -> float:
+        max_age = parse_cache_control_header(cache_control).max_age if cache_control else None
+        ttl = self.default_ttl if max_age is None else float(max_age)
+        return min(max(ttl, self.min_ttl), self.max_ttl)
+
+    def _lock(self, uri: str) -> threading.Lock:
+        with self._guard:
+            if len(self._locks) >= self.size and uri not in self._locks:
+                self._locks.clear()
+            return self._locks.setdefault(uri, threading.Lock())
+
+
+class ClientKeys:
+    """Where a client's public keys come from: its inline JWKS or its jwks_uri."""
+
+    def __init__(self, remote: RemoteKeys | None = None) -> None:
+        self.remote = remote or RemoteKeys()
+
+    def key_for(self, client: Client, header: dict[str, Any]) -> Key:
+        """The client's key that should have signed a JWS with this header."""
+        if client.jwks is not None:
+            return pick_key(inline_keys(client.jwks), header)
+        if client.jwks_uri is None:
+            raise KeysUnavailable("the client has no keys")
+        kid = header.get("kid")
+        keys = self.remote.get(client.jwks_uri, kid if isinstance(kid, str) else None)
+        return pick_key(keys, header)
+
+
+def _redacted(uri: str) -> str:
+    """A URL fit for a log line: no query or user info, which might carry a credential."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
