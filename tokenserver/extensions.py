@@ -1,9 +1,11 @@
-"""Extensions created once here and bound to the app in create_app()."""
+"""The database extension, created once here and bound to the app in create_app().
+
+The per-IP limiter is built in limits.py, with its rules.
+"""
 
 from __future__ import annotations
 
 from flask import g
-from flask_limiter import Limiter
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Connection, MetaData
 from sqlalchemy.exc import DBAPIError
@@ -55,18 +57,3 @@ def close_reader() -> None:
         # The database died under it: its pool entry is dropped, and the pool reconnects later.
         if not conn.closed:
             conn.invalidate()
-
-
-def _limiter() -> Limiter:
-    from .limits import client_address, per_ip_limits, unlimited
-
-    made = Limiter(
-        key_func=client_address,
-        default_limits=per_ip_limits(),  # values read per request from the app's settings
-        swallow_errors=True,  # a Redis outage lifts per-IP limits; the password guard stays
-    )
-    made.request_filter(unlimited)
-    return made
-
-
-limiter = _limiter()

@@ -177,8 +177,6 @@ def init_app(app: Flask) -> None:
     process there is only one app. Values and the on/off switch are read per request from the
     app's own settings, so apps built side by side (tests, the CLI) keep theirs.
     """
-    from .extensions import limiter
-
     settings: Settings = app.extensions["tokenserver.settings"]
     app.config.update(
         # Always on at the Limiter: the switch is per app, read per request by unlimited().
@@ -236,3 +234,11 @@ def _storage_options(settings: Settings) -> dict[str, str | int]:
         "socket_timeout": 2,
         "socket_connect_timeout": 2,
     }
+
+
+limiter = Limiter(
+    key_func=client_address,
+    default_limits=per_ip_limits(),  # values read per request from the app's settings
+    swallow_errors=True,  # a Redis outage lifts per-IP limits; the password guard stays
+)
+limiter.request_filter(unlimited)
