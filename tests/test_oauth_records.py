@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
-from tokenserver.oauth.records import revoke_user_families
+from tokenserver.store.tokens import revoke_logins
 
 from .conftest import LiveServer, RegisteredClient
 from .helpers import (
@@ -196,17 +196,17 @@ def test_concurrent_refreshes_within_the_grace_all_succeed_in_one_login(
         assert me.status_code == 200
 
 
-# --- revoke_user_families ------------------------------------------------------------------------
+# --- revoke_logins --------------------------------------------------------------------------------
 
 
-def test_revoke_user_families_ends_every_login_but_the_one_kept(make_app: Any) -> None:
+def test_revoke_logins_ends_every_login_but_the_one_kept(make_app: Any) -> None:
     app, client, app_client = setup(make_app)
     logins = [login(client, app_client) for _ in range(3)]
     kept_family = _family_of(app, logins[0]["access_token"])
     with app.app_context():
         user_id = int(claims_of(logins[0]["access_token"])["sub"])
-        assert revoke_user_families(user_id, keep_family=kept_family) == 2
-        assert revoke_user_families(user_id, keep_family=kept_family) == 0  # already revoked
+        assert revoke_logins(user_id, keep_family=kept_family) == 2
+        assert revoke_logins(user_id, keep_family=kept_family) == 0  # already revoked
     assert works(client, logins[0]["access_token"])
     assert refresh_grant(client, app_client, logins[0]["refresh_token"]).status_code == 200
     for tokens in logins[1:]:
@@ -215,7 +215,7 @@ def test_revoke_user_families_ends_every_login_but_the_one_kept(make_app: Any) -
             refresh_grant(client, app_client, tokens["refresh_token"]), 400, "invalid_grant"
         )
     with app.app_context():
-        assert revoke_user_families(user_id) == 1
+        assert revoke_logins(user_id) == 1
 
 
 def test_a_disabled_users_logins_stay_dead_when_enabled_again(make_app: Any) -> None:

@@ -8,17 +8,12 @@ import re
 import string
 from collections.abc import Sequence
 
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.exc import IntegrityError
-
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
-from .extensions import db, reader
 from .guard import Throttled, current_guard
-from .models import USER_COLUMNS, Subject, User
-from .oauth.records import revoke_user_families
+from .models import Subject
 from .passwords import current_passwords, password_problem
-from .store import sessions
+from .store import sessions, tokens, transaction, users
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -46,24 +41,18 @@ def validate_username(username: object) -> str:
     return username
 
 
-def register(username: object, password: object) -> User:
+def register(username: object, password: object) -> Subject:
     """Create an account, refusing bad usernames, weak passwords and taken names."""
     name = validate_username(username)
     password = _password_field("password", password)
     _check_new_password(password, name)
     if find(name) is not None:
-        raise _taken()
-    user = User(
-        username=name,
-        username_key=username_key(name),
-        password_hash=current_passwords().hash(password),
-    )
-    db.session.add(user)
+        raise _taken()  # before hashing: a taken name costs no argon2id
     try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
+        user = users.add(name, username_key(name), current_passwords().hash(password))
+    except users.UsernameTaken:
         raise _taken() from None  # lost a race with a concurrent sign-up
+    audit.event("user.created", user_id=user.id, username=user.username)
     return user
 
 
@@ -80,14 +69,12 @@ def _taken() -> APIError:
     return Conflict("that username is taken", error="username_taken")
 
 
-def find(username: str) -> User | None:
+def find(username: str) -> Subject | None:
     """The user with this name in any letter case, or None."""
-    return db.session.scalars(
-        select(User).where(User.username_key == username_key(username))
-    ).first()
+    return users.by_name(username_key(username))
 
 
-def get(username: str) -> User:
+def get(username: str) -> Subject:
     """The user with this name, or NotFound."""
     user = find(username)
     if user is None:
@@ -115,36 +102,23 @@ def authenticate(username: str, password: str) -> Subject | None:
     return user
 
 
-# Core, built once: every password grant runs these (see oauth/records.py).
-_users: Table = User.__table__
-_LOGIN = select(*USER_COLUMNS, _users.c.password_hash).where(
-    _users.c.username_key == bindparam("name_key")
-)
-_REHASH = (
-    update(_users).where(_users.c.id == bindparam("user_id")).values(password_hash=bindparam("new"))
-)
-
-
 def _check_password(username: str, password: str) -> Subject | None:
     """The active user if the password is theirs. Always costs one full hash check."""
     passwords = current_passwords()
     # A name that breaks the username rules names no account: no need to ask the database.
-    row = None
-    if _USERNAME.fullmatch(username):
-        row = reader().execute(_LOGIN, {"name_key": username_key(username)}).first()
-    if row is None:
+    found = users.login(username_key(username)) if _USERNAME.fullmatch(username) else None
+    if found is None:
         passwords.verify_dummy(_as_utf8(password))  # a miss costs what a wrong password does
         _login_failed(username, "unknown_user")
         return None
-    user = Subject.from_row(row)
-    verdict = passwords.verify(row.password_hash, _as_utf8(password))
+    user = found.user
+    verdict = passwords.verify(found.password_hash, _as_utf8(password))
     if not verdict.ok or user.disabled:
         _login_failed(username, "disabled" if verdict.ok else "wrong_password", user)
         return None
     if verdict.new_hash:
         # The parameters changed, or a legacy Werkzeug hash: store the current kind.
-        db.session.execute(_REHASH, {"user_id": user.id, "new": verdict.new_hash})
-        db.session.commit()
+        users.set_password_hash(user.id, verdict.new_hash)
     return user
 
 
@@ -207,8 +181,9 @@ def change_password(
     current_guard().clear(name)
     _check_new_password(new_password, user.username, "new_password")
     new_hash = current_passwords().hash(new_password)
-    db.session.execute(_REHASH, {"user_id": user.id, "new": new_hash})
-    ended = revoke_user_families(user.id, keep_family)  # commits the new hash with it
+    with transaction() as tx:  # the new password and the end of the other logins, together
+        users.set_password_hash(user.id, new_hash, tx)
+        ended = tokens.revoke_logins(user.id, keep_family=keep_family, tx=tx)
     sessions.end(user.id, keep=keep_session)
     audit.event("user.password_changed", user_id=user.id, username=user.username, ended=ended)
     return ended
@@ -222,18 +197,21 @@ def _password_field(field: str, value: object) -> str:
     return value
 
 
-def set_disabled(username: str, disabled: bool) -> User:
+def set_disabled(username: str, disabled: bool) -> Subject:
     """Disable or enable an account; a disabled user's tokens stop working at once, for good."""
-    from .oauth.records import revoke_user_families
-
     user = get(username)
-    user.disabled = disabled
+    with transaction() as tx:
+        user = users.set_disabled(user.id, disabled, tx)
+        if disabled:
+            tokens.revoke_logins(user.id, tx=tx)  # so enabling again brings none of them back
     if disabled:
-        revoke_user_families(user.id)  # so enabling again brings none of them back
-    db.session.commit()
+        sessions.end(user.id)  # signed out of our pages too, and they stay ended
+    audit.event(
+        "user.disabled" if disabled else "user.enabled", user_id=user.id, username=user.username
+    )
     return user
 
 
-def list_all() -> Sequence[User]:
+def list_all() -> Sequence[Subject]:
     """Every user, oldest first."""
-    return db.session.scalars(select(User).order_by(User.id)).all()
+    return users.every()

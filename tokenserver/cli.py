@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, audit, signin
+from . import accounts, audit
 from .client_secrets import rotate_secret
 from .clients import ClientSpec, delete_client, issue_initial_access_token, register_client
 from .config import ConfigError, Settings, current_settings, unknown_variables
@@ -76,7 +76,6 @@ def users_create(username: str, password_stdin: bool) -> None:
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     user = accounts.register(username, password)
-    audit.event("user.created", user_id=user.id, username=user.username)
     click.echo(f"created user {user.username} (id {user.id})")
 
 
@@ -85,8 +84,6 @@ def users_create(username: str, password_stdin: bool) -> None:
 def users_disable(username: str) -> None:
     """Disable USERNAME: no new tokens, and every token they hold stops working at once."""
     user = accounts.set_disabled(username, True)
-    signin.end_browser_sessions(user.id)  # and they stay ended if the user is enabled again
-    audit.event("user.disabled", user_id=user.id, username=user.username)
     click.echo(f"disabled {user.username}")
 
 
@@ -95,7 +92,6 @@ def users_disable(username: str) -> None:
 def users_enable(username: str) -> None:
     """Enable USERNAME again."""
     user = accounts.set_disabled(username, False)
-    audit.event("user.enabled", user_id=user.id, username=user.username)
     click.echo(f"enabled {user.username}")
 
 

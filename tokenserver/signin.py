@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from . import accounts, audit
 from .config import current_settings
-from .store import apps, consents, sessions
-from .store.apps import SignedInApp
+from .store import consents, sessions, tokens
 from .store.sessions import Session, SessionInfo
+from .store.tokens import SignedInApp
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Overview:
 
 def overview(session: Session) -> Overview:
     """The signed-in user's sessions and apps."""
-    return Overview(sessions.list_live(session.user.id), apps.list_signed_in(session.user.id))
+    return Overview(sessions.list_live(session.user.id), tokens.signed_in_apps(session.user.id))
 
 
 def sign_out(secret: str) -> None:
@@ -76,14 +76,9 @@ def end_session(session: Session, session_id: str) -> bool:
     return ended
 
 
-def end_browser_sessions(user_id: int) -> None:
-    """End every browser session of a user (who is being disabled)."""
-    sessions.end(user_id)
-
-
 def sign_out_app(session: Session, client_id: str) -> None:
     """Revoke every token the user's sign-ins to one app hold, and forget the consent."""
-    apps.revoke(session.user.id, client_id)
+    tokens.revoke_logins(session.user.id, client_id=client_id)
     consents.forget(session.user.id, client_id)
     audit.event("app.signed_out", user_id=session.user.id, client_id=client_id)
 
@@ -91,7 +86,7 @@ def sign_out_app(session: Session, client_id: str) -> None:
 def sign_out_everywhere(session: Session) -> None:
     """End every browser session of the user and revoke every token they hold."""
     sessions.end(session.user.id)
-    apps.revoke(session.user.id)
+    tokens.revoke_logins(session.user.id)
     audit.event("user.signed_out_everywhere", user_id=session.user.id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, jsonify, url_for
 
-from . import accounts, audit
+from . import accounts
 from .config import current_settings
 from .errors import Forbidden
 from .oauth.protect import current_user, require_oauth
@@ -24,7 +24,6 @@ def create_user() -> tuple[Response, int, dict[str, str]]:
         raise Forbidden("registration is closed", error="registration_closed")
     data = read_fields(_SIGNUP_FIELDS, allow_form=True)
     user = accounts.register(data.get("username"), data.get("password"))
-    audit.event("user.created", user_id=user.id, username=user.username)
     return jsonify(user.to_dict()), 201, {"Location": url_for("users.me")}
 
 

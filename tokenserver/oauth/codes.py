@@ -22,8 +22,7 @@ from ..config import current_settings
 from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
-from ..store import codes, users
-from . import records
+from ..store import codes, tokens, users
 from .grants import _AUTH_METHODS
 from .resources import ResourceIndicators, requested
 
@@ -101,7 +100,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
 def reuse_detected(client_id: str, family_id: str | None) -> None:
     """A spent code was presented again: revoke every token it issued (RFC 6749 §4.1.2)."""
     if family_id is not None:
-        records.revoke_family(family_id)
+        tokens.revoke_family(family_id)
     audit.event("code.reuse_detected", client_id=client_id, family_id=family_id)
 
 

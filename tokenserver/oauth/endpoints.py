@@ -10,6 +10,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoi
 
 from ..config import current_settings
 from ..models import Client
+from ..store import tokens as token_store
 from . import records
 from .tokens import TokenRejected, is_jwt_shaped, verified_claims
 
@@ -122,6 +123,6 @@ class RevocationEndpoint(_RevocationEndpoint):
 
     def revoke_token(self, token: records.StoredToken, request: Any) -> None:
         if token.kind == records.REFRESH:
-            records.revoke_family(token.family_id)
+            token_store.revoke_family(token.family_id)
         elif token.jti:
-            records.revoke_access_token(token.jti)
+            token_store.revoke_access_token(token.jti)

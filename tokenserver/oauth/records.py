@@ -27,7 +27,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from ..store import codes
+from ..store import codes, tokens
 from .resources import as_audience
 
 ACCESS = "access"
@@ -390,42 +390,8 @@ def _spend(conn: Connection, parent: RefreshCredential) -> bool:
 
 
 def _reuse_detected(client: Client, family_id: str) -> None:
-    revoke_family(family_id)  # replay of a spent token: assume it was stolen
+    tokens.revoke_family(family_id)  # replay of a spent token: assume it was stolen
     audit.event("token.reuse_detected", client_id=client.client_id, family_id=family_id)
-
-
-def revoke_family(family_id: str) -> None:
-    """Revoke every token of one login, now and for good (committed at once)."""
-    db.session.execute(
-        update(TokenFamily)
-        .where(TokenFamily.id == family_id, TokenFamily.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    db.session.commit()
-
-
-def revoke_user_families(user_id: int, keep_family: str | None = None) -> int:
-    """Revoke every login of a user (but `keep_family`), now and for good; how many.
-
-    Enabling the user again brings none of them back: their access and refresh tokens stay
-    dead, and the user signs in anew. Committed at once, with any pending change of the user.
-    """
-    condition = [TokenFamily.user_id == user_id, TokenFamily.revoked_at.is_(None)]
-    if keep_family is not None:
-        condition.append(TokenFamily.id != keep_family)
-    result = db.session.execute(update(TokenFamily).where(*condition).values(revoked_at=utcnow()))
-    db.session.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def revoke_access_token(jti: str) -> None:
-    """Revoke one access token."""
-    db.session.execute(
-        update(TokenRecord)
-        .where(TokenRecord.jti == jti, TokenRecord.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    db.session.commit()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,33 @@
 """The store: the only place with SQL.
 
-One module per aggregate (codes, consents, sessions, apps, initial_tokens). Each owns its
-statements, its connection and its transactions: a store function reads or writes, commits what
-it wrote, and hands its caller typed results (frozen dataclasses), never a session, a row or a
+One module per aggregate: users, clients, tokens, keys, throttles, junk, and the browser's
+codes, consents, sessions, apps and devices (plus initial access tokens and spent JWT ids).
+Each owns its statements (prebuilt Core where a request runs them; ORM where only the CLI
+does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
 statement. Callers apply the rules; the store knows nothing of HTTP.
+
+Reads run on the request's pooled reader connection (`extensions.reader()`), which writes
+nothing. Writes commit before the store function returns, each in a transaction of its own;
+a change that must land with another or not at all runs in one `transaction()`, handed to
+each store function that writes as `tx`.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+
+from ..extensions import db
+
+
+@contextmanager
+def transaction(tx: Connection | None = None) -> Iterator[Connection]:
+    """A write transaction, committed when the block ends (rolled back if it raises); inside
+    a caller's `tx`, that one."""
+    if tx is not None:
+        yield tx
+        return
+    with db.engine.begin() as conn:
+        yield conn
