@@ -453,13 +453,13 @@ def tokens() -> None:
     help="Rows deleted per transaction, so the table is never locked for long.",
 )
 def tokens_purge(older_than: int, batch_size: int) -> None:
-    """Delete records of tokens expired long enough ago, and families left empty."""
+    """Delete records of tokens expired long enough ago, families left empty, spent JWT ids."""
     from .purge import purge
 
-    records, families, keys = purge(older_than, batch_size)
+    records, families, keys, jtis = purge(older_than, batch_size)
     click.echo(
         f"purged {records} token records and {families} token families; "
-        f"deleted {keys} retired signing keys"
+        f"deleted {keys} retired signing keys; forgot {jtis} spent JWT ids"
     )
 
 

@@ -10,15 +10,17 @@ from sqlalchemy import ColumnElement, Table, delete, exists, select
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
+from .store import replay
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
 
 
-def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
+def purge(older_than: int, batch_size: int) -> tuple[int, int, int, int]:
     """Delete records expired over `older_than` seconds ago, families left empty, dead keys.
 
-    Returns how many records, families and retired signing keys went.
+    Returns how many records, families, retired signing keys and spent JWT ids went. A spent
+    id goes as soon as its JWT has expired: that JWT is refused anyway, replayed or not.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -38,7 +40,8 @@ def purge(older_than: int, batch_size: int) -> tuple[int, int, int]:
         delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
     )
     db.session.commit()
-    return records, families, int(keys.rowcount)  # type: ignore[attr-defined]
+    jtis = replay.purge()
+    return records, families, int(keys.rowcount), jtis  # type: ignore[attr-defined]
 
 
 def _table(model: Any) -> Table:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .components import ERRORS, json_response, ref
+from .paths import bearer
 
 Doc = dict[str, Any]
 
@@ -92,7 +93,8 @@ def paths() -> Doc:
         "operationId": "userinfo",
         "summary": "OpenID Connect UserInfo: claims about the token's user (scope openid)",
         "tags": ["oauth"],
-        "security": [{"bearerAuth": ["openid"]}],
+        "security": bearer("openid"),
+        "parameters": [ref("parameters", "DPoP")],
         "responses": {
             "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
             **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},
