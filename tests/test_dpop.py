@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 import time_machine
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jws
 from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
@@ -22,6 +23,7 @@ from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
 from tokenserver.models import utcnow
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from .test_authorize import REDIRECT, Flow, pkce, query_of
 
 ISSUER = "http://localhost:8000"  # the test settings' issuer: proofs name it, not the hop
 TOKEN_URL = f"{ISSUER}/oauth/token"
@@ -513,3 +515,60 @@ def test_a_proof_spent_on_one_node_is_refused_on_another(
     replayed = requests.get(f"{live_server.url}/junk", headers=headers, timeout=10)
     assert replayed.status_code == 401
     assert replayed.json()["error"] == "invalid_dpop_proof"
+
+
+# --- codes bound at /oauth/authorize (RFC 9449 §10) ---------------------------------------------
+
+
+def _bound_code(flow: Flow, prover: Prover) -> tuple[str, str | None, str, str]:
+    client_id, secret = flow.register()
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge, dpop_jkt=prover.jkt)
+    return client_id, secret, code, verifier
+
+
+def _exchange(flow: Flow, bound: tuple[str, str | None, str, str], proof: str | None) -> Any:
+    client_id, secret, code, verifier = bound
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
+    headers = {"DPoP": proof} if proof else {}
+    return flow.client.post(
+        "/oauth/token", data=data, headers=headers, auth=(client_id, secret or "")
+    )
+
+
+@pytest.fixture
+def flow(app: Flask, client: FlaskClient, actions: Actions) -> Flow:
+    actions.user("alice")
+    return Flow(app, client)
+
+
+def test_code_bound_to_a_key_is_exchanged_with_its_proof(flow: Flow, prover: Prover) -> None:
+    response = _exchange(flow, _bound_code(flow, prover), prover.proof("POST", TOKEN_URL))
+    assert response.status_code == 200, response.json
+    assert response.json["token_type"] == "DPoP"
+    assert _claims(response.json["access_token"])["cnf"]["jkt"] == prover.jkt
+
+
+@pytest.mark.parametrize("other_key", [False, True])
+def test_code_bound_to_a_key_is_refused_without_it(
+    flow: Flow, prover: Prover, other_key: bool
+) -> None:
+    proof = Prover().proof("POST", TOKEN_URL) if other_key else None
+    response = _exchange(flow, _bound_code(flow, prover), proof)
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_grant"
+
+
+def test_malformed_dpop_jkt_is_redirected_back(flow: Flow) -> None:
+    client_id, _ = flow.register()
+    flow.login()
+    _, challenge = pkce()
+    response = flow.authorize(client_id, challenge, dpop_jkt="not a thumbprint")
+    assert response.status_code == 302
+    assert query_of(response.headers["Location"])["error"] == "invalid_request"

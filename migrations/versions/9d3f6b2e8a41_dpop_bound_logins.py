@@ -1,4 +1,4 @@
-"""DPoP (RFC 9449): the key a public client's login is bound to
+"""DPoP (RFC 9449): the key a public client's login, or a code, is bound to
 
 Revision ID: 9d3f6b2e8a41
 Revises: 7e4b2c9a1d3f
@@ -15,11 +15,16 @@ branch_labels = None
 depends_on = None
 
 
+TABLES = ('token_families', 'authorization_codes')
+
+
 def upgrade():
-    with op.batch_alter_table('token_families', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('dpop_jkt', sa.String(length=64), nullable=True))
+    for table in TABLES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column('dpop_jkt', sa.String(length=64), nullable=True))
 
 
 def downgrade():
-    with op.batch_alter_table('token_families', schema=None) as batch_op:
-        batch_op.drop_column('dpop_jkt')
+    for table in reversed(TABLES):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column('dpop_jkt')

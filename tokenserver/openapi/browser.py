@@ -65,6 +65,11 @@ _AUTHORIZE_PARAMETERS = [
         "RFC 8707: a registered audience the tokens will be aimed at (repeatable); bound into "
         "the code. An unknown or malformed one is redirected back as invalid_target",
     ),
+    _query(
+        "dpop_jkt",
+        "RFC 9449 §10: the thumbprint of the DPoP key whose proof must come with the code's "
+        "exchange",
+    ),
     _query("code_challenge", "PKCE (RFC 7636), required", True),
     _query("code_challenge_method", "S256 (plain is refused)", True),
     _query("nonce", "OpenID Connect: copied into the id_token"),
