@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 import requests
 import time_machine
 from flask import Flask
@@ -22,7 +23,7 @@ from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
 
 from tokenserver.models import utcnow
 
-from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
 from .test_authorize import REDIRECT, Flow, pkce, query_of
 
 ISSUER = "http://localhost:8000"  # the test settings' issuer: proofs name it, not the hop
@@ -572,3 +573,21 @@ def test_malformed_dpop_jkt_is_redirected_back(flow: Flow) -> None:
     response = flow.authorize(client_id, challenge, dpop_jkt="not a thumbprint")
     assert response.status_code == 302
     assert query_of(response.headers["Location"])["error"] == "invalid_request"
+
+
+def test_proofs_are_spent_in_redis_when_the_nodes_share_it(
+    live_server_factory: Any, app: Flask, app_client: RegisteredClient, redis_prefix: str
+) -> None:
+    shared = {
+        "TOKENSERVER_RATELIMIT_STORAGE_URI": REDIS_URL,
+        "TOKENSERVER_RATELIMIT_KEY_PREFIX": redis_prefix,
+    }
+    one, two = live_server_factory(**shared), live_server_factory(workers=1, **shared)
+    prover = Prover()
+    token = _live_token(one, app_client, prover)["access_token"]
+    headers = {"Authorization": f"DPoP {token}", "DPoP": prover.proof("GET", JUNK_URL, token)}
+    assert requests.get(f"{two.url}/junk", headers=headers, timeout=10).status_code == 200
+    replayed = requests.get(f"{one.url}/junk", headers=headers, timeout=10)
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_dpop_proof"
+    assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{redis_prefix}:jti:*"))
