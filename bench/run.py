@@ -39,6 +39,12 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_DATABASE_URL", ""),
         help="a postgresql+psycopg:// server to make a throwaway database on (default SQLite)",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", ""),
+        help="keep rate limits, the sign-in guard and spent JWT ids (DPoP) in this Redis, as "
+        "several nodes would (default: the database)",
+    )
     parser.add_argument("--scale", action="store_true", help="also run with 1M token records")
     parser.add_argument("--no-baseline", action="store_true", help="scale run only")
     parser.add_argument(
@@ -159,6 +165,9 @@ def bench_once(
     ):
         workdir = Path(tmp)
         env = server_env(database_url, options.workers, free_port(), gunicorn_args)
+        if options.redis_url:
+            env["TOKENSERVER_RATELIMIT_STORAGE_URI"] = options.redis_url
+            env["TOKENSERVER_RATELIMIT_KEY_PREFIX"] = f"bench-{workdir.name}"
         tokenserver_command(env, "db", "upgrade")
         app, resource_server = seed.create_clients(env)
         web = seed.create_web_client(env)
