@@ -591,3 +591,17 @@ def test_proofs_are_spent_in_redis_when_the_nodes_share_it(
     assert replayed.status_code == 401
     assert replayed.json()["error"] == "invalid_dpop_proof"
     assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{redis_prefix}:jti:*"))
+
+
+def test_userinfo_takes_a_dpop_token(client: FlaskClient, actions: Actions, prover: Prover) -> None:
+    actions.user("alice")
+    oidc = actions.oauth_client("oidc", scope="openid profile")
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    data["scope"] = "openid profile"
+    token = _token(client, oidc, prover.proof("POST", TOKEN_URL), **data).json["access_token"]
+    url = f"{ISSUER}/oauth/userinfo"
+    claims = _dpop_get(client, token, prover.proof("GET", url, token), "/oauth/userinfo")
+    assert claims.status_code == 200
+    assert claims.json["preferred_username"] == "alice"
+    as_bearer = client.get("/oauth/userinfo", headers={"Authorization": f"Bearer {token}"})
+    _refused(as_bearer, "invalid_token")
