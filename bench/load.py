@@ -14,6 +14,8 @@ from .seed import PASSWORD, Seeded
 SCRIPT = Path(__file__).resolve().parent / "wrk_route.lua"
 _FORM = "application/x-www-form-urlencoded"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Modes whose lines work once: no warm-up run may spend them (see wrk_route.lua).
+SINGLE_USE = ("once", "dpop")
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ def bearer_routes(seeded: Seeded, with_junk: bool) -> list[Route]:
             ),
         ]
     return routes
+
+
+def junk_dpop(lines: list[str]) -> Route:
+    """GET /junk with DPoP-bound tokens, each request with its own proof (see dpop.py)."""
+    return Route("junk_dpop", "GET /junk (DPoP)", "GET", "/junk", "dpop", lines)
 
 
 def _wrk_args(route: Route, base: str, load: Load, lines_file: Path, seconds: int) -> list[str]:

@@ -18,6 +18,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "introspect": ("healthz", 0.5),
     "junk_list": ("healthz", 0.4),
     "users_me": ("healthz", 0.4),
+    "junk_dpop": ("healthz", 0.3),  # GET /junk with a DPoP proof (RFC 9449) per request
     "refresh": ("healthz", 0.25),
     "userinfo": ("healthz", 0.4),
     "code": ("healthz", 0.25),

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import bulk, costs, load, report, seed
+from . import bulk, costs, dpop, load, report, seed
 from .cpu import CpuWatch, wait_until_idle
 from .profile import Profiler
 from .server import ROOT, Gunicorn, free_port, server_env, throwaway_database, tokenserver_command
@@ -38,6 +38,12 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", ""),
         help="a postgresql+psycopg:// server to make a throwaway database on (default SQLite)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", ""),
+        help="keep rate limits, the sign-in guard and spent JWT ids (DPoP) in this Redis, as "
+        "several nodes would (default: the database)",
     )
     parser.add_argument("--scale", action="store_true", help="also run with 1M token records")
     parser.add_argument("--no-baseline", action="store_true", help="scale run only")
@@ -67,7 +73,7 @@ class Driver:
 
     def measure(self, route: load.Route, key: str | None = None) -> dict[str, Any]:
         """Warm the route up, then drive it for the measured window; one row of the table."""
-        if self.options.warmup and route.mode != "once":
+        if self.options.warmup and route.mode not in load.SINGLE_USE:
             load.run_wrk(route, self.server.url, self.load, self.workdir, self.options.warmup)
             wait_until_idle(self.server.pids)
         before = self.server.pids()
@@ -100,6 +106,15 @@ def _refresh_pool_size(healthz_rps: float, options: argparse.Namespace) -> int:
     return max(2000, int(healthz_rps * options.seconds * 1.1))
 
 
+def _measure_dpop(driver: Driver, seeded: seed.Seeded, healthz_rps: float) -> dict[str, Any]:
+    """GET /junk with DPoP: bound tokens, then one fresh proof per request, made just before."""
+    base = driver.server.url
+    logins = dpop.bound_logins(base, seeded.app, seeded.usernames)
+    count = _refresh_pool_size(healthz_rps, driver.options)
+    lines = dpop.proof_lines(dpop.issuer_of(base), logins, "GET", "/junk", count)
+    return driver.measure(load.junk_dpop(lines))
+
+
 def _drive(
     driver: Driver, bare: Driver, seeded: seed.Seeded, database_url: str, with_junk: bool
 ) -> dict[str, Any]:
@@ -114,6 +129,8 @@ def _drive(
     for route in routes:
         if not wanted or route.key in wanted:
             rows[route.key] = driver.measure(route)
+    if with_junk and (not wanted or "junk_dpop" in wanted):
+        rows["junk_dpop"] = _measure_dpop(driver, seeded, rows["healthz"]["rps"])
     if not wanted or "refresh" in wanted:
         count = _refresh_pool_size(rows["healthz"]["rps"], options)
         tokens = bulk.mint_refresh_pool(
@@ -153,6 +170,9 @@ def bench_once(
     ):
         workdir = Path(tmp)
         env = server_env(database_url, options.workers, free_port(), gunicorn_args)
+        if options.redis_url:
+            env["TOKENSERVER_RATELIMIT_STORAGE_URI"] = options.redis_url
+            env["TOKENSERVER_RATELIMIT_KEY_PREFIX"] = f"bench-{workdir.name}"
         tokenserver_command(env, "db", "upgrade")
         app, resource_server = seed.create_clients(env)
         web = seed.create_web_client(env)

@@ -6,6 +6,8 @@
 --   MODE "body":   each request sends <line> as its body, lines in rotation.
 --   MODE "once":   like "body", but each line is used at most once (single-use credentials
 --                  such as refresh tokens); when a thread runs out it says so in its count.
+--   MODE "dpop":   like "once", each line "<token> <proof>": sends `Authorization: DPoP <token>`
+--                  and `DPoP: <proof>` (RFC 9449 proofs are single use).
 --   THREADS: wrk's -t (init() runs before all threads exist, so it cannot count them).
 --   BODY: a body sent with every request in "static" and "bearer" modes ("-" for none).
 --   HEADER: "Name: value" pairs sent with every request.
@@ -62,12 +64,18 @@ function request()
     return wrk.format(method, path, headers, body)
   end
   cursor = cursor + 1
-  if cursor > #lines and mode == "once" then
+  if cursor > #lines and (mode == "once" or mode == "dpop") then
     exhausted = exhausted + 1 -- a reused single-use line: it will fail, and the driver says why
   end
   local line = lines[(cursor - 1) % #lines + 1]
   if mode == "bearer" then
     headers["Authorization"] = "Bearer " .. line
+    return wrk.format(method, path, headers, body)
+  end
+  if mode == "dpop" then
+    local token, proof = string.match(line, "^(%S+) (%S+)$")
+    headers["Authorization"] = "DPoP " .. token
+    headers["DPoP"] = proof
     return wrk.format(method, path, headers, body)
   end
   return wrk.format(method, path, headers, line)

@@ -137,7 +137,9 @@ def test_junk_operations_name_their_scope(
     document: dict[str, Any], method: str, path: str, scope: str
 ) -> None:
     operation = document["paths"][path][method]
-    assert operation["security"] == [{"bearerAuth": [scope]}]
+    # A Bearer token, or a DPoP-bound one with its proof (RFC 9449).
+    assert operation["security"] == [{"bearerAuth": [scope]}, {"dpopAuth": [scope]}]
+    assert {"$ref": "#/components/parameters/DPoP"} in operation["parameters"]
     assert {"401", "403", "429", "503"} <= set(operation["responses"])
 
 

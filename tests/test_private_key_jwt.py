@@ -35,6 +35,8 @@ from tokenserver.clients import ClientSpec, register_client
 from tokenserver.oauth.client_auth import FAILED
 from tokenserver.store import replay
 
+from .helpers import b64url
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -324,12 +326,8 @@ def test_assertion_signed_by_another_key_is_refused(keyed: _Keyed) -> None:
     _refused(keyed.token(_assertion(impostor, keyed.client_id, keyed.token_url)))
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
-    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
 
 
 def _claims(keyed: _Keyed) -> dict[str, Any]:
@@ -354,7 +352,7 @@ def test_hmac_keyed_with_the_public_key_is_refused(keyed: _Keyed, secret: str) -
     key = keyed.key.as_pem(private=False) if secret == "pem" else json.dumps(public).encode()
     signing_input = _unsigned({"alg": "HS256", "kid": keyed.key.kid}, _claims(keyed))
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    _refused(keyed.token(f"{signing_input}.{_b64(signature)}"))
+    _refused(keyed.token(f"{signing_input}.{b64url(signature)}"))
 
 
 def test_rsa_and_eddsa_algorithms_are_accepted(app: Flask, client: FlaskClient) -> None:

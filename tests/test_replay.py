@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from flask import Flask
 
 from tokenserver.models import utcnow
 from tokenserver.store import replay
+
+from .conftest import REDIS_URL
 
 
 def test_an_id_is_spent_once(app: Flask) -> None:
@@ -47,3 +51,30 @@ def test_purge_forgets_only_expired_ids(app: Flask) -> None:
         assert replay.purge(now) == 1
         assert replay.spend("dpop", "k", "old", now + timedelta(minutes=1)) is True
         assert replay.spend("dpop", "k", "live", now + timedelta(minutes=1)) is False
+
+
+def test_ids_are_spent_in_redis_when_the_limits_live_there(
+    make_app: Any, redis_prefix: str
+) -> None:
+    import redis
+
+    app = make_app(ratelimit_storage_uri=REDIS_URL, ratelimit_key_prefix=redis_prefix)
+    later = utcnow() + timedelta(seconds=90)
+    with app.app_context():
+        assert replay.spend("dpop", "jkt-r", "abc", later) is True
+        assert replay.spend("dpop", "jkt-r", "abc", later) is False
+        assert replay.spend("dpop", "jkt-r", "abd", later) is True
+        assert replay.purge() == 0  # nothing went to the database
+    keys = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{redis_prefix}:jti:*"))
+    assert len(keys) == 2
+    # Forgotten by Redis itself once the JWT is refused anyway.
+    assert 0 < redis.Redis.from_url(REDIS_URL).ttl(keys[0]) <= 90
+
+
+def test_redis_down_is_a_503_never_a_pass(make_app: Any) -> None:
+    from tokenserver.errors import APIError
+
+    app = make_app(ratelimit_storage_uri="redis://127.0.0.1:1/0")  # nothing listens there
+    with app.app_context(), pytest.raises(APIError) as refused:
+        replay.spend("dpop", "jkt", "x", utcnow() + timedelta(minutes=1))
+    assert refused.value.status == 503

@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     from .keywrap import KeyWrapper
     from .oauth import init_oauth
     from .passwords import Passwords
+    from .store import replay
 
     app.extensions["tokenserver.passwords"] = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     security.init_app(app)
     limits.init_app(app)
     guard.init_app(app)
+    replay.init_app(app)
     audit.init_app(app)
     init_oauth(app)
     app.register_blueprint(ops.bp)

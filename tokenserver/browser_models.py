@@ -34,6 +34,8 @@ class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]
     session_id: Mapped[str] = mapped_column(String(32))
     # The RFC 8707 resources asked for at /oauth/authorize, space-separated: the exchange's limit.
     resources: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # RFC 9449 §10: the DPoP key (thumbprint) whose proof alone may exchange the code.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

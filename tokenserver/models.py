@@ -331,6 +331,8 @@ class TokenFamily(db.Model):  # type: ignore[name-defined,misc]
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The login's RFC 8707 resources, space-separated: a refresh may narrow to one, never widen.
     resources: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # RFC 9449 §5: a public client's login bound to a DPoP key (its RFC 7638 thumbprint).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
 
 class TokenRecord(db.Model):  # type: ignore[name-defined,misc]

@@ -22,7 +22,7 @@ from ..extensions import db
 from ..keys import KeyRing
 from ..models import OIDC_SCOPES, SCOPES, Client
 from ..store.codes import PresentedCode
-from . import client_auth, grants
+from . import client_auth, dpop, grants
 from .assertions import PrivateKeyJWT
 from .client_keys import ClientKeys
 from .codes import CodeGrant, IdToken, RefreshIdToken, S256Challenge, spent_meanwhile
@@ -88,6 +88,15 @@ class AuthorizationServer(_AuthorizationServer):
         except InsecureTransportError:
             # Never a 500: an http:// issuer off loopback is refused as Authlib would have it.
             raise InvalidRequest("OAuth 2 requires https: the issuer is not an https URL") from None
+
+    def create_token_response(self, request: Any = None) -> Any:
+        # RFC 9449 §5: a proof may come with any grant, and binds whatever tokens it issues.
+        try:
+            dpop.bind_token_request()
+        except dpop.InvalidProof as exc:
+            error = dpop.InvalidDPoPProofError(exc.reason)
+            return self.handle_error_response(request, error)
+        return super().create_token_response(request)
 
     def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
         error.description = _in_our_words(error)
@@ -185,6 +194,8 @@ def _audit_issued(
 ) -> None:
     """One audit line per token response: who got what, never the token itself."""
     fields = {**who, "family_id": family_id, "jti": claims["jti"], "scope": claims["scope"]}
+    if "cnf" in claims:
+        fields["dpop_jkt"] = claims["cnf"]["jkt"]  # a public key's thumbprint, no secret
     if refreshed:
         audit.event("token.refreshed", **fields)
         return
@@ -214,6 +225,8 @@ def init_oauth(app: Flask) -> None:
                 session_max_age=settings.session_max_age,
                 resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
                 code_hash=code.code_hash if code is not None else None,
+                # RFC 9449 §5: a public client's refresh tokens are bound to its DPoP key.
+                dpop_jkt=dpop.bound_key() if request.client.is_public else None,
             )
         except CodeSpentMeanwhile:
             # Two exchanges of one code at once: the loser is a replay, as if it came later.

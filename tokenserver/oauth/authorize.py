@@ -7,6 +7,7 @@ consent, and build every redirect back to the client (always with `iss`, RFC 920
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from .codes import CodeGrant, SignedIn
 from .query import QueryRequest
 from .resources import InvalidTargetError, requested
 
+# RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, base64url without padding.
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
 
 
@@ -106,6 +109,12 @@ def validate(signed_in: SignedIn | None) -> Authorization:
     if len(nonce) > _MAX_NONCE or not nonce.isprintable():
         raise RedirectBack(
             error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
+        )
+    dpop_jkt = request.payload.data.get("dpop_jkt")
+    if dpop_jkt is not None and not _THUMBPRINT.fullmatch(dpop_jkt):
+        description = "The dpop_jkt is not a JWK SHA-256 thumbprint."
+        raise RedirectBack(
+            error_location(grant.redirect_uri, "invalid_request", description, state)
         )
     try:
         requested(request.payload.data, request.client)  # bound into the code when issued

@@ -12,7 +12,7 @@ from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, OpenIDToken, UserInfo
 from joserfc.jwk import RSAKey
@@ -23,6 +23,7 @@ from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
 from ..store import codes, tokens, users
+from . import dpop
 from .grants import _AUTH_METHODS
 from .resources import ResourceIndicators, requested
 
@@ -70,6 +71,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
             session_id=signed_in.session_id,
             # Checked at /oauth/authorize (authorize.validate); the exchange may only narrow it.
             resources=" ".join(requested(data, request.client)),
+            dpop_jkt=data.get("dpop_jkt") or None,  # checked by authorize.validate
         )
         codes.save(digest(code), bound, CODE_TTL)  # never the code itself
 
@@ -87,6 +89,10 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         outcome = codes.present(digest(code), client.client_id)
         if outcome.replayed:
             reuse_detected(client.client_id, outcome.family_id)
+        bound = outcome.code.dpop_jkt if outcome.code else None
+        if bound is not None and bound != dpop.bound_key():
+            # RFC 9449 §10: a code bound to a key is useless to whoever intercepts it.
+            raise InvalidGrantError("The code is bound to another DPoP key.")
         return outcome.code
 
     def delete_authorization_code(self, authorization_code: codes.PresentedCode) -> None:

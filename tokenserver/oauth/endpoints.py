@@ -88,8 +88,10 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             "iss": settings.issuer,
             "exp": live.expires_at,
             "iat": live.issued_at,
-            "token_type": "Bearer" if live.kind == records.ACCESS else "refresh_token",
+            "token_type": _token_type(live),
         }
+        if live.dpop_jkt is not None:
+            payload["cnf"] = {"jkt": live.dpop_jkt}  # RFC 9449 §6.2: the key it is bound to
         if live.user is not None:
             payload["username"] = live.user.username
         if live.jti:
@@ -97,6 +99,12 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         if live.act is not None:
             payload["act"] = live.act  # RFC 8693 §4.1 and §2.2: an exchanged token's actors
         return payload
+
+
+def _token_type(live: records.LiveToken) -> str:
+    if live.kind == records.REFRESH:
+        return "refresh_token"
+    return "DPoP" if live.dpop_jkt is not None else "Bearer"
 
 
 class RevocationEndpoint(_RevocationEndpoint):

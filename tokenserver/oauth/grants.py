@@ -9,6 +9,7 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError
 
 from .. import accounts
 from ..models import Subject
+from .dpop import bound_key
 from .records import RefreshCredential, find_refresh_token
 from .resources import ResourceIndicators
 
@@ -47,6 +48,10 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
         credential = find_refresh_token(refresh_token, self.request.client)
         if credential is None:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
+        # RFC 9449 §5: a bound refresh token is useless to a thief without the private key.
+        # Refused, not revoked: whoever stole it must not be able to end the owner's login.
+        if credential.dpop_jkt is not None and credential.dpop_jkt != bound_key():
+            raise InvalidGrantError("The refresh token is bound to another DPoP key.")
         return credential
 
     def authenticate_user(self, refresh_token: RefreshCredential) -> Subject:

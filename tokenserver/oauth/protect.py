@@ -1,4 +1,4 @@
-"""The bearer check behind @require_oauth: signature, claims, revocation, user, scope."""
+"""The token check behind @require_oauth: Bearer or DPoP, signature, claims, revocation, scope."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import error_response
 from ..models import Subject
-from . import records
+from . import dpop, records
 from .tokens import TokenRejected, verified_claims
 
 REALM = "tokenserver"
+# RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
+_ALGS = f'algs="{" ".join(dpop.ALGORITHMS)}"'
+DPOP_CHALLENGE = f'DPoP realm="{REALM}", {_ALGS}'
 
 
 class AccessTokenValidator(BearerTokenValidator):
@@ -34,33 +37,84 @@ class AccessTokenValidator(BearerTokenValidator):
         return live
 
     def validate_token(self, token: records.LiveToken, scopes: Any, request: Any) -> None:
+        if token.dpop_jkt is not None:
+            # RFC 9449 §7.2: a bound token is only good with a proof of its key, so a stolen
+            # one sent as a plain bearer token is refused.
+            raise _DPoPError("The access token is bound to a DPoP key: use the DPoP scheme.")
         if self.scope_insufficient(token.scope, scopes):
-            raise _InsufficientScope(scopes)
+            raise _InsufficientScope(scopes, "Bearer")
+
+
+class DPoPTokenValidator(AccessTokenValidator):
+    """RFC 9449 §7: `Authorization: DPoP <token>` with a proof signed by the token's key."""
+
+    TOKEN_TYPE = "dpop"
+
+    def authenticate_token(self, token_string: str) -> records.LiveToken:
+        try:
+            return super().authenticate_token(token_string)
+        except InvalidTokenError as exc:
+            raise _DPoPError(exc.description) from None
+
+    def validate_token(self, token: records.LiveToken, scopes: Any, request: Any) -> None:
+        if token.dpop_jkt is None:
+            raise _DPoPError("The access token is not bound to a DPoP key: use Bearer.")
+        # The string Authlib has just parsed the token from: the proof's `ath` must hash it.
+        token_string = request.headers["Authorization"].split(None, 1)[1]
+        try:
+            jkt = dpop.request_proof(token_string, expected_jkt=token.dpop_jkt)
+        except dpop.InvalidProof as exc:
+            raise _DPoPError(exc.reason, "invalid_dpop_proof") from None
+        if jkt is None:
+            raise _DPoPError("A DPoP proof is required with a DPoP token.", "invalid_dpop_proof")
+        if self.scope_insufficient(token.scope, scopes):
+            raise _InsufficientScope(scopes, "DPoP")
+
+
+class _DPoPError(OAuth2Error):
+    """A refused DPoP request: 401 with a DPoP challenge naming our algorithms (RFC 9449 §7.1)."""
+
+    status_code = 401
+
+    def __init__(self, description: str, error: str = "invalid_token") -> None:
+        super().__init__(description)
+        self.error = error
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        challenge = (
+            f'DPoP realm="{REALM}", error="{self.error}", '
+            f'error_description="{self.description}", {_ALGS}'
+        )
+        return [*super().get_headers(), ("WWW-Authenticate", challenge)]
 
 
 class _InsufficientScope(InsufficientScopeError):
     """Authlib sends no challenge with insufficient_scope; RFC 6750 §3 names the scope needed."""
 
-    def __init__(self, scopes: list[str] | None) -> None:
+    def __init__(self, scopes: list[str] | None, scheme: str) -> None:
         super().__init__()
         self.scopes = scopes or []
+        self.scheme = scheme
 
     def get_headers(self) -> list[tuple[str, str]]:
-        challenge = f'Bearer realm="{REALM}", error="{self.error}"'
+        challenge = f'{self.scheme} realm="{REALM}", error="{self.error}"'
         if self.scopes:
             challenge += f', scope="{" ".join(self.scopes)}"'
+        if self.scheme == "DPoP":
+            challenge += f", {_ALGS}"
         return [*super().get_headers(), ("WWW-Authenticate", challenge)]
 
 
 class ResourceProtector(_ResourceProtector):
-    """Authlib's protector with RFC 6750 challenges and our JSON error shape."""
+    """Authlib's protector with RFC 6750 and RFC 9449 challenges and our JSON error shape."""
 
     def raise_error_response(self, error: OAuth2Error) -> None:
         if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
             # RFC 6750 §3.1: no bearer token at all (no header, or another scheme) gets a bare
-            # challenge; Authlib would add an error code.
+            # challenge; Authlib would add an error code. RFC 9449 §7.1: and one for DPoP.
             headers = {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
             response = error_response(401, "unauthorized", "A bearer token is required.", headers)
+            response.headers.add("WWW-Authenticate", DPOP_CHALLENGE)
         else:
             response = error_response(
                 error.status_code,
@@ -78,6 +132,7 @@ class ResourceProtector(_ResourceProtector):
 
 require_oauth = ResourceProtector()
 require_oauth.register_token_validator(AccessTokenValidator(realm=REALM))
+require_oauth.register_token_validator(DPoPTokenValidator(realm=REALM))
 
 
 def current_user() -> Subject:

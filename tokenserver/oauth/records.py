@@ -49,6 +49,7 @@ class RefreshCredential:
     # Spent a moment ago, and presented again within TOKENSERVER_REFRESH_REUSE_GRACE.
     within_grace: bool = False
     resources: tuple[str, ...] = ()  # the login's RFC 8707 resources
+    dpop_jkt: str | None = None  # the DPoP key the login is bound to (RFC 9449 §5)
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -76,13 +77,14 @@ _INSERT_RECORDS = insert(_records)
 _INSERT_USER_FAMILY = (
     insert(_families)
     .from_select(
-        ["id", "client_id", "user_id", "created_at", "resources"],
+        ["id", "client_id", "user_id", "created_at", "resources", "dpop_jkt"],
         select(
             bindparam("family_id", type_=_families.c.id.type),
             bindparam("client_id", type_=_families.c.client_id.type),
             _users.c.id,
             bindparam("created_at", type_=UTCDateTime()),
             bindparam("resources", type_=_families.c.resources.type),
+            bindparam("dpop_jkt", type_=_families.c.dpop_jkt.type),
         ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)),
     )
     .returning(_families.c.id)
@@ -106,6 +108,7 @@ def record_issued(
     session_max_age: int | None = None,
     resources: list[str] | None = None,
     code_hash: str | None = None,
+    dpop_jkt: str | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
@@ -114,7 +117,8 @@ def record_issued(
     The transaction is a Core one of its own, short and outside the ORM session, which a token
     grant has no other use for. A refresh token never outlives its login's session
     (`session_max_age` from the login; the app's setting when not given). A new login keeps
-    the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for.
+    the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for,
+    and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any.
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -155,7 +159,9 @@ def record_issued(
             stored = code_spent and (
                 _spend(conn, parent)
                 if parent
-                else _insert_family(conn, family_id, client, user, issued, resources or [])
+                else _insert_family(
+                    conn, family_id, client, user, issued, resources or [], dpop_jkt
+                )
             )
             if stored:
                 conn.execute(_INSERT_RECORDS, records)
@@ -189,6 +195,7 @@ def _insert_family(
     user: User | Subject | None,
     issued: datetime,
     resources: list[str],
+    dpop_jkt: str | None,
 ) -> bool:
     """Store a new login's family; False if its user was disabled meanwhile."""
     family = {
@@ -196,6 +203,7 @@ def _insert_family(
         "client_id": client.client_id,
         "created_at": issued,
         "resources": " ".join(resources),
+        "dpop_jkt": dpop_jkt,
     }
     if user is None:
         conn.execute(
@@ -205,6 +213,7 @@ def _insert_family(
                 "client_id": client.client_id,
                 "created_at": issued,
                 "resources": family["resources"],
+                "dpop_jkt": dpop_jkt,
             },
         )
         return True
@@ -285,6 +294,7 @@ _REFRESH_BY_HASH = (
         _families.c.revoked_at.label("family_revoked_at"),
         _families.c.created_at.label("family_created_at"),
         _families.c.resources,
+        _families.c.dpop_jkt,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -332,6 +342,7 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
         session_ends,
         grace,
         tuple(row.resources.split()),
+        row.dpop_jkt,
     )
 
 
@@ -408,6 +419,7 @@ class LiveToken:
     jti: str | None = None
     audience: str | list[str] | None = None
     act: dict[str, Any] | None = None  # RFC 8693 §4.1: who acts for the subject
+    dpop_jkt: str | None = None  # RFC 9449: the key the token is bound to (`cnf.jkt`)
 
 
 _LIVE_ACCESS = (
@@ -457,7 +469,15 @@ def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
         claims["jti"],
         claims["aud"],
         claims.get("act"),
+        bound_jkt(claims),
     )
+
+
+def bound_jkt(claims: dict[str, Any]) -> str | None:
+    """The DPoP key thumbprint an access token of ours is bound to (`cnf.jkt`), if any."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
 
 
 def _aud_granted(aud: Any, resources: list[str]) -> bool:
@@ -484,6 +504,7 @@ _LIVE_REFRESH = (
         _records.c.expires_at,
         _families.c.client_id,
         _families.c.resources,
+        _families.c.dpop_jkt,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -520,6 +541,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
         int(row.issued_at.timestamp()),
         int(row.expires_at.timestamp()),
         audience=as_audience(row.resources.split()),
+        dpop_jkt=row.dpop_jkt,
     )
 
 

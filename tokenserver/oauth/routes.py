@@ -10,7 +10,7 @@ from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
-from . import current_server
+from . import current_server, dpop
 from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
@@ -143,6 +143,7 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": RevocationEndpoint.CLIENT_AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": [*SCOPES, *OIDC_SCOPES],
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),  # RFC 9449 §5.1
         "service_documentation": f"{issuer}/openapi.json",
         **browser_metadata(issuer),
     }

@@ -21,6 +21,7 @@ from ..config import current_settings
 from ..digests import new_secret
 from ..keys import ALGORITHM, KeyRing, current_keyring
 from ..models import Client, Subject, User
+from .dpop import bound_key
 from .resources import bound_audience
 
 # RFC 9068 §2.1: the media type of a JWT access token; "application/" may be left off.
@@ -68,7 +69,16 @@ class TokenGenerator(JWTBearerTokenGenerator):
         act = g.get("token_act")
         if act is not None:
             claims["act"] = act  # RFC 8693 §4.1: who acts for the subject
+        jkt = bound_key()
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1: bound to the proof's key
         return claims
+
+    def generate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        token: dict[str, Any] = super().generate(*args, **kwargs)
+        if bound_key() is not None:
+            token["token_type"] = "DPoP"  # RFC 9449 §5: says the token is sender-constrained
+        return token
 
 
 @contextlib.contextmanager

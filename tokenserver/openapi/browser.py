@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .components import ERRORS, json_response, ref
+from .paths import bearer
 
 Doc = dict[str, Any]
 
@@ -63,6 +64,11 @@ _AUTHORIZE_PARAMETERS = [
         "resource",
         "RFC 8707: a registered audience the tokens will be aimed at (repeatable); bound into "
         "the code. An unknown or malformed one is redirected back as invalid_target",
+    ),
+    _query(
+        "dpop_jkt",
+        "RFC 9449 §10: the thumbprint of the DPoP key whose proof must come with the code's "
+        "exchange",
     ),
     _query("code_challenge", "PKCE (RFC 7636), required", True),
     _query("code_challenge_method", "S256 (plain is refused)", True),
@@ -132,7 +138,8 @@ def paths() -> Doc:
         "operationId": "userinfo",
         "summary": "OpenID Connect UserInfo: claims about the token's user (scope openid)",
         "tags": ["oauth"],
-        "security": [{"bearerAuth": ["openid"]}],
+        "security": bearer("openid"),
+        "parameters": [ref("parameters", "DPoP")],
         "responses": {
             "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
             **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},

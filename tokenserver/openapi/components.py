@@ -65,7 +65,12 @@ def headers() -> Doc:
     text = {"type": "string"}
     return {
         "Location": _header("Where the new resource lives", text, True),
-        "BearerChallenge": _header("The RFC 6750 Bearer challenge", text, True),
+        "BearerChallenge": _header(
+            "The RFC 6750 Bearer challenge, or the RFC 9449 DPoP one (with `algs`) for DPoP "
+            "tokens; without any token, both",
+            text,
+            True,
+        ),
         "BasicChallenge": _header("A Basic challenge for client authentication", text),
         "RetryAfter": _header("Seconds to wait before trying again", {"type": "integer"}),
         "NoStore": _header(
@@ -77,6 +82,15 @@ def headers() -> Doc:
 def parameters() -> Doc:
     """The path and query parameters of the junk routes."""
     return {
+        "DPoP": {
+            "name": "DPoP",
+            "in": "header",
+            "required": False,
+            "description": "An RFC 9449 proof: a JWS (typ dpop+jwt) signed by the client's key, "
+            "with htm, htu, iat, a fresh jti and, at resources, ath. Required with "
+            "`Authorization: DPoP`.",
+            "schema": {"type": "string"},
+        },
         "ItemId": {
             "name": "item_id",
             "in": "path",
@@ -113,6 +127,13 @@ def security_schemes() -> Doc:
             "description": "An RFC 9068 access token from /oauth/token. Scopes: "
             + ", ".join(SCOPES)
             + "; an operation's requirement lists the scope it needs.",
+        },
+        "dpopAuth": {
+            "type": "http",
+            "scheme": "dpop",
+            "description": "RFC 9449: `Authorization: DPoP <token>` for a token issued with a "
+            "DPoP proof (token_type DPoP), plus a fresh proof in the DPoP header. Such a token "
+            "is refused as Bearer.",
         },
         "basicAuth": {
             "type": "http",

@@ -27,6 +27,9 @@ def _op(
     responses = {str(status): response for status, response in ok.items()}
     for name in sorted(errors, key=lambda name: ERRORS[name][0]):
         responses.setdefault(str(ERRORS[name][0]), ref("responses", name))
+    if any("dpopAuth" in requirement for requirement in extra.get("security", [])):
+        # RFC 9449 §7: a DPoP-bound token comes with its proof.
+        extra["parameters"] = [*extra.get("parameters", []), ref("parameters", "DPoP")]
     return {
         "operationId": op_id,
         "summary": summary,
@@ -40,8 +43,10 @@ def _body(schema: str, *media: str) -> Doc:
     return {"required": True, "content": {m: {"schema": ref("schemas", schema)} for m in media}}
 
 
-def _bearer(scope: str | None = None) -> list[Doc]:
-    return [{"bearerAuth": [scope] if scope else []}]
+def bearer(scope: str | None = None) -> list[Doc]:
+    """A resource route's security: a Bearer token, or a DPoP-bound one (RFC 9449)."""
+    scopes = [scope] if scope else []
+    return [{"bearerAuth": scopes}, {"dpopAuth": scopes}]
 
 
 def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
@@ -53,7 +58,9 @@ def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
         {
             200: ok,
             400: json_response(
-                "Error", "invalid_request, invalid_grant, invalid_scope, invalid_target, ..."
+                "Error",
+                "invalid_request, invalid_grant, invalid_scope, invalid_target, "
+                "invalid_dpop_proof (RFC 9449), ...",
             ),
             401: json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
         },
@@ -95,7 +102,7 @@ def users() -> Doc:
                 "users",
                 {200: json_response("User", "The account", _NO_STORE)},
                 _BEARER,
-                security=_bearer(),
+                security=bearer(),
             )
         },
         "/users/me/password": {
@@ -112,7 +119,7 @@ def users() -> Doc:
                     ),
                 },
                 (*_BODY, *_BEARER),
-                security=_bearer(),
+                security=bearer(),
                 requestBody=_body("PasswordChange", _JSON),
             )
         },
@@ -131,6 +138,8 @@ def oauth() -> Doc:
                 json_response("TokenResponse", "Tokens", _NO_STORE),
                 "TokenRequest",
             )
+            # RFC 9449 §5: a proof binds the tokens issued to its key (token_type DPoP).
+            | {"parameters": [ref("parameters", "DPoP")]}
         },
         "/oauth/device_authorization": {
             "post": _oauth_op(
@@ -182,7 +191,7 @@ def junk() -> Doc:
                 "junk",
                 {200: json_response("JunkPage", "A page", _NO_STORE)},
                 ("BadRequest", *_BEARER),
-                security=_bearer("junk:read"),
+                security=bearer("junk:read"),
                 parameters=[ref("parameters", "Limit"), ref("parameters", "Cursor")],
             ),
             "post": _op(
@@ -195,7 +204,7 @@ def junk() -> Doc:
                     )
                 },
                 (*_BODY, *_BEARER),
-                security=_bearer("junk:write"),
+                security=bearer("junk:write"),
                 requestBody=_body("JunkCreate", _JSON),
             ),
         },
@@ -207,7 +216,7 @@ def junk() -> Doc:
                 "junk",
                 {200: item},
                 ("NotFound", *_BEARER),
-                security=_bearer("junk:read"),
+                security=bearer("junk:read"),
             ),
             "patch": _op(
                 "updateJunk",
@@ -215,7 +224,7 @@ def junk() -> Doc:
                 "junk",
                 {200: item},
                 (*_BODY, "NotFound", *_BEARER),
-                security=_bearer("junk:write"),
+                security=bearer("junk:write"),
                 requestBody=_body("JunkUpdate", _JSON),
             ),
             "delete": _op(
@@ -224,7 +233,7 @@ def junk() -> Doc:
                 "junk",
                 {204: {"description": "Deleted"}},
                 ("NotFound", *_BEARER),
-                security=_bearer("junk:write"),
+                security=bearer("junk:write"),
             ),
         },
     }

@@ -127,7 +127,7 @@ SCHEMAS: Schema = {
         ["access_token", "token_type", "expires_in", "scope"],
         {
             "access_token": {"type": "string", "description": "An RFC 9068 JWT (RS256)"},
-            "token_type": {"const": "Bearer"},
+            "token_type": {"enum": ["Bearer", "DPoP"]},
             "expires_in": {"type": "integer", "minimum": 1},
             "refresh_token": {"type": "string", "description": "Opaque; rotates on each use"},
             "id_token": {"type": "string", "description": "OpenID Connect, with scope openid"},
@@ -194,7 +194,8 @@ SCHEMAS: Schema = {
                     "iat": {"type": "integer"},
                     "jti": _STRING,
                     "act": {"$ref": "#/components/schemas/Actor"},
-                    "token_type": {"enum": ["Bearer", "refresh_token"]},
+                    "token_type": {"enum": ["Bearer", "DPoP", "refresh_token"]},
+                    "cnf": _object(["jkt"], {"jkt": _STRING}),
                 },
             ),
         ]

@@ -29,6 +29,7 @@ class NewCode:
     auth_time: datetime
     session_id: str
     resources: str  # RFC 8707, space-separated; "" for the default audience
+    dpop_jkt: str | None  # RFC 9449 §10: the key whose proof must come with the exchange
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
 """Single-use JWT ids (RFC 7523 §3 client assertions, RFC 9449 §11.1 DPoP proofs).
 
 `spend` records an id the first time it is seen and refuses it every time after, across
-every worker and node: one INSERT that a primary key makes atomic.
+every worker and node: one INSERT that a primary key makes atomic, or, where the rate limits
+live in Redis, one SET NX there (no fsync per proof; Redis forgets the id when it expires).
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from urllib.parse import urlsplit
 
+import redis
+from flask import Flask, current_app
 from sqlalchemy import Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..config import Settings
 from ..digests import digest
+from ..errors import APIError
 from ..extensions import db
 from ..models import SpentJti, utcnow
 
@@ -21,6 +28,39 @@ _INSERT = {
     "postgresql": postgresql.insert(_spent).on_conflict_do_nothing().returning(_spent.c.key),
     "sqlite": sqlite.insert(_spent).on_conflict_do_nothing().returning(_spent.c.key),
 }
+_EXTENSION = "tokenserver.spent_jtis"
+
+
+class RedisSpentIds:
+    """Spent ids as Redis keys that expire with their JWTs: SET NX decides, atomically."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        # redis-py spells a socket URL unix://; the limits library spells it redis+unix://.
+        url = "unix://" + url.split("://", 1)[1] if url.startswith("redis+unix://") else url
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._prefix = f"{prefix}:jti:"
+
+    def spend(self, key: str, expires_at: datetime) -> bool:
+        """True if `key` was not spent yet (and now is), until `expires_at`."""
+        ttl = max(1, math.ceil((expires_at - utcnow()).total_seconds()))
+        try:
+            return bool(self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl))
+        except redis.RedisError as exc:
+            # Fail closed: without the store, a replayed JWT could not be told apart.
+            raise APIError(
+                "The replay check is unavailable; try again shortly.",
+                status=503,
+                error="service_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+
+
+def init_app(app: Flask) -> None:
+    """Keep spent ids in Redis when the rate limits are kept there, else in the database."""
+    settings: Settings = app.extensions["tokenserver.settings"]
+    uri = settings.ratelimit_storage_uri
+    if urlsplit(uri).scheme in {"redis", "rediss", "redis+unix"}:
+        app.extensions[_EXTENSION] = RedisSpentIds(uri, settings.ratelimit_key_prefix)
 
 
 def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
@@ -30,6 +70,9 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
     itself is refused, so the id may be forgotten.
     """
     key = digest(f"{kind}\x00{issuer}\x00{jti}")
+    in_redis: RedisSpentIds | None = current_app.extensions.get(_EXTENSION)
+    if in_redis is not None:
+        return in_redis.spend(key, expires_at)
     with db.engine.begin() as conn:
         fresh = conn.execute(
             _INSERT[conn.dialect.name], {"key": key, "expires_at": expires_at}
@@ -38,7 +81,10 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
 
 
 def purge(before: datetime | None = None) -> int:
-    """Forget ids whose JWTs expired before `before` (now by default); returns how many."""
+    """Forget ids whose JWTs expired before `before` (now by default); returns how many.
+
+    Only the database's: Redis forgets its ids by itself when they expire.
+    """
     with db.engine.begin() as conn:
         result = conn.execute(delete(_spent).where(_spent.c.expires_at < (before or utcnow())))
     return int(result.rowcount)

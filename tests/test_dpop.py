@@ -1,0 +1,596 @@
+"""DPoP (RFC 9449): tokens bound to a client's key, proofs checked at the token endpoint and
+at every resource, a proof used once across workers and nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+import requests
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from joserfc import jws
+from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
+
+from tokenserver.models import utcnow
+
+from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
+from .helpers import REDIRECT, Flow, b64url, pkce, query_of
+
+ISSUER = "http://localhost:8000"  # the test settings' issuer: proofs name it, not the hop
+TOKEN_URL = f"{ISSUER}/oauth/token"
+JUNK_URL = f"{ISSUER}/junk"
+
+
+class Prover:
+    """A client's DPoP key, making proofs as RFC 9449 §4.2 describes (or deliberately not)."""
+
+    def __init__(self, key: Key | None = None, alg: str = "ES256") -> None:
+        self.key = key or ECKey.generate_key("P-256")
+        self.alg = alg
+
+    @property
+    def jkt(self) -> str:
+        """The RFC 7638 thumbprint, computed here by hand, not by the library under test."""
+        public = self.key.as_dict(private=False)
+        members = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}.get(
+            public["kty"], ("crv", "kty", "x")
+        )
+        canonical = json.dumps({m: public[m] for m in members}, separators=(",", ":"))
+        return b64url(hashlib.sha256(canonical.encode()).digest())
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        token: str | None = None,
+        *,
+        header: dict[str, Any] | None = None,
+        claims: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+        signer: Key | None = None,
+    ) -> str:
+        protected = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.key.as_dict(private=False)}
+        payload: dict[str, Any] = {
+            "htm": method,
+            "htu": url,
+            "iat": int(time.time()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        if token is not None:
+            payload["ath"] = b64url(hashlib.sha256(token.encode()).digest())
+        protected |= header or {}
+        payload |= claims or {}
+        for name in drop:
+            payload.pop(name, None)
+        alg = protected["alg"]
+        return jws.serialize_compact(
+            protected, json.dumps(payload), signer or self.key, algorithms=[alg]
+        )
+
+
+@pytest.fixture
+def prover() -> Prover:
+    return Prover()
+
+
+@pytest.fixture
+def app_client(actions: Actions) -> RegisteredClient:
+    """Alice, and a confidential client with the password and refresh grants."""
+    actions.user("alice")
+    return actions.oauth_client("app")
+
+
+@pytest.fixture
+def public_client(actions: Actions) -> RegisteredClient:
+    actions.user("alice")
+    return actions.oauth_client("phone", public=True)
+
+
+def _token(client: FlaskClient, caller: RegisteredClient, proof: str | None, **data: str) -> Any:
+    data = data or {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    headers = {"DPoP": proof} if proof else {}
+    if caller.secret is None:
+        return client.post(
+            "/oauth/token", data={**data, "client_id": caller.client_id}, headers=headers
+        )
+    return client.post("/oauth/token", data=data, headers=headers, auth=caller.auth)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(jws.extract_compact(token.encode()).payload)
+    return claims
+
+
+def _dpop_get(
+    client: FlaskClient, token: str, proof: str | None, path: str = "/junk", scheme: str = "DPoP"
+) -> Any:
+    headers = {"Authorization": f"{scheme} {token}"}
+    if proof is not None:
+        headers["DPoP"] = proof
+    return client.get(path, headers=headers)
+
+
+@pytest.fixture
+def bound(client: FlaskClient, app_client: RegisteredClient, prover: Prover) -> str:
+    """An access token bound to `prover`'s key."""
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL))
+    assert response.status_code == 200, response.json
+    token: str = response.json["access_token"]
+    return token
+
+
+def _refused(response: Any, error: str) -> None:
+    assert response.status_code == 401
+    assert response.json["error"] == error
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("DPoP ")
+    assert f'error="{error}"' in challenge
+    assert 'algs="ES256 ' in challenge
+
+
+# --- the token endpoint -------------------------------------------------------------------
+
+
+def test_token_with_a_proof_is_bound_to_its_key(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL))
+    assert response.status_code == 200
+    assert response.json["token_type"] == "DPoP"
+    assert _claims(response.json["access_token"])["cnf"] == {"jkt": prover.jkt}
+
+
+def test_token_without_a_proof_stays_bearer(
+    client: FlaskClient, app_client: RegisteredClient
+) -> None:
+    response = _token(client, app_client, None)
+    assert response.json["token_type"] == "Bearer"
+    assert "cnf" not in _claims(response.json["access_token"])
+
+
+def test_client_credentials_token_is_bound_too(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    proof = prover.proof("POST", TOKEN_URL)
+    response = _token(client, app_client, proof, grant_type="client_credentials")
+    assert response.json["token_type"] == "DPoP"
+    assert _claims(response.json["access_token"])["cnf"]["jkt"] == prover.jkt
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"claims": {"htu": JUNK_URL}},
+        {"claims": {"htu": "http://127.0.0.1:5000/oauth/token"}},  # the hop, not the issuer
+        {"claims": {"htm": "GET"}},
+        {"claims": {"iat": int(time.time()) - 300}},
+        {"drop": ("jti",)},
+        {"header": {"typ": "JWT"}},
+    ],
+)
+def test_token_request_with_a_bad_proof_is_invalid_dpop_proof(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover, change: dict[str, Any]
+) -> None:
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL, **change))
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_dpop_proof"
+    assert "access_token" not in response.json
+
+
+def test_a_proof_buys_one_token(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    proof = prover.proof("POST", TOKEN_URL)
+    assert _token(client, app_client, proof).status_code == 200
+    replayed = _token(client, app_client, proof)
+    assert replayed.status_code == 400
+    assert replayed.json["error"] == "invalid_dpop_proof"
+
+
+def test_garbage_proof_is_a_clear_error(client: FlaskClient, app_client: RegisteredClient) -> None:
+    for proof in ("garbage", "a.b.c", "é" * 10, "x" * 10_000, "e30.e30."):
+        response = _token(client, app_client, proof)
+        assert response.status_code == 400
+        assert response.json["error"] == "invalid_dpop_proof"
+
+
+def test_public_clients_refresh_token_is_bound(
+    client: FlaskClient, public_client: RegisteredClient, prover: Prover
+) -> None:
+    issued = _token(client, public_client, prover.proof("POST", TOKEN_URL)).json
+    refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+
+    without = _token(client, public_client, None, **refresh)
+    assert without.status_code == 400
+    assert without.json["error"] == "invalid_grant"
+    thief = Prover()
+    stolen = _token(client, public_client, thief.proof("POST", TOKEN_URL), **refresh)
+    assert stolen.status_code == 400
+    assert stolen.json["error"] == "invalid_grant"
+
+    # Refused, not revoked: the owner, with the key, still refreshes.
+    renewed = _token(client, public_client, prover.proof("POST", TOKEN_URL), **refresh)
+    assert renewed.status_code == 200
+    assert renewed.json["token_type"] == "DPoP"
+    assert _claims(renewed.json["access_token"])["cnf"]["jkt"] == prover.jkt
+    # The rotated refresh token is bound as well.
+    again = {"grant_type": "refresh_token", "refresh_token": renewed.json["refresh_token"]}
+    assert _token(client, public_client, None, **again).json["error"] == "invalid_grant"
+
+
+def test_confidential_clients_refresh_token_is_not_bound(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    issued = _token(client, app_client, prover.proof("POST", TOKEN_URL)).json
+    refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+    plain = _token(client, app_client, None, **refresh)
+    assert plain.status_code == 200
+    assert plain.json["token_type"] == "Bearer"
+    refresh["refresh_token"] = plain.json["refresh_token"]
+    other = Prover()
+    rebound = _token(client, app_client, other.proof("POST", TOKEN_URL), **refresh)
+    assert _claims(rebound.json["access_token"])["cnf"]["jkt"] == other.jkt
+
+
+# --- proofs of every kind of key --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "alg"),
+    [
+        (lambda: ECKey.generate_key("P-384"), "ES384"),
+        (lambda: RSAKey.generate_key(2048), "RS256"),
+        (lambda: RSAKey.generate_key(2048), "PS256"),
+        (lambda: OKPKey.generate_key("Ed25519"), "EdDSA"),
+        (lambda: OKPKey.generate_key("Ed25519"), "Ed25519"),
+    ],
+)
+def test_every_listed_algorithm_works(
+    client: FlaskClient, app_client: RegisteredClient, key: Any, alg: str
+) -> None:
+    prover = Prover(key(), alg)
+    token = _token(client, app_client, prover.proof("POST", TOKEN_URL)).json["access_token"]
+    assert _claims(token)["cnf"]["jkt"] == prover.jkt
+    assert _dpop_get(client, token, prover.proof("GET", JUNK_URL, token)).status_code == 200
+
+
+def test_symmetric_and_unsigned_proofs_are_refused(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    secret = OctKey.generate_key(256)
+    hs256 = prover.proof("POST", TOKEN_URL, header={"alg": "HS256"}, signer=secret)
+    oct_jwk = prover.proof(
+        "POST", TOKEN_URL, header={"alg": "HS256", "jwk": secret.as_dict()}, signer=secret
+    )
+    header = b64url(
+        json.dumps({"typ": "dpop+jwt", "alg": "none", "jwk": prover.key.as_dict()}).encode()
+    )
+    body = b64url(
+        json.dumps(
+            {"htm": "POST", "htu": TOKEN_URL, "iat": int(time.time()), "jti": "none-1"}
+        ).encode()
+    )
+    unsigned = f"{header}.{body}."
+    for proof in (hs256, oct_jwk, unsigned):
+        response = _token(client, app_client, proof)
+        assert response.status_code == 400
+        assert response.json["error"] == "invalid_dpop_proof"
+
+
+def test_proof_carrying_its_private_key_is_refused(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    proof = prover.proof("POST", TOKEN_URL, header={"jwk": prover.key.as_dict(private=True)})
+    response = _token(client, app_client, proof)
+    assert response.status_code == 400
+    assert "private" in response.json["error_description"]
+
+
+def test_small_rsa_key_and_mismatched_alg_are_refused(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    small = Prover(RSAKey.generate_key(1024), "RS256")
+    signed = prover.proof("POST", TOKEN_URL)
+    header = {"typ": "dpop+jwt", "alg": "RS256", "jwk": prover.key.as_dict()}
+    rsa_alg_on_ec_key = ".".join([b64url(json.dumps(header).encode()), *signed.split(".")[1:]])
+    for proof in (small.proof("POST", TOKEN_URL), rsa_alg_on_ec_key):
+        assert _token(client, app_client, proof).json["error"] == "invalid_dpop_proof"
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def test_bound_token_works_with_a_proof(client: FlaskClient, bound: str, prover: Prover) -> None:
+    response = _dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound))
+    assert response.status_code == 200
+    me = _dpop_get(client, bound, prover.proof("GET", f"{ISSUER}/users/me", bound), "/users/me")
+    assert me.json["username"] == "alice"
+    # The query is no part of htu (RFC 9449 §4.3).
+    paged = _dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound), "/junk?limit=5")
+    assert paged.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"claims": {"htu": f"{ISSUER}/users/me"}}, "invalid_dpop_proof"),
+        ({"claims": {"htu": "https://localhost:8000/junk"}}, "invalid_dpop_proof"),
+        ({"claims": {"htm": "POST"}}, "invalid_dpop_proof"),
+        ({"claims": {"iat": int(time.time()) - 120}}, "invalid_dpop_proof"),
+        ({"claims": {"iat": int(time.time()) + 120}}, "invalid_dpop_proof"),
+        ({"drop": ("ath",)}, "invalid_dpop_proof"),
+        (
+            {"claims": {"ath": b64url(hashlib.sha256(b"another token").digest())}},
+            "invalid_dpop_proof",
+        ),
+        ({"header": {"typ": "at+jwt"}}, "invalid_dpop_proof"),
+    ],
+)
+def test_bad_proof_at_a_resource_is_refused(
+    client: FlaskClient, bound: str, prover: Prover, change: dict[str, Any], error: str
+) -> None:
+    _refused(_dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound, **change)), error)
+
+
+def test_proof_from_another_key_is_refused(client: FlaskClient, bound: str) -> None:
+    thief = Prover()
+    _refused(_dpop_get(client, bound, thief.proof("GET", JUNK_URL, bound)), "invalid_dpop_proof")
+
+
+def test_replayed_proof_is_refused(client: FlaskClient, bound: str, prover: Prover) -> None:
+    proof = prover.proof("GET", JUNK_URL, bound)
+    assert _dpop_get(client, bound, proof).status_code == 200
+    _refused(_dpop_get(client, bound, proof), "invalid_dpop_proof")
+
+
+def test_bound_token_sent_as_bearer_is_refused(client: FlaskClient, bound: str) -> None:
+    response = client.get("/junk", headers={"Authorization": f"Bearer {bound}"})
+    _refused(response, "invalid_token")
+
+
+def test_dpop_token_needs_its_proof(client: FlaskClient, bound: str, prover: Prover) -> None:
+    _refused(_dpop_get(client, bound, None), "invalid_dpop_proof")
+    twice = client.get(
+        "/junk",
+        headers=[
+            ("Authorization", f"DPoP {bound}"),
+            ("DPoP", prover.proof("GET", JUNK_URL, bound)),
+            ("DPoP", prover.proof("GET", JUNK_URL, bound)),
+        ],
+    )
+    _refused(twice, "invalid_dpop_proof")
+
+
+def test_unbound_or_forged_token_under_dpop_is_invalid_token(
+    client: FlaskClient, app_client: RegisteredClient, bound: str, prover: Prover
+) -> None:
+    plain = _token(client, app_client, None).json["access_token"]
+    _refused(_dpop_get(client, plain, prover.proof("GET", JUNK_URL, plain)), "invalid_token")
+    forged = bound[:-4] + ("AAAA" if not bound.endswith("AAAA") else "BBBB")
+    _refused(_dpop_get(client, forged, prover.proof("GET", JUNK_URL, forged)), "invalid_token")
+
+
+def test_bearer_tokens_work_as_before(client: FlaskClient, app_client: RegisteredClient) -> None:
+    plain = _token(client, app_client, None).json["access_token"]
+    assert client.get("/junk", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+
+
+def test_no_token_gets_both_challenges(client: FlaskClient) -> None:
+    response = client.get("/junk")
+    assert response.status_code == 401
+    challenges = response.headers.getlist("WWW-Authenticate")
+    assert challenges[0] == 'Bearer realm="tokenserver"'
+    assert challenges[1].startswith('DPoP realm="tokenserver", algs="ES256')
+
+
+def test_dpop_token_without_the_scope_is_insufficient_scope(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    data["scope"] = "junk:write"
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL), **data)
+    token = response.json["access_token"]
+    refused = _dpop_get(client, token, prover.proof("GET", JUNK_URL, token))
+    assert refused.status_code == 403
+    assert refused.headers["WWW-Authenticate"].startswith('DPoP realm="tokenserver", error=')
+
+
+# --- introspection, metadata, housekeeping ----------------------------------------------------
+
+
+def test_introspection_reports_the_binding(
+    client: FlaskClient, actions: Actions, public_client: RegisteredClient, prover: Prover
+) -> None:
+    issued = _token(client, public_client, prover.proof("POST", TOKEN_URL)).json
+    api = actions.oauth_client("api", introspect=True)
+    access = client.post("/oauth/introspect", data={"token": issued["access_token"]}, auth=api.auth)
+    assert access.json["token_type"] == "DPoP"
+    assert access.json["cnf"] == {"jkt": prover.jkt}
+    refresh = client.post(
+        "/oauth/introspect", data={"token": issued["refresh_token"]}, auth=api.auth
+    )
+    assert refresh.json["cnf"] == {"jkt": prover.jkt}
+    plain = _token(client, actions.oauth_client("web"), None).json["access_token"]
+    unbound = client.post("/oauth/introspect", data={"token": plain}, auth=api.auth).json
+    assert unbound["token_type"] == "Bearer"
+    assert "cnf" not in unbound
+
+
+def test_metadata_lists_the_proof_algorithms(client: FlaskClient) -> None:
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        algs = client.get(path).json["dpop_signing_alg_values_supported"]
+        assert "ES256" in algs
+        assert not {"none", "HS256"} & set(algs)
+
+
+def test_purge_forgets_expired_proof_ids(
+    client: FlaskClient, runner: FlaskCliRunner, app_client: RegisteredClient, prover: Prover
+) -> None:
+    proof = prover.proof("POST", TOKEN_URL)
+    assert _token(client, app_client, proof).status_code == 200
+    assert "0 spent JWT ids" in runner.invoke(args=["tokens", "purge"]).output
+    with time_machine.travel(utcnow() + timedelta(minutes=3)):
+        assert "1 spent JWT ids" in runner.invoke(args=["tokens", "purge"]).output
+
+
+# --- against real gunicorn ------------------------------------------------------------------
+
+
+def _live_token(server: LiveServer, caller: RegisteredClient, prover: Prover) -> dict[str, Any]:
+    response = requests.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+        auth=caller.auth,
+        headers={"DPoP": prover.proof("POST", TOKEN_URL)},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    token: dict[str, Any] = response.json()
+    return token
+
+
+def test_live_flow_binds_uses_and_refuses_replays(
+    live_server: LiveServer, app_client: RegisteredClient, prover: Prover
+) -> None:
+    issued = _live_token(live_server, app_client, prover)
+    assert issued["token_type"] == "DPoP"
+    token = issued["access_token"]
+    assert _claims(token)["cnf"]["jkt"] == prover.jkt
+
+    proof = prover.proof("GET", JUNK_URL, token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    first = requests.get(f"{live_server.url}/junk", headers=headers, timeout=10)
+    assert first.status_code == 200
+    # Fresh connections land on any worker; each one must see the id already spent.
+    for _ in range(4):
+        again = requests.get(f"{live_server.url}/junk", headers=headers, timeout=10)
+        assert again.status_code == 401
+        assert again.json()["error"] == "invalid_dpop_proof"
+        assert again.headers["WWW-Authenticate"].startswith("DPoP ")
+    bearer = requests.get(
+        f"{live_server.url}/junk", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert bearer.status_code == 401
+    assert bearer.json()["error"] == "invalid_token"
+
+
+def test_concurrent_replays_across_workers_have_one_winner(
+    live_server: LiveServer, app_client: RegisteredClient, prover: Prover
+) -> None:
+    token = _live_token(live_server, app_client, prover)["access_token"]
+    headers = {"Authorization": f"DPoP {token}", "DPoP": prover.proof("GET", JUNK_URL, token)}
+
+    def attempt(_: int) -> int:
+        return requests.get(f"{live_server.url}/junk", headers=headers, timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(attempt, range(16)))
+    assert statuses.count(200) == 1
+    assert statuses.count(401) == 15
+
+
+def test_a_proof_spent_on_one_node_is_refused_on_another(
+    live_server: LiveServer,
+    live_server_factory: Any,
+    app_client: RegisteredClient,
+    prover: Prover,
+) -> None:
+    other = live_server_factory(workers=1)
+    token = _live_token(live_server, app_client, prover)["access_token"]
+    headers = {"Authorization": f"DPoP {token}", "DPoP": prover.proof("GET", JUNK_URL, token)}
+    assert requests.get(f"{other.url}/junk", headers=headers, timeout=10).status_code == 200
+    replayed = requests.get(f"{live_server.url}/junk", headers=headers, timeout=10)
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_dpop_proof"
+
+
+# --- codes bound at /oauth/authorize (RFC 9449 §10) ---------------------------------------------
+
+
+def _bound_code(flow: Flow, prover: Prover) -> tuple[str, str | None, str, str]:
+    client_id, secret = flow.register()
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge, dpop_jkt=prover.jkt)
+    return client_id, secret, code, verifier
+
+
+def _exchange(flow: Flow, bound: tuple[str, str | None, str, str], proof: str | None) -> Any:
+    client_id, secret, code, verifier = bound
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
+    headers = {"DPoP": proof} if proof else {}
+    return flow.client.post(
+        "/oauth/token", data=data, headers=headers, auth=(client_id, secret or "")
+    )
+
+
+def test_code_bound_to_a_key_is_exchanged_with_its_proof(flow: Flow, prover: Prover) -> None:
+    response = _exchange(flow, _bound_code(flow, prover), prover.proof("POST", TOKEN_URL))
+    assert response.status_code == 200, response.json
+    assert response.json["token_type"] == "DPoP"
+    assert _claims(response.json["access_token"])["cnf"]["jkt"] == prover.jkt
+
+
+@pytest.mark.parametrize("other_key", [False, True])
+def test_code_bound_to_a_key_is_refused_without_it(
+    flow: Flow, prover: Prover, other_key: bool
+) -> None:
+    proof = Prover().proof("POST", TOKEN_URL) if other_key else None
+    response = _exchange(flow, _bound_code(flow, prover), proof)
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_grant"
+
+
+def test_malformed_dpop_jkt_is_redirected_back(flow: Flow) -> None:
+    client_id, _ = flow.register()
+    flow.login()
+    _, challenge = pkce()
+    response = flow.authorize(client_id, challenge, dpop_jkt="not a thumbprint")
+    assert response.status_code == 302
+    assert query_of(response.headers["Location"])["error"] == "invalid_request"
+
+
+def test_proofs_are_spent_in_redis_when_the_nodes_share_it(
+    live_server_factory: Any, app: Flask, app_client: RegisteredClient, redis_prefix: str
+) -> None:
+    shared = {
+        "TOKENSERVER_RATELIMIT_STORAGE_URI": REDIS_URL,
+        "TOKENSERVER_RATELIMIT_KEY_PREFIX": redis_prefix,
+    }
+    one, two = live_server_factory(**shared), live_server_factory(workers=1, **shared)
+    prover = Prover()
+    token = _live_token(one, app_client, prover)["access_token"]
+    headers = {"Authorization": f"DPoP {token}", "DPoP": prover.proof("GET", JUNK_URL, token)}
+    assert requests.get(f"{two.url}/junk", headers=headers, timeout=10).status_code == 200
+    replayed = requests.get(f"{one.url}/junk", headers=headers, timeout=10)
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_dpop_proof"
+    assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{redis_prefix}:jti:*"))
+
+
+def test_userinfo_takes_a_dpop_token(client: FlaskClient, actions: Actions, prover: Prover) -> None:
+    actions.user("alice")
+    oidc = actions.oauth_client("oidc", scope="openid profile")
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    data["scope"] = "openid profile"
+    token = _token(client, oidc, prover.proof("POST", TOKEN_URL), **data).json["access_token"]
+    url = f"{ISSUER}/oauth/userinfo"
+    claims = _dpop_get(client, token, prover.proof("GET", url, token), "/oauth/userinfo")
+    assert claims.status_code == 200
+    assert claims.json["preferred_username"] == "alice"
+    as_bearer = client.get("/oauth/userinfo", headers={"Authorization": f"Bearer {token}"})
+    _refused(as_bearer, "invalid_token")
