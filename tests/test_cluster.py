@@ -423,8 +423,10 @@ def test_killed_node_is_drained_and_loses_no_acknowledged_write(
     engine.dispose()
     assert acknowledged <= stored, f"acknowledged but lost: {sorted(acknowledged - stored)}"
     assert len(acknowledged) >= 60
-    # Only the requests in flight on the killed node can fail (at most one per thread): the
-    # node died before answering, whether or not it had committed. Nothing after that.
+    # Only requests that reached the killed node can fail: the one in flight on each thread,
+    # and one more that met a connection the balancer had open to it before the health
+    # checks noticed (a reset after sending, which a POST must not be replayed on). The node
+    # died before answering, whether or not it had committed. Nothing after that.
     failed = [(i, name, status) for i, (name, status) in enumerate(answers) if status != 201]
-    assert len(failed) <= load.threads, failed
-    assert all(i < killed_at + load.threads * 2 for i, _name, _status in failed), failed
+    assert len(failed) <= 2 * load.threads, failed
+    assert all(i < killed_at + load.threads * 3 for i, _name, _status in failed), failed
