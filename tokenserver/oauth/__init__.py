@@ -9,7 +9,7 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InsecureTransportError
+from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidClientError
 from flask import Flask, current_app
 from flask import request as flask_request
 from sqlalchemy import bindparam, select
@@ -97,6 +97,19 @@ class AuthorizationServer(_AuthorizationServer):
             error = dpop.InvalidDPoPProofError(exc.reason)
             return self.handle_error_response(request, error)
         return super().create_token_response(request)
+
+    def replayed_response(self, kind: str) -> Any:
+        """The answer to a token request whose client assertion or DPoP proof, checked as
+        fresh, turned out spent when it was stored (replay.deferred)."""
+        error: OAuth2Error
+        if kind == "dpop":
+            error = dpop.InvalidDPoPProofError(
+                "The DPoP proof is invalid: its jti has been used before."
+            )
+        else:
+            audit.event("client.auth_failed", method="private_key_jwt", endpoint="token")
+            error = InvalidClientError(status_code=401, description=client_auth.FAILED)
+        return self.handle_error_response(self.create_oauth2_request(None), error)
 
     def handle_error_response(self, request: Any, error: OAuth2Error) -> Any:
         error.description = _in_our_words(error)

@@ -27,7 +27,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from ..store import codes, tokens
+from ..store import codes, replay, tokens
 from .resources import as_audience
 
 ACCESS = "access"
@@ -154,6 +154,7 @@ def record_issued(
     code_spent = True
     try:
         with db.engine.begin() as conn:
+            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
             if code_hash is not None:
                 code_spent = codes.spend(conn, code_hash, family_id)
             stored = code_spent and (
@@ -167,6 +168,8 @@ def record_issued(
                 conn.execute(_INSERT_RECORDS, records)
             else:
                 conn.rollback()
+        if stored:
+            replay.settled()
     except IntegrityError:
         # The client was deleted since it authenticated (another worker's copy may lag a second).
         raise InvalidClientError() from None
@@ -276,7 +279,12 @@ def record_exchanged(
     }
     try:
         with db.engine.begin() as conn:
+            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
             stored = conn.execute(_INSERT_EXCHANGED, record).first() is not None
+            if not stored:
+                conn.rollback()
+        if stored:
+            replay.settled()
     except IntegrityError:
         raise InvalidClientError() from None  # the client was deleted since it authenticated
     if not stored:

@@ -10,6 +10,7 @@ from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
+from ..store import replay
 from . import current_server, dpop
 from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
@@ -69,7 +70,12 @@ def token() -> Response:
     _require_form()
     if not request.form.get("grant_type"):
         raise InvalidRequest("'grant_type' is required")
-    response: Response = current_server().create_token_response()
+    server = current_server()
+    try:
+        with replay.deferred():  # single-use JWT ids spent with the tokens, in one commit
+            response: Response = server.create_token_response()
+    except replay.Replayed as exc:
+        return server.replayed_response(exc.kind)
     return response
 
 

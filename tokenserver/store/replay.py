@@ -8,12 +8,14 @@ live in Redis, one SET NX there (no fsync per proof; Redis forgets the id when i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlsplit
 
 import redis
-from flask import Flask, current_app
-from sqlalchemy import Table, delete
+from flask import Flask, current_app, g
+from sqlalchemy import Connection, Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..config import Settings
@@ -29,6 +31,15 @@ _INSERT = {
     "sqlite": sqlite.insert(_spent).on_conflict_do_nothing().returning(_spent.c.key),
 }
 _EXTENSION = "tokenserver.spent_jtis"
+_PENDING = "tokenserver_pending_jtis"
+
+
+class Replayed(Exception):
+    """A JWT id deferred by `deferred()` turned out to be spent already."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 class RedisSpentIds:
@@ -73,11 +84,57 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
     in_redis: RedisSpentIds | None = current_app.extensions.get(_EXTENSION)
     if in_redis is not None:
         return in_redis.spend(key, expires_at)
+    pending: list[tuple[str, str, datetime]] | None = g.get(_PENDING)
+    if pending is not None:
+        pending.append((kind, key, expires_at))  # decided by spend_pending, or at the end
+        return True
     with db.engine.begin() as conn:
-        fresh = conn.execute(
-            _INSERT[conn.dialect.name], {"key": key, "expires_at": expires_at}
-        ).scalar()
-    return fresh is not None
+        return _insert(conn, key, expires_at)
+
+
+def _insert(conn: Connection, key: str, expires_at: datetime) -> bool:
+    fresh = conn.execute(_INSERT[conn.dialect.name], {"key": key, "expires_at": expires_at})
+    return fresh.scalar() is not None
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, ids kept in the database are spent by `spend_pending` in the
+    transaction that stores what the request issues: one durable commit, not one more per id.
+
+    A request that stored nothing spends them when the block ends, so an id is single use
+    whatever the answer was; Replayed then names one that was spent already, and the
+    answer must be that refusal.
+    """
+    g.setdefault(_PENDING, [])
+    try:
+        yield
+    finally:
+        left: list[tuple[str, str, datetime]] = g.pop(_PENDING, [])
+        replayed = None
+        if left:
+            with db.engine.begin() as conn:
+                for kind, key, expires_at in left:
+                    if not _insert(conn, key, expires_at) and replayed is None:
+                        replayed = kind
+        if replayed is not None:
+            raise Replayed(replayed)  # replaces whatever the block raised: this comes first
+
+
+def spend_pending(conn: Connection) -> None:
+    """Spend the ids deferred so far in the caller's transaction; Replayed names the first
+    that was spent already (the caller rolls back and refuses the request). Once that
+    transaction has committed, `settled()` says so; until then they stay pending."""
+    for kind, key, expires_at in g.get(_PENDING) or []:
+        if not _insert(conn, key, expires_at):
+            raise Replayed(kind)
+
+
+def settled() -> None:
+    """The transaction that spent the pending ids has committed."""
+    pending: list[tuple[str, str, datetime]] | None = g.get(_PENDING)
+    if pending:
+        pending.clear()
 
 
 def purge(before: datetime | None = None) -> int:
