@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,10 +27,10 @@ from .keys import list_keys, revoke, rotate
 from .keywrap import check_at_startup, rewrap
 from .models import (
     GRANT_TYPES,
-    Client,
     isoformat,
 )
 from .oauth import current_server
+from .store import clients as client_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -195,7 +194,7 @@ def clients_create(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def clients_list(as_json: bool) -> None:
     """List registered clients (never their secrets)."""
-    rows = db.session.scalars(select(Client).order_by(Client.id)).all()
+    rows = client_store.every()
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in rows]))
         return
@@ -266,8 +265,8 @@ def clients_ensure_demo() -> None:
     Used by `make run`: the URL opens our sign-in page in a browser, and the printed curl line
     exchanges the code it returns (the demo client's loopback redirect URI, RFC 8252 §7.3).
     """
-    demo = db.session.scalars(select(Client).where(Client.name == DEMO_NAME)).first()
-    if demo is None and db.session.scalars(select(Client.id)).first() is not None:
+    demo = client_store.named(DEMO_NAME)
+    if demo is None and client_store.any_registered():
         click.echo("a client exists already; no demo client created")
         return
     secret = None

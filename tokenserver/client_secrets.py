@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-
 from . import audit
 from .digests import digest, new_secret
 from .errors import APIError, NotFound
-from .extensions import db
-from .models import Client, isoformat, utcnow
+from .models import isoformat, utcnow
+from .store import clients
 
 
 def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
     """Give a confidential client a new secret (returned once); the old one works `overlap`
     seconds more (0: not at all). Returns the secret and the old one's end, if it has one."""
-    client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
+    client = clients.find(client_id)
     if client is None:
         raise NotFound(f"no client with id {client_id!r}")
     if client.secret_hash is None:
@@ -24,18 +22,8 @@ def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
         raise APIError(f"client {client_id} is {kind}: it has no secret to rotate")
     secret, now = new_secret(32), utcnow()
     until = now + timedelta(seconds=overlap) if overlap > 0 else None
-    # Conditional on the hash read: two rotations at once cannot both keep "the old" secret.
-    changed = db.session.execute(
-        update(Client)
-        .where(Client.client_id == client_id, Client.secret_hash == client.secret_hash)
-        .values(
-            secret_hash=digest(secret),
-            previous_secret_hash=client.secret_hash if until else None,
-            previous_secret_expires_at=until,
-        )
-    )
-    db.session.commit()
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
+    previous = client.secret_hash if until else None
+    if not clients.replace_secret(client_id, client.secret_hash, digest(secret), previous, until):
         raise APIError(f"the secret of client {client_id} changed meanwhile; try again")
     audit.event(
         "client.secret_rotated",

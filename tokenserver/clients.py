@@ -14,12 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select
-
 from . import audit
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError, NotFound
-from .extensions import db
 from .models import (
     BROWSER_GRANTS,
     DEFAULT_GRANTS,
@@ -34,7 +31,8 @@ from .models import (
 from .oauth.client_keys import KeysUnavailable, public_key_set
 from .oauth.resources import uri_problem as resource_problem
 from .redirects import redirect_uri_problem
-from .store import initial_tokens
+from .store import clients as store
+from .store import initial_tokens, transaction
 
 
 class InvalidClientMetadata(APIError):
@@ -82,9 +80,9 @@ def register_client(spec: ClientSpec) -> tuple[Client, str | None]:
     Raises InvalidClientMetadata naming the first thing wrong with the spec; nothing is stored
     then.
     """
-    client, secret = _new_client(spec)
-    db.session.add(client)
-    db.session.commit()
+    columns, secret = _new_client(spec)
+    store.add(columns)
+    client = _stored(columns["client_id"])
     _audit("client.created", client)
     return client, secret
 
@@ -97,13 +95,14 @@ def register_dynamic_client(spec: ClientSpec, initial_access_token: str) -> Dyna
     spent by one conditional UPDATE, so two requests racing with it register one client.
     """
     _dynamic_rules(spec)
-    client, secret = _new_client(spec)
+    columns, secret = _new_client(spec)
     registration_token = new_secret(32)
-    client.registration_token_hash = digest(registration_token)  # stored only as a digest
-    if not initial_tokens.spend(digest(initial_access_token), client.client_id):
-        raise invalid_token("The initial access token is unknown, expired or already used.")
-    db.session.add(client)
-    db.session.commit()
+    columns["registration_token_hash"] = digest(registration_token)  # stored only as a digest
+    with transaction() as tx:  # the token is spent if, and only if, the client is stored
+        if not initial_tokens.spend(digest(initial_access_token), columns["client_id"], tx):
+            raise invalid_token("The initial access token is unknown, expired or already used.")
+        store.add(columns, tx)
+    client = _stored(columns["client_id"])
     _audit("client.created", client, dynamic=True)
     return DynamicRegistration(client, secret, registration_token)
 
@@ -117,9 +116,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     """
     from .oauth import current_server
 
-    client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
-    if client is None:
-        raise NotFound(f"no client with id {client_id!r}")
+    client = _stored(client_id)
     if client.registration_token_hash is not None:
         _dynamic_rules(spec)
     columns, by_secret = _checked_columns(spec)
@@ -133,9 +130,9 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     elif client.secret_hash is None:
         secret = new_secret(32)
         columns["secret_hash"] = digest(secret)
-    for name, value in columns.items():
-        setattr(client, name, value)
-    db.session.commit()
+    if not store.change(client_id, columns):
+        raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
+    client = _stored(client_id)
     current_server().clients.forget(client_id)  # other processes' copies expire within a second
     _audit("client.updated", client, new_secret=secret is not None)
     return client, secret
@@ -145,10 +142,9 @@ def delete_client(client_id: str) -> None:
     """Delete a client and, by cascade, every token and code issued to it."""
     from .oauth import current_server
 
-    result = db.session.execute(delete(Client).where(Client.client_id == client_id))
-    db.session.commit()
+    gone = store.remove(client_id)
     current_server().clients.forget(client_id)  # other processes' copies expire within a second
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if not gone:
         raise NotFound(f"no client with id {client_id!r}")
     audit.event("client.deleted", client_id=client_id)
 
@@ -158,14 +154,7 @@ def managed_client(client_id: str, registration_token: str) -> Client | None:
 
     Looked up by both, so one client's token never reaches another client.
     """
-    if len(client_id) > 64 or "\x00" in client_id:
-        return None  # cannot be ours, and PostgreSQL refuses NUL in text
-    query = select(Client).where(
-        Client.client_id == client_id,
-        Client.registration_token_hash == digest(registration_token),
-    )
-    client: Client | None = db.session.scalars(query).first()
-    return client
+    return store.find_managed(client_id, digest(registration_token))
 
 
 def issue_initial_access_token(expires_in: int) -> tuple[str, datetime]:
@@ -199,14 +188,26 @@ def invalid_token(description: str) -> APIError:
     )
 
 
-def _new_client(spec: ClientSpec) -> tuple[Client, str | None]:
-    """An unsaved client made from `spec`, with its secret if it authenticates by one."""
+def _new_client(spec: ClientSpec) -> tuple[dict[str, Any], str | None]:
+    """The columns of a new client made from `spec`, with its secret if it authenticates by
+    one."""
     columns, by_secret = _checked_columns(spec)
     secret = new_secret(32) if by_secret else None
     client_id = new_identifier()
     columns["name"] = columns["name"] or client_id  # RFC 7591 §2: shown instead of a name
-    client = Client(client_id=client_id, secret_hash=digest(secret) if secret else None, **columns)
-    return client, secret
+    columns |= {
+        "client_id": client_id,
+        "secret_hash": digest(secret) if secret else None,
+        "created_at": utcnow(),
+    }
+    return columns, secret
+
+
+def _stored(client_id: str) -> Client:
+    client = store.find(client_id)
+    if client is None:
+        raise NotFound(f"no client with id {client_id!r}")
+    return client
 
 
 def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Table, delete, exists, insert, select, update
+from sqlalchemy import Connection, Table, delete, exists, insert, select, update
 
 from ..extensions import db
 from ..models import InitialAccessToken, utcnow
+from . import transaction
 
 _tokens: Table = InitialAccessToken.__table__
 
@@ -34,13 +35,13 @@ def usable(token_hash: str) -> bool:
         return bool(conn.execute(query).scalar())
 
 
-def spend(token_hash: str, client_id: str) -> bool:
+def spend(token_hash: str, client_id: str, tx: Connection | None = None) -> bool:
     """Spend the token on registering `client_id`: True once, False if unusable or spent.
 
     One conditional UPDATE: however many requests present the token at once, one wins.
     """
     now = utcnow()
-    with db.engine.begin() as conn:
+    with transaction(tx) as conn:
         spent = conn.execute(
             update(_tokens)
             .where(
