@@ -13,17 +13,17 @@ import hashlib
 import math
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, current_app
-from sqlalchemy import BindParameter, Table, and_, bindparam, case, delete, or_, select
 from sqlalchemy.engine import Engine
 
 from .config import Settings
 from .errors import APIError, seconds
-from .models import LoginThrottle, UTCDateTime, utcnow
+from .models import utcnow
+from .store.throttles import Refused, ThrottleTable
 
 FREE_ATTEMPTS = 5
 MAX_DELAY = 15 * 60
@@ -95,122 +95,29 @@ def _key(name: str) -> str:
 
 
 class DatabaseGuard:
-    """Counts in login_throttles; each admission is one conditional upsert."""
+    """Counts in the database (store/throttles.py); each admission is one conditional upsert."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._admission = _admission(engine.dialect.name)
+        self._table = ThrottleTable(engine, SCHEDULE, DAILY_CAP, DAY)
 
     def admit(self, name: str) -> None:
-        key, now = _key(name), utcnow()
-        # A connection of its own: the count commits whatever becomes of the request.
-        with self._engine.begin() as conn:
-            admitted = conn.execute(self._admission, _admission_params(key, now)).first()
-            row = None if admitted else conn.execute(_STATE, {"key": key}).first()
-        if not admitted:
-            raise Throttled(_wait(row, now))
+        now = utcnow()
+        refused = self._table.admit(_key(name), now)
+        if refused is not None:
+            raise Throttled(_wait(refused, now))
         if secrets.randbelow(_PRUNE_ODDS) == 0:
             self.prune(now)
 
     def clear(self, name: str) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(_CLEAR, {"key": _key(name)})
+        self._table.clear(_key(name))
 
     def prune(self, now: datetime) -> int:
         """Delete a batch of counts nobody has touched for a day; returns how many."""
-        stale = (
-            select(_throttles.c.key)
-            .where(_throttles.c.last_attempt_at <= now - timedelta(seconds=DAY))
-            .limit(_PRUNE_BATCH)
-        )
-        with self._engine.begin() as conn:
-            deleted: int = conn.execute(
-                delete(_throttles).where(_throttles.c.key.in_(stale))
-            ).rowcount
-        return deleted
+        return self._table.prune(now - timedelta(seconds=DAY), _PRUNE_BATCH)
 
 
-# The guard's statements are built once (per dialect) with bind parameters: every password
-# check runs them, and building the upsert (a CASE per step of the schedule) cost more than
-# running it. A bind parameter may not take a column's name in an INSERT or UPDATE.
-_throttles: Table = LoginThrottle.__table__
-_CLEAR = delete(_throttles).where(_throttles.c.key == bindparam("key"))
-_STATE = select(
-    _throttles.c.next_attempt_at, _throttles.c.day_started_at, _throttles.c.day_attempts
-).where(_throttles.c.key == bindparam("key"))
-
-
-def _at(name: str) -> BindParameter[datetime]:
-    return bindparam(name, type_=UTCDateTime())
-
-
-def _admission(dialect: str) -> Any:
-    """INSERT a first attempt, or UPDATE the count only WHERE the name may try now.
-
-    A row comes back (RETURNING) only when the check was admitted and counted. Its parameters
-    come from _admission_params.
-    """
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = _throttles
-    now, cutoff, first_next = _at("now"), _at("cutoff"), _at("first_next")
-    stale = table.c.last_attempt_at <= cutoff  # a day without attempts: start afresh
-    new_day = or_(stale, table.c.day_started_at <= cutoff)
-    # now + delay_after(attempts + 1), from SCHEDULE (no date arithmetic in the database)
-    next_attempt = case(
-        *[(table.c.attempts + 1 == n, _at(f"after_{n}")) for n in range(1, len(SCHEDULE) + 1)],
-        else_=_at("after_max"),
-    )
-    return (
-        insert(table)
-        .values(
-            key=bindparam("throttle_key"),
-            attempts=1,
-            last_attempt_at=now,
-            next_attempt_at=first_next,
-            day_started_at=now,
-            day_attempts=1,
-        )
-        .on_conflict_do_update(
-            index_elements=[table.c.key],
-            set_={
-                "attempts": case((stale, 1), else_=table.c.attempts + 1),
-                "last_attempt_at": now,
-                "next_attempt_at": case((stale, first_next), else_=next_attempt),
-                "day_started_at": case((new_day, now), else_=table.c.day_started_at),
-                "day_attempts": case((new_day, 1), else_=table.c.day_attempts + 1),
-            },
-            where=or_(
-                stale,
-                and_(
-                    table.c.next_attempt_at <= now,
-                    or_(new_day, table.c.day_attempts < DAILY_CAP),
-                ),
-            ),
-        )
-        .returning(table.c.attempts)
-    )
-
-
-def _admission_params(key: str, now: datetime) -> dict[str, Any]:
-    """The values of one admission: the name's key, the clock, and now + each delay."""
-    params = {
-        "throttle_key": key,
-        "now": now,
-        "cutoff": now - timedelta(seconds=DAY),
-        "first_next": now + timedelta(seconds=delay_after(1)),
-        "after_max": now + timedelta(seconds=MAX_DELAY),
-    }
-    for n, delay in enumerate(SCHEDULE, start=1):
-        params[f"after_{n}"] = now + timedelta(seconds=delay)
-    return params
-
-
-def _wait(row: Any, now: datetime) -> float:
+def _wait(row: Refused, now: datetime) -> float:
     """Seconds until a refused name may try again."""
-    if row is None:  # cleared by a success since the refusal
-        return 1
     waits = [(row.next_attempt_at - now).total_seconds()]
     if row.day_attempts >= DAILY_CAP:
         waits.append((row.day_started_at + timedelta(seconds=DAY) - now).total_seconds())
