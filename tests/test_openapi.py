@@ -11,6 +11,8 @@ from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
+from .conftest import ROOT
+
 # Every route of the API contract, as (method, path).
 CONTRACT = {
     ("post", "/users"),
@@ -233,3 +235,15 @@ def test_a_missing_required_header_fails_the_test(make_app: Any, actions: Any) -
 def test_routes_outside_the_document_are_not_checked(client: FlaskClient) -> None:
     assert client.get("/no/such/route").status_code == 404
     assert client.delete("/healthz").status_code == 405
+
+
+def test_the_api_reference_in_docs_is_rendered_from_the_document() -> None:
+    from tokenserver.openapi import build_document
+    from tokenserver.openapi.markdown import _ISSUER, render
+
+    reference = (ROOT / "docs" / "api.md").read_text()
+    assert reference == render(build_document(_ISSUER)), (
+        "docs/api.md is stale: python -m tokenserver.openapi.markdown > docs/api.md"
+    )
+    for path in build_document(_ISSUER)["paths"]:
+        assert f" {path}`" in reference
