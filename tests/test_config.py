@@ -1,4 +1,4 @@
-"""Settings: defaults from API.md, and one clear line naming a bad variable."""
+"""Settings: defaults from the README, and one clear line naming a bad variable."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def _user_token(app: Any, url: str) -> str:
 
 
 def _pages() -> set[str]:
-    """The paths of our HTML pages, which answer errors as pages (API.md "Browser sign-in")."""
+    """The paths of our HTML pages, which answer errors as pages (README "Browser sign-in")."""
     return {
         path
         for path, item in _document()["paths"].items()

@@ -151,7 +151,7 @@ def test_every_error_response_uses_the_one_error_shape(document: dict[str, Any])
             if method not in _METHODS:
                 continue
             if "pages" in operation["tags"]:
-                continue  # HTML pages answer HTML, errors included (API.md "Browser sign-in")
+                continue  # HTML pages answer HTML, errors included (README "Browser sign-in")
             for status, response in operation["responses"].items():
                 if int(status) >= 400 and path != "/readyz":
                     resolved = _resolve(document, response)

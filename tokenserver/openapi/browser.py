@@ -1,6 +1,6 @@
 """The OpenAPI operations of browser sign-in: our HTML pages and OpenID Connect's JSON routes.
 
-Pages answer HTML, errors included (API.md "Browser sign-in": an unverified redirect URI gets
+Pages answer HTML, errors included (README "Browser sign-in": an unverified redirect URI gets
 a page, never a redirect); redirects are 302/303 with a Location.
 """
 
