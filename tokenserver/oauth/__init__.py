@@ -113,7 +113,7 @@ class AuthorizationServer(_AuthorizationServer):
         error.description = _in_our_words(error)
         if error.error == "invalid_client":
             # Authlib answers an unknown client_id sent in the body with 400; a failed client
-            # authentication is 401 however it was tried (RFC 6749 §5.2 allows it; docs/api.md says so).
+            # authentication is 401 however it was tried (RFC 6749 §5.2 allows it; docs/api.md).
             error.status_code = 401
         return super().handle_error_response(request, error)
 

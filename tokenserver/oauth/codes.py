@@ -1,6 +1,6 @@
 """The authorization code grant with PKCE (RFC 7636) and OpenID Connect's id_token, on Authlib.
 
-Each class overrides Authlib only where our contract (docs/api.md; README "Browser sign-in") differs.
+Each class overrides Authlib only where our contract differs (README "Browser sign-in").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The device authorization grant (RFC 8628) on Authlib: the endpoint, the grant, the page's rules.
 
-Each class overrides Authlib only where our contract (docs/api.md; README "Devices (RFC 8628)") differs.
+Each class overrides Authlib only where our contract differs (README "Devices (RFC 8628)").
 """
 
 from __future__ import annotations
