@@ -26,9 +26,17 @@ def throwaway_database(base_url: str | None, workdir: Path) -> Iterator[str]:
     if not base_url or base_url.startswith("sqlite"):
         yield f"sqlite:///{workdir / 'bench.db'}"
         return
+    with throwaway_postgres(base_url, "tokenserver_bench") as url:
+        yield url
+
+
+@contextmanager
+def throwaway_postgres(base_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server `base_url` names, dropped afterwards
+    (the tests make theirs here too, so that runs never collide)."""
     url = make_url(base_url)
-    name = f"tokenserver_bench_{secrets.token_hex(4)}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

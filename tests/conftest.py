@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,8 +28,8 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from openapi_core.exceptions import OpenAPIError
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from bench.server import free_port, throwaway_postgres
 from deploy.cluster import node_command
 from tokenserver import create_app
 from tokenserver.config import Settings
@@ -46,17 +45,8 @@ PASSWORD = "correct horse battery staple"
 
 def postgres_database(base_url: str) -> Iterator[str]:
     """A throwaway database on the server TEST_DATABASE_URL names, so runs never collide."""
-    url = make_url(base_url)
-    name = f"tokenserver_test_{secrets.token_hex(4)}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_postgres(base_url, "tokenserver_test") as url:
+        yield url
 
 
 def migrated_database(base: str, sqlite_path: Path) -> Iterator[str]:
@@ -261,19 +251,13 @@ def actions(app: Flask, client: FlaskClient) -> Actions:
     return Actions(app, client)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class LiveServer:
     """Real gunicorn on loopback, configured through the environment like production."""
 
     def __init__(
         self, settings: Settings, workers: int = 2, log_dir: Path | None = None, **env: str
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Logs go to files, not pipes: a pipe nobody drains fills up and blocks the workers.
         self._temporary_logs = log_dir is None  # removed again by stop()

@@ -8,7 +8,6 @@ PKCE on a loopback redirect.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
+from bench.server import free_port
 from tokenserver.config import Settings
 
 from .conftest import PASSWORD, LiveServer
@@ -41,12 +41,6 @@ pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -156,7 +150,7 @@ def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flas
 
 @pytest.fixture
 def rp_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 def test_a_web_app_signs_a_user_in_through_our_pages(

@@ -28,6 +28,7 @@ from flask.testing import FlaskCliRunner
 from joserfc import jws
 from sqlalchemy import create_engine, select
 
+from bench.server import free_port
 from deploy.cluster import Balancer, wait_until
 from tests.conftest import (
     PASSWORD,
@@ -35,7 +36,6 @@ from tests.conftest import (
     Actions,
     LiveServer,
     RegisteredClient,
-    _free_port,
     delete_redis_keys,
 )
 from tokenserver.config import Settings
@@ -85,9 +85,9 @@ def _start_cluster(
         stack.append(node)  # stopped afterwards even if it fails to start
         nodes.append(node.start())
     balancer = Balancer(
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         (nodes[0].address, nodes[1].address),
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         log_dir / "haproxy.sock",
         log_dir / "haproxy.log",
     )

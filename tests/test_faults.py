@@ -27,7 +27,8 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select, text
 
-from tests.conftest import FAST_HASHING, PASSWORD, _free_port
+from bench.server import free_port
+from tests.conftest import FAST_HASHING, PASSWORD
 from tokenserver import create_app
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.config import Settings
@@ -52,7 +53,7 @@ class Cluster:
     """A throwaway PostgreSQL cluster on a free loopback port, run as the postgres user."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="tokenserver-pg-"))
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.root, "postgres", "postgres")
