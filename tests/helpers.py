@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 
+ISSUER = "http://localhost:8000"  # the default issuer, as the tests' apps run
+
 
 def b64url(data: bytes) -> str:
     """Unpadded base64url (RFC 7515 §2), as JWTs and our cursors spell bytes."""
@@ -251,3 +253,16 @@ def sample(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     return 0.0
+
+
+def verified(client: FlaskClient, token: str, audience: str | list[str]) -> dict[str, Any]:
+    """The token's claims, its signature checked by PyJWT against our JWKS, its aud required."""
+    import jwt as pyjwt
+
+    keys = pyjwt.PyJWKSet.from_dict(client.get("/.well-known/jwks.json").json)
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    key = next(k for k in keys.keys if k.key_id == kid)
+    claims: dict[str, Any] = pyjwt.decode(
+        token, key.key, algorithms=["RS256"], audience=audience, issuer=ISSUER
+    )
+    return claims

@@ -8,26 +8,15 @@ from urllib.parse import urlencode
 
 import jwt as pyjwt
 import pytest
-from flask.testing import FlaskClient, FlaskCliRunner
+from flask.testing import FlaskCliRunner
 
 from .conftest import PASSWORD, Actions, RegisteredClient
-from .helpers import REDIRECT, Flow, pkce, query_of
+from .helpers import REDIRECT, Flow, pkce, query_of, verified
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
 MAIL = "https://mail.example/"
 PRINT = "urn:example:print"  # any absolute URI, not only http(s)
-
-
-def _verified(client: FlaskClient, token: str, audience: str) -> dict[str, Any]:
-    """The token's claims, its signature checked by PyJWT against our JWKS, its aud required."""
-    keys = pyjwt.PyJWKSet.from_dict(client.get("/.well-known/jwks.json").json)
-    kid = pyjwt.get_unverified_header(token)["kid"]
-    key = next(k for k in keys.keys if k.key_id == kid)
-    claims: dict[str, Any] = pyjwt.decode(
-        token, key.key, algorithms=["RS256"], audience=audience, issuer=DEFAULT
-    )
-    return claims
 
 
 @pytest.fixture
@@ -59,10 +48,10 @@ def test_password_grant_aims_the_token_at_the_resource(
 ) -> None:
     response = actions.token(registered, resource=PHOTOS)
     assert response.status_code == 200, response.json
-    claims = _verified(actions.client, response.json["access_token"], PHOTOS)
+    claims = verified(actions.client, response.json["access_token"], PHOTOS)
     assert claims["aud"] == PHOTOS and claims["username"] == "alice"
     with pytest.raises(pyjwt.InvalidAudienceError):
-        _verified(actions.client, response.json["access_token"], DEFAULT)
+        verified(actions.client, response.json["access_token"], DEFAULT)
 
 
 def test_client_credentials_grant_aims_the_token_at_the_resource(
@@ -70,7 +59,7 @@ def test_client_credentials_grant_aims_the_token_at_the_resource(
 ) -> None:
     response = _client_credentials(actions, registered, resource=PRINT)
     assert response.status_code == 200, response.json
-    claims = _verified(actions.client, response.json["access_token"], PRINT)
+    claims = verified(actions.client, response.json["access_token"], PRINT)
     assert claims["aud"] == PRINT and claims["sub"] == registered.client_id
 
 
@@ -81,7 +70,7 @@ def test_without_resource_the_token_is_for_the_default_audience(
     machine = _client_credentials(actions, registered)
     for response in (password, machine):
         assert response.status_code == 200, response.json
-        assert _verified(actions.client, response.json["access_token"], DEFAULT)["aud"] == DEFAULT
+        assert verified(actions.client, response.json["access_token"], DEFAULT)["aud"] == DEFAULT
 
 
 def test_several_resources_give_a_token_for_all_of_them(
@@ -89,7 +78,7 @@ def test_several_resources_give_a_token_for_all_of_them(
 ) -> None:
     response = _login_for_photos_and_mail(actions, registered)
     assert response.status_code == 200, response.json
-    assert _verified(actions.client, response.json["access_token"], MAIL)["aud"] == [PHOTOS, MAIL]
+    assert verified(actions.client, response.json["access_token"], MAIL)["aud"] == [PHOTOS, MAIL]
 
 
 @pytest.mark.parametrize(
@@ -125,12 +114,12 @@ def test_a_refresh_may_narrow_to_one_resource_of_the_login_never_widen(
     # The refused request spent nothing: the refresh token still works, narrowed to one resource.
     photos = _refresh(actions, registered, login["refresh_token"], resource=PHOTOS)
     assert photos.status_code == 200, photos.json
-    assert _verified(actions.client, photos.json["access_token"], PHOTOS)["aud"] == PHOTOS
+    assert verified(actions.client, photos.json["access_token"], PHOTOS)["aud"] == PHOTOS
     # The next refresh may pick the login's other resource, or all of them again.
     mail = _refresh(actions, registered, photos.json["refresh_token"], resource=MAIL)
-    assert _verified(actions.client, mail.json["access_token"], MAIL)["aud"] == MAIL
+    assert verified(actions.client, mail.json["access_token"], MAIL)["aud"] == MAIL
     both = _refresh(actions, registered, mail.json["refresh_token"])
-    assert _verified(actions.client, both.json["access_token"], PHOTOS)["aud"] == [PHOTOS, MAIL]
+    assert verified(actions.client, both.json["access_token"], PHOTOS)["aud"] == [PHOTOS, MAIL]
 
 
 def test_a_login_for_the_default_audience_cannot_be_refreshed_into_another(
@@ -140,7 +129,7 @@ def test_a_login_for_the_default_audience_cannot_be_refreshed_into_another(
     widened = _refresh(actions, registered, login["refresh_token"], resource=PHOTOS)
     assert widened.status_code == 400 and widened.json["error"] == "invalid_target"
     same = _refresh(actions, registered, login["refresh_token"])
-    assert _verified(actions.client, same.json["access_token"], DEFAULT)["aud"] == DEFAULT
+    assert verified(actions.client, same.json["access_token"], DEFAULT)["aud"] == DEFAULT
 
 
 def test_our_own_routes_refuse_a_token_aimed_at_another_resource_server(
@@ -204,7 +193,7 @@ def test_a_resource_asked_at_authorize_is_bound_into_the_code(
     code = flow.code_for(client_id, challenge, resource=PHOTOS)
     tokens = flow.exchange(client_id, secret, code, verifier)
     assert tokens.status_code == 200, tokens.json
-    assert _verified(flow.client, tokens.json["access_token"], PHOTOS)["aud"] == PHOTOS
+    assert verified(flow.client, tokens.json["access_token"], PHOTOS)["aud"] == PHOTOS
     # Its refresh token stays bound to the code's resource.
     refreshed = flow.client.post(
         "/oauth/token",
@@ -236,7 +225,7 @@ def test_an_exchange_may_narrow_the_codes_resources(
     code = query_of(response.headers["Location"])["code"]
     tokens = flow.exchange(client_id, secret, code, verifier, resource=MAIL)
     assert tokens.status_code == 200, tokens.json
-    assert _verified(flow.client, tokens.json["access_token"], MAIL)["aud"] == MAIL
+    assert verified(flow.client, tokens.json["access_token"], MAIL)["aud"] == MAIL
 
 
 def test_a_code_without_resource_cannot_be_exchanged_for_one(

@@ -21,7 +21,7 @@ from joserfc.jwk import RSAKey
 from tokenserver.models import TOKEN_EXCHANGE
 
 from .conftest import Actions, LiveServer, RegisteredClient
-from .helpers import Flow, claims_of, pkce
+from .helpers import Flow, claims_of, pkce, verified
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -69,17 +69,6 @@ def exchange(
     data = {name: value for name, value in data.items() if value is not None}
     auth = by.auth if by is not None else None
     return actions.client.post("/oauth/token", data=data, auth=auth)
-
-
-def verified(client: FlaskClient, token: str, audience: str | list[str]) -> dict[str, Any]:
-    """The token's claims, its signature checked by PyJWT against our JWKS, its aud required."""
-    keys = pyjwt.PyJWKSet.from_dict(client.get("/.well-known/jwks.json").json)
-    kid = pyjwt.get_unverified_header(token)["kid"]
-    key = next(k for k in keys.keys if k.key_id == kid)
-    claims: dict[str, Any] = pyjwt.decode(
-        token, key.key, algorithms=["RS256"], audience=audience, issuer=DEFAULT
-    )
-    return claims
 
 
 def introspect(actions: Actions, by: RegisteredClient, token: str) -> dict[str, Any]:
