@@ -209,3 +209,56 @@ def test_one_batch_when_batch_size_allows(app: Flask, store: Store, runner: Flas
         purge(runner, "--batch-size", "100")
     assert len(seen) == 2
     assert store.family_ids() == set()
+
+
+def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner) -> None:
+    from tokenserver.browser_models import AuthorizationCode, BrowserSession
+
+    def code(expires: datetime) -> str:
+        code_hash = secrets.token_hex(32)
+        with store.app.app_context():
+            db.session.add(
+                AuthorizationCode(
+                    code_hash=code_hash,
+                    client_id=store.client_id,
+                    user_id=store.user_id,
+                    scope="openid",
+                    code_challenge="c" * 43,
+                    code_challenge_method="S256",
+                    auth_time=expires - HOUR,
+                    session_id=secrets.token_hex(16),
+                    created_at=expires - timedelta(seconds=60),
+                    expires_at=expires,
+                    resources="",
+                )
+            )
+            db.session.commit()
+        return code_hash
+
+    def session(expires: datetime, ended: datetime | None = None) -> str:
+        session_id = secrets.token_hex(16)
+        with store.app.app_context():
+            db.session.add(
+                BrowserSession(
+                    id=session_id,
+                    secret_hash=secrets.token_hex(32),
+                    user_id=store.user_id,
+                    auth_time=expires - DAY,
+                    expires_at=expires,
+                    ended_at=ended,
+                )
+            )
+            db.session.commit()
+        return session_id
+
+    old_code, fresh_code = code(NOW - 2 * DAY), code(NOW - HOUR)
+    expired, ended = session(NOW - 2 * DAY), session(NOW + DAY, ended=NOW - 2 * DAY)
+    live, just_ended = session(NOW + DAY), session(NOW + DAY, ended=NOW - HOUR)
+
+    output = purge(runner)
+    assert "1 authorization codes" in output and "2 browser sessions" in output
+    with store.app.app_context():
+        codes = set(db.session.scalars(select(AuthorizationCode.code_hash)))
+        sessions = set(db.session.scalars(select(BrowserSession.id)))
+    assert old_code not in codes and fresh_code in codes
+    assert sessions >= {live, just_ended} and not sessions & {expired, ended}

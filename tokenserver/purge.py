@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, Table, delete, exists, select
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
-from .store import devices, initial_tokens, replay
+from .store import codes, devices, initial_tokens, replay, sessions
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
@@ -21,8 +21,8 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
 
     Token records, families left empty, retired signing keys none of whose tokens can be
     alive, initial access tokens (RFC 7591), device authorizations (an expired device code
-    only ever answers expired_token) and spent JWT ids whose JWTs have expired. Returns how
-    many of each went, by name.
+    only ever answers expired_token), authorization codes, browser sessions expired or ended,
+    and spent JWT ids whose JWTs have expired. Returns how many of each went, by name.
 
     A spent refresh token's record stays until it expires like any other: presenting it again
     must still be recognised as reuse and revoke its family.
@@ -48,6 +48,8 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "retired signing keys": int(keys.rowcount),  # type: ignore[attr-defined]
         "initial access tokens": initial_tokens.purge(cutoff),
         "device authorizations": devices.purge(cutoff, batch_size),
+        "authorization codes": codes.purge(cutoff, batch_size),
+        "browser sessions": sessions.purge(cutoff, batch_size),
         # Kept until its JWT can no longer pass the exp check (leeway included); after that
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.
         "spent JWT ids": replay.purge(),

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Column, ColumnElement, Connection, Table, delete, select
 
 from ..extensions import db
 
@@ -31,3 +32,17 @@ def transaction(tx: Connection | None = None) -> Iterator[Connection]:
         return
     with db.engine.begin() as conn:
         yield conn
+
+
+def delete_in_batches(table: Table, key: Column[Any], where: ColumnElement[bool], size: int) -> int:
+    """Delete the rows `where` holds, at most `size` per transaction (no lock is held long);
+    how many went. The condition is checked again by each DELETE: a row that changed since it
+    was chosen stays."""
+    total = 0
+    while True:
+        chosen = select(key).where(where).limit(size).scalar_subquery()
+        with db.engine.begin() as conn:
+            gone = int(conn.execute(delete(table).where(key.in_(chosen), where)).rowcount)
+        if not gone:
+            return total
+        total += gone

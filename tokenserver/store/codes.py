@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from ..browser_models import AuthorizationCode
 from ..extensions import db
 from ..models import UTCDateTime, utcnow
+from . import delete_in_batches
 
 _codes: Table = AuthorizationCode.__table__
 _now = bindparam("now", type_=UTCDateTime())
@@ -142,3 +143,13 @@ def spend(conn: Connection, code_hash: str, family_id: str) -> bool:
     """
     params = {"hash": code_hash, "family": family_id, "now": utcnow()}
     return conn.execute(_SPEND, params).first() is not None
+
+
+def purge(cutoff: datetime, batch_size: int) -> int:
+    """Delete codes that expired before `cutoff`, used or not; how many.
+
+    A code presented after that is unknown (invalid_grant) rather than a replay: what it
+    issued is no longer revoked for it, so the cutoff should be well past the 60 s a code lives.
+    """
+    expired = _codes.c.expires_at < cutoff
+    return delete_in_batches(_codes, _codes.c.code_hash, expired, batch_size)

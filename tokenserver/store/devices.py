@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import DeviceAuthorization
 from ..extensions import db
 from ..models import Client, User, UTCDateTime, utcnow
+from . import delete_in_batches
 
 _devices: Table = DeviceAuthorization.__table__
 _clients: Table = Client.__table__
@@ -208,13 +209,5 @@ def decide(user_code_hash: str, user_id: int, allowed: bool, auth_time: datetime
 
 def purge(cutoff: datetime, batch_size: int) -> int:
     """Delete authorizations that expired before `cutoff`, a batch per transaction."""
-    key = _devices.c.device_code_hash
     expired = _devices.c.expires_at < cutoff
-    total = 0
-    while True:
-        chosen = select(key).where(expired).limit(batch_size).scalar_subquery()
-        with db.engine.begin() as conn:
-            gone = conn.execute(delete(_devices).where(key.in_(chosen), expired)).rowcount
-        if not gone:
-            return total
-        total += gone
+    return delete_in_batches(_devices, _devices.c.device_code_hash, expired, batch_size)

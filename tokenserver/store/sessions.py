@@ -6,12 +6,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 
 from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
 from ..extensions import db
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
+from . import delete_in_batches
 
 _sessions: Table = BrowserSession.__table__
 _users: Table = User.__table__
@@ -116,3 +117,9 @@ def end(user_id: int, session_id: str | None = None, *, keep: str | None = None)
             update(_sessions).where(*condition).values(ended_at=utcnow())
         ).rowcount
     return ended
+
+
+def purge(cutoff: datetime, batch_size: int) -> int:
+    """Delete browser sessions that expired or ended before `cutoff`; how many."""
+    gone = or_(_sessions.c.expires_at < cutoff, _sessions.c.ended_at < cutoff)
+    return delete_in_batches(_sessions, _sessions.c.id, gone, batch_size)
