@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
-from tokenserver.oauth import current_server
+from tokenserver.oauth.server import current_server
 
 from .conftest import PASSWORD, Actions, RegisteredClient
 

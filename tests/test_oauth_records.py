@@ -249,7 +249,7 @@ def test_a_login_racing_a_disable_is_refused_rather_than_kept(make_app: Any) -> 
         db.session.commit()
         from authlib.oauth2.rfc6749.errors import InvalidGrantError
 
-        from tokenserver.oauth import current_server
+        from tokenserver.oauth.server import current_server
 
         registered = current_server().clients.get(app_client.client_id)
         with pytest.raises(InvalidGrantError):

@@ -29,7 +29,7 @@ from .models import (
     GRANT_TYPES,
     isoformat,
 )
-from .oauth import current_server
+from .oauth.server import current_server
 from .store import clients as client_store
 
 F = TypeVar("F", bound=Callable[..., Any])

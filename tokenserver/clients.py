@@ -114,7 +114,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     client that becomes a secret client gets a new secret, returned once (else None). Raises
     InvalidClientMetadata, changing nothing, if the spec breaks a rule.
     """
-    from .oauth import current_server
+    from .oauth.server import current_server
 
     client = _stored(client_id)
     if client.registration_token_hash is not None:
@@ -140,7 +140,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
 
 def delete_client(client_id: str) -> None:
     """Delete a client and, by cascade, every token and code issued to it."""
-    from .oauth import current_server
+    from .oauth.server import current_server
 
     gone = store.remove(client_id)
     current_server().clients.forget(client_id)  # other processes' copies expire within a second

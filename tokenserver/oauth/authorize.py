@@ -19,10 +19,10 @@ from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from ..config import current_settings
 from ..models import Client, utcnow
 from ..store import consents
-from . import current_server
 from .codes import CodeGrant, SignedIn
 from .query import QueryRequest
 from .resources import InvalidTargetError, requested
+from .server import current_server
 
 # RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, base64url without padding.
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")

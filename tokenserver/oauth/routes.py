@@ -11,11 +11,12 @@ from ..errors import InvalidRequest
 from ..keys import current_keyring
 from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 from ..store import replay
-from . import current_server, dpop
+from . import dpop
 from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
 from .oidc import browser_metadata
+from .server import current_server
 
 bp = Blueprint("oauth", __name__)
 # Every parameter our OAuth endpoints read (RFC 6749, 7009, 7662).

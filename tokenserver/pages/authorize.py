@@ -9,8 +9,9 @@ from flask import redirect, request
 from werkzeug.wrappers import Response
 
 from .. import signin
-from ..oauth import authorize, current_server
+from ..oauth import authorize
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
+from ..oauth.server import current_server
 from . import bp, web
 
 
