@@ -19,6 +19,7 @@ from ..config import current_settings
 from ..errors import APIError, InvalidRequest
 from ..models import Client
 from . import client_metadata
+from .metadata import server_metadata
 from .protect import REALM
 
 # RFC 7592 §2.2: fields the server sets, which an update must not send.
@@ -94,8 +95,6 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):  # type: ignore[misc]
         return body
 
     def get_server_metadata(self) -> dict[str, Any]:
-        from .routes import server_metadata
-
         return server_metadata(current_settings().issuer)
 
 
@@ -171,6 +170,4 @@ class ConfigurationEndpoint(ClientConfigurationEndpoint):  # type: ignore[misc]
         raise NotImplementedError  # create_update_client_response calls the domain itself
 
     def get_server_metadata(self) -> dict[str, Any]:
-        from .routes import server_metadata
-
         return server_metadata(current_settings().issuer)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest
 from ..keys import current_keyring
-from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
 from ..store import replay
-from . import dpop
-from .client_keys import ALGORITHMS
-from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .grants import PasswordGrant
-from .oidc import browser_metadata
+from .metadata import server_metadata
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
@@ -126,34 +119,6 @@ def metadata() -> Response:
     response = jsonify(server_metadata(current_settings().issuer))
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
-
-
-def server_metadata(issuer: str) -> dict[str, Any]:
-    """What RFC 8414 and OpenID Connect Discovery publish: the same endpoints in both."""
-    grant_types = [
-        name for name in GRANT_TYPES if name != "password" or current_settings().password_grant
-    ]
-    return {
-        "issuer": issuer,
-        "token_endpoint": f"{issuer}/oauth/token",
-        "introspection_endpoint": f"{issuer}/oauth/introspect",
-        "revocation_endpoint": f"{issuer}/oauth/revoke",
-        "registration_endpoint": f"{issuer}/oauth/register",
-        "device_authorization_endpoint": f"{issuer}/oauth/device_authorization",
-        "jwks_uri": f"{issuer}/.well-known/jwks.json",
-        "grant_types_supported": grant_types,
-        "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
-        # RFC 8414 §2: the algorithms private_key_jwt assertions may be signed with.
-        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "introspection_endpoint_auth_methods_supported": IntrospectionEndpoint.CLIENT_AUTH_METHODS,
-        "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "revocation_endpoint_auth_methods_supported": RevocationEndpoint.CLIENT_AUTH_METHODS,
-        "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "scopes_supported": [*SCOPES, *OIDC_SCOPES],
-        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),  # RFC 9449 §5.1
-        "service_documentation": f"{issuer}/openapi.json",
-        **browser_metadata(issuer),
-    }
 
 
 @bp.get("/.well-known/jwks.json")

@@ -1,0 +1,70 @@
+"""What RFC 8414 metadata and OpenID Connect Discovery publish: the same document under both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import current_settings
+from ..keys import ALGORITHM
+from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
+from . import dpop
+from .client_keys import ALGORITHMS
+from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .grants import PasswordGrant
+
+
+def server_metadata(issuer: str) -> dict[str, Any]:
+    """What RFC 8414 and OpenID Connect Discovery publish: the same endpoints in both."""
+    grant_types = [
+        name for name in GRANT_TYPES if name != "password" or current_settings().password_grant
+    ]
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/oauth/token",
+        "introspection_endpoint": f"{issuer}/oauth/introspect",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "registration_endpoint": f"{issuer}/oauth/register",
+        "device_authorization_endpoint": f"{issuer}/oauth/device_authorization",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": PasswordGrant.TOKEN_ENDPOINT_AUTH_METHODS,
+        # RFC 8414 §2: the algorithms private_key_jwt assertions may be signed with.
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "introspection_endpoint_auth_methods_supported": IntrospectionEndpoint.CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "revocation_endpoint_auth_methods_supported": RevocationEndpoint.CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "scopes_supported": [*SCOPES, *OIDC_SCOPES],
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),  # RFC 9449 §5.1
+        "service_documentation": f"{issuer}/openapi.json",
+        **browser_metadata(issuer),
+    }
+
+
+def browser_metadata(issuer: str) -> dict[str, Any]:
+    """The members RFC 8414 and OpenID discovery share for browser sign-in."""
+    return {
+        "authorization_endpoint": f"{issuer}/oauth/authorize",
+        "userinfo_endpoint": f"{issuer}/oauth/userinfo",
+        "end_session_endpoint": f"{issuer}/oauth/logout",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        # RFC 9207: every authorization response carries `iss`.
+        "authorization_response_iss_parameter_supported": True,
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "subject_types_supported": ["public"],
+        "claims_supported": [
+            "sub",
+            "preferred_username",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "at_hash",
+            "sid",
+        ],
+        "prompt_values_supported": ["none", "login", "consent"],
+    }
