@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from . import browser_models  # noqa: F401  (its tables join the metadata migrations compare)
 from .config import Settings
 from .extensions import close_reader, db
 

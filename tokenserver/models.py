@@ -413,10 +413,6 @@ class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
     day_attempts: Mapped[int] = mapped_column(Integer)
 
 
-# Browser sign-in's tables live in their own module; importing it here registers them.
-from . import browser_models  # noqa: E402, F401
-
-
 class SpentJti(db.Model):  # type: ignore[name-defined,misc]
     """A single-use JWT id already presented (client assertions, DPoP proofs), until it expires.
 
