@@ -275,17 +275,3 @@ def operations() -> Doc:
             ("TooManyRequests",),
         ),
     }
-
-
-def all_paths() -> Doc:
-    """Every route, grouped as the API contract groups them."""
-    from . import browser, registration
-
-    return {
-        **users(),
-        **oauth(),
-        **registration.paths(),
-        **browser.paths(),
-        **junk(),
-        **operations(),
-    }
