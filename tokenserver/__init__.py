@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from . import browser_models  # noqa: F401  (its tables join the metadata migrations compare)
 from .config import Settings
 from .extensions import close_reader, db
+from .sqlite_writers import WriterConnection
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -138,7 +139,10 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     # token digests, usernames).
     if settings.is_sqlite:
         # A long busy timeout lets concurrent writers from several workers queue, not fail.
-        return {"hide_parameters": True, "connect_args": {"timeout": 30}}
+        # Writers take turns at a lock that hands over at once (sqlite_writers.py); the busy
+        # handler's long timeout still queues anything else writing to the file.
+        connect_args = {"timeout": 30, "factory": WriterConnection}
+        return {"hide_parameters": True, "connect_args": connect_args}
     return {
         "hide_parameters": True,
         "pool_pre_ping": True,  # drop connections that died with a database restart
