@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PREFIX = "TOKENSERVER_"
+# The schemes of a Redis URL, as the limits library spells them (shared_redis.py connects).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+unix"})
 # Seconds resource servers may cache the JWKS (its Cache-Control), part of the publish delay.
 JWKS_MAX_AGE = 60
 
@@ -93,7 +95,7 @@ def _database_url(raw: str) -> str:
 
 def _storage_uri(raw: str) -> str:
     value = raw.strip()
-    if urlsplit(value).scheme not in {"memory", "redis", "rediss", "redis+unix"}:
+    if urlsplit(value).scheme not in {"memory", *REDIS_SCHEMES}:
         raise ValueError("expected memory:// or a redis:// URL")
     return value
 

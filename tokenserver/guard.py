@@ -14,12 +14,12 @@ import math
 import secrets
 from datetime import datetime, timedelta
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 
+from . import shared_redis
 from .config import Settings
 from .errors import APIError, seconds
 from .models import utcnow
@@ -64,16 +64,6 @@ class Throttled(APIError):
             f"Too many failed sign-ins for this account; retry after {seconds(self.retry_after)}.",
             headers={"Retry-After": str(self.retry_after)},
         )
-
-
-def _store_unavailable() -> APIError:
-    # Fail closed: without the count, guessing would be unlimited.
-    return APIError(
-        "The sign-in guard is unavailable; try again shortly.",
-        status=503,
-        error="service_unavailable",
-        headers={"Retry-After": "1"},
-    )
 
 
 class Guard(Protocol):
@@ -153,9 +143,7 @@ class RedisGuard:
     """Counts in Redis hashes; each admission is one Lua script, atomic on the server."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        # redis-py spells a socket URL unix://; the limits library spells it redis+unix://.
-        url = "unix://" + url.split("://", 1)[1] if url.startswith("redis+unix://") else url
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = shared_redis.connect(url)
         self._prefix = f"{prefix}:guard:"
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
 
@@ -164,7 +152,8 @@ class RedisGuard:
         try:
             admitted, wait = self._admit(keys=[self._prefix + _key(name)], args=args)
         except redis.RedisError as exc:
-            raise _store_unavailable() from exc
+            # Fail closed: without the count, guessing would be unlimited.
+            raise shared_redis.unavailable("sign-in guard") from exc
         if not admitted:
             raise Throttled(float(wait))
 
@@ -172,7 +161,7 @@ class RedisGuard:
         try:
             self._redis.delete(self._prefix + _key(name))
         except redis.RedisError as exc:
-            raise _store_unavailable() from exc
+            raise shared_redis.unavailable("sign-in guard") from exc
 
 
 def init_app(app: Flask) -> None:
@@ -180,7 +169,7 @@ def init_app(app: Flask) -> None:
     settings: Settings = app.extensions["tokenserver.settings"]
     uri = settings.ratelimit_storage_uri
     guard: Guard
-    if urlsplit(uri).scheme in {"redis", "rediss", "redis+unix"}:
+    if shared_redis.is_redis(uri):
         guard = RedisGuard(uri, settings.ratelimit_key_prefix)
     else:
         from .extensions import db

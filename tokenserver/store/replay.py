@@ -11,16 +11,15 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .. import shared_redis
 from ..config import Settings
 from ..digests import digest
-from ..errors import APIError
 from ..extensions import db
 from ..models import SpentJti, utcnow
 
@@ -46,9 +45,7 @@ class RedisSpentIds:
     """Spent ids as Redis keys that expire with their JWTs: SET NX decides, atomically."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        # redis-py spells a socket URL unix://; the limits library spells it redis+unix://.
-        url = "unix://" + url.split("://", 1)[1] if url.startswith("redis+unix://") else url
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = shared_redis.connect(url)
         self._prefix = f"{prefix}:jti:"
 
     def spend(self, key: str, expires_at: datetime) -> bool:
@@ -58,19 +55,14 @@ class RedisSpentIds:
             return bool(self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl))
         except redis.RedisError as exc:
             # Fail closed: without the store, a replayed JWT could not be told apart.
-            raise APIError(
-                "The replay check is unavailable; try again shortly.",
-                status=503,
-                error="service_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+            raise shared_redis.unavailable("replay check") from exc
 
 
 def init_app(app: Flask) -> None:
     """Keep spent ids in Redis when the rate limits are kept there, else in the database."""
     settings: Settings = app.extensions["tokenserver.settings"]
     uri = settings.ratelimit_storage_uri
-    if urlsplit(uri).scheme in {"redis", "rediss", "redis+unix"}:
+    if shared_redis.is_redis(uri):
         app.extensions[_EXTENSION] = RedisSpentIds(uri, settings.ratelimit_key_prefix)
 
 
