@@ -1,16 +1,15 @@
-"""Deleting token records and device authorizations long past expiry, in short batches."""
+"""Deleting what has long expired (token records, keys, codes, sessions...), in short batches."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, exists, select
+from sqlalchemy import Table, and_, delete, exists
 
 from .config import current_settings
 from .extensions import db
 from .models import SigningKey, TokenFamily, TokenRecord, utcnow
-from .store import codes, devices, initial_tokens, replay, sessions
+from .store import codes, delete_in_batches, devices, initial_tokens, replay, sessions
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
@@ -28,14 +27,18 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
     must still be recognised as reuse and revoke its family.
     """
     cutoff = utcnow() - timedelta(seconds=older_than)
-    records = _delete_in_batches(
-        _table(TokenRecord), [TokenRecord.expires_at < cutoff], batch_size, walk=False
+    records_table: Table = TokenRecord.__table__
+    families_table: Table = TokenFamily.__table__
+    records = delete_in_batches(
+        records_table, records_table.c.id, TokenRecord.expires_at < cutoff, batch_size
     )
-    empty_family = [
+    empty_family = and_(
         TokenFamily.created_at < cutoff,
         ~exists().where(TokenRecord.family_id == TokenFamily.id),
-    ]
-    families = _delete_in_batches(_table(TokenFamily), empty_family, batch_size, walk=True)
+    )
+    families = delete_in_batches(
+        families_table, families_table.c.id, empty_family, batch_size, walk=True
+    )
     # A retired key is useless once every token it signed has expired.
     ttl = timedelta(seconds=current_settings().access_token_ttl)
     keys = db.session.execute(
@@ -54,36 +57,3 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.
         "spent JWT ids": replay.purge(),
     }
-
-
-def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
-
-
-def _delete_in_batches(
-    table: Table, where: list[ColumnElement[bool]], batch_size: int, *, walk: bool
-) -> int:
-    """Delete matching rows, at most `batch_size` per transaction; returns how many went.
-
-    With `walk`, each batch starts after the last id deleted, so rows the query must look at
-    but keep (families still in use) are read once per run, not once per batch.
-    """
-    key = table.c.id
-    total, after = 0, None
-    while True:
-        chosen = select(key).where(*where).limit(batch_size)
-        if walk:
-            chosen = chosen.order_by(key)
-            if after is not None:
-                chosen = chosen.where(key > after)
-        # The conditions are checked again by the DELETE itself, so a row that changed since
-        # it was chosen is left alone; no list of ids travels as parameters.
-        gone = db.session.scalars(
-            delete(table).where(key.in_(chosen.scalar_subquery()), *where).returning(key)
-        ).all()
-        db.session.commit()
-        if not gone:
-            return total
-        total += len(gone)
-        after = max(gone)

@@ -34,15 +34,28 @@ def transaction(tx: Connection | None = None) -> Iterator[Connection]:
         yield conn
 
 
-def delete_in_batches(table: Table, key: Column[Any], where: ColumnElement[bool], size: int) -> int:
+def delete_in_batches(
+    table: Table, key: Column[Any], where: ColumnElement[bool], size: int, *, walk: bool = False
+) -> int:
     """Delete the rows `where` holds, at most `size` per transaction (no lock is held long);
-    how many went. The condition is checked again by each DELETE: a row that changed since it
-    was chosen stays."""
-    total = 0
+    how many went.
+
+    The condition is checked again by each DELETE, so a row that changed since it was chosen
+    stays, and no list of keys travels as parameters. With `walk`, each batch starts after the
+    last key deleted, so rows the condition must look at but keeps are read once per run, not
+    once per batch.
+    """
+    total, after = 0, None
     while True:
-        chosen = select(key).where(where).limit(size).scalar_subquery()
+        chosen = select(key).where(where).limit(size)
+        if walk:
+            chosen = chosen.order_by(key)
+            if after is not None:
+                chosen = chosen.where(key > after)
+        statement = delete(table).where(key.in_(chosen.scalar_subquery()), where).returning(key)
         with db.engine.begin() as conn:
-            gone = int(conn.execute(delete(table).where(key.in_(chosen), where)).rowcount)
+            gone = conn.execute(statement).scalars().all()
         if not gone:
             return total
-        total += gone
+        total += len(gone)
+        after = max(gone)
