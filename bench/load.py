@@ -71,17 +71,7 @@ def refresh_grant(seeded: Seeded, refresh_tokens: list[str]) -> Route:
     bodies = [
         urlencode({"grant_type": "refresh_token", "refresh_token": t}) for t in refresh_tokens
     ]
-    headers = {"Authorization": seeded.app.basic, "Content-Type": _FORM}
-    return Route(
-        "refresh",
-        "POST /oauth/token (refresh)",
-        "POST",
-        "/oauth/token",
-        "once",
-        bodies,
-        None,
-        headers,
-    )
+    return _single_use_grant("refresh", bodies, seeded.app.basic)
 
 
 def private_key_jwt(assertions: list[str]) -> Route:
@@ -96,16 +86,7 @@ def private_key_jwt(assertions: list[str]) -> Route:
         )
         for assertion in assertions
     ]
-    return Route(
-        "private_key_jwt",
-        "POST /oauth/token (private_key_jwt)",
-        "POST",
-        "/oauth/token",
-        "once",  # a jti is single use
-        bodies,
-        None,
-        {"Content-Type": _FORM},
-    )
+    return _single_use_grant("private_key_jwt", bodies)  # a jti is single use
 
 
 def introspection(seeded: Seeded) -> Route:
@@ -233,14 +214,12 @@ def code_exchange(seeded: Seeded, codes: list[str], verifier: str, redirect_uri:
         )
         for code in codes
     ]
-    headers = {"Authorization": seeded.web.basic, "Content-Type": _FORM}
+    return _single_use_grant("code", bodies, seeded.web.basic)
+
+
+def _single_use_grant(key: str, bodies: list[str], basic: str | None = None) -> Route:
+    """A token request whose bodies each work once (wrk_route.lua's "once" mode)."""
+    headers = {"Content-Type": _FORM} | ({"Authorization": basic} if basic else {})
     return Route(
-        "code",
-        "POST /oauth/token (code)",
-        "POST",
-        "/oauth/token",
-        "once",
-        bodies,
-        None,
-        headers,
+        key, f"POST /oauth/token ({key})", "POST", "/oauth/token", "once", bodies, None, headers
     )

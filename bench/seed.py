@@ -65,24 +65,10 @@ def create_keyed_client(env: dict[str, str]) -> KeyedClient | None:
 
     key = ECKey.generate_key("P-256", auto_kid=True)
     jwks = json.dumps({"keys": [key.as_dict(private=False)]})
-    try:
-        made = json.loads(
-            tokenserver_command(
-                env,
-                "clients",
-                "create",
-                "bench-keyed",
-                "--grant",
-                "client_credentials",
-                "--jwks-file",
-                "-",
-                "--json",
-                stdin=jwks,
-            )
-        )
-    except RuntimeError:
-        return None
-    return KeyedClient(made["client_id"], key)
+    made = _new_client_if_supported(
+        env, "bench-keyed", "--grant", "client_credentials", "--jwks-file", "-", stdin=jwks
+    )
+    return KeyedClient(made["client_id"], key) if made else None
 
 
 def client_assertions(base: str, keyed: KeyedClient, count: int) -> list[str]:
@@ -114,46 +100,45 @@ def create_web_client(env: dict[str, str]) -> ClientCredentials | None:
 
     None when this build has no browser sign-in (its `clients create` has no --redirect-uri).
     """
-    try:
-        made = json.loads(
-            tokenserver_command(
-                env,
-                "clients",
-                "create",
-                "bench-web",
-                "--grant",
-                "password",
-                "--grant",
-                "authorization_code",
-                "--redirect-uri",
-                WEB_REDIRECT,
-                "--json",
-            )
-        )
-    except RuntimeError:
-        return None
-    return ClientCredentials(made["client_id"], made["client_secret"])
+    made = _new_client_if_supported(
+        env,
+        "bench-web",
+        "--grant",
+        "password",
+        "--grant",
+        "authorization_code",
+        "--redirect-uri",
+        WEB_REDIRECT,
+    )
+    return ClientCredentials(made["client_id"], made["client_secret"]) if made else None
 
 
 def create_clients(env: dict[str, str]) -> tuple[ClientCredentials, ClientCredentials]:
     """An app (password + refresh grants) and a resource server that may introspect any token."""
-    app = json.loads(tokenserver_command(env, "clients", "create", "bench-app", "--json"))
-    resource_server = json.loads(
-        tokenserver_command(
-            env,
-            "clients",
-            "create",
-            "bench-resource-server",
-            "--grant",
-            "client_credentials",
-            "--introspect",
-            "--json",
-        )
+    app = _new_client(env, "bench-app")
+    resource_server = _new_client(
+        env, "bench-resource-server", "--grant", "client_credentials", "--introspect"
     )
     return (
         ClientCredentials(app["client_id"], app["client_secret"]),
         ClientCredentials(resource_server["client_id"], resource_server["client_secret"]),
     )
+
+
+def _new_client(env: dict[str, str], name: str, *options: str, stdin: str | None = None) -> Any:
+    """`tokenserver clients create NAME OPTIONS --json`, as a dict."""
+    made = tokenserver_command(env, "clients", "create", name, *options, "--json", stdin=stdin)
+    return json.loads(made)
+
+
+def _new_client_if_supported(
+    env: dict[str, str], name: str, *options: str, stdin: str | None = None
+) -> Any:
+    """The same, or None where this build's `clients create` lacks an option used."""
+    try:
+        return _new_client(env, name, *options, stdin=stdin)
+    except RuntimeError:
+        return None
 
 
 def _expect(response: requests.Response, status: int) -> dict[str, Any]:
