@@ -30,6 +30,7 @@ from .models import (
 )
 from .oauth.client_keys import KeysUnavailable, public_key_set
 from .oauth.resources import uri_problem as resource_problem
+from .oauth.server import current_server
 from .redirects import redirect_uri_problem
 from .store import clients as store
 from .store import initial_tokens, transaction
@@ -114,8 +115,6 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     client that becomes a secret client gets a new secret, returned once (else None). Raises
     InvalidClientMetadata, changing nothing, if the spec breaks a rule.
     """
-    from .oauth.server import current_server
-
     client = _stored(client_id)
     if client.registration_token_hash is not None:
         _dynamic_rules(spec)
@@ -140,8 +139,6 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
 
 def delete_client(client_id: str) -> None:
     """Delete a client and, by cascade, every token and code issued to it."""
-    from .oauth.server import current_server
-
     gone = store.remove(client_id)
     current_server().clients.forget(client_id)  # other processes' copies expire within a second
     if not gone:
