@@ -1,23 +1,53 @@
 """Tokens: logins (token families), the records of the tokens they issued, and revoking them.
 
-The grants' hot statements (issuing, spending, the bearer check) are in oauth/records.py,
-built once beside the rules they serve.
+The token grants and the bearer check run these statements on every request, so they are
+Core, built once on the tables: composing a statement, or loading and tracking ORM objects,
+costs more than executing it (statement caching skips compilation, not construction). The
+rules they serve (rotation, reuse detection, liveness) are in oauth/records.py.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, exists, func, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 
-from ..extensions import reader
-from ..models import Client, TokenFamily, TokenRecord, UTCDateTime, utcnow
-from . import transaction
+from ..extensions import db, reader
+from ..models import (
+    USER_COLUMNS,
+    Client,
+    SigningKey,
+    Subject,
+    TokenFamily,
+    TokenRecord,
+    User,
+    UTCDateTime,
+    utcnow,
+)
+from . import codes, replay, transaction
+
+ACCESS = "access"
+REFRESH = "refresh"
 
 _families: Table = TokenFamily.__table__
 _records: Table = TokenRecord.__table__
 _clients: Table = Client.__table__
+_users: Table = User.__table__
+_keys: Table = SigningKey.__table__
 _now = bindparam("now", type_=UTCDateTime())
 
 _REVOKE_FAMILY = (
@@ -91,3 +121,389 @@ def signed_in_apps(user_id: int) -> list[SignedInApp]:
         .order_by(func.min(_families.c.created_at))
     )
     return [SignedInApp(*row) for row in reader().execute(query)]
+
+
+class ClientGone(Exception):
+    """The client was deleted since it authenticated (another worker's copy may lag a second)."""
+
+
+class Issued(enum.Enum):
+    """What became of a token response's records."""
+
+    STORED = "stored"
+    CODE_SPENT = "code spent"  # another request spent the authorization code first
+    PARENT_SPENT = "parent spent"  # the refresh token was spent (or revoked) meanwhile
+    USER_DISABLED = "user disabled"  # the new login's user was disabled meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class NewLogin:
+    """A login (token family) to store with its first tokens."""
+
+    family_id: str
+    client_id: str
+    user_id: int | None  # None for client credentials
+    created_at: datetime
+    resources: str  # RFC 8707 resources, space separated
+    dpop_jkt: str | None
+
+
+def _subject(row: Any) -> Subject | None:
+    """The user of a row ending in the user columns (outer-joined: None when there is none)."""
+    return None if row.id is None else Subject.from_row(row)
+
+
+def _typed(column: Any) -> Any:
+    """A parameter typed as `column`, for the select list of an INSERT ... SELECT."""
+    return bindparam(column.name, type_=column.type)
+
+
+_INSERT_RECORDS = insert(_records)
+# A new login's family is stored only while its user is still enabled, in one statement: a
+# login racing `users disable` either lands first (and is revoked with the rest) or not at all.
+_FAMILY_COLUMNS = ("id", "client_id", "created_at", "resources", "dpop_jkt")
+_INSERT_USER_FAMILY = (
+    insert(_families)
+    .from_select(
+        [*_FAMILY_COLUMNS, "user_id"],
+        select(*(_typed(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id).where(
+            _users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)
+        ),
+    )
+    .returning(_families.c.id)
+)  # psycopg reports no rowcount for INSERT ... SELECT
+_INSERT_CLIENT_FAMILY = insert(_families)
+# Spending a refresh token: one conditional UPDATE decides, so concurrent refreshes with the
+# same token cannot both pass (RFC 9700 §4.14.2).
+_SPEND = (
+    update(_records)
+    .where(
+        _records.c.token_hash == bindparam("spent_hash"),  # a column's name is reserved here
+        _records.c.kind == REFRESH,
+        _records.c.spent_at.is_(None),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > _now,
+    )
+    .values(spent_at=_now)
+)
+# The grace case: still spent less than the grace ago, decided by the same kind of conditional
+# UPDATE (it rewrites spent_at unchanged, taking the row's lock), so a reuse racing the end of
+# the grace, or a revocation, is judged once.
+_SPEND_AGAIN = (
+    update(_records)
+    .where(
+        _records.c.token_hash == bindparam("spent_hash"),
+        _records.c.kind == REFRESH,
+        _records.c.spent_at > bindparam("grace_start", type_=UTCDateTime()),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > _now,
+    )
+    .values(spent_at=_records.c.spent_at)
+)
+
+
+def store_issued(
+    records: list[dict[str, Any]],
+    *,
+    login: NewLogin | None = None,
+    parent_hash: str | None = None,
+    reuse_grace: int = 0,
+    code: tuple[str, str] | None = None,
+) -> Issued:
+    """Store a token response's `records` (rows of token_records), in one transaction with
+    what they come from: a new `login`, or the refresh token they replace (`parent_hash`,
+    spent here; one spent less than `reuse_grace` seconds ago passes too), and the
+    authorization `code` (its hash and the family it issues) being exchanged, spent here.
+
+    The request's deferred single-use JWT ids are spent in the same commit (replay.Replayed).
+    Anything but STORED stores nothing. ClientGone if the client no longer exists.
+    """
+    try:
+        with db.engine.begin() as conn:
+            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
+            outcome = _issue(conn, login, parent_hash, reuse_grace, code)
+            if outcome is Issued.STORED:
+                conn.execute(_INSERT_RECORDS, records)
+            else:
+                conn.rollback()
+    except IntegrityError:
+        raise ClientGone() from None
+    if outcome is Issued.STORED:
+        replay.settled()
+    return outcome
+
+
+def _issue(
+    conn: Connection,
+    login: NewLogin | None,
+    parent_hash: str | None,
+    reuse_grace: int,
+    code: tuple[str, str] | None,
+) -> Issued:
+    if code is not None and not codes.spend(conn, *code):
+        return Issued.CODE_SPENT
+    if parent_hash is not None:
+        return Issued.STORED if _spend(conn, parent_hash, reuse_grace) else Issued.PARENT_SPENT
+    assert login is not None, "a token response comes from a new login or a refresh token"
+    family = {
+        "id": login.family_id,
+        "client_id": login.client_id,
+        "created_at": login.created_at,
+        "resources": login.resources,
+        "dpop_jkt": login.dpop_jkt,
+    }
+    if login.user_id is None:
+        conn.execute(_INSERT_CLIENT_FAMILY, family)
+        return Issued.STORED
+    inserted = conn.execute(_INSERT_USER_FAMILY, family | {"user_id": login.user_id}).first()
+    return Issued.STORED if inserted is not None else Issued.USER_DISABLED
+
+
+def _spend(conn: Connection, token_hash: str, reuse_grace: int) -> bool:
+    """Mark a refresh token spent; False if it no longer could be (the loser of a race
+    presented a spent token, unless within the grace)."""
+    now = utcnow()
+    if conn.execute(_SPEND, {"spent_hash": token_hash, "now": now}).rowcount == 1:
+        return True
+    if reuse_grace <= 0:
+        return False
+    params = {
+        "spent_hash": token_hash,
+        "now": now,
+        "grace_start": now - timedelta(seconds=reuse_grace),
+    }
+    return bool(conn.execute(_SPEND_AGAIN, params).rowcount == 1)
+
+
+# An exchanged token joins its subject's family only while that login is alive and its user
+# enabled, in one statement: an exchange racing a revocation lands first (and dies with the
+# rest) or not at all.
+_EXCHANGED_COLUMNS = ("jti", "kid", "scope", "issued_at", "expires_at", "client_id", "audience")
+_INSERT_EXCHANGED = (
+    insert(_records)
+    .from_select(
+        ["family_id", "kind", *_EXCHANGED_COLUMNS],
+        select(
+            _families.c.id,
+            bindparam("kind", type_=_records.c.kind.type),
+            *(_typed(_records.c[name]) for name in _EXCHANGED_COLUMNS),
+        )
+        .join(_users, _users.c.id == _families.c.user_id)
+        .where(
+            _families.c.id == bindparam("family_id"),
+            _families.c.revoked_at.is_(None),
+            _users.c.disabled.is_(False),
+        ),
+    )
+    .returning(_records.c.id)
+)
+
+
+def store_exchanged(record: dict[str, Any]) -> bool:
+    """Store an exchanged access token's `record` in its subject's family (`family_id`);
+    False if that login was revoked or its user disabled meanwhile. ClientGone as above."""
+    try:
+        with db.engine.begin() as conn:
+            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
+            stored = conn.execute(_INSERT_EXCHANGED, record).first()
+            if stored is None:
+                conn.rollback()
+    except IntegrityError:
+        raise ClientGone() from None
+    if stored is not None:
+        replay.settled()
+    return stored is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    """A refresh token's record and its login, in whatever state."""
+
+    family_id: str
+    scope: str
+    spent_at: datetime | None
+    revoked_at: datetime | None
+    expires_at: datetime
+    client_id: str
+    family_revoked_at: datetime | None
+    family_created_at: datetime
+    resources: str
+    dpop_jkt: str | None
+    user: Subject | None
+
+
+_REFRESH_BY_HASH = (
+    select(
+        _records.c.family_id,
+        _records.c.scope,
+        _records.c.spent_at,
+        _records.c.revoked_at,
+        _records.c.expires_at,
+        _families.c.client_id,
+        _families.c.revoked_at.label("family_revoked_at"),
+        _families.c.created_at.label("family_created_at"),
+        _families.c.resources,
+        _families.c.dpop_jkt,
+        *USER_COLUMNS,
+    )
+    .join(_families, _families.c.id == _records.c.family_id)
+    .outerjoin(_users, _users.c.id == _families.c.user_id)
+    .where(_records.c.token_hash == bindparam("token_hash"), _records.c.kind == REFRESH)
+)
+
+
+def refresh_record(token_hash: str) -> RefreshRecord | None:
+    """The refresh token with this digest, spent, revoked or not."""
+    row = reader().execute(_REFRESH_BY_HASH, {"token_hash": token_hash}).first()
+    if row is None:
+        return None
+    return RefreshRecord(
+        row.family_id,
+        row.scope,
+        row.spent_at,
+        row.revoked_at,
+        row.expires_at,
+        row.client_id,
+        row.family_revoked_at,
+        row.family_created_at,
+        row.resources,
+        row.dpop_jkt,
+        _subject(row),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LiveAccess:
+    """An unrevoked access token's record, in a live login, signed by an unrevoked key."""
+
+    family_id: str
+    client_id: str  # the login's client
+    resources: str  # the login's RFC 8707 resources
+    issued_to: str | None  # an exchanged token's own client (RFC 8693); None for the login's
+    audience: str | None  # an exchanged token's own audience
+    user: Subject | None
+
+
+_LIVE_ACCESS = (
+    select(
+        _records.c.family_id,
+        _families.c.client_id,
+        _families.c.resources,
+        _records.c.client_id.label("issued_to"),
+        _records.c.audience,
+        *USER_COLUMNS,
+    )
+    .join(_families, _families.c.id == _records.c.family_id)
+    .outerjoin(_users, _users.c.id == _families.c.user_id)
+    # `keys revoke`: a token signed by a revoked key dies at once on every worker, even one
+    # whose cached key set still verifies it.
+    .outerjoin(_keys, and_(_keys.c.kid == _records.c.kid, _keys.c.state == "revoked"))
+    .where(
+        _records.c.jti == bindparam("jti"),
+        _records.c.kind == ACCESS,
+        _records.c.revoked_at.is_(None),
+        _families.c.revoked_at.is_(None),
+        _keys.c.kid.is_(None),
+    )
+)
+
+
+def live_access(jti: str) -> LiveAccess | None:
+    """The access token with this `jti` if it, its login and its signing key are unrevoked."""
+    row = reader().execute(_LIVE_ACCESS, {"jti": jti}).first()
+    if row is None:
+        return None
+    return LiveAccess(
+        row.family_id, row.client_id, row.resources, row.issued_to, row.audience, _subject(row)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRefresh:
+    """An unspent, unrevoked, unexpired refresh token of a live login of an enabled user."""
+
+    family_id: str
+    scope: str
+    issued_at: datetime
+    expires_at: datetime
+    client_id: str
+    resources: str
+    dpop_jkt: str | None
+    user: Subject
+
+
+_LIVE_REFRESH = (
+    select(
+        _records.c.family_id,
+        _records.c.scope,
+        _records.c.issued_at,
+        _records.c.expires_at,
+        _families.c.client_id,
+        _families.c.resources,
+        _families.c.dpop_jkt,
+        *USER_COLUMNS,
+    )
+    .join(_families, _families.c.id == _records.c.family_id)
+    .join(_users, _users.c.id == _families.c.user_id)
+    .where(
+        _records.c.token_hash == bindparam("token_hash"),
+        _records.c.kind == REFRESH,
+        _records.c.spent_at.is_(None),
+        _records.c.revoked_at.is_(None),
+        _records.c.expires_at > _now,
+        _families.c.revoked_at.is_(None),
+        _families.c.created_at > bindparam("session_start", type_=UTCDateTime()),
+        _users.c.disabled.is_(False),
+    )
+)
+
+
+def live_refresh(token_hash: str, session_start: datetime) -> LiveRefresh | None:
+    """The refresh token with this digest if live, in a login made after `session_start`."""
+    params = {"token_hash": token_hash, "now": utcnow(), "session_start": session_start}
+    row = reader().execute(_LIVE_REFRESH, params).first()
+    if row is None:
+        return None
+    return LiveRefresh(
+        row.family_id,
+        row.scope,
+        row.issued_at,
+        row.expires_at,
+        row.client_id,
+        row.resources,
+        row.dpop_jkt,
+        Subject.from_row(row),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A token's record in whatever state, for revocation."""
+
+    family_id: str
+    client_id: str  # whose token it is to revoke
+    jti: str | None
+
+
+_STORED = select(
+    _records.c.family_id,
+    # An exchanged token is its exchanging client's to revoke, not the login's client's.
+    func.coalesce(_records.c.client_id, _families.c.client_id).label("client_id"),
+    _records.c.jti,
+).join(_families, _families.c.id == _records.c.family_id)
+_STORED_ACCESS = _STORED.where(_records.c.jti == bindparam("jti"), _records.c.kind == ACCESS)
+_STORED_REFRESH = _STORED.where(
+    _records.c.token_hash == bindparam("token_hash"), _records.c.kind == REFRESH
+)
+
+
+def stored_access(jti: str) -> StoredRecord | None:
+    """The record of the access token with this `jti`, if any."""
+    row = reader().execute(_STORED_ACCESS, {"jti": jti}).first()
+    return None if row is None else StoredRecord(row.family_id, row.client_id, row.jti)
+
+
+def stored_refresh(token_hash: str) -> StoredRecord | None:
+    """The record of the refresh token with this digest, if any."""
+    row = reader().execute(_STORED_REFRESH, {"token_hash": token_hash}).first()
+    return None if row is None else StoredRecord(row.family_id, row.client_id, row.jti)
