@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,28 @@ def test_concurrent_presentations_have_one_winner(app: Flask) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(attempt, range(16)))
     assert results.count(True) == 1
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_DATABASE_URL", "").startswith("postgresql"),
+    reason="SQLite's commit durability",
+)
+def test_an_id_spent_alone_leaves_every_commit_after_it_durable(app: Flask) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from tokenserver.extensions import db
+
+    full = 2  # PRAGMA synchronous: FULL, as every other write expects
+    later = utcnow() + timedelta(minutes=1)
+    with app.app_context():
+        db.engine.dispose()
+        assert replay.spend("dpop", "k", "one", later) is True
+        with pytest.raises(IntegrityError):
+            replay.spend("dpop", "k", "two", None)  # type: ignore[arg-type]
+        assert db.engine.pool.checkedin() == 1  # the only connection, used by both
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == full
+        assert replay.spend("dpop", "k", "one", later) is False
 
 
 def test_purge_forgets_only_expired_ids(app: Flask) -> None:

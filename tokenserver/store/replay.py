@@ -3,6 +3,12 @@
 `spend` records an id the first time it is seen and refuses it every time after, across
 every worker and node: one INSERT that a primary key makes atomic, or, where the rate limits
 live in Redis, one SET NX there (no fsync per proof; Redis forgets the id when it expires).
+
+An id matters only while its JWT is valid (a minute or so), so on SQLite its INSERT commits
+without an fsync of its own: the next durable commit of any request makes it durable, a
+process crash keeps it, and a power cut can lose only ids of proofs that are refused anyway
+by the time the machine serves again. Ids spent with a token request (`deferred`) share that
+request's durable commit.
 """
 
 from __future__ import annotations
@@ -80,8 +86,30 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
     if pending is not None:
         pending.append((kind, key, expires_at))  # decided by spend_pending, or at the end
         return True
-    with db.engine.begin() as conn:
+    with _fleeting() as conn:
         return _insert(conn, key, expires_at)
+
+
+@contextmanager
+def _fleeting() -> Iterator[Connection]:
+    """A write transaction that need not survive a power cut: on SQLite, not fsynced."""
+    with db.engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA synchronous=NORMAL")  # this connection's commits only
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                raw.execute("PRAGMA synchronous=FULL")  # as every other write expects
+            except Exception:
+                conn.invalidate()  # never pooled again with commits that are not durable
+                raise
 
 
 def _insert(conn: Connection, key: str, expires_at: datetime) -> bool:
