@@ -1,7 +1,8 @@
 """The store: the only place with SQL.
 
 One module per aggregate: users, clients, tokens, keys, throttles, junk, and the browser's
-codes, consents, sessions, apps and devices (plus initial access tokens and spent JWT ids).
+codes, consents, sessions, apps and devices (plus initial access tokens, spent JWT ids and
+the schema's version).
 Each owns its statements (prebuilt Core where a request runs them; ORM where only the CLI
 does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
 statement. Callers apply the rules; the store knows nothing of HTTP.
