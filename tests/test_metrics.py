@@ -54,6 +54,7 @@ def test_metrics_are_prometheus_text(client: FlaskClient) -> None:
         "tokenserver_http_request_duration_seconds",
         "tokenserver_tokens_issued",
         "tokenserver_login_failures",
+        "tokenserver_unknown_user_password_checks",
         "tokenserver_throttled_requests",
         "tokenserver_introspections",
     } <= names

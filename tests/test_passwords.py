@@ -21,6 +21,7 @@ from tokenserver.models import User
 from tokenserver.passwords import Passwords, current_passwords, password_problem
 
 from .conftest import PASSWORD, Actions
+from .helpers import sample
 
 
 def test_production_defaults_meet_owasp_minimum() -> None:
@@ -95,16 +96,23 @@ def test_werkzeug_hashes_verify_and_upgrade_to_argon2id(app: Flask, actions: Act
         assert _stored_hash(app, "frank").startswith("$argon2id$")
 
 
-def test_unknown_username_runs_a_full_dummy_verification(app: Flask, actions: Actions) -> None:
+def test_unknown_username_runs_a_full_dummy_verification(actions: Actions) -> None:
+    actions.user("hana")
     oauth_client = actions.oauth_client()
-    with app.app_context():
-        before = current_passwords().dummy_verifications
+    before = _unknown_user_checks(actions.client)
     response = actions.token(oauth_client, "nobody-here")
-    with app.app_context():
-        after = current_passwords().dummy_verifications
     assert response.status_code == 400
     assert response.json["error"] == "invalid_grant"
-    assert after == before + 1
+    assert _unknown_user_checks(actions.client) == before + 1
+    # A known name with a wrong password is checked against its own hash, not the dummy.
+    assert actions.token(oauth_client, "hana", password="not the password").status_code == 400
+    assert _unknown_user_checks(actions.client) == before + 1
+
+
+def _unknown_user_checks(client: FlaskClient) -> float:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return sample(response.get_data(as_text=True), "tokenserver_unknown_user_password_checks_total")
 
 
 def test_unknown_user_and_wrong_password_answer_identically(actions: Actions) -> None:

@@ -15,31 +15,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
-from sqlalchemy import Table, exists, insert, select, update
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
 
 from .errors import APIError, NotFound
 from .keywrap import KeyWrapper
-from .models import SigningKey, utcnow
+from .models import utcnow
+from .store import keys as stored
+from .store import transaction
+from .store.keys import CURRENT, NEXT, REVOKED, KeyConflict, KeyInfo, NewKey
 
 KEY_SIZE = 2048
 ALGORITHM = "RS256"
-NEXT, CURRENT, RETIRED, REVOKED = "next", "current", "retired", "revoked"
 # A token may be presented a little after `exp` on a skewed clock; keep its key that much longer.
 _RETIREMENT_GRACE = timedelta(seconds=60)
-_keys: Table = SigningKey.__table__
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """A signing key's public facts, for `keys list`."""
-
-    kid: str
-    state: str
-    created_at: datetime
-    activated_at: datetime | None
-    retired_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -57,43 +45,14 @@ def _new_key() -> RSAKey:
     return key
 
 
-def _insert(conn: Connection, wrapper: KeyWrapper, state: str, key: RSAKey) -> str:
-    """Store `key` (generated before the transaction: RSA takes long; locks must not)."""
-    now = utcnow()
+def _to_store(wrapper: KeyWrapper, key: RSAKey) -> NewKey:
+    """`key` as stored (generated before the transaction: RSA takes long; locks must not)."""
     kid = str(key.kid)
-    conn.execute(
-        insert(_keys).values(
-            kid=kid,
-            private_key=wrapper.wrap(kid, key.as_pem(private=True).decode("ascii")),
-            public_jwk=json.dumps(key.as_dict(private=False)),
-            state=state,
-            created_at=now,
-            activated_at=now if state == CURRENT else None,
-        )
+    return NewKey(
+        kid=kid,
+        private_key=wrapper.wrap(kid, key.as_pem(private=True).decode("ascii")),
+        public_jwk=json.dumps(key.as_dict(private=False)),
     )
-    return kid
-
-
-def _retire(state: str, now: datetime) -> Any:
-    # A key that will never sign again keeps no private part: a stolen backup cannot mint with it.
-    return (
-        update(_keys)
-        .where(_keys.c.state == state)
-        .values(state=RETIRED, retired_at=now, private_key="")
-    )
-
-
-def _pending(conn: Connection) -> Any:
-    return conn.execute(
-        select(_keys.c.kid, _keys.c.created_at).where(_keys.c.state == NEXT)
-    ).first()
-
-
-def _current_since(conn: Connection) -> datetime | None:
-    row = conn.execute(
-        select(_keys.c.activated_at, _keys.c.created_at).where(_keys.c.state == CURRENT)
-    ).first()
-    return (row.activated_at or row.created_at) if row else None
 
 
 def rotate(
@@ -110,27 +69,25 @@ def rotate(
     next key already pending is kept, not doubled, so cron may run this on every node at once.
     """
     delay = timedelta(seconds=publish_seconds)
-    with engine.connect() as conn:
-        since = _current_since(conn)
-        pending = _pending(conn)
+    since = stored.current_since(engine)
+    pending = stored.pending(engine)
     if if_older_than is not None and since is not None and utcnow() - since < if_older_than:
         return None
     if pending is not None and not now:
         return Rotation(pending.kid, False, pending.created_at + delay)
     if since is None and pending is None:
         now = True  # nothing signs yet: a first key has nobody to be published to in advance
-    key = _new_key()
+    key = _to_store(wrapper, _new_key())
     try:
-        with engine.begin() as conn:
+        with transaction(engine=engine) as tx:
+            at = utcnow()
             if now:
-                retired_at = utcnow()
-                conn.execute(_retire(CURRENT, retired_at))
-                conn.execute(_retire(NEXT, retired_at))  # it has never signed: nothing to keep
-            kid = _insert(conn, wrapper, CURRENT if now else NEXT, key)
-    except IntegrityError:
+                stored.retire(tx, CURRENT, at)
+                stored.retire(tx, NEXT, at)  # it has never signed: nothing to keep
+            kid = stored.add(tx, key, CURRENT if now else NEXT, at)
+    except KeyConflict:
         # Another node rotated at the same moment (the index allows one next key): theirs stands.
-        with engine.connect() as conn:
-            pending = _pending(conn)
+        pending = stored.pending(engine)
         if pending is None:
             raise
         return Rotation(pending.kid, False, pending.created_at + delay)
@@ -138,23 +95,9 @@ def rotate(
 
 
 def promote_due(engine: Engine, publish_seconds: int) -> bool:
-    """Make the next key current if it has been published long enough; True if this did it.
-
-    The first statement writes the current key's row, which serialises concurrent promoters:
-    the others wait, then find nothing left to do.
-    """
+    """Make the next key current if it has been published long enough; True if this did it."""
     now = utcnow()
-    cutoff = now - timedelta(seconds=publish_seconds)
-    pending = _keys.alias("pending")  # not correlated with the row being updated
-    due_pending = (pending.c.state == NEXT) & (pending.c.created_at <= cutoff)
-    due = (_keys.c.state == NEXT) & (_keys.c.created_at <= cutoff)
-    with engine.connect() as conn, conn.begin() as transaction:
-        conn.execute(_retire(CURRENT, now).where(exists().where(due_pending)))
-        promoted = conn.execute(update(_keys).where(due).values(state=CURRENT, activated_at=now))
-        if promoted.rowcount != 1:
-            transaction.rollback()  # promoted (or revoked) by someone else meanwhile
-            return False
-    return True
+    return stored.promote_due(engine, now - timedelta(seconds=publish_seconds), now)
 
 
 def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
@@ -163,43 +106,25 @@ def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
     Revoking the current key puts another in its place in the same transaction (the pending
     next key, else a new one), whose kid is returned.
     """
-    replacement = _new_key()  # made before the transaction, in case the current key goes
-    with engine.begin() as conn:
-        state = conn.execute(select(_keys.c.state).where(_keys.c.kid == kid)).scalar()
+    replacement = _to_store(wrapper, _new_key())  # made first, in case the current key goes
+    with transaction(engine=engine) as tx:
+        state = stored.state(tx, kid)
         if state is None:
             raise NotFound(f"no signing key {kid!r}")
         if state == REVOKED:
             raise APIError(f"signing key {kid} is already revoked")
-        changed = conn.execute(
-            update(_keys)
-            .where(_keys.c.kid == kid, _keys.c.state == state)
-            .values(state=REVOKED, retired_at=utcnow(), private_key="")
-        )
-        if changed.rowcount != 1:
+        if not stored.withdraw(tx, kid, state, utcnow()):
             raise APIError(f"signing key {kid} changed meanwhile; try again")
         if state != CURRENT:
             return None
-        promoted = conn.execute(
-            update(_keys).where(_keys.c.state == NEXT).values(state=CURRENT, activated_at=utcnow())
-        )
-        if promoted.rowcount == 1:
-            return str(conn.execute(select(_keys.c.kid).where(_keys.c.state == CURRENT)).scalar())
-        return _insert(conn, wrapper, CURRENT, replacement)
+        if stored.promote_next(tx, utcnow()):
+            return str(stored.current_kid(tx))
+        return stored.add(tx, replacement, CURRENT, utcnow())
 
 
 def list_keys(engine: Engine) -> list[KeyInfo]:
     """Every stored key, newest first."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                _keys.c.kid,
-                _keys.c.state,
-                _keys.c.created_at,
-                _keys.c.activated_at,
-                _keys.c.retired_at,
-            ).order_by(_keys.c.created_at.desc())
-        )
-        return [KeyInfo(*row) for row in rows]
+    return stored.every(engine)
 
 
 class KeyRing:
@@ -261,11 +186,11 @@ class KeyRing:
         return KeySet([self.signing_key()])
 
     def _create_current(self) -> None:
-        key = _new_key()
+        key = _to_store(self._wrapper, _new_key())
         try:
-            with self._engine.begin() as conn:
-                _insert(conn, self._wrapper, CURRENT, key)
-        except IntegrityError:
+            with transaction(engine=self._engine) as tx:
+                stored.add(tx, key, CURRENT, utcnow())
+        except KeyConflict:
             pass  # another worker or node made it first; the unique index kept theirs alone
 
     def _refresh_if_stale(self) -> None:
@@ -293,26 +218,11 @@ class KeyRing:
         self._current = current
         self._loaded_at = time.monotonic()
 
-    def _select(self) -> list[Any]:
-        cutoff = utcnow() - self._retention
-        with self._engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(_keys.c.kid, _keys.c.public_jwk, _keys.c.state, _keys.c.created_at)
-                    .where(
-                        _keys.c.state.in_((NEXT, CURRENT))
-                        | ((_keys.c.state == RETIRED) & (_keys.c.retired_at > cutoff))
-                    )
-                    .order_by(_keys.c.created_at.desc())
-                )
-            )
+    def _select(self) -> list[stored.Published]:
+        return stored.published(self._engine, retired_after=utcnow() - self._retention)
 
     def _private_key(self, kid: str) -> RSAKey:
-        with self._engine.connect() as conn:
-            stored: str = conn.execute(
-                select(_keys.c.private_key).where(_keys.c.kid == kid)
-            ).scalar_one()
-        pem = self._wrapper.unwrap(kid, stored)
+        pem = self._wrapper.unwrap(kid, stored.private_key(self._engine, kid))
         return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
 
 

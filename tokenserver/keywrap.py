@@ -15,17 +15,16 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Table, select, update
 from sqlalchemy.engine import Engine
 
 from .config import ConfigError, Settings
 from .errors import APIError
-from .models import SigningKey
+from .store import keys as stored
+from .store import transaction
 
 PREFIX = "aesgcm:"
 _NONCE_BYTES = 12  # NIST SP 800-38D: 96-bit random nonces, one per encryption
 ENV = "TOKENSERVER_KEY_ENCRYPTION_KEY"
-_keys: Table = SigningKey.__table__
 
 
 class KeyEncryptionError(Exception):
@@ -91,32 +90,19 @@ def rewrap(engine: Engine, wrapper: KeyWrapper) -> int:
     if not wrapper.enabled:
         raise APIError("set TOKENSERVER_KEY_ENCRYPTION_KEY (the new key first) before rewrapping")
     changed = 0
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
-        ).all()
-        for kid, stored in rows:
-            if wrapper.is_wrapped_by_first(stored):
+    with transaction(engine=engine) as tx:
+        for key in stored.wrapped(tx):
+            if wrapper.is_wrapped_by_first(key.private_key):
                 continue
-            fresh = wrapper.wrap(kid, wrapper.unwrap(kid, stored))
-            # Conditional: a key retired meanwhile keeps its wiped private part.
-            result = conn.execute(
-                update(_keys)
-                .where(_keys.c.kid == kid, _keys.c.private_key == stored)
-                .values(private_key=fresh)
-            )
-            changed += result.rowcount
+            fresh = wrapper.wrap(key.kid, wrapper.unwrap(key.kid, key.private_key))
+            changed += stored.rewrap(tx, key.kid, key.private_key, fresh)
     return changed
 
 
 def check_wrapping(engine: Engine, wrapper: KeyWrapper) -> None:
     """Raise KeyEncryptionError unless every stored private key opens with the configured keys."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
-        ).all()
-    for kid, stored in rows:
-        wrapper.unwrap(kid, stored)
+    for key in stored.wrapped(engine):
+        wrapper.unwrap(key.kid, key.private_key)
 
 
 def check_at_startup(settings: Settings) -> str | None:

@@ -1,8 +1,10 @@
 """Prometheus metrics: what each request did, counted once and summed across gunicorn workers.
 
-Everything is derived in one after_request hook from what Flask already knows (the url rule,
-the status, the grant type of a token request, the `active` of an introspection answer), so no
-domain module has to call in here. Labels are route templates, never raw paths, to keep the
+Nearly everything is derived in one after_request hook from what Flask already knows (the url
+rule, the status, the grant type of a token request, the `active` of an introspection answer),
+so domain modules need not call in here. The one exception is UNKNOWN_USER_CHECKS: a login for
+an unknown name answers exactly as a wrong password does, so only passwords.py can tell them
+apart. Labels are route templates, never raw paths, to keep the
 number of series bounded whatever URLs clients send.
 """
 
@@ -44,6 +46,11 @@ THROTTLED = Counter(
     "tokenserver_throttled_requests",
     "Requests refused with 429 by a rate limit or the password guard, by route template.",
     ["route"],
+)
+UNKNOWN_USER_CHECKS = Counter(
+    "tokenserver_unknown_user_password_checks",
+    "Password checks for unknown usernames, spent on a dummy hash so they cost what a wrong "
+    "password does.",
 )
 INTROSPECTIONS = Counter(
     "tokenserver_introspections",

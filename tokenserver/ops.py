@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import schema_missing
-from .extensions import db
+from .store import schema
 
 # The newest revision in migrations/versions: a constant, so that serving never loads alembic.
 # test_migrations fails until a new migration's revision is written here.
@@ -26,8 +25,7 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     """Ready: the database answers and its schema is at the migrations' head."""
     try:
-        with db.engine.connect() as conn:
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        current = schema.version()
     except DBAPIError as exc:
         reason = "schema is not at head" if schema_missing(exc) else "database unreachable"
         return jsonify(status="unavailable", reason=reason), 503

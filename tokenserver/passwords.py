@@ -11,6 +11,8 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from werkzeug.security import check_password_hash
 
+from .metrics import UNKNOWN_USER_CHECKS
+
 MIN_LENGTH = 8
 MAX_LENGTH = 1024
 # zxcvbn's cost grows fast with length; a prefix this long already tells a common password.
@@ -54,7 +56,6 @@ class Passwords:
         # Verified against when the username does not exist, so that a miss costs what a
         # wrong password costs: no user enumeration by timing.
         self._dummy_hash = self.hash("not-a-real-password")
-        self.dummy_verifications = 0
 
     def hash(self, password: str) -> str:
         """An argon2id hash of the password, normalized."""
@@ -90,7 +91,7 @@ class Passwords:
 
     def verify_dummy(self, password: str) -> None:
         """Spend one full verification on nothing (see _dummy_hash)."""
-        self.dummy_verifications += 1
+        UNKNOWN_USER_CHECKS.inc()
         self.verify(self._dummy_hash, password)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Table, and_, delete, exists
+from sqlalchemy import Table, and_, exists
 
 from .config import current_settings
 from .extensions import db
-from .models import SigningKey, TokenFamily, TokenRecord, utcnow
-from .store import codes, delete_in_batches, devices, initial_tokens, replay, sessions
+from .models import TokenFamily, TokenRecord, utcnow
+from .store import codes, delete_in_batches, devices, initial_tokens, keys, replay, sessions
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
@@ -41,14 +41,11 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
     )
     # A retired key is useless once every token it signed has expired.
     ttl = timedelta(seconds=current_settings().access_token_ttl)
-    keys = db.session.execute(
-        delete(SigningKey).where(SigningKey.retired_at < cutoff - ttl - _KEY_GRACE)
-    )
-    db.session.commit()
+    retired_keys = keys.purge(db.engine, cutoff - ttl - _KEY_GRACE, batch_size)
     return {
         "token records": records,
         "token families": families,
-        "retired signing keys": int(keys.rowcount),  # type: ignore[attr-defined]
+        "retired signing keys": retired_keys,
         "initial access tokens": initial_tokens.purge(cutoff),
         "device authorizations": devices.purge(cutoff, batch_size),
         "authorization codes": codes.purge(cutoff, batch_size),

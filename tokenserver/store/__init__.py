@@ -1,7 +1,8 @@
 """The store: the only place with SQL.
 
 One module per aggregate: users, clients, tokens, keys, throttles, junk, and the browser's
-codes, consents, sessions, apps and devices (plus initial access tokens and spent JWT ids).
+codes, consents, sessions, apps and devices (plus initial access tokens, spent JWT ids and
+the schema's version).
 Each owns its statements (prebuilt Core where a request runs them; ORM where only the CLI
 does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
 statement. Callers apply the rules; the store knows nothing of HTTP.
@@ -9,7 +10,8 @@ statement. Callers apply the rules; the store knows nothing of HTTP.
 Reads run on the request's pooled reader connection (`extensions.reader()`), which writes
 nothing. Writes commit before the store function returns, each in a transaction of its own;
 a change that must land with another or not at all runs in one `transaction()`, handed to
-each store function that writes as `tx`.
+each store function that writes as `tx`. The signing keys' functions take the engine their
+caller holds: a key ring is bound to its app's, and the start-up check runs before any app.
 """
 
 from __future__ import annotations
@@ -18,24 +20,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Table, delete, select
+from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, delete, select
 
 from ..extensions import db
 
 
 @contextmanager
-def transaction(tx: Connection | None = None) -> Iterator[Connection]:
+def transaction(
+    tx: Connection | None = None, *, engine: Engine | None = None
+) -> Iterator[Connection]:
     """A write transaction, committed when the block ends (rolled back if it raises); inside
-    a caller's `tx`, that one."""
+    a caller's `tx`, that one. On the app's engine unless given another."""
     if tx is not None:
         yield tx
         return
-    with db.engine.begin() as conn:
+    with (engine or db.engine).begin() as conn:
         yield conn
 
 
 def delete_in_batches(
-    table: Table, key: Column[Any], where: ColumnElement[bool], size: int, *, walk: bool = False
+    table: Table,
+    key: Column[Any],
+    where: ColumnElement[bool],
+    size: int,
+    *,
+    walk: bool = False,
+    engine: Engine | None = None,
 ) -> int:
     """Delete the rows `where` holds, at most `size` per transaction (no lock is held long);
     how many went.
@@ -43,7 +53,7 @@ def delete_in_batches(
     The condition is checked again by each DELETE, so a row that changed since it was chosen
     stays, and no list of keys travels as parameters. With `walk`, each batch starts after the
     last key deleted, so rows the condition must look at but keeps are read once per run, not
-    once per batch.
+    once per batch. On the app's engine unless given another.
     """
     total, after = 0, None
     while True:
@@ -53,7 +63,7 @@ def delete_in_batches(
             if after is not None:
                 chosen = chosen.where(key > after)
         statement = delete(table).where(key.in_(chosen.scalar_subquery()), where).returning(key)
-        with db.engine.begin() as conn:
+        with (engine or db.engine).begin() as conn:
             gone = conn.execute(statement).scalars().all()
         if not gone:
             return total
