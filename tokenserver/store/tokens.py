@@ -38,7 +38,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from . import codes, replay, transaction
+from . import codes, delete_in_batches, replay, transaction
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -507,3 +507,19 @@ def stored_refresh(token_hash: str) -> StoredRecord | None:
     """The record of the refresh token with this digest, if any."""
     row = reader().execute(_STORED_REFRESH, {"token_hash": token_hash}).first()
     return None if row is None else StoredRecord(row.family_id, row.client_id, row.jti)
+
+
+def purge(cutoff: datetime, batch_size: int) -> tuple[int, int]:
+    """Delete token records that expired before `cutoff`, then logins made before it with no
+    record left; how many of each went, at most `batch_size` per transaction.
+
+    A spent refresh token's record stays until it expires like any other: presenting it again
+    must still be recognised as reuse and revoke its family.
+    """
+    records = delete_in_batches(_records, _records.c.id, _records.c.expires_at < cutoff, batch_size)
+    empty = and_(
+        _families.c.created_at < cutoff,
+        ~exists().where(_records.c.family_id == _families.c.id),
+    )
+    families = delete_in_batches(_families, _families.c.id, empty, batch_size, walk=True)
+    return records, families
