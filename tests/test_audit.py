@@ -129,6 +129,8 @@ def test_administration_is_audited_with_the_operator(
     actions.user("alice")
     for args in (["users", "disable", "alice"], ["users", "enable", "alice"], ["keys", "rotate"]):
         assert runner.invoke(args=args).exit_code == 0, args
+    rotated = events("key.rotated")[0]["kid"]
+    assert runner.invoke(args=["keys", "revoke", rotated]).exit_code == 0
     made = runner.invoke(args=["clients", "create", "svc", "--json"])
     client_id = json.loads(made.stdout)["client_id"]
     assert runner.invoke(args=["clients", "delete", client_id]).exit_code == 0
@@ -136,13 +138,19 @@ def test_administration_is_audited_with_the_operator(
     assert [e["username"] for e in events("user.disabled")] == ["alice"]
     assert [e["username"] for e in events("user.enabled")] == ["alice"]
     assert len(events("key.rotated")) == 1
-    assert events("key.rotated")[0]["kid"]
+    assert [e["kid"] for e in events("key.revoked")] == [rotated]
     created = [e for e in events("client.created") if e["client_id"] == client_id]
     assert created[0]["name"] == "svc"
     assert created[0]["public"] is False
     assert [e["client_id"] for e in events("client.deleted")] == [client_id]
     assert [e["username"] for e in events("user.created")][-1] == "bob"
-    administrative = {"user.disabled", "user.enabled", "key.rotated", "client.deleted"}
+    administrative = {
+        "user.disabled",
+        "user.enabled",
+        "key.rotated",
+        "key.revoked",
+        "client.deleted",
+    }
     for event in events():
         if event["event"] in administrative:
             assert event["actor"].startswith("cli:")

@@ -16,7 +16,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, audit
+from . import accounts
 from .client_secrets import rotate_secret
 from .clients import ClientSpec, delete_client, issue_initial_access_token, register_client
 from .config import ConfigError, Settings, current_settings, unknown_variables
@@ -363,7 +363,6 @@ def keys_rotate(at_once: bool, older_than: str | None) -> None:
     if not rotation.made:
         click.echo(f"signing key {rotation.kid} is already published; it signs from {signs_from}")
         return
-    audit.event("key.rotated", kid=rotation.kid, now=at_once, signs_from=signs_from)
     click.echo(f"new signing key {rotation.kid}")
     click.echo(f"published now; it signs from {signs_from}", err=True)
 
@@ -378,7 +377,6 @@ def keys_revoke(kid: str) -> None:
     replaced at once.
     """
     replacement = revoke(db.engine, current_app.extensions["tokenserver.keywrap"], kid)
-    audit.event("key.revoked", kid=kid, replaced_by=replacement)
     click.echo(f"revoked {kid}")
     if replacement:
         click.echo(f"signing key {replacement} signs from now")
@@ -403,7 +401,6 @@ def keys_rewrap() -> None:
     The first key of TOKENSERVER_KEY_ENCRYPTION_KEY (NEW,OLD while rotating) encrypts.
     """
     changed = rewrap(db.engine, current_app.extensions["tokenserver.keywrap"])
-    audit.event("key.rewrapped", keys=changed)
     click.echo(f"re-encrypted {changed} signing keys")
 
 

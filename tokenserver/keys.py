@@ -17,9 +17,10 @@ from typing import Any
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy.engine import Engine
 
+from . import audit
 from .errors import APIError, NotFound
 from .keywrap import KeyWrapper
-from .models import utcnow
+from .models import isoformat, utcnow
 from .store import keys as stored
 from .store import transaction
 from .store.keys import CURRENT, NEXT, REVOKED, KeyConflict, KeyInfo, NewKey
@@ -91,7 +92,9 @@ def rotate(
         if pending is None:
             raise
         return Rotation(pending.kid, False, pending.created_at + delay)
-    return Rotation(kid, True, utcnow() if now else utcnow() + delay)
+    rotation = Rotation(kid, True, utcnow() if now else utcnow() + delay)
+    audit.event("key.rotated", kid=kid, now=now, signs_from=isoformat(rotation.signs_from))
+    return rotation
 
 
 def promote_due(engine: Engine, publish_seconds: int) -> bool:
@@ -106,7 +109,14 @@ def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
     Revoking the current key puts another in its place in the same transaction (the pending
     next key, else a new one), whose kid is returned.
     """
-    replacement = _to_store(wrapper, _new_key())  # made first, in case the current key goes
+    replacement = _withdraw(engine, _to_store(wrapper, _new_key()), kid)
+    audit.event("key.revoked", kid=kid, replaced_by=replacement)
+    return replacement
+
+
+def _withdraw(engine: Engine, replacement: NewKey, kid: str) -> str | None:
+    """Revoke `kid`; if it was current, the key that signs in its place (`replacement` if no
+    next key is pending). The replacement is made before: RSA takes long, locks must not."""
     with transaction(engine=engine) as tx:
         state = stored.state(tx, kid)
         if state is None:

@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Engine
 
+from . import audit
 from .config import ConfigError, Settings
 from .errors import APIError
 from .store import keys as stored
@@ -96,6 +97,7 @@ def rewrap(engine: Engine, wrapper: KeyWrapper) -> int:
                 continue
             fresh = wrapper.wrap(key.kid, wrapper.unwrap(key.kid, key.private_key))
             changed += stored.rewrap(tx, key.kid, key.private_key, fresh)
+    audit.event("key.rewrapped", keys=changed)
     return changed
 
 
