@@ -15,7 +15,6 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import redis
 from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 
@@ -149,19 +148,15 @@ class RedisGuard:
 
     def admit(self, name: str) -> None:
         args = [utcnow().timestamp(), DAY, DAILY_CAP, MAX_DELAY, *SCHEDULE]
-        try:
+        # Fail closed: without the count, guessing would be unlimited.
+        with shared_redis.failing_closed("sign-in guard"):
             admitted, wait = self._admit(keys=[self._prefix + _key(name)], args=args)
-        except redis.RedisError as exc:
-            # Fail closed: without the count, guessing would be unlimited.
-            raise shared_redis.unavailable("sign-in guard") from exc
         if not admitted:
             raise Throttled(float(wait))
 
     def clear(self, name: str) -> None:
-        try:
+        with shared_redis.failing_closed("sign-in guard"):
             self._redis.delete(self._prefix + _key(name))
-        except redis.RedisError as exc:
-            raise shared_redis.unavailable("sign-in guard") from exc
 
 
 def init_app(app: Flask) -> None:

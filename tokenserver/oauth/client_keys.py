@@ -16,13 +16,15 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 from werkzeug.http import parse_cache_control_header
+
+if TYPE_CHECKING:
+    import requests
 
 from ..models import Client
 
@@ -154,6 +156,8 @@ class RemoteKeys:
         return keys
 
     def _fetch(self, uri: str) -> tuple[KeySet, float]:
+        import requests  # on the first fetch: most deployments make none, and it costs MBs
+
         self.fetches += 1
         deadline = time.monotonic() + self.timeout
         try:

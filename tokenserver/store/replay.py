@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-import redis
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,11 +56,9 @@ class RedisSpentIds:
     def spend(self, key: str, expires_at: datetime) -> bool:
         """True if `key` was not spent yet (and now is), until `expires_at`."""
         ttl = max(1, math.ceil((expires_at - utcnow()).total_seconds()))
-        try:
+        # Fail closed: without the store, a replayed JWT could not be told apart.
+        with shared_redis.failing_closed("replay check"):
             return bool(self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl))
-        except redis.RedisError as exc:
-            # Fail closed: without the store, a replayed JWT could not be told apart.
-            raise shared_redis.unavailable("replay check") from exc
 
 
 def init_app(app: Flask) -> None:
