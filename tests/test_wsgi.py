@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+
+from flask import Flask
 
 from tokenserver.config import Settings
 
@@ -52,3 +55,24 @@ def test_workers_load_alembic_never_and_zxcvbn_only_to_check_a_password(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "['zxcvbn']"]
+
+
+def test_every_view_and_hook_is_synchronous(app: Flask) -> None:
+    # The app skips Flask's per-call coroutine check (TokenServer.ensure_sync): an async
+    # view or hook would hand gunicorn a coroutine instead of a response.
+    hooks = [
+        *app.view_functions.values(),
+        *app.teardown_appcontext_funcs,
+        *(
+            hook
+            for registry in (
+                app.before_request_funcs,
+                app.after_request_funcs,
+                app.teardown_request_funcs,
+            )
+            for hooks_of_blueprint in registry.values()
+            for hook in hooks_of_blueprint
+        ),
+    ]
+    assert len(hooks) > 30
+    assert not [hook for hook in hooks if inspect.iscoroutinefunction(hook)]

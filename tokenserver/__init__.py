@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,22 @@ from .sqlite_writers import WriterConnection
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
 
+class TokenServer(Flask):
+    """Flask, less a check it would make about eleven times a request."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # Every view and hook here is synchronous (tests/test_wsgi.py holds it to that), so
+        # Flask's inspection of each one for a coroutine, on every call, finds nothing.
+        return func
+
+
 def create_app(settings: Settings | None = None, *, migrations: bool = False) -> Flask:
     """Build the WSGI application from settings (read from the environment when not given).
 
     With `migrations`, Flask-Migrate is bound too (the `db` command, `flask_migrate.upgrade()`):
     the CLI and the tests ask for it; the served app does not, so workers never load alembic.
     """
-    app = Flask(__name__)
+    app = TokenServer(__name__)
     settings = (settings or Settings.from_env(instance_path=app.instance_path)).resolved(
         app.instance_path
     )
