@@ -90,16 +90,3 @@ def child_exit(server: object, worker: object) -> None:
 def on_exit(server: object) -> None:
     """Remove the metrics directory if it was made for this master (never the operator's)."""
     metric_files.remove_if_own(METRICS_DIR)
-
-
-def post_fork(server: object, worker: object) -> None:
-    """A worker's threads hand the GIL over within 1 ms instead of Python's 5 ms.
-
-    A thread that holds the database's write lock (SQLite's writers' lock, a PostgreSQL row
-    lock) gives up the GIL at each statement and at the commit's fsync, then waits for it
-    back while another thread runs Python (signing a token, rendering JSON): up to the
-    switch interval, with every other writer of every worker queued behind it. Measured with
-    `make bench` on 2 cores: the refresh grant, the code exchange and DPoP requests served
-    about a quarter more per second at 1 ms; reads and /healthz did not change.
-    """
-    sys.setswitchinterval(0.001)
