@@ -37,8 +37,10 @@ def add_ratios(run: dict[str, Any]) -> None:
     bare = sum(bares) / len(bares) if bares else 0.0
     run["bare_rps"] = round(bare, 1)
     ceiling = run["costs"]["password_grant_ceiling_rps"]
+    adjacent = _adjacent_floors(routes)
     for key, row in routes.items():
-        row["x_healthz"] = round(row["rps"] / floor, 3) if floor else None
+        near = adjacent.get(key, floor)
+        row["x_healthz"] = round(row["rps"] / near, 3) if near else None
         row["x_bare"] = round(row["rps"] / bare, 3) if bare else None
         basis, least = TARGETS.get(key, ("", 0.0))
         if not basis:
@@ -52,6 +54,19 @@ def add_ratios(run: dict[str, Any]) -> None:
     seen = [mb for row in routes.values() for mb in row.get("worker_rss_mb", {}).values()]
     run["worker_rss_max_mb"] = max(seen + list(rss.values()), default=0.0)
     run["rss_met"] = bool(rss) and run["worker_rss_max_mb"] < RSS_LIMIT_MB
+
+
+def _adjacent_floors(routes: dict[str, Any]) -> dict[str, float]:
+    """Each route's floor: the mean of the /healthz runs just before it and just after it (the
+    next route's, or the final /healthz row), in the order the routes ran."""
+    order = [key for key in routes if key not in ("healthz", "bare", "bare_end")]
+    floors = {}
+    for key, following in zip(order, order[1:], strict=False):
+        before = routes[key].get("floor_rps")
+        after = routes[following].get("floor_rps") or routes[following]["rps"]
+        if before:
+            floors[key] = (before + after) / 2
+    return floors
 
 
 def compare(small: dict[str, Any], scale: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +171,8 @@ def table(run: dict[str, Any]) -> str:
         if row.get("pool_exhausted"):
             lines.append(f"{'':<30} (refresh pool ran out: {row['pool_exhausted']} reused tokens)")
     lines += [
-        f"x healthz: over {run['healthz_rps']:.1f} req/s, the mean of the two /healthz rows",
+        "x healthz: over the mean of the short /healthz runs just before and just after the "
+        f"route (the /healthz rows: over their mean, {run['healthz_rps']:.1f} req/s)",
         f"x bare: over {run.get('bare_rps', 0):.1f} req/s, the mean of the two bare-app rows "
         "(bench/bare.py: Flask and gunicorn alone, same settings); the /healthz target is the "
         "mean of its rows over that",

@@ -52,6 +52,12 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per route")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per route")
+    parser.add_argument(
+        "--floor-seconds",
+        type=int,
+        default=3,
+        help="seconds of /healthz just before each route, the floor its ratio is over",
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
@@ -71,8 +77,17 @@ class Driver:
         self.load = load.Load(options.threads, options.connections, options.seconds, options.warmup)
         self.profiler = Profiler(options.profile, options.results, workdir)
 
+    def floor(self) -> float:
+        """/healthz's rate right now: a route's ratio is over the runs just before and after
+        it, so a machine whose speed drifts during the bench (a shared host) moves both."""
+        seconds = self.options.floor_seconds
+        raw = load.run_wrk(load.healthz(), self.server.url, self.load, self.workdir, seconds)
+        wait_until_idle(self.server.pids)
+        return float(load.summarise(raw)["rps"])
+
     def measure(self, route: load.Route, key: str | None = None) -> dict[str, Any]:
         """Warm the route up, then drive it for the measured window; one row of the table."""
+        floor = self.floor() if route.key != "healthz" else None
         if self.options.warmup and route.mode not in load.SINGLE_USE:
             load.run_wrk(route, self.server.url, self.load, self.workdir, self.options.warmup)
             wait_until_idle(self.server.pids)
@@ -84,6 +99,8 @@ class Driver:
             )
         after = self.server.pids()
         row = {"label": route.label, **load.summarise(raw), "cpu": watch.stop(after)}
+        if floor is not None:
+            row["floor_rps"] = floor
         row["drain_seconds"] = round(wait_until_idle(self.server.pids), 1)
         # CPU per request (server and PostgreSQL): unlike the rate, barely moved by other load.
         cpu = row["cpu"]["server_seconds"] + row["cpu"]["database_seconds"]
