@@ -1,7 +1,7 @@
 """The store: the only place with SQL.
 
 One module per aggregate: users, clients, tokens, keys, throttles, junk, and the browser's
-codes, consents, sessions, apps and devices (plus initial access tokens, spent JWT ids and
+codes, consents, sessions and devices (plus initial access tokens, spent JWT ids and
 the schema's version).
 Each owns its statements (prebuilt Core where a request runs them; ORM where only the CLI
 does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
@@ -12,6 +12,16 @@ nothing. Writes commit before the store function returns, each in a transaction 
 a change that must land with another or not at all runs in one `transaction()`, handed to
 each store function that writes as `tx`. The signing keys' functions take the engine their
 caller holds: a key ring is bound to its app's, and the start-up check runs before any app.
+
+Each table is written by one module, and only there:
+
+    users                  users.py          junk_items             junk.py
+    clients                clients.py        login_throttles        throttles.py
+    signing_keys           keys.py           spent_jtis             replay.py
+    token_families         tokens.py         initial_access_tokens  initial_tokens.py
+    token_records          tokens.py         authorization_codes    codes.py
+    consents               consents.py       browser_sessions       sessions.py
+    device_authorizations  devices.py
 """
 
 from __future__ import annotations
