@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from flask import Flask
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
@@ -644,6 +645,75 @@ def test_jwks_uri_that_is_not_listening_is_invalid_client(app: Flask, client: Fl
             "/oauth/token", data=_form(_assertion(key, client_id, f"{_issuer(app)}/oauth/token"))
         )
     )
+
+
+class _Listener:
+    """A TCP port that counts the connections made to it, and answers none."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+
+    def connections(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                return count
+            conn.close()
+            count += 1
+
+
+def _self_registered(client: FlaskClient, runner: FlaskCliRunner, jwks_uri: str) -> str:
+    """A private_key_jwt client registered over RFC 7591, with its keys at `jwks_uri`."""
+    made = runner.invoke(args=["clients", "registration-token"])
+    assert made.exit_code == 0, made.output
+    response = client.post(
+        "/oauth/register",
+        json={
+            "client_name": "Self-registered service",
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_uri": jwks_uri,
+        },
+        headers={"Authorization": f"Bearer {made.stdout.strip()}"},
+    )
+    assert response.status_code == 201, response.json
+    return str(response.json["client_id"])
+
+
+def test_a_self_registered_jwks_uri_whose_name_resolves_to_our_network_is_never_fetched(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A public-looking name passes registration; it is resolved, and refused, when fetched.
+    name = socket.gethostname()
+    resolved = {info[4][0] for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)}
+    if "127.0.0.1" not in resolved:
+        pytest.skip(f"this machine's name {name!r} does not resolve to 127.0.0.1")
+    listener = _Listener()
+    client_id = _self_registered(client, runner, f"https://{name}:{listener.port}/jwks.json")
+    _refused(_send(client, _ec(), client_id, f"{_issuer(app)}/oauth/token"))
+    assert listener.connections() == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "tokenserver.oauth.client_keys"]
+    assert lines == [
+        f"jwks_uri https://{name}:{listener.port}/jwks.json failed: "
+        "its host is not on a public network"
+    ]
+
+
+def test_an_operator_registered_jwks_uri_may_name_our_network(
+    app: Flask, client: FlaskClient
+) -> None:
+    # The same kind of name, registered from the CLI: the operator knows the network. Nothing
+    # answers there, so the fetch times out; what counts is that it was tried.
+    listener = _Listener()
+    client_id = _register(app, jwks_uri=f"http://localhost:{listener.port}/jwks.json")
+    _refused(_send(client, _ec(), client_id, f"{_issuer(app)}/oauth/token"))
+    assert listener.connections() == 1
 
 
 # --- metadata, CLI -------------------------------------------------------------------------

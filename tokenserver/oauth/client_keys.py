@@ -10,8 +10,10 @@ URL, so nobody can make us hammer the client's server by sending made-up kids.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 import warnings
@@ -24,7 +26,7 @@ from joserfc.jwk import Key, KeySet
 from werkzeug.http import parse_cache_control_header
 
 if TYPE_CHECKING:
-    import requests
+    import urllib3
 
 from ..models import Client
 
@@ -126,8 +128,12 @@ class RemoteKeys:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, uri: str, kid: str | None) -> KeySet:
-        """The keys at `uri`, from this worker's copy unless it is stale or lacks `kid`."""
+    def get(self, uri: str, kid: str | None, *, public_only: bool = False) -> KeySet:
+        """The keys at `uri`, from this worker's copy unless it is stale or lacks `kid`.
+
+        `public_only`: fetch only if the host's every address is a public one (a client that
+        registered itself must not point us at our own network, even through a DNS name).
+        """
         entry = self._entries.get(uri)
         if entry is not None and entry.expires_at > time.time() and entry.has(kid):
             return entry.keys  # type: ignore[return-value]
@@ -141,13 +147,13 @@ class RemoteKeys:
                 if entry.keys is None or entry.expires_at <= now:
                     raise KeysUnavailable("the client's jwks_uri failed moments ago")
                 return entry.keys
-            return self._refresh(uri, now)
+            return self._refresh(uri, now, public_only)
 
-    def _refresh(self, uri: str, now: float) -> KeySet:
+    def _refresh(self, uri: str, now: float, public_only: bool) -> KeySet:
         if len(self._entries) >= self.size:
             self._entries.clear()  # jwks_uri clients are few; a full cache means churn
         try:
-            keys, ttl = self._fetch(uri)
+            keys, ttl = self._fetch(uri, public_only)
         except KeysUnavailable as exc:
             self._entries[uri] = _Fetched(None, now, now)
             log.warning("jwks_uri %s failed: %s", _redacted(uri), exc)
@@ -155,24 +161,53 @@ class RemoteKeys:
         self._entries[uri] = _Fetched(keys, now, now + ttl)
         return keys
 
-    def _fetch(self, uri: str) -> tuple[KeySet, float]:
-        import requests  # on the first fetch: most deployments make none, and it costs MBs
+    def _fetch(self, uri: str, public_only: bool) -> tuple[KeySet, float]:
+        # urllib3 on the first fetch only: most deployments make none, and it costs MBs.
+        import certifi
+        import urllib3
 
         self.fetches += 1
         deadline = time.monotonic() + self.timeout
+        parts = urlsplit(uri)
+        https = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if https else 80)
+        address = _address(host, port, public_only)
+        timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
+        # Connect to the address just vetted, not to whatever the name resolves to next (DNS
+        # rebinding); TLS still checks the certificate against the name.
+        pool: urllib3.HTTPConnectionPool = (
+            urllib3.HTTPSConnectionPool(
+                address,
+                port,
+                timeout=timeout,
+                retries=False,
+                server_hostname=host,
+                assert_hostname=host,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=certifi.where(),
+            )
+            if https
+            else urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+        )
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {
+            "Host": parts.netloc.rpartition("@")[2],
+            "Accept": "application/jwk-set+json, application/json",
+        }
         try:
-            with requests.get(
-                uri,
-                timeout=self.timeout,
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept": "application/jwk-set+json, application/json"},
-            ) as response:
-                if response.status_code != 200:
-                    raise KeysUnavailable(f"answered {response.status_code}")
-                body = self._read_capped(response, deadline)
-                ttl = self._ttl(response.headers.get("Cache-Control"))
-        except requests.RequestException as exc:
+            with pool:
+                response = pool.urlopen(
+                    "GET", target, headers=headers, redirect=False, preload_content=False
+                )
+                try:
+                    if response.status != 200:
+                        raise KeysUnavailable(f"answered {response.status}")
+                    body = self._read_capped(response, deadline)
+                    ttl = self._ttl(response.headers.get("Cache-Control"))
+                finally:
+                    response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
             raise KeysUnavailable(f"{type(exc).__name__}") from None
         try:
             document = json.loads(body)
@@ -180,9 +215,9 @@ class RemoteKeys:
             raise KeysUnavailable("the document is not JSON") from None
         return public_key_set(document), ttl
 
-    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+    def _read_capped(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         body = bytearray()
-        for chunk in response.iter_content(8192):
+        for chunk in response.stream(8192):
             body += chunk
             if len(body) > self.max_bytes:
                 raise KeysUnavailable(f"the document is larger than {self.max_bytes} bytes")
@@ -216,8 +251,28 @@ class ClientKeys:
         if client.jwks_uri is None:
             raise KeysUnavailable("the client has no keys")
         kid = header.get("kid")
-        keys = self.remote.get(client.jwks_uri, kid if isinstance(kid, str) else None)
+        keys = self.remote.get(
+            client.jwks_uri,
+            kid if isinstance(kid, str) else None,
+            # Registered by the client itself (RFC 7591), not by an operator who knows the network.
+            public_only=client.registration_token_hash is not None,
+        )
         return pick_key(keys, header)
+
+
+def _address(host: str, port: int, public_only: bool) -> str:
+    """The address to fetch from: the first `host` resolves to; with `public_only`, only if
+    every address it resolves to is public (not private, loopback, link-local, reserved)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise KeysUnavailable("its host does not resolve") from None
+    addresses = [str(info[4][0]) for info in found]
+    if not addresses:
+        raise KeysUnavailable("its host does not resolve")
+    if public_only and not all(ipaddress.ip_address(a).is_global for a in addresses):
+        raise KeysUnavailable("its host is not on a public network")
+    return addresses[0]
 
 
 def _redacted(uri: str) -> str:
