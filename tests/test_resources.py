@@ -180,6 +180,18 @@ def photo_app(flow: Flow) -> tuple[str, str | None]:
     return registered
 
 
+def test_the_consent_page_names_the_resources_asked_for(flow: Flow) -> None:
+    client_id, _secret = flow.register(audiences=(PHOTOS, MAIL))
+    flow.login()
+    _verifier, challenge = pkce()
+    asked = flow.authorize(client_id, challenge, resource=PHOTOS)
+    page = flow.client.get(asked.headers["Location"])
+    assert f"Its access will work only at <code>{PHOTOS}</code>." in page.text
+    assert MAIL not in page.text
+    plain = flow.client.get(flow.authorize(client_id, challenge).headers["Location"])
+    assert plain.status_code == 200 and "work only at" not in plain.text
+
+
 def test_a_resource_asked_at_authorize_is_bound_into_the_code(
     flow: Flow, photo_app: tuple[str, str | None]
 ) -> None:

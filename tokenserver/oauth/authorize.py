@@ -62,6 +62,7 @@ class Authorization:
     scope: str
     redirect_uri: str
     state: str | None
+    resources: tuple[str, ...] = ()  # RFC 8707: where the tokens will be good, if narrowed
 
     @property
     def scopes(self) -> list[str]:
@@ -117,12 +118,14 @@ def validate(signed_in: SignedIn | None) -> Authorization:
             error_location(grant.redirect_uri, "invalid_request", description, state)
         )
     try:
-        requested(request.payload.data, request.client)  # bound into the code when issued
+        resources = requested(request.payload.data, request.client)  # bound into the code
     except InvalidTargetError as error:
         raise RedirectBack(
             error_location(grant.redirect_uri, error.error, str(error.description), state)
         ) from None
-    return Authorization(grant, request.client, request.scope, grant.redirect_uri, state)
+    return Authorization(
+        grant, request.client, request.scope, grant.redirect_uri, state, tuple(resources)
+    )
 
 
 def _prompts(request: Any) -> set[str]:

@@ -73,6 +73,7 @@ def consent_form() -> Response:
         "consent.html",
         client=authorization.client,
         scopes=authorization.scopes,
+        resources=authorization.resources,
         user=signed_in.user,
         action=request.full_path,
     )
