@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 from tokenserver.extensions import db
+from tokenserver.gunicorn_worker import YIELD_AT_MOST_EVERY
 from tokenserver.keys import CURRENT
 from tokenserver.models import SigningKey
 
@@ -160,6 +162,68 @@ def test_an_oversized_head_is_refused(live_server: LiveServer) -> None:
         if not sock.recv(4096):
             raise ConnectionResetError  # closed without an answer: refused all the same
     sock.close()
+
+
+# --- new connections shared between workers -----------------------------------------------
+
+
+def _served_by(server: LiveServer, paths: set[str]) -> dict[str, int]:
+    """The worker pid that answered each path, read from the access log once all are there."""
+    deadline = time.monotonic() + 10
+    while True:  # a line is written just after its response is sent: poll until it is
+        served = {}
+        for line in server.log_lines("access"):
+            with contextlib.suppress(ValueError):  # a line still being written
+                entry = json.loads(line)
+                if entry["path"] in paths:
+                    served[entry["path"]] = entry["pid"]
+        if len(served) == len(paths) or time.monotonic() > deadline:
+            return served
+        time.sleep(0.02)
+
+
+def _ask_on(conns: list[HTTPConnection], paths: list[str]) -> None:
+    for conn, path in zip(conns, paths, strict=True):
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 404
+        assert response.read()
+
+
+def test_a_burst_of_kept_alive_connections_is_shared_between_the_workers(
+    live_server: LiveServer,
+) -> None:
+    workers, threads = 2, 4  # live_server's, and gunicorn.conf.py's
+    # Both workers up: short connections until each has answered one.
+    n, pids = 0, set()
+    while len(pids) < workers and n < 200:
+        n += 1
+        requests.get(f"{live_server.url}/warm-{n}", headers={"Connection": "close"}, timeout=5)
+        pids = set(_served_by(live_server, {f"/warm-{k}" for k in range(1, n + 1)}).values())
+    assert len(pids) == workers
+    for burst in range(3):
+        # A pool opening a connection per thread of every worker at once, kept alive.
+        conns = [
+            HTTPConnection("127.0.0.1", live_server.port, timeout=5)
+            for _ in range(workers * threads)
+        ]
+        for conn in conns:
+            conn.connect()
+        paths = [f"/burst-{burst}-{i}" for i in range(len(conns))]
+        try:
+            _ask_on(conns, paths)
+            _ask_on(conns, [path + "-again" for path in paths])  # the same connections again
+        finally:
+            for conn in conns:
+                conn.close()
+        served = _served_by(live_server, {*paths, *(path + "-again" for path in paths)})
+        for path in paths:
+            assert served[path] == served[path + "-again"]  # kept alive, in the same worker
+        # Neither worker holds more than one connection per thread (none is left to a worker
+        # whose threads are all taken while the other has idle ones).
+        assert Counter(served[path] for path in paths) == dict.fromkeys(pids, threads)
+        # A worker yields at a level it yielded at before only after YIELD_AT_MOST_EVERY.
+        time.sleep(YIELD_AT_MOST_EVERY)
 
 
 # --- several threads in one worker ---------------------------------------------------------

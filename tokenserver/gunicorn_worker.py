@@ -9,6 +9,14 @@ its whole head has arrived; until then it waits in the worker's poller, costing 
 descriptor, and is closed if the head is not complete `keepalive` seconds after it connected
 or after its previous response. The head is then parsed by gunicorn's own parser, exactly as
 gthread would: this class only decides when a connection is worth a thread.
+
+It also shares new connections with its sibling workers. They all poll one listening socket,
+and whoever wakes first takes what is queued: a client opening eight kept-alive connections at
+once (a load balancer's pool, a benchmark) often had all eight taken by one worker, which then
+served them on one core while the other idled, at a third of the throughput. A worker that
+already holds a connection per thread now stops accepting for a few milliseconds, so a sibling
+takes the next ones; it does so once per new level of load, and at most ten times a second at
+a level it has yielded at before, so a steady stream of short connections is not slowed.
 """
 
 from __future__ import annotations
@@ -28,12 +36,23 @@ from gunicorn.workers import gthread
 MAX_HEAD_BYTES = 32 * 1024
 _READ_SIZE = 8192
 _END_OF_HEAD = b"\r\n\r\n"
+# How long a loaded worker leaves the listener to its siblings, and how often at most it does
+# so again at a level of load it has already yielded at.
+YIELD_SECONDS = 0.005
+YIELD_AT_MOST_EVERY = 0.1
 
 
 class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gthread, but a pool thread is given only a request whose head is already here."""
 
     pending_conns: deque[Any]  # gthread's: connections waiting in the poller (ours: for a head)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yield_until = 0.0  # monotonic time until which new connections are left alone
+        self._yielded_level = 0  # the load level (connections per thread) of the last yield...
+        self._last_yield_level = 0  # ...lowered as connections close; this one is not
+        self._last_yield = -YIELD_AT_MOST_EVERY
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -52,6 +71,38 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         conn = gthread.TConn(self.cfg, sock, address, listener.getsockname())  # non-blocking
         conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         self._await_head(conn)
+        self._leave_to_siblings()
+
+    def _leave_to_siblings(self) -> None:
+        """Stop accepting for YIELD_SECONDS when this worker reaches a new level of load."""
+        if self.cfg.workers < 2:
+            return
+        level = self.nr_conns // self.cfg.threads
+        self._yielded_level = min(self._yielded_level, level)
+        if level <= self._yielded_level:
+            return
+        now = time.monotonic()
+        if level <= self._last_yield_level and now - self._last_yield < YIELD_AT_MOST_EVERY:
+            return
+        self._yielded_level = self._last_yield_level = level
+        self._last_yield = now
+        self._yield_until = now + YIELD_SECONDS
+        self.set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's, except that accepting stays off while this worker yields to siblings."""
+        if enabled and time.monotonic() < self._yield_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's, waking when a yield ends so that accepting resumes on time."""
+        if not self._accepting and self._yield_until:
+            left = self._yield_until - time.monotonic()
+            if left <= 0:
+                self._yield_until = 0.0
+            timeout = min(timeout, max(left, 0.0))
+        super().wait_for_and_dispatch_events(timeout)
 
     def on_client_socket_readable(self, conn: Any, client: Any) -> None:
         """A kept-alive connection has sent something: gather its next head the same way."""
