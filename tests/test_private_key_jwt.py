@@ -34,6 +34,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.oauth.client_auth import FAILED
+from tokenserver.oauth.client_keys import KeysUnavailable, RemoteKeys
 from tokenserver.store import replay
 
 from .helpers import b64url
@@ -703,6 +704,38 @@ def test_a_self_registered_jwks_uri_whose_name_resolves_to_our_network_is_never_
         f"jwks_uri https://{name}:{listener.port}/jwks.json failed: "
         "its host is not on a public network"
     ]
+
+
+def test_a_jwks_uri_whose_name_never_resolves_holds_a_request_no_longer_than_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A nameserver that never answers: getaddrinfo would wait out the resolver's every try.
+    release, finished, asked = threading.Event(), threading.Event(), []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def unanswered(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host != "unanswered.example":
+            return real_getaddrinfo(host, *args, **kwargs)
+        asked.append(host)
+        try:
+            release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    keys = RemoteKeys(timeout=0.2)
+    try:
+        with pytest.raises(KeysUnavailable, match="did not resolve in time"):
+            keys.get("https://unanswered.example/jwks.json", None, public_only=True)
+        assert not finished.is_set()  # answered while the lookup still hangs
+        # Asked again at once: refused from the failure just seen, without another lookup.
+        with pytest.raises(KeysUnavailable, match="failed moments ago"):
+            keys.get("https://unanswered.example/jwks.json", None, public_only=True)
+        assert asked == ["unanswered.example"]
+    finally:
+        release.set()
+    assert finished.wait(10)  # the lookup left behind ends by itself
 
 
 def test_an_operator_registered_jwks_uri_may_name_our_network(

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -172,7 +173,7 @@ class RemoteKeys:
         https = parts.scheme == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
-        address = _address(host, port, public_only)
+        address = _address(host, port, public_only, self.timeout)
         timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
         # Connect to the address just vetted, not to whatever the name resolves to next (DNS
         # rebinding); TLS still checks the certificate against the name.
@@ -260,11 +261,25 @@ class ClientKeys:
         return pick_key(keys, header)
 
 
-def _address(host: str, port: int, public_only: bool) -> str:
-    """The address to fetch from: the first `host` resolves to; with `public_only`, only if
-    every address it resolves to is public (not private, loopback, link-local, reserved)."""
+@functools.cache
+def _resolver() -> ThreadPoolExecutor:
+    """Where name lookups run: getaddrinfo has no timeout of its own (a nameserver that never
+    answers holds it for the resolver's tries, 10 s and more), so a request waits for its
+    lookup no longer than the fetch's timeout; a lookup outliving its request ends by itself,
+    and these two threads bound how many can be left running."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks-resolver")
+
+
+def _address(host: str, port: int, public_only: bool, timeout: float) -> str:
+    """The address to fetch from: the first `host` resolves to within `timeout` seconds; with
+    `public_only`, only if every address it resolves to is public (not private, loopback,
+    link-local, reserved)."""
+    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = lookup.result(timeout=timeout)
+    except TimeoutError:  # the wait's, or the resolver's own (an OSError too: caught first)
+        lookup.cancel()  # if it is still queued behind lookups that hang
+        raise KeysUnavailable("its host did not resolve in time") from None
     except (OSError, UnicodeError):
         raise KeysUnavailable("its host does not resolve") from None
     addresses = [str(info[4][0]) for info in found]
