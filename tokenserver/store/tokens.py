@@ -9,6 +9,7 @@ rules they serve (rotation, reuse detection, liveness) are in oauth/records.py.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -218,19 +219,34 @@ def store_issued(
     The request's deferred single-use JWT ids are spent in the same commit (replay.Replayed).
     Anything but STORED stores nothing. ClientGone if the client no longer exists.
     """
+    outcome = Issued.STORED
+
+    def write(conn: Connection) -> bool:
+        nonlocal outcome
+        outcome = _issue(conn, login, parent_hash, reuse_grace, code)
+        if outcome is Issued.STORED:
+            conn.execute(_INSERT_RECORDS, records)
+        return outcome is Issued.STORED
+
+    _issuing(write)
+    return outcome
+
+
+def _issuing(write: Callable[[Connection], bool]) -> bool:
+    """Run `write` in one transaction with the request's deferred single-use JWT ids (its
+    client assertion and DPoP proof): all of it commits, or nothing if `write` says False.
+    ClientGone if the client was deleted meanwhile (its rows are gone: a foreign key fails)."""
     try:
         with db.engine.begin() as conn:
-            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
-            outcome = _issue(conn, login, parent_hash, reuse_grace, code)
-            if outcome is Issued.STORED:
-                conn.execute(_INSERT_RECORDS, records)
-            else:
+            replay.spend_pending(conn)
+            stored = write(conn)
+            if not stored:
                 conn.rollback()
     except IntegrityError:
         raise ClientGone() from None
-    if outcome is Issued.STORED:
+    if stored:
         replay.settled()
-    return outcome
+    return stored
 
 
 def _issue(
@@ -302,17 +318,7 @@ _INSERT_EXCHANGED = (
 def store_exchanged(record: dict[str, Any]) -> bool:
     """Store an exchanged access token's `record` in its subject's family (`family_id`);
     False if that login was revoked or its user disabled meanwhile. ClientGone as above."""
-    try:
-        with db.engine.begin() as conn:
-            replay.spend_pending(conn)  # the request's client assertion and DPoP proof ids
-            stored = conn.execute(_INSERT_EXCHANGED, record).first()
-            if stored is None:
-                conn.rollback()
-    except IntegrityError:
-        raise ClientGone() from None
-    if stored is not None:
-        replay.settled()
-    return stored is not None
+    return _issuing(lambda conn: conn.execute(_INSERT_EXCHANGED, record).first() is not None)
 
 
 @dataclass(frozen=True, slots=True)
