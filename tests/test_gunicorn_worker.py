@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import os
+import signal
 import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,6 +228,39 @@ def test_a_burst_of_kept_alive_connections_is_shared_between_the_workers(
         assert Counter(served[path] for path in paths) == dict.fromkeys(pids, threads)
         # A worker yields at a level it yielded at before only after YIELD_AT_MOST_EVERY.
         time.sleep(YIELD_AT_MOST_EVERY)
+
+
+def _workers_of(master: int) -> set[int]:
+    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+
+
+def test_kept_alive_connections_move_to_a_worker_that_starts_later(
+    live_server_factory: Any,
+) -> None:
+    threads = 4  # gunicorn.conf.py's
+    server = live_server_factory(workers=2)
+    master = server.process.pid
+    os.kill(master, signal.SIGTTOU)  # one worker leaves
+    deadline = time.monotonic() + 30
+    while len(_workers_of(master)) != 1:
+        assert time.monotonic() < deadline, "a worker did not leave"
+        time.sleep(0.05)  # polling for the master to reap it
+    (alone,) = _workers_of(master)
+    conns = [HTTPConnection("127.0.0.1", server.port, timeout=5) for _ in range(2 * threads)]
+    paths = [f"/alone-{i}" for i in range(len(conns))]
+    _ask_on(conns, paths)
+    assert set(_served_by(server, set(paths)).values()) == {alone}
+    os.kill(master, signal.SIGTTIN)  # a second worker starts, and finds them all taken
+    deadline = time.monotonic() + 30  # it starts in about a second, and they move in another
+    for turn in itertools.count():
+        paths = [f"/spread-{turn}-{i}" for i in range(len(conns))]
+        _ask_on(conns, paths)  # http.client connects again where an answer closed
+        served = Counter(_served_by(server, set(paths)).values())
+        if len(served) == 2 and set(served.values()) == {threads}:
+            break  # each worker serves one connection per thread
+        assert time.monotonic() < deadline, f"connections per worker stayed {served}"
+    for conn in conns:
+        conn.close()
 
 
 # --- several threads in one worker ---------------------------------------------------------

@@ -17,6 +17,9 @@ served them on one core while the other idled, at a third of the throughput. A w
 already holds a connection per thread now stops accepting for a few milliseconds, so a sibling
 takes the next ones; it does so once per new level of load, and at most ten times a second at
 a level it has yielded at before, so a steady stream of short connections is not slowed.
+Connections already kept alive stay where they are, so a worker that holds more than one per
+thread (its sibling was restarting when they came) closes one after its answer now and then,
+with `Connection: close`, and yields while the client connects again.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._yielded_level = 0  # the load level (connections per thread) of the last yield...
         self._last_yield_level = 0  # ...lowered as connections close; this one is not
         self._last_yield = -YIELD_AT_MOST_EVERY
+        self._last_shed = -YIELD_AT_MOST_EVERY  # when an answer last closed its connection
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -86,8 +90,29 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             return
         self._yielded_level = self._last_yield_level = level
         self._last_yield = now
-        self._yield_until = now + YIELD_SECONDS
+        self._yield()
+
+    def _yield(self) -> None:
+        self._yield_until = time.monotonic() + YIELD_SECONDS
         self.set_accept_enabled(False)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """gthread's (in a pool thread); on a worker holding more connections than threads,
+        at most one answer per YIELD_AT_MOST_EVERY closes its connection, and the worker yields
+        while the client connects again, so that a sibling with idle threads takes it."""
+        if self._shed_one():
+            req.must_close = True
+        return bool(super().handle_request(req, conn))
+
+    def _shed_one(self) -> bool:
+        if self.cfg.workers < 2 or self.nr_conns <= self.cfg.threads:
+            return False
+        now = time.monotonic()
+        if now - self._last_shed < YIELD_AT_MOST_EVERY:
+            return False  # two threads may both pass here at once: "at most" is about right
+        self._last_shed = now
+        self.method_queue.defer(self._yield)  # on the main thread, before the answer is sent
+        return True
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """gthread's, except that accepting stays off while this worker yields to siblings."""
