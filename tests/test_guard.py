@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -219,6 +220,24 @@ def test_database_guard_keeps_one_row_per_name_and_no_username(app: Flask, froze
         frozen.shift(DAY + 1)
         assert guard.prune(datetime.now(UTC)) == 2
         assert db.session.scalar(select(func.count()).select_from(LoginThrottle)) == 0
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_DATABASE_URL", "").startswith("postgresql"),
+    reason="SQLite's commit durability",
+)
+def test_counting_leaves_every_commit_after_it_durable(app: Flask, frozen: Any) -> None:
+    full = 2  # PRAGMA synchronous: FULL; a count alone is committed at NORMAL
+    with app.app_context():
+        db.engine.dispose()
+        guard = current_guard()
+        guard.admit("dave")
+        guard.clear("dave")
+        guard.admit("dave")
+        assert db.engine.pool.checkedin() == 1  # the only connection, used by each of them
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == full
+        assert db.session.scalar(select(LoginThrottle.attempts)) == 1
 
 
 def test_counts_are_shared_by_two_apps_on_one_redis(make_app: Any, redis_prefix: str) -> None:

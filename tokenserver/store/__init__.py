@@ -48,6 +48,30 @@ def transaction(
         yield conn
 
 
+@contextmanager
+def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
+    """A write transaction that need not survive a power cut (a spent JWT id, a password
+    guard's count), as every other does: on SQLite it is committed without an fsync of its
+    own, and lands on disk with the next durable commit. A process crash loses nothing."""
+    with (engine or db.engine).connect() as conn:
+        if conn.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA synchronous=NORMAL")  # this connection's commits only
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                raw.execute("PRAGMA synchronous=FULL")  # as every other write expects
+            except Exception:
+                conn.invalidate()  # never pooled again with commits that are not durable
+                raise
+
+
 def delete_in_batches(
     table: Table,
     key: Column[Any],

@@ -27,6 +27,7 @@ from ..config import Settings
 from ..digests import digest
 from ..extensions import db
 from ..models import SpentJti, utcnow
+from . import fleeting
 
 _spent: Table = SpentJti.__table__
 # RETURNING tells a fresh id from a replay on both databases (psycopg's rowcount is -1 here).
@@ -83,30 +84,8 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
     if pending is not None:
         pending.append((kind, key, expires_at))  # decided by spend_pending, or at the end
         return True
-    with _fleeting() as conn:
+    with fleeting() as conn:
         return _insert(conn, key, expires_at)
-
-
-@contextmanager
-def _fleeting() -> Iterator[Connection]:
-    """A write transaction that need not survive a power cut: on SQLite, not fsynced."""
-    with db.engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
-            with conn.begin():
-                yield conn
-            return
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        raw.execute("PRAGMA synchronous=NORMAL")  # this connection's commits only
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            try:
-                raw.execute("PRAGMA synchronous=FULL")  # as every other write expects
-            except Exception:
-                conn.invalidate()  # never pooled again with commits that are not durable
-                raise
 
 
 def _insert(conn: Connection, key: str, expires_at: datetime) -> bool:

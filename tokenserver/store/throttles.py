@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ..models import LoginThrottle, UTCDateTime
+from . import fleeting
 
 _throttles: Table = LoginThrottle.__table__
 _CLEAR = delete(_throttles).where(_throttles.c.key == bindparam("key"))
@@ -47,9 +48,10 @@ class ThrottleTable:
     def admit(self, key: str, now: datetime) -> Refused | None:
         """Count one check for `key` if it may try now (None); else why not, uncounted.
 
-        A connection of its own: the count commits whatever becomes of the request.
+        A connection of its own: the count commits whatever becomes of the request. Counts
+        need not survive a power cut: they are committed without an fsync of their own.
         """
-        with self._engine.begin() as conn:
+        with fleeting(self._engine) as conn:
             admitted = conn.execute(self._admission, self._params(key, now)).first()
             row = None if admitted else conn.execute(_STATE, {"key": key}).first()
         if admitted:
@@ -60,7 +62,7 @@ class ThrottleTable:
 
     def clear(self, key: str) -> None:
         """Forget `key`'s count."""
-        with self._engine.begin() as conn:
+        with fleeting(self._engine) as conn:
             conn.execute(_CLEAR, {"key": key})
 
     def prune(self, before: datetime, batch: int) -> int:
