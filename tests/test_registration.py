@@ -367,6 +367,45 @@ def _manage(client: FlaskClient, method: str, body: dict[str, Any], **kw: Any) -
     return client.open(path, method=method, headers=bearer(token), **kw)
 
 
+def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered = register(client, initial_token(runner), **WEB_APP).json
+    client_id = registered["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    asked = flow.authorize(client_id, challenge)
+    code = query_of(flow.consent(asked.headers["Location"]).headers["Location"])["code"]
+    tokens = flow.exchange(client_id, None, code, verifier).json
+    assert tokens["scope"] == "openid profile junk:read"
+
+    def refresh(**scope: str) -> Any:
+        nonlocal tokens
+        data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+        answer = client.post("/oauth/token", data={**data, "client_id": client_id, **scope})
+        if answer.status_code == 200:
+            tokens = answer.json
+        return answer
+
+    update = {**WEB_APP, "client_id": client_id, "scope": "openid junk:read"}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    narrowed = refresh()
+    assert narrowed.status_code == 200, narrowed.json
+    assert narrowed.json["scope"] == "openid junk:read"
+    assert claims_of(narrowed.json["access_token"])["scope"] == "openid junk:read"
+    # Asking for a scope the login has but the client no longer may: refused, nothing spent.
+    wider = refresh(scope="openid profile")
+    assert wider.status_code == 400 and wider.json["error"] == "invalid_scope"
+    assert refresh(scope="junk:read").json["scope"] == "junk:read"
+    # Nothing of the login left to the client: refused.
+    update["scope"] = "junk:write"
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    gone = refresh()
+    assert gone.status_code == 400 and gone.json["error"] == "invalid_scope"
+
+
 def test_read_update_and_delete_with_the_registration_access_token(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner
 ) -> None:

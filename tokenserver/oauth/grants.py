@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
+from authlib.oauth2.rfc6749.util import scope_to_list
 
 from .. import accounts
 from ..models import Subject
@@ -60,6 +61,20 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
         if user is None or user.disabled:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
         return user
+
+    def issue_token(self, user: Subject, refresh_token: RefreshCredential) -> dict[str, Any]:
+        # Authlib re-issues the scope granted at sign-in whatever the client may ask for now;
+        # a client whose registered scope was narrowed since (RFC 7592) keeps only the rest.
+        asked = self.request.payload.scope
+        granted = scope_to_list(asked or refresh_token.get_scope())
+        allowed = set(self.request.client.scopes)
+        kept = [scope for scope in granted if scope in allowed]
+        if not kept or (asked and len(kept) < len(granted)):
+            raise InvalidScopeError("The scope exceeds what this client may now ask for.")
+        token: dict[str, Any] = self.generate_token(
+            user=user, scope=" ".join(kept), include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN
+        )
+        return token
 
     def revoke_old_credential(self, refresh_token: Any) -> None:
         """Nothing to do: save_token spent it in the same transaction as the new tokens."""
