@@ -52,6 +52,9 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Read once: gunicorn's Config looks each setting up anew, and these run per request.
+        self._alone = self.cfg.workers < 2
+        self._threads: int = self.cfg.threads
         self._yield_until = 0.0  # monotonic time until which new connections are left alone
         self._yielded_level = 0  # the load level (connections per thread) of the last yield...
         self._last_yield_level = 0  # ...lowered as connections close; this one is not
@@ -79,9 +82,9 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def _leave_to_siblings(self) -> None:
         """Stop accepting for YIELD_SECONDS when this worker reaches a new level of load."""
-        if self.cfg.workers < 2:
+        if self._alone:
             return
-        level = self.nr_conns // self.cfg.threads
+        level = self.nr_conns // self._threads
         self._yielded_level = min(self._yielded_level, level)
         if level <= self._yielded_level:
             return
@@ -105,7 +108,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         return bool(super().handle_request(req, conn))
 
     def _shed_one(self) -> bool:
-        if self.cfg.workers < 2 or self.nr_conns <= self.cfg.threads:
+        if self._alone or self.nr_conns <= self._threads:
             return False
         now = time.monotonic()
         if now - self._last_shed < YIELD_AT_MOST_EVERY:
