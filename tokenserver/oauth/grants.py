@@ -65,14 +65,18 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
     def issue_token(self, user: Subject, refresh_token: RefreshCredential) -> dict[str, Any]:
         # Authlib re-issues the scope granted at sign-in whatever the client may ask for now;
         # a client whose registered scope was narrowed since (RFC 7592) keeps only the rest.
+        client = self.request.client
         asked = self.request.payload.scope
-        granted = scope_to_list(asked or refresh_token.get_scope())
-        allowed = set(self.request.client.scopes)
-        kept = [scope for scope in granted if scope in allowed]
-        if not kept or (asked and len(kept) < len(granted)):
-            raise InvalidScopeError("The scope exceeds what this client may now ask for.")
+        if asked:  # within the sign-in's scope (Authlib checked) and now the client's too
+            scope = client.get_allowed_scope(asked)
+        else:
+            allowed = client.scopes
+            kept = [s for s in scope_to_list(refresh_token.get_scope()) if s in allowed]
+            if not kept:
+                raise InvalidScopeError("No scope of this sign-in is left to this client.")
+            scope = " ".join(kept)
         token: dict[str, Any] = self.generate_token(
-            user=user, scope=" ".join(kept), include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN
+            user=user, scope=scope, include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN
         )
         return token
 
