@@ -131,6 +131,28 @@ def test_patch_moves_updated_at_but_never_created_at(actions: Actions) -> None:
     assert patched.json["updated_at"] == "2030-01-01T12:05:00Z"
 
 
+@pytest.mark.parametrize(
+    ("moment", "rendered"),
+    [
+        (datetime(2030, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC), "2030-01-01T12:00:00.250000Z"),
+        (datetime(2030, 1, 1, 12, 0, 0, 7, tzinfo=UTC), "2030-01-01T12:00:00.000007Z"),
+        (datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC), "2030-01-01T12:00:00Z"),
+    ],
+)
+def test_every_route_renders_an_items_time_alike(
+    actions: Actions, moment: datetime, rendered: str
+) -> None:
+    # Read back as text (a page's many timestamps skip the datetime): the same text as created.
+    with time_machine.travel(moment, tick=False):
+        alice = _sign_in(actions, "alice")
+        created = _create(actions.client, alice)
+    url = f"/junk/{created['id']}"
+    one = actions.client.get(url, headers=alice.headers).json
+    (listed,) = actions.client.get("/junk", headers=alice.headers).json["items"]
+    for item in (created, one, listed):
+        assert (item["created_at"], item["updated_at"]) == (rendered, rendered)
+
+
 def test_delete_answers_204_and_the_item_is_gone(
     app: Flask, client: FlaskClient, alice: Caller
 ) -> None:

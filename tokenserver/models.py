@@ -77,6 +77,27 @@ def isoformat(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+class RFC3339Text(TypeDecorator[str]):
+    """A UTC timestamp column read straight into the API's text, as `isoformat` renders it.
+
+    For timestamps rendered in bulk (a page of /junk has 40): SQLite's stored text is
+    rewritten without a datetime in between, in a fifth of the time. Read only.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):  # PostgreSQL's driver reads a datetime
+            return isoformat(value)
+        # As UTCDateTime stores it on SQLite: "2026-01-31 12:00:00.250000" (always 6 digits);
+        # isoformat leaves out a fraction of zero.
+        text = value.replace(" ", "T", 1)
+        return (text[:-7] if text.endswith(".000000") else text) + "Z"
+
+
 class User(db.Model):  # type: ignore[name-defined,misc]
     """A resource owner who signs in with a username and password."""
 
@@ -375,27 +396,6 @@ class JunkItem(db.Model):  # type: ignore[name-defined,misc]
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The item as the API renders it."""
-        return render_junk(self)
-
-
-# The columns an item is rendered from, as Core columns for the junk page's statement.
-JUNK_COLUMNS = tuple(
-    JunkItem.__table__.c[name] for name in ("id", "name", "description", "created_at", "updated_at")
-)
-
-
-def render_junk(item: Any) -> dict[str, Any]:
-    """A junk item, or a row of JUNK_COLUMNS, as the API renders it."""
-    return {
-        "id": item.id,
-        "name": item.name,
-        "description": item.description,
-        "created_at": isoformat(item.created_at),
-        "updated_at": isoformat(item.updated_at),
-    }
 
 
 class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]

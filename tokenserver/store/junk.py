@@ -7,28 +7,47 @@ transaction of its own, committed before it returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import BindParameter, Select, Table, bindparam, delete, insert, select, tuple_
+from sqlalchemy import (
+    BindParameter,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    tuple_,
+    type_coerce,
+)
 from sqlalchemy import update as sql_update
 
 from ..extensions import db, reader
-from ..models import JUNK_COLUMNS, JunkItem, utcnow
+from ..models import JunkItem, RFC3339Text, utcnow
 
 _items: Table = JunkItem.__table__
+# What an item is rendered from, its timestamps read as the API's text.
+_COLUMNS = (
+    _items.c.id,
+    _items.c.name,
+    _items.c.description,
+    *(
+        type_coerce(_items.c[name], RFC3339Text).label(name)
+        for name in ("created_at", "updated_at")
+    ),
+)
 _owner: BindParameter[int] = bindparam("owner")
 _id: BindParameter[int] = bindparam("item")
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One junk item as stored."""
+    """One junk item as stored, its timestamps as RFC 3339 text."""
 
     id: int
     name: str
     description: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: str
+    updated_at: str
 
 
 def _page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
@@ -45,7 +64,7 @@ def _page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
     else:
         seek = _items.c.id > after
     return (
-        select(*JUNK_COLUMNS)
+        select(*_COLUMNS)
         .where(_items.c.owner_id == _owner, seek)
         .order_by(_items.c.owner_id, _items.c.id)
         .limit(bindparam("size"))
@@ -55,8 +74,8 @@ def _page_statement(dialect: str) -> Select:  # type: ignore[type-arg]
 # Built once: composing a statement costs more than running it (GET /junk is a hot path).
 _PAGE = {dialect: _page_statement(dialect) for dialect in ("postgresql", "sqlite")}
 _OWNED = (_items.c.id == _id, _items.c.owner_id == _owner)
-_FIND = select(*JUNK_COLUMNS).where(*_OWNED)
-_ADD = insert(_items).returning(*JUNK_COLUMNS)
+_FIND = select(*_COLUMNS).where(*_OWNED)
+_ADD = insert(_items).returning(*_COLUMNS)
 _REMOVE = delete(_items).where(*_OWNED).returning(_items.c.id)
 
 
@@ -96,7 +115,7 @@ def update(owner_id: int, item_id: int, changes: dict[str, str]) -> Item | None:
         sql_update(_items)
         .where(*_OWNED)
         .values(**changes, updated_at=utcnow())
-        .returning(*JUNK_COLUMNS)
+        .returning(*_COLUMNS)
     )
     with db.engine.begin() as conn:
         row = conn.execute(statement, {"owner": owner_id, "item": item_id}).first()
