@@ -315,7 +315,7 @@ def demo_sign_in(client_id: str, secret: str | None) -> str:
         f"  {issuer}/oauth/authorize?{query}\n"
         "The browser then lands on 127.0.0.1:8400 (nothing listens there): copy `code` from\n"
         "its address bar within 60 seconds and exchange it:\n"
-        f"  curl -u '{auth}' -d grant_type=authorization_code -d code=CODE \\\n"
+        f"  curl -s -u '{auth}' -d grant_type=authorization_code -d code=CODE \\\n"
         f"    -d redirect_uri={_DEMO_CALLBACK} -d code_verifier={verifier} \\\n"
         f"    {issuer}/oauth/token\n"
     )
