@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import audit
+from .client_jwks import KeysUnavailable, public_key_set
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError, NotFound
 from .models import (
@@ -28,10 +29,9 @@ from .models import (
     isoformat,
     utcnow,
 )
-from .oauth.client_keys import KeysUnavailable, public_key_set
-from .oauth.resources import uri_problem as resource_problem
 from .oauth.server import current_server
 from .redirects import redirect_uri_problem
+from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
 from .store import initial_tokens, transaction
 
