@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per node")
     args = parser.parse_args(argv)
     env = _environment(args)
-    tokenserver = [sys.executable, "-m", "tokenserver.cli"]
+    tokenserver = [sys.executable, "-m", "tokenserver"]
     try:
         ensure_database(env["TOKENSERVER_DATABASE_URL"])
     except OperationalError as exc:

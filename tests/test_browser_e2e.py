@@ -89,7 +89,7 @@ def _register(server: LiveServer, *args: str) -> dict[str, Any]:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "tokenserver.cli", "clients", "create", *args, "--json"],
+        [sys.executable, "-m", "tokenserver", "clients", "create", *args, "--json"],
         env=server.env,
         capture_output=True,
         text=True,

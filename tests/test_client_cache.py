@@ -57,9 +57,65 @@ def test_the_cli_forgets_its_own_copy_at_once(app: Flask, actions: Actions) -> N
     _ttl(app, 60)
     assert _password_grant(app, oauth_client).status_code == 200
     _delete_with_cli(app, oauth_client.client_id)
+    with app.app_context():
+        assert current_server().clients.get(oauth_client.client_id) is None  # read afresh
     response = _password_grant(app, oauth_client)
     assert response.status_code == 401
     assert response.json["error"] == "invalid_client"
+
+
+def _register_over_http(app: Flask, scope: str) -> dict[str, Any]:
+    """A client_credentials client registered over RFC 7591, as its registration response."""
+    made = app.test_cli_runner().invoke(args=["clients", "registration-token"])
+    assert made.exit_code == 0, made.output
+    metadata = {"client_name": "sync", "grant_types": ["client_credentials"], "scope": scope}
+    headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    response = app.test_client().post("/oauth/register", json=metadata, headers=headers)
+    assert response.status_code == 201, response.json
+    body: dict[str, Any] = response.json
+    return body
+
+
+def _manage(app: Flask, method: str, registered: dict[str, Any], **kw: Any) -> Any:
+    """An RFC 7592 request about the registered client, with its registration access token."""
+    path = "/oauth/register/" + registered["client_id"]
+    headers = {"Authorization": f"Bearer {registered['registration_access_token']}"}
+    return app.test_client().open(path, method=method, headers=headers, **kw)
+
+
+def _client_credentials(app: Flask, registered: dict[str, Any], scope: str) -> Any:
+    data = {"grant_type": "client_credentials", "scope": scope}
+    auth = (registered["client_id"], registered["client_secret"])
+    return app.test_client().post("/oauth/token", data=data, auth=auth)
+
+
+def test_a_client_deleted_over_http_is_forgotten_at_once(app: Flask) -> None:
+    registered = _register_over_http(app, "junk:read")
+    _ttl(app, 60)
+    assert _client_credentials(app, registered, "junk:read").status_code == 200
+    assert _manage(app, "DELETE", registered).status_code == 204
+    with app.app_context():
+        assert current_server().clients.get(registered["client_id"]) is None  # read afresh
+    response = _client_credentials(app, registered, "junk:read")
+    assert response.status_code == 401
+    assert response.json["error"] == "invalid_client"
+
+
+def test_a_client_updated_over_http_is_read_afresh_at_once(app: Flask) -> None:
+    registered = _register_over_http(app, "junk:read junk:write")
+    _ttl(app, 60)
+    assert _client_credentials(app, registered, "junk:write").status_code == 200
+    update = {
+        "client_id": registered["client_id"],
+        "client_name": "sync",
+        "grant_types": ["client_credentials"],
+        "scope": "junk:read",
+    }
+    assert _manage(app, "PUT", registered, json=update).status_code == 200
+    narrowed = _client_credentials(app, registered, "junk:write")  # not the cached scope
+    assert narrowed.status_code == 400
+    assert narrowed.json["error"] == "invalid_scope"
+    assert _client_credentials(app, registered, "junk:read").status_code == 200
 
 
 def test_another_workers_stale_copy_issues_nothing_and_answers_401(

@@ -76,7 +76,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 def test_cli_refuses_bad_setting_with_one_line() -> None:
     result = _run(
-        [sys.executable, "-m", "tokenserver.cli", "users", "list"],
+        [sys.executable, "-m", "tokenserver", "users", "list"],
         {"TOKENSERVER_ACCESS_TOKEN_TTL": "abc"},
     )
     assert result.returncode != 0
@@ -150,7 +150,7 @@ def test_start_up_refusals_are_one_line_in_the_cli_and_gunicorn(
     env: dict[str, str], named: str, program: str
 ) -> None:
     args = {
-        "cli": [sys.executable, "-m", "tokenserver.cli", "users", "list"],
+        "cli": [sys.executable, "-m", "tokenserver", "users", "list"],
         "gunicorn": [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
     }[program]
     result = _run(args, {**env, "PORT": "1"})

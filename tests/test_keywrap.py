@@ -143,7 +143,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 @pytest.mark.parametrize(
     "command",
     [
-        ["-m", "tokenserver.cli", "keys", "list"],
+        ["-m", "tokenserver", "keys", "list"],
         ["-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
     ],
     ids=["cli", "gunicorn"],
@@ -163,7 +163,7 @@ def test_cli_and_gunicorn_refuse_a_wrong_key_with_one_line(
 
 def test_an_unset_key_is_one_warning_line(own_database: str) -> None:
     result = _run(
-        [sys.executable, "-m", "tokenserver.cli", "keys", "list"],
+        [sys.executable, "-m", "tokenserver", "keys", "list"],
         {"TOKENSERVER_DATABASE_URL": own_database},
     )
     assert result.returncode == 0, result.stderr

@@ -69,7 +69,7 @@ def test_readyz_expects_the_newest_migration() -> None:
 def test_tokenserver_db_upgrade_takes_an_empty_database_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "tokenserver.cli", "db", "upgrade"],
+        [sys.executable, "-m", "tokenserver", "db", "upgrade"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "TOKENSERVER_DATABASE_URL": url},
         capture_output=True,

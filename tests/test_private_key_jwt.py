@@ -32,9 +32,10 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
+from tokenserver.client_jwks import KeysUnavailable
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.oauth.client_auth import FAILED
-from tokenserver.oauth.client_keys import KeysUnavailable, RemoteKeys
+from tokenserver.oauth.client_keys import RemoteKeys
 from tokenserver.store import replay
 
 from .helpers import b64url

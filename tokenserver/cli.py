@@ -440,12 +440,6 @@ def register_commands(app: Flask) -> None:
         app.cli.add_command(group)
 
 
-def _create_app() -> Flask:
-    from . import create_app
-
-    return create_app(migrations=True)
-
-
 # What operators never need: Flask-Limiter's maintenance group, Flask-Migrate's developer
 # commands (still callable, e.g. `db migrate`, but not listed) and Flask's own options.
 _HIDDEN_COMMANDS = frozenset({"limiter"})
@@ -502,19 +496,22 @@ def _upgrade_errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-cli = _OperatorGroup(
-    create_app=_create_app,
-    add_default_commands=False,
-    add_version_option=False,
-    help="Administer tokenserver: database, users, clients, signing keys, token records.",
-)
-for _param in cli.params:
-    if _param.name in _HIDDEN_OPTIONS:
-        _param.hidden = True  # type: ignore[attr-defined]
+def command_group(create_app: Callable[[], Flask]) -> FlaskGroup:
+    """The `tokenserver` command group, run against the app `create_app` builds."""
+    group = _OperatorGroup(
+        create_app=create_app,
+        add_default_commands=False,
+        add_version_option=False,
+        help="Administer tokenserver: database, users, clients, signing keys, token records.",
+    )
+    for param in group.params:
+        if param.name in _HIDDEN_OPTIONS:
+            param.hidden = True  # type: ignore[attr-defined]
+    return group
 
 
-def main() -> None:
-    """Entry point of the `tokenserver` console script."""
+def run(create_app: Callable[[], Flask]) -> None:
+    """Run the `tokenserver` command: check the environment, then run the command group."""
     try:
         warning = check_at_startup(Settings.from_env())
     except ConfigError as exc:
@@ -525,11 +522,7 @@ def main() -> None:
     for line in unknown_variables():
         click.echo(line, err=True)
     try:
-        cli.main(prog_name="tokenserver")
+        command_group(create_app).main(prog_name="tokenserver")
     except ConfigError as exc:  # found while building the app (create_app checks again)
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import Flask, current_app
+
 from . import audit
+from .client_jwks import KeysUnavailable, public_key_set
 from .digests import digest, new_identifier, new_secret
 from .errors import APIError, NotFound
 from .models import (
@@ -28,10 +32,8 @@ from .models import (
     isoformat,
     utcnow,
 )
-from .oauth.client_keys import KeysUnavailable, public_key_set
-from .oauth.resources import uri_problem as resource_problem
-from .oauth.server import current_server
 from .redirects import redirect_uri_problem
+from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
 from .store import initial_tokens, transaction
 
@@ -46,6 +48,9 @@ class InvalidRedirectURI(InvalidClientMetadata):
     """RFC 7591 §3.2.2: a redirect URI cannot be registered."""
 
     error = "invalid_redirect_uri"
+
+
+_CHANGE_CALLBACKS = "tokenserver.client_change_callbacks"  # app.extensions key, see on_change
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     if not store.change(client_id, columns):
         raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
     client = _stored(client_id)
-    current_server().clients.forget(client_id)  # other processes' copies expire within a second
+    _changed(client_id)
     _audit("client.updated", client, new_secret=secret is not None)
     return client, secret
 
@@ -140,10 +145,25 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
 def delete_client(client_id: str) -> None:
     """Delete a client and, by cascade, every token and code issued to it."""
     gone = store.remove(client_id)
-    current_server().clients.forget(client_id)  # other processes' copies expire within a second
+    _changed(client_id)
     if not gone:
         raise NotFound(f"no client with id {client_id!r}")
     audit.event("client.deleted", client_id=client_id)
+
+
+def on_change(app: Flask, callback: Callable[[str], None]) -> None:
+    """Have `callback(client_id)` called each time `app` updates or deletes a client.
+
+    The authorization server (oauth/) drops this worker's copy of the client that way;
+    other processes' copies expire within a second.
+    """
+    app.extensions.setdefault(_CHANGE_CALLBACKS, []).append(callback)
+
+
+def _changed(client_id: str) -> None:
+    """Tell what registered with on_change that this client was just updated or deleted."""
+    for callback in current_app.extensions.get(_CHANGE_CALLBACKS, ()):
+        callback(client_id)
 
 
 def managed_client(client_id: str, registration_token: str) -> Client | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from .. import audit
+from .. import audit, clients
 from ..config import Settings
 from ..keys import KeyRing
 from ..models import OIDC_SCOPES, SCOPES
@@ -18,6 +18,7 @@ from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .exchange import TokenExchangeGrant
 from .logout import LogoutEndpoint
 from .records import CodeSpentMeanwhile, RefreshCredential, record_issued
+from .registration import ConfigurationEndpoint, RegistrationEndpoint
 from .server import AuthorizationServer
 from .tokens import TokenGenerator, issued_claims
 
@@ -97,11 +98,9 @@ def init_oauth(app: Flask) -> None:
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)
-    # Imported here: the registration endpoints use clients.py, which uses this package.
-    from .registration import ConfigurationEndpoint, RegistrationEndpoint
-
     server.register_endpoint(RegistrationEndpoint)
     server.register_endpoint(ConfigurationEndpoint)
+    clients.on_change(app, server.clients.forget)  # this worker sees a client's change at once
     app.extensions["tokenserver.oauth"] = server
 
     from .oidc import bp as oidc_bp

@@ -17,9 +17,10 @@ from joserfc import jwt
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import Key
 
+from ..client_jwks import KeysUnavailable
 from ..models import Client
 from ..store import replay
-from .client_keys import ALGORITHMS, ClientKeys, KeysUnavailable
+from .client_keys import ALGORITHMS, ClientKeys
 
 ASSERTION_TYPE = JWTBearerClientAssertion.CLIENT_ASSERTION_TYPE
 # Clock skew allowed on exp, nbf and iat (RFC 7519 §4.1.4: "usually no more than a few minutes").

@@ -16,19 +16,18 @@ import logging
 import socket
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 from werkzeug.http import parse_cache_control_header
 
 if TYPE_CHECKING:
     import urllib3
 
+from ..client_jwks import KeysUnavailable, public_key_set
 from ..models import Client
 
 log = logging.getLogger(__name__)
@@ -37,31 +36,6 @@ log = logging.getLogger(__name__)
 # `none` and never HS* (an HMAC keyed with a public key anyone can read).
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
 _KEY_TYPE = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed25519": "OKP"}
-KEY_TYPES = ("RSA", "EC", "OKP")
-
-
-class KeysUnavailable(Exception):
-    """The client's keys cannot be had: a bad document, or its jwks_uri failed."""
-
-
-def public_key_set(document: Any) -> KeySet:
-    """`document` as a set of public signing keys, or KeysUnavailable saying what is wrong."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise KeysUnavailable('jwks must be a JSON object with a "keys" array')
-    if not document["keys"]:
-        raise KeysUnavailable("jwks holds no key")
-    for key in document["keys"]:
-        if not isinstance(key, dict) or key.get("kty") not in KEY_TYPES:
-            raise KeysUnavailable(f"jwks keys must be public {', '.join(KEY_TYPES)} keys")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # joserfc warns of small keys
-            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-    except (JoseError, ValueError, TypeError) as exc:
-        raise KeysUnavailable(f"jwks holds a key that cannot be read ({exc})") from None
-    if any(key.is_private for key in keys):
-        raise KeysUnavailable("jwks must hold public keys only, never private parts")
-    return keys
 
 
 @functools.lru_cache(maxsize=256)

@@ -24,9 +24,10 @@ from authlib.oauth2.rfc6749.errors import (
 
 from .. import audit
 from ..models import TOKEN_EXCHANGE, Client
+from ..resource_uris import uri_problem
 from . import records
 from .grants import ClientCredentialsGrant
-from .resources import InvalidTargetError, bind_audience, uri_problem
+from .resources import InvalidTargetError, bind_audience
 from .tokens import TokenRejected, delegated, issued_claims, verified_claims
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from authlib.oauth2 import OAuth2Error
 from flask import g
 
 from ..models import Client
+from ..resource_uris import uri_problem
 
 
 class InvalidTargetError(OAuth2Error):
     """RFC 8707 §2: a resource that is malformed, unknown, or wider than the grant."""
 
     error = "invalid_target"
-
-
-def uri_problem(value: str) -> str | None:
-    """Why `value` cannot be a resource (RFC 8707 §2: an absolute URI, no fragment), or None."""
-    parts = urlsplit(value)
-    if not parts.scheme or "#" in value or not value.isprintable() or " " in value:
-        return "must be an absolute URI without a fragment"
-    return None
 
 
 def requested(data: Any, client: Client) -> list[str]:

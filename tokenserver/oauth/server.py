@@ -149,9 +149,10 @@ class ClientCache:
     """This worker's copies of the clients it has looked up, each kept for `ttl` seconds.
 
     Every token, introspection and revocation request authenticates a client, and clients
-    change only through the CLI (which forgets its own copy at once). Elsewhere a deleted
-    client, or a new secret, takes effect within `ttl`: a second of staleness saves a query on
-    every request. Only found clients are kept; tokens, users and revocations are never cached.
+    change only through the CLI and RFC 7592 (the process making the change forgets its own
+    copy at once: clients.on_change). Elsewhere a deleted client, or a new secret, takes effect
+    within `ttl`: a second of staleness saves a query on every request. Only found clients are
+    kept; tokens, users and revocations are never cached.
     """
 
     def __init__(self, ttl: float = 1.0, size: int = 1024) -> None:
