@@ -67,4 +67,7 @@ def browser_metadata(issuer: str) -> dict[str, Any]:
             "sid",
         ],
         "prompt_values_supported": ["none", "login", "consent"],
+        # OpenID Connect Discovery §3: request_uri_parameter_supported is true when left out.
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
     }

@@ -1,0 +1,201 @@
+"""/oauth/authorize against RFC 6749 §3.1 and §4.1, RFC 8252 §7.3, RFC 9207 and OpenID Connect
+Core §3.1.2 and §6: what is refused, how, and that a refusal issues nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from flask.testing import FlaskClient
+
+from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
+
+ISSUER = "http://localhost:8000"
+
+
+def _request(client_id: str, **params: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid profile",
+        "state": "st-1",
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+        **params,
+    }
+
+
+def _error_back(response: Any) -> dict[str, str]:
+    """The error the client hears at its redirect URI, with state and iss (RFC 9207)."""
+    assert response.status_code == 302, response.text
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT + "?"), location
+    query = query_of(location)
+    assert "code" not in query
+    assert query["state"] == "st-1" and query["iss"] == ISSUER and query["error_description"]
+    return query
+
+
+@pytest.mark.parametrize(
+    "name", ["nonce", "prompt", "max_age", "login_hint", "response_mode", "dpop_jkt"]
+)
+def test_a_parameter_given_twice_is_invalid_request(flow: Flow, name: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    query = urlencode(_request(client_id)) + f"&{name}=1&{name}=2"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_resource_may_be_given_more_than_once(flow: Flow) -> None:
+    client_id, _secret = flow.register(
+        first_party=True, audiences=("https://a.example", "https://b.example")
+    )
+    flow.login()
+    query = (
+        urlencode(_request(client_id)) + "&resource=https://a.example&resource=https://b.example"
+    )
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("name", ["client_id", "redirect_uri", "response_type"])
+def test_a_client_or_redirect_parameter_given_twice_is_a_page_never_a_redirect(
+    flow: Flow, name: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    query = urlencode(_request(client_id)) + f"&{name}=https://evil.example/cb"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert response.mimetype == "text/html"
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("request", "eyJhbGciOiJub25lIn0.e30.", "request_not_supported"),
+        ("request_uri", "https://app.example.com/request.jwt", "request_uri_not_supported"),
+        ("registration", "{}", "registration_not_supported"),
+    ],
+)
+def test_request_objects_and_registration_are_refused_not_ignored(
+    flow: Flow, name: str, value: str, error: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, **{name: value}))
+    )
+    assert _error_back(response)["error"] == error
+
+
+@pytest.mark.parametrize("mode", ["fragment", "form_post", "query.jwt", "bogus"])
+def test_a_response_mode_other_than_query_is_refused(flow: Flow, mode: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_mode=mode))
+    )
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_response_mode_query_is_accepted(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_mode="query"))
+    )
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("max_age", ["abc", "-1", "1e3", "9" * 30, "\u0665"])
+def test_a_max_age_that_is_not_a_small_whole_number_is_invalid_request(
+    flow: Flow, max_age: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, max_age=max_age))
+    )
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_a_large_max_age_keeps_a_fresh_session(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, max_age="9999999999"))
+    )
+    assert "code" in query_of(response.headers["Location"])
+
+
+def test_an_error_without_state_still_names_the_issuer(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    params = _request(client_id, response_mode="fragment")
+    del params["state"]
+    response = flow.client.get("/oauth/authorize?" + urlencode(params))
+    query = query_of(response.headers["Location"])
+    assert query["error"] == "invalid_request" and query["iss"] == ISSUER
+    assert "state" not in query
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:5000@evil.example/callback",  # userinfo: the browser goes to evil
+        "http://127.0.0.1:5000\\@evil.example/callback",
+        "http://127.0.0.1@evil.example/callback",
+        "http://127.0.0.1:/callback",
+        "http://127.0.0.1:5000/callback?",
+        "HTTP://127.0.0.1:5000/callback",
+        "http://127.0.0.1:65536/callback",
+        "http://localhost:5000/callback",
+    ],
+)
+def test_a_loopback_redirect_uri_may_change_its_port_and_nothing_else(flow: Flow, uri: str) -> None:
+    client_id, _secret = flow.register(LOOPBACK, public=True, first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil@app.example.com/callback",
+        "https://app.example.com/callback#x",
+        "HTTPS://app.example.com/callback",
+        "https://app.example.com/x/../callback",
+        "https://app.example.com/callback/..",
+    ],
+)
+def test_a_redirect_uri_must_match_exactly(flow: Flow, uri: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+def test_the_error_page_escapes_what_the_request_said(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    uri = "https://app.example.com/<script>alert(1)</script>"
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400
+    assert "<script>" not in response.text and "&lt;script&gt;" in response.text
+
+
+def test_discovery_says_request_uri_is_not_supported(client: FlaskClient) -> None:
+    # OpenID Connect Discovery §3: left out, request_uri_parameter_supported means true.
+    body = client.get("/.well-known/openid-configuration").json
+    assert body["request_uri_parameter_supported"] is False
+    assert body["request_parameter_supported"] is False
