@@ -111,6 +111,18 @@ def test_response_mode_query_is_accepted(flow: Flow) -> None:
     assert "code" in query_of(response.headers["Location"])
 
 
+@pytest.mark.parametrize("response_type", ["code id_token", "token", "id_token", "code token"])
+def test_other_response_types_are_refused_in_our_words(flow: Flow, response_type: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_type=response_type))
+    )
+    query = _error_back(response)
+    assert query["error"] == "unsupported_response_type"
+    assert query["error_description"] != response_type  # says what is supported, not an echo
+
+
 @pytest.mark.parametrize("max_age", ["abc", "-1", "1e3", "9" * 30, "\u0665"])
 def test_a_max_age_that_is_not_a_small_whole_number_is_invalid_request(
     flow: Flow, max_age: str
