@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 from .. import signin
 from ..oauth import authorize
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
+from ..oauth.logout import needs_confirmation
 from ..oauth.server import current_server
 from . import bp, web
 
@@ -103,8 +104,8 @@ def logout() -> Response:
         end = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
         raise web.refuse(400, "This sign-out link is not valid", error.description or "") from None
-    # Without a valid id_token_hint, anyone's page could sign the user out: ask first.
-    if end.needs_confirmation:
+    # Without a valid id_token_hint naming this user, anyone's page could sign them out.
+    if needs_confirmation(end, web.current_session()):
         if request.method == "GET" or "csrf_token" not in request.form:
             return web.page("logout.html", session=web.current_session(), action=request.full_path)
         web.check_form()
