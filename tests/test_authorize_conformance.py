@@ -211,3 +211,46 @@ def test_discovery_says_request_uri_is_not_supported(client: FlaskClient) -> Non
     body = client.get("/.well-known/openid-configuration").json
     assert body["request_uri_parameter_supported"] is False
     assert body["request_parameter_supported"] is False
+    assert body["prompt_values_supported"] == ["none", "login", "consent", "select_account"]
+
+
+@pytest.mark.parametrize("params", [{"max_age": "0"}, {"prompt": "login"}])
+def test_forced_sign_in_asks_once_then_issues_a_code(flow: Flow, params: dict[str, str]) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    asked = flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, **params)))
+    assert asked.headers["Location"].startswith("/login?")
+    signed_in = flow.login(next=query_of(asked.headers["Location"])["next"])
+    back = flow.client.get(signed_in.headers["Location"])
+    assert "code" in query_of(back.headers["Location"]), back.headers["Location"]
+
+
+@pytest.mark.parametrize("prompt", ["bogus", "login bogus", "none none2"])
+def test_an_unknown_prompt_value_is_invalid_request(flow: Flow, prompt: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, prompt=prompt)))
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_prompt_select_account_lets_the_user_sign_in_again(flow: Flow) -> None:
+    # As Keycloak does: signing in again is how this server lets a user pick another account.
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, prompt="select_account"))
+    )
+    assert response.headers["Location"].startswith("/login?")
+    assert "prompt" not in query_of(response.headers["Location"])["next"]
+
+
+@pytest.mark.parametrize("prompt", ["none login", "none consent", "none select_account"])
+def test_prompt_none_with_another_value_is_invalid_request_without_openid(
+    flow: Flow, prompt: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, scope="junk:read", prompt=prompt))
+    )
+    assert _error_back(response)["error"] == "invalid_request"

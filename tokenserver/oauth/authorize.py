@@ -146,7 +146,7 @@ def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
         and max_age is not None
         and utcnow() - signed_in.auth_time > timedelta(seconds=max_age)
     )
-    if signed_in is None or "login" in prompt or stale:
+    if signed_in is None or {"login", "select_account"} & prompt or stale:
         if "none" in prompt:
             _refuse(authorization, "login_required", "The user is not signed in.")
         return Next.LOGIN

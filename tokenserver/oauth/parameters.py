@@ -36,6 +36,8 @@ _UNSUPPORTED: dict[str, type[OAuth2Error]] = {
     "request_uri": RequestURINotSupportedError,
     "registration": RegistrationNotSupportedError,
 }
+# OpenID Connect Core §3.1.2.1; select_account is met by signing in again, as Keycloak does.
+PROMPTS = ("none", "login", "consent", "select_account")
 _MAX_AGE = re.compile(r"[0-9]{1,10}")  # seconds, ASCII digits; ten of them is over 300 years
 
 
@@ -50,6 +52,9 @@ def check(datalist: Mapping[str, Sequence[str]]) -> None:
     mode = _value(datalist, "response_mode")
     if mode and mode != "query":  # the one response mode discovery lists
         raise InvalidRequestError("Only response_mode=query is supported.")
+    prompt = _value(datalist, "prompt")
+    if prompt and not set(prompt.split()) <= set(PROMPTS):
+        raise InvalidRequestError("'prompt' may hold only none, login, consent, select_account.")
     max_age = _value(datalist, "max_age")
     if max_age and not _MAX_AGE.fullmatch(max_age):
         raise InvalidRequestError("'max_age' must be a whole number of seconds.")

@@ -34,9 +34,13 @@ def _redirect_exception(location: str) -> Exception:
 
 
 def _to_login() -> Response:
-    """Send the user to sign in, then back to this request (without prompt=login: no loop)."""
-    params = [(k, v) for k, v in request.args.items(multi=True) if k != "prompt"]
-    prompts = [p for p in request.args.get("prompt", "").split() if p != "login"]
+    """Send the user to sign in, then back to this request.
+
+    The way back leaves out what sent the user here (prompt=login or select_account, max_age):
+    they have just signed in, and asking again would loop (max_age=0 is never met).
+    """
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("prompt", "max_age")]
+    prompts = [p for p in request.args.get("prompt", "").split() if p in ("none", "consent")]
     if prompts:
         params.append(("prompt", " ".join(prompts)))
     back = "/oauth/authorize?" + urlencode(params)
