@@ -3,12 +3,19 @@ Core §3.1.2 and §6: what is refused, how, and that a refusal issues nothing.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt as pyjwt
 import pytest
+import time_machine
+from flask import Flask
 from flask.testing import FlaskClient
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
+from .conftest import Actions
 from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
 
 ISSUER = "http://localhost:8000"
@@ -254,3 +261,65 @@ def test_prompt_none_with_another_value_is_invalid_request_without_openid(
         "/oauth/authorize?" + urlencode(_request(client_id, scope="junk:read", prompt=prompt))
     )
     assert _error_back(response)["error"] == "invalid_request"
+
+
+def _id_token(app: Flask, client_id: str, secret: str | None, username: str) -> str:
+    """An ID token for `username` from a browser of their own."""
+    browser = Flow(app, app.test_client())
+    browser.login(username=username)
+    verifier, challenge = pkce()
+    code = browser.code_for(client_id, challenge)
+    body = browser.exchange(client_id, secret, code, verifier).json
+    return str(body["id_token"])
+
+
+def _foreign_id_token(claims: dict[str, Any]) -> str:
+    key = RSAKey.generate_key(2048, parameters={"kid": "foreign"})
+    return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": "foreign"}, claims, key)
+
+
+def test_id_token_hint_of_the_signed_in_user_is_accepted_even_expired(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "alice")
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=2)):
+        flow.login()
+        response = flow.client.get(
+            "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint, prompt="none"))
+        )
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("prompt", [None, "none"])
+def test_id_token_hint_of_another_user_is_login_required(
+    flow: Flow, actions: Actions, prompt: str | None
+) -> None:
+    actions.user("bob")
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "bob")
+    flow.login()
+    params = _request(client_id, id_token_hint=hint, **({"prompt": prompt} if prompt else {}))
+    response = flow.client.get("/oauth/authorize?" + urlencode(params))
+    assert _error_back(response)["error"] == "login_required"
+
+
+def test_a_hint_that_is_not_our_id_token_for_this_client_is_invalid_request(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    other, other_secret = flow.register(first_party=True)
+    theirs = _id_token(flow.app, other, other_secret, "alice")
+    flow.login()
+    verifier, challenge = pkce()
+    tokens = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+    header, payload, _signature = tokens["id_token"].split(".")
+    for hint in (
+        "garbage",
+        theirs,  # issued to another client
+        tokens["access_token"],  # ours, but not an ID token
+        _foreign_id_token(claims),  # the same claims, signed by someone else's key
+        f"{header}.{payload}.",  # the signature taken off
+        pyjwt.encode(claims, key=None, algorithm="none"),
+    ):
+        response = flow.client.get(
+            "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint))
+        )
+        assert _error_back(response)["error"] == "invalid_request", hint

@@ -6,12 +6,11 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
-from joserfc import jws
-from joserfc.errors import JoseError
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
 from ..store.sessions import Session
+from .hints import is_id_token
 from .query import QueryRequest
 
 
@@ -22,7 +21,7 @@ class LogoutEndpoint(EndSessionEndpoint):
         # Our access tokens are signed with the same keys: one handed to a resource server
         # must not pass as the hint that lets a link sign the user out unasked.
         hint = request.payload.data.get("id_token_hint")
-        if hint and _type_of(hint) != "JWT":
+        if hint and not is_id_token(hint):
             raise InvalidRequestError("The id_token_hint is not an ID token.")
         return super().validate_request(request)
 
@@ -50,11 +49,3 @@ def needs_confirmation(end: EndSessionRequest, session: Session | None) -> bool:
     if end.needs_confirmation or session is None:
         return end.needs_confirmation
     return str(end.id_token_claims.get("sub")) != str(session.user.id)
-
-
-def _type_of(token: str) -> str | None:
-    try:
-        typ = jws.extract_compact(token.encode()).headers().get("typ")
-    except (JoseError, ValueError):
-        return None
-    return typ if isinstance(typ, str) else None
