@@ -16,7 +16,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from .conftest import Actions
-from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
+from .helpers import LOOPBACK, REDIRECT, Flow, csrf_of, pkce, query_of
 
 ISSUER = "http://localhost:8000"
 
@@ -323,3 +323,29 @@ def test_a_hint_that_is_not_our_id_token_for_this_client_is_invalid_request(flow
             "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint))
         )
         assert _error_back(response)["error"] == "invalid_request", hint
+
+
+def test_the_consent_page_cannot_skip_a_required_sign_in(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    consent = "/consent?" + urlencode(_request(client_id))
+    page = flow.client.get(consent)
+    assert page.status_code == 200
+    with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10)):
+        stale = "/consent?" + urlencode(_request(client_id, max_age="60"))
+        assert flow.client.get(stale).headers["Location"].startswith("/login?")
+        form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
+        posted = flow.client.post(stale, data=form)
+        assert posted.headers["Location"].startswith("/login?")
+
+
+def test_the_consent_page_cannot_skip_the_hint_check(flow: Flow, actions: Actions) -> None:
+    actions.user("bob")
+    client_id, secret = flow.register()
+    hint = _id_token(flow.app, client_id, secret, "bob")
+    flow.login()
+    consent = "/consent?" + urlencode(_request(client_id, id_token_hint=hint))
+    page = flow.client.get("/consent?" + urlencode(_request(client_id)))
+    form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
+    assert _error_back(flow.client.get(consent))["error"] == "login_required"
+    assert _error_back(flow.client.post(consent, data=form))["error"] == "login_required"
