@@ -349,3 +349,15 @@ def test_the_consent_page_cannot_skip_the_hint_check(flow: Flow, actions: Action
     form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
     assert _error_back(flow.client.get(consent))["error"] == "login_required"
     assert _error_back(flow.client.post(consent, data=form))["error"] == "login_required"
+
+
+@pytest.mark.parametrize("response_type", ["code", "token"])
+def test_a_repeated_redirect_uri_is_a_page_whatever_the_response_type(
+    flow: Flow, response_type: str
+) -> None:
+    client_id, _secret = flow.register(REDIRECT, "https://app.example.com/other")
+    flow.login()
+    params = _request(client_id, response_type=response_type)
+    query = urlencode(params) + "&redirect_uri=" + "https://app.example.com/other"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert response.status_code == 400 and "Location" not in response.headers

@@ -89,8 +89,10 @@ def validate(signed_in: SignedIn | None) -> Authorization:
     request.user = signed_in
     state = request.payload.state
     try:
+        # First: choosing the grant reads response_type and redirect_uri, and would redirect
+        # an unsupported response_type to the first of two redirect URIs.
+        CodeGrant.validate_no_multiple_request_parameter(request)
         grant = current_server().get_authorization_grant(request)
-        grant.validate_no_multiple_request_parameter(request)
         grant.validate_consent_request()
     except ValueError:
         # Authlib will not build an error whose description would echo characters RFC 6749
