@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
@@ -216,9 +218,9 @@ def test_sign_out_everywhere_ends_this_session_too(flow: Flow) -> None:
     assert flow.client.get("/account").status_code == 303
 
 
-def _id_token(flow: Flow) -> tuple[str, str]:
+def _id_token(flow: Flow, username: str = "alice") -> tuple[str, str]:
     client_id, secret = flow.register(first_party=True)
-    flow.login()
+    flow.login(username=username)
     verifier, challenge = pkce()
     body = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
     return client_id, body["id_token"]
@@ -260,3 +262,49 @@ def test_logout_refuses_a_forged_id_token_hint(flow: Flow) -> None:
     flow.login()
     response = flow.client.get("/oauth/logout?id_token_hint=e30.e30.AAAA")
     assert response.status_code == 400 and flow.client.get("/account").status_code == 200
+
+
+def test_logout_with_another_users_id_token_asks_first(
+    app: Flask, flow: Flow, actions: Actions
+) -> None:
+    # Anyone can get an ID token of their own: it must not sign someone else out unasked.
+    actions.user("bob")
+    _client_id, bobs_id_token = _id_token(Flow(app, app.test_client()), username="bob")
+    flow.login()
+    query = {"id_token_hint": bobs_id_token, "post_logout_redirect_uri": REDIRECT}
+    asked = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert "Location" not in asked.headers
+    assert flow.client.get("/account").status_code == 200  # alice is still signed in
+
+
+def test_logout_with_an_access_token_as_the_hint_is_refused(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    body = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    query = {"id_token_hint": body["access_token"], "post_logout_redirect_uri": REDIRECT}
+    response = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert flow.client.get("/account").status_code == 200
+
+
+def test_logout_accepts_an_expired_id_token_of_the_signed_in_user(flow: Flow) -> None:
+    # RP-Initiated Logout §2: the OP SHOULD accept an ID token past its exp.
+    _client_id, id_token = _id_token(flow)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=2)):
+        flow.login()  # the first session has expired by then: a new one, same user
+        response = flow.client.get("/oauth/logout?" + urlencode(query))
+        assert response.status_code == 302
+        assert response.headers["Location"] == REDIRECT + "?state=s9"
+        assert flow.client.get("/account").status_code == 303
+
+
+def test_logout_refuses_an_id_token_hint_for_another_client_id(flow: Flow) -> None:
+    _client_id, id_token = _id_token(flow)
+    other, _secret = flow.register(first_party=True)
+    query = {"id_token_hint": id_token, "client_id": other, "post_logout_redirect_uri": REDIRECT}
+    response = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert flow.client.get("/account").status_code == 200

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
-# RFC 8252 §7.3: a native app listens on a loopback port chosen at run time.
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "[::1]"})
+# RFC 8252 §7.3: a native app listens on a loopback port chosen at run time. Only the port may
+# differ, and only as digits: "http://127.0.0.1:80@evil.example/" is evil.example's.
+_LOOPBACK = re.compile(r"(http://(?:127\.0\.0\.1|\[::1\]))(?::([0-9]{1,5}))?(/.*)?", re.DOTALL)
 
 
-def _without_port(netloc: str) -> str:
-    host = netloc.rsplit("]", 1)[0] + "]" if netloc.startswith("[") else netloc.split(":", 1)[0]
-    return host
+def _without_port(uri: str) -> str | None:
+    """A loopback http URI with its port taken out, or None for any other URI."""
+    match = _LOOPBACK.fullmatch(uri)
+    if match is None or (match[2] is not None and int(match[2]) > 65535):
+        return None
+    return match[1] + (match[3] or "")
 
 
 def redirect_uri_matches(registered: str, requested: str) -> bool:
@@ -21,17 +26,8 @@ def redirect_uri_matches(registered: str, requested: str) -> bool:
     """
     if requested == registered:
         return True
-    reg, req = urlsplit(registered), urlsplit(requested)
-    if reg.scheme != "http" or req.scheme != "http":
-        return False
-    reg_host, req_host = _without_port(reg.netloc), _without_port(req.netloc)
-    if reg_host not in _LOOPBACK_HOSTS or req_host != reg_host:
-        return False
-    try:
-        req.port  # noqa: B018 (raises ValueError on a port that is not a number)
-    except ValueError:
-        return False
-    return (reg.path, reg.query, reg.fragment) == (req.path, req.query, req.fragment)
+    portless = _without_port(registered)
+    return portless is not None and portless == _without_port(requested)
 
 
 def local_path(target: str | None, default: str = "/account") -> str:

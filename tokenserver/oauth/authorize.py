@@ -20,6 +20,7 @@ from ..config import current_settings
 from ..models import Client, utcnow
 from ..store import consents
 from .codes import CodeGrant, SignedIn
+from .hints import hinted_subject
 from .query import QueryRequest
 from .resources import InvalidTargetError, requested
 from .server import current_server
@@ -63,6 +64,7 @@ class Authorization:
     redirect_uri: str
     state: str | None
     resources: tuple[str, ...] = ()  # RFC 8707: where the tokens will be good, if narrowed
+    hinted_subject: str | None = None  # the user an id_token_hint names
 
     @property
     def scopes(self) -> list[str]:
@@ -87,8 +89,10 @@ def validate(signed_in: SignedIn | None) -> Authorization:
     request.user = signed_in
     state = request.payload.state
     try:
+        # First: choosing the grant reads response_type and redirect_uri, and would redirect
+        # an unsupported response_type to the first of two redirect URIs.
+        CodeGrant.validate_no_multiple_request_parameter(request)
         grant = current_server().get_authorization_grant(request)
-        grant.validate_no_multiple_request_parameter(request)
         grant.validate_consent_request()
     except ValueError:
         # Authlib will not build an error whose description would echo characters RFC 6749
@@ -111,6 +115,13 @@ def validate(signed_in: SignedIn | None) -> Authorization:
         raise RedirectBack(
             error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
         )
+    hint = request.payload.data.get("id_token_hint")
+    hinted = hinted_subject(hint, request.client.client_id) if hint else None
+    if hint and hinted is None:
+        description = "The id_token_hint is not an ID token issued to this client."
+        raise RedirectBack(
+            error_location(grant.redirect_uri, "invalid_request", description, state)
+        )
     dpop_jkt = request.payload.data.get("dpop_jkt")
     if dpop_jkt is not None and not _THUMBPRINT.fullmatch(dpop_jkt):
         description = "The dpop_jkt is not a JWK SHA-256 thumbprint."
@@ -124,7 +135,13 @@ def validate(signed_in: SignedIn | None) -> Authorization:
             error_location(grant.redirect_uri, error.error, str(error.description), state)
         ) from None
     return Authorization(
-        grant, request.client, request.scope, grant.redirect_uri, state, tuple(resources)
+        grant,
+        request.client,
+        request.scope,
+        grant.redirect_uri,
+        state,
+        tuple(resources),
+        hinted,
     )
 
 
@@ -146,11 +163,14 @@ def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
         and max_age is not None
         and utcnow() - signed_in.auth_time > timedelta(seconds=max_age)
     )
-    if signed_in is None or "login" in prompt or stale:
+    if signed_in is None or {"login", "select_account"} & prompt or stale:
         if "none" in prompt:
             _refuse(authorization, "login_required", "The user is not signed in.")
         return Next.LOGIN
     assert signed_in is not None
+    if authorization.hinted_subject not in (None, str(signed_in.user.id)):
+        # OpenID Connect Core §3.1.2.1: the client expects another user; never theirs instead.
+        _refuse(authorization, "login_required", "The signed-in user is not the one hinted at.")
     client = authorization.client
     known = consents.remembered(signed_in.user.id, client.client_id, authorization.scope)
     if not client.first_party and ("consent" in prompt or not known):

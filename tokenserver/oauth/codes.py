@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -23,7 +24,7 @@ from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
 from ..store import codes, tokens, users
-from . import dpop
+from . import dpop, parameters
 from .grants import _AUTH_METHODS
 from .resources import ResourceIndicators, requested
 
@@ -48,6 +49,16 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
 
     # Authlib allows only confidential clients here; public apps use `none` with PKCE.
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        try:
+            # Authlib ignores what it does not know; a client relying on it must hear otherwise.
+            parameters.check(self.request.payload.datalist)
+        except OAuth2Error as error:
+            error.redirect_uri = redirect_uri  # verified by now: the client hears of it there
+            raise
+        return redirect_uri
 
     def create_authorization_response(self, redirect_uri: str, grant_user: Any) -> Any:
         # RFC 9207: the response names its issuer, so a client talking to several servers

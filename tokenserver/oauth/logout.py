@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from authlib.oidc.rpinitiated import EndSessionEndpoint
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
+from ..store.sessions import Session
+from .hints import is_id_token
 from .query import QueryRequest
 
 
 class LogoutEndpoint(EndSessionEndpoint):
     """Validates id_token_hint against our keys; post_logout_redirect_uri must be registered."""
+
+    def validate_request(self, request: Any) -> EndSessionRequest:
+        # Our access tokens are signed with the same keys: one handed to a resource server
+        # must not pass as the hint that lets a link sign the user out unasked.
+        hint = request.payload.data.get("id_token_hint")
+        if hint and not is_id_token(hint):
+            raise InvalidRequestError("The id_token_hint is not an ID token.")
+        return super().validate_request(request)
 
     def create_endpoint_request(self, request: Any) -> Any:
         # The logout request comes as a GET query or a POST form (§2): the token endpoint's
@@ -27,3 +38,14 @@ class LogoutEndpoint(EndSessionEndpoint):
 
     def end_session(self, end_session_request: Any) -> None:
         """Nothing here: the logout page ends the browser session, where its cookie is."""
+
+
+def needs_confirmation(end: EndSessionRequest, session: Session | None) -> bool:
+    """Whether to ask the user before signing this browser out (RP-Initiated Logout §6).
+
+    A valid id_token_hint only proves someone was given an ID token: anyone can get one of their
+    own. It stands for the user's intent only when it names the user signed in here.
+    """
+    if end.needs_confirmation or session is None:
+        return end.needs_confirmation
+    return str(end.id_token_claims.get("sub")) != str(session.user.id)

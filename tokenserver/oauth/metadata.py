@@ -11,6 +11,7 @@ from . import dpop
 from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import PasswordGrant
+from .parameters import PROMPTS
 
 
 def server_metadata(issuer: str) -> dict[str, Any]:
@@ -66,5 +67,8 @@ def browser_metadata(issuer: str) -> dict[str, Any]:
             "at_hash",
             "sid",
         ],
-        "prompt_values_supported": ["none", "login", "consent"],
+        "prompt_values_supported": list(PROMPTS),
+        # OpenID Connect Discovery §3: request_uri_parameter_supported is true when left out.
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
     }

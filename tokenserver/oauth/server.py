@@ -12,7 +12,11 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidClientError
+from authlib.oauth2.rfc6749.errors import (
+    InsecureTransportError,
+    InvalidClientError,
+    UnsupportedResponseTypeError,
+)
 from flask import Flask, current_app
 from flask import request as flask_request
 from werkzeug.datastructures import MultiDict
@@ -80,6 +84,14 @@ class AuthorizationServer(_AuthorizationServer):
         except InsecureTransportError:
             # Never a 500: an http:// issuer off loopback is refused as Authlib would have it.
             raise InvalidRequest("OAuth 2 requires https: the issuer is not an https URL") from None
+
+    def get_authorization_grant(self, request: Any) -> Any:
+        try:
+            return super().get_authorization_grant(request)
+        except UnsupportedResponseTypeError as error:
+            # Authlib's description is the response_type as sent: say what is supported instead.
+            error.description = "Only response_type=code is supported."
+            raise
 
     def create_token_response(self, request: Any = None) -> Any:
         # RFC 9449 §5: a proof may come with any grant, and binds whatever tokens it issues.

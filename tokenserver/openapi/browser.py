@@ -73,9 +73,19 @@ _AUTHORIZE_PARAMETERS = [
     _query("code_challenge", "PKCE (RFC 7636), required", True),
     _query("code_challenge_method", "S256 (plain is refused)", True),
     _query("nonce", "OpenID Connect: copied into the id_token"),
-    _query("prompt", "none, login or consent"),
-    _query("max_age", "Seconds since sign-in beyond which the user signs in again"),
+    _query(
+        "prompt",
+        "none, login, consent or select_account (signs in again); none stands alone; any other "
+        "value is invalid_request",
+    ),
+    _query("max_age", "Whole seconds since sign-in beyond which the user signs in again"),
     _query("login_hint", "A username to fill in on the sign-in page"),
+    _query(
+        "id_token_hint",
+        "An id_token we issued to this client (expired is fine); naming a user other than the "
+        "one signed in is login_required",
+    ),
+    _query("response_mode", "query, the only one supported"),
 ]
 _FORM_BODY = {
     "required": True,

@@ -6,11 +6,14 @@ from urllib.parse import urlencode
 
 from authlib.oauth2 import OAuth2Error
 from flask import redirect, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .. import signin
 from ..oauth import authorize
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
+from ..oauth.codes import SignedIn
+from ..oauth.logout import needs_confirmation
 from ..oauth.server import current_server
 from . import bp, web
 
@@ -27,15 +30,17 @@ def _validated() -> Authorization:
 
 
 def _redirect_exception(location: str) -> Exception:
-    from werkzeug.exceptions import HTTPException
-
     return HTTPException(response=redirect(location, 302))
 
 
 def _to_login() -> Response:
-    """Send the user to sign in, then back to this request (without prompt=login: no loop)."""
-    params = [(k, v) for k, v in request.args.items(multi=True) if k != "prompt"]
-    prompts = [p for p in request.args.get("prompt", "").split() if p != "login"]
+    """Send the user to sign in, then back to this request.
+
+    The way back leaves out what sent the user here (prompt=login or select_account, max_age):
+    they have just signed in, and asking again would loop (max_age=0 is never met).
+    """
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("prompt", "max_age")]
+    prompts = [p for p in request.args.get("prompt", "").split() if p in ("none", "consent")]
     if prompts:
         params.append(("prompt", " ".join(prompts)))
     back = "/oauth/authorize?" + urlencode(params)
@@ -62,13 +67,29 @@ def authorize_endpoint() -> Response:
     return redirect(authorize.issue_code(authorization, signed_in), 302)
 
 
+def _consentable(signed_in: SignedIn) -> Authorization:
+    """The request, if it may be answered at /consent; else the login page or the client's error.
+
+    /consent is reachable by URL: it checks what /oauth/authorize checked before sending the
+    user here (max_age, id_token_hint), or typing its address would skip those checks.
+    """
+    authorization = _validated()
+    try:
+        step = authorize.next_step(authorization, signed_in)
+    except RedirectBack as exc:
+        raise _redirect_exception(exc.location) from None
+    if step is Next.LOGIN:
+        raise HTTPException(response=_to_login())
+    return authorization
+
+
 @bp.get("/consent")
 def consent_form() -> Response:
     """Name the app and what it asks for in words; allow or deny."""
     signed_in = web.signed_in()
     if signed_in is None:
         return redirect("/login?" + urlencode({"next": request.full_path}), 302)
-    authorization = _validated()
+    authorization = _consentable(signed_in)
     return web.page(
         "consent.html",
         client=authorization.client,
@@ -86,7 +107,7 @@ def consent() -> Response:
     signed_in = web.signed_in()
     if signed_in is None:
         return redirect("/login?" + urlencode({"next": request.full_path}), 303)
-    authorization = _validated()
+    authorization = _consentable(signed_in)
     decision = request.form.get("decision")
     if decision == "allow":
         return redirect(authorize.allow(authorization, signed_in), 302)
@@ -103,8 +124,8 @@ def logout() -> Response:
         end = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
         raise web.refuse(400, "This sign-out link is not valid", error.description or "") from None
-    # Without a valid id_token_hint, anyone's page could sign the user out: ask first.
-    if end.needs_confirmation:
+    # Without a valid id_token_hint naming this user, anyone's page could sign them out.
+    if needs_confirmation(end, web.current_session()):
         if request.method == "GET" or "csrf_token" not in request.form:
             return web.page("logout.html", session=web.current_session(), action=request.full_path)
         web.check_form()

@@ -1,0 +1,363 @@
+"""/oauth/authorize against RFC 6749 §3.1 and §4.1, RFC 8252 §7.3, RFC 9207 and OpenID Connect
+Core §3.1.2 and §6: what is refused, how, and that a refusal issues nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt as pyjwt
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from .conftest import Actions
+from .helpers import LOOPBACK, REDIRECT, Flow, csrf_of, pkce, query_of
+
+ISSUER = "http://localhost:8000"
+
+
+def _request(client_id: str, **params: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid profile",
+        "state": "st-1",
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+        **params,
+    }
+
+
+def _error_back(response: Any) -> dict[str, str]:
+    """The error the client hears at its redirect URI, with state and iss (RFC 9207)."""
+    assert response.status_code == 302, response.text
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT + "?"), location
+    query = query_of(location)
+    assert "code" not in query
+    assert query["state"] == "st-1" and query["iss"] == ISSUER and query["error_description"]
+    return query
+
+
+@pytest.mark.parametrize(
+    "name", ["nonce", "prompt", "max_age", "login_hint", "response_mode", "dpop_jkt"]
+)
+def test_a_parameter_given_twice_is_invalid_request(flow: Flow, name: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    query = urlencode(_request(client_id)) + f"&{name}=1&{name}=2"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_resource_may_be_given_more_than_once(flow: Flow) -> None:
+    client_id, _secret = flow.register(
+        first_party=True, audiences=("https://a.example", "https://b.example")
+    )
+    flow.login()
+    query = (
+        urlencode(_request(client_id)) + "&resource=https://a.example&resource=https://b.example"
+    )
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("name", ["client_id", "redirect_uri", "response_type"])
+def test_a_client_or_redirect_parameter_given_twice_is_a_page_never_a_redirect(
+    flow: Flow, name: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    query = urlencode(_request(client_id)) + f"&{name}=https://evil.example/cb"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert response.mimetype == "text/html"
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("request", "eyJhbGciOiJub25lIn0.e30.", "request_not_supported"),
+        ("request_uri", "https://app.example.com/request.jwt", "request_uri_not_supported"),
+        ("registration", "{}", "registration_not_supported"),
+    ],
+)
+def test_request_objects_and_registration_are_refused_not_ignored(
+    flow: Flow, name: str, value: str, error: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, **{name: value}))
+    )
+    assert _error_back(response)["error"] == error
+
+
+@pytest.mark.parametrize("mode", ["fragment", "form_post", "query.jwt", "bogus"])
+def test_a_response_mode_other_than_query_is_refused(flow: Flow, mode: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_mode=mode))
+    )
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_response_mode_query_is_accepted(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_mode="query"))
+    )
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("response_type", ["code id_token", "token", "id_token", "code token"])
+def test_other_response_types_are_refused_in_our_words(flow: Flow, response_type: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, response_type=response_type))
+    )
+    query = _error_back(response)
+    assert query["error"] == "unsupported_response_type"
+    assert query["error_description"] != response_type  # says what is supported, not an echo
+
+
+@pytest.mark.parametrize("max_age", ["abc", "-1", "1e3", "9" * 30, "\u0665"])
+def test_a_max_age_that_is_not_a_small_whole_number_is_invalid_request(
+    flow: Flow, max_age: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, max_age=max_age))
+    )
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_a_large_max_age_keeps_a_fresh_session(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, max_age="9999999999"))
+    )
+    assert "code" in query_of(response.headers["Location"])
+
+
+def test_an_error_without_state_still_names_the_issuer(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    params = _request(client_id, response_mode="fragment")
+    del params["state"]
+    response = flow.client.get("/oauth/authorize?" + urlencode(params))
+    query = query_of(response.headers["Location"])
+    assert query["error"] == "invalid_request" and query["iss"] == ISSUER
+    assert "state" not in query
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:5000@evil.example/callback",  # userinfo: the browser goes to evil
+        "http://127.0.0.1:5000\\@evil.example/callback",
+        "http://127.0.0.1@evil.example/callback",
+        "http://127.0.0.1:/callback",
+        "http://127.0.0.1:5000/callback?",
+        "HTTP://127.0.0.1:5000/callback",
+        "http://127.0.0.1:65536/callback",
+        "http://localhost:5000/callback",
+    ],
+)
+def test_a_loopback_redirect_uri_may_change_its_port_and_nothing_else(flow: Flow, uri: str) -> None:
+    client_id, _secret = flow.register(LOOPBACK, public=True, first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil@app.example.com/callback",
+        "https://app.example.com/callback#x",
+        "HTTPS://app.example.com/callback",
+        "https://app.example.com/x/../callback",
+        "https://app.example.com/callback/..",
+    ],
+)
+def test_a_redirect_uri_must_match_exactly(flow: Flow, uri: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+def test_the_error_page_escapes_what_the_request_said(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    uri = "https://app.example.com/<script>alert(1)</script>"
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
+    )
+    assert response.status_code == 400
+    assert "<script>" not in response.text and "&lt;script&gt;" in response.text
+
+
+def test_discovery_says_request_uri_is_not_supported(client: FlaskClient) -> None:
+    # OpenID Connect Discovery §3: left out, request_uri_parameter_supported means true.
+    body = client.get("/.well-known/openid-configuration").json
+    assert body["request_uri_parameter_supported"] is False
+    assert body["request_parameter_supported"] is False
+    assert body["prompt_values_supported"] == ["none", "login", "consent", "select_account"]
+
+
+@pytest.mark.parametrize("params", [{"max_age": "0"}, {"prompt": "login"}])
+def test_forced_sign_in_asks_once_then_issues_a_code(flow: Flow, params: dict[str, str]) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    asked = flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, **params)))
+    assert asked.headers["Location"].startswith("/login?")
+    signed_in = flow.login(next=query_of(asked.headers["Location"])["next"])
+    back = flow.client.get(signed_in.headers["Location"])
+    assert "code" in query_of(back.headers["Location"]), back.headers["Location"]
+
+
+@pytest.mark.parametrize("prompt", ["bogus", "login bogus", "none none2"])
+def test_an_unknown_prompt_value_is_invalid_request(flow: Flow, prompt: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, prompt=prompt)))
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def test_prompt_select_account_lets_the_user_sign_in_again(flow: Flow) -> None:
+    # As Keycloak does: signing in again is how this server lets a user pick another account.
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, prompt="select_account"))
+    )
+    assert response.headers["Location"].startswith("/login?")
+    assert "prompt" not in query_of(response.headers["Location"])["next"]
+
+
+@pytest.mark.parametrize("prompt", ["none login", "none consent", "none select_account"])
+def test_prompt_none_with_another_value_is_invalid_request_without_openid(
+    flow: Flow, prompt: str
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    response = flow.client.get(
+        "/oauth/authorize?" + urlencode(_request(client_id, scope="junk:read", prompt=prompt))
+    )
+    assert _error_back(response)["error"] == "invalid_request"
+
+
+def _id_token(app: Flask, client_id: str, secret: str | None, username: str) -> str:
+    """An ID token for `username` from a browser of their own."""
+    browser = Flow(app, app.test_client())
+    browser.login(username=username)
+    verifier, challenge = pkce()
+    code = browser.code_for(client_id, challenge)
+    body = browser.exchange(client_id, secret, code, verifier).json
+    return str(body["id_token"])
+
+
+def _foreign_id_token(claims: dict[str, Any]) -> str:
+    key = RSAKey.generate_key(2048, parameters={"kid": "foreign"})
+    return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": "foreign"}, claims, key)
+
+
+def test_id_token_hint_of_the_signed_in_user_is_accepted_even_expired(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "alice")
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=2)):
+        flow.login()
+        response = flow.client.get(
+            "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint, prompt="none"))
+        )
+    assert "code" in query_of(response.headers["Location"])
+
+
+@pytest.mark.parametrize("prompt", [None, "none"])
+def test_id_token_hint_of_another_user_is_login_required(
+    flow: Flow, actions: Actions, prompt: str | None
+) -> None:
+    actions.user("bob")
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "bob")
+    flow.login()
+    params = _request(client_id, id_token_hint=hint, **({"prompt": prompt} if prompt else {}))
+    response = flow.client.get("/oauth/authorize?" + urlencode(params))
+    assert _error_back(response)["error"] == "login_required"
+
+
+def test_a_hint_that_is_not_our_id_token_for_this_client_is_invalid_request(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    other, other_secret = flow.register(first_party=True)
+    theirs = _id_token(flow.app, other, other_secret, "alice")
+    flow.login()
+    verifier, challenge = pkce()
+    tokens = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+    header, payload, _signature = tokens["id_token"].split(".")
+    for hint in (
+        "garbage",
+        theirs,  # issued to another client
+        tokens["access_token"],  # ours, but not an ID token
+        _foreign_id_token(claims),  # the same claims, signed by someone else's key
+        f"{header}.{payload}.",  # the signature taken off
+        pyjwt.encode(claims, key=None, algorithm="none"),
+    ):
+        response = flow.client.get(
+            "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint))
+        )
+        assert _error_back(response)["error"] == "invalid_request", hint
+
+
+def test_the_consent_page_cannot_skip_a_required_sign_in(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    consent = "/consent?" + urlencode(_request(client_id))
+    page = flow.client.get(consent)
+    assert page.status_code == 200
+    with time_machine.travel(datetime.now(UTC) + timedelta(minutes=10)):
+        stale = "/consent?" + urlencode(_request(client_id, max_age="60"))
+        assert flow.client.get(stale).headers["Location"].startswith("/login?")
+        form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
+        posted = flow.client.post(stale, data=form)
+        assert posted.headers["Location"].startswith("/login?")
+
+
+def test_the_consent_page_cannot_skip_the_hint_check(flow: Flow, actions: Actions) -> None:
+    actions.user("bob")
+    client_id, secret = flow.register()
+    hint = _id_token(flow.app, client_id, secret, "bob")
+    flow.login()
+    consent = "/consent?" + urlencode(_request(client_id, id_token_hint=hint))
+    page = flow.client.get("/consent?" + urlencode(_request(client_id)))
+    form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
+    assert _error_back(flow.client.get(consent))["error"] == "login_required"
+    assert _error_back(flow.client.post(consent, data=form))["error"] == "login_required"
+
+
+@pytest.mark.parametrize("response_type", ["code", "token"])
+def test_a_repeated_redirect_uri_is_a_page_whatever_the_response_type(
+    flow: Flow, response_type: str
+) -> None:
+    client_id, _secret = flow.register(REDIRECT, "https://app.example.com/other")
+    flow.login()
+    params = _request(client_id, response_type=response_type)
+    query = urlencode(params) + "&redirect_uri=" + "https://app.example.com/other"
+    response = flow.client.get("/oauth/authorize?" + query)
+    assert response.status_code == 400 and "Location" not in response.headers
