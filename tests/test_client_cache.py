@@ -64,6 +64,22 @@ def test_the_cli_forgets_its_own_copy_at_once(app: Flask, actions: Actions) -> N
     assert response.json["error"] == "invalid_client"
 
 
+def test_a_rotated_secret_takes_effect_at_once(app: Flask, actions: Actions) -> None:
+    actions.user("alice")
+    oauth_client = actions.oauth_client("app")
+    _ttl(app, 60)
+    assert _password_grant(app, oauth_client).status_code == 200  # cached with the old secret
+    rotated = app.test_cli_runner().invoke(
+        args=["clients", "rotate-secret", oauth_client.client_id]
+    )
+    assert rotated.exit_code == 0, rotated.output
+    assert _password_grant(app, oauth_client).status_code == 401
+    secret = rotated.stdout.removeprefix("client_secret: ").strip()
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    fresh = app.test_client().post("/oauth/token", data=data, auth=(oauth_client.client_id, secret))
+    assert fresh.status_code == 200
+
+
 def _register_over_http(app: Flask, scope: str) -> dict[str, Any]:
     """A client_credentials client registered over RFC 7591, as its registration response."""
     made = app.test_cli_runner().invoke(args=["clients", "registration-token"])

@@ -17,8 +17,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts
-from .client_secrets import rotate_secret
-from .clients import ClientSpec, delete_client, issue_initial_access_token, register_client
+from .clients import (
+    ClientSpec,
+    delete_client,
+    issue_initial_access_token,
+    register_client,
+    rotate_secret,
+)
 from .config import ConfigError, Settings, current_settings, unknown_variables
 from .digests import new_secret
 from .errors import APIError
@@ -29,7 +34,6 @@ from .models import (
     GRANT_TYPES,
     isoformat,
 )
-from .oauth.server import current_server
 from .store import clients as client_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -231,7 +235,6 @@ def clients_rotate_secret(client_id: str, overlap: int) -> None:
     The old secret keeps working for --overlap seconds.
     """
     secret, until = rotate_secret(client_id, overlap)
-    current_server().clients.forget(client_id)  # other processes' copies expire within a second
     click.echo(f"client_secret: {secret}")
     old = f"works until {isoformat(until)}" if until else "no longer works"
     click.echo(f"The secret is shown only now; store it safely. The old secret {old}.", err=True)

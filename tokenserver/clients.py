@@ -151,8 +151,32 @@ def delete_client(client_id: str) -> None:
     audit.event("client.deleted", client_id=client_id)
 
 
+def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
+    """Give a confidential client a new secret (returned once); the old one works `overlap`
+    seconds more (0: not at all). Returns the secret and the old one's end, if it has one."""
+    client = store.find(client_id)
+    if client is None:
+        raise NotFound(f"no client with id {client_id!r}")
+    if client.secret_hash is None:
+        kind = "public" if client.is_public else "authenticated by its keys"
+        raise APIError(f"client {client_id} is {kind}: it has no secret to rotate")
+    secret, now = new_secret(32), utcnow()
+    until = now + timedelta(seconds=overlap) if overlap > 0 else None
+    previous = client.secret_hash if until else None
+    if not store.replace_secret(client_id, client.secret_hash, digest(secret), previous, until):
+        raise APIError(f"the secret of client {client_id} changed meanwhile; try again")
+    _changed(client_id)
+    audit.event(
+        "client.secret_rotated",
+        client_id=client_id,
+        overlap=overlap,
+        previous_valid_until=isoformat(until) if until else None,
+    )
+    return secret, until
+
+
 def on_change(app: Flask, callback: Callable[[str], None]) -> None:
-    """Have `callback(client_id)` called each time `app` updates or deletes a client.
+    """Have `callback(client_id)` called each time `app` changes a client or deletes it.
 
     The authorization server (oauth/) drops this worker's copy of the client that way;
     other processes' copies expire within a second.
@@ -161,7 +185,7 @@ def on_change(app: Flask, callback: Callable[[str], None]) -> None:
 
 
 def _changed(client_id: str) -> None:
-    """Tell what registered with on_change that this client was just updated or deleted."""
+    """Tell what registered with on_change that this client was just changed or deleted."""
     for callback in current_app.extensions.get(_CHANGE_CALLBACKS, ()):
         callback(client_id)
 
