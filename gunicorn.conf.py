@@ -7,6 +7,7 @@ import sys
 from tokenserver import metric_files
 from tokenserver.config import ConfigError, Settings, unknown_variables
 from tokenserver.keywrap import check_at_startup
+from tokenserver.worker_memory import release_freed_heap
 
 
 # Fail before forking workers, with one line naming the bad variable (or the key that does
@@ -80,6 +81,12 @@ def on_starting(server: object) -> None:
     metric_files.reset(METRICS_DIR)
     if _STARTUP_WARNING:
         server.log.warning(_STARTUP_WARNING)  # type: ignore[attr-defined]
+
+
+def post_worker_init(worker: object) -> None:
+    """Before serving, give back the heap the app's loading freed (measured: 17 MiB a worker,
+    the trial hash of its argon2id check; 132 to 115 MB of VmRSS after every kind of request)."""
+    release_freed_heap()
 
 
 def child_exit(server: object, worker: object) -> None:
