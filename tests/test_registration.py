@@ -496,6 +496,7 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"client_id": None}, "invalid_request", "client_id"),
         ({"client_id": "someone-else"}, "invalid_request", "client_id"),
         ({"client_secret": "wrong"}, "invalid_request", "client_secret"),
+        ({"client_secret": "\ud800"}, "invalid_request", "client_secret"),  # not encodable
         ({"registration_access_token": "x"}, "invalid_request", "registration_access_token"),
         ({"client_id_issued_at": 1}, "invalid_request", "client_id_issued_at"),
         ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
