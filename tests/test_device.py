@@ -196,6 +196,14 @@ def test_resource_picks_the_audience_and_must_be_registered(
     )
 
 
+def test_an_unparseable_resource_is_invalid_target_and_nothing_is_stored(
+    app: Flask, device: Device
+) -> None:
+    # urlsplit cannot read this authority: a refusal, never a 500.
+    assert _error(device.start(resource="https://[api.example.com/")) == "invalid_target"
+    assert _stored(app) == []
+
+
 def test_the_endpoint_wants_a_form_body(device: Device) -> None:
     response = device.client.post("/oauth/device_authorization", json={"client_id": "x"})
     assert _error(response) == "invalid_request"

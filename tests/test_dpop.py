@@ -204,6 +204,28 @@ def test_garbage_proof_is_a_clear_error(client: FlaskClient, app_client: Registe
         assert response.json["error"] == "invalid_dpop_proof"
 
 
+# JSON's NaN passes every comparison; 10**400 fits no float.
+@pytest.mark.parametrize("iat", [float("nan"), 10**400, -(10**400)], ids=["nan", "huge", "-huge"])
+def test_proof_whose_iat_is_not_a_time_is_refused(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover, iat: float
+) -> None:
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL, claims={"iat": iat}))
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_dpop_proof"
+    assert "access_token" not in response.json
+
+
+def test_a_jti_holding_a_lone_surrogate_is_single_use_too(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    # Legal as a JSON escape ("\\ud800"), not encodable as UTF-8.
+    proof = prover.proof("POST", TOKEN_URL, claims={"jti": "\ud800"})
+    assert _token(client, app_client, proof).status_code == 200
+    replayed = _token(client, app_client, proof)
+    assert replayed.status_code == 400
+    assert replayed.json["error"] == "invalid_dpop_proof"
+
+
 def test_public_clients_refresh_token_is_bound(
     client: FlaskClient, public_client: RegisteredClient, prover: Prover
 ) -> None:

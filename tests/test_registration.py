@@ -144,6 +144,14 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"redirect_uris": ["https://app.example.com/cb#frag"]}, "invalid_redirect_uri", "frag"),
         ({"redirect_uris": ["com.example.app:/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"redirect_uris": ["javascript:alert(1)"]}, "invalid_redirect_uri", "redirect URI"),
+        # Unparseable, or a NUL that PostgreSQL cannot store: refused, never a 500.
+        (
+            {"redirect_uris": ["https://[app.example.com/cb"]},
+            "invalid_redirect_uri",
+            "redirect URI",
+        ),
+        ({"redirect_uris": ["https://app.example.com:99999/cb"]}, "invalid_redirect_uri", "port"),
+        ({"redirect_uris": ["https://app.example.com/c\x00b"]}, "invalid_redirect_uri", "control"),
         (
             {"redirect_uris": "https://app.example.com/cb"},
             "invalid_client_metadata",
@@ -241,6 +249,9 @@ def _jwks() -> dict[str, Any]:
                 "https://169.254.169.254/latest/meta-data",
                 "https://[::1]/jwks",
                 "https://localhost/jwks",
+                "https://[app.example.com/jwks",
+                "https://app.example.com:99999/jwks",
+                "https://app.example.com/" + "j" * 2048,  # wider than the column
             )
         ),
         ({"token_endpoint_auth_method": "none", "jwks": _jwks()}, "jwks"),
@@ -485,10 +496,12 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"client_id": None}, "invalid_request", "client_id"),
         ({"client_id": "someone-else"}, "invalid_request", "client_id"),
         ({"client_secret": "wrong"}, "invalid_request", "client_secret"),
+        ({"client_secret": "\ud800"}, "invalid_request", "client_secret"),  # not encodable
         ({"registration_access_token": "x"}, "invalid_request", "registration_access_token"),
         ({"client_id_issued_at": 1}, "invalid_request", "client_id_issued_at"),
         ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        ({"redirect_uris": ["https://[evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
     ],
 )
 def test_a_bad_update_is_refused_and_changes_nothing(

@@ -50,6 +50,7 @@ class InvalidRedirectURI(InvalidClientMetadata):
     error = "invalid_redirect_uri"
 
 
+_MAX_JWKS_URI_LENGTH = 2048  # the column's width
 _CHANGE_CALLBACKS = "tokenserver.client_change_callbacks"  # app.extensions key, see on_change
 
 
@@ -283,9 +284,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
             "redirect_uris: the authorization_code grant needs at least one redirect URI"
         )
     for uri in spec.redirect_uris:
-        problem = redirect_uri_problem(uri)
-        if problem:
-            raise InvalidRedirectURI(f"redirect URI {uri!r}: {problem}")
+        _check_redirect_uri(uri)
     for uri in spec.audiences:
         problem = resource_problem(uri)
         if problem:
@@ -293,9 +292,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
     scopes = _scopes(spec)
     jwks = public_jwks(spec.jwks) if spec.jwks is not None else None
     if spec.jwks_uri is not None:
-        problem = jwks_uri_problem(spec.jwks_uri)
-        if problem:
-            raise InvalidClientMetadata(f"jwks_uri {spec.jwks_uri!r}: {problem}")
+        _check_jwks_uri(spec.jwks_uri)
     columns = {
         "name": spec.name,
         "grant_types": " ".join(grants),
@@ -344,15 +341,31 @@ def _dynamic_rules(spec: ClientSpec) -> None:
             "grant_types: refresh_token needs a grant that issues refresh tokens "
             "(authorization_code or the device grant)"
         )
+    # Every client's URI rules come first: a malformed URI has no scheme or host to judge.
     for uri in spec.redirect_uris:
+        _check_redirect_uri(uri)
         if urlsplit(uri).scheme not in ("https", "http"):
             raise InvalidRedirectURI(f"redirect URI {uri!r}: must be https (or http on loopback)")
-    if spec.jwks_uri is not None and not _public_https(spec.jwks_uri):
-        # We fetch it: a self-registered client must not point us at our own network.
-        raise InvalidClientMetadata(
-            "jwks_uri: must be an https URL on a public host (not an IP address of a private, "
-            "loopback or link-local network)"
-        )
+    if spec.jwks_uri is not None:
+        _check_jwks_uri(spec.jwks_uri)
+        if not _public_https(spec.jwks_uri):
+            # We fetch it: a self-registered client must not point us at our own network.
+            raise InvalidClientMetadata(
+                "jwks_uri: must be an https URL on a public host (not an IP address of a "
+                "private, loopback or link-local network)"
+            )
+
+
+def _check_redirect_uri(uri: str) -> None:
+    problem = redirect_uri_problem(uri)
+    if problem:
+        raise InvalidRedirectURI(f"redirect URI {uri!r}: {problem}")
+
+
+def _check_jwks_uri(uri: str) -> None:
+    problem = jwks_uri_problem(uri)
+    if problem:
+        raise InvalidClientMetadata(f"jwks_uri {uri[:100]!r}: {problem}")
 
 
 def _public_https(uri: str) -> bool:
@@ -394,7 +407,13 @@ def public_jwks(document: Any) -> dict[str, Any]:
 
 def jwks_uri_problem(uri: str) -> str | None:
     """Why `uri` cannot be a jwks_uri (https, or http on a loopback host), or None."""
-    parts = urlsplit(uri)
+    if len(uri) > _MAX_JWKS_URI_LENGTH:
+        return f"must be at most {_MAX_JWKS_URI_LENGTH} characters"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises for a port that is not a number up to 65535
+    except ValueError:
+        return "must have a host and a port (0-65535) that can be read"
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
         return "must be an https URL"

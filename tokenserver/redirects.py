@@ -51,8 +51,16 @@ def redirect_uri_problem(uri: str) -> str | None:
     RFC 6749 §3.1.2: absolute, no fragment. RFC 9700 §2.6 and RFC 8252 §8.3: plain http only on
     loopback; native apps may use a private-use scheme (com.example.app:/callback).
     """
-    parts = urlsplit(uri)
-    if not uri or any(ch.isspace() for ch in uri) or not parts.scheme:
+    if not uri or any(ch.isspace() for ch in uri):
+        return "must be an absolute URI without spaces"
+    if not uri.isprintable():
+        return "must not hold control characters"  # e.g. a NUL, which PostgreSQL cannot store
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises for a port that is not a number up to 65535
+    except ValueError:
+        return "must have a host and a port (0-65535) that can be read"
+    if not parts.scheme:
         return "must be an absolute URI without spaces"
     if parts.fragment or "#" in uri:
         return "must not have a fragment"

@@ -9,6 +9,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -154,6 +155,9 @@ def _check_claims(claims: dict[str, Any], method: str, url: str, access_token: s
     iat = claims.get("iat")
     if isinstance(iat, bool) or not isinstance(iat, (int, float)):
         raise _refuse("its iat is missing")
+    # JSON may say NaN, which every comparison lets through, or an int no float can hold.
+    if not (isfinite(iat) if isinstance(iat, float) else abs(iat) < 2**53):
+        raise _refuse("its iat is not a time")
     if abs(datetime.now(UTC).timestamp() - iat) > WINDOW:
         raise _refuse("its iat is not within a minute of now")
     jti = claims.get("jti")

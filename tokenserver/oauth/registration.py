@@ -155,8 +155,9 @@ class ConfigurationEndpoint(ClientConfigurationEndpoint):  # type: ignore[misc]
         if document.get("client_id") != client.client_id:
             raise InvalidRequest("'client_id' must be sent, and be this client's id")
         secret = document.get("client_secret")
+        # Ours are base64url: a JSON string may hold a lone surrogate, which cannot be hashed.
         if "client_secret" in document and not (
-            isinstance(secret, str) and client.check_client_secret(secret)
+            isinstance(secret, str) and secret.isascii() and client.check_client_secret(secret)
         ):
             raise InvalidRequest("'client_secret' does not match this client's secret")
         spec = client_metadata.to_spec(client_metadata.requested(document))

@@ -13,6 +13,7 @@ request's durable commit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import shared_redis
 from ..config import Settings
-from ..digests import digest
 from ..extensions import db
 from ..models import SpentJti, utcnow
 from . import fleeting
@@ -76,7 +76,7 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
     Keep the id at least until the JWT carrying it expires (`expires_at`): after that the JWT
     itself is refused, so the id may be forgotten.
     """
-    key = digest(f"{kind}\x00{issuer}\x00{jti}")
+    key = _key(kind, issuer, jti)
     in_redis: RedisSpentIds | None = current_app.extensions.get(_EXTENSION)
     if in_redis is not None:
         return in_redis.spend(key, expires_at)
@@ -86,6 +86,14 @@ def spend(kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
         return True
     with fleeting() as conn:
         return _insert(conn, key, expires_at)
+
+
+def _key(kind: str, issuer: str, jti: str) -> str:
+    """The SHA-256 an id is kept under: as digests.digest gives for any valid Unicode id."""
+    # A JSON escape can carry a lone surrogate ("\\ud800"), which strict UTF-8 refuses to
+    # encode: such an id is hashed as the code points it holds, never a 500.
+    value = f"{kind}\x00{issuer}\x00{jti}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(value).hexdigest()
 
 
 def _insert(conn: Connection, key: str, expires_at: datetime) -> bool:
