@@ -29,7 +29,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from tokenserver.client_jwks import KeysUnavailable
@@ -262,6 +262,19 @@ def test_replayed_jti_is_refused(keyed: _Keyed) -> None:
     # The same jti in a new assertion is still the same jti.
     jti = json.loads(base64.urlsafe_b64decode(assertion.split(".")[1] + "==="))["jti"]
     _refused(keyed.token(keyed.assertion(jti=jti)))
+
+
+def test_a_jti_with_a_lone_surrogate_is_spent_like_any_other(keyed: _Keyed) -> None:
+    # JSON may escape a lone surrogate ("\\ud800"), a string no UTF-8 encoder takes: its jti
+    # is still spent once, and never a 500. joserfc will not encode one, so it is signed here.
+    now = int(time.time())
+    claims = {"iss": keyed.client_id, "sub": keyed.client_id, "aud": keyed.token_url}
+    payload = json.dumps(claims | {"iat": now, "exp": now + 60, "jti": "\ud800"}).encode()
+    header = {"alg": "ES256", "kid": keyed.key.kid}
+    signed = jws.serialize_compact(header, payload, keyed.key, algorithms=["ES256"])
+    first = keyed.token(signed)
+    assert first.status_code == 200, first.json
+    _refused(keyed.token(jws.serialize_compact(header, payload, keyed.key, algorithms=["ES256"])))
 
 
 def test_replay_concurrently_in_one_process_has_one_winner(keyed: _Keyed) -> None:
