@@ -163,6 +163,13 @@ def test_resource_and_audience_together_give_a_token_for_both(
     assert introspect(actions, setup.auditor, token)["active"] is True
 
 
+def test_audience_may_be_given_more_than_once(actions: Actions, setup: Setup) -> None:
+    # RFC 8693 §2.1: "Multiple audience parameters may be used", as `resource` may repeat.
+    response = exchange(actions, setup.gateway, setup.subject, audience=[PHOTOS, DEFAULT])
+    assert response.status_code == 200, response.json
+    assert claims_of(response.json["access_token"])["aud"] == [PHOTOS, DEFAULT]
+
+
 def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Setup) -> None:
     with time_machine.travel(time.time(), tick=False) as clock:
         actions.user("bob")

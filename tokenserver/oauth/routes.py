@@ -35,8 +35,9 @@ _PARAMETERS = frozenset(
     }
 )
 
-# RFC 8707 §2: `resource` may be given several times, one per resource server.
-_REPEATABLE = frozenset({"resource"})
+# RFC 8707 §2: `resource` may be given several times, one per resource server; RFC 8693 §2.1
+# lets a token exchange name several `audience`s the same way.
+_REPEATABLE = frozenset({"resource", "audience"})
 
 
 def _require_form() -> None:
