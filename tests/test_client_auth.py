@@ -188,3 +188,17 @@ def test_a_body_client_id_must_name_the_basic_client(
     for same in (confidential.client_id, ""):  # RFC 6749 §3.2: an empty one is left out
         response = client.post(path, data={**data, "client_id": same}, auth=confidential.auth)
         assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_failed_basic_authentication_is_challenged_with_a_realm(
+    client: FlaskClient, confidential: RegisteredClient, path: str
+) -> None:
+    # RFC 6749 §5.2: a 401 challenges in the scheme the client used; RFC 7617 §2: a Basic
+    # challenge must carry a realm.
+    data = {**LOGIN, "token": "x"}
+    response = client.post(path, data=data, auth=(confidential.client_id, "wrong"))
+    assert_oauth_error(response, 401, "invalid_client")
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Basic realm="tokenserver", '), challenge
+    assert 'error="invalid_client"' in challenge
