@@ -146,3 +146,59 @@ def test_a_refresh_token_from_the_wrong_client_is_audited(
     assert event["client_id"] == thief.client_id
     assert event["owner_client_id"] == confidential.client_id
     assert event["family_id"]
+
+
+ASSERTION = {
+    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    "client_assertion": "eyJhbGciOiJub25lIn0.e30.",
+}
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+@pytest.mark.parametrize("second", ["client_secret", "client_assertion"])
+def test_two_authentication_methods_at_once_are_invalid_request(
+    client: FlaskClient, confidential: RegisteredClient, path: str, second: str, events: Any
+) -> None:
+    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    # request"; §5.2 names the error. The Basic credentials are right, so only the second
+    # method can be why the request is refused.
+    extra = {"client_secret": confidential.secret} if second == "client_secret" else ASSERTION
+    data = {**LOGIN, "token": "x", **extra}
+    response = client.post(path, data=data, auth=confidential.auth)
+    assert_oauth_error(response, 400, "invalid_request")
+    assert "more than one" in response.json["error_description"]
+    assert events("token.issued") == []
+
+
+def test_a_posted_secret_with_an_assertion_is_invalid_request(
+    client: FlaskClient, confidential: RegisteredClient
+) -> None:
+    data = {**LOGIN, **ASSERTION, "client_id": confidential.client_id}
+    response = client.post("/oauth/token", data={**data, "client_secret": confidential.secret})
+    assert_oauth_error(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_body_client_id_must_name_the_basic_client(
+    client: FlaskClient, confidential: RegisteredClient, public: RegisteredClient, path: str
+) -> None:
+    data = {**LOGIN, "token": "x"}
+    other = client.post(path, data={**data, "client_id": public.client_id}, auth=confidential.auth)
+    assert_oauth_error(other, 400, "invalid_request")
+    for same in (confidential.client_id, ""):  # RFC 6749 §3.2: an empty one is left out
+        response = client.post(path, data={**data, "client_id": same}, auth=confidential.auth)
+        assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_failed_basic_authentication_is_challenged_with_a_realm(
+    client: FlaskClient, confidential: RegisteredClient, path: str
+) -> None:
+    # RFC 6749 §5.2: a 401 challenges in the scheme the client used; RFC 7617 §2: a Basic
+    # challenge must carry a realm.
+    data = {**LOGIN, "token": "x"}
+    response = client.post(path, data=data, auth=(confidential.client_id, "wrong"))
+    assert_oauth_error(response, 401, "invalid_client")
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Basic realm="tokenserver", '), challenge
+    assert 'error="invalid_client"' in challenge

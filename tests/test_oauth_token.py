@@ -197,6 +197,19 @@ def test_malformed_requests_are_invalid_request(
     assert "username" in repeated.json["error_description"]
 
 
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
+def test_a_body_that_is_not_utf8_is_named_as_such(
+    client: FlaskClient, app_client: RegisteredClient, path: str
+) -> None:
+    # Werkzeug drops such a form whole; the answer must not claim grant_type was left out.
+    body = b"grant_type=password&username=\xff\xfe&password=x&token=x"
+    response = client.post(
+        path, data=body, content_type="application/x-www-form-urlencoded", auth=app_client.auth
+    )
+    assert_oauth_error(response, 400, "invalid_request")
+    assert "UTF-8" in response.json["error_description"]
+
+
 def test_parameters_in_the_query_string_are_ignored(
     client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
 ) -> None:

@@ -422,12 +422,11 @@ def test_keyed_client_cannot_use_a_secret_or_nothing(keyed: _Keyed) -> None:
             "/oauth/token", data={**grant, "client_id": keyed.client_id, "client_secret": "x"}
         )
     )
-    # Basic and an assertion together: the Basic header is what the request presents.
-    _refused(
-        keyed.http.post(
-            "/oauth/token", data=_form(keyed.assertion()), auth=(keyed.client_id, "guess")
-        )
+    # Basic and a good assertion together: two methods, refused whatever each would say.
+    both = keyed.http.post(
+        "/oauth/token", data=_form(keyed.assertion()), auth=(keyed.client_id, "guess")
     )
+    assert both.status_code == 400 and both.json["error"] == "invalid_request"
 
 
 def test_secret_client_presenting_an_assertion_is_refused(actions: Any, keyed: _Keyed) -> None:

@@ -163,6 +163,13 @@ def test_resource_and_audience_together_give_a_token_for_both(
     assert introspect(actions, setup.auditor, token)["active"] is True
 
 
+def test_audience_may_be_given_more_than_once(actions: Actions, setup: Setup) -> None:
+    # RFC 8693 §2.1: "Multiple audience parameters may be used", as `resource` may repeat.
+    response = exchange(actions, setup.gateway, setup.subject, audience=[PHOTOS, DEFAULT])
+    assert response.status_code == 200, response.json
+    assert claims_of(response.json["access_token"])["aud"] == [PHOTOS, DEFAULT]
+
+
 def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Setup) -> None:
     with time_machine.travel(time.time(), tick=False) as clock:
         actions.user("bob")
@@ -293,9 +300,11 @@ def _signed(claims: dict[str, Any], key: RSAKey, kid: str | None = None) -> str:
     return jwt.encode(header, claims, key, algorithms=["RS256"])
 
 
-def test_forged_and_foreign_subject_tokens_are_invalid_grant(
+def test_forged_and_foreign_subject_tokens_are_invalid_request(
     app: Flask, actions: Actions, setup: Setup
 ) -> None:
+    # RFC 8693 §2.2.2: a subject or actor token that is invalid for any reason, or unacceptable
+    # by policy, MUST be answered invalid_request (not invalid_grant).
     foreign = RSAKey.generate_key(2048, private=True)
     foreign.ensure_kid()
     ours = app.extensions["tokenserver.keyring"].signing_key()
@@ -312,41 +321,67 @@ def test_forged_and_foreign_subject_tokens_are_invalid_grant(
     }
     for name, token in forgeries.items():
         response = exchange(actions, setup.gateway, token, resource=PHOTOS)
-        assert refused(response, 400, "invalid_grant"), name
+        assert refused(response, 400, "invalid_request"), name
 
 
-def test_an_expired_subject_token_is_invalid_grant(actions: Actions, setup: Setup) -> None:
+def test_an_expired_subject_token_is_invalid_request(actions: Actions, setup: Setup) -> None:
     with time_machine.travel(time.time(), tick=False) as clock:
         subject = actions.token(setup.front).json["access_token"]
         clock.shift(900)
         response = exchange(actions, setup.gateway, subject, resource=PHOTOS)
-        assert refused(response, 400, "invalid_grant")
+        assert refused(response, 400, "invalid_request")
 
 
-def test_a_revoked_subject_token_is_invalid_grant(actions: Actions, setup: Setup) -> None:
+def test_a_revoked_subject_token_is_invalid_request(actions: Actions, setup: Setup) -> None:
     revoked = actions.client.post(
         "/oauth/revoke", data={"token": setup.subject}, auth=setup.front.auth
     )
     assert revoked.status_code == 200
     response = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS)
-    assert refused(response, 400, "invalid_grant")
+    assert refused(response, 400, "invalid_request")
 
 
-def test_a_disabled_users_token_is_invalid_grant(
+def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
+
+    from tokenserver.oauth import records
+    from tokenserver.store import clients
+
+    token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
+    with app.app_context():
+        live = records.live_access_token(claims_of(setup.subject))
+        assert live is not None
+        gateway = clients.find(setup.gateway.client_id)
+        assert gateway is not None
+    # The login ends after the subject token checked out, before the new token is stored.
+    revoke = {"token": setup.login["refresh_token"]}
+    assert (
+        actions.client.post("/oauth/revoke", data=revoke, auth=setup.front.auth).status_code == 200
+    )
+    again = {**claims_of(token), "jti": "exchanged-meanwhile"}
+    with app.app_context(), pytest.raises(InvalidRequestError):
+        records.record_exchanged(token, again, live.family_id, gateway)
+    with app.app_context():
+        assert records.live_access_token(again) is None
+
+
+def test_a_disabled_users_token_is_invalid_request(
     actions: Actions, setup: Setup, runner: FlaskCliRunner
 ) -> None:
     assert runner.invoke(args=["users", "disable", "alice"]).exit_code == 0
     response = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS)
-    assert refused(response, 400, "invalid_grant")
+    assert refused(response, 400, "invalid_request")
 
 
-def test_a_token_aimed_at_a_service_the_client_does_not_serve_is_invalid_grant(
+def test_a_token_aimed_at_a_service_the_client_does_not_serve_is_invalid_request(
     actions: Actions, setup: Setup
 ) -> None:
     # Alice's token for the mail service reached the gateway: the gateway may not swap it.
     for_mail = actions.token(setup.front, resource=MAIL).json["access_token"]
     response = exchange(actions, setup.gateway, for_mail, resource=PHOTOS)
-    assert refused(response, 400, "invalid_grant")
+    assert refused(response, 400, "invalid_request")
     assert "this client" in response.json["error_description"]
     # The mail service itself may.
     mail = actions.oauth_client("mail", grants=(TOKEN_EXCHANGE,), audiences=(MAIL, PHOTOS))
@@ -359,7 +394,7 @@ def test_a_clients_own_token_is_not_a_subject(actions: Actions, setup: Setup) ->
         "/oauth/token", data={"grant_type": "client_credentials"}, auth=machine.auth
     ).json["access_token"]
     response = exchange(actions, setup.gateway, own, resource=PHOTOS)
-    assert refused(response, 400, "invalid_grant")
+    assert refused(response, 400, "invalid_request")
 
 
 # --- dying with the subject -----------------------------------------------------------------
@@ -465,7 +500,7 @@ def test_the_clients_own_token_as_actor_adds_no_second_self(actions: Actions, se
     assert claims_of(response.json["access_token"])["act"] == {"sub": gateway.client_id}
 
 
-def test_an_invalid_or_unrelated_actor_token_is_invalid_grant(
+def test_an_invalid_or_unrelated_actor_token_is_invalid_request(
     actions: Actions, setup: Setup
 ) -> None:
     for_mail = actions.token(setup.front, resource=MAIL).json["access_token"]
@@ -478,7 +513,7 @@ def test_an_invalid_or_unrelated_actor_token_is_invalid_grant(
             actor_token=actor,
             actor_token_type=ACCESS_TOKEN,
         )
-        assert refused(response, 400, "invalid_grant"), actor
+        assert refused(response, 400, "invalid_request"), actor
     response = exchange(
         actions, setup.gateway, setup.subject, resource=PHOTOS, actor_token=for_mail
     )
@@ -492,7 +527,7 @@ def test_exchanges_cannot_nest_without_end(actions: Actions, setup: Setup) -> No
         response = exchange(actions, relay, token, audience=DEFAULT)
         assert response.status_code == 200, response.json
         token = response.json["access_token"]
-    assert refused(exchange(actions, relay, token, audience=DEFAULT), 400, "invalid_grant")
+    assert refused(exchange(actions, relay, token, audience=DEFAULT), 400, "invalid_request")
 
 
 # --- the rest of the service ------------------------------------------------------------------
@@ -571,7 +606,7 @@ def test_authlib_client_exchanges_against_gunicorn(
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
 
 
-def test_a_sender_constrained_subject_token_is_invalid_grant(
+def test_a_sender_constrained_subject_token_is_invalid_request(
     app: Flask, actions: Actions, setup: Setup
 ) -> None:
     # The real token's claims and record, bound to a key (RFC 9449 cnf) by our own signature.
@@ -580,7 +615,7 @@ def test_a_sender_constrained_subject_token_is_invalid_grant(
     bound = _signed({**claims_of(setup.subject), "cnf": {"jkt": thumbprint}}, ours)
     assert introspect(actions, setup.auditor, bound)["active"] is True  # a live token of ours
     response = exchange(actions, setup.gateway, bound, resource=PHOTOS)
-    assert refused(response, 400, "invalid_grant")
+    assert refused(response, 400, "invalid_request")
     assert "sender-constrained" in response.json["error_description"]
 
 

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from authlib.oauth2.rfc6749.authenticate_client import (
     ClientAuthentication as _ClientAuthentication,
 )
-from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
 from joserfc import jws
 from joserfc.errors import JoseError
 
@@ -31,7 +31,8 @@ class ClientAuthentication(_ClientAuthentication):
     Authlib tries each allowed method in turn, so a request whose Basic secret is wrong still
     authenticated as the public client its body named: credentials that fail must fail the
     request. The method is the one the request presents (Basic header, assertion, secret in
-    the body, bare client_id), and any failure is one 401 invalid_client, audited.
+    the body, bare client_id); presenting two is invalid_request, and any failure of the one
+    is one 401 invalid_client, audited.
     """
 
     def __init__(self, query_client: Any, private_key_jwt: PrivateKeyJWT) -> None:
@@ -41,7 +42,14 @@ class ClientAuthentication(_ClientAuthentication):
         self.register("private_key_jwt", private_key_jwt)
 
     def authenticate(self, request: Any, methods: list[str], endpoint: str) -> Any:
-        method = presented_method(request)
+        presented = presented_methods(request)
+        if len(presented) > 1:
+            # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in
+            # each request" (§5.2: invalid_request); else a wrong second secret passes unread.
+            raise InvalidRequestError(
+                "The request uses more than one client authentication method."
+            )
+        method = presented[0] if presented else None
         client = None
         if method in methods and method in self._methods:
             try:
@@ -55,23 +63,29 @@ class ClientAuthentication(_ClientAuthentication):
         if client is None:
             _audit_failure(request, method, endpoint, self.query_client)
             raise InvalidClientError(status_code=401, description=FAILED)
+        claimed = request.payload.data.get("client_id")
+        if claimed and claimed != client.client_id:  # empty: omitted (RFC 6749 §3.2)
+            # Which client asks must not depend on which of two ids the server reads (an
+            # assertion's is checked against its sub in assertions.py, before this).
+            raise InvalidRequestError("'client_id' does not name the authenticated client.")
         request.auth_method = method
         return client
 
 
-def presented_method(request: Any) -> str | None:
-    """The one authentication method this request presents, or None if it presents none."""
+def presented_methods(request: Any) -> list[str]:
+    """Every authentication method this request presents (none, one, or too many)."""
+    form = request.payload.data
+    presented = []
     authorization = request.headers.get("Authorization") or ""
     if authorization[:6].lower() == "basic ":
-        return "client_secret_basic"
-    form = request.payload.data
+        presented.append("client_secret_basic")
     if form.get("client_assertion") or form.get("client_assertion_type"):
-        return "private_key_jwt"
+        presented.append("private_key_jwt")
     if form.get("client_secret"):
-        return "client_secret_post"
-    if form.get("client_id"):
-        return "none"
-    return None
+        presented.append("client_secret_post")
+    if not presented and form.get("client_id"):
+        presented.append("none")
+    return presented
 
 
 def basic_credentials(headers: Any) -> tuple[str, str] | None:

@@ -16,7 +16,6 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import (
-    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     UnauthorizedClientError,
@@ -35,6 +34,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 MAX_ACTORS = 4
 # Parameters RFC 8693 §2.1 allows once (`resource` and `audience` may repeat).
 _SINGLE = ("subject_token", "subject_token_type", "actor_token", "actor_token_type", "scope")
+# RFC 8693 §2.2.2: a subject or actor token "invalid for any reason, or unacceptable based on
+# policy" MUST be answered invalid_request, so no refusal of one here is invalid_grant.
 _INVALID_SUBJECT = "The subject token is invalid, expired or revoked."
 
 
@@ -154,17 +155,17 @@ def _for_client(presented: _Presented, client: Client) -> bool:
 def _subject(data: Any, client: Client) -> _Presented:
     subject = _verified(data["subject_token"])
     if subject is None:
-        raise InvalidGrantError(_INVALID_SUBJECT)
+        raise InvalidRequestError(_INVALID_SUBJECT)
     if subject.live.user is None:
         # A client's own token (client credentials) has no user to act for.
-        raise InvalidGrantError("The subject token must be a user's token.")
+        raise InvalidRequestError("The subject token must be a user's token.")
     if not _for_client(subject, client):
         # A token that reached a service it was not aimed at stays where it was aimed.
-        raise InvalidGrantError("The subject token was not issued for this client's use.")
+        raise InvalidRequestError("The subject token was not issued for this client's use.")
     if "cnf" in subject.claims:
         # A sender-constrained token (RFC 9449) is its key holder's alone: swapping it for an
         # unbound one would strip that binding off.
-        raise InvalidGrantError("A sender-constrained subject token cannot be exchanged.")
+        raise InvalidRequestError("A sender-constrained subject token cannot be exchanged.")
     return subject
 
 
@@ -174,9 +175,9 @@ def _actor(data: Any, client: Client) -> _Presented | None:
         return None
     actor = _verified(data["actor_token"])
     if actor is None:
-        raise InvalidGrantError("The actor token is invalid, expired or revoked.")
+        raise InvalidRequestError("The actor token is invalid, expired or revoked.")
     if actor.claims["client_id"] != client.client_id and not _for_client(actor, client):
-        raise InvalidGrantError("The actor token was not issued for this client's use.")
+        raise InvalidRequestError("The actor token was not issued for this client's use.")
     return actor
 
 
@@ -203,7 +204,7 @@ def _act(client: Client, subject: _Presented, actor: _Presented | None) -> dict[
         earlier = {"sub": actor.claims["sub"], **({"act": earlier} if earlier else {})}
     act: dict[str, Any] = {"sub": client.client_id, **({"act": earlier} if earlier else {})}
     if _depth(act) > MAX_ACTORS:
-        raise InvalidGrantError("The subject token has been exchanged too many times.")
+        raise InvalidRequestError("The subject token has been exchanged too many times.")
     return act
 
 

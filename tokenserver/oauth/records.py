@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
+from authlib.oauth2.rfc6749.errors import (
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+)
 from joserfc import jws
 
 from .. import audit
@@ -175,7 +179,8 @@ def record_exchanged(
     except tokens.ClientGone:
         raise InvalidClientError() from None  # the client was deleted since it authenticated
     if not stored:
-        raise InvalidGrantError("The subject token is invalid, expired or revoked.")
+        # RFC 8693 §2.2.2: a subject token that is no longer valid is invalid_request.
+        raise InvalidRequestError("The subject token is invalid, expired or revoked.")
 
 
 def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:

@@ -35,14 +35,20 @@ _PARAMETERS = frozenset(
     }
 )
 
-# RFC 8707 §2: `resource` may be given several times, one per resource server.
-_REPEATABLE = frozenset({"resource"})
+# RFC 8707 §2: `resource` may be given several times, one per resource server; RFC 8693 §2.1
+# lets a token exchange name several `audience`s the same way.
+_REPEATABLE = frozenset({"resource", "audience"})
 
 
 def _require_form() -> None:
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    try:
+        # Werkzeug parses such a body as an empty form, which would read as missing parameters.
+        request.get_data(cache=True).decode()  # the form is then parsed from this copy
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body must be UTF-8") from None
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
     repeated = next(
         (

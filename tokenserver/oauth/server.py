@@ -29,6 +29,7 @@ from ..store import clients
 from . import client_auth, dpop
 from .assertions import PrivateKeyJWT
 from .client_keys import ClientKeys
+from .protect import REALM
 
 _DESCRIPTIONS = {
     "invalid_client": client_auth.FAILED,
@@ -121,7 +122,12 @@ class AuthorizationServer(_AuthorizationServer):
             # Authlib answers an unknown client_id sent in the body with 400; a failed client
             # authentication is 401 however it was tried (RFC 6749 §5.2 allows it; docs/api.md).
             error.status_code = 401
-        return super().handle_error_response(request, error)
+        response = super().handle_error_response(request, error)
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if challenge.startswith("Basic "):
+            # RFC 7617 §2: a Basic challenge names its realm; Authlib's names none.
+            response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", {challenge[6:]}'
+        return response
 
 
 _AUTHLIB_MISSING = re.compile(r"Missing '(\w+)' in (?:request|payload)\.?")
