@@ -88,6 +88,16 @@ def find(secret: str) -> Session | None:
     return Session(row.session_id, user, row.auth_time, row.expires_at, row.user_agent)
 
 
+_ENDED = select(_sessions.c.ended_at).where(_sessions.c.id == bindparam("session_id"))
+
+
+def signed_out(session_id: str) -> bool:
+    """Whether a session was ended (signed out, or by a password change) or is gone."""
+    with db.engine.connect() as conn:
+        row = conn.execute(_ENDED, {"session_id": session_id}).first()
+    return row is None or row.ended_at is not None
+
+
 def list_live(user_id: int) -> list[SessionInfo]:
     """The user's live sessions, newest first."""
     query = (
