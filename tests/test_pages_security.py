@@ -166,3 +166,17 @@ def test_next_with_encoded_or_disguised_slashes_stays_on_the_site(flow: Flow, ta
     location = flow.login(next=target).headers["Location"]
     assert urlsplit(urljoin(ISSUER + "/login", location)).netloc == urlsplit(ISSUER).netloc
     assert location.startswith("/") and not location.startswith("//") and "\\" not in location
+
+
+@pytest.mark.parametrize(
+    "action, field",
+    [("/account/sessions/end", "session_id"), ("/account/apps/sign-out", "client_id")],
+)
+def test_an_id_with_a_nul_changes_nothing_and_is_not_a_500(
+    flow: Flow, action: str, field: str
+) -> None:
+    flow.login()
+    token = csrf_of(flow.client.get("/account").text)
+    response = flow.client.post(action, data={"csrf_token": token, field: "a\x00b"})
+    assert response.status_code == 303  # as for any id that is not one of the user's
+    assert flow.client.get("/account").status_code == 200
