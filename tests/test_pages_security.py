@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from .conftest import PASSWORD
-from .helpers import Flow, csrf_of, pkce
+from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
 
 ISSUER = "http://localhost:8000"
 
@@ -180,3 +180,24 @@ def test_an_id_with_a_nul_changes_nothing_and_is_not_a_500(
     response = flow.client.post(action, data={"csrf_token": token, field: "a\x00b"})
     assert response.status_code == 303  # as for any id that is not one of the user's
     assert flow.client.get("/account").status_code == 200
+
+
+def test_an_apps_logout_post_without_the_cookie_signs_out_on_the_get(
+    app: Flask, flow: Flow
+) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    id_token = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier)
+    form = {
+        "id_token_hint": id_token.json["id_token"],
+        "post_logout_redirect_uri": REDIRECT,
+        "state": "s9",
+    }
+    # The app's page POSTs from another site: the browser leaves our SameSite=Lax cookie out.
+    posted = app.test_client().post("/oauth/logout", data=form)
+    assert posted.status_code == 303 and flow.client.get("/account").status_code == 200
+    assert query_of(posted.headers["Location"]) == form
+    done = flow.client.get(posted.headers["Location"])  # the navigation's GET has the cookie
+    assert done.headers["Location"] == REDIRECT + "?state=s9"
+    assert flow.client.get("/account").status_code == 303

@@ -262,7 +262,8 @@ def paths() -> Doc:
                 f"logout{method.title()}",
                 "RP-Initiated Logout 1.0 (id_token_hint, post_logout_redirect_uri, state)",
                 {200: "Signed out, or asked to confirm"},
-                (302,),
+                # 303: a POST without the session cookie (cross-site), sent on as a GET
+                (302,) if method == "get" else (302, 303),
                 parameters=[
                     _query("id_token_hint", "An id_token we issued"),
                     _query("post_logout_redirect_uri", "Registered exactly"),

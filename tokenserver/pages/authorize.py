@@ -161,6 +161,10 @@ def logout() -> Response:
         end = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
         raise web.refuse(400, "This sign-out link is not valid", error.description or "") from None
+    if request.method == "POST" and not web.session_cookie() and "csrf_token" not in request.form:
+        # As at /oauth/authorize: an app's cross-site POST carries no SameSite=Lax cookie and
+        # would sign no one out while saying it had; the GET of a navigation carries it.
+        return redirect("/oauth/logout?" + _query(request.values), 303)
     # Without a valid id_token_hint naming this user, anyone's page could sign them out.
     if needs_confirmation(end, web.current_session()):
         if request.method == "GET" or "csrf_token" not in request.form:
