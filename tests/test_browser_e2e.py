@@ -228,17 +228,47 @@ def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask,
         arrived.append(request.args.to_dict())
         return "Back at the app."
 
-    return rp, {"verifiers": verifiers, "arrived": arrived}
+    @rp.get("/logout")
+    def logout() -> Any:
+        fields = {
+            "id_token_hint": seen["id_token"],
+            "post_logout_redirect_uri": f"{site}/signed-out",
+            "state": "bye",
+        }
+        inputs = "".join(
+            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+            for k, v in fields.items()
+        )
+        action = escape(f"{issuer}/oauth/logout")
+        return (
+            f'<!doctype html><title>Photo App</title><form method="post" action="{action}">'
+            f'{inputs}<button type="submit">Sign out</button></form>'
+        )
+
+    @rp.get("/signed-out")
+    def signed_out() -> Any:
+        seen["signed_out"] = request.args.to_dict()
+        return "Signed out of the app."
+
+    seen: dict[str, Any] = {"verifiers": verifiers, "arrived": arrived}
+    return rp, seen
 
 
-def test_a_web_app_posts_its_authorization_request_from_a_form(
+def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
     server: LiveServer, browser: WebDriver, rp_port: int
 ) -> None:
     _sign_up(server)
     # localhost is another site than our 127.0.0.1: the POST is cross-site, as from a real app,
     # so the browser sends it without our SameSite=Lax session cookie.
     site = f"http://localhost:{rp_port}"
-    client = _register(server, "Photo App", "--redirect-uri", f"{site}/callback")
+    client = _register(
+        server,
+        "Photo App",
+        "--redirect-uri",
+        f"{site}/callback",
+        "--redirect-uri",
+        f"{site}/signed-out",
+    )
     rp, seen = _posting_app(server.url, client, site)
     rp_server = make_server("127.0.0.1", rp_port, rp, threaded=True)
     thread = threading.Thread(target=rp_server.serve_forever, daemon=True)
@@ -255,25 +285,56 @@ def test_a_web_app_posts_its_authorization_request_from_a_form(
         browser.get(f"{site}/")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         WebDriverWait(browser, 20).until(lambda b: len(seen["arrived"]) == 2)
+        for query in seen["arrived"]:
+            seen["id_token"] = _exchange(server, client, site, seen["verifiers"], query)
+        # The app signs the user out with a form POSTed from its site: it must really happen,
+        # on the server too, not only by the browser forgetting its cookie.
+        browser.get(f"{server.url}/account")
+        cookie = browser.get_cookie("tokenserver_session")
+        assert cookie is not None
+        browser.get(f"{site}/logout")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda b: "signed_out" in seen)
+        assert seen["signed_out"] == {"state": "bye"}
     finally:
         rp_server.shutdown()
         thread.join(timeout=10)
-    for query in seen["arrived"]:
-        assert query["iss"] == server.url and "error" not in query
-        exchanged = requests.post(
-            f"{server.url}/oauth/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": query["code"],
-                "redirect_uri": f"{site}/callback",
-                "code_verifier": seen["verifiers"][query["state"]],
-            },
-            auth=(client["client_id"], client["client_secret"]),
-            timeout=10,
-        )
-        assert exchanged.status_code == 200, exchanged.text
-        claims = claims_of(exchanged.json()["id_token"])
-        assert claims["nonce"] == f"nonce-{query['state']}" and claims["aud"] == client["client_id"]
+    browser.get(f"{server.url}/account")
+    _wait_for(browser, "/login")
+    kept = requests.get(
+        f"{server.url}/account",
+        cookies={"tokenserver_session": cookie["value"]},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert kept.status_code == 303 and kept.headers["Location"].startswith("/login")
+
+
+def _exchange(
+    server: LiveServer,
+    client: dict[str, Any],
+    site: str,
+    verifiers: dict[str, str],
+    query: dict[str, str],
+) -> str:
+    """The app's exchange of the code its callback got; the id_token, checked."""
+    assert query["iss"] == server.url and "error" not in query
+    exchanged = requests.post(
+        f"{server.url}/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"],
+            "redirect_uri": f"{site}/callback",
+            "code_verifier": verifiers[query["state"]],
+        },
+        auth=(client["client_id"], client["client_secret"]),
+        timeout=10,
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    id_token: str = exchanged.json()["id_token"]
+    claims = claims_of(id_token)
+    assert claims["nonce"] == f"nonce-{query['state']}" and claims["aud"] == client["client_id"]
+    return id_token
 
 
 class _Loopback(BaseHTTPRequestHandler):
