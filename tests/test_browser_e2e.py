@@ -7,6 +7,7 @@ PKCE on a loopback redirect.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 import threading
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 from authlib.integrations.flask_client import OAuth
-from flask import Flask, jsonify, url_for
+from flask import Flask, jsonify, request, url_for
+from markupsafe import escape
 from requests_oauthlib import OAuth2Session
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -32,6 +34,7 @@ from bench.server import free_port
 from tokenserver.config import Settings
 
 from .conftest import PASSWORD, LiveServer
+from .helpers import claims_of, pkce
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -187,6 +190,151 @@ def test_a_web_app_signs_a_user_in_through_our_pages(
     browser.get(f"{server.url}/account")
     assert "Photo App" in browser.page_source and "this browser" in browser.page_source
     browser.save_screenshot(str(tmp_path / "account.png"))
+
+
+def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask, dict[str, Any]]:
+    """A web app whose page holds its authorization request as a form that POSTs to us."""
+    rp = Flask("posting_relying_party")
+    verifiers: dict[str, str] = {}
+    arrived: list[dict[str, str]] = []
+
+    @rp.get("/")
+    def start() -> Any:
+        verifier, challenge = pkce()
+        state = secrets.token_urlsafe(16)
+        verifiers[state] = verifier
+        fields = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": f"{site}/callback",
+            "scope": SCOPE,
+            "state": state,
+            "nonce": f"nonce-{state}",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        inputs = "".join(
+            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+            for k, v in fields.items()
+        )
+        action = escape(f"{issuer}/oauth/authorize")
+        return (
+            f'<!doctype html><title>Photo App</title><form method="post" action="{action}">'
+            f'{inputs}<button type="submit">Sign in</button></form>'
+        )
+
+    @rp.get("/callback")
+    def callback() -> Any:
+        arrived.append(request.args.to_dict())
+        return "Back at the app."
+
+    @rp.get("/logout")
+    def logout() -> Any:
+        fields = {
+            "id_token_hint": seen["id_token"],
+            "post_logout_redirect_uri": f"{site}/signed-out",
+            "state": "bye",
+        }
+        inputs = "".join(
+            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+            for k, v in fields.items()
+        )
+        action = escape(f"{issuer}/oauth/logout")
+        return (
+            f'<!doctype html><title>Photo App</title><form method="post" action="{action}">'
+            f'{inputs}<button type="submit">Sign out</button></form>'
+        )
+
+    @rp.get("/signed-out")
+    def signed_out() -> Any:
+        seen["signed_out"] = request.args.to_dict()
+        return "Signed out of the app."
+
+    seen: dict[str, Any] = {"verifiers": verifiers, "arrived": arrived}
+    return rp, seen
+
+
+def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
+    server: LiveServer, browser: WebDriver, rp_port: int
+) -> None:
+    _sign_up(server)
+    # localhost is another site than our 127.0.0.1: the POST is cross-site, as from a real app,
+    # so the browser sends it without our SameSite=Lax session cookie.
+    site = f"http://localhost:{rp_port}"
+    client = _register(
+        server,
+        "Photo App",
+        "--redirect-uri",
+        f"{site}/callback",
+        "--redirect-uri",
+        f"{site}/signed-out",
+    )
+    rp, seen = _posting_app(server.url, client, site)
+    rp_server = make_server("127.0.0.1", rp_port, rp, threaded=True)
+    thread = threading.Thread(target=rp_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"{site}/")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        _sign_in(browser)
+        _wait_for(browser, "/consent")
+        browser.find_element(By.CSS_SELECTOR, "button[name=decision][value=allow]").click()
+        WebDriverWait(browser, 20).until(lambda b: len(seen["arrived"]) == 1)
+        # Signed in and allowed already: the next POST comes straight back with a code (a
+        # sign-in form here would never reach the callback).
+        browser.get(f"{site}/")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda b: len(seen["arrived"]) == 2)
+        for query in seen["arrived"]:
+            seen["id_token"] = _exchange(server, client, site, seen["verifiers"], query)
+        # The app signs the user out with a form POSTed from its site: it must really happen,
+        # on the server too, not only by the browser forgetting its cookie.
+        browser.get(f"{server.url}/account")
+        cookie = browser.get_cookie("tokenserver_session")
+        assert cookie is not None
+        browser.get(f"{site}/logout")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda b: "signed_out" in seen)
+        assert seen["signed_out"] == {"state": "bye"}
+    finally:
+        rp_server.shutdown()
+        thread.join(timeout=10)
+    browser.get(f"{server.url}/account")
+    _wait_for(browser, "/login")
+    kept = requests.get(
+        f"{server.url}/account",
+        cookies={"tokenserver_session": cookie["value"]},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert kept.status_code == 303 and kept.headers["Location"].startswith("/login")
+
+
+def _exchange(
+    server: LiveServer,
+    client: dict[str, Any],
+    site: str,
+    verifiers: dict[str, str],
+    query: dict[str, str],
+) -> str:
+    """The app's exchange of the code its callback got; the id_token, checked."""
+    assert query["iss"] == server.url and "error" not in query
+    exchanged = requests.post(
+        f"{server.url}/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"],
+            "redirect_uri": f"{site}/callback",
+            "code_verifier": verifiers[query["state"]],
+        },
+        auth=(client["client_id"], client["client_secret"]),
+        timeout=10,
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    id_token: str = exchanged.json()["id_token"]
+    claims = claims_of(id_token)
+    assert claims["nonce"] == f"nonce-{query['state']}" and claims["aud"] == client["client_id"]
+    return id_token
 
 
 class _Loopback(BaseHTTPRequestHandler):

@@ -34,6 +34,7 @@ CONTRACT = {
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/oauth/authorize"),
+    ("post", "/oauth/authorize"),
     ("get", "/login"),
     ("post", "/login"),
     ("get", "/consent"),

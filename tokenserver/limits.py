@@ -98,7 +98,7 @@ RULES = (
                 "/openapi.json",
             }
         ),
-        _READ,
+        (*_READ, "POST"),  # /oauth/authorize takes POST too (OpenID Connect Core §3.1.2.1)
         "ratelimit_default",
         False,
     ),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import accounts, audit
 from .config import current_settings
-from .store import consents, sessions, tokens
+from .store import clients, consents, sessions, tokens
 from .store.sessions import Session, SessionInfo
 from .store.tokens import SignedInApp
 
@@ -78,6 +78,8 @@ def end_session(session: Session, session_id: str) -> bool:
 
 def sign_out_app(session: Session, client_id: str) -> None:
     """Revoke every token the user's sign-ins to one app hold, and forget the consent."""
+    if clients.find(client_id) is None:
+        return  # no such app (a NUL in the id would be a 500 on PostgreSQL, not a no-op)
     tokens.revoke_logins(session.user.id, client_id=client_id)
     consents.forget(session.user.id, client_id)
     audit.event("app.signed_out", user_id=session.user.id, client_id=client_id)

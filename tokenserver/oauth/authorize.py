@@ -15,6 +15,7 @@ from typing import Any
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
+from werkzeug.datastructures import MultiDict
 
 from ..config import current_settings
 from ..models import Client, utcnow
@@ -80,10 +81,10 @@ def error_location(redirect_uri: str, error: str, description: str, state: str |
     return str(add_params_to_uri(redirect_uri, params))
 
 
-def validate(signed_in: SignedIn | None) -> Authorization:
+def validate(signed_in: SignedIn | None, parameters: MultiDict[str, str]) -> Authorization:
     """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack."""
     try:
-        request = QueryRequest(current_settings().issuer)
+        request = QueryRequest(current_settings().issuer, parameters)
     except InsecureTransportError:
         raise BadAuthorizationRequest("OAuth 2 requires https: the issuer is not https.") from None
     request.user = signed_in

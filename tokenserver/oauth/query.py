@@ -5,6 +5,7 @@ from __future__ import annotations
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Request
 from flask import request as flask_request
+from werkzeug.datastructures import MultiDict
 
 
 class QueryRequest(FlaskOAuth2Request):
@@ -12,12 +13,26 @@ class QueryRequest(FlaskOAuth2Request):
 
     /oauth/authorize and /oauth/logout take their parameters in the query (RFC 6749 §4.1.1);
     the token endpoint's request reads the body only. TLS usually ends at a proxy, so the
-    https check looks at the issuer, as the token endpoint's does.
+    https check looks at the issuer, as the token endpoint's does. Given `parameters`, the
+    request reads those alone (an authorization request's query, or its POST body).
     """
 
-    def __init__(self, issuer: str) -> None:
+    def __init__(self, issuer: str, parameters: MultiDict[str, str] | None = None) -> None:
         OAuth2Request.__init__(
             self, flask_request.method, issuer + flask_request.path, headers=flask_request.headers
         )
         self._request = flask_request
-        self.payload = FlaskOAuth2Payload(flask_request)
+        self.payload = (
+            FlaskOAuth2Payload(flask_request) if parameters is None else _Parameters(parameters)
+        )
+
+
+class _Parameters(FlaskOAuth2Payload):
+    """Parameters from one place only, never a query and a body merged."""
+
+    def __init__(self, parameters: MultiDict[str, str]) -> None:
+        self._parameters = parameters
+
+    @property
+    def data(self) -> MultiDict[str, str]:
+        return self._parameters

@@ -87,6 +87,21 @@ _AUTHORIZE_PARAMETERS = [
     ),
     _query("response_mode", "query, the only one supported"),
 ]
+
+
+def _form(parameters: list[Doc]) -> Doc:
+    """The same parameters sent as a form body instead of a query."""
+    properties = {
+        p["name"]: {"type": "string", "description": p["description"]} for p in parameters
+    }
+    required = [p["name"] for p in parameters if p["required"]]
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+    }
+
+
 _FORM_BODY = {
     "required": True,
     "content": {
@@ -163,7 +178,20 @@ def paths() -> Doc:
                 {400: "Unknown client or unregistered redirect URI: never redirected"},
                 (302,),
                 parameters=_AUTHORIZE_PARAMETERS,
-            )
+            ),
+            "post": _page(
+                "authorizePost",
+                "The authorization request as a form body (OpenID Connect Core §3.1.2.1); the "
+                "query is ignored. Answered as a GET is, with 303 redirects; without a session, "
+                "a 303 to the same request as a GET (a cross-site POST carries no SameSite=Lax "
+                "cookie)",
+                {
+                    400: "Unknown client or unregistered redirect URI: never redirected",
+                    413: "The body is larger than the configured maximum",
+                },
+                (303,),
+                requestBody=_form(_AUTHORIZE_PARAMETERS),
+            ),
         },
         "/login": {
             "get": _page(
@@ -234,7 +262,8 @@ def paths() -> Doc:
                 f"logout{method.title()}",
                 "RP-Initiated Logout 1.0 (id_token_hint, post_logout_redirect_uri, state)",
                 {200: "Signed out, or asked to confirm"},
-                (302,),
+                # 303: a POST without the session cookie (cross-site), sent on as a GET
+                (302,) if method == "get" else (302, 303),
                 parameters=[
                     _query("id_token_hint", "An id_token we issued"),
                     _query("post_logout_redirect_uri", "Registered exactly"),

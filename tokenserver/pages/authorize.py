@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from authlib.oauth2 import OAuth2Error
 from flask import redirect, request
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
@@ -18,53 +19,89 @@ from ..oauth.server import current_server
 from . import bp, web
 
 
-def _validated() -> Authorization:
-    """The authorization request of this URL, or the page / redirect that refuses it."""
+def _parameters() -> MultiDict[str, str]:
+    """The authorization request's parameters: the query of a GET, the form body of a POST.
+
+    OpenID Connect Core §3.1.2.1 requires both methods. A POST's query is ignored, as
+    node-oidc-provider and Keycloak ignore it: a request never mixes two sources.
+    """
+    return request.form if request.method == "POST" else request.args
+
+
+def _validated(parameters: MultiDict[str, str], status: int = 302) -> Authorization:
+    """The authorization request, or the page / redirect that refuses it."""
     try:
-        return authorize.validate(web.signed_in())
+        return authorize.validate(web.signed_in(), parameters)
     except BadAuthorizationRequest as exc:
-        # RFC 6749 §4.1.2.1: an unverified client or redirect URI is told to the user only.
-        raise web.refuse(400, "This sign-in link is not valid", exc.description) from None
+        raise _not_valid(exc) from None
     except RedirectBack as exc:
-        raise _redirect_exception(exc.location) from None
+        raise _redirect_exception(exc.location, status) from None
 
 
-def _redirect_exception(location: str) -> Exception:
-    return HTTPException(response=redirect(location, 302))
+def _not_valid(exc: BadAuthorizationRequest) -> Exception:
+    # RFC 6749 §4.1.2.1: an unverified client or redirect URI is told to the user only.
+    return web.refuse(400, "This sign-in link is not valid", exc.description)
 
 
-def _to_login() -> Response:
-    """Send the user to sign in, then back to this request.
+def _redirect_exception(location: str, status: int = 302) -> Exception:
+    return HTTPException(response=redirect(location, status))
+
+
+def _query(parameters: MultiDict[str, str]) -> str:
+    return urlencode(list(parameters.items(multi=True)))
+
+
+def _to_login(parameters: MultiDict[str, str], status: int = 302) -> Response:
+    """Send the user to sign in, then back to this request (as a GET).
 
     The way back leaves out what sent the user here (prompt=login or select_account, max_age):
     they have just signed in, and asking again would loop (max_age=0 is never met).
     """
-    params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("prompt", "max_age")]
-    prompts = [p for p in request.args.get("prompt", "").split() if p in ("none", "consent")]
+    params = [(k, v) for k, v in parameters.items(multi=True) if k not in ("prompt", "max_age")]
+    prompts = [p for p in parameters.get("prompt", "").split() if p in ("none", "consent")]
     if prompts:
         params.append(("prompt", " ".join(prompts)))
     back = "/oauth/authorize?" + urlencode(params)
     query = {"next": back}
-    if request.args.get("login_hint"):
-        query["login_hint"] = request.args["login_hint"]
-    return redirect("/login?" + urlencode(query), 302)
+    if parameters.get("login_hint"):
+        query["login_hint"] = parameters["login_hint"]
+    return redirect("/login?" + urlencode(query), status)
 
 
-@bp.get("/oauth/authorize")
+def _as_get(parameters: MultiDict[str, str]) -> Response:
+    """A POSTed request without a session, sent on as a GET once its redirect URI is verified.
+
+    A cross-site POST (from the app's page) carries no SameSite=Lax session cookie; the GET of
+    a navigation does, so the session (and prompt=none) are judged there, not here.
+    """
+    try:
+        authorize.validate(None, parameters)
+    except BadAuthorizationRequest as exc:
+        raise _not_valid(exc) from None
+    except RedirectBack:
+        pass  # the GET answers it at the client's redirect URI, or finds the user signed in
+    return redirect("/oauth/authorize?" + _query(parameters), 303)
+
+
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize_endpoint() -> Response:
     """RFC 6749 §4.1.1 with PKCE: sign in, consent, then a code for the client."""
-    authorization = _validated()
+    parameters = _parameters()
     signed_in = web.signed_in()
+    if signed_in is None and request.method == "POST":
+        return _as_get(parameters)
+    status = 303 if request.method == "POST" else 302  # 303: the browser follows with a GET
+    authorization = _validated(parameters, status)
     try:
         step = authorize.next_step(authorization, signed_in)
     except RedirectBack as exc:
-        return redirect(exc.location, 302)
+        return redirect(exc.location, status)
     if step is Next.LOGIN:
-        return _to_login()
+        return _to_login(parameters, status)
     if step is Next.CONSENT:
-        return redirect("/consent?" + request.query_string.decode("ascii", "replace"), 302)
+        return redirect("/consent?" + _query(parameters), status)
     assert signed_in is not None
-    return redirect(authorize.issue_code(authorization, signed_in), 302)
+    return redirect(authorize.issue_code(authorization, signed_in), status)
 
 
 def _consentable(signed_in: SignedIn) -> Authorization:
@@ -73,13 +110,13 @@ def _consentable(signed_in: SignedIn) -> Authorization:
     /consent is reachable by URL: it checks what /oauth/authorize checked before sending the
     user here (max_age, id_token_hint), or typing its address would skip those checks.
     """
-    authorization = _validated()
+    authorization = _validated(request.args)  # a POST's body holds only the decision
     try:
         step = authorize.next_step(authorization, signed_in)
     except RedirectBack as exc:
         raise _redirect_exception(exc.location) from None
     if step is Next.LOGIN:
-        raise HTTPException(response=_to_login())
+        raise HTTPException(response=_to_login(request.args))
     return authorization
 
 
@@ -124,6 +161,10 @@ def logout() -> Response:
         end = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
         raise web.refuse(400, "This sign-out link is not valid", error.description or "") from None
+    if request.method == "POST" and not web.session_cookie() and "csrf_token" not in request.form:
+        # As at /oauth/authorize: an app's cross-site POST carries no SameSite=Lax cookie and
+        # would sign no one out while saying it had; the GET of a navigation carries it.
+        return redirect("/oauth/logout?" + _query(request.values), 303)
     # Without a valid id_token_hint naming this user, anyone's page could sign them out.
     if needs_confirmation(end, web.current_session()):
         if request.method == "GET" or "csrf_token" not in request.form:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ _sessions: Table = BrowserSession.__table__
 _users: Table = User.__table__
 _now = bindparam("now", type_=UTCDateTime())
 _MAX_SECRET_LENGTH = 128  # ours are 43 characters
+_ID = re.compile(r"[0-9a-f]{32}")  # secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,16 @@ def find(secret: str) -> Session | None:
     return Session(row.session_id, user, row.auth_time, row.expires_at, row.user_agent)
 
 
+_ENDED = select(_sessions.c.ended_at).where(_sessions.c.id == bindparam("session_id"))
+
+
+def signed_out(session_id: str) -> bool:
+    """Whether a session was ended (signed out, or by a password change) or is gone."""
+    with db.engine.connect() as conn:
+        row = conn.execute(_ENDED, {"session_id": session_id}).first()
+    return row is None or row.ended_at is not None
+
+
 def list_live(user_id: int) -> list[SessionInfo]:
     """The user's live sessions, newest first."""
     query = (
@@ -107,6 +119,8 @@ def list_live(user_id: int) -> list[SessionInfo]:
 
 def end(user_id: int, session_id: str | None = None, *, keep: str | None = None) -> int:
     """End one of the user's sessions (or, with no id, all but `keep`); returns how many."""
+    if session_id is not None and not _ID.fullmatch(session_id):
+        return 0  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a no-op)
     condition = [_sessions.c.user_id == user_id, _sessions.c.ended_at.is_(None)]
     if session_id is not None:
         condition.append(_sessions.c.id == session_id)

@@ -1,0 +1,203 @@
+"""Our pages under attack: forged forms, stolen codes after sign-out, framing, open redirects."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from .conftest import PASSWORD
+from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
+
+ISSUER = "http://localhost:8000"
+
+
+def _sign_out_everywhere(flow: Flow) -> None:
+    token = csrf_of(flow.client.get("/account").text)
+    done = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
+    assert done.status_code == 303
+
+
+def _change_password(flow: Flow) -> None:
+    token = csrf_of(flow.client.get("/account").text)
+    new = "a brand new passphrase"
+    form = {
+        "csrf_token": token,
+        "current_password": PASSWORD,
+        "new_password": new,
+        "confirm_password": new,
+    }
+    assert flow.client.post("/account/password", data=form).status_code == 303
+
+
+def _end_the_other_session(flow: Flow) -> None:
+    page = flow.client.get("/account").text
+    other = next(row for row in page.split("<li>")[1:] if "this browser" not in row)
+    session_id = other.split('name="session_id" value="', 1)[1].split('"', 1)[0]
+    form = {"csrf_token": csrf_of(page), "session_id": session_id}
+    assert flow.client.post("/account/sessions/end", data=form).status_code == 303
+
+
+def _end_this_session(flow: Flow) -> None:
+    page = flow.client.get("/account").text
+    this = next(row for row in page.split("<li>")[1:] if "this browser" in row)
+    session_id = this.split('name="session_id" value="', 1)[1].split('"', 1)[0]
+    form = {"csrf_token": csrf_of(page), "session_id": session_id}
+    assert flow.client.post("/account/sessions/end", data=form).status_code == 303
+
+
+def _log_out(flow: Flow) -> None:
+    asked = flow.client.get("/oauth/logout")
+    done = flow.client.post("/oauth/logout", data={"csrf_token": csrf_of(asked.text)})
+    assert done.status_code == 200
+
+
+def test_a_csrf_token_of_another_browser_is_refused(flow: Flow, app: Flask) -> None:
+    flow.login()
+    other = app.test_client()
+    foreign = csrf_of(other.get("/login").text)
+    assert foreign != csrf_of(flow.client.get("/account").text)
+    response = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": foreign})
+    assert response.status_code == 403
+    assert flow.client.get("/account").status_code == 200  # nothing happened
+
+
+def test_a_post_with_origin_null_is_refused(flow: Flow) -> None:
+    flow.login()
+    token = csrf_of(flow.client.get("/account").text)
+    response = flow.client.post(
+        "/account/sign-out-everywhere", data={"csrf_token": token}, headers={"Origin": "null"}
+    )
+    assert response.status_code == 403 and flow.client.get("/account").status_code == 200
+
+
+def test_sign_out_everywhere_revokes_the_apps_refresh_tokens(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    tokens = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    _sign_out_everywhere(flow)
+    refreshed = flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 400 and refreshed.json["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("sign_out", [_log_out, _end_this_session, _sign_out_everywhere])
+def test_signing_out_ends_the_session_on_the_server_not_just_the_cookie(
+    flow: Flow, sign_out: Any
+) -> None:
+    cookie = flow.login().headers.getlist("Set-Cookie")[-1]
+    name, value = cookie.split(";", 1)[0].split("=", 1)
+    assert name == "tokenserver_session"
+    sign_out(flow)
+    flow.client.set_cookie(name, value)  # a copy of the cookie kept from before
+    assert flow.client.get("/account").status_code == 303
+
+
+@pytest.mark.parametrize(
+    "sign_out", [_sign_out_everywhere, _change_password, _end_the_other_session]
+)
+def test_a_code_not_yet_exchanged_dies_with_its_browser_session(
+    app: Flask, flow: Flow, sign_out: Any
+) -> None:
+    # A code that a thief's session got just before the user signed that session out must not
+    # turn into tokens that outlive the sign-out (Keycloak: a code needs its session alive).
+    client_id, secret = flow.register(first_party=True)
+    thief = Flow(app, app.test_client())
+    thief.login()
+    verifier, challenge = pkce()
+    code = thief.code_for(client_id, challenge)
+    flow.login()
+    sign_out(flow)
+    response = thief.exchange(client_id, secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+
+
+def test_ending_another_session_leaves_this_sessions_code(app: Flask, flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    Flow(app, app.test_client()).login()
+    _end_the_other_session(flow)  # the newer session, not this browser's
+    assert flow.exchange(client_id, secret, code, verifier).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/login", "/account", "/consent", "/device", "/oauth/logout", "/oauth/authorize"],
+)
+def test_every_page_and_its_errors_forbid_framing_and_caching(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.get(path)  # signed out, no parameters: a page, a redirect or an error
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"], path
+    assert response.headers["X-Frame-Options"] == "DENY", path
+    assert response.headers["Cache-Control"] == "no-store", path
+
+
+@pytest.mark.parametrize("path", ["/account/nowhere", "/login/x", "/consent/x"])
+def test_unknown_paths_beside_the_pages_forbid_framing(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/\tevil.example",
+        "%2F%2Fevil.example",
+        "/\u3000/evil.example",
+        "JAVASCRIPT:alert(1)",
+        " //evil.example",
+    ],
+)
+def test_next_with_encoded_or_disguised_slashes_stays_on_the_site(flow: Flow, target: str) -> None:
+    location = flow.login(next=target).headers["Location"]
+    assert urlsplit(urljoin(ISSUER + "/login", location)).netloc == urlsplit(ISSUER).netloc
+    assert location.startswith("/") and not location.startswith("//") and "\\" not in location
+
+
+@pytest.mark.parametrize(
+    "action, field",
+    [("/account/sessions/end", "session_id"), ("/account/apps/sign-out", "client_id")],
+)
+def test_an_id_with_a_nul_changes_nothing_and_is_not_a_500(
+    flow: Flow, action: str, field: str
+) -> None:
+    flow.login()
+    token = csrf_of(flow.client.get("/account").text)
+    response = flow.client.post(action, data={"csrf_token": token, field: "a\x00b"})
+    assert response.status_code == 303  # as for any id that is not one of the user's
+    assert flow.client.get("/account").status_code == 200
+
+
+def test_an_apps_logout_post_without_the_cookie_signs_out_on_the_get(
+    app: Flask, flow: Flow
+) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    id_token = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier)
+    form = {
+        "id_token_hint": id_token.json["id_token"],
+        "post_logout_redirect_uri": REDIRECT,
+        "state": "s9",
+    }
+    # The app's page POSTs from another site: the browser leaves our SameSite=Lax cookie out.
+    posted = app.test_client().post("/oauth/logout", data=form)
+    assert posted.status_code == 303 and flow.client.get("/account").status_code == 200
+    assert query_of(posted.headers["Location"]) == form
+    done = flow.client.get(posted.headers["Location"])  # the navigation's GET has the cookie
+    assert done.headers["Location"] == REDIRECT + "?state=s9"
+    assert flow.client.get("/account").status_code == 303
