@@ -225,11 +225,23 @@ def mint_code_pool(
     """`count` fresh authorization codes (alive 60 s) and the PKCE verifier they all share."""
     from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-    from tokenserver.browser_models import AuthorizationCode
+    from tokenserver.browser_models import AuthorizationCode, BrowserSession
 
     now, verifier = utcnow(), new_secret(32)
     challenge = create_s256_code_challenge(verifier)
     codes = [new_secret(32) for _ in range(count)]
+    # A code dies with the browser session that got it: each user has one, signed in now.
+    sessions = {
+        user_id: {
+            "id": secrets.token_hex(16),
+            "secret_hash": digest(new_secret(32)),
+            "user_id": user_id,
+            "user_agent": "bench",
+            "auth_time": now,
+            "expires_at": now + timedelta(days=1),
+        }
+        for user_id in user_ids
+    }
     rows = (
         {
             "code_hash": digest(code),
@@ -241,7 +253,7 @@ def mint_code_pool(
             "code_challenge_method": "S256",
             "nonce": secrets.token_urlsafe(12),
             "auth_time": now,
-            "session_id": secrets.token_hex(16),
+            "session_id": sessions[user_ids[n % len(user_ids)]]["id"],
             "created_at": now,
             "expires_at": now + timedelta(seconds=60),
         }
@@ -249,6 +261,7 @@ def mint_code_pool(
     )
     engine = engine_for(database_url)
     try:
+        _insert(engine, BrowserSession.__table__, iter(sessions.values()))
         _insert(engine, AuthorizationCode.__table__, rows)
     finally:
         engine.dispose()

@@ -11,7 +11,7 @@ from sqlalchemy import Table, bindparam, insert, or_, select, update
 
 from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
-from ..extensions import db
+from ..extensions import db, reader
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
 from . import delete_in_batches
 
@@ -95,8 +95,7 @@ _ENDED = select(_sessions.c.ended_at).where(_sessions.c.id == bindparam("session
 
 def signed_out(session_id: str) -> bool:
     """Whether a session was ended (signed out, or by a password change) or is gone."""
-    with db.engine.connect() as conn:
-        row = conn.execute(_ENDED, {"session_id": session_id}).first()
+    row = reader().execute(_ENDED, {"session_id": session_id}).first()
     return row is None or row.ended_at is not None
 
 
