@@ -16,6 +16,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tokenserver.extensions import db
 
+from .conftest import Actions
+
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line parsed as JSON (failing the test on any line that is not)."""
@@ -157,3 +159,14 @@ def test_database_errors_never_carry_the_statements_values(app: Flask) -> None:
     with app.app_context(), pytest.raises(DBAPIError) as raised:
         db.session.execute(text("SELECT * FROM no_such_table WHERE x = :v"), {"v": "s3cret-value"})
     assert "s3cret-value" not in str(raised.value)
+
+
+def test_tokens_stay_out_of_the_log_even_at_debug(
+    actions: Actions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the root, as an operator chasing a problem might
+    issued = actions.login("alice")
+    assert issued["access_token"] and issued["refresh_token"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert issued["access_token"] not in logged
+    assert issued["refresh_token"] not in logged

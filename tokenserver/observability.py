@@ -65,6 +65,8 @@ def configure_logging() -> None:
         root.addHandler(handler)
     # Our own INFO lines (audit, operations) are wanted; libraries stay at WARNING.
     logging.getLogger("tokenserver").setLevel(logging.INFO)
+    # Authlib logs every token response it issues at DEBUG: never, whatever the root's level.
+    logging.getLogger("authlib").setLevel(logging.INFO)
 
 
 def _assign_request_id() -> None:
