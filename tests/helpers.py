@@ -101,6 +101,23 @@ def query_of(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
+def authorization_request(
+    client_id: str, challenge: str, /, **params: str | None
+) -> dict[str, str]:
+    """An authorization request (code, PKCE S256); a parameter given None is left out."""
+    request = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid profile junk:read",
+        "state": "st-1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **params,
+    }
+    return {name: value for name, value in request.items() if value is not None}
+
+
 class Flow:
     """A browser (the test client's cookie jar) signing in for an app, step by step."""
 
@@ -137,17 +154,7 @@ class Flow:
         return self.client.post("/login", data={**form, "next": next})
 
     def authorize(self, client_id: str, challenge: str, /, **params: str | None):
-        query = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-            "scope": "openid profile junk:read",
-            "state": "st-1",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            **params,
-        }
-        query = {k: v for k, v in query.items() if v is not None}
+        query = authorization_request(client_id, challenge, **params)
         return self.client.get("/oauth/authorize?" + urlencode(query))
 
     def consent(self, location: str, decision: str = "allow"):

@@ -16,22 +16,20 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from .conftest import Actions
-from .helpers import LOOPBACK, REDIRECT, Flow, csrf_of, pkce, query_of
+from .helpers import LOOPBACK, REDIRECT, Flow, authorization_request, csrf_of, pkce, query_of
 
 ISSUER = "http://localhost:8000"
 
 
 def _request(client_id: str, **params: str) -> dict[str, str]:
-    return {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": REDIRECT,
-        "scope": "openid profile",
-        "state": "st-1",
-        "code_challenge": pkce()[1],
-        "code_challenge_method": "S256",
-        **params,
-    }
+    return authorization_request(client_id, pkce()[1], **{"scope": "openid profile", **params})
+
+
+def _ask_signed_in(flow: Flow, **params: str) -> Any:
+    """An authorization request of a new first-party client, from a signed-in browser."""
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    return flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, **params)))
 
 
 def _error_back(response: Any) -> dict[str, str]:
@@ -91,40 +89,24 @@ def test_a_client_or_redirect_parameter_given_twice_is_a_page_never_a_redirect(
 def test_request_objects_and_registration_are_refused_not_ignored(
     flow: Flow, name: str, value: str, error: str
 ) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, **{name: value}))
-    )
+    response = _ask_signed_in(flow, **{name: value})
     assert _error_back(response)["error"] == error
 
 
 @pytest.mark.parametrize("mode", ["fragment", "form_post", "query.jwt", "bogus"])
 def test_a_response_mode_other_than_query_is_refused(flow: Flow, mode: str) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, response_mode=mode))
-    )
+    response = _ask_signed_in(flow, response_mode=mode)
     assert _error_back(response)["error"] == "invalid_request"
 
 
 def test_response_mode_query_is_accepted(flow: Flow) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, response_mode="query"))
-    )
+    response = _ask_signed_in(flow, response_mode="query")
     assert "code" in query_of(response.headers["Location"])
 
 
 @pytest.mark.parametrize("response_type", ["code id_token", "token", "id_token", "code token"])
 def test_other_response_types_are_refused_in_our_words(flow: Flow, response_type: str) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, response_type=response_type))
-    )
+    response = _ask_signed_in(flow, response_type=response_type)
     query = _error_back(response)
     assert query["error"] == "unsupported_response_type"
     assert query["error_description"] != response_type  # says what is supported, not an echo
@@ -134,20 +116,12 @@ def test_other_response_types_are_refused_in_our_words(flow: Flow, response_type
 def test_a_max_age_that_is_not_a_small_whole_number_is_invalid_request(
     flow: Flow, max_age: str
 ) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, max_age=max_age))
-    )
+    response = _ask_signed_in(flow, max_age=max_age)
     assert _error_back(response)["error"] == "invalid_request"
 
 
 def test_a_large_max_age_keeps_a_fresh_session(flow: Flow) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, max_age="9999999999"))
-    )
+    response = _ask_signed_in(flow, max_age="9999999999")
     assert "code" in query_of(response.headers["Location"])
 
 
@@ -195,11 +169,7 @@ def test_a_loopback_redirect_uri_may_change_its_port_and_nothing_else(flow: Flow
     ],
 )
 def test_a_redirect_uri_must_match_exactly(flow: Flow, uri: str) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, redirect_uri=uri))
-    )
+    response = _ask_signed_in(flow, redirect_uri=uri)
     assert response.status_code == 400 and "Location" not in response.headers
 
 
@@ -242,11 +212,7 @@ def test_an_unknown_prompt_value_is_invalid_request(flow: Flow, prompt: str) -> 
 
 def test_prompt_select_account_lets_the_user_sign_in_again(flow: Flow) -> None:
     # As Keycloak does: signing in again is how this server lets a user pick another account.
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, prompt="select_account"))
-    )
+    response = _ask_signed_in(flow, prompt="select_account")
     assert response.headers["Location"].startswith("/login?")
     assert "prompt" not in query_of(response.headers["Location"])["next"]
 
@@ -255,11 +221,7 @@ def test_prompt_select_account_lets_the_user_sign_in_again(flow: Flow) -> None:
 def test_prompt_none_with_another_value_is_invalid_request_without_openid(
     flow: Flow, prompt: str
 ) -> None:
-    client_id, _secret = flow.register(first_party=True)
-    flow.login()
-    response = flow.client.get(
-        "/oauth/authorize?" + urlencode(_request(client_id, scope="junk:read", prompt=prompt))
-    )
+    response = _ask_signed_in(flow, scope="junk:read", prompt=prompt)
     assert _error_back(response)["error"] == "invalid_request"
 
 

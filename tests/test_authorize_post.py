@@ -9,23 +9,14 @@ from urllib.parse import urlencode
 import pytest
 from flask import Flask
 
-from .helpers import REDIRECT, Flow, pkce, query_of
+from .helpers import REDIRECT, Flow, authorization_request, pkce, query_of
 
 ISSUER = "http://localhost:8000"
 
 
 def _request(client_id: str, challenge: str, **params: str) -> dict[str, str]:
-    return {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": REDIRECT,
-        "scope": "openid profile",
-        "state": "st-1",
-        "nonce": "n-1",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        **params,
-    }
+    defaults = {"scope": "openid profile", "nonce": "n-1"}
+    return authorization_request(client_id, challenge, **{**defaults, **params})
 
 
 def _post(flow: Flow, body: dict[str, str] | str, query: str = "") -> Any:

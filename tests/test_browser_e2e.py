@@ -122,6 +122,18 @@ def _sign_in(browser: WebDriver, shots: Path | None = None) -> None:
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
+def _posting_page(action: str, fields: dict[str, str], button: str) -> str:
+    """An app's page holding a form that POSTs `fields` to `action` when its button is clicked."""
+    inputs = "".join(
+        f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in fields.items()
+    )
+    return (
+        "<!doctype html><title>Photo App</title>"
+        f'<form method="post" action="{escape(action)}">'
+        f'{inputs}<button type="submit">{escape(button)}</button></form>'
+    )
+
+
 def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flask, dict[str, Any]]:
     """A web app that signs its users in with us, knowing only our discovery document."""
     rp = Flask("relying_party")
@@ -213,15 +225,7 @@ def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask,
             "code_challenge": challenge,
             "code_challenge_method": "S256",
         }
-        inputs = "".join(
-            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
-            for k, v in fields.items()
-        )
-        action = escape(f"{issuer}/oauth/authorize")
-        return (
-            f'<!doctype html><title>Photo App</title><form method="post" action="{action}">'
-            f'{inputs}<button type="submit">Sign in</button></form>'
-        )
+        return _posting_page(f"{issuer}/oauth/authorize", fields, "Sign in")
 
     @rp.get("/callback")
     def callback() -> Any:
@@ -235,15 +239,7 @@ def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask,
             "post_logout_redirect_uri": f"{site}/signed-out",
             "state": "bye",
         }
-        inputs = "".join(
-            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
-            for k, v in fields.items()
-        )
-        action = escape(f"{issuer}/oauth/logout")
-        return (
-            f'<!doctype html><title>Photo App</title><form method="post" action="{action}">'
-            f'{inputs}<button type="submit">Sign out</button></form>'
-        )
+        return _posting_page(f"{issuer}/oauth/logout", fields, "Sign out")
 
     @rp.get("/signed-out")
     def signed_out() -> Any:
