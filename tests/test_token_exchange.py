@@ -170,6 +170,17 @@ def test_audience_may_be_given_more_than_once(actions: Actions, setup: Setup) ->
     assert claims_of(response.json["access_token"])["aud"] == [PHOTOS, DEFAULT]
 
 
+@pytest.mark.parametrize("name", ["subject_token", "subject_token_type", "requested_token_type"])
+def test_a_repeated_exchange_parameter_is_refused_by_name(
+    actions: Actions, setup: Setup, name: str
+) -> None:
+    value = setup.subject if name == "subject_token" else ACCESS_TOKEN
+    response = exchange(actions, setup.gateway, setup.subject, **{name: [value, value]})
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_request"
+    assert f"'{name}'" in response.json["error_description"]
+
+
 def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Setup) -> None:
     with time_machine.travel(time.time(), tick=False) as clock:
         actions.user("bob")

@@ -12,7 +12,7 @@ from .metadata import server_metadata
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
-# Every parameter our OAuth endpoints read (RFC 6749, 7009, 7662).
+# Every parameter our OAuth endpoints read (RFC 6749, 7009, 7662, 7523, 8628, 8693, 8707).
 _PARAMETERS = frozenset(
     {
         "grant_type",
@@ -32,6 +32,11 @@ _PARAMETERS = frozenset(
         "device_code",
         "resource",
         "audience",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "requested_token_type",
     }
 )
 
