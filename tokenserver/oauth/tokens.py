@@ -153,7 +153,7 @@ def verify_access_token(
 @functools.lru_cache(maxsize=4096)
 def _verified(token: str, keyring: KeyRing, issuer: str, audience: str | None) -> dict[str, Any]:
     try:
-        decoded = jwt.decode(token, _key_for(keyring), algorithms=[ALGORITHM])
+        decoded = jwt.decode(token, key_resolver(keyring), algorithms=[ALGORITHM])
         # RFC 9068 §4: the `typ` header must say at+jwt, so no other JWT can pass as one.
         if str(decoded.header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
             raise TokenRejected()
@@ -176,7 +176,9 @@ def verified_claims(token: str, any_audience: bool = False) -> dict[str, Any]:
     return verify_access_token(token, current_keyring(), settings.issuer, audience)
 
 
-def _key_for(keyring: KeyRing) -> Any:
+def key_resolver(keyring: KeyRing) -> Any:
+    """For joserfc: the public key of the JWS's `kid`, if it is ours and the alg RS256."""
+
     def resolve(signature: CompactSignature) -> RSAKey:
         header = signature.headers()
         kid = header.get("kid")
