@@ -32,7 +32,7 @@ from .models import (
     isoformat,
     utcnow,
 )
-from .redirects import redirect_uri_problem
+from .redirects import UNREADABLE, readable_parts, redirect_uri_problem
 from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
 from .store import initial_tokens, transaction
@@ -409,11 +409,9 @@ def jwks_uri_problem(uri: str) -> str | None:
     """Why `uri` cannot be a jwks_uri (https, or http on a loopback host), or None."""
     if len(uri) > _MAX_JWKS_URI_LENGTH:
         return f"must be at most {_MAX_JWKS_URI_LENGTH} characters"
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises for a port that is not a number up to 65535
-    except ValueError:
-        return "must have a host and a port (0-65535) that can be read"
+    parts = readable_parts(uri)
+    if parts is None:
+        return UNREADABLE
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
         return "must be an https URL"

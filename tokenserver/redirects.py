@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 # RFC 8252 §7.3: a native app listens on a loopback port chosen at run time. Only the port may
 # differ, and only as digits: "http://127.0.0.1:80@evil.example/" is evil.example's.
@@ -45,6 +45,20 @@ def local_path(target: str | None, default: str = "/account") -> str:
     return target
 
 
+UNREADABLE = "must have a host and a port (0-65535) that can be read"
+
+
+def readable_parts(uri: str) -> SplitResult | None:
+    """`uri` split into its parts, or None if its host or port cannot be read (UNREADABLE):
+    "https://[host/", a port that is not a number up to 65535."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises for a port that is not a number up to 65535
+    except ValueError:
+        return None
+    return parts
+
+
 def redirect_uri_problem(uri: str) -> str | None:
     """Why a redirect URI cannot be registered, or None.
 
@@ -55,11 +69,9 @@ def redirect_uri_problem(uri: str) -> str | None:
         return "must be an absolute URI without spaces"
     if not uri.isprintable():
         return "must not hold control characters"  # e.g. a NUL, which PostgreSQL cannot store
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises for a port that is not a number up to 65535
-    except ValueError:
-        return "must have a host and a port (0-65535) that can be read"
+    parts = readable_parts(uri)
+    if parts is None:
+        return UNREADABLE
     if not parts.scheme:
         return "must be an absolute URI without spaces"
     if parts.fragment or "#" in uri:
