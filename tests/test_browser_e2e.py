@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,19 @@ def _sign_in(browser: WebDriver, shots: Path | None = None) -> None:
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
+@contextmanager
+def _serving(app: Flask, port: int) -> Iterator[None]:
+    """Serve a relying party on 127.0.0.1:`port` for the block."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
 def _posting_page(action: str, fields: dict[str, str], button: str) -> str:
     """An app's page holding a form that POSTs `fields` to `action` when its button is clicked."""
     inputs = "".join(
@@ -175,10 +189,7 @@ def test_a_web_app_signs_a_user_in_through_our_pages(
     callback = f"http://127.0.0.1:{rp_port}/callback"
     client = _register(server, "Photo App", "--redirect-uri", callback)
     rp, seen = _relying_party(server.url, client, rp_port)
-    rp_server = make_server("127.0.0.1", rp_port, rp, threaded=True)
-    thread = threading.Thread(target=rp_server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(rp, rp_port):
         browser.get(f"http://127.0.0.1:{rp_port}/")
         _sign_in(browser, tmp_path)
         _wait_for(browser, "/consent")
@@ -189,9 +200,6 @@ def test_a_web_app_signs_a_user_in_through_our_pages(
         _wait_for(browser, "/callback")
         WebDriverWait(browser, 20).until(lambda b: "signed_in_as" in b.page_source)
         assert '"signed_in_as":"alice"' in browser.page_source.replace(" ", "")
-    finally:
-        rp_server.shutdown()
-        thread.join(timeout=10)
     token = seen["token"]
     claims = token["userinfo"]  # Authlib parsed and verified the id_token against our JWKS
     assert claims["iss"] == server.url and claims["aud"] == client["client_id"]
@@ -266,10 +274,7 @@ def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
         f"{site}/signed-out",
     )
     rp, seen = _posting_app(server.url, client, site)
-    rp_server = make_server("127.0.0.1", rp_port, rp, threaded=True)
-    thread = threading.Thread(target=rp_server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(rp, rp_port):
         browser.get(f"{site}/")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         _sign_in(browser)
@@ -292,9 +297,6 @@ def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         WebDriverWait(browser, 20).until(lambda b: "signed_out" in seen)
         assert seen["signed_out"] == {"state": "bye"}
-    finally:
-        rp_server.shutdown()
-        thread.join(timeout=10)
     browser.get(f"{server.url}/account")
     _wait_for(browser, "/login")
     kept = requests.get(
