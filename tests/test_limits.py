@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 import redis
 import requests
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 
 from tokenserver.config import ConfigError, Settings
 from tokenserver.keys import current_keyring
+from tokenserver.limits import RULES, limiter
 
 from .conftest import PASSWORD, REDIS_URL, Actions
 from .helpers import HeldRequest
@@ -149,6 +150,21 @@ def test_openapi_document_has_the_default_limit(make_app: Any) -> None:
         pytest.skip("no /openapi.json route in this build")
     assert client.get("/openapi.json").status_code == 200
     _assert_too_many(client.get("/openapi.json"))
+
+
+def test_a_request_resolves_only_the_limits_of_its_route(make_app: Any) -> None:
+    # Flask-Limiter resolves every default limit on every request it checks: ours must
+    # yield nothing off their own routes, or each request pays for all of them.
+    app = _limited(make_app)
+    served = {(r.rule, method) for r in app.url_map.iter_rules() for method in r.methods or ()}
+    asked = {(route, m) for rule in RULES for route in rule.routes for m in rule.methods}
+    assert {route for route, _ in asked & served} == {r for rule in RULES for r in rule.routes}
+    for route, method in [*(asked & served), ("/healthz", "GET")]:
+        path = route.replace("<client_id>", "some-client")
+        with app.test_request_context(path, method=method):
+            assert request.url_rule is not None and request.url_rule.rule == route
+            resolved = {limit.scope for limit in limiter.limit_manager.default_limits}
+        assert resolved == {rule.name for rule in RULES if route in rule.routes}, route
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -140,28 +140,40 @@ def _too_many(limit: RequestLimit) -> Response:
     )
 
 
+@dataclass(eq=True, unsafe_hash=True)
+class _RouteLimit(Limit):
+    """A default limit that exists only on its own routes.
+
+    Flask-Limiter resolves every default limit (parsing its value, building its runtime limit,
+    asking its exemption) on every request; each of ours applies to a route or two.
+    """
+
+    routes: frozenset[str] = field(default=frozenset(), kw_only=True)
+
+    def __iter__(self) -> Iterator[Any]:  # Flask-Limiter's RuntimeLimit
+        if _route() in self.routes:
+            yield from super().__iter__()
+
+
 def _limit(rule: _Rule) -> Limit:
     def value() -> str:
         limit: str = getattr(current_settings(), rule.setting)
         return limit
 
-    def elsewhere() -> bool:
-        return _route() not in rule.routes
-
     deduct_when: Callable[[Response], bool] | None = _failed if rule.failures_only else None
-    return Limit(
+    return _RouteLimit(
         value,
         key_function=rule.key or client_address,
         scope=rule.name,
         methods=rule.methods,
-        exempt_when=elsewhere,
         deduct_when=deduct_when,
         on_breach=_too_many,
+        routes=rule.routes,
     )
 
 
 def per_ip_limits() -> list[str | Callable[[], str] | Limit]:
-    """The limits the Limiter applies to every route (each exempts the routes it is not for)."""
+    """The Limiter's default limits: each one exists only on the routes its rule names."""
     return [_limit(rule) for rule in RULES]
 
 
