@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from tokenserver import accounts
+from tokenserver.browser_models import BrowserSession
+from tokenserver.store import sessions, tokens
 
 from .conftest import PASSWORD
 from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
@@ -117,6 +125,85 @@ def test_a_code_not_yet_exchanged_dies_with_its_browser_session(
     sign_out(flow)
     response = thief.exchange(client_id, secret, code, verifier)
     assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+
+
+def _alice_id(app: Flask) -> int:
+    with app.app_context():
+        user = accounts.find("alice")
+        assert user is not None
+        return user.id
+
+
+def _live_apps(app: Flask, user_id: int) -> list[Any]:
+    with app.app_context():
+        return tokens.signed_in_apps(user_id)
+
+
+def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
+    app: Flask, flow: Flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Sign out everywhere" commits after the exchange looked its code up and before it
+    # stores the tokens: nothing the exchange was about to store may outlive it.
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    user_id = _alice_id(app)
+    store_issued = tokens.store_issued
+
+    def signed_out_first(*args: Any, **kwargs: Any) -> Any:
+        sessions.end(user_id)
+        tokens.revoke_logins(user_id)
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "store_issued", signed_out_first)
+    response = flow.exchange(client_id, secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+    assert _live_apps(app, user_id) == []
+
+
+def test_a_sign_out_committing_during_the_exchange_waits_for_it(
+    app: Flask, flow: Flow, database_url: str
+) -> None:
+    # On PostgreSQL the sign-out's transaction is open while the exchange stores its tokens:
+    # the exchange must wait for it and then see the session ended.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time")
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    user_id = _alice_id(app)
+    answers: list[Any] = []
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as other:
+            signing_out = other.begin()
+            ended = BrowserSession.__table__.update().values(ended_at=datetime.now(UTC))
+            other.execute(ended.where(BrowserSession.user_id == user_id))
+            exchange = threading.Thread(
+                target=lambda: answers.append(flow.exchange(client_id, secret, code, verifier))
+            )
+            exchange.start()
+            _until_a_backend_waits_for_a_lock(other, exchange)
+            signing_out.commit()
+            exchange.join()
+    finally:
+        engine.dispose()
+    assert answers[0].status_code == 400 and answers[0].json["error"] == "invalid_grant"
+    assert _live_apps(app, user_id) == []
+
+
+def _until_a_backend_waits_for_a_lock(conn: Any, exchange: threading.Thread) -> None:
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 30
+    while not conn.execute(waiting).scalar():
+        assert exchange.is_alive(), "the exchange finished without waiting for the sign-out"
+        assert time.monotonic() < deadline, "the exchange never waited for the sign-out"
+        time.sleep(0.01)  # polling for a state that will come, not waiting out a race
 
 
 def test_ending_another_session_leaves_this_sessions_code(app: Flask, flow: Flow) -> None:

@@ -23,7 +23,7 @@ from ..config import current_settings
 from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
-from ..store import codes, sessions, tokens, users
+from ..store import codes, tokens, users
 from . import dpop, parameters
 from .grants import _AUTH_METHODS
 from .resources import ResourceIndicators, requested
@@ -113,11 +113,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         user = users.subject(authorization_code.user_id)
         if user is None or user.disabled:
             return None  # disabled since: invalid_grant
-        if sessions.signed_out(authorization_code.session_id):
-            # As at Keycloak, a code dies with the browser session that got it: a code taken
-            # just before the user signed that session out must not outlive the sign-out.
-            return None
-        return user
+        return user  # its browser session is checked where the tokens are stored
 
 
 def reuse_detected(client_id: str, family_id: str | None) -> None:

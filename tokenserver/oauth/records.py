@@ -136,8 +136,9 @@ def record_issued(
         assert parent is not None
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
-    if outcome is Issued.USER_DISABLED:
-        # Disabled while signing in; said as for any refused sign-in (no account-state oracle).
+    if outcome in (Issued.USER_DISABLED, Issued.SIGNED_OUT):
+        # Disabled, or the code's browser session signed out, while signing in; said as for
+        # any refused sign-in (no account-state oracle).
         raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
 

@@ -93,7 +93,7 @@ _SPEND = (
         _codes.c.expires_at > _now,
     )
     .values(used_at=_now, family_id=bindparam("family"))
-    .returning(_codes.c.code_hash)
+    .returning(_codes.c.session_id)
 )
 
 
@@ -135,14 +135,16 @@ def replayed(code_hash: str) -> Presentation:
     return Presentation(None, replayed=True, family_id=reused.family_id if reused else None)
 
 
-def spend(conn: Connection, code_hash: str, family_id: str) -> bool:
-    """Spend a live code in the caller's transaction, naming the family it issues; False if
-    another request spent it first (or it expired meanwhile).
+def spend(conn: Connection, code_hash: str, family_id: str) -> str | None:
+    """Spend a live code in the caller's transaction, naming the family it issues; the
+    browser session the code was given in, or None if another request spent it first (or it
+    expired meanwhile).
 
     One conditional UPDATE decides, so two concurrent exchanges cannot both win.
     """
     params = {"hash": code_hash, "family": family_id, "now": utcnow()}
-    return conn.execute(_SPEND, params).first() is not None
+    spent = conn.execute(_SPEND, params).first()
+    return None if spent is None else str(spent.session_id)
 
 
 def purge(cutoff: datetime, batch_size: int) -> int:

@@ -7,11 +7,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 
 from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
-from ..extensions import db, reader
+from ..extensions import db
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
 from . import delete_in_batches
 
@@ -90,13 +90,23 @@ def find(secret: str) -> Session | None:
     return Session(row.session_id, user, row.auth_time, row.expires_at, row.user_agent)
 
 
-_ENDED = select(_sessions.c.ended_at).where(_sessions.c.id == bindparam("session_id"))
+_ENDED = (
+    select(_sessions.c.ended_at)
+    .where(_sessions.c.id == bindparam("session_id"))
+    .with_for_update(read=True)
+)
 
 
-def signed_out(session_id: str) -> bool:
-    """Whether a session was ended (signed out, or by a password change) or is gone."""
-    row = reader().execute(_ENDED, {"session_id": session_id}).first()
-    return row is None or row.ended_at is not None
+def signed_in(conn: Connection, session_id: str) -> bool:
+    """Whether a session is still signed in (not ended, not gone), read in the caller's write
+    transaction, so that what the caller stores cannot outlive a sign-out racing it.
+
+    On PostgreSQL the row is share-locked until the caller commits: a sign-out waits for the
+    caller and then revokes what it stored, or comes first and this says False. On SQLite the
+    caller holds the database's one write lock already.
+    """
+    row = conn.execute(_ENDED, {"session_id": session_id}).first()
+    return row is not None and row.ended_at is None
 
 
 def list_live(user_id: int) -> list[SessionInfo]:

@@ -39,7 +39,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from . import codes, delete_in_batches, replay, transaction
+from . import codes, delete_in_batches, replay, sessions, transaction
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -135,6 +135,7 @@ class Issued(enum.Enum):
     CODE_SPENT = "code spent"  # another request spent the authorization code first
     PARENT_SPENT = "parent spent"  # the refresh token was spent (or revoked) meanwhile
     USER_DISABLED = "user disabled"  # the new login's user was disabled meanwhile
+    SIGNED_OUT = "signed out"  # the browser session that got the code has ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +257,14 @@ def _issue(
     reuse_grace: int,
     code: tuple[str, str] | None,
 ) -> Issued:
-    if code is not None and not codes.spend(conn, *code):
-        return Issued.CODE_SPENT
+    if code is not None:
+        session_id = codes.spend(conn, *code)
+        if session_id is None:
+            return Issued.CODE_SPENT
+        # As at Keycloak, a code dies with the browser session that got it: a code taken just
+        # before the user signed out (or changed their password) never outlives the sign-out.
+        if not sessions.signed_in(conn, session_id):
+            return Issued.SIGNED_OUT
     if parent_hash is not None:
         return Issued.STORED if _spend(conn, parent_hash, reuse_grace) else Issued.PARENT_SPENT
     assert login is not None, "a token response comes from a new login or a refresh token"
