@@ -185,6 +185,7 @@ class Flow:
         scope: str | None = None,
         name: str = "Photo App",
         audiences: tuple[str, ...] = (),
+        dpop_bound: bool = False,
     ) -> tuple[str, str | None]:
         from tokenserver.clients import ClientSpec, register_client
 
@@ -195,6 +196,7 @@ class Flow:
             redirect_uris=uris or (REDIRECT,),
             first_party=first_party,
             audiences=audiences,
+            dpop_bound=dpop_bound,
         )
         with self.app.app_context():
             made, secret = register_client(spec)
