@@ -210,6 +210,7 @@ class Actions:
         scope: str | None = None,
         introspect: bool = False,
         audiences: tuple[str, ...] = (),
+        dpop_bound: bool = False,
     ) -> RegisteredClient:
         from tokenserver.clients import ClientSpec, register_client
 
@@ -217,7 +218,15 @@ class Actions:
         if public:
             grants = tuple(g for g in grants if g != "client_credentials")
         with self.app.app_context():
-            spec = ClientSpec(name, public, grants, scope, introspect, audiences=audiences)
+            spec = ClientSpec(
+                name,
+                public,
+                grants,
+                scope,
+                introspect,
+                audiences=audiences,
+                dpop_bound=dpop_bound,
+            )
             made, secret = register_client(spec)
             return RegisteredClient(made.client_id, secret)
 

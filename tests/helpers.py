@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import re
 import secrets
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -19,6 +21,8 @@ import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import Flask
 from flask.testing import FlaskClient
+from joserfc import jws
+from joserfc.jwk import ECKey, Key
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
@@ -79,6 +83,54 @@ def works(client: FlaskClient, access_token: str) -> bool:
     return client.get("/users/me", headers=Actions.bearer(access_token)).status_code == 200
 
 
+class Prover:
+    """A client's DPoP key, making proofs as RFC 9449 §4.2 describes (or deliberately not)."""
+
+    def __init__(self, key: Key | None = None, alg: str = "ES256") -> None:
+        self.key = key or ECKey.generate_key("P-256")
+        self.alg = alg
+
+    @property
+    def jkt(self) -> str:
+        """The RFC 7638 thumbprint, computed here by hand, not by the library under test."""
+        public = self.key.as_dict(private=False)
+        members = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}.get(
+            public["kty"], ("crv", "kty", "x")
+        )
+        canonical = json.dumps({m: public[m] for m in members}, separators=(",", ":"))
+        return b64url(hashlib.sha256(canonical.encode()).digest())
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        token: str | None = None,
+        *,
+        header: dict[str, Any] | None = None,
+        claims: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+        signer: Key | None = None,
+        age: int = 0,
+    ) -> str:
+        protected = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.key.as_dict(private=False)}
+        payload: dict[str, Any] = {
+            "htm": method,
+            "htu": url,
+            "iat": int(time.time()) - age,  # seconds ago, when the proof is made
+            "jti": secrets.token_urlsafe(16),
+        }
+        if token is not None:
+            payload["ath"] = b64url(hashlib.sha256(token.encode()).digest())
+        protected |= header or {}
+        payload |= claims or {}
+        for name in drop:
+            payload.pop(name, None)
+        alg = protected["alg"]
+        return jws.serialize_compact(
+            protected, json.dumps(payload), signer or self.key, algorithms=[alg]
+        )
+
+
 REDIRECT = "https://app.example.com/callback"
 
 
@@ -133,6 +185,7 @@ class Flow:
         scope: str | None = None,
         name: str = "Photo App",
         audiences: tuple[str, ...] = (),
+        dpop_bound: bool = False,
     ) -> tuple[str, str | None]:
         from tokenserver.clients import ClientSpec, register_client
 
@@ -143,6 +196,7 @@ class Flow:
             redirect_uris=uris or (REDIRECT,),
             first_party=first_party,
             audiences=audiences,
+            dpop_bound=dpop_bound,
         )
         with self.app.app_context():
             made, secret = register_client(spec)

@@ -131,6 +131,24 @@ def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
     assert "no client" in again.output
 
 
+def test_clients_create_dpop_bound_and_list_show_it(runner: FlaskCliRunner) -> None:
+    made = runner.invoke(args=["clients", "create", "agent", "--dpop-bound", "--json"])
+    assert made.exit_code == 0, made.output
+    bound = json.loads(made.stdout)
+    assert bound["dpop_bound_access_tokens"] is True
+    plain = json.loads(runner.invoke(args=["clients", "create", "web", "--json"]).stdout)
+    assert plain["dpop_bound_access_tokens"] is False
+    listed = json.loads(runner.invoke(args=["clients", "list", "--json"]).stdout)
+    by_id = {c["client_id"]: c["dpop_bound_access_tokens"] for c in listed}
+    assert by_id == {bound["client_id"]: True, plain["client_id"]: False}
+    text = runner.invoke(args=["clients", "list"]).stdout
+    # Marked after the scope, as --introspect is; the columns stay where they were.
+    rows = {row[0]: row for row in (line.split("\t") for line in text.splitlines())}
+    assert rows[bound["client_id"]][5] == "junk:read junk:write dpop-bound"
+    assert rows[plain["client_id"]][5] == "junk:read junk:write"
+    assert len(rows[bound["client_id"]]) == len(rows[plain["client_id"]]) == 8
+
+
 def test_ensure_demo_creates_only_when_no_client(runner: FlaskCliRunner) -> None:
     first = runner.invoke(args=["clients", "ensure-demo"])
     assert "demo client_secret" in first.output

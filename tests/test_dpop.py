@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -18,64 +17,16 @@ import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jws
-from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 from tokenserver.models import utcnow
 
 from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
-from .helpers import REDIRECT, Flow, b64url, pkce, query_of
+from .helpers import REDIRECT, Flow, Prover, b64url, pkce, query_of
 
 ISSUER = "http://localhost:8000"  # the test settings' issuer: proofs name it, not the hop
 TOKEN_URL = f"{ISSUER}/oauth/token"
 JUNK_URL = f"{ISSUER}/junk"
-
-
-class Prover:
-    """A client's DPoP key, making proofs as RFC 9449 §4.2 describes (or deliberately not)."""
-
-    def __init__(self, key: Key | None = None, alg: str = "ES256") -> None:
-        self.key = key or ECKey.generate_key("P-256")
-        self.alg = alg
-
-    @property
-    def jkt(self) -> str:
-        """The RFC 7638 thumbprint, computed here by hand, not by the library under test."""
-        public = self.key.as_dict(private=False)
-        members = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}.get(
-            public["kty"], ("crv", "kty", "x")
-        )
-        canonical = json.dumps({m: public[m] for m in members}, separators=(",", ":"))
-        return b64url(hashlib.sha256(canonical.encode()).digest())
-
-    def proof(
-        self,
-        method: str,
-        url: str,
-        token: str | None = None,
-        *,
-        header: dict[str, Any] | None = None,
-        claims: dict[str, Any] | None = None,
-        drop: tuple[str, ...] = (),
-        signer: Key | None = None,
-        age: int = 0,
-    ) -> str:
-        protected = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.key.as_dict(private=False)}
-        payload: dict[str, Any] = {
-            "htm": method,
-            "htu": url,
-            "iat": int(time.time()) - age,  # seconds ago, when the proof is made
-            "jti": secrets.token_urlsafe(16),
-        }
-        if token is not None:
-            payload["ath"] = b64url(hashlib.sha256(token.encode()).digest())
-        protected |= header or {}
-        payload |= claims or {}
-        for name in drop:
-            payload.pop(name, None)
-        alg = protected["alg"]
-        return jws.serialize_compact(
-            protected, json.dumps(payload), signer or self.key, algorithms=[alg]
-        )
 
 
 @pytest.fixture

@@ -193,6 +193,10 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"scope": 7}, "invalid_client_metadata", "scope"),
         ({"client_name": "x" * 201}, "invalid_client_metadata", "client_name"),
         ({"client_name": "bad\nname"}, "invalid_client_metadata", "client_name"),
+        # RFC 9449 §5.2: a JSON boolean, nothing that merely reads as one.
+        ({"dpop_bound_access_tokens": "true"}, "invalid_client_metadata", "dpop_bound"),
+        ({"dpop_bound_access_tokens": 1}, "invalid_client_metadata", "dpop_bound"),
+        ({"dpop_bound_access_tokens": None}, "invalid_client_metadata", "dpop_bound"),
     ],
 )
 def test_bad_metadata_is_refused_naming_the_field_and_changes_nothing(
@@ -502,6 +506,7 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"redirect_uris": ["https://[evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        ({"dpop_bound_access_tokens": "false"}, "invalid_client_metadata", "dpop_bound"),
     ],
 )
 def test_a_bad_update_is_refused_and_changes_nothing(

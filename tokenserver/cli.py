@@ -146,6 +146,11 @@ def clients() -> None:
 @click.option(
     "--jwks-uri", help="Where the client publishes its public keys (https): private_key_jwt."
 )
+@click.option(
+    "--dpop-bound",
+    is_flag=True,
+    help="Refuse its token requests without a DPoP proof (RFC 9449 dpop_bound_access_tokens).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -158,6 +163,7 @@ def clients_create(
     audiences: tuple[str, ...],
     jwks_file: Any,
     jwks_uri: str | None,
+    dpop_bound: bool,
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
@@ -180,6 +186,7 @@ def clients_create(
         audiences,
         jwks,
         jwks_uri,
+        dpop_bound=dpop_bound,
     )
     client, secret = register_client(spec)
     if as_json:
@@ -205,6 +212,7 @@ def clients_list(as_json: bool) -> None:
     for c in rows:
         kind = "public" if c.is_public else "confidential"
         extra = " introspect" if c.can_introspect else ""
+        extra += " dpop-bound" if c.dpop_bound else ""
         audiences = c.audiences or "-"
         click.echo(
             f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"

@@ -70,6 +70,8 @@ class ClientSpec:
     jwks_uri: str | None = None  # or where to fetch one
     # A secret client's RFC 7591 token_endpoint_auth_method; None is client_secret_basic.
     secret_auth_method: str | None = None
+    # RFC 9449 §5.2 dpop_bound_access_tokens: token requests without a DPoP proof are refused.
+    dpop_bound: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
         "jwks": json.dumps(jwks, separators=(",", ":")) if jwks is not None else None,
         "jwks_uri": spec.jwks_uri,
         "secret_auth_method": spec.secret_auth_method,
+        "dpop_bound": spec.dpop_bound,
     }
     return columns, not (spec.public or keyed)
 
@@ -392,6 +395,7 @@ def _audit(name: str, client: Client, **extra: Any) -> None:
         redirect_uris=client.redirect_uri_list,
         first_party=client.first_party,
         audiences=client.audience_list,
+        dpop_bound=client.dpop_bound,
         **extra,
     )
 

@@ -188,6 +188,8 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     secret_auth_method: Mapped[str | None] = mapped_column(String(32))
     # RFC 7592: digest of the token that manages a dynamically registered client (NULL: CLI's).
     registration_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # RFC 9449 §5.2 dpop_bound_access_tokens: every token request must carry a DPoP proof.
+    dpop_bound: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     @property
     def is_public(self) -> bool:
@@ -303,6 +305,7 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
             "audiences": self.audience_list,
             "token_endpoint_auth_method": self.auth_method,
             "jwks_uri": self.jwks_uri,
+            "dpop_bound_access_tokens": self.dpop_bound,
             "created_at": isoformat(self.created_at),
         }
 

@@ -17,6 +17,8 @@ _SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 # The RFC 7591 §2 fields we register; any other field is ignored, as §2 says.
 _STRINGS = ("client_name", "token_endpoint_auth_method", "scope", "jwks_uri")
 _LISTS = ("redirect_uris", "grant_types", "response_types")
+# RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
+_DPOP_BOUND = "dpop_bound_access_tokens"
 _MAX_ITEMS = 20  # redirect URIs, grants: enough for any app, bounded for the database
 
 
@@ -48,6 +50,11 @@ def requested(document: Any) -> dict[str, Any]:
         if not isinstance(document["jwks"], dict):
             raise InvalidClientMetadata('jwks: must be a JSON object with a "keys" array')
         metadata["jwks"] = document["jwks"]
+    if _DPOP_BOUND in document:
+        # A JSON boolean only (RFC 9449 §5.2): "false" is a truthy string, so none is guessed at.
+        if not isinstance(document[_DPOP_BOUND], bool):
+            raise InvalidClientMetadata(f"{_DPOP_BOUND}: must be true or false")
+        metadata[_DPOP_BOUND] = document[_DPOP_BOUND]
     if len(metadata.get("client_name", "")) > 200:
         raise InvalidClientMetadata("client_name: at most 200 characters")
     return metadata
@@ -91,6 +98,7 @@ def to_spec(metadata: dict[str, Any]) -> ClientSpec:
         jwks=metadata.get("jwks"),
         jwks_uri=metadata.get("jwks_uri"),
         secret_auth_method=method if method in _SECRET_METHODS else None,
+        dpop_bound=metadata.get(_DPOP_BOUND, False),  # RFC 9449 §5.2: false when omitted
     )
 
 
@@ -118,6 +126,7 @@ def describe(client: Client) -> dict[str, Any]:
         "response_types": ["code"] if "authorization_code" in grants else [],
         "token_endpoint_auth_method": client.auth_method,
         "scope": client.scope,
+        _DPOP_BOUND: client.dpop_bound,
     }
     if client.jwks is not None:
         metadata["jwks"] = json.loads(client.jwks)

@@ -79,6 +79,15 @@ class AuthorizationServer(_AuthorizationServer):
             self.query_client, PrivateKeyJWT(self.settings.issuer, self.client_keys)
         )
 
+    def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:
+        client = super().authenticate_client(request, methods, endpoint)
+        # RFC 9449 §5.2: a client registered dpop_bound_access_tokens gets no unbound token.
+        # Checked once the client is authenticated (a stranger learns nothing of its metadata)
+        # and before any grant reads its code or refresh token, so a refusal spends nothing.
+        if endpoint == "token" and client.dpop_bound and dpop.bound_key() is None:
+            raise dpop.InvalidDPoPProofError("A DPoP proof is required for this client.")
+        return client
+
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         try:
             return _Request(self.settings.issuer)

@@ -88,7 +88,8 @@ def parameters() -> Doc:
             "required": False,
             "description": "An RFC 9449 proof: a JWS (typ dpop+jwt) signed by the client's key, "
             "with htm, htu, iat, a fresh jti and, at resources, ath. Required with "
-            "`Authorization: DPoP`.",
+            "`Authorization: DPoP`, and on every token request of a client registered with "
+            "dpop_bound_access_tokens.",
             "schema": {"type": "string"},
         },
         "ItemId": {

@@ -34,6 +34,11 @@ def _metadata_properties() -> Doc:
         "scope": {"type": "string"},
         "jwks": _JWKS,
         "jwks_uri": {"type": "string", "format": "uri"},
+        "dpop_bound_access_tokens": {
+            "type": "boolean",
+            "description": "RFC 9449 §5.2, default false: when true, every token request of "
+            "the client must carry a DPoP proof, else 400 invalid_dpop_proof.",
+        },
     }
 
 
@@ -73,6 +78,7 @@ def schemas() -> Doc:
                 "response_types",
                 "token_endpoint_auth_method",
                 "scope",
+                "dpop_bound_access_tokens",
                 "registration_access_token",
                 "registration_client_uri",
             ],
