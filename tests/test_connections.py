@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tokenserver.extensions import db
+from tokenserver.extensions import close_reader, db, reader
+from tokenserver.store import users
 
 from .conftest import Actions
 
@@ -34,3 +36,31 @@ def test_bearer_reads_and_writes_return_their_connections(
     assert [c.status_code for c in calls] == [200, 201, 200, 200, 401]
     assert calls[3].json["active"] is True
     assert _checked_out(app) == 0
+
+
+def test_reads_on_postgresql_open_no_transaction(
+    app: Flask, client: FlaskClient, actions: Actions, database_url: str
+) -> None:
+    # A read needs no BEGIN and ROLLBACK round trips around it; the connection goes back to
+    # the pool as it came, so the writes that take it next still run in a transaction.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite starts no transaction for a read")
+    from psycopg.pq import TransactionStatus
+
+    login = actions.login()
+    with app.test_request_context():
+        raw = reader().connection.dbapi_connection
+        assert raw is not None
+        assert users.by_name("alice") is not None
+        assert raw.info.transaction_status == TransactionStatus.IDLE
+        close_reader()
+    assert client.get("/users/me", headers=actions.bearer(login["access_token"])).status_code == 200
+    with app.app_context():
+        idle = db.engine.pool.checkedin()  # type: ignore[attr-defined]
+        assert idle >= 1
+        pooled = [db.engine.connect() for _ in range(idle)]  # every idle one, none new
+        try:
+            assert all(not conn.connection.dbapi_connection.autocommit for conn in pooled)
+        finally:
+            for conn in pooled:
+                conn.close()
