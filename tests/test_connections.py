@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from psycopg.pq import TransactionStatus
 
 from tokenserver.extensions import close_reader, db, reader
-from tokenserver.store import users
+from tokenserver.store import fleeting, replay, users
 
 from .conftest import Actions
 
@@ -43,10 +46,7 @@ def test_reads_on_postgresql_open_no_transaction(
 ) -> None:
     # A read needs no BEGIN and ROLLBACK round trips around it; the connection goes back to
     # the pool as it came, so the writes that take it next still run in a transaction.
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite starts no transaction for a read")
-    from psycopg.pq import TransactionStatus
-
+    _postgresql_only(database_url)
     login = actions.login()
     with app.test_request_context():
         raw = reader().connection.dbapi_connection
@@ -55,6 +55,29 @@ def test_reads_on_postgresql_open_no_transaction(
         assert raw.info.transaction_status == TransactionStatus.IDLE
         close_reader()
     assert client.get("/users/me", headers=actions.bearer(login["access_token"])).status_code == 200
+    _every_idle_connection_is_transactional(app)
+
+
+def test_a_fleeting_write_on_postgresql_commits_alone(app: Flask, database_url: str) -> None:
+    # A spent JWT id or a guard's count is one statement: no BEGIN and COMMIT round trips.
+    _postgresql_only(database_url)
+    with app.test_request_context():
+        with fleeting() as conn:
+            expires_at = datetime.now(UTC) + timedelta(minutes=1)
+            assert replay._insert(conn, "ab" * 32, expires_at)
+            raw = conn.connection.dbapi_connection
+            assert raw is not None and raw.info.transaction_status == TransactionStatus.IDLE
+        with fleeting() as conn:
+            assert not replay._insert(conn, "ab" * 32, expires_at)  # committed: spent once
+    _every_idle_connection_is_transactional(app)
+
+
+def _postgresql_only(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite starts no transaction for a read, and commits fleeting writes apart")
+
+
+def _every_idle_connection_is_transactional(app: Flask) -> None:
     with app.app_context():
         idle = db.engine.pool.checkedin()  # type: ignore[attr-defined]
         assert idle >= 1

@@ -50,13 +50,16 @@ def transaction(
 
 @contextmanager
 def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
-    """A write transaction that need not survive a power cut (a spent JWT id, a password
-    guard's count), as every other does: on SQLite it is committed without an fsync of its
-    own, and lands on disk with the next durable commit. A process crash loses nothing."""
+    """A write that need not survive a power cut (a spent JWT id, a password guard's count),
+    as every other does: on SQLite it is committed without an fsync of its own, and lands on
+    disk with the next durable commit. A process crash loses nothing.
+
+    Each such write is one statement. On PostgreSQL it commits alone (autocommit), without
+    the BEGIN and COMMIT round trips a transaction would add to every DPoP request."""
     with (engine or db.engine).connect() as conn:
         if conn.dialect.name != "sqlite":
-            with conn.begin():
-                yield conn
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # undone when pooled again
+            yield conn
             return
         raw = conn.connection.dbapi_connection
         assert raw is not None
