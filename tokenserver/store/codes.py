@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from ..browser_models import AuthorizationCode
-from ..extensions import db
+from ..extensions import db, reader
 from ..models import UTCDateTime, utcnow
 from . import delete_in_batches
 
@@ -116,8 +116,7 @@ def present(code_hash: str, client_id: str) -> Presentation:
     leaves it to the client that holds the verifier.
     """
     now = utcnow()
-    with db.engine.connect() as conn:
-        row = conn.execute(_FIND, {"hash": code_hash}).first()
+    row = reader().execute(_FIND, {"hash": code_hash}).first()
     if row is None:
         return Presentation(None)
     if row.used_at is None:

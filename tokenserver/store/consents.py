@@ -6,7 +6,7 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import Consent
-from ..extensions import db
+from ..extensions import db, reader
 from ..models import utcnow
 
 _consents: Table = Consent.__table__
@@ -24,8 +24,7 @@ def remembered(user_id: int, client_id: str, scope: str) -> bool:
         _consents.c.client_id == client_id,
         _consents.c.scope == scope_key(scope),
     )
-    with db.engine.connect() as conn:
-        return conn.execute(query).first() is not None
+    return reader().execute(query).first() is not None
 
 
 def remember(user_id: int, client_id: str, scope: str) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import DeviceAuthorization
-from ..extensions import db
+from ..extensions import db, reader
 from ..models import Client, User, UTCDateTime, utcnow
 from . import delete_in_batches
 
@@ -118,8 +118,7 @@ _FIND = select(*(_devices.c[name] for name in DeviceCredential.__dataclass_field
 
 def find(device_code_hash: str, client_id: str) -> DeviceCredential | None:
     """The device code `client_id` holds with this digest (another client's reads as none)."""
-    with db.engine.connect() as conn:
-        row = conn.execute(_FIND, {"hash": device_code_hash, "client": client_id}).first()
+    row = reader().execute(_FIND, {"hash": device_code_hash, "client": client_id}).first()
     return None if row is None else DeviceCredential(**row._mapping)
 
 
@@ -177,8 +176,7 @@ _PENDING = (
 
 def pending(user_code_hash: str) -> PendingDevice | None:
     """The live, undecided authorization with this user code's digest, if any."""
-    with db.engine.connect() as conn:
-        row = conn.execute(_PENDING, {"hash": user_code_hash, "now": utcnow()}).first()
+    row = reader().execute(_PENDING, {"hash": user_code_hash, "now": utcnow()}).first()
     return None if row is None else PendingDevice(row.client_id, row.name, row.scope)
 
 

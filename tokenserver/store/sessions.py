@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 
 from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
-from ..extensions import db
+from ..extensions import db, reader
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
 from . import delete_in_batches
 
@@ -82,8 +82,7 @@ def find(secret: str) -> Session | None:
     """The live session whose cookie holds `secret`, if its user is active."""
     if not secret.isascii() or len(secret) > _MAX_SECRET_LENGTH:
         return None
-    with db.engine.connect() as conn:
-        row = conn.execute(_LIVE, {"secret_hash": digest(secret), "now": utcnow()}).first()
+    row = reader().execute(_LIVE, {"secret_hash": digest(secret), "now": utcnow()}).first()
     if row is None:
         return None
     user = Subject.from_row(row)
