@@ -8,9 +8,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
+from sqlalchemy import text
 
 from tokenserver.extensions import close_reader, db, reader
-from tokenserver.store import fleeting, replay, users
+from tokenserver.store import fleeting, junk, replay, single_write, users
 
 from .conftest import Actions
 
@@ -69,6 +70,30 @@ def test_a_fleeting_write_on_postgresql_commits_alone(app: Flask, database_url: 
             assert raw is not None and raw.info.transaction_status == TransactionStatus.IDLE
         with fleeting() as conn:
             assert not replay._insert(conn, "ab" * 32, expires_at)  # committed: spent once
+    _every_idle_connection_is_transactional(app)
+
+
+def test_a_single_write_on_postgresql_commits_on_the_requests_connection(
+    app: Flask, actions: Actions, database_url: str
+) -> None:
+    # One statement, one round trip: no connection, ping, BEGIN or COMMIT of its own, and
+    # committed when the store function returns, as every write is.
+    _postgresql_only(database_url)
+    alice = actions.user("alice")
+    with app.test_request_context():
+        request_connection = reader()
+        with single_write() as conn:
+            assert conn is request_connection
+        item = junk.add(alice["id"], "lamp", "")
+        raw = request_connection.connection.dbapi_connection
+        assert raw is not None and raw.info.transaction_status == TransactionStatus.IDLE
+        with db.engine.connect() as other:  # another session sees it at once
+            assert (
+                other.execute(
+                    text("SELECT name FROM junk_items WHERE id = :id"), {"id": item.id}
+                ).scalar()
+                == "lamp"
+            )
     _every_idle_connection_is_transactional(app)
 
 

@@ -34,13 +34,14 @@ _READER = "tokenserver_reader"
 
 
 def reader() -> Connection:
-    """This app context's connection for the hot paths' prebuilt Core reads (it writes nothing).
+    """This app context's connection for the hot paths' prebuilt Core reads.
 
     A bearer check or an introspection reads a row or two: a pooled connection kept for the
     request costs a fraction of starting and ending an ORM session. Closed by close_reader().
     On PostgreSQL it runs in autocommit: each read is its own statement (as READ COMMITTED
     sees it anyway), without a BEGIN and a ROLLBACK round trip around it, which cost the
-    server four times the read itself.
+    server four times the read itself; there it also takes writes of one statement, which
+    commit alone (`store.single_write`).
     """
     conn: Connection | None = g.get(_READER)
     if conn is None:

@@ -7,11 +7,13 @@ Each owns its statements (prebuilt Core where a request runs them; ORM where onl
 does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
 statement. Callers apply the rules; the store knows nothing of HTTP.
 
-Reads run on the request's pooled reader connection (`extensions.reader()`), which writes
-nothing. Writes commit before the store function returns, each in a transaction of its own;
-a change that must land with another or not at all runs in one `transaction()`, handed to
-each store function that writes as `tx`. The signing keys' functions take the engine their
-caller holds: a key ring is bound to its app's, and the start-up check runs before any app.
+Reads run on the request's pooled reader connection (`extensions.reader()`). Writes commit
+before the store function returns, each in a transaction of its own; a change that must land
+with another or not at all runs in one `transaction()`, handed to each store function that
+writes as `tx`. A write that is one statement runs in `single_write()`: on PostgreSQL that is
+the request's connection in autocommit, one round trip. The signing keys' functions take
+the engine their caller holds: a key ring is bound to its app's, and the start-up check runs
+before any app.
 
 Each table is written by one module, and only there:
 
@@ -32,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, delete, select
 
-from ..extensions import db
+from ..extensions import db, reader
 
 
 @contextmanager
@@ -49,13 +51,30 @@ def transaction(
 
 
 @contextmanager
+def single_write() -> Iterator[Connection]:
+    """A connection for one write statement, committed when the block ends.
+
+    On PostgreSQL it is the request's connection (`extensions.reader`), in autocommit: the
+    statement commits alone, without a ping, BEGIN and COMMIT of its own (four round trips
+    become one). On SQLite, a transaction of its own.
+    """
+    if db.engine.dialect.name == "sqlite":
+        with db.engine.begin() as conn:
+            yield conn
+    else:
+        yield reader()
+
+
+@contextmanager
 def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
     """A write that need not survive a power cut (a spent JWT id, a password guard's count),
     as every other does: on SQLite it is committed without an fsync of its own, and lands on
     disk with the next durable commit. A process crash loses nothing.
 
-    Each such write is one statement. On PostgreSQL it commits alone (autocommit), without
-    the BEGIN and COMMIT round trips a transaction would add to every DPoP request."""
+    Each such write is one statement: on PostgreSQL it commits alone (`single_write`)."""
+    if engine is None and db.engine.dialect.name != "sqlite":
+        yield reader()  # on the request's connection, as single_write
+        return
     with (engine or db.engine).connect() as conn:
         if conn.dialect.name != "sqlite":
             conn.execution_options(isolation_level="AUTOCOMMIT")  # undone when pooled again

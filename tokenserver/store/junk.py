@@ -21,8 +21,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import update as sql_update
 
-from ..extensions import db, reader
+from ..extensions import reader
 from ..models import JunkItem, RFC3339Text, utcnow
+from . import single_write
 
 _items: Table = JunkItem.__table__
 # What an item is rendered from, its timestamps read as the API's text.
@@ -104,7 +105,7 @@ def add(owner_id: int, name: str, description: str) -> Item:
         "created_at": now,
         "updated_at": now,
     }
-    with db.engine.begin() as conn:
+    with single_write() as conn:
         return Item(*conn.execute(_ADD, values).one())
 
 
@@ -117,13 +118,13 @@ def update(owner_id: int, item_id: int, changes: dict[str, str]) -> Item | None:
         .values(**changes, updated_at=utcnow())
         .returning(*_COLUMNS)
     )
-    with db.engine.begin() as conn:
+    with single_write() as conn:
         row = conn.execute(statement, {"owner": owner_id, "item": item_id}).first()
     return Item(*row) if row is not None else None
 
 
 def remove(owner_id: int, item_id: int) -> bool:
     """Delete the owner's item; False if the owner has no such item."""
-    with db.engine.begin() as conn:
+    with single_write() as conn:
         gone = conn.execute(_REMOVE, {"owner": owner_id, "item": item_id}).first()
     return gone is not None
