@@ -46,7 +46,7 @@ def reader() -> Connection:
     conn: Connection | None = g.get(_READER)
     if conn is None:
         conn = db.engine.connect()
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name != "sqlite":  # as store.single_write tells the two apart
             conn.execution_options(isolation_level="AUTOCOMMIT")  # undone when pooled again
         setattr(g, _READER, conn)
     return conn
