@@ -73,7 +73,8 @@ def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
 
     Each such write is one statement: on PostgreSQL it commits alone (`single_write`)."""
     if engine is None and db.engine.dialect.name != "sqlite":
-        yield reader()  # on the request's connection, as single_write
+        with single_write() as conn:
+            yield conn
         return
     with (engine or db.engine).connect() as conn:
         if conn.dialect.name != "sqlite":
