@@ -110,10 +110,9 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         pass  # spent with the tokens it issued, in one transaction
 
     def authenticate_user(self, authorization_code: codes.PresentedCode) -> Subject | None:
+        # Its browser session is checked where the tokens are stored (store.tokens._issue).
         user = users.subject(authorization_code.user_id)
-        if user is None or user.disabled:
-            return None  # disabled since: invalid_grant
-        return user  # its browser session is checked where the tokens are stored
+        return None if user is None or user.disabled else user  # disabled since: invalid_grant
 
 
 def reuse_detected(client_id: str, family_id: str | None) -> None:
