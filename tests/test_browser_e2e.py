@@ -7,6 +7,7 @@ PKCE on a loopback redirect.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import tempfile
@@ -88,7 +89,6 @@ def browser() -> Iterator[WebDriver]:
 
 def _register(server: LiveServer, *args: str) -> dict[str, Any]:
     """`tokenserver clients create ... --json` against the live server's database."""
-    import json
     import subprocess
     import sys
 
@@ -405,6 +405,81 @@ def test_a_native_app_signs_in_with_pkce_on_a_loopback_port(
     )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     assert app.get(f"{server.url}/oauth/userinfo", timeout=10).status_code == 401
+
+
+SPA_PAGE = Path(__file__).with_name("spa_page.html")
+
+
+def _single_page_app(config: dict[str, str]) -> Flask:
+    """A static site serving one page whose script signs in and calls us (tests/spa_page.html)."""
+    page = SPA_PAGE.read_text().replace("__CONFIG__", json.dumps(config).replace("</", "<\\/"))
+    site = Flask("single_page_app")
+
+    @site.get("/")
+    @site.get("/callback")
+    @site.get("/probe")
+    def serve() -> Any:
+        return page
+
+    return site
+
+
+def _shown(browser: WebDriver) -> dict[str, Any]:
+    """What the page's script wrote once it finished."""
+    WebDriverWait(browser, 20).until(
+        lambda b: b.find_element(By.ID, "result").text not in ("", "working")
+    )
+    shown: dict[str, Any] = json.loads(browser.find_element(By.ID, "result").text)
+    return shown
+
+
+def test_a_single_page_app_signs_in_and_calls_our_api_from_its_own_origin(
+    server: LiveServer, browser: WebDriver, rp_port: int
+) -> None:
+    _sign_up(server)
+    site = f"http://127.0.0.1:{rp_port}"  # another origin than ours: another port
+    client = _register(server, "Notes", "--public", "--redirect-uri", f"{site}/callback")
+    scope = "openid profile junk:write"
+    config = {"issuer": server.url, "client_id": client["client_id"], "scope": scope}
+    with _serving(_single_page_app(config), rp_port):
+        browser.get(f"{site}/")
+        _sign_in(browser)
+        _wait_for(browser, "/consent")
+        browser.find_element(By.CSS_SELECTOR, "button[name=decision][value=allow]").click()
+        _wait_for(browser, f"{site}/callback")
+        shown = _shown(browser)
+    assert "error" not in shown and "token" not in shown, shown
+    assert shown["token_type"] == "Bearer" and shown["scope"] == scope
+    assert shown["userinfo"]["preferred_username"] == "alice"
+    assert shown["created"] == 201 and "/junk/" in shown["location"]
+    assert shown["again"]["error"] == "invalid_grant"  # the page reads our errors too
+
+
+def test_a_page_on_an_origin_no_client_registered_cannot_read_our_answers(
+    server: LiveServer, browser: WebDriver, rp_port: int
+) -> None:
+    _sign_up(server)
+    _register(server, "Notes", "--public", "--redirect-uri", f"http://127.0.0.1:{rp_port}/cb")
+    app = _register(server, "CLI", "--grant", "password")
+    issued = requests.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+        auth=(app["client_id"], app["client_secret"]),
+        timeout=10,
+    )
+    config = {"issuer": server.url, "access_token": issued.json()["access_token"]}
+    with _serving(_single_page_app(config), rp_port):
+        # The registered origin first, so what is refused below is refused for its origin.
+        browser.get(f"http://127.0.0.1:{rp_port}/probe")
+        allowed = _shown(browser)
+        browser.get(f"http://localhost:{rp_port}/probe")
+        refused = _shown(browser)
+    assert allowed["token"]["status"] == 401
+    assert allowed["token"]["body"]["error"] == "invalid_client"
+    assert allowed["me"]["body"]["username"] == "alice"
+    assert refused["issuer"] == server.url  # metadata is public
+    assert "Failed to fetch" in refused["token"]["blocked"]
+    assert "Failed to fetch" in refused["me"]["blocked"]
 
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

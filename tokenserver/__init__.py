@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
 
     from . import (
         audit,
+        cors,
         errors,
         guard,
         junk,
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     errors.register_error_handlers(app)
     observability.init_app(app)
     security.init_app(app)
+    cors.init_app(app)
     limits.init_app(app)
     guard.init_app(app)
     replay.init_app(app)

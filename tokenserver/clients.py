@@ -92,6 +92,7 @@ def register_client(spec: ClientSpec) -> tuple[Client, str | None]:
     columns, secret = _new_client(spec)
     store.add(columns)
     client = _stored(columns["client_id"])
+    _changed(client.client_id)
     _audit("client.created", client)
     return client, secret
 
@@ -112,6 +113,7 @@ def register_dynamic_client(spec: ClientSpec, initial_access_token: str) -> Dyna
             raise invalid_token("The initial access token is unknown, expired or already used.")
         store.add(columns, tx)
     client = _stored(columns["client_id"])
+    _changed(client.client_id)
     _audit("client.created", client, dynamic=True)
     return DynamicRegistration(client, secret, registration_token)
 
@@ -179,10 +181,10 @@ def rotate_secret(client_id: str, overlap: int) -> tuple[str, datetime | None]:
 
 
 def on_change(app: Flask, callback: Callable[[str], None]) -> None:
-    """Have `callback(client_id)` called each time `app` changes a client or deletes it.
+    """Have `callback(client_id)` called each time `app` registers, changes or deletes a client.
 
-    The authorization server (oauth/) drops this worker's copy of the client that way;
-    other processes' copies expire within a second.
+    The authorization server (oauth/) drops this worker's copy of the client that way, and CORS
+    its copy of the web origins; other processes' copies expire within a second.
     """
     app.extensions.setdefault(_CHANGE_CALLBACKS, []).append(callback)
 

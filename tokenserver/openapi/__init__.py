@@ -22,7 +22,11 @@ def build_document(issuer: str) -> dict[str, Any]:
             "version": "1.0.0",
             "summary": "A standalone OAuth2 token server, with each user's own data under /junk.",
             "description": "Every error, on every route, is JSON: "
-            '{"error": "<code>", "error_description": "<human text>"}.',
+            '{"error": "<code>", "error_description": "<human text>"}. '
+            "Browser apps (CORS): pages on the origin of a registered redirect URI may call "
+            "/oauth/token, /oauth/revoke, /oauth/userinfo, /users/me and /junk; any page may "
+            "read the discovery documents and the JWKS; a preflight from another origin is "
+            "403 forbidden.",
         },
         "servers": [{"url": issuer}],
         "tags": [{"name": name} for name in ("users", "oauth", "pages", "junk", "operations")],

@@ -59,6 +59,12 @@ def every() -> list[Client]:
     return clients
 
 
+def redirect_uris() -> list[str]:
+    """Every client's registered redirect URIs, each client's as one space-separated string."""
+    query = select(Client.redirect_uris).where(Client.redirect_uris != "")
+    return list(db.session.scalars(query).all())
+
+
 def add(columns: dict[str, Any], tx: Connection | None = None) -> None:
     """Store a new client with these column values."""
     with transaction(tx) as conn:

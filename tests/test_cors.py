@@ -1,0 +1,231 @@
+"""CORS: pages on the origins of registered redirect URIs read what browser apps call; public
+documents are readable from anywhere; nothing else is, and no credentials ever are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tokenserver.keys import current_keyring
+
+from .conftest import Actions
+from .helpers import REDIRECT, Flow, pkce
+
+ORIGIN = "https://app.example.com"  # REDIRECT's origin
+EVIL = "https://evil.example"
+ALLOW_ORIGIN = "Access-Control-Allow-Origin"
+
+
+def _preflight(client: FlaskClient, path: str, origin: str, method: str = "POST") -> Any:
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "authorization, dpop",
+    }
+    return client.options(path, headers=headers)
+
+
+def _no_cors(response: Any) -> None:
+    assert not [name for name, _ in response.headers.items() if name.startswith("Access-Control")]
+
+
+@pytest.fixture
+def registered(flow: Flow) -> str:
+    """A public browser app whose redirect URI is on ORIGIN; its client id."""
+    client_id, _ = flow.register(REDIRECT, public=True)
+    return client_id
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/oauth/token", "POST"),
+        ("/oauth/revoke", "POST"),
+        ("/oauth/userinfo", "GET, POST"),
+        ("/users/me", "GET"),
+        ("/junk", "GET, POST"),
+        ("/junk/7", "GET, PATCH, DELETE"),
+    ],
+)
+def test_a_registered_origin_is_answered_its_preflight(
+    client: FlaskClient, registered: str, path: str, methods: str
+) -> None:
+    response = _preflight(client, path, ORIGIN)
+    assert response.status_code == 204
+    assert response.headers[ALLOW_ORIGIN] == ORIGIN
+    assert set(response.headers["Access-Control-Allow-Methods"].split(", ")) == set(
+        methods.split(", ")
+    )
+    allowed = response.headers["Access-Control-Allow-Headers"].lower().split(", ")
+    assert {"authorization", "content-type", "dpop"} <= set(allowed)
+    assert int(response.headers["Access-Control-Max-Age"]) > 0
+    assert "Origin" in response.headers["Vary"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        EVIL,
+        "null",  # sandboxed frames and file: pages
+        ORIGIN + "/",
+        ORIGIN + "/callback",
+        "HTTPS://APP.EXAMPLE.COM",  # browsers send it in lower case: not one of theirs
+        "http://app.example.com",  # the registered scheme only
+        "https://app.example.com:8443",
+        "https://app.example.com.evil.example",
+        "https://evil.example#https://app.example.com",
+        "https://app.example.com:99999",
+        "https://" + "a" * 5000 + ".example",
+        "",
+    ],
+)
+def test_any_other_origin_is_refused(client: FlaskClient, registered: str, origin: str) -> None:
+    refused = _preflight(client, "/oauth/token", origin)
+    assert refused.status_code == 403 and refused.json["error"] == "forbidden"
+    _no_cors(refused)
+    # Its requests are answered as any other (no page reads the answer): no CORS headers.
+    answered = client.post(
+        "/oauth/token",
+        data={"grant_type": "authorization_code", "code": "x", "client_id": registered},
+        headers={"Origin": origin},
+    )
+    assert answered.status_code == 400
+    _no_cors(answered)
+
+
+def test_a_page_reads_the_token_response_and_its_errors(
+    flow: Flow, client: FlaskClient, registered: str
+) -> None:
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(registered, challenge, scope="openid junk:write")
+    exchange = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    data = {**exchange, "code_verifier": verifier, "client_id": registered}
+    issued = client.post("/oauth/token", data=data, headers={"Origin": ORIGIN})
+    assert issued.status_code == 200 and issued.json["access_token"]
+    assert issued.headers[ALLOW_ORIGIN] == ORIGIN
+    assert "Origin" in issued.headers["Vary"] and issued.headers["Cache-Control"] == "no-store"
+    assert "Access-Control-Allow-Credentials" not in issued.headers
+    bearer = {"Authorization": f"Bearer {issued.json['access_token']}", "Origin": ORIGIN}
+    created = client.post("/junk", json={"name": "from a page"}, headers=bearer)
+    assert created.status_code == 201 and created.headers[ALLOW_ORIGIN] == ORIGIN
+    exposed = {h.strip() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Location", "WWW-Authenticate", "Retry-After"} <= exposed
+    again = client.post("/oauth/token", data=data, headers={"Origin": ORIGIN})
+    assert again.status_code == 400 and again.headers[ALLOW_ORIGIN] == ORIGIN
+
+
+def test_a_page_reads_why_its_token_was_refused(client: FlaskClient, registered: str) -> None:
+    refused = client.get("/users/me", headers={"Origin": ORIGIN, "Authorization": "Bearer x"})
+    assert refused.status_code == 401 and refused.headers[ALLOW_ORIGIN] == ORIGIN
+    assert "WWW-Authenticate" in refused.headers["Access-Control-Expose-Headers"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"]
+)
+def test_public_documents_are_readable_from_any_page(client: FlaskClient, path: str) -> None:
+    for headers in ({}, {"Origin": EVIL}, {"Origin": "null"}):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 200 and response.headers[ALLOW_ORIGIN] == "*"
+        assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_the_key_set_is_readable_from_any_page(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        current_keyring().signing_key()
+    response = client.get("/.well-known/jwks.json", headers={"Origin": EVIL})
+    assert response.status_code == 200 and response.headers[ALLOW_ORIGIN] == "*"
+    preflight = _preflight(client, "/.well-known/jwks.json", EVIL, "GET")
+    assert preflight.status_code == 204 and preflight.headers[ALLOW_ORIGIN] == "*"
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/oauth/introspect", "POST"),  # resource servers, from their servers
+        ("/oauth/register", "POST"),
+        ("/oauth/device_authorization", "POST"),
+        ("/users", "POST"),
+        ("/login", "POST"),
+        ("/oauth/authorize", "GET"),
+        ("/account", "GET"),
+        ("/metrics", "GET"),
+    ],
+)
+def test_routes_no_page_calls_answer_no_origin(
+    client: FlaskClient, registered: str, path: str, method: str
+) -> None:
+    preflight = _preflight(client, path, ORIGIN, method)
+    assert preflight.status_code in (200, 404)  # Flask's plain OPTIONS answer, or no route
+    _no_cors(preflight)
+    _no_cors(client.open(path, method=method, headers={"Origin": ORIGIN}))
+
+
+@pytest.mark.parametrize(
+    ("registered_uri", "origin", "allowed"),
+    [
+        ("http://127.0.0.1/callback", "http://127.0.0.1:5173", True),  # RFC 8252 §7.3: any port
+        ("http://127.0.0.1:8080/callback", "http://127.0.0.1:5173", True),
+        ("http://127.0.0.1/callback", "http://127.0.0.1", True),
+        ("http://[::1]/callback", "http://[::1]:5173", True),
+        ("http://127.0.0.1/callback", "http://localhost:5173", False),
+        ("http://127.0.0.1/callback", "https://127.0.0.1:5173", False),
+        ("http://localhost:3000/callback", "http://localhost:3000", True),
+        ("http://localhost:3000/callback", "http://localhost:3001", False),  # exact off IPs
+        ("https://app.example.com:443/callback", "https://app.example.com", True),
+        ("https://app.example.com:8443/callback", "https://app.example.com:8443", True),
+        ("https://bücher.example/callback", "https://xn--bcher-kva.example", True),
+        ("com.example.app:/callback", "null", False),  # a native app has no web origin
+    ],
+)
+def test_the_origin_of_each_registered_uri(
+    flow: Flow, client: FlaskClient, registered_uri: str, origin: str, allowed: bool
+) -> None:
+    flow.register(registered_uri, public=True)
+    response = _preflight(client, "/oauth/token", origin)
+    assert response.status_code == (204 if allowed else 403)
+    assert response.headers.get(ALLOW_ORIGIN) == (origin if allowed else None)
+
+
+def test_a_new_or_deleted_client_changes_the_origins_at_once(
+    flow: Flow, client: FlaskClient, app: Flask
+) -> None:
+    from tokenserver.clients import delete_client
+
+    assert _preflight(client, "/oauth/token", ORIGIN).status_code == 403
+    client_id, _ = flow.register(REDIRECT, public=True)
+    assert _preflight(client, "/oauth/token", ORIGIN).status_code == 204
+    with app.app_context():
+        delete_client(client_id)
+    assert _preflight(client, "/oauth/token", ORIGIN).status_code == 403
+
+
+def test_preflights_do_not_count_against_the_limits(make_app: Any) -> None:
+    app = make_app(
+        ratelimit_enabled=True, ratelimit_default="3/minute", ratelimit_token_failures="2/minute"
+    )
+    Flow(app, app.test_client()).register(REDIRECT, public=True)
+    client = app.test_client()
+    for _ in range(10):
+        assert _preflight(client, "/oauth/token", ORIGIN).status_code == 204
+        assert _preflight(client, "/.well-known/jwks.json", EVIL, "GET").status_code == 204
+    failed = {"grant_type": "authorization_code", "code": "x", "client_id": "nobody"}
+    for _ in range(2):
+        assert client.post("/oauth/token", data=failed).status_code == 401
+    throttled = client.post("/oauth/token", data=failed, headers={"Origin": ORIGIN})
+    # The page reads that it is throttled, and for how long.
+    assert throttled.status_code == 429 and throttled.headers[ALLOW_ORIGIN] == ORIGIN
+    assert "Retry-After" in throttled.headers["Access-Control-Expose-Headers"]
+
+
+def test_an_app_route_without_an_origin_gets_no_cors_headers(actions: Actions) -> None:
+    session = actions.login()
+    response = actions.client.get("/junk", headers=actions.bearer(session["access_token"]))
+    assert response.status_code == 200
+    _no_cors(response)
+    assert "Origin" not in response.headers.get("Vary", "")
