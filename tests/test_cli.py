@@ -15,9 +15,11 @@ from sqlalchemy import select
 
 from tokenserver.digests import digest
 from tokenserver.extensions import db
+from tokenserver.guard import FREE_ATTEMPTS
 from tokenserver.models import Client, SigningKey, User, utcnow
 
-from .conftest import PASSWORD, ROOT
+from .conftest import PASSWORD, ROOT, Actions
+from .helpers import Flow, assert_oauth_error, refresh_grant
 
 
 def test_users_create_from_stdin_and_list(runner: FlaskCliRunner) -> None:
@@ -64,6 +66,80 @@ def test_users_disable_unknown_fails(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["users", "disable", "ghost"])
     assert result.exit_code == 1
     assert "ghost" in result.output
+
+
+NEW_PASSWORD = "a different long passphrase"
+
+
+def test_users_set_password_ends_every_login(
+    app: Flask, runner: FlaskCliRunner, actions: Actions, events: Any
+) -> None:
+    session = actions.login("erin")
+    flow = Flow(app, actions.client)
+    assert flow.login("erin").status_code == 303
+    assert actions.client.get("/account").status_code == 200
+    result = runner.invoke(
+        args=["users", "set-password", "ERIN", "--password-stdin"], input=NEW_PASSWORD + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == "new password set for erin; 1 login ended\n"
+    # Whoever held the old password, or anything it got them, is out.
+    bearer = actions.bearer(session["access_token"])
+    assert actions.client.get("/users/me", headers=bearer).status_code == 401
+    refreshed = refresh_grant(actions.client, session["client"], session["refresh_token"])
+    assert_oauth_error(refreshed, 400, "invalid_grant")
+    assert actions.client.get("/account").headers["Location"].startswith("/login")
+    assert_oauth_error(actions.token(session["client"], "erin"), 400, "invalid_grant")
+    assert actions.token(session["client"], "erin", NEW_PASSWORD).status_code == 200
+    (reset,) = events("user.password_reset")
+    assert reset["username"] == "erin" and reset["ended"] == 1
+    assert reset["actor"].startswith("cli:") and NEW_PASSWORD not in json.dumps(reset)
+
+
+def test_users_set_password_with_prompt(runner: FlaskCliRunner, actions: Actions) -> None:
+    actions.user("erin")
+    prompted = runner.invoke(
+        args=["users", "set-password", "erin"], input=f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n"
+    )
+    assert prompted.exit_code == 0, prompted.output
+    assert actions.token(actions.oauth_client(), "erin", NEW_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "says"),
+    [
+        ("erin", "password", "'password'"),  # too common: the rules of a sign-up
+        ("erin", "", "'password'"),
+        ("ghost", NEW_PASSWORD, "no user named 'ghost'"),
+    ],
+)
+def test_users_set_password_refusals_change_nothing(
+    runner: FlaskCliRunner, actions: Actions, username: str, password: str, says: str
+) -> None:
+    session = actions.login("erin")
+    result = runner.invoke(
+        args=["users", "set-password", username, "--password-stdin"], input=password + "\n"
+    )
+    assert result.exit_code == 1 and says in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    bearer = actions.bearer(session["access_token"])
+    assert actions.client.get("/users/me", headers=bearer).status_code == 200
+    assert actions.token(session["client"], "erin").status_code == 200
+
+
+def test_users_set_password_lets_a_throttled_user_in_at_once(
+    runner: FlaskCliRunner, actions: Actions, frozen: Any
+) -> None:
+    actions.user("erin")
+    oauth_client = actions.oauth_client()
+    for _ in range(FREE_ATTEMPTS):
+        assert actions.token(oauth_client, "erin", "not the password").status_code == 400
+    assert actions.token(oauth_client, "erin", NEW_PASSWORD).status_code == 429
+    result = runner.invoke(
+        args=["users", "set-password", "erin", "--password-stdin"], input=NEW_PASSWORD
+    )
+    assert result.exit_code == 0, result.output
+    assert actions.token(oauth_client, "erin", NEW_PASSWORD).status_code == 200
 
 
 def test_clients_create_json_stores_only_a_digest(app: Flask, runner: FlaskCliRunner) -> None:

@@ -189,6 +189,26 @@ def change_password(
     return ended
 
 
+def reset_password(username: str, new: object) -> tuple[Subject, int]:
+    """An operator's new password for a user who lost theirs; the user and how many token
+    logins ended.
+
+    Every login ends, browser sessions included: whoever knew the old password is out. The
+    password guard forgets the name's failed attempts, so the user can sign in at once.
+    """
+    user = get(username)
+    new_password = _password_field("password", new)
+    _check_new_password(new_password, user.username)
+    new_hash = current_passwords().hash(new_password)
+    with transaction() as tx:  # the new password and the end of every login, together
+        users.set_password_hash(user.id, new_hash, tx)
+        ended = tokens.revoke_logins(user.id, tx=tx)
+    sessions.end(user.id)
+    current_guard().clear(username_key(user.username))
+    audit.event("user.password_reset", user_id=user.id, username=user.username, ended=ended)
+    return user, ended
+
+
 def _password_field(field: str, value: object) -> str:
     if value is None:
         raise InvalidRequest(f"'{field}' is required")

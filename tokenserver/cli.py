@@ -66,7 +66,15 @@ def command(group: click.Group, *args: Any, **kwargs: Any) -> Callable[[F], F]:
 
 @click.group()
 def users() -> None:
-    """Create, list, disable and enable user accounts."""
+    """Create, list, disable and enable user accounts, and reset a lost password."""
+
+
+def _read_password(prompt: str, from_stdin: bool) -> str:
+    """A password from the first line of stdin, or typed twice at a hidden prompt."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    return password
 
 
 @command(users, "create")
@@ -74,12 +82,18 @@ def users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_create(username: str, password_stdin: bool) -> None:
     """Create USERNAME, asking for the password (or reading it from stdin)."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = accounts.register(username, password)
+    user = accounts.register(username, _read_password("Password", password_stdin))
     click.echo(f"created user {user.username} (id {user.id})")
+
+
+@command(users, "set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_set_password(username: str, password_stdin: bool) -> None:
+    """Give USERNAME a new password (asked for, or read from stdin); every login they have ends."""
+    user, ended = accounts.reset_password(username, _read_password("New password", password_stdin))
+    logins = "1 login" if ended == 1 else f"{ended} logins"
+    click.echo(f"new password set for {user.username}; {logins} ended")
 
 
 @command(users, "disable")
