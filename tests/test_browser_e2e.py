@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import pytest
 import requests
 from authlib.integrations.flask_client import OAuth
-from flask import Flask, jsonify, request, url_for
+from flask import Flask, jsonify, redirect, request, url_for
 from markupsafe import escape
 from requests_oauthlib import OAuth2Session
 from selenium import webdriver
@@ -148,10 +149,10 @@ def _posting_page(action: str, fields: dict[str, str], button: str) -> str:
     )
 
 
-def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flask, dict[str, Any]]:
-    """A web app that signs its users in with us, knowing only our discovery document."""
-    rp = Flask("relying_party")
-    rp.secret_key = "relying-party-test-secret"
+def _web_app(name: str, issuer: str, client: dict[str, Any]) -> tuple[Flask, OAuth]:
+    """A Flask web app with Authlib's client for us, configured from our discovery document."""
+    rp = Flask(name)
+    rp.secret_key = f"{name}-test-secret"
     oauth = OAuth(rp)
     oauth.register(
         "tokenserver",
@@ -160,6 +161,12 @@ def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flas
         server_metadata_url=f"{issuer}/.well-known/openid-configuration",
         client_kwargs={"scope": SCOPE, "code_challenge_method": "S256"},
     )
+    return rp, oauth
+
+
+def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flask, dict[str, Any]]:
+    """A web app that signs its users in with us, knowing only our discovery document."""
+    rp, oauth = _web_app("relying_party", issuer, client)
     seen: dict[str, Any] = {}
 
     @rp.get("/")
@@ -210,6 +217,61 @@ def test_a_web_app_signs_a_user_in_through_our_pages(
     browser.get(f"{server.url}/account")
     assert "Photo App" in browser.page_source and "this browser" in browser.page_source
     browser.save_screenshot(str(tmp_path / "account.png"))
+
+
+def _pushing_party(issuer: str, client: dict[str, Any]) -> tuple[Flask, dict[str, Any]]:
+    """A web app on Authlib's client that pushes its authorization request first (RFC 9126)."""
+    rp, oauth = _web_app("pushing_party", issuer, client)
+    seen: dict[str, Any] = {}
+
+    @rp.get("/")
+    def start() -> Any:
+        app = oauth.tokenserver
+        redirect_uri = url_for("callback", _external=True)
+        made = app.create_authorization_url(redirect_uri)  # state, nonce, PKCE verifier
+        app.save_authorize_data(redirect_uri=redirect_uri, **made)
+        metadata = app.load_server_metadata()
+        pushed = requests.post(
+            metadata["pushed_authorization_request_endpoint"],
+            data=dict(parse_qsl(urlsplit(made["url"]).query)),
+            auth=(client["client_id"], client["client_secret"]),
+            timeout=10,
+        )
+        assert pushed.status_code == 201, pushed.text
+        query = {"client_id": client["client_id"], "request_uri": pushed.json()["request_uri"]}
+        seen["authorize"] = f"{metadata['authorization_endpoint']}?{urlencode(query)}"
+        return redirect(seen["authorize"])
+
+    @rp.get("/callback")
+    def callback() -> Any:
+        token = oauth.tokenserver.authorize_access_token()  # state, nonce, id_token checked
+        seen["token"] = token
+        return jsonify(signed_in_as=token["userinfo"]["preferred_username"])
+
+    return rp, seen
+
+
+def test_a_web_app_pushes_its_request_and_the_browser_carries_only_a_reference(
+    server: LiveServer, browser: WebDriver, rp_port: int
+) -> None:
+    _sign_up(server)
+    callback = f"http://127.0.0.1:{rp_port}/callback"
+    client = _register(server, "Photo App", "--redirect-uri", callback, "--first-party")
+    rp, seen = _pushing_party(server.url, client)
+    with _serving(rp, rp_port):
+        browser.get(f"http://127.0.0.1:{rp_port}/")
+        _wait_for(browser, "/login")
+        # What the browser was given: no scope, state, nonce or PKCE challenge in sight.
+        assert set(parse_qs(urlsplit(seen["authorize"]).query)) == {"client_id", "request_uri"}
+        assert "code_challenge" not in browser.current_url and "nonce" not in browser.current_url
+        _sign_in(browser)
+        _wait_for(browser, "/callback")
+        WebDriverWait(browser, 20).until(lambda b: "signed_in_as" in b.page_source)
+    token = seen["token"]
+    assert token["userinfo"]["preferred_username"] == "alice" and token["scope"] == SCOPE
+    # The pushed request has been answered: its reference leads nowhere now.
+    again = requests.get(seen["authorize"], allow_redirects=False, timeout=10)
+    assert again.status_code == 400 and "Location" not in again.headers
 
 
 def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask, dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Typed models of browser sign-in: authorization codes, remembered consents, browser sessions,
-and device authorizations (RFC 8628)."""
+"""Typed models of browser sign-in: pushed authorization requests (RFC 9126), authorization
+codes, remembered consents, browser sessions, and device authorizations (RFC 8628)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,23 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
 from .models import BigId, UTCDateTime, utcnow
+
+
+class PushedAuthorization(db.Model):  # type: ignore[name-defined,misc]
+    """A pushed authorization request (RFC 9126), its request_uri kept only as a digest."""
+
+    __tablename__ = "pushed_authorizations"
+
+    request_uri_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    # The request's parameters as pushed: a JSON list of [name, value] pairs.
+    parameters: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The request was answered (a code, or an error at the redirect URI): never again.
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]

@@ -24,7 +24,7 @@ from .store import clients as stored_clients
 # Public documents: any page may read them.
 _PUBLIC = frozenset({"oauth.metadata", "oauth.jwks", "oidc.openid_configuration"})
 # What a browser app calls with its own tokens: readable by the registered web origins.
-_APP = frozenset({"oauth.token", "oauth.revoke", "oidc.userinfo", "users.me"})
+_APP = frozenset({"oauth.token", "oauth.par", "oauth.revoke", "oidc.userinfo", "users.me"})
 _APP_BLUEPRINTS = frozenset({"junk"})
 _ALLOW_HEADERS = "Authorization, Content-Type, DPoP, X-Request-ID"
 # What an app needs to read besides the body: errors' challenges, when to retry, new items.

@@ -60,6 +60,8 @@ RULES = (
         "ratelimit_default",
         False,  # each success stores a new authorization: every request counts
     ),
+    # RFC 9126: each pushed request is stored, and a public client's id is no secret.
+    _Rule("pushed_authorization", frozenset({"/oauth/par"}), ("POST",), "ratelimit_default", False),
     # RFC 8628 §5.1: a user code is short, so wrong guesses count per IP and per browser session.
     _Rule("user_code", frozenset({"/device"}), ("POST",), "ratelimit_user_code", True),
     _Rule(

@@ -7,7 +7,7 @@ from datetime import timedelta
 from .config import current_settings
 from .extensions import db
 from .models import utcnow
-from .store import codes, devices, initial_tokens, keys, replay, sessions, tokens
+from .store import codes, devices, initial_tokens, keys, pushed, replay, sessions, tokens
 
 # Retired keys outlive their last token by this much more, for resource servers with skewed clocks.
 _KEY_GRACE = timedelta(minutes=5)
@@ -18,8 +18,9 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
 
     Token records, families left empty, retired signing keys none of whose tokens can be
     alive, initial access tokens (RFC 7591), device authorizations (an expired device code
-    only ever answers expired_token), authorization codes, browser sessions expired or ended,
-    and spent JWT ids whose JWTs have expired. Returns how many of each went, by name.
+    only ever answers expired_token), authorization codes, pushed authorization requests,
+    browser sessions expired or ended, and spent JWT ids whose JWTs have expired. Returns how
+    many of each went, by name.
     """
     cutoff = utcnow() - timedelta(seconds=older_than)
     records, families = tokens.purge(cutoff, batch_size)
@@ -33,6 +34,7 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "initial access tokens": initial_tokens.purge(cutoff),
         "device authorizations": devices.purge(cutoff, batch_size),
         "authorization codes": codes.purge(cutoff, batch_size),
+        "pushed authorization requests": pushed.purge(cutoff, batch_size),
         "browser sessions": sessions.purge(cutoff, batch_size),
         # Kept until its JWT can no longer pass the exp check (leeway included); after that
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.

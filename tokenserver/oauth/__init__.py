@@ -17,6 +17,7 @@ from .devices import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceIdToken
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .exchange import TokenExchangeGrant
 from .logout import LogoutEndpoint
+from .pushed import PushedAuthorizationEndpoint
 from .records import CodeSpentMeanwhile, RefreshCredential, record_issued
 from .registration import ConfigurationEndpoint, RegistrationEndpoint
 from .server import AuthorizationServer
@@ -95,6 +96,7 @@ def init_oauth(app: Flask) -> None:
     server.register_grant(TokenExchangeGrant)
     server.register_grant(DeviceCodeGrant, [DeviceIdToken()])
     server.register_endpoint(DeviceAuthorizationEndpoint)
+    server.register_endpoint(PushedAuthorizationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(LogoutEndpoint)

@@ -52,8 +52,9 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         return client
 
     def get_audiences(self) -> list[str]:
-        # RFC 7523 §3: aud identifies the authorization server: its issuer or token endpoint.
-        return [self.issuer, f"{self.issuer}/oauth/token"]
+        # RFC 7523 §3: aud identifies the authorization server: its issuer or token endpoint;
+        # RFC 9126 §2: or, for a pushed request, the endpoint it is pushed to.
+        return [self.issuer, f"{self.issuer}/oauth/token", f"{self.issuer}/oauth/par"]
 
     def resolve_client_public_key(self, client: Client) -> Any:
         # A callable, so the key is picked by the assertion's own header (kid, alg) and a new

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
@@ -42,9 +42,17 @@ class BadAuthorizationRequest(Exception):
 class RedirectBack(Exception):
     """An error the client hears about at its verified redirect URI (RFC 6749 §4.1.2.1)."""
 
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
+    def __init__(self, redirect_uri: str, error: str, description: str, state: str | None) -> None:
+        super().__init__(error)
+        self.redirect_uri = redirect_uri
+        self.error = error
+        self.description = description
+        self.state = state
+
+    @property
+    def location(self) -> str:
+        """The client's redirect URI, carrying the error."""
+        return error_location(self.redirect_uri, self.error, self.description, self.state)
 
 
 class Next(enum.Enum):
@@ -66,6 +74,9 @@ class Authorization:
     state: str | None
     resources: tuple[str, ...] = ()  # RFC 8707: where the tokens will be good, if narrowed
     hinted_subject: str | None = None  # the user an id_token_hint names
+    # When a pushed request (RFC 9126) was pushed: a sign-in since then meets its prompt=login
+    # and max_age, which it carries on every return through /login.
+    since: datetime | None = None
 
     @property
     def scopes(self) -> list[str]:
@@ -81,8 +92,12 @@ def error_location(redirect_uri: str, error: str, description: str, state: str |
     return str(add_params_to_uri(redirect_uri, params))
 
 
-def validate(signed_in: SignedIn | None, parameters: MultiDict[str, str]) -> Authorization:
-    """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack."""
+def validate(
+    signed_in: SignedIn | None, parameters: MultiDict[str, str], since: datetime | None = None
+) -> Authorization:
+    """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack.
+
+    `since`: when the request was pushed (RFC 9126), if it was."""
     try:
         request = QueryRequest(current_settings().issuer, parameters)
     except InsecureTransportError:
@@ -103,38 +118,26 @@ def validate(signed_in: SignedIn | None, parameters: MultiDict[str, str]) -> Aut
         if not error.redirect_uri:  # never redirect to a URI we could not verify
             raise BadAuthorizationRequest(error.description or error.error) from None
         description = error.description or error.error.replace("_", " ")
-        raise RedirectBack(
-            error_location(error.redirect_uri, error.error, description, state)
-        ) from None
+        raise RedirectBack(error.redirect_uri, error.error, description, state) from None
     prompt = _prompts(request)
     if "none" in prompt and len(prompt) > 1:
-        raise RedirectBack(
-            error_location(grant.redirect_uri, "invalid_request", "prompt=none stands alone", state)
-        )
+        raise RedirectBack(grant.redirect_uri, "invalid_request", "prompt=none stands alone", state)
     nonce = request.payload.data.get("nonce") or ""
     if len(nonce) > _MAX_NONCE or not nonce.isprintable():
-        raise RedirectBack(
-            error_location(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
-        )
+        raise RedirectBack(grant.redirect_uri, "invalid_request", "The nonce is malformed.", state)
     hint = request.payload.data.get("id_token_hint")
     hinted = hinted_subject(hint, request.client.client_id) if hint else None
     if hint and hinted is None:
         description = "The id_token_hint is not an ID token issued to this client."
-        raise RedirectBack(
-            error_location(grant.redirect_uri, "invalid_request", description, state)
-        )
+        raise RedirectBack(grant.redirect_uri, "invalid_request", description, state)
     dpop_jkt = request.payload.data.get("dpop_jkt")
     if dpop_jkt is not None and not _THUMBPRINT.fullmatch(dpop_jkt):
         description = "The dpop_jkt is not a JWK SHA-256 thumbprint."
-        raise RedirectBack(
-            error_location(grant.redirect_uri, "invalid_request", description, state)
-        )
+        raise RedirectBack(grant.redirect_uri, "invalid_request", description, state)
     try:
         resources = requested(request.payload.data, request.client)  # bound into the code
     except InvalidTargetError as error:
-        raise RedirectBack(
-            error_location(grant.redirect_uri, error.error, str(error.description), state)
-        ) from None
+        raise RedirectBack(grant.redirect_uri, error.error, str(error.description), state) from None
     return Authorization(
         grant,
         request.client,
@@ -143,6 +146,7 @@ def validate(signed_in: SignedIn | None, parameters: MultiDict[str, str]) -> Aut
         state,
         tuple(resources),
         hinted,
+        since,
     )
 
 
@@ -159,12 +163,14 @@ def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
     """Sign in, consent, or issue the code; prompt=none turns the first two into errors."""
     request = authorization.grant.request
     prompt, max_age = _prompts(request), _max_age(request)
+    since = authorization.since
+    fresh = signed_in is not None and since is not None and signed_in.auth_time >= since
     stale = (
         signed_in is not None
         and max_age is not None
         and utcnow() - signed_in.auth_time > timedelta(seconds=max_age)
     )
-    if signed_in is None or {"login", "select_account"} & prompt or stale:
+    if signed_in is None or (not fresh and ({"login", "select_account"} & prompt or stale)):
         if "none" in prompt:
             _refuse(authorization, "login_required", "The user is not signed in.")
         return Next.LOGIN
@@ -182,9 +188,7 @@ def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
 
 
 def _refuse(authorization: Authorization, error: str, description: str) -> None:
-    raise RedirectBack(
-        error_location(authorization.redirect_uri, error, description, authorization.state)
-    )
+    raise RedirectBack(authorization.redirect_uri, error, description, authorization.state)
 
 
 def issue_code(authorization: Authorization, signed_in: SignedIn) -> str:

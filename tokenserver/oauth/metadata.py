@@ -46,6 +46,9 @@ def browser_metadata(issuer: str) -> dict[str, Any]:
     """The members RFC 8414 and OpenID discovery share for browser sign-in."""
     return {
         "authorization_endpoint": f"{issuer}/oauth/authorize",
+        # RFC 9126 §5: requests may be pushed first; not required of any client.
+        "pushed_authorization_request_endpoint": f"{issuer}/oauth/par",
+        "require_pushed_authorization_requests": False,
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
         "end_session_endpoint": f"{issuer}/oauth/logout",
         "response_types_supported": ["code"],
@@ -68,7 +71,8 @@ def browser_metadata(issuer: str) -> dict[str, Any]:
             "sid",
         ],
         "prompt_values_supported": list(PROMPTS),
-        # OpenID Connect Discovery §3: request_uri_parameter_supported is true when left out.
+        # OpenID Connect Discovery §3: request_uri_parameter_supported is true when left out;
+        # the request_uri of a pushed request (RFC 9126) is not the request object it means.
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
     }

@@ -93,6 +93,14 @@ def device_authorization() -> Response:
     return response
 
 
+@bp.post("/oauth/par")
+def pushed_authorization() -> Response:
+    """RFC 9126: store an authorization request; its request_uri is what the browser carries."""
+    _require_form()
+    response: Response = current_server().create_endpoint_response("pushed_authorization")
+    return response
+
+
 @bp.post("/oauth/introspect")
 @bp.post("/introspect")
 def introspect() -> Response:

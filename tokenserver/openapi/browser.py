@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..oauth.pushed import LIFETIME
 from .components import ERRORS, json_response, ref
 from .paths import bearer
 
@@ -55,8 +56,14 @@ def _query(name: str, description: str, required: bool = False) -> Doc:
 
 
 _AUTHORIZE_PARAMETERS = [
-    _query("response_type", "code", True),
+    _query("response_type", "code; required unless request_uri is given", False),
     _query("client_id", "The client's id", True),
+    _query(
+        "request_uri",
+        "RFC 9126: what /oauth/par answered; with client_id it stands for the pushed request, "
+        "and every other parameter is ignored. Unknown, expired, another client's or already "
+        "answered: a page, never a redirect. Any other request_uri is request_uri_not_supported",
+    ),
     _query("redirect_uri", "A registered redirect URI; optional when exactly one is registered"),
     _query("scope", "Space-separated scopes"),
     _query("state", "Returned unchanged"),
@@ -70,8 +77,8 @@ _AUTHORIZE_PARAMETERS = [
         "RFC 9449 §10: the thumbprint of the DPoP key whose proof must come with the code's "
         "exchange",
     ),
-    _query("code_challenge", "PKCE (RFC 7636), required", True),
-    _query("code_challenge_method", "S256 (plain is refused)", True),
+    _query("code_challenge", "PKCE (RFC 7636): required unless request_uri is given"),
+    _query("code_challenge_method", "S256 (plain is refused); required with code_challenge"),
     _query("nonce", "OpenID Connect: copied into the id_token"),
     _query(
         "prompt",
@@ -156,6 +163,38 @@ def _device() -> Doc:
     }
 
 
+def _pushed_authorization() -> Doc:
+    """/oauth/par (RFC 9126): the authorization request pushed by the client itself."""
+    body = _form(_AUTHORIZE_PARAMETERS[:2] + _AUTHORIZE_PARAMETERS[3:])
+    body["content"]["application/x-www-form-urlencoded"]["schema"]["properties"] |= {
+        "client_secret": {"type": "string"},
+        "client_assertion": {"type": "string"},
+        "client_assertion_type": {"type": "string"},
+    }
+    errors = ("TooLarge", "UnsupportedMediaType", "TooManyRequests", "Unavailable")
+    return {
+        "operationId": "pushedAuthorization",
+        "summary": "Push an authorization request (RFC 9126), authenticated as at the token "
+        f"endpoint; checked now, and stored for {LIFETIME} seconds under a request_uri the "
+        "browser carries to /oauth/authorize with client_id",
+        "tags": ["oauth"],
+        "security": [{"basicAuth": []}, {}],
+        "requestBody": body,
+        "responses": {
+            "201": json_response(
+                "PushedAuthorization", "Stored; answered once", {"Cache-Control": "NoStore"}
+            ),
+            "400": json_response(
+                "Error",
+                "What /oauth/authorize would refuse (invalid_request, invalid_scope, "
+                "invalid_target, unsupported_response_type...), or a request_uri in the body",
+            ),
+            "401": json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
+            **{str(ERRORS[name][0]): ref("responses", name) for name in errors},
+        },
+    }
+
+
 def paths() -> Doc:
     """/oauth/authorize, /login, /consent, /account, /oauth/logout, /device, userinfo, discovery."""
     userinfo_errors = ("Unauthorized", "InsufficientScope", "TooManyRequests", "Unavailable")
@@ -171,6 +210,7 @@ def paths() -> Doc:
         },
     }
     return {
+        "/oauth/par": {"post": _pushed_authorization()},
         "/oauth/authorize": {
             "get": _page(
                 "authorize",

@@ -201,6 +201,17 @@ SCHEMAS: Schema = {
         ]
     },
     "Revoked": {"type": "object", "maxProperties": 0},
+    "PushedAuthorization": _object(
+        ["request_uri", "expires_in"],
+        {
+            "request_uri": {
+                "type": "string",
+                "pattern": "^urn:ietf:params:oauth:request_uri:",
+                "description": "For /oauth/authorize, with client_id; good once",
+            },
+            "expires_in": {"type": "integer", "minimum": 1},
+        },
+    ),
     "ServerMetadata": _object(
         [
             "issuer",

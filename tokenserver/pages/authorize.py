@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .. import signin
-from ..oauth import authorize
+from ..oauth import authorize, pushed
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
 from ..oauth.codes import SignedIn
 from ..oauth.logout import needs_confirmation
@@ -28,14 +28,40 @@ def _parameters() -> MultiDict[str, str]:
     return request.form if request.method == "POST" else request.args
 
 
-def _validated(parameters: MultiDict[str, str], status: int = 302) -> Authorization:
-    """The authorization request, or the page / redirect that refuses it."""
-    try:
-        return authorize.validate(web.signed_in(), parameters)
-    except BadAuthorizationRequest as exc:
-        raise _not_valid(exc) from None
-    except RedirectBack as exc:
-        raise _redirect_exception(exc.location, status) from None
+class _Request:
+    """An authorization request as the browser brought it: its parameters, or a pushed one
+    (RFC 9126) that its client_id and request_uri stand for."""
+
+    def __init__(self, sent: MultiDict[str, str]) -> None:
+        try:
+            self.pushed = pushed.resolve(sent)
+        except BadAuthorizationRequest as exc:
+            raise _not_valid(exc) from None
+        self.parameters = sent if self.pushed is None else self.pushed.parameters
+
+    @property
+    def onward(self) -> MultiDict[str, str]:
+        """What the browser carries on to /login and /consent: a pushed request's reference."""
+        return self.parameters if self.pushed is None else self.pushed.reference
+
+    def validated(self, status: int = 302) -> Authorization:
+        """The request, or the page / redirect that refuses it."""
+        since = self.pushed.pushed_at if self.pushed else None
+        try:
+            return authorize.validate(web.signed_in(), self.parameters, since)
+        except BadAuthorizationRequest as exc:
+            raise _not_valid(exc) from None
+        except RedirectBack as exc:
+            raise _redirect_exception(self.back(exc.location), status) from None
+
+    def back(self, location: str) -> str:
+        """`location` at the client (a code or an error): a pushed request is answered once."""
+        if self.pushed is not None:
+            try:
+                pushed.finish(self.pushed)
+            except BadAuthorizationRequest as exc:
+                raise _not_valid(exc) from None
+        return location
 
 
 def _not_valid(exc: BadAuthorizationRequest) -> Exception:
@@ -51,16 +77,21 @@ def _query(parameters: MultiDict[str, str]) -> str:
     return urlencode(list(parameters.items(multi=True)))
 
 
-def _to_login(parameters: MultiDict[str, str], status: int = 302) -> Response:
+def _to_login(sent: _Request, status: int = 302) -> Response:
     """Send the user to sign in, then back to this request (as a GET).
 
     The way back leaves out what sent the user here (prompt=login or select_account, max_age):
-    they have just signed in, and asking again would loop (max_age=0 is never met).
+    they have just signed in, and asking again would loop (max_age=0 is never met). A pushed
+    request cannot be changed: its sign-in counts from the moment it was pushed instead.
     """
-    params = [(k, v) for k, v in parameters.items(multi=True) if k not in ("prompt", "max_age")]
-    prompts = [p for p in parameters.get("prompt", "").split() if p in ("none", "consent")]
-    if prompts:
-        params.append(("prompt", " ".join(prompts)))
+    parameters = sent.parameters
+    if sent.pushed is not None:
+        params = list(sent.onward.items(multi=True))
+    else:
+        params = [(k, v) for k, v in parameters.items(multi=True) if k not in ("prompt", "max_age")]
+        prompts = [p for p in parameters.get("prompt", "").split() if p in ("none", "consent")]
+        if prompts:
+            params.append(("prompt", " ".join(prompts)))
     back = "/oauth/authorize?" + urlencode(params)
     query = {"next": back}
     if parameters.get("login_hint"):
@@ -68,56 +99,58 @@ def _to_login(parameters: MultiDict[str, str], status: int = 302) -> Response:
     return redirect("/login?" + urlencode(query), status)
 
 
-def _as_get(parameters: MultiDict[str, str]) -> Response:
+def _as_get(sent: _Request) -> Response:
     """A POSTed request without a session, sent on as a GET once its redirect URI is verified.
 
     A cross-site POST (from the app's page) carries no SameSite=Lax session cookie; the GET of
     a navigation does, so the session (and prompt=none) are judged there, not here.
     """
     try:
-        authorize.validate(None, parameters)
+        authorize.validate(None, sent.parameters)
     except BadAuthorizationRequest as exc:
         raise _not_valid(exc) from None
     except RedirectBack:
         pass  # the GET answers it at the client's redirect URI, or finds the user signed in
-    return redirect("/oauth/authorize?" + _query(parameters), 303)
+    return redirect("/oauth/authorize?" + _query(sent.onward), 303)
 
 
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize_endpoint() -> Response:
     """RFC 6749 §4.1.1 with PKCE: sign in, consent, then a code for the client."""
-    parameters = _parameters()
+    sent = _Request(_parameters())
     signed_in = web.signed_in()
     if signed_in is None and request.method == "POST":
-        return _as_get(parameters)
+        return _as_get(sent)
     status = 303 if request.method == "POST" else 302  # 303: the browser follows with a GET
-    authorization = _validated(parameters, status)
+    authorization = sent.validated(status)
     try:
         step = authorize.next_step(authorization, signed_in)
     except RedirectBack as exc:
-        return redirect(exc.location, status)
+        return redirect(sent.back(exc.location), status)
     if step is Next.LOGIN:
-        return _to_login(parameters, status)
+        return _to_login(sent, status)
     if step is Next.CONSENT:
-        return redirect("/consent?" + _query(parameters), status)
+        return redirect("/consent?" + _query(sent.onward), status)
     assert signed_in is not None
+    sent.back("")  # a pushed request is answered before its code exists
     return redirect(authorize.issue_code(authorization, signed_in), status)
 
 
-def _consentable(signed_in: SignedIn) -> Authorization:
+def _consentable(signed_in: SignedIn) -> tuple[_Request, Authorization]:
     """The request, if it may be answered at /consent; else the login page or the client's error.
 
     /consent is reachable by URL: it checks what /oauth/authorize checked before sending the
     user here (max_age, id_token_hint), or typing its address would skip those checks.
     """
-    authorization = _validated(request.args)  # a POST's body holds only the decision
+    sent = _Request(request.args)  # a POST's body holds only the decision
+    authorization = sent.validated()
     try:
         step = authorize.next_step(authorization, signed_in)
     except RedirectBack as exc:
-        raise _redirect_exception(exc.location) from None
+        raise _redirect_exception(sent.back(exc.location)) from None
     if step is Next.LOGIN:
-        raise HTTPException(response=_to_login(request.args))
-    return authorization
+        raise HTTPException(response=_to_login(sent))
+    return sent, authorization
 
 
 @bp.get("/consent")
@@ -126,7 +159,7 @@ def consent_form() -> Response:
     signed_in = web.signed_in()
     if signed_in is None:
         return redirect("/login?" + urlencode({"next": request.full_path}), 302)
-    authorization = _consentable(signed_in)
+    _sent, authorization = _consentable(signed_in)
     return web.page(
         "consent.html",
         client=authorization.client,
@@ -144,12 +177,13 @@ def consent() -> Response:
     signed_in = web.signed_in()
     if signed_in is None:
         return redirect("/login?" + urlencode({"next": request.full_path}), 303)
-    authorization = _consentable(signed_in)
+    sent, authorization = _consentable(signed_in)
     decision = request.form.get("decision")
     if decision == "allow":
+        sent.back("")  # a pushed request is answered before its code exists
         return redirect(authorize.allow(authorization, signed_in), 302)
     if decision == "deny":
-        return redirect(authorize.deny(authorization), 302)
+        return redirect(sent.back(authorize.deny(authorization)), 302)
     raise web.refuse(400, "No decision", "Choose Allow or Deny.")
 
 

@@ -1,0 +1,285 @@
+"""Pushed authorization requests (RFC 9126): checked when pushed, carried by reference, once."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import func, select
+
+from tokenserver.browser_models import PushedAuthorization
+from tokenserver.extensions import db
+from tokenserver.oauth.pushed import LIFETIME, REQUEST_URI_PREFIX
+
+from .helpers import REDIRECT, Flow, authorization_request, pkce, query_of
+
+OTHER_REDIRECT = "https://app.example.com/other"
+
+
+def _pushed(flow: Flow, client_id: str, secret: str | None, challenge: str, **params: Any) -> str:
+    """Push an authorization request (a confidential client with Basic); its request_uri."""
+    body = authorization_request(client_id, challenge, **params)
+    if secret:
+        body.pop("client_id")
+    auth = (client_id, secret) if secret else None
+    response = flow.client.post("/oauth/par", data=body, auth=auth)
+    assert response.status_code == 201, response.json
+    return str(response.json["request_uri"])
+
+
+def _by_reference(flow: Flow, client_id: str, request_uri: str, **extra: str) -> Any:
+    query = {"client_id": client_id, "request_uri": request_uri, **extra}
+    return flow.client.get("/oauth/authorize?" + urlencode(query))
+
+
+def _stored(app: Flask) -> int:
+    with app.app_context():
+        return int(db.session.scalar(select(func.count()).select_from(PushedAuthorization)))
+
+
+def test_a_pushed_request_signs_the_user_in_and_its_code_is_exchanged(
+    flow: Flow, app: Flask
+) -> None:
+    client_id, secret = flow.register()
+    verifier, challenge = pkce()
+    pushed = flow.client.post(
+        "/oauth/par",
+        data=authorization_request(client_id, challenge, nonce="n-1") | {"client_id": client_id},
+        auth=(client_id, secret),
+    )
+    assert pushed.status_code == 201 and pushed.headers["Cache-Control"] == "no-store"
+    assert pushed.json["expires_in"] == LIFETIME
+    request_uri = pushed.json["request_uri"]
+    assert request_uri.startswith(REQUEST_URI_PREFIX)
+    # The browser carries the reference only: to /login, back, and on to /consent.
+    to_login = _by_reference(flow, client_id, request_uri)
+    back = parse_qs(urlsplit(to_login.headers["Location"]).query)["next"][0]
+    assert set(query_of(back)) == {"client_id", "request_uri"}
+    flow.login(next=back)
+    to_consent = flow.client.get(back)
+    assert to_consent.headers["Location"].startswith("/consent?")
+    assert set(query_of(to_consent.headers["Location"])) == {"client_id", "request_uri"}
+    answered = flow.consent(to_consent.headers["Location"])
+    query = query_of(answered.headers["Location"])
+    assert answered.headers["Location"].startswith(REDIRECT) and query["state"] == "st-1"
+    exchanged = flow.exchange(client_id, secret, query["code"], verifier)
+    assert exchanged.status_code == 200, exchanged.json
+    assert exchanged.json["scope"] == "openid profile junk:read" and exchanged.json["id_token"]
+    # Once answered, the request_uri is spent: a second tab or a replayed link gets a page.
+    again = _by_reference(flow, client_id, request_uri)
+    assert again.status_code == 400 and "expired or has been used" in again.text
+    assert _stored(app) == 1
+
+
+def test_what_the_browser_adds_to_a_pushed_request_is_ignored(flow: Flow) -> None:
+    client_id, secret = flow.register(REDIRECT, OTHER_REDIRECT, first_party=True)
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, scope="junk:read")
+    flow.login()
+    answered = _by_reference(
+        flow,
+        client_id,
+        request_uri,
+        scope="junk:read junk:write",
+        redirect_uri=OTHER_REDIRECT,
+        state="forged",
+        prompt="none",
+    )
+    location = answered.headers["Location"]
+    assert location.startswith(REDIRECT + "?") and query_of(location)["state"] == "st-1"
+
+
+@pytest.mark.parametrize(
+    "request_uri",
+    [
+        REQUEST_URI_PREFIX + "not-one-we-made",
+        REQUEST_URI_PREFIX + "x" * 300,
+        REQUEST_URI_PREFIX,
+    ],
+)
+def test_an_unknown_request_uri_gets_a_page_never_a_redirect(flow: Flow, request_uri: str) -> None:
+    client_id, _ = flow.register(first_party=True)
+    flow.login()
+    response = _by_reference(flow, client_id, request_uri)
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+def test_a_request_uri_works_only_for_the_client_that_pushed_it(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    other_id, _ = flow.register(first_party=True, name="Other App")
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    refused = _by_reference(flow, other_id, request_uri)
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    refused_twice = flow.client.get(
+        "/oauth/authorize?"
+        + urlencode([("client_id", client_id), ("request_uri", request_uri)] * 2)
+    )
+    assert refused_twice.status_code == 400
+    # Neither spent it: its own client still can.
+    assert "code" in query_of(_by_reference(flow, client_id, request_uri).headers["Location"])
+
+
+def test_a_pushed_request_expires(flow: Flow, frozen: Any) -> None:
+    client_id, secret = flow.register(first_party=True)
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    frozen.shift(LIFETIME + 1)
+    expired = _by_reference(flow, client_id, request_uri)
+    assert expired.status_code == 400 and "expired" in expired.text
+
+
+@pytest.mark.parametrize("prompt", [{"prompt": "login"}, {"max_age": "0"}])
+def test_a_pushed_prompt_to_sign_in_again_is_met_by_signing_in_once(
+    flow: Flow, prompt: dict[str, str]
+) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()  # signed in before the request was pushed
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, **prompt)
+    to_login = _by_reference(flow, client_id, request_uri)
+    assert to_login.headers["Location"].startswith("/login?")
+    back = parse_qs(urlsplit(to_login.headers["Location"]).query)["next"][0]
+    flow.login(next=back)
+    answered = flow.client.get(back)
+    assert "code" in query_of(answered.headers["Location"])  # no second trip to /login
+
+
+@pytest.mark.parametrize("how", ["prompt=none", "deny"])
+def test_an_error_at_the_redirect_uri_answers_a_pushed_request_too(flow: Flow, how: str) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    if how == "prompt=none":
+        request_uri = _pushed(flow, client_id, secret, challenge, prompt="none")
+        answered = _by_reference(flow, client_id, request_uri)
+        error = "login_required"
+    else:
+        request_uri = _pushed(flow, client_id, secret, challenge)
+        flow.login()
+        to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+        answered = flow.consent(to_consent, decision="deny")
+        error = "access_denied"
+    assert query_of(answered.headers["Location"])["error"] == error
+    assert _by_reference(flow, client_id, request_uri).status_code == 400
+
+
+def test_a_public_client_pushes_with_its_client_id(flow: Flow) -> None:
+    client_id, _ = flow.register(public=True, first_party=True)
+    verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, None, challenge)
+    flow.login()
+    code = query_of(_by_reference(flow, client_id, request_uri).headers["Location"])["code"]
+    assert flow.exchange(client_id, None, code, verifier).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "error"),
+    [
+        ({"code_challenge": None}, 400, "invalid_request"),  # PKCE, as at /oauth/authorize
+        ({"code_challenge_method": "plain"}, 400, "invalid_request"),
+        ({"redirect_uri": "https://evil.example/callback"}, 400, "invalid_request"),
+        ({"scope": "openid admin"}, 400, "invalid_scope"),
+        ({"response_type": "token"}, 400, "unsupported_response_type"),
+        ({"request_uri": REQUEST_URI_PREFIX + "abc"}, 400, "invalid_request"),
+        ({"request": "eyJhbGciOiJub25lIn0.e30."}, 400, "request_not_supported"),
+        ({"prompt": "none login"}, 400, "invalid_request"),
+        ({"resource": "https://unknown.example/"}, 400, "invalid_target"),
+    ],
+)
+def test_a_bad_push_is_refused_as_json_and_stores_nothing(
+    flow: Flow, app: Flask, change: dict[str, Any], status: int, error: str
+) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge, **change)
+    response = flow.client.post("/oauth/par", data=body, auth=(client_id, secret))
+    assert response.status_code == status and response.json["error"] == error, response.json
+    assert response.json["error_description"]
+    assert _stored(app) == 0
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        ("wrong-secret", True),
+        (None, False),  # a confidential client must authenticate: client_id alone is not enough
+    ],
+)
+def test_a_push_without_the_clients_credentials_is_refused(
+    flow: Flow, app: Flask, auth: tuple[str | None, bool]
+) -> None:
+    client_id, _secret = flow.register()
+    _verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge)
+    secret, basic = auth
+    response = flow.client.post(
+        "/oauth/par", data=body, auth=(client_id, secret) if basic and secret else None
+    )
+    assert response.status_code == 401 and response.json["error"] == "invalid_client"
+    assert _stored(app) == 0
+
+
+def test_a_push_naming_another_client_is_refused(flow: Flow, app: Flask) -> None:
+    client_id, secret = flow.register()
+    other_id, _ = flow.register(name="Other App")
+    _verifier, challenge = pkce()
+    body = authorization_request(other_id, challenge)
+    response = flow.client.post("/oauth/par", data=body, auth=(client_id, secret))
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert _stored(app) == 0
+
+
+def test_metadata_names_the_endpoint(client: FlaskClient) -> None:
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        document = client.get(path).json
+        assert document["pushed_authorization_request_endpoint"].endswith("/oauth/par")
+        assert document["require_pushed_authorization_requests"] is False
+
+
+def test_purge_deletes_pushed_requests_long_expired(
+    flow: Flow, app: Flask, runner: FlaskCliRunner, frozen: Any
+) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    _pushed(flow, client_id, secret, challenge)
+    kept = runner.invoke(args=["tokens", "purge", "--older-than", "60"])
+    assert "0 pushed authorization requests" in kept.output and _stored(app) == 1
+    frozen.shift(LIFETIME + 61)
+    purged = runner.invoke(args=["tokens", "purge", "--older-than", "60"])
+    assert "1 pushed authorization request" in purged.output and _stored(app) == 0
+
+
+def test_a_keyed_client_pushes_with_an_assertion_for_the_push_endpoint(
+    flow: Flow, app: Flask
+) -> None:
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    from tokenserver.clients import ClientSpec, register_client
+
+    key = ECKey.generate_key("P-256", auto_kid=True)
+    with app.app_context():
+        made, _ = register_client(
+            ClientSpec(
+                "Keyed", redirect_uris=(REDIRECT,), jwks={"keys": [key.as_dict(private=False)]}
+            )
+        )
+    issuer = app.extensions["tokenserver.settings"].issuer
+    _verifier, challenge = pkce()
+    for aud, status in ((f"{issuer}/oauth/par", 201), (f"{issuer}/oauth/introspect", 401)):
+        now = int(time.time())
+        claims = {"iss": made.client_id, "sub": made.client_id, "aud": aud, "iat": now}
+        claims |= {"exp": now + 60, "jti": secrets.token_urlsafe(16)}
+        assertion = jwt.encode({"alg": "ES256", "kid": key.kid}, claims, key)
+        body = authorization_request(made.client_id, challenge) | {
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+        assert flow.client.post("/oauth/par", data=body).status_code == status

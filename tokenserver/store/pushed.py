@@ -1,0 +1,81 @@
+"""Pushed authorization requests (RFC 9126): stored by the digest of their request_uri."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, bindparam, insert, select, update
+
+from ..browser_models import PushedAuthorization
+from ..extensions import db, reader
+from ..models import UTCDateTime, utcnow
+from . import delete_in_batches, single_write
+
+_pushed: Table = PushedAuthorization.__table__
+_now = bindparam("now", type_=UTCDateTime())
+_FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).where(
+    _pushed.c.request_uri_hash == bindparam("hash"),
+    _pushed.c.used_at.is_(None),
+    _pushed.c.expires_at > _now,
+)
+_SPEND = (
+    update(_pushed)
+    .where(
+        _pushed.c.request_uri_hash == bindparam("hash"),
+        _pushed.c.used_at.is_(None),
+        _pushed.c.expires_at > _now,
+    )
+    .values(used_at=_now)
+)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """A live pushed request: whose it is, its parameters in order, and when it was pushed."""
+
+    client_id: str
+    parameters: list[tuple[str, str]]
+    pushed_at: datetime
+
+
+def save(
+    request_uri_hash: str, client_id: str, parameters: list[tuple[str, str]], ttl: int
+) -> None:
+    """Store a pushed request under its request_uri's digest, alive for `ttl` seconds."""
+    now = utcnow()
+    values = {
+        "request_uri_hash": request_uri_hash,
+        "client_id": client_id,
+        "parameters": json.dumps(parameters),
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl),
+    }
+    with db.engine.begin() as conn:
+        conn.execute(insert(_pushed).values(values))
+
+
+def find(request_uri_hash: str) -> Pushed | None:
+    """The live (unexpired, unanswered) pushed request with this digest, or None."""
+    row = reader().execute(_FIND, {"hash": request_uri_hash, "now": utcnow()}).first()
+    if row is None:
+        return None
+    parameters = [(str(name), str(value)) for name, value in json.loads(row.parameters)]
+    return Pushed(row.client_id, parameters, row.created_at)
+
+
+def spend(request_uri_hash: str) -> bool:
+    """Mark a pushed request answered; False if it was already (or has expired).
+
+    One conditional UPDATE decides, so two tabs racing to finish it cannot both get a code.
+    """
+    with single_write() as conn:
+        done = conn.execute(_SPEND, {"hash": request_uri_hash, "now": utcnow()})
+    return bool(done.rowcount)
+
+
+def purge(cutoff: datetime, batch_size: int) -> int:
+    """Delete pushed requests that expired before `cutoff`, answered or not; how many."""
+    expired = _pushed.c.expires_at < cutoff
+    return delete_in_batches(_pushed, _pushed.c.request_uri_hash, expired, batch_size)
