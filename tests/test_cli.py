@@ -142,6 +142,21 @@ def test_users_set_password_lets_a_throttled_user_in_at_once(
     assert actions.token(oauth_client, "erin", NEW_PASSWORD).status_code == 200
 
 
+def test_users_set_password_with_the_guard_down_changes_nothing(make_app: Any) -> None:
+    # The guard's Redis is unreachable: the reset fails before it changes anything.
+    app = make_app(ratelimit_storage_uri="redis://127.0.0.1:1/0")
+    runner = app.test_cli_runner()
+    runner.invoke(args=["users", "create", "erin", "--password-stdin"], input=PASSWORD)
+    with app.app_context():
+        before = db.session.scalars(select(User.password_hash)).one()
+    result = runner.invoke(
+        args=["users", "set-password", "erin", "--password-stdin"], input=NEW_PASSWORD
+    )
+    assert result.exit_code == 1 and "guard" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(User.password_hash)).one() == before
+
+
 def test_clients_create_json_stores_only_a_digest(app: Flask, runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["clients", "create", "web", "--json"])
     assert result.exit_code == 0, result.output

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
 from tokenserver.observability import JSONFormatter
 
-from .conftest import Actions, RegisteredClient
+from .conftest import PASSWORD, Actions, RegisteredClient
 from .helpers import Flow, csrf_of
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -586,3 +586,31 @@ def test_the_flow_is_audited_and_no_code_reaches_the_logs(
         tokens["refresh_token"],
     ):
         assert not [line for line in lines if secret in line]
+
+
+@pytest.mark.parametrize("how", ["users set-password", "POST /users/me/password"])
+def test_a_new_password_withdraws_approvals_not_yet_exchanged(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions, how: str
+) -> None:
+    # Whoever approved the device may have held the old password: its poll is refused.
+    tv = actions.oauth_client(
+        "TV", public=True, grants=(DEVICE_GRANT, "refresh_token"), scope=SCOPE
+    )
+    session = actions.login("alice")
+    device = Device(app, client, tv)
+    codes = device.codes(scope=SCOPE)
+    assert device.flow.login("alice").status_code == 303
+    assert device.answer(codes["user_code"]).status_code == 200
+    new = "a different long passphrase"
+    if how == "users set-password":
+        done = runner.invoke(args=["users", "set-password", "alice", "--password-stdin"], input=new)
+        assert done.exit_code == 0, done.output
+    else:
+        changed = client.post(
+            "/users/me/password",
+            json={"current_password": PASSWORD, "new_password": new},
+            headers=actions.bearer(session["access_token"]),
+        )
+        assert changed.status_code == 204
+    polled = device.poll(codes["device_code"])
+    assert polled.status_code == 400 and polled.json["error"] == "access_denied"

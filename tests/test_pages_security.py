@@ -20,6 +20,8 @@ from tokenserver.store import sessions, tokens
 from .conftest import PASSWORD
 from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
 
+NEW_PASSWORD = "a different long passphrase"
+
 ISSUER = "http://localhost:8000"
 
 
@@ -139,11 +141,12 @@ def _live_apps(app: Flask, user_id: int) -> list[Any]:
         return tokens.signed_in_apps(user_id)
 
 
+@pytest.mark.parametrize("ending", ["sign out everywhere", "password reset"])
 def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
-    app: Flask, flow: Flow, monkeypatch: pytest.MonkeyPatch
+    app: Flask, flow: Flow, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
-    # "Sign out everywhere" commits after the exchange looked its code up and before it
-    # stores the tokens: nothing the exchange was about to store may outlive it.
+    # "Sign out everywhere" (or an operator's password reset) commits after the exchange
+    # looked its code up and before it stores the tokens: nothing it stores may outlive it.
     client_id, secret = flow.register(first_party=True)
     flow.login()
     verifier, challenge = pkce()
@@ -152,8 +155,11 @@ def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
     store_issued = tokens.store_issued
 
     def signed_out_first(*args: Any, **kwargs: Any) -> Any:
-        sessions.end(user_id)
-        tokens.revoke_logins(user_id)
+        if ending == "password reset":
+            accounts.reset_password("alice", NEW_PASSWORD)
+        else:
+            sessions.end(user_id)
+            tokens.revoke_logins(user_id)
         return store_issued(*args, **kwargs)
 
     monkeypatch.setattr(tokens, "store_issued", signed_out_first)
@@ -194,15 +200,68 @@ def test_a_sign_out_committing_during_the_exchange_waits_for_it(
     assert _live_apps(app, user_id) == []
 
 
-def _until_a_backend_waits_for_a_lock(conn: Any, exchange: threading.Thread) -> None:
+def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_stored(
+    app: Flask, flow: Flow, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other way round: the exchange holds the browser session's row when the reset
+    # starts. The reset ends the sessions first, so it waits for the exchange, and its
+    # revocation then sees the login the exchange stored.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time")
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    user_id = _alice_id(app)
+    holding, release = threading.Event(), threading.Event()
+    signed_in = sessions.signed_in
+
+    def held(conn: Any, session_id: str) -> bool:
+        found = signed_in(conn, session_id)
+        holding.set()
+        release.wait(30)
+        return found
+
+    monkeypatch.setattr(sessions, "signed_in", held)
+    answers: list[Any] = []
+    exchange = threading.Thread(
+        target=lambda: answers.append(flow.exchange(client_id, secret, code, verifier))
+    )
+    exchange.start()
+    assert holding.wait(30)
+
+    def reset() -> None:
+        with app.app_context():
+            accounts.reset_password("alice", NEW_PASSWORD)
+
+    resetting = threading.Thread(target=reset)
+    resetting.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            _until_a_backend_waits_for_a_lock(conn, resetting)
+    finally:
+        engine.dispose()
+    release.set()
+    exchange.join()
+    resetting.join()
+    assert answers[0].status_code == 200  # it came first...
+    assert _live_apps(app, user_id) == []  # ...and the reset revoked what it stored
+
+
+def _until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> None:
     waiting = text(
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     deadline = time.monotonic() + 30
-    while not conn.execute(waiting).scalar():
-        assert exchange.is_alive(), "the exchange finished without waiting for the sign-out"
-        assert time.monotonic() < deadline, "the exchange never waited for the sign-out"
+    while True:
+        # pg_stat_activity is read once per transaction unless its snapshot is dropped.
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        if conn.execute(waiting).scalar():
+            return
+        assert waiter.is_alive(), "it finished without waiting for the other transaction"
+        assert time.monotonic() < deadline, "it never waited for the other transaction"
         time.sleep(0.01)  # polling for a state that will come, not waiting out a race
 
 

@@ -13,7 +13,7 @@ from .errors import APIError, Conflict, InvalidRequest, NotFound
 from .guard import Throttled, current_guard
 from .models import Subject
 from .passwords import current_passwords, password_problem
-from .store import sessions, tokens, transaction, users
+from .store import devices, sessions, tokens, transaction, users
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -181,11 +181,22 @@ def change_password(
     current_guard().clear(name)
     _check_new_password(new_password, user.username, "new_password")
     new_hash = current_passwords().hash(new_password)
-    with transaction() as tx:  # the new password and the end of the other logins, together
-        users.set_password_hash(user.id, new_hash, tx)
-        ended = tokens.revoke_logins(user.id, keep_family=keep_family, tx=tx)
-    sessions.end(user.id, keep=keep_session)
+    ended = _replace_password(user, new_hash, keep_family, keep_session)
     audit.event("user.password_changed", user_id=user.id, username=user.username, ended=ended)
+    return ended
+
+
+def _replace_password(
+    user: Subject, new_hash: str, keep_family: str | None = None, keep_session: str | None = None
+) -> int:
+    """Store a new password hash and end what the old password may have started, together:
+    browser sessions (first: see sessions.end), token logins, and approved device codes not
+    yet exchanged. How many token logins ended."""
+    with transaction() as tx:
+        users.set_password_hash(user.id, new_hash, tx)
+        sessions.end(user.id, keep=keep_session, tx=tx)
+        ended = tokens.revoke_logins(user.id, keep_family=keep_family, tx=tx)
+        devices.withdraw_approvals(user.id, tx)
     return ended
 
 
@@ -200,11 +211,9 @@ def reset_password(username: str, new: object) -> tuple[Subject, int]:
     new_password = _password_field("password", new)
     _check_new_password(new_password, user.username)
     new_hash = current_passwords().hash(new_password)
-    with transaction() as tx:  # the new password and the end of every login, together
-        users.set_password_hash(user.id, new_hash, tx)
-        ended = tokens.revoke_logins(user.id, tx=tx)
-    sessions.end(user.id)
+    # First: with the guard's store down, nothing changes (rather than a reset left unaudited).
     current_guard().clear(username_key(user.username))
+    ended = _replace_password(user, new_hash)
     audit.event("user.password_reset", user_id=user.id, username=user.username, ended=ended)
     return user, ended
 

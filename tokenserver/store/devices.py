@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import DeviceAuthorization
@@ -203,6 +203,17 @@ def decide(user_code_hash: str, user_id: int, allowed: bool, auth_time: datetime
             _DECIDE.values(**values), {"hash": user_code_hash, "user": user_id, "now": now}
         ).rowcount
     return bool(changed)
+
+
+def withdraw_approvals(user_id: int, tx: Connection) -> int:
+    """Deny the user's approved device codes not yet exchanged (their polls get access_denied):
+    whoever approved them may have been someone else holding the old password."""
+    unused = update(_devices).where(
+        _devices.c.user_id == user_id,
+        _devices.c.status == ALLOWED,
+        _devices.c.used_at.is_(None),
+    )
+    return int(tx.execute(unused.values(status=DENIED)).rowcount)
 
 
 def purge(cutoff: datetime, batch_size: int) -> int:

@@ -13,7 +13,7 @@ from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
 from ..extensions import db, reader
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
-from . import delete_in_batches
+from . import delete_in_batches, transaction
 
 _sessions: Table = BrowserSession.__table__
 _users: Table = User.__table__
@@ -125,8 +125,18 @@ def list_live(user_id: int) -> list[SessionInfo]:
         return [SessionInfo(*row) for row in conn.execute(query)]
 
 
-def end(user_id: int, session_id: str | None = None, *, keep: str | None = None) -> int:
-    """End one of the user's sessions (or, with no id, all but `keep`); returns how many."""
+def end(
+    user_id: int,
+    session_id: str | None = None,
+    *,
+    keep: str | None = None,
+    tx: Connection | None = None,
+) -> int:
+    """End one of the user's sessions (or, with no id, all but `keep`); returns how many.
+
+    Inside a caller's `tx`, before it revokes the user's logins: on PostgreSQL the UPDATE
+    waits for a code exchange holding the session's row (sessions.signed_in), so the revocation
+    that follows sees the login that exchange stored."""
     if session_id is not None and not _ID.fullmatch(session_id):
         return 0  # cannot be ours, and PostgreSQL refuses NUL in text (a 500, not a no-op)
     condition = [_sessions.c.user_id == user_id, _sessions.c.ended_at.is_(None)]
@@ -134,7 +144,7 @@ def end(user_id: int, session_id: str | None = None, *, keep: str | None = None)
         condition.append(_sessions.c.id == session_id)
     if keep is not None:
         condition.append(_sessions.c.id != keep)
-    with db.engine.begin() as conn:
+    with transaction(tx) as conn:
         ended: int = conn.execute(
             update(_sessions).where(*condition).values(ended_at=utcnow())
         ).rowcount
