@@ -180,6 +180,8 @@ def test_routes_no_page_calls_answer_no_origin(
         ("https://app.example.com:443/callback", "https://app.example.com", True),
         ("https://app.example.com:8443/callback", "https://app.example.com:8443", True),
         ("https://bücher.example/callback", "https://xn--bcher-kva.example", True),
+        ("https://straße.example/callback", "https://xn--strae-oqa.example", True),  # UTS #46
+        ("https://straße.example/callback", "https://strasse.example", False),
         ("com.example.app:/callback", "null", False),  # a native app has no web origin
     ],
 )

@@ -56,6 +56,7 @@ def test_redirect_uri_matching(registered: str, requested: str, matches: bool) -
         "https:///cb",
         "javascript:alert(1)",
         "https://app.example.com/a b",
+        "https://app.example.com\\@evil.example/cb",
     ],
 )
 def test_unsafe_redirect_uris_cannot_be_registered(uri: str, runner: FlaskCliRunner) -> None:

@@ -10,9 +10,11 @@ authorised by a cookie, so a page can read only answers to requests carrying its
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 
+import idna
 from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Response
 
@@ -38,13 +40,14 @@ _EXTENSION = "tokenserver.web_origins"
 
 
 class WebOrigins:
-    """This worker's copy of the origins of every registered redirect URI, kept `ttl` seconds.
+    """This worker's copy of the origins of every registered redirect URI, kept `ttl` seconds:
+    each reload reads every client's redirect URIs.
 
     A cache: the process that changes a client forgets it at once (clients.on_change); other
     workers and nodes see a new or deleted client's origin within `ttl`.
     """
 
-    def __init__(self, ttl: float = 1.0) -> None:
+    def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
         self._until = 0.0
         self._origins: frozenset[str] = frozenset()
@@ -79,16 +82,20 @@ class WebOrigins:
         self._until = time.monotonic() + self.ttl
 
 
+@functools.lru_cache(maxsize=65536)  # each reload parses only URIs it has not seen
 def _origin_of(uri: str) -> tuple[str, str] | None:
     """The origin of a page at `uri` as a browser sends it, and its host; None for a native
     app's private-use URI."""
     parts = readable_parts(uri)
     if parts is None or parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
-    try:
-        host = parts.hostname.encode("idna").decode("ascii")  # browsers send IDNs in punycode
-    except UnicodeError:
-        return None
+    host = parts.hostname
+    if not host.isascii():
+        try:
+            # As browsers do (UTS #46, non-transitional): "straße" is not "strasse".
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError:
+            return None
     host = f"[{host}]" if ":" in host else host
     port = parts.port
     if port is None or port == _DEFAULT_PORTS[parts.scheme]:

@@ -69,6 +69,10 @@ def redirect_uri_problem(uri: str) -> str | None:
         return "must be an absolute URI without spaces"
     if not uri.isprintable():
         return "must not hold control characters"  # e.g. a NUL, which PostgreSQL cannot store
+    if "\\" in uri:
+        # Not allowed in a URI (RFC 3986), and read differently by browsers and by Python:
+        # browsers see app.example in "https://app.example\@evil.example/", Python evil.example.
+        return "must not hold a backslash"
     parts = readable_parts(uri)
     if parts is None:
         return UNREADABLE
