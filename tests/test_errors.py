@@ -42,6 +42,19 @@ def test_unexpected_error_is_json_500_with_request_id(app: Flask, caplog) -> Non
     assert response.headers["X-Request-ID"] == "req-123"
 
 
+def test_an_exhausted_connection_pool_is_json_503(app: Flask) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    @app.get("/busy")
+    def busy() -> None:
+        raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+
+    response = app.test_client().get("/busy")
+    _assert_json_error(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "1"
+    assert "QueuePool" not in response.get_data(as_text=True)
+
+
 def test_request_id_is_made_when_absent_or_unsafe(client: FlaskClient) -> None:
     made = client.get("/healthz").headers["X-Request-ID"]
     assert len(made) == 32

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -109,6 +110,14 @@ def _database_error(exc: DBAPIError) -> Response:
     )
 
 
+def _pool_exhausted(exc: PoolTimeout) -> Response:
+    # Every pooled connection stayed busy for pool_timeout: an overload, not our bug.
+    log.warning("no database connection free: %s", exc.__class__.__name__)
+    return error_response(
+        503, "service_unavailable", "The service is busy; try again shortly.", {"Retry-After": "1"}
+    )
+
+
 def schema_missing(exc: DBAPIError) -> bool:
     """Whether the database answered but lacks our tables or columns (not migrated to head)."""
     orig = exc.orig
@@ -140,6 +149,7 @@ def register_error_handlers(app: Flask) -> None:
     )
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
+    app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(Exception, _unexpected)
 
 
