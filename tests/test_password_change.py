@@ -5,11 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from tokenserver import accounts
+from tokenserver.extensions import db
 from tokenserver.guard import FREE_ATTEMPTS
+from tokenserver.models import User
+from tokenserver.store import sessions, tokens
 
 from .conftest import PASSWORD, Actions
 from .helpers import Flow, assert_oauth_error, refresh_grant
@@ -112,3 +118,57 @@ def test_changing_the_password_by_api_also_ends_browser_sessions(
     assert browser.client.get("/account").status_code == 200
     assert _change(actions.client, here["access_token"], PASSWORD).status_code == 204
     assert browser.client.get("/account").headers["Location"].startswith("/login")
+
+
+def test_a_password_login_checked_just_before_a_new_password_stores_nothing(
+    app: Flask, actions: Actions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old password was right when checked; the operator's reset commits before the login
+    # stores its tokens. Whoever held the old password must not keep a login.
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    store_issued = tokens.store_issued
+
+    def reset_first(*args: Any, **kwargs: Any) -> Any:
+        accounts.reset_password("alice", NEW)
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "store_issued", reset_first)
+    assert_oauth_error(actions.token(oauth_client, "alice"), 400, "invalid_grant")
+    with app.app_context():
+        user = accounts.get("alice")
+        assert tokens.signed_in_apps(user.id) == []
+    monkeypatch.undo()
+    assert actions.token(oauth_client, "alice", NEW).status_code == 200
+
+
+def test_a_sign_in_checked_just_before_a_new_password_starts_no_session(
+    app: Flask, client: FlaskClient, actions: Actions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    actions.user("alice")
+    start = sessions.start
+
+    def reset_first(*args: Any, **kwargs: Any) -> Any:
+        accounts.reset_password("alice", NEW)
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "start", reset_first)
+    refused = Flow(app, client).login()
+    assert refused.status_code == 401  # as for a wrong password
+    assert client.get("/account").status_code == 303  # no session: off to /login
+    monkeypatch.undo()
+    assert Flow(app, client).login(password=NEW).status_code == 303
+    assert client.get("/account").status_code == 200
+
+
+def test_a_login_that_upgrades_an_old_hash_is_stored(make_app: Any) -> None:
+    # The login rehashes with new parameters before it stores: the hash it checked is the new one.
+    app = make_app()
+    Actions(app, app.test_client()).user("alice")
+    stronger = make_app(argon2_time_cost=2)
+    actions = Actions(stronger, stronger.test_client())
+    with stronger.app_context():
+        before = db.session.scalars(select(User.password_hash)).one()
+    assert actions.token(actions.oauth_client(), "alice").status_code == 200
+    with stronger.app_context():
+        assert db.session.scalars(select(User.password_hash)).one() != before

@@ -7,6 +7,7 @@ import hmac
 import re
 import string
 from collections.abc import Sequence
+from dataclasses import replace
 
 from . import audit
 from .errors import APIError, Conflict, InvalidRequest, NotFound
@@ -119,7 +120,7 @@ def _check_password(username: str, password: str) -> Subject | None:
     if verdict.new_hash:
         # The parameters changed, or a legacy Werkzeug hash: store the current kind.
         users.set_password_hash(user.id, verdict.new_hash)
-    return user
+    return replace(user, checked_hash=verdict.new_hash or found.password_hash)
 
 
 def _as_utf8(text: str) -> str:

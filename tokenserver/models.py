@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,6 +134,10 @@ class Subject:
     username: str
     disabled: bool
     created_at: datetime
+    # Set only on a login: the password hash its password was just checked against. What the
+    # login stores (a token family, a browser session) is stored only while it is still the
+    # user's, so a login racing a password change cannot outlive it.
+    checked_hash: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Any) -> Subject:

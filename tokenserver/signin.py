@@ -35,9 +35,10 @@ def sign_in(
         return None
     if previous:
         sign_out(previous)  # a cookie planted before sign-in never becomes a session (fixation)
-    secret, session_id = sessions.start(
-        user.id, current_settings().login_session_max_age, user_agent
-    )
+    started = sessions.start(user, current_settings().login_session_max_age, user_agent)
+    if started is None:
+        return None  # disabled, or a new password, since the check: a failed sign-in
+    secret, session_id = started
     audit.event("session.started", user_id=user.id, session_id=session_id)
     return NewSession(secret, session_id)
 

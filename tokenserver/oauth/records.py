@@ -119,6 +119,7 @@ def record_issued(
             issued,
             " ".join(resources or []),
             dpop_jkt,
+            getattr(user, "checked_hash", None),
         )
     try:
         outcome = tokens.store_issued(
@@ -137,8 +138,8 @@ def record_issued(
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
     if outcome in (Issued.USER_DISABLED, Issued.SIGNED_OUT):
-        # Disabled, or the code's browser session signed out, while signing in; said as for
-        # any refused sign-in (no account-state oracle).
+        # Disabled, a new password, or the code's browser session signed out, while signing
+        # in; said as for any refused sign-in (no account-state oracle).
         raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
 

@@ -43,21 +43,43 @@ class SessionInfo:
     expires_at: datetime
 
 
-def start(user_id: int, max_age: int, user_agent: str) -> tuple[str, str]:
-    """A new session for a user who has just proven their password: (cookie secret, id)."""
+_STARTED = ("id", "secret_hash", "user_agent", "auth_time", "expires_at")
+# Stored only while the user is enabled and the password they proved is still theirs, in one
+# statement: a sign-in racing `users disable` or a password change lands first (and is ended
+# with the rest) or not at all.
+_START = (
+    insert(_sessions)
+    .from_select(
+        [*_STARTED, "user_id"],
+        select(
+            *(bindparam(name, type_=_sessions.c[name].type) for name in _STARTED), _users.c.id
+        ).where(
+            _users.c.id == bindparam("user_id"),
+            _users.c.disabled.is_(False),
+            _users.c.password_hash == bindparam("checked_hash"),
+        ),
+    )
+    .returning(_sessions.c.id)
+)
+
+
+def start(user: Subject, max_age: int, user_agent: str) -> tuple[str, str] | None:
+    """A new session for a user who has just proven their password: (cookie secret, id); None
+    if they were disabled or their password changed since it was checked."""
     secret, now = new_secret(32), utcnow()
     session_id = secrets.token_hex(16)
     row = {
         "id": session_id,
         "secret_hash": digest(secret),  # a stolen database holds no usable cookie
-        "user_id": user_id,
+        "user_id": user.id,
+        "checked_hash": user.checked_hash,
         "user_agent": "".join(ch for ch in user_agent if ch.isprintable())[:200],
         "auth_time": now,
         "expires_at": now + timedelta(seconds=max_age),
     }
     with db.engine.begin() as conn:
-        conn.execute(insert(_sessions).values(row))
-    return secret, session_id
+        started = conn.execute(_START, row).first()
+    return (secret, session_id) if started is not None else None
 
 
 _LIVE = (

@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    String,
     Table,
     and_,
     bindparam,
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -134,7 +136,7 @@ class Issued(enum.Enum):
     STORED = "stored"
     CODE_SPENT = "code spent"  # another request spent the authorization code first
     PARENT_SPENT = "parent spent"  # the refresh token was spent (or revoked) meanwhile
-    USER_DISABLED = "user disabled"  # the new login's user was disabled meanwhile
+    USER_DISABLED = "user disabled"  # its user was disabled, or got a new password, meanwhile
     SIGNED_OUT = "signed out"  # the browser session that got the code has ended
 
 
@@ -148,6 +150,7 @@ class NewLogin:
     created_at: datetime
     resources: str  # RFC 8707 resources, space separated
     dpop_jkt: str | None
+    checked_hash: str | None = None  # a password login's: stored only while it is the user's
 
 
 def _subject(row: Any) -> Subject | None:
@@ -161,15 +164,19 @@ def _typed(column: Any) -> Any:
 
 
 _INSERT_RECORDS = insert(_records)
-# A new login's family is stored only while its user is still enabled, in one statement: a
-# login racing `users disable` either lands first (and is revoked with the rest) or not at all.
+# A new login's family is stored only while its user is still enabled and, for a password
+# login, the password it proved is still theirs, in one statement: a login racing `users
+# disable` or a password change either lands first (and is revoked with the rest) or not at all.
 _FAMILY_COLUMNS = ("id", "client_id", "created_at", "resources", "dpop_jkt")
+_CHECKED_HASH = bindparam("checked_hash", type_=String())
 _INSERT_USER_FAMILY = (
     insert(_families)
     .from_select(
         [*_FAMILY_COLUMNS, "user_id"],
         select(*(_typed(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id).where(
-            _users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)
+            _users.c.id == bindparam("user_id"),
+            _users.c.disabled.is_(False),
+            or_(_CHECKED_HASH.is_(None), _users.c.password_hash == _CHECKED_HASH),
         ),
     )
     .returning(_families.c.id)
@@ -278,7 +285,8 @@ def _issue(
     if login.user_id is None:
         conn.execute(_INSERT_CLIENT_FAMILY, family)
         return Issued.STORED
-    inserted = conn.execute(_INSERT_USER_FAMILY, family | {"user_id": login.user_id}).first()
+    params = family | {"user_id": login.user_id, "checked_hash": login.checked_hash}
+    inserted = conn.execute(_INSERT_USER_FAMILY, params).first()
     return Issued.STORED if inserted is not None else Issued.USER_DISABLED
 
 
