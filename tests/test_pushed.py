@@ -16,7 +16,7 @@ from tokenserver.browser_models import PushedAuthorization
 from tokenserver.extensions import db
 from tokenserver.oauth.pushed import LIFETIME, REQUEST_URI_PREFIX
 
-from .helpers import REDIRECT, Flow, authorization_request, pkce, query_of
+from .helpers import REDIRECT, Flow, Prover, authorization_request, pkce, query_of
 
 OTHER_REDIRECT = "https://app.example.com/other"
 
@@ -243,17 +243,113 @@ def test_metadata_names_the_endpoint(client: FlaskClient) -> None:
         assert document["require_pushed_authorization_requests"] is False
 
 
-def test_purge_deletes_pushed_requests_long_expired(
+def test_purge_deletes_pushed_requests_once_expired(
     flow: Flow, app: Flask, runner: FlaskCliRunner, frozen: Any
 ) -> None:
     client_id, secret = flow.register()
     _verifier, challenge = pkce()
     _pushed(flow, client_id, secret, challenge)
-    kept = runner.invoke(args=["tokens", "purge", "--older-than", "60"])
+    kept = runner.invoke(args=["tokens", "purge"])
     assert "0 pushed authorization requests" in kept.output and _stored(app) == 1
-    frozen.shift(LIFETIME + 61)
-    purged = runner.invoke(args=["tokens", "purge", "--older-than", "60"])
+    frozen.shift(LIFETIME + 1)  # dead at once: --older-than (a day by default) is not waited
+    purged = runner.invoke(args=["tokens", "purge"])
     assert "1 pushed authorization request" in purged.output and _stored(app) == 0
+
+
+def test_a_pushed_max_age_counts_from_the_sign_in(flow: Flow, frozen: Any) -> None:
+    client_id, secret = flow.register(first_party=True)
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, max_age="10")
+    flow.login()  # after the push, for it
+    frozen.shift(250)  # ...but long ago now
+    again = _by_reference(flow, client_id, request_uri)
+    assert again.headers["Location"].startswith("/login?")
+
+
+def test_a_dpop_proof_sent_with_the_push_binds_the_code(flow: Flow, app: Flask) -> None:
+    client_id, _ = flow.register(public=True, first_party=True)
+    verifier, challenge = pkce()
+    issuer = app.extensions["tokenserver.settings"].issuer
+    prover = Prover()
+    body = authorization_request(client_id, challenge)
+    proof = prover.proof("POST", f"{issuer}/oauth/par")
+    pushed = flow.client.post("/oauth/par", data=body, headers={"DPoP": proof})
+    assert pushed.status_code == 201, pushed.json
+    flow.login()
+    location = _by_reference(flow, client_id, pushed.json["request_uri"]).headers["Location"]
+    code = query_of(location)["code"]
+    unbound = flow.exchange(client_id, None, code, verifier)  # no proof of the key: refused
+    assert unbound.status_code == 400, unbound.json
+    assert unbound.json["error"] in ("invalid_dpop_proof", "invalid_grant")
+
+
+@pytest.mark.parametrize("case", ["another key's dpop_jkt", "a malformed proof"])
+def test_a_bad_dpop_proof_with_the_push_is_refused(flow: Flow, app: Flask, case: str) -> None:
+    client_id, _ = flow.register(public=True)
+    _verifier, challenge = pkce()
+    issuer = app.extensions["tokenserver.settings"].issuer
+    if case == "a malformed proof":
+        body, proof = authorization_request(client_id, challenge), "not.a.proof"
+    else:
+        body = authorization_request(client_id, challenge, dpop_jkt=Prover().jkt)
+        proof = Prover().proof("POST", f"{issuer}/oauth/par")
+    response = flow.client.post("/oauth/par", data=body, headers={"DPoP": proof})
+    assert response.status_code == 400 and response.json["error"] == "invalid_dpop_proof"
+    assert _stored(app) == 0
+
+
+def test_unknown_parameters_are_not_stored_and_a_huge_request_is_refused(
+    flow: Flow, app: Flask
+) -> None:
+    client_id, _ = flow.register(public=True)
+    _verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge) | {"unknown": "x" * 60000}
+    assert flow.client.post("/oauth/par", data=body).status_code == 201
+    with app.app_context():
+        stored = db.session.scalars(select(PushedAuthorization.parameters)).one()
+    assert "unknown" not in stored and len(stored) < 1000
+    huge = authorization_request(client_id, challenge, state="s" * 9000)
+    response = flow.client.post("/oauth/par", data=huge)
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert _stored(app) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"resource": "https://unknown.example/"}, "invalid_target"),
+        ({"nonce": "n" * 400}, "invalid_request"),
+        ({"dpop_jkt": "not-a-thumbprint"}, "invalid_request"),
+        ({"prompt": "none login"}, "invalid_request"),
+    ],
+)
+def test_a_prompt_none_push_is_checked_like_any_other(
+    flow: Flow, app: Flask, change: dict[str, str], error: str
+) -> None:
+    client_id, _ = flow.register(public=True)
+    _verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge, prompt="none") | change
+    response = flow.client.post("/oauth/par", data=body)
+    assert response.status_code == 400 and response.json["error"] == error, response.json
+    assert _stored(app) == 0
+
+
+def test_a_pushed_login_hint_stays_off_the_sign_in_url(flow: Flow) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, login_hint="alice@example.com")
+    location = _by_reference(flow, client_id, request_uri).headers["Location"]
+    assert location.startswith("/login?") and "alice" not in location
+
+
+def test_a_head_request_issues_nothing_and_spends_nothing(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    query = urlencode({"client_id": client_id, "request_uri": request_uri})
+    assert flow.client.head("/oauth/authorize?" + query).status_code == 405
+    assert "code" in query_of(_by_reference(flow, client_id, request_uri).headers["Location"])
 
 
 def test_a_keyed_client_pushes_with_an_assertion_for_the_push_endpoint(

@@ -34,7 +34,9 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "initial access tokens": initial_tokens.purge(cutoff),
         "device authorizations": devices.purge(cutoff, batch_size),
         "authorization codes": codes.purge(cutoff, batch_size),
-        "pushed authorization requests": pushed.purge(cutoff, batch_size),
+        # Dead once expired, whatever --older-than says: an unknown or expired request_uri
+        # gets the same page.
+        "pushed authorization requests": pushed.purge(utcnow(), batch_size),
         "browser sessions": sessions.purge(cutoff, batch_size),
         # Kept until its JWT can no longer pass the exp check (leeway included); after that
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.

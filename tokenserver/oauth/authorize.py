@@ -29,6 +29,7 @@ from .server import current_server
 # RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, base64url without padding.
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
+_TRIP = timedelta(seconds=60)  # from /login back to a pushed request, at most
 
 
 class BadAuthorizationRequest(Exception):
@@ -164,13 +165,16 @@ def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
     request = authorization.grant.request
     prompt, max_age = _prompts(request), _max_age(request)
     since = authorization.since
+    # A sign-in since a pushed request was pushed was made for it: it meets prompt=login, and
+    # max_age with the moment the way back from /login takes.
     fresh = signed_in is not None and since is not None and signed_in.auth_time >= since
+    trip = _TRIP if fresh else timedelta()
     stale = (
         signed_in is not None
         and max_age is not None
-        and utcnow() - signed_in.auth_time > timedelta(seconds=max_age)
+        and utcnow() - signed_in.auth_time > timedelta(seconds=max_age) + trip
     )
-    if signed_in is None or (not fresh and ({"login", "select_account"} & prompt or stale)):
+    if signed_in is None or stale or (not fresh and {"login", "select_account"} & prompt):
         if "none" in prompt:
             _refuse(authorization, "login_required", "The user is not signed in.")
         return Next.LOGIN

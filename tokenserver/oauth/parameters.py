@@ -36,6 +36,22 @@ _UNSUPPORTED: dict[str, type[OAuth2Error]] = {
     "request_uri": RequestURINotSupportedError,
     "registration": RegistrationNotSupportedError,
 }
+# Every parameter an authorization request may carry that we read, check or refuse; a pushed
+# request (RFC 9126) keeps these only (RFC 6749 §3.1: unknown parameters are ignored).
+AUTHORIZATION_PARAMETERS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "resource",
+        *_ONCE,
+        *_UNSUPPORTED,
+    }
+)
 # OpenID Connect Core §3.1.2.1; select_account is met by signing in again, as Keycloak does.
 PROMPTS = ("none", "login", "consent", "select_account")
 _MAX_AGE = re.compile(r"[0-9]{1,10}")  # seconds, ASCII digits; ten of them is over 300 years

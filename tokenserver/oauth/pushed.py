@@ -9,6 +9,7 @@ history, logs or referrers), and a request too long for a URL fits.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,22 +22,20 @@ from werkzeug.datastructures import MultiDict
 from ..digests import digest, new_secret
 from ..models import Client
 from ..store import pushed as store
+from . import dpop
 from .authorize import BadAuthorizationRequest, RedirectBack, validate
 from .grants import _AUTH_METHODS
+from .parameters import AUTHORIZATION_PARAMETERS
 
 # RFC 9126 §2.2: the URN prefix of a request_uri the server made up.
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
 # Seconds a pushed request lives: long enough to sign in and consent on the way, since the
 # request_uri is what the browser carries through /login and /consent (FAPI 2.0: under 600).
 LIFETIME = 300
-# Client authentication travels with the push; it is not part of the authorization request.
-_CLIENT_AUTHENTICATION = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
 _MAX_REQUEST_URI = 128  # ours are about 80 characters
-# Errors that depend on who is signed in (OpenID Connect Core §3.1.2.6): judged when the
-# browser arrives, as they would be for the same request sent without pushing it.
-_ABOUT_THE_USER = frozenset(
-    {"login_required", "consent_required", "interaction_required", "account_selection_required"}
-)
+# What one stored request may take (JSON of its parameters): far more than any real request,
+# far less than what a stranger pushing for a public client could otherwise store.
+_MAX_STORED = 8192
 EXPIRED = "This sign-in link has expired or has been used: go back to the app and start again."
 
 
@@ -69,19 +68,17 @@ class PushedAuthorizationEndpoint(Endpoint):  # type: ignore[misc]
         if "request_uri" in form:
             # RFC 9126 §2.1: a pushed request cannot name another one.
             raise InvalidRequestError("'request_uri' must not be pushed.")
-        parameters = [
+        # Client authentication is not part of the request, and unknown parameters are ignored
+        # (RFC 6749 §3.1): neither is stored.
+        parameters = [("client_id", client.client_id)] + [
             (name, value)
             for name, value in form.items(multi=True)
-            if name not in _CLIENT_AUTHENTICATION and name != "client_id"
+            if name in AUTHORIZATION_PARAMETERS and name != "client_id"
         ]
-        parameters.insert(0, ("client_id", client.client_id))  # the authenticated client's
-        try:
-            validate(None, MultiDict(parameters))
-        except BadAuthorizationRequest as exc:
-            raise InvalidRequestError(exc.description) from None
-        except RedirectBack as exc:
-            if exc.error not in _ABOUT_THE_USER:
-                raise InvalidPushError(exc.error, exc.description) from None
+        parameters = _bound_to_proof(parameters)
+        if len(json.dumps(parameters)) > _MAX_STORED:
+            raise InvalidRequestError("The authorization request is too large.")
+        _check(parameters)
         return _Push(request, client, parameters)
 
     def create_response(self, validated: _Push) -> tuple[int, dict[str, Any], list[Any]]:
@@ -90,6 +87,38 @@ class PushedAuthorizationEndpoint(Endpoint):  # type: ignore[misc]
         store.save(digest(request_uri), validated.client.client_id, validated.parameters, LIFETIME)
         body = {"request_uri": request_uri, "expires_in": LIFETIME}
         return 201, body, [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+def _bound_to_proof(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 9449 §10.1: a DPoP proof sent with the push binds the code to its key, as dpop_jkt
+    would; both sent must name the same key."""
+    try:
+        jkt = dpop.request_proof()
+    except dpop.InvalidProof as exc:
+        raise dpop.InvalidDPoPProofError(exc.reason) from None
+    if jkt is None:
+        return parameters
+    sent = [value for name, value in parameters if name == "dpop_jkt"]
+    if sent and sent != [jkt]:
+        raise dpop.InvalidDPoPProofError("dpop_jkt is not the thumbprint of the proof's key.")
+    return parameters if sent else [*parameters, ("dpop_jkt", jkt)]
+
+
+def _check(parameters: list[tuple[str, str]]) -> None:
+    """Check a pushed request as the authorization endpoint will (RFC 9126 §2.1), except for
+    who is signed in: prompt=none is judged when the browser arrives."""
+    checked = MultiDict(parameters)
+    prompts = (checked.get("prompt") or "").split()
+    if "none" in prompts and len(checked.getlist("prompt")) == 1:  # repeated: refused below
+        if len(prompts) > 1:
+            raise InvalidRequestError("prompt=none stands alone")
+        checked.setlist("prompt", [])
+    try:
+        validate(None, checked)
+    except BadAuthorizationRequest as exc:
+        raise InvalidRequestError(exc.description) from None
+    except RedirectBack as exc:
+        raise InvalidPushError(exc.error, exc.description) from None
 
 
 @dataclass(frozen=True)

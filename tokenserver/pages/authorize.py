@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 from authlib.oauth2 import OAuth2Error
 from flask import redirect, request
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
 from .. import signin
@@ -94,7 +94,7 @@ def _to_login(sent: _Request, status: int = 302) -> Response:
             params.append(("prompt", " ".join(prompts)))
     back = "/oauth/authorize?" + urlencode(params)
     query = {"next": back}
-    if parameters.get("login_hint"):
+    if parameters.get("login_hint") and sent.pushed is None:  # a pushed one stays off URLs
         query["login_hint"] = parameters["login_hint"]
     return redirect("/login?" + urlencode(query), status)
 
@@ -117,6 +117,10 @@ def _as_get(sent: _Request) -> Response:
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize_endpoint() -> Response:
     """RFC 6749 §4.1.1 with PKCE: sign in, consent, then a code for the client."""
+    if request.method == "HEAD":
+        # Flask answers HEAD with the GET view, which would issue a code (and answer a pushed
+        # request) for a link checker that never follows it.
+        raise MethodNotAllowed(["GET", "POST"])
     sent = _Request(_parameters())
     signed_in = web.signed_in()
     if signed_in is None and request.method == "POST":
