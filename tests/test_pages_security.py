@@ -136,6 +136,15 @@ def _alice_id(app: Flask) -> int:
         return user.id
 
 
+def _a_code_not_yet_exchanged(flow: Flow) -> Any:
+    """Alice signed in and got a code for a first-party app: its exchange, to call later."""
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    return lambda: flow.exchange(client_id, secret, code, verifier)
+
+
 def _live_apps(app: Flask, user_id: int) -> list[Any]:
     with app.app_context():
         return tokens.signed_in_apps(user_id)
@@ -147,10 +156,7 @@ def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
 ) -> None:
     # "Sign out everywhere" (or an operator's password reset) commits after the exchange
     # looked its code up and before it stores the tokens: nothing it stores may outlive it.
-    client_id, secret = flow.register(first_party=True)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(client_id, challenge)
+    exchange_of = _a_code_not_yet_exchanged(flow)
     user_id = _alice_id(app)
     store_issued = tokens.store_issued
 
@@ -163,7 +169,7 @@ def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
         return store_issued(*args, **kwargs)
 
     monkeypatch.setattr(tokens, "store_issued", signed_out_first)
-    response = flow.exchange(client_id, secret, code, verifier)
+    response = exchange_of()
     assert response.status_code == 400 and response.json["error"] == "invalid_grant"
     assert _live_apps(app, user_id) == []
 
@@ -175,10 +181,7 @@ def test_a_sign_out_committing_during_the_exchange_waits_for_it(
     # the exchange must wait for it and then see the session ended.
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite runs one write transaction at a time")
-    client_id, secret = flow.register(first_party=True)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(client_id, challenge)
+    exchange_of = _a_code_not_yet_exchanged(flow)
     user_id = _alice_id(app)
     answers: list[Any] = []
     engine = create_engine(database_url)
@@ -187,9 +190,7 @@ def test_a_sign_out_committing_during_the_exchange_waits_for_it(
             signing_out = other.begin()
             ended = BrowserSession.__table__.update().values(ended_at=datetime.now(UTC))
             other.execute(ended.where(BrowserSession.user_id == user_id))
-            exchange = threading.Thread(
-                target=lambda: answers.append(flow.exchange(client_id, secret, code, verifier))
-            )
+            exchange = threading.Thread(target=lambda: answers.append(exchange_of()))
             exchange.start()
             _until_a_backend_waits_for_a_lock(other, exchange)
             signing_out.commit()
@@ -208,10 +209,7 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
     # revocation then sees the login the exchange stored.
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite runs one write transaction at a time")
-    client_id, secret = flow.register(first_party=True)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(client_id, challenge)
+    exchange_of = _a_code_not_yet_exchanged(flow)
     user_id = _alice_id(app)
     holding, release = threading.Event(), threading.Event()
     signed_in = sessions.signed_in
@@ -224,9 +222,7 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
 
     monkeypatch.setattr(sessions, "signed_in", held)
     answers: list[Any] = []
-    exchange = threading.Thread(
-        target=lambda: answers.append(flow.exchange(client_id, secret, code, verifier))
-    )
+    exchange = threading.Thread(target=lambda: answers.append(exchange_of()))
     exchange.start()
     assert holding.wait(30)
 
@@ -266,13 +262,10 @@ def _until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> No
 
 
 def test_ending_another_session_leaves_this_sessions_code(app: Flask, flow: Flow) -> None:
-    client_id, secret = flow.register(first_party=True)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(client_id, challenge)
+    exchange_of = _a_code_not_yet_exchanged(flow)
     Flow(app, app.test_client()).login()
     _end_the_other_session(flow)  # the newer session, not this browser's
-    assert flow.exchange(client_id, secret, code, verifier).status_code == 200
+    assert exchange_of().status_code == 200
 
 
 @pytest.mark.parametrize(
