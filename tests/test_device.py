@@ -16,8 +16,10 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, text
 
+from tokenserver import accounts
 from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
 from tokenserver.observability import JSONFormatter
+from tokenserver.store import tokens
 
 from .conftest import PASSWORD, Actions, RegisteredClient
 from .helpers import Flow, csrf_of
@@ -463,6 +465,36 @@ def test_a_user_disabled_after_approving_gets_no_tokens(
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
     runner.invoke(args=["users", "enable", "alice"])
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"  # the code died
+
+
+def test_an_approval_dies_with_the_browser_session_that_gave_it(device: Device) -> None:
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    token = csrf_of(device.client.get("/account").text)
+    signed_out = device.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
+    assert signed_out.status_code == 303
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"
+
+
+def test_a_reset_landing_between_the_poll_and_its_tokens_leaves_none(
+    app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device code is spent, and its tokens not yet stored, when the operator's reset
+    # commits: they are never stored.
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    store_issued = tokens.store_issued
+
+    def reset_first(*args: Any, **kwargs: Any) -> Any:
+        accounts.reset_password("alice", "a different long passphrase")
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "store_issued", reset_first)
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"
+    with app.app_context():
+        assert tokens.signed_in_apps(accounts.get("alice").id) == []
 
 
 def test_wrong_codes_are_limited_per_ip_and_per_browser_session(

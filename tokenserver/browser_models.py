@@ -117,6 +117,8 @@ class DeviceAuthorization(db.Model):  # type: ignore[name-defined,misc]
         BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the approver's sign-in
+    # The approver's browser session: the approval dies with it, as a code does.
+    session_id: Mapped[str | None] = mapped_column(String(32))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # tokens were issued
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

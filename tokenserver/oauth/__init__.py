@@ -68,6 +68,8 @@ def init_oauth(app: Flask) -> None:
                 session_max_age=settings.session_max_age,
                 resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
                 code_hash=code.code_hash if code is not None else None,
+                # Set by the device grant: the approval's browser session must still be live.
+                session_id=getattr(getattr(request, "credential", None), "session_id", None),
                 # RFC 9449 §5: a public client's refresh tokens are bound to its DPoP key.
                 dpop_jkt=dpop.bound_key() if request.client.is_public else None,
             )

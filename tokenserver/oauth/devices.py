@@ -191,8 +191,11 @@ def decide(user_code: str, signed_in: SignedIn, allowed: bool) -> bool:
     if code is None:
         return False
     found = devices.pending(digest(code))
+    if found is None:
+        return False
     user = signed_in.user
-    if found is None or not devices.decide(digest(code), user.id, allowed, signed_in.auth_time):
+    session = signed_in.session_id
+    if not devices.decide(digest(code), user.id, allowed, signed_in.auth_time, session):
         return False
     audit.event(
         "device.allowed" if allowed else "device.denied",

@@ -68,6 +68,7 @@ def record_issued(
     resources: list[str] | None = None,
     code_hash: str | None = None,
     dpop_jkt: str | None = None,
+    session_id: str | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
@@ -77,7 +78,8 @@ def record_issued(
     grant has no other use for. A refresh token never outlives its login's session
     (`session_max_age` from the login; the app's setting when not given). A new login keeps
     the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for,
-    and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any.
+    and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any. A login approved in
+    a browser session (a device's, `session_id`) is stored only while that session is live.
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -120,6 +122,7 @@ def record_issued(
             " ".join(resources or []),
             dpop_jkt,
             getattr(user, "checked_hash", None),
+            session_id,
         )
     try:
         outcome = tokens.store_issued(

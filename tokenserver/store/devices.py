@@ -51,6 +51,7 @@ class DeviceCredential:
     status: str
     user_id: int | None
     auth_time: datetime | None
+    session_id: str | None  # the approver's browser session
     used_at: datetime | None
     expires_at: datetime
 
@@ -189,13 +190,16 @@ _DECIDE = update(_devices).where(
 )
 
 
-def decide(user_code_hash: str, user_id: int, allowed: bool, auth_time: datetime) -> bool:
+def decide(
+    user_code_hash: str, user_id: int, allowed: bool, auth_time: datetime, session_id: str
+) -> bool:
     """Record the user's answer on a pending, live code; False if it was decided or expired."""
     now = utcnow()
     values = {
         "status": ALLOWED if allowed else DENIED,
         "user_id": user_id,
         "auth_time": auth_time,
+        "session_id": session_id,
         "decided_at": now,
     }
     with db.engine.begin() as conn:

@@ -151,6 +151,7 @@ class NewLogin:
     resources: str  # RFC 8707 resources, space separated
     dpop_jkt: str | None
     checked_hash: str | None = None  # a password login's: stored only while it is the user's
+    session_id: str | None = None  # a device login's approver's: stored only while it is live
 
 
 def _subject(row: Any) -> Subject | None:
@@ -275,6 +276,9 @@ def _issue(
     if parent_hash is not None:
         return Issued.STORED if _spend(conn, parent_hash, reuse_grace) else Issued.PARENT_SPENT
     assert login is not None, "a token response comes from a new login or a refresh token"
+    # A device approval dies with the browser session that gave it, as a code does.
+    if login.session_id is not None and not sessions.signed_in(conn, login.session_id):
+        return Issued.SIGNED_OUT
     family = {
         "id": login.family_id,
         "client_id": login.client_id,
