@@ -36,7 +36,7 @@ _MAX_REQUEST_URI = 128  # ours are about 80 characters
 # What one stored request may take (JSON of its parameters): far more than any real request,
 # far less than what a stranger pushing for a public client could otherwise store.
 _MAX_STORED = 8192
-EXPIRED = "This sign-in link has expired or has been used: go back to the app and start again."
+EXPIRED = "This sign-in link has expired or has been used."
 
 
 class InvalidPushError(OAuth2Error):
