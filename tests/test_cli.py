@@ -222,6 +222,16 @@ def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
     assert "no client" in again.output
 
 
+def test_clients_create_pushed_only_and_list_show_it(runner: FlaskCliRunner) -> None:
+    made = runner.invoke(args=["clients", "create", "bank", "--pushed-only", "--json"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["require_pushed_authorization_requests"] is True
+    plain = json.loads(runner.invoke(args=["clients", "create", "web", "--json"]).stdout)
+    assert plain["require_pushed_authorization_requests"] is False
+    lines = runner.invoke(args=["clients", "list"]).stdout.splitlines()
+    assert [" pushed-only\t" in line for line in lines] == [True, False]
+
+
 def test_clients_create_dpop_bound_and_list_show_it(runner: FlaskCliRunner) -> None:
     made = runner.invoke(args=["clients", "create", "agent", "--dpop-bound", "--json"])
     assert made.exit_code == 0, made.output

@@ -379,3 +379,45 @@ def test_a_keyed_client_pushes_with_an_assertion_for_the_push_endpoint(
             "client_assertion": assertion,
         }
         assert flow.client.post("/oauth/par", data=body).status_code == status
+
+
+def test_a_client_registered_pushed_only_takes_no_other_request(flow: Flow, app: Flask) -> None:
+    from tokenserver.clients import ClientSpec, register_client
+
+    with app.app_context():
+        made, secret = register_client(
+            ClientSpec("Bank", redirect_uris=(REDIRECT,), first_party=True, pushed_only=True)
+        )
+    client_id = made.client_id
+    verifier, challenge = pkce()
+    flow.login()
+    # Built by anyone, however valid: a page, never a redirect, whatever it asks.
+    direct = flow.authorize(client_id, challenge)
+    assert direct.status_code == 400 and "Location" not in direct.headers
+    assert "starts its sign-ins itself" in direct.text
+    assert flow.authorize(client_id, challenge, prompt="none").status_code == 400
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    code = query_of(_by_reference(flow, client_id, request_uri).headers["Location"])["code"]
+    assert flow.exchange(client_id, secret, code, verifier).status_code == 200
+
+
+def test_registration_sets_and_clears_pushed_only(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    token = runner.invoke(args=["clients", "registration-token"]).stdout.strip()
+    metadata = {"client_name": "Bank", "redirect_uris": [REDIRECT]}
+    registered = client.post(
+        "/oauth/register",
+        json={**metadata, "require_pushed_authorization_requests": True},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert registered.status_code == 201, registered.json
+    assert registered.json["require_pushed_authorization_requests"] is True
+    manage = {"Authorization": f"Bearer {registered.json['registration_access_token']}"}
+    path = urlsplit(registered.json["registration_client_uri"]).path
+    update = {**metadata, "client_id": registered.json["client_id"]}
+    cleared = client.put(path, json=update, headers=manage)  # RFC 7592 §2.2: omitted is false
+    assert (
+        cleared.status_code == 200
+        and cleared.json["require_pushed_authorization_requests"] is False
+    )

@@ -197,6 +197,11 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"dpop_bound_access_tokens": "true"}, "invalid_client_metadata", "dpop_bound"),
         ({"dpop_bound_access_tokens": 1}, "invalid_client_metadata", "dpop_bound"),
         ({"dpop_bound_access_tokens": None}, "invalid_client_metadata", "dpop_bound"),
+        (
+            {"require_pushed_authorization_requests": "yes"},
+            "invalid_client_metadata",
+            "require_pushed",
+        ),
     ],
 )
 def test_bad_metadata_is_refused_naming_the_field_and_changes_nothing(

@@ -165,6 +165,12 @@ def clients() -> None:
     is_flag=True,
     help="Refuse its token requests without a DPoP proof (RFC 9449 dpop_bound_access_tokens).",
 )
+@click.option(
+    "--pushed-only",
+    is_flag=True,
+    help="Take its authorization requests only pushed to /oauth/par first (RFC 9126 "
+    "require_pushed_authorization_requests).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def clients_create(
     name: str,
@@ -178,6 +184,7 @@ def clients_create(
     jwks_file: Any,
     jwks_uri: str | None,
     dpop_bound: bool,
+    pushed_only: bool,
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
@@ -201,6 +208,7 @@ def clients_create(
         jwks,
         jwks_uri,
         dpop_bound=dpop_bound,
+        pushed_only=pushed_only,
     )
     client, secret = register_client(spec)
     if as_json:
@@ -227,6 +235,7 @@ def clients_list(as_json: bool) -> None:
         kind = "public" if c.is_public else "confidential"
         extra = " introspect" if c.can_introspect else ""
         extra += " dpop-bound" if c.dpop_bound else ""
+        extra += " pushed-only" if c.pushed_only else ""
         audiences = c.audiences or "-"
         click.echo(
             f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"

@@ -72,6 +72,8 @@ class ClientSpec:
     secret_auth_method: str | None = None
     # RFC 9449 §5.2 dpop_bound_access_tokens: token requests without a DPoP proof are refused.
     dpop_bound: bool = False
+    # RFC 9126 §6 require_pushed_authorization_requests: only pushed authorization requests.
+    pushed_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
         "jwks_uri": spec.jwks_uri,
         "secret_auth_method": spec.secret_auth_method,
         "dpop_bound": spec.dpop_bound,
+        "pushed_only": spec.pushed_only,
     }
     return columns, not (spec.public or keyed)
 
@@ -398,6 +401,7 @@ def _audit(name: str, client: Client, **extra: Any) -> None:
         first_party=client.first_party,
         audiences=client.audience_list,
         dpop_bound=client.dpop_bound,
+        pushed_only=client.pushed_only,
         **extra,
     )
 

@@ -194,6 +194,9 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     registration_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     # RFC 9449 §5.2 dpop_bound_access_tokens: every token request must carry a DPoP proof.
     dpop_bound: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # RFC 9126 §6 require_pushed_authorization_requests: /oauth/authorize takes only a request
+    # the client pushed to /oauth/par.
+    pushed_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     @property
     def is_public(self) -> bool:
@@ -310,6 +313,7 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
             "token_endpoint_auth_method": self.auth_method,
             "jwks_uri": self.jwks_uri,
             "dpop_bound_access_tokens": self.dpop_bound,
+            "require_pushed_authorization_requests": self.pushed_only,
             "created_at": isoformat(self.created_at),
         }
 

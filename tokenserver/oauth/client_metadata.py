@@ -19,6 +19,8 @@ _STRINGS = ("client_name", "token_endpoint_auth_method", "scope", "jwks_uri")
 _LISTS = ("redirect_uris", "grant_types", "response_types")
 # RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
 _DPOP_BOUND = "dpop_bound_access_tokens"
+# RFC 9126 §6: the client's authorization requests must be pushed first.
+_PUSHED_ONLY = "require_pushed_authorization_requests"
 _MAX_ITEMS = 20  # redirect URIs, grants: enough for any app, bounded for the database
 
 
@@ -50,11 +52,12 @@ def requested(document: Any) -> dict[str, Any]:
         if not isinstance(document["jwks"], dict):
             raise InvalidClientMetadata('jwks: must be a JSON object with a "keys" array')
         metadata["jwks"] = document["jwks"]
-    if _DPOP_BOUND in document:
-        # A JSON boolean only (RFC 9449 §5.2): "false" is a truthy string, so none is guessed at.
-        if not isinstance(document[_DPOP_BOUND], bool):
-            raise InvalidClientMetadata(f"{_DPOP_BOUND}: must be true or false")
-        metadata[_DPOP_BOUND] = document[_DPOP_BOUND]
+    for flag in (_DPOP_BOUND, _PUSHED_ONLY):
+        if flag in document:
+            # A JSON boolean only: "false" is a truthy string, so none is guessed at.
+            if not isinstance(document[flag], bool):
+                raise InvalidClientMetadata(f"{flag}: must be true or false")
+            metadata[flag] = document[flag]
     if len(metadata.get("client_name", "")) > 200:
         raise InvalidClientMetadata("client_name: at most 200 characters")
     return metadata
@@ -99,6 +102,7 @@ def to_spec(metadata: dict[str, Any]) -> ClientSpec:
         jwks_uri=metadata.get("jwks_uri"),
         secret_auth_method=method if method in _SECRET_METHODS else None,
         dpop_bound=metadata.get(_DPOP_BOUND, False),  # RFC 9449 §5.2: false when omitted
+        pushed_only=metadata.get(_PUSHED_ONLY, False),  # RFC 9126 §6: false when omitted
     )
 
 
@@ -127,6 +131,7 @@ def describe(client: Client) -> dict[str, Any]:
         "token_endpoint_auth_method": client.auth_method,
         "scope": client.scope,
         _DPOP_BOUND: client.dpop_bound,
+        _PUSHED_ONLY: client.pushed_only,
     }
     if client.jwks is not None:
         metadata["jwks"] = json.loads(client.jwks)

@@ -26,6 +26,7 @@ from . import dpop
 from .authorize import BadAuthorizationRequest, RedirectBack, validate
 from .grants import _AUTH_METHODS
 from .parameters import AUTHORIZATION_PARAMETERS
+from .server import current_server
 
 # RFC 9126 §2.2: the URN prefix of a request_uri the server made up.
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
@@ -37,6 +38,7 @@ _MAX_REQUEST_URI = 128  # ours are about 80 characters
 # far less than what a stranger pushing for a public client could otherwise store.
 _MAX_STORED = 8192
 EXPIRED = "This sign-in link has expired or has been used."
+PUSH_REQUIRED = "This app starts its sign-ins itself; this link did not come from it."
 
 
 class InvalidPushError(OAuth2Error):
@@ -150,6 +152,15 @@ def resolve(parameters: MultiDict[str, str]) -> PushedRequest | None:
         raise BadAuthorizationRequest(EXPIRED)
     reference = MultiDict([("client_id", found.client_id), ("request_uri", uri)])
     return PushedRequest(MultiDict(found.parameters), reference, found.pushed_at, request_uri_hash)
+
+
+def check_not_required(parameters: MultiDict[str, str]) -> None:
+    """BadAuthorizationRequest if the request names a client registered to push its requests
+    first (RFC 9126 §6): anyone could have built this one, so it is not even looked at."""
+    client_id = parameters.get("client_id")
+    client = current_server().clients.get(client_id) if client_id else None
+    if client is not None and client.pushed_only:
+        raise BadAuthorizationRequest(PUSH_REQUIRED)
 
 
 def finish(pushed: PushedRequest) -> None:

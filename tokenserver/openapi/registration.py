@@ -39,6 +39,11 @@ def _metadata_properties() -> Doc:
             "description": "RFC 9449 §5.2, default false: when true, every token request of "
             "the client must carry a DPoP proof, else 400 invalid_dpop_proof.",
         },
+        "require_pushed_authorization_requests": {
+            "type": "boolean",
+            "description": "RFC 9126 §6, default false: when true, /oauth/authorize takes only "
+            "requests the client pushed to /oauth/par first (others get an error page).",
+        },
     }
 
 
@@ -79,6 +84,7 @@ def schemas() -> Doc:
                 "token_endpoint_auth_method",
                 "scope",
                 "dpop_bound_access_tokens",
+                "require_pushed_authorization_requests",
                 "registration_access_token",
                 "registration_client_uri",
             ],

@@ -35,6 +35,8 @@ class _Request:
     def __init__(self, sent: MultiDict[str, str]) -> None:
         try:
             self.pushed = pushed.resolve(sent)
+            if self.pushed is None:
+                pushed.check_not_required(sent)
         except BadAuthorizationRequest as exc:
             raise _not_valid(exc) from None
         self.parameters = sent if self.pushed is None else self.pushed.parameters
