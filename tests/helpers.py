@@ -24,6 +24,7 @@ from flask.testing import FlaskClient
 from joserfc import jws
 from joserfc.jwk import ECKey, Key
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 
@@ -327,3 +328,21 @@ def verified(client: FlaskClient, token: str, audience: str | list[str]) -> dict
         token, key.key, algorithms=["RS256"], audience=audience, issuer=ISSUER
     )
     return claims
+
+
+def until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> None:
+    """Return once a PostgreSQL backend of this database waits for a lock, while `waiter`
+    (the thread expected to wait) is still running."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        # pg_stat_activity is read once per transaction unless its snapshot is dropped.
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        if conn.execute(waiting).scalar():
+            return
+        assert waiter.is_alive(), "it finished without waiting for the other transaction"
+        assert time.monotonic() < deadline, "it never waited for the other transaction"
+        time.sleep(0.01)  # polling for a state that will come, not waiting out a race

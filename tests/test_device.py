@@ -646,3 +646,19 @@ def test_a_new_password_withdraws_approvals_not_yet_exchanged(
         assert changed.status_code == 204
     polled = device.poll(codes["device_code"])
     assert polled.status_code == 400 and polled.json["error"] == "access_denied"
+
+
+def test_a_password_changed_in_the_approving_session_keeps_its_approval(device: Device) -> None:
+    # The user proved the password in this very session: what they approved here stands.
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    new = "a different long passphrase"
+    form = {
+        "csrf_token": csrf_of(device.client.get("/account").text),
+        "current_password": PASSWORD,
+        "new_password": new,
+        "confirm_password": new,
+    }
+    assert device.client.post("/account/password", data=form).status_code == 303
+    assert device.poll(codes["device_code"]).status_code == 200

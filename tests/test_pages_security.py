@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -11,14 +10,14 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from tokenserver import accounts
 from tokenserver.browser_models import BrowserSession
 from tokenserver.store import sessions, tokens
 
 from .conftest import PASSWORD
-from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
+from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of, until_a_backend_waits_for_a_lock
 
 NEW_PASSWORD = "a different long passphrase"
 
@@ -192,7 +191,7 @@ def test_a_sign_out_committing_during_the_exchange_waits_for_it(
             other.execute(ended.where(BrowserSession.user_id == user_id))
             exchange = threading.Thread(target=lambda: answers.append(exchange_of()))
             exchange.start()
-            _until_a_backend_waits_for_a_lock(other, exchange)
+            until_a_backend_waits_for_a_lock(other, exchange)
             signing_out.commit()
             exchange.join()
     finally:
@@ -235,7 +234,7 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            _until_a_backend_waits_for_a_lock(conn, resetting)
+            until_a_backend_waits_for_a_lock(conn, resetting)
     finally:
         engine.dispose()
     release.set()
@@ -243,22 +242,6 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
     resetting.join()
     assert answers[0].status_code == 200  # it came first...
     assert _live_apps(app, user_id) == []  # ...and the reset revoked what it stored
-
-
-def _until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> None:
-    waiting = text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        # pg_stat_activity is read once per transaction unless its snapshot is dropped.
-        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
-        if conn.execute(waiting).scalar():
-            return
-        assert waiter.is_alive(), "it finished without waiting for the other transaction"
-        assert time.monotonic() < deadline, "it never waited for the other transaction"
-        time.sleep(0.01)  # polling for a state that will come, not waiting out a race
 
 
 def test_ending_another_session_leaves_this_sessions_code(app: Flask, flow: Flow) -> None:

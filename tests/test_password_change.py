@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,16 +10,16 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from tokenserver import accounts
 from tokenserver.extensions import db
 from tokenserver.guard import FREE_ATTEMPTS
 from tokenserver.models import User
-from tokenserver.store import sessions, tokens
+from tokenserver.store import sessions, tokens, users
 
 from .conftest import PASSWORD, Actions
-from .helpers import Flow, assert_oauth_error, refresh_grant
+from .helpers import Flow, assert_oauth_error, refresh_grant, until_a_backend_waits_for_a_lock
 
 NEW = "a brand new pass phrase"
 
@@ -172,3 +173,98 @@ def test_a_login_that_upgrades_an_old_hash_is_stored(make_app: Any) -> None:
     assert actions.token(actions.oauth_client(), "alice").status_code == 200
     with stronger.app_context():
         assert db.session.scalars(select(User.password_hash)).one() != before
+
+
+def test_a_login_upgrading_its_hash_never_writes_over_a_reset(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The login checked the old password and would store its hash in today's parameters; the
+    # operator's reset commits first. The reset stands, and the login gets nothing.
+    Actions(make_app(), make_app().test_client()).user("alice")
+    stronger = make_app(argon2_time_cost=2)  # alice's hash is due for an upgrade
+    actions = Actions(stronger, stronger.test_client())
+    oauth_client = actions.oauth_client()
+    upgrade = users.set_password_hash
+
+    def reset_first(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("over") is not None and not reset_first.done:  # type: ignore[attr-defined]
+            reset_first.done = True  # type: ignore[attr-defined]
+            accounts.reset_password("alice", NEW)
+        return upgrade(*args, **kwargs)
+
+    reset_first.done = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(users, "set_password_hash", reset_first)
+    assert_oauth_error(actions.token(oauth_client, "alice"), 400, "invalid_grant")
+    monkeypatch.undo()
+    assert_oauth_error(actions.token(oauth_client, "alice"), 400, "invalid_grant")
+    assert actions.token(oauth_client, "alice", NEW).status_code == 200
+
+
+def test_a_change_checked_before_a_reset_does_not_write_over_it(
+    app: Flask, actions: Actions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone with the old password changes it; the operator's reset commits in between
+    # their check and their write. The operator's password stands.
+    session = actions.login("alice")
+    replace_password = accounts._replace_password
+
+    def reset_first(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("over") is not None:
+            accounts.reset_password("alice", "the operator's new passphrase")
+        return replace_password(*args, **kwargs)
+
+    monkeypatch.setattr(accounts, "_replace_password", reset_first)
+    changed = _change(
+        actions.client, session["access_token"], PASSWORD, "the intruder's passphrase"
+    )
+    assert_oauth_error(changed, 400, "invalid_grant")
+    monkeypatch.undo()
+    oauth_client = session["client"]
+    assert_oauth_error(
+        actions.token(oauth_client, "alice", "the intruder's passphrase"), 400, "invalid_grant"
+    )
+    assert actions.token(oauth_client, "alice", "the operator's new passphrase").status_code == 200
+
+
+def test_a_reset_waits_for_a_password_login_under_way_and_revokes_it(
+    app: Flask, actions: Actions, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL: the login has stored its family, not yet committed, when the reset starts.
+    # The login holds the user's row, so the reset waits, then revokes what the login stored.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time")
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    stored, release = threading.Event(), threading.Event()
+    issue = tokens._issue
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        outcome = issue(*args, **kwargs)
+        stored.set()
+        release.wait(30)
+        return outcome
+
+    monkeypatch.setattr(tokens, "_issue", held)
+    answers: list[Any] = []
+    login = threading.Thread(target=lambda: answers.append(actions.token(oauth_client, "alice")))
+    login.start()
+    assert stored.wait(30)
+
+    def reset() -> None:
+        with app.app_context():
+            accounts.reset_password("alice", NEW)
+
+    resetting = threading.Thread(target=reset)
+    resetting.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, resetting)
+    finally:
+        engine.dispose()
+    release.set()
+    login.join()
+    resetting.join()
+    assert answers[0].status_code == 200  # it came first...
+    with app.app_context():
+        assert tokens.signed_in_apps(accounts.get("alice").id) == []  # ...and is revoked

@@ -117,10 +117,12 @@ def _check_password(username: str, password: str) -> Subject | None:
     if not verdict.ok or user.disabled:
         _login_failed(username, "disabled" if verdict.ok else "wrong_password", user)
         return None
-    if verdict.new_hash:
-        # The parameters changed, or a legacy Werkzeug hash: store the current kind.
-        users.set_password_hash(user.id, verdict.new_hash)
-    return replace(user, checked_hash=verdict.new_hash or found.password_hash)
+    checked = found.password_hash
+    # The parameters changed, or a legacy Werkzeug hash: store the current kind, unless a new
+    # password came meanwhile (then this login, checked against the old one, stores nothing).
+    if verdict.new_hash and users.set_password_hash(user.id, verdict.new_hash, over=checked):
+        checked = verdict.new_hash
+    return replace(user, checked_hash=checked)
 
 
 def _as_utf8(text: str) -> str:
@@ -182,22 +184,31 @@ def change_password(
     current_guard().clear(name)
     _check_new_password(new_password, user.username, "new_password")
     new_hash = current_passwords().hash(new_password)
-    ended = _replace_password(user, new_hash, keep_family, keep_session)
+    ended = _replace_password(user, new_hash, keep_family, keep_session, over=checked.checked_hash)
+    if ended is None:  # another change (an operator's reset) came first: it stands
+        raise InvalidRequest("The current password is wrong.", error="invalid_grant")
     audit.event("user.password_changed", user_id=user.id, username=user.username, ended=ended)
     return ended
 
 
 def _replace_password(
-    user: Subject, new_hash: str, keep_family: str | None = None, keep_session: str | None = None
-) -> int:
-    """Store a new password hash and end what the old password may have started, together:
-    browser sessions (first: see sessions.end), token logins, and approved device codes not
-    yet exchanged. How many token logins ended."""
+    user: Subject,
+    new_hash: str,
+    keep_family: str | None = None,
+    keep_session: str | None = None,
+    *,
+    over: str | None = None,
+) -> int | None:
+    """Store a new password hash (with `over`, only over that one: else None, nothing done)
+    and end what the old password may have started, together: browser sessions (first: see
+    sessions.end), token logins, and approved device codes not yet exchanged (but those of
+    `keep_session`). How many token logins ended."""
     with transaction() as tx:
-        users.set_password_hash(user.id, new_hash, tx)
+        if not users.set_password_hash(user.id, new_hash, tx, over=over):
+            return None
         sessions.end(user.id, keep=keep_session, tx=tx)
         ended = tokens.revoke_logins(user.id, keep_family=keep_family, tx=tx)
-        devices.withdraw_approvals(user.id, tx)
+        devices.withdraw_approvals(user.id, tx, keep_session=keep_session)
     return ended
 
 
@@ -215,6 +226,7 @@ def reset_password(username: str, new: object) -> tuple[Subject, int]:
     # First: with the guard's store down, nothing changes (rather than a reset left unaudited).
     current_guard().clear(username_key(user.username))
     ended = _replace_password(user, new_hash)
+    assert ended is not None  # an operator's reset is not conditional
     audit.event("user.password_reset", user_id=user.id, username=user.username, ended=ended)
     return user, ended
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Table, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import DeviceAuthorization
@@ -209,14 +209,20 @@ def decide(
     return bool(changed)
 
 
-def withdraw_approvals(user_id: int, tx: Connection) -> int:
+def withdraw_approvals(user_id: int, tx: Connection, *, keep_session: str | None = None) -> int:
     """Deny the user's approved device codes not yet exchanged (their polls get access_denied):
-    whoever approved them may have been someone else holding the old password."""
-    unused = update(_devices).where(
+    whoever approved them may have been someone else holding the old password. Approvals made
+    in `keep_session` (where the user just proved the password) stay."""
+    condition = [
         _devices.c.user_id == user_id,
         _devices.c.status == ALLOWED,
         _devices.c.used_at.is_(None),
-    )
+    ]
+    if keep_session is not None:
+        condition.append(
+            or_(_devices.c.session_id.is_(None), _devices.c.session_id != keep_session)
+        )
+    unused = update(_devices).where(*condition)
     return int(tx.execute(unused.values(status=DENIED)).rowcount)
 
 

@@ -45,19 +45,19 @@ class SessionInfo:
 
 _STARTED = ("id", "secret_hash", "user_agent", "auth_time", "expires_at")
 # Stored only while the user is enabled and the password they proved is still theirs, in one
-# statement: a sign-in racing `users disable` or a password change lands first (and is ended
-# with the rest) or not at all.
+# statement, with the user's row share-locked (PostgreSQL): a sign-in racing `users disable` or
+# a password change lands first (and is ended with the rest) or not at all.
 _START = (
     insert(_sessions)
     .from_select(
         [*_STARTED, "user_id"],
-        select(
-            *(bindparam(name, type_=_sessions.c[name].type) for name in _STARTED), _users.c.id
-        ).where(
+        select(*(bindparam(name, type_=_sessions.c[name].type) for name in _STARTED), _users.c.id)
+        .where(
             _users.c.id == bindparam("user_id"),
             _users.c.disabled.is_(False),
             _users.c.password_hash == bindparam("checked_hash"),
-        ),
+        )
+        .with_for_update(read=True, of=_users),
     )
     .returning(_sessions.c.id)
 )

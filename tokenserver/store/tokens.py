@@ -16,14 +16,12 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    String,
     Table,
     and_,
     bindparam,
     exists,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -165,23 +163,27 @@ def _typed(column: Any) -> Any:
 
 
 _INSERT_RECORDS = insert(_records)
-# A new login's family is stored only while its user is still enabled and, for a password
-# login, the password it proved is still theirs, in one statement: a login racing `users
-# disable` or a password change either lands first (and is revoked with the rest) or not at all.
+# A new login's family is stored only while its user is still enabled, in one statement: a
+# login racing `users disable` either lands first (and is revoked with the rest) or not at all.
 _FAMILY_COLUMNS = ("id", "client_id", "created_at", "resources", "dpop_jkt")
-_CHECKED_HASH = bindparam("checked_hash", type_=String())
+_ACTIVE_USER = select(*(_typed(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id).where(
+    _users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)
+)
 _INSERT_USER_FAMILY = (
-    insert(_families)
-    .from_select(
+    insert(_families).from_select([*_FAMILY_COLUMNS, "user_id"], _ACTIVE_USER)
+).returning(_families.c.id)  # psycopg reports no rowcount for INSERT ... SELECT
+# A password login's, also only while the password it proved is still theirs. The user's row is
+# share-locked (PostgreSQL): a password change committing meanwhile is waited for and then seen
+# (none is stored), or waits for this login and then revokes it. Codes and device logins are
+# held by their browser session's row instead (sessions.signed_in), never by the user's.
+_INSERT_PASSWORD_FAMILY = (
+    insert(_families).from_select(
         [*_FAMILY_COLUMNS, "user_id"],
-        select(*(_typed(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id).where(
-            _users.c.id == bindparam("user_id"),
-            _users.c.disabled.is_(False),
-            or_(_CHECKED_HASH.is_(None), _users.c.password_hash == _CHECKED_HASH),
+        _ACTIVE_USER.where(_users.c.password_hash == bindparam("checked_hash")).with_for_update(
+            read=True, of=_users
         ),
     )
-    .returning(_families.c.id)
-)  # psycopg reports no rowcount for INSERT ... SELECT
+).returning(_families.c.id)
 _INSERT_CLIENT_FAMILY = insert(_families)
 # Spending a refresh token: one conditional UPDATE decides, so concurrent refreshes with the
 # same token cannot both pass (RFC 9700 §4.14.2).
@@ -290,7 +292,8 @@ def _issue(
         conn.execute(_INSERT_CLIENT_FAMILY, family)
         return Issued.STORED
     params = family | {"user_id": login.user_id, "checked_hash": login.checked_hash}
-    inserted = conn.execute(_INSERT_USER_FAMILY, params).first()
+    statement = _INSERT_USER_FAMILY if login.checked_hash is None else _INSERT_PASSWORD_FAMILY
+    inserted = conn.execute(statement, params).first()
     return Issued.STORED if inserted is not None else Issued.USER_DISABLED
 
 

@@ -36,6 +36,8 @@ _ADD = insert(_users).returning(*USER_COLUMNS)
 _SET_HASH = (
     update(_users).where(_users.c.id == bindparam("user_id")).values(password_hash=bindparam("new"))
 )
+# Only over the hash the caller checked: a change committed meanwhile is never written over.
+_REPLACE_HASH = _SET_HASH.where(_users.c.password_hash == bindparam("old"))
 _SET_DISABLED = (
     update(_users)
     .where(_users.c.id == bindparam("user_id"))
@@ -80,10 +82,14 @@ def add(username: str, name_key: str, password_hash: str) -> Subject:
     return Subject.from_row(row)
 
 
-def set_password_hash(user_id: int, password_hash: str, tx: Connection | None = None) -> None:
-    """Replace a user's password hash."""
+def set_password_hash(
+    user_id: int, password_hash: str, tx: Connection | None = None, *, over: str | None = None
+) -> bool:
+    """Replace a user's password hash, or with `over`, only that one; whether it was replaced."""
+    params = {"user_id": user_id, "new": password_hash, "old": over}
     with transaction(tx) as conn:
-        conn.execute(_SET_HASH, {"user_id": user_id, "new": password_hash})
+        done = conn.execute(_SET_HASH if over is None else _REPLACE_HASH, params)
+    return bool(done.rowcount)
 
 
 def set_disabled(user_id: int, disabled: bool, tx: Connection | None = None) -> Subject:
