@@ -16,7 +16,7 @@ from tokenserver.browser_models import PushedAuthorization
 from tokenserver.extensions import db
 from tokenserver.oauth.pushed import LIFETIME, REQUEST_URI_PREFIX
 
-from .helpers import REDIRECT, Flow, Prover, authorization_request, pkce, query_of
+from .helpers import REDIRECT, Flow, Prover, authorization_request, csrf_of, pkce, query_of
 
 OTHER_REDIRECT = "https://app.example.com/other"
 
@@ -421,3 +421,30 @@ def test_registration_sets_and_clears_pushed_only(
         cleared.status_code == 200
         and cleared.json["require_pushed_authorization_requests"] is False
     )
+
+
+def test_a_pushed_max_age_leaves_the_user_time_to_consent(flow: Flow, frozen: Any) -> None:
+    client_id, secret = flow.register()  # not first-party: /consent asks
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, max_age="0")
+    to_login = _by_reference(flow, client_id, request_uri)
+    back = parse_qs(urlsplit(to_login.headers["Location"]).query)["next"][0]
+    flow.login(next=back)
+    to_consent = flow.client.get(back).headers["Location"]
+    assert to_consent.startswith("/consent?")
+    page = flow.client.get(to_consent)
+    frozen.shift(90)  # reading the question
+    answered = flow.client.post(
+        to_consent, data={"csrf_token": csrf_of(page.text), "decision": "allow"}
+    )
+    assert "code" in query_of(answered.headers["Location"])
+
+
+def test_a_head_request_at_consent_answers_nothing(flow: Flow) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge, prompt="none")
+    flow.login()
+    query = urlencode({"client_id": client_id, "request_uri": request_uri})
+    assert flow.client.head("/consent?" + query).status_code == 405
+    assert _by_reference(flow, client_id, request_uri).status_code == 302  # not spent

@@ -160,18 +160,24 @@ def _max_age(request: Any) -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
-def next_step(authorization: Authorization, signed_in: SignedIn | None) -> Next:
-    """Sign in, consent, or issue the code; prompt=none turns the first two into errors."""
+def next_step(
+    authorization: Authorization, signed_in: SignedIn | None, *, consenting: bool = False
+) -> Next:
+    """Sign in, consent, or issue the code; prompt=none turns the first two into errors.
+
+    `consenting`: asked again at /consent, where the user may take their time over a question
+    /oauth/authorize already sent them to with a fresh enough sign-in."""
     request = authorization.grant.request
     prompt, max_age = _prompts(request), _max_age(request)
     since = authorization.since
     # A sign-in since a pushed request was pushed was made for it: it meets prompt=login, and
-    # max_age with the moment the way back from /login takes.
+    # max_age with the moment the way back from /login takes (and then the consent page).
     fresh = signed_in is not None and since is not None and signed_in.auth_time >= since
     trip = _TRIP if fresh else timedelta()
     stale = (
         signed_in is not None
         and max_age is not None
+        and not (fresh and consenting)
         and utcnow() - signed_in.auth_time > timedelta(seconds=max_age) + trip
     )
     if signed_in is None or stale or (not fresh and {"login", "select_account"} & prompt):

@@ -116,13 +116,17 @@ def _as_get(sent: _Request) -> Response:
     return redirect("/oauth/authorize?" + _query(sent.onward), 303)
 
 
+def _refuse_head() -> None:
+    # Flask answers HEAD with the GET view, which may issue a code or an error (and answer a
+    # pushed request) for a link checker that never follows it.
+    if request.method == "HEAD":
+        raise MethodNotAllowed(["GET", "POST"])
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize_endpoint() -> Response:
     """RFC 6749 §4.1.1 with PKCE: sign in, consent, then a code for the client."""
-    if request.method == "HEAD":
-        # Flask answers HEAD with the GET view, which would issue a code (and answer a pushed
-        # request) for a link checker that never follows it.
-        raise MethodNotAllowed(["GET", "POST"])
+    _refuse_head()
     sent = _Request(_parameters())
     signed_in = web.signed_in()
     if signed_in is None and request.method == "POST":
@@ -151,7 +155,7 @@ def _consentable(signed_in: SignedIn) -> tuple[_Request, Authorization]:
     sent = _Request(request.args)  # a POST's body holds only the decision
     authorization = sent.validated()
     try:
-        step = authorize.next_step(authorization, signed_in)
+        step = authorize.next_step(authorization, signed_in, consenting=True)
     except RedirectBack as exc:
         raise _redirect_exception(sent.back(exc.location)) from None
     if step is Next.LOGIN:
@@ -162,6 +166,7 @@ def _consentable(signed_in: SignedIn) -> tuple[_Request, Authorization]:
 @bp.get("/consent")
 def consent_form() -> Response:
     """Name the app and what it asks for in words; allow or deny."""
+    _refuse_head()
     signed_in = web.signed_in()
     if signed_in is None:
         return redirect("/login?" + urlencode({"next": request.full_path}), 302)
