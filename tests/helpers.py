@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from joserfc import jws
 from joserfc.jwk import ECKey, Key
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 
@@ -346,3 +346,23 @@ def until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> Non
         assert waiter.is_alive(), "it finished without waiting for the other transaction"
         assert time.monotonic() < deadline, "it never waited for the other transaction"
         time.sleep(0.01)  # polling for a state that will come, not waiting out a race
+
+
+def reset_queued_behind(app: Flask, database_url: str, password: str) -> threading.Thread:
+    """Start an operator's password reset for alice on a thread; return it once PostgreSQL
+    has it waiting for a lock another transaction holds (join it after releasing that)."""
+    from tokenserver import accounts
+
+    def reset() -> None:
+        with app.app_context():
+            accounts.reset_password("alice", password)
+
+    resetting = threading.Thread(target=reset)
+    resetting.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, resetting)
+    finally:
+        engine.dispose()
+    return resetting

@@ -17,7 +17,15 @@ from tokenserver.browser_models import BrowserSession
 from tokenserver.store import sessions, tokens
 
 from .conftest import PASSWORD
-from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of, until_a_backend_waits_for_a_lock
+from .helpers import (
+    REDIRECT,
+    Flow,
+    csrf_of,
+    pkce,
+    query_of,
+    reset_queued_behind,
+    until_a_backend_waits_for_a_lock,
+)
 
 NEW_PASSWORD = "a different long passphrase"
 
@@ -225,18 +233,7 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
     exchange.start()
     assert holding.wait(30)
 
-    def reset() -> None:
-        with app.app_context():
-            accounts.reset_password("alice", NEW_PASSWORD)
-
-    resetting = threading.Thread(target=reset)
-    resetting.start()
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            until_a_backend_waits_for_a_lock(conn, resetting)
-    finally:
-        engine.dispose()
+    resetting = reset_queued_behind(app, database_url, NEW_PASSWORD)
     release.set()
     exchange.join()
     resetting.join()

@@ -10,7 +10,7 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from tokenserver import accounts
 from tokenserver.extensions import db
@@ -19,7 +19,7 @@ from tokenserver.models import User
 from tokenserver.store import sessions, tokens, users
 
 from .conftest import PASSWORD, Actions
-from .helpers import Flow, assert_oauth_error, refresh_grant, until_a_backend_waits_for_a_lock
+from .helpers import Flow, assert_oauth_error, refresh_grant, reset_queued_behind
 
 NEW = "a brand new pass phrase"
 
@@ -250,18 +250,7 @@ def test_a_reset_waits_for_a_password_login_under_way_and_revokes_it(
     login.start()
     assert stored.wait(30)
 
-    def reset() -> None:
-        with app.app_context():
-            accounts.reset_password("alice", NEW)
-
-    resetting = threading.Thread(target=reset)
-    resetting.start()
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            until_a_backend_waits_for_a_lock(conn, resetting)
-    finally:
-        engine.dispose()
+    resetting = reset_queued_behind(app, database_url, NEW)
     release.set()
     login.join()
     resetting.join()
