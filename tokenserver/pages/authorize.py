@@ -57,13 +57,17 @@ class _Request:
             raise _redirect_exception(self.back(exc.location), status) from None
 
     def back(self, location: str) -> str:
-        """`location` at the client (a code or an error): a pushed request is answered once."""
+        """`location` at the client, an error: the pushed request, if any, is answered."""
+        self.answer()
+        return location
+
+    def answer(self) -> None:
+        """Mark a pushed request answered, before its code or error exists: once only."""
         if self.pushed is not None:
             try:
                 pushed.finish(self.pushed)
             except BadAuthorizationRequest as exc:
                 raise _not_valid(exc) from None
-        return location
 
 
 def _not_valid(exc: BadAuthorizationRequest) -> Exception:
@@ -142,7 +146,7 @@ def authorize_endpoint() -> Response:
     if step is Next.CONSENT:
         return redirect("/consent?" + _query(sent.onward), status)
     assert signed_in is not None
-    sent.back("")  # a pushed request is answered before its code exists
+    sent.answer()
     return redirect(authorize.issue_code(authorization, signed_in), status)
 
 
@@ -191,7 +195,7 @@ def consent() -> Response:
     sent, authorization = _consentable(signed_in)
     decision = request.form.get("decision")
     if decision == "allow":
-        sent.back("")  # a pushed request is answered before its code exists
+        sent.answer()
         return redirect(authorize.allow(authorization, signed_in), 302)
     if decision == "deny":
         return redirect(sent.back(authorize.deny(authorization)), 302)

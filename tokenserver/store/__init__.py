@@ -32,7 +32,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, delete, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    delete,
+    select,
+)
 
 from ..extensions import db, reader
 
@@ -93,6 +102,11 @@ def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
             except Exception:
                 conn.invalidate()  # never pooled again with commits that are not durable
                 raise
+
+
+def typed_parameter(column: Any) -> Any:
+    """A parameter named and typed as `column`, for the select list of an INSERT ... SELECT."""
+    return bindparam(column.name, type_=column.type)
 
 
 def delete_in_batches(

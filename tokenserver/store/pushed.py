@@ -15,20 +15,14 @@ from . import delete_in_batches, single_write
 
 _pushed: Table = PushedAuthorization.__table__
 _now = bindparam("now", type_=UTCDateTime())
-_FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).where(
+# A live request: not answered yet, not expired.
+_LIVE = (
     _pushed.c.request_uri_hash == bindparam("hash"),
     _pushed.c.used_at.is_(None),
     _pushed.c.expires_at > _now,
 )
-_SPEND = (
-    update(_pushed)
-    .where(
-        _pushed.c.request_uri_hash == bindparam("hash"),
-        _pushed.c.used_at.is_(None),
-        _pushed.c.expires_at > _now,
-    )
-    .values(used_at=_now)
-)
+_FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).where(*_LIVE)
+_SPEND = update(_pushed).where(*_LIVE).values(used_at=_now)
 
 
 @dataclass(frozen=True)

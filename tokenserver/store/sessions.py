@@ -13,7 +13,7 @@ from ..browser_models import BrowserSession
 from ..digests import digest, new_secret
 from ..extensions import db, reader
 from ..models import USER_COLUMNS, Subject, User, UTCDateTime, utcnow
-from . import delete_in_batches, transaction
+from . import delete_in_batches, transaction, typed_parameter
 
 _sessions: Table = BrowserSession.__table__
 _users: Table = User.__table__
@@ -51,7 +51,7 @@ _START = (
     insert(_sessions)
     .from_select(
         [*_STARTED, "user_id"],
-        select(*(bindparam(name, type_=_sessions.c[name].type) for name in _STARTED), _users.c.id)
+        select(*(typed_parameter(_sessions.c[name]) for name in _STARTED), _users.c.id)
         .where(
             _users.c.id == bindparam("user_id"),
             _users.c.disabled.is_(False),

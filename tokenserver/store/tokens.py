@@ -39,7 +39,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from . import codes, delete_in_batches, replay, sessions, transaction
+from . import codes, delete_in_batches, replay, sessions, transaction, typed_parameter
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -157,18 +157,13 @@ def _subject(row: Any) -> Subject | None:
     return None if row.id is None else Subject.from_row(row)
 
 
-def _typed(column: Any) -> Any:
-    """A parameter typed as `column`, for the select list of an INSERT ... SELECT."""
-    return bindparam(column.name, type_=column.type)
-
-
 _INSERT_RECORDS = insert(_records)
 # A new login's family is stored only while its user is still enabled, in one statement: a
 # login racing `users disable` either lands first (and is revoked with the rest) or not at all.
 _FAMILY_COLUMNS = ("id", "client_id", "created_at", "resources", "dpop_jkt")
-_ACTIVE_USER = select(*(_typed(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id).where(
-    _users.c.id == bindparam("user_id"), _users.c.disabled.is_(False)
-)
+_ACTIVE_USER = select(
+    *(typed_parameter(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id
+).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False))
 _INSERT_USER_FAMILY = (
     insert(_families).from_select([*_FAMILY_COLUMNS, "user_id"], _ACTIVE_USER)
 ).returning(_families.c.id)  # psycopg reports no rowcount for INSERT ... SELECT
@@ -324,7 +319,7 @@ _INSERT_EXCHANGED = (
         select(
             _families.c.id,
             bindparam("kind", type_=_records.c.kind.type),
-            *(_typed(_records.c[name]) for name in _EXCHANGED_COLUMNS),
+            *(typed_parameter(_records.c[name]) for name in _EXCHANGED_COLUMNS),
         )
         .join(_users, _users.c.id == _families.c.user_id)
         .where(
