@@ -29,6 +29,10 @@ from sqlalchemy import create_engine, text
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 
 ISSUER = "http://localhost:8000"  # the default issuer, as the tests' apps run
+# Where our bearer routes' RFC 9728 metadata lives: the default audience is the issuer.
+RESOURCE_METADATA = f"{ISSUER}/.well-known/oauth-protected-resource"
+# RFC 6750 §3.1: a request with no bearer token at all gets no error code, only where to look.
+BARE_CHALLENGE = f'Bearer realm="tokenserver", resource_metadata="{RESOURCE_METADATA}"'
 
 
 def b64url(data: bytes) -> str:

@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from tokenserver.models import utcnow
 
 from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
-from .helpers import REDIRECT, Flow, Prover, b64url, pkce, query_of
+from .helpers import BARE_CHALLENGE, REDIRECT, Flow, Prover, b64url, pkce, query_of
 
 ISSUER = "http://localhost:8000"  # the test settings' issuer: proofs name it, not the hop
 TOKEN_URL = f"{ISSUER}/oauth/token"
@@ -355,7 +355,7 @@ def test_no_token_gets_both_challenges(client: FlaskClient) -> None:
     response = client.get("/junk")
     assert response.status_code == 401
     challenges = response.headers.getlist("WWW-Authenticate")
-    assert challenges[0] == 'Bearer realm="tokenserver"'
+    assert challenges[0] == BARE_CHALLENGE
     assert challenges[1].startswith('DPoP realm="tokenserver", algs="ES256')
 
 

@@ -19,6 +19,7 @@ from tokenserver.extensions import db
 from tokenserver.models import JunkItem, User
 
 from .conftest import Actions, LiveServer
+from .helpers import BARE_CHALLENGE
 
 
 @dataclass
@@ -558,7 +559,7 @@ def test_every_verb_wants_a_valid_token(
     item = _create(client, alice)
     bare = _call(client, method, path, item["id"], {})
     assert bare.status_code == 401
-    assert bare.headers["WWW-Authenticate"] == 'Bearer realm="tokenserver"'
+    assert bare.headers["WWW-Authenticate"] == BARE_CHALLENGE
     forged = alice.token[:-4] + ("AAAA" if not alice.token.endswith("AAAA") else "BBBB")
     for token in ("garbage", forged):
         bad = _call(client, method, path, item["id"], {"Authorization": f"Bearer {token}"})

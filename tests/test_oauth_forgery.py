@@ -17,7 +17,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from .conftest import Actions, RegisteredClient
-from .helpers import b64url, claims_of
+from .helpers import BARE_CHALLENGE, b64url, claims_of
 
 Forger = Callable[[dict[str, Any], RSAKey, RSAKey], str]
 
@@ -231,7 +231,7 @@ def test_another_auth_scheme_is_a_bare_challenge(client: FlaskClient, real: dict
     for authorization in (f"Basic {token}", f"Token {token}", f"bearer-ish {token}", token):
         response = client.get("/users/me", headers={"Authorization": authorization})
         assert response.status_code == 401
-        assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokenserver"'
+        assert response.headers["WWW-Authenticate"] == BARE_CHALLENGE
         assert response.is_json
 
 

@@ -85,7 +85,6 @@ def test_several_resources_give_a_token_for_all_of_them(
     "resource",
     [
         "https://elsewhere.example/api",  # not registered for this client
-        DEFAULT,  # the default audience is asked for by leaving `resource` out
         "/api",  # relative
         "photos.example/api",  # no scheme
         PHOTOS + "#frag",  # a fragment (RFC 8707 §2)

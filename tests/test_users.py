@@ -13,6 +13,7 @@ from tokenserver.extensions import db
 from tokenserver.models import User
 
 from .conftest import PASSWORD, Actions
+from .helpers import BARE_CHALLENGE
 
 
 def _user_count(app: Flask) -> int:
@@ -145,5 +146,5 @@ def test_me_returns_the_token_owner(actions: Actions) -> None:
 def test_me_without_a_token_is_a_bare_challenge(client: FlaskClient) -> None:
     response = client.get("/users/me")
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokenserver"'
+    assert response.headers["WWW-Authenticate"] == BARE_CHALLENGE
     assert response.is_json

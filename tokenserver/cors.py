@@ -24,7 +24,9 @@ from .redirects import readable_parts
 from .store import clients as stored_clients
 
 # Public documents: any page may read them.
-_PUBLIC = frozenset({"oauth.metadata", "oauth.jwks", "oidc.openid_configuration"})
+_PUBLIC = frozenset(
+    {"oauth.metadata", "oauth.protected_resource", "oauth.jwks", "oidc.openid_configuration"}
+)
 # What a browser app calls with its own tokens: readable by the registered web origins.
 _APP = frozenset({"oauth.token", "oauth.par", "oauth.revoke", "oidc.userinfo", "users.me"})
 _APP_BLUEPRINTS = frozenset({"junk"})

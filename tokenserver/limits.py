@@ -23,6 +23,7 @@ from flask_limiter import Limit, Limiter, RequestLimit
 
 from .config import Settings, current_settings
 from .errors import error_response, seconds
+from .resource_uris import RESOURCE_METADATA_PATH
 
 _NEVER_LIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -95,6 +96,8 @@ RULES = (
             {
                 "/.well-known/oauth-authorization-server",
                 "/.well-known/openid-configuration",
+                RESOURCE_METADATA_PATH,
+                f"{RESOURCE_METADATA_PATH}/<path:resource_path>",
                 "/oauth/authorize",
                 "/.well-known/jwks.json",
                 "/openapi.json",

@@ -32,7 +32,7 @@ from ..store import devices, users
 from ..store.devices import DeviceCredential, PendingDevice
 from .codes import SignedIn, _IdTokenClaims
 from .grants import _AUTH_METHODS
-from .resources import InvalidTargetError, ResourceIndicators, requested
+from .resources import InvalidTargetError, ResourceIndicators, requested, within
 
 DEVICE_CODE_TTL = 600  # seconds a device and its user have to finish (RFC 8628 §3.2 expires_in)
 POLL_INTERVAL = 5  # seconds between polls (RFC 8628 §3.2 interval)
@@ -153,7 +153,7 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
 
     def _spend(self, credential: DeviceCredential, now: datetime) -> Subject:
         asked = requested(self.request.payload.data, self.request.client)
-        if not set(asked) <= set(credential.resources.split()):  # checked before spending
+        if not within(asked, credential.resources.split()):  # checked before spending
             raise InvalidTargetError("The resource is wider than the original grant.")
         if not devices.spend(credential, now):
             raise InvalidGrantError("The device code is invalid, expired or spent.")

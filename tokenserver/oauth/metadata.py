@@ -1,12 +1,14 @@
-"""What RFC 8414 metadata and OpenID Connect Discovery publish: the same document under both."""
+"""What RFC 8414 metadata and OpenID Connect Discovery publish (the same document under both),
+and the RFC 9728 metadata of the resource our own routes serve."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import current_settings
+from ..config import Settings, current_settings
 from ..keys import ALGORITHM
 from ..models import GRANT_TYPES, OIDC_SCOPES, SCOPES
+from ..resource_uris import resource_metadata_url
 from . import dpop
 from .client_keys import ALGORITHMS
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
@@ -16,9 +18,9 @@ from .parameters import PROMPTS
 
 def server_metadata(issuer: str) -> dict[str, Any]:
     """What RFC 8414 and OpenID Connect Discovery publish: the same endpoints in both."""
-    grant_types = [
-        name for name in GRANT_TYPES if name != "password" or current_settings().password_grant
-    ]
+    settings = current_settings()
+    audience = settings.audience
+    grant_types = [name for name in GRANT_TYPES if name != "password" or settings.password_grant]
     return {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/oauth/token",
@@ -38,7 +40,23 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "scopes_supported": [*SCOPES, *OIDC_SCOPES],
         "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),  # RFC 9449 §5.1
         "service_documentation": f"{issuer}/openapi.json",
+        # RFC 9728 §4: the resource our own bearer routes serve, when it can publish metadata.
+        **({"protected_resources": [audience]} if resource_metadata_url(audience) else {}),
         **browser_metadata(issuer),
+    }
+
+
+def resource_metadata(settings: Settings) -> dict[str, Any]:
+    """RFC 9728 §2: what a client (an AI agent, say) needs to get a token for our own routes."""
+    return {
+        "resource": settings.audience,
+        "authorization_servers": [settings.issuer],
+        "scopes_supported": list(SCOPES),
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
+        "dpop_bound_access_tokens_required": False,
+        "resource_name": "tokenserver",
+        "resource_documentation": f"{settings.issuer}/openapi.json",
     }
 
 

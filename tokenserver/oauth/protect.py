@@ -8,11 +8,13 @@ from authlib.integrations.flask_oauth2 import ResourceProtector as _ResourceProt
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import MissingAuthorizationError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
-from flask import g
+from flask import Response, g
 from werkzeug.exceptions import HTTPException
 
+from ..config import current_settings
 from ..errors import error_response
 from ..models import Subject
+from ..resource_uris import resource_metadata_url
 from . import dpop, records
 from .tokens import TokenRejected, verified_claims
 
@@ -122,7 +124,7 @@ class ResourceProtector(_ResourceProtector):
                 error.description or error.error,
                 dict(error.get_headers()),
             )
-        raise HTTPException(response=response)
+        raise HTTPException(response=_naming_metadata(response))
 
     def acquire_token(self, scopes: Any = None, **kwargs: Any) -> records.LiveToken:
         token: records.LiveToken = super().acquire_token(scopes, **kwargs)
@@ -140,12 +142,23 @@ def current_user() -> Subject:
     user: Subject | None = g.get("current_user")
     if user is None:
         # A client-credentials token has no user; the user routes are not for it.
-        raise HTTPException(
-            response=error_response(
-                403,
-                "insufficient_scope",
-                "This route needs a user's token.",
-                {"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
-            )
+        response = error_response(
+            403,
+            "insufficient_scope",
+            "This route needs a user's token.",
+            {"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
         )
+        raise HTTPException(response=_naming_metadata(response))
     return user
+
+
+def _naming_metadata(response: Response) -> Response:
+    """RFC 9728 §5.1: every challenge names where the metadata of the resource we serve lives,
+    so a client that meets our 401 first (an AI agent, say) finds how to get a token."""
+    url = resource_metadata_url(current_settings().audience)
+    if url is not None:
+        challenges = response.headers.getlist("WWW-Authenticate")
+        response.headers.setlist(
+            "WWW-Authenticate", [f'{each}, resource_metadata="{url}"' for each in challenges]
+        )
+    return response

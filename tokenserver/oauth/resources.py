@@ -7,6 +7,7 @@ from typing import Any
 from authlib.oauth2 import OAuth2Error
 from flask import g
 
+from ..config import current_settings
 from ..models import Client
 from ..resource_uris import uri_problem
 
@@ -18,12 +19,15 @@ class InvalidTargetError(OAuth2Error):
 
 
 def requested(data: Any, client: Client) -> list[str]:
-    """The `resource` values of a request, each well-formed and registered for `client`."""
+    """The `resource` values of a request, each well-formed and registered for `client`, or
+    our own routes' audience, which every token gets when it names none (so naming it, as a
+    client that read our RFC 9728 metadata does, asks for nothing wider)."""
     values = list(dict.fromkeys(data.getlist("resource")))
+    own = current_settings().audience
     for value in values:
         if uri_problem(value):
             raise InvalidTargetError("'resource' must be an absolute URI without a fragment.")
-        if value not in client.audience_list:
+        if value != own and value not in client.audience_list:
             raise InvalidTargetError("The resource is not one this client may ask for.")
     return values
 
@@ -41,11 +45,17 @@ class ResourceIndicators:
         super().validate_token_request()  # type: ignore[misc]
         asked = requested(self.request.payload.data, self.request.client)
         granted = self.granted_resources()
-        if granted is not None and not set(asked) <= set(granted):
+        if granted is not None and not within(asked, granted):
             raise InvalidTargetError("The resource is wider than the original grant.")
         # The login keeps the original grant's resources; this token gets the narrowed ones.
         self.request.resources = asked if granted is None else granted
         bind_audience(asked or (granted or []))
+
+
+def within(asked: list[str], granted: list[str]) -> bool:
+    """RFC 8707 §2.2: whether a token request narrows its grant's resources; a grant that named
+    none was for our own routes' audience."""
+    return set(asked) <= set(granted or [current_settings().audience])
 
 
 def bind_audience(resources: list[str]) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, jsonify, request
 
 from ..config import JWKS_MAX_AGE, current_settings
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..keys import current_keyring
+from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_url
 from ..store import replay
-from .metadata import server_metadata
+from .metadata import resource_metadata, server_metadata
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
@@ -136,6 +139,19 @@ def configure(client_id: str) -> Response:
 def metadata() -> Response:
     """RFC 8414 authorization server metadata."""
     response = jsonify(server_metadata(current_settings().issuer))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.get(RESOURCE_METADATA_PATH)
+@bp.get(f"{RESOURCE_METADATA_PATH}/<path:resource_path>")
+def protected_resource(resource_path: str = "") -> Response:
+    """RFC 9728 metadata of the resource our bearer routes serve, at the path its URL gives."""
+    settings = current_settings()
+    url = resource_metadata_url(settings.audience)
+    if url is None or urlsplit(url).path != request.path:
+        raise NotFound("No protected resource publishes its metadata here.")
+    response = jsonify(resource_metadata(settings))
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 

@@ -25,8 +25,8 @@ def build_document(issuer: str) -> dict[str, Any]:
             '{"error": "<code>", "error_description": "<human text>"}. '
             "Browser apps (CORS): pages on the origin of a registered redirect URI may call "
             "/oauth/token, /oauth/par, /oauth/revoke, /oauth/userinfo, /users/me and /junk; any "
-            "page may read the discovery documents and the JWKS; a preflight from another "
-            "origin is 403 forbidden.",
+            "page may read the discovery documents, the resource metadata and the JWKS; a "
+            "preflight from another origin is 403 forbidden.",
         },
         "servers": [{"url": issuer}],
         "tags": [{"name": name} for name in ("users", "oauth", "pages", "junk", "operations")],

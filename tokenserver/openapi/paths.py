@@ -169,6 +169,33 @@ def oauth() -> Doc:
             {200: json_response("ServerMetadata", "The metadata")},
             _COMMON,
         ),
+        "/.well-known/oauth-protected-resource": _public_get(
+            "protectedResource",
+            "Metadata of the resource the bearer routes serve (RFC 9728), when "
+            "TOKENSERVER_AUDIENCE is an http(s) URL without a path; every bearer challenge "
+            "names its address",
+            "oauth",
+            {200: json_response("ProtectedResourceMetadata", "The metadata")},
+            ("NotFound", *_COMMON),
+        ),
+        "/.well-known/oauth-protected-resource/{resource_path}": {
+            "parameters": [
+                {
+                    "name": "resource_path",
+                    "in": "path",
+                    "required": True,
+                    "description": "The path of TOKENSERVER_AUDIENCE (RFC 9728 §3.1)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            **_public_get(
+                "protectedResourceAtPath",
+                "The same, when TOKENSERVER_AUDIENCE has a path",
+                "oauth",
+                {200: json_response("ProtectedResourceMetadata", "The metadata")},
+                ("NotFound", *_COMMON),
+            ),
+        },
         "/.well-known/jwks.json": _public_get(
             "jwks",
             "Public signing keys (RFC 7517): the next one (published before it signs), the "

@@ -240,6 +240,18 @@ SCHEMAS: Schema = {
         },
         closed=False,  # RFC 8414 metadata is extensible
     ),
+    "ProtectedResourceMetadata": _object(
+        ["resource", "authorization_servers"],
+        {
+            "resource": {"type": "string", "format": "uri", "description": "The audience"},
+            "authorization_servers": {"type": "array", "items": {"type": "string"}},
+            "scopes_supported": {"type": "array", "items": {"enum": list(SCOPES)}},
+            "bearer_methods_supported": {"type": "array", "items": {"const": "header"}},
+            "dpop_signing_alg_values_supported": {"type": "array", "items": _STRING},
+            "dpop_bound_access_tokens_required": {"type": "boolean"},
+        },
+        closed=False,  # RFC 9728 metadata is extensible
+    ),
     "JWKS": _object(
         ["keys"],
         {
