@@ -122,7 +122,7 @@ def test_changing_the_password_by_api_also_ends_browser_sessions(
 
 
 def test_a_password_login_checked_just_before_a_new_password_stores_nothing(
-    app: Flask, actions: Actions, monkeypatch: pytest.MonkeyPatch
+    app: Flask, actions: Actions, monkeypatch: pytest.MonkeyPatch, events: Any
 ) -> None:
     # The old password was right when checked; the operator's reset commits before the login
     # stores its tokens. Whoever held the old password must not keep a login.
@@ -139,12 +139,20 @@ def test_a_password_login_checked_just_before_a_new_password_stores_nothing(
     with app.app_context():
         user = accounts.get("alice")
         assert tokens.signed_in_apps(user.id) == []
+    # The password checked out, so the success is logged; the refusal follows it.
+    assert [e["event"] for e in events() if e["event"].startswith("login.")] == [
+        "login.success",
+        "login.failure",
+    ]
+    assert events("login.failure")[0]["reason"] == "account_changed"
+    assert events("login.failure")[0]["user_id"] == user.id
+    assert events("token.issued") == []
     monkeypatch.undo()
     assert actions.token(oauth_client, "alice", NEW).status_code == 200
 
 
 def test_a_sign_in_checked_just_before_a_new_password_starts_no_session(
-    app: Flask, client: FlaskClient, actions: Actions, monkeypatch: pytest.MonkeyPatch
+    app: Flask, client: FlaskClient, actions: Actions, monkeypatch: pytest.MonkeyPatch, events: Any
 ) -> None:
     actions.user("alice")
     start = sessions.start
@@ -157,6 +165,8 @@ def test_a_sign_in_checked_just_before_a_new_password_starts_no_session(
     refused = Flow(app, client).login()
     assert refused.status_code == 401  # as for a wrong password
     assert client.get("/account").status_code == 303  # no session: off to /login
+    assert [e.get("reason") for e in events("login.failure")] == ["account_changed"]
+    assert events("session.started") == []
     monkeypatch.undo()
     assert Flow(app, client).login(password=NEW).status_code == 303
     assert client.get("/account").status_code == 200

@@ -103,6 +103,12 @@ def authenticate(username: str, password: str) -> Subject | None:
     return user
 
 
+def login_superseded(user: Subject) -> None:
+    """Audit a login whose password checked out (its login.success is logged) but that stored
+    nothing: a new password or the account's disabling committed in between."""
+    _login_failed(user.username, "account_changed", user)
+
+
 def _check_password(username: str, password: str) -> Subject | None:
     """The active user if the password is theirs. Always costs one full hash check."""
     passwords = current_passwords()

@@ -37,7 +37,8 @@ def sign_in(
         sign_out(previous)  # a cookie planted before sign-in never becomes a session (fixation)
     started = sessions.start(user, current_settings().login_session_max_age, user_agent)
     if started is None:
-        return None  # disabled, or a new password, since the check: a failed sign-in
+        accounts.login_superseded(user)  # disabled, or a new password, since the check
+        return None
     secret, session_id = started
     audit.event("session.started", user_id=user.id, session_id=session_id)
     return NewSession(secret, session_id)

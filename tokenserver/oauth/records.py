@@ -17,7 +17,7 @@ from authlib.oauth2.rfc6749.errors import (
 )
 from joserfc import jws
 
-from .. import audit
+from .. import accounts, audit
 from ..config import current_settings
 from ..digests import digest
 from ..models import Client, Subject, User, utcnow
@@ -143,6 +143,8 @@ def record_issued(
     if outcome in (Issued.USER_DISABLED, Issued.SIGNED_OUT):
         # Disabled, a new password, or the code's browser session signed out, while signing
         # in; said as for any refused sign-in (no account-state oracle).
+        if login is not None and login.checked_hash is not None and user is not None:
+            accounts.login_superseded(user)  # a password login, its success already audited
         raise InvalidGrantError("The grant is invalid, expired or revoked.")
     return family_id
 
