@@ -17,7 +17,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, text
 
 from tokenserver import accounts
-from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
+from tokenserver.oauth.devices import DEVICE_CODE_TTL, POLL_INTERVAL, normalize_user_code
 from tokenserver.observability import JSONFormatter
 from tokenserver.store import tokens
 
@@ -530,6 +530,58 @@ def test_right_codes_do_not_count_toward_the_limit(
     device.flow.login()
     for _ in range(4):
         assert device.enter(codes["user_code"]).status_code == 200
+
+
+def test_polling_devices_leave_the_ips_token_failure_budget_alone(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    # The shipped limits: 20 failed token requests a minute and 200 an hour per IP. Three
+    # devices set up from one address poll some 250 times in the hour, as RFC 8628 says.
+    actions.user("alice")
+    web = actions.oauth_client("web")
+    app = make_app(ratelimit_enabled=True)
+    device = Device(app, app.test_client(), tv)
+    device.flow.login()
+    answers: list[str] = []
+    with time_machine.travel(datetime.now(UTC), tick=False) as clock:
+
+        def poll_every(interval: int, times: int, device_code: str) -> None:
+            for _ in range(times):
+                clock.shift(timedelta(seconds=interval))
+                answers.append(_error(device.poll(device_code)))
+
+        waiting = device.codes()  # nobody answers: pending until it expires
+        poll_every(POLL_INTERVAL, DEVICE_CODE_TTL // POLL_INTERVAL + 2, waiting["device_code"])
+        denied = device.codes()  # too eager at first, then denied, and it keeps on polling
+        poll_every(POLL_INTERVAL, 1, denied["device_code"])
+        poll_every(2, 1, denied["device_code"])  # slow_down: 5 seconds more from now on
+        poll_every(POLL_INTERVAL + 5, 6, denied["device_code"])
+        device.answer(denied["user_code"], "deny")
+        poll_every(POLL_INTERVAL + 5, 55, denied["device_code"])
+        allowed = device.codes()  # allowed after five minutes
+        poll_every(POLL_INTERVAL, 60, allowed["device_code"])
+        device.answer(allowed["user_code"])
+        clock.shift(timedelta(seconds=POLL_INTERVAL))
+        assert device.poll(allowed["device_code"]).status_code == 200
+        password_login = actions.token(web, "alice")
+    assert len(answers) > 200
+    assert set(answers) == {"authorization_pending", "slow_down", "access_denied", "expired_token"}
+    assert password_login.status_code == 200, password_login.json
+
+
+def test_polls_with_unknown_device_codes_count_as_failures(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    actions.user("alice")
+    web = actions.oauth_client("web")
+    app = make_app(ratelimit_enabled=True)  # shipped: 20 failures a minute per IP
+    device = Device(app, app.test_client(), tv)
+    live = device.codes()["device_code"]
+    for n in range(20):
+        assert _error(device.poll(f"{live[:-3]}{n:03}")) == "invalid_grant"
+    limited = device.poll(live)
+    assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
+    assert Actions(app, device.client).token(web, "alice").status_code == 429
 
 
 def test_device_authorization_is_limited_per_ip(
