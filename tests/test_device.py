@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt as pyjwt
 import pytest
+import requests
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, text
 
 from tokenserver import accounts
-from tokenserver.oauth.devices import DEVICE_CODE_TTL, normalize_user_code
+from tokenserver.oauth import devices
+from tokenserver.oauth.devices import (
+    DEVICE_CODE_TTL,
+    POLL_INTERVAL,
+    USER_CODE_ALPHABET,
+    normalize_user_code,
+)
 from tokenserver.observability import JSONFormatter
 from tokenserver.store import tokens
 
-from .conftest import PASSWORD, Actions, RegisteredClient
+from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
 from .helpers import Flow, csrf_of
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -530,6 +538,164 @@ def test_right_codes_do_not_count_toward_the_limit(
     device.flow.login()
     for _ in range(4):
         assert device.enter(codes["user_code"]).status_code == 200
+
+
+def _signed_in_browser(app: Flask) -> tuple[str, str]:
+    """A new browser session of alice's: its Cookie header and the CSRF token its forms carry."""
+    client = app.test_client()
+    Flow(app, client).login()
+    cookies = {
+        name: client.get_cookie(name) for name in ("tokenserver_session", "tokenserver_csrf")
+    }
+    assert all(cookies.values()), cookies
+    header = "; ".join(f"{name}={cookie.value}" for name, cookie in cookies.items() if cookie)
+    csrf = cookies["tokenserver_csrf"]
+    return header, csrf.value if csrf else ""
+
+
+def _wrong_codes_at_once(post: Any, browsers: list[tuple[str, str]]) -> list[int]:
+    """Each browser posts a different wrong code, all at the same moment; the statuses."""
+    start = threading.Barrier(len(browsers))
+    statuses: list[int] = []
+
+    def guess(n: int, cookie: str, csrf: str) -> None:
+        code = f"BCDF-GHJ{USER_CODE_ALPHABET[n % len(USER_CODE_ALPHABET)]}"
+        start.wait()
+        statuses.append(post(n, {"csrf_token": csrf, "user_code": code}, {"Cookie": cookie}))
+
+    threads = [
+        threading.Thread(target=guess, args=(n, *browser)) for n, browser in enumerate(browsers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(statuses)
+
+
+@pytest.mark.parametrize("per", ["ip", "browser session"])
+def test_wrong_codes_sent_at_once_are_checked_no_more_than_the_limit(
+    make_app: Any, actions: Actions, per: str
+) -> None:
+    actions.user("alice")
+    app = make_app(ratelimit_enabled=True, ratelimit_user_code="3/hour")
+    if per == "ip":  # 24 browsers behind one address
+        browsers = [_signed_in_browser(app) for _ in range(24)]
+        addresses = ["10.0.0.2"] * 24
+    else:  # one browser session, through 24 addresses
+        browsers = [_signed_in_browser(app)] * 24
+        addresses = [f"10.0.1.{n}" for n in range(24)]
+
+    def post(n: int, form: dict[str, str], headers: dict[str, str]) -> int:
+        client = app.test_client(use_cookies=False)
+        environ = {"REMOTE_ADDR": addresses[n]}
+        return client.post("/device", data=form, headers=headers, environ_base=environ).status_code
+
+    # Counted when checked, not when answered: 3 are looked up and found wrong, 21 refused.
+    assert _wrong_codes_at_once(post, browsers) == [400] * 3 + [429] * 21
+
+
+def test_parallel_wrong_codes_are_limited_across_gunicorn_workers(
+    live_server_factory: Any, app: Flask, actions: Actions, tv: RegisteredClient, redis_prefix: str
+) -> None:
+    actions.user("alice")
+    browsers = [_signed_in_browser(app) for _ in range(16)]
+    server = live_server_factory(
+        TOKENSERVER_RATELIMIT_ENABLED="true",
+        TOKENSERVER_RATELIMIT_USER_CODE="2/hour",
+        TOKENSERVER_RATELIMIT_STORAGE_URI=REDIS_URL,
+        TOKENSERVER_RATELIMIT_KEY_PREFIX=redis_prefix,
+    )
+
+    def post(n: int, form: dict[str, str], headers: dict[str, str]) -> int:
+        return requests.post(
+            f"{server.url}/device", data=form, headers=headers, timeout=30
+        ).status_code
+
+    started = requests.post(
+        f"{server.url}/oauth/device_authorization", data={"client_id": tv.client_id}, timeout=10
+    )
+    right = {"user_code": started.json()["user_code"]}
+    for _ in range(4):  # a right code is given back each time, in the count every worker reads
+        cookie, csrf = browsers[0]
+        assert post(0, {"csrf_token": csrf, **right}, {"Cookie": cookie}) == 200
+    # 2 workers of 4 threads each take 8 at once; the count in Redis lets 2 be checked.
+    assert _wrong_codes_at_once(post, browsers) == [400] * 2 + [429] * 14
+
+
+def test_a_count_given_back_after_its_window_ended_gives_the_next_no_extra_guess(
+    make_app: Any, actions: Actions, tv: RegisteredClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    actions.user("alice")
+    app = make_app(ratelimit_enabled=True, ratelimit_user_code="2/hour")
+    device = Device(app, app.test_client(), tv)
+    with time_machine.travel(datetime.now(UTC), tick=False) as clock:
+        codes = device.codes()
+        device.flow.login()
+        lookup = devices.pending
+
+        def the_hour_ends_during(user_code: str) -> Any:
+            found = lookup(user_code)
+            clock.shift(timedelta(hours=1, seconds=1))
+            return found
+
+        monkeypatch.setattr(devices, "pending", the_hour_ends_during)
+        assert device.enter(codes["user_code"]).status_code == 200  # counted, then given back
+        monkeypatch.undo()
+        statuses = [device.enter("BCDF-GHJK").status_code for _ in range(3)]
+    assert statuses == [400, 400, 429]
+
+
+def test_polling_devices_leave_the_ips_token_failure_budget_alone(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    # The shipped limits: 20 failed token requests a minute and 200 an hour per IP. Three
+    # devices set up from one address poll some 250 times in the hour, as RFC 8628 says.
+    actions.user("alice")
+    web = actions.oauth_client("web")
+    app = make_app(ratelimit_enabled=True)
+    device = Device(app, app.test_client(), tv)
+    device.flow.login()
+    answers: list[str] = []
+    with time_machine.travel(datetime.now(UTC), tick=False) as clock:
+
+        def poll_every(interval: int, times: int, device_code: str) -> None:
+            for _ in range(times):
+                clock.shift(timedelta(seconds=interval))
+                answers.append(_error(device.poll(device_code)))
+
+        waiting = device.codes()  # nobody answers: pending until it expires
+        poll_every(POLL_INTERVAL, DEVICE_CODE_TTL // POLL_INTERVAL + 2, waiting["device_code"])
+        denied = device.codes()  # too eager at first, then denied, and it keeps on polling
+        poll_every(POLL_INTERVAL, 1, denied["device_code"])
+        poll_every(2, 1, denied["device_code"])  # slow_down: 5 seconds more from now on
+        poll_every(POLL_INTERVAL + 5, 6, denied["device_code"])
+        device.answer(denied["user_code"], "deny")
+        poll_every(POLL_INTERVAL + 5, 55, denied["device_code"])
+        allowed = device.codes()  # allowed after five minutes
+        poll_every(POLL_INTERVAL, 60, allowed["device_code"])
+        device.answer(allowed["user_code"])
+        clock.shift(timedelta(seconds=POLL_INTERVAL))
+        assert device.poll(allowed["device_code"]).status_code == 200
+        password_login = actions.token(web, "alice")
+    assert len(answers) > 200
+    assert set(answers) == {"authorization_pending", "slow_down", "access_denied", "expired_token"}
+    assert password_login.status_code == 200, password_login.json
+
+
+def test_polls_with_unknown_device_codes_count_as_failures(
+    make_app: Any, actions: Actions, tv: RegisteredClient
+) -> None:
+    actions.user("alice")
+    web = actions.oauth_client("web")
+    app = make_app(ratelimit_enabled=True)  # shipped: 20 failures a minute per IP
+    device = Device(app, app.test_client(), tv)
+    live = device.codes()["device_code"]
+    for n in range(20):
+        assert _error(device.poll(f"{live[:-3]}{n:03}")) == "invalid_grant"
+    limited = device.poll(live)
+    assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
+    assert Actions(app, device.client).token(web, "alice").status_code == 429
 
 
 def test_device_authorization_is_limited_per_ip(

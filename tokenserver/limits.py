@@ -2,15 +2,17 @@
 
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection,
 revocation and client registration endpoints count only failures, so busy legitimate clients are
-never slowed; the discovery routes and device authorizations count every request; wrong device
-user codes count per IP and per browser session. /healthz, /readyz and /metrics are never
-limited: a load balancer checks /readyz on every node twice a second from one address. Each app
-reads its values, switch and storage from its own settings.
+never slowed (nor is a device polling its own code until its user answers: not_a_failure); the
+discovery routes and device authorizations count every request; wrong device user codes count
+per IP and per browser session, each reserved before it is looked up. /healthz, /readyz and
+/metrics are never limited: a load balancer checks /readyz on every node twice a second from
+one address. Each app reads its values, switch and storage from its own settings.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,11 @@ from .config import Settings, current_settings
 from .errors import error_response, seconds
 from .resource_uris import RESOURCE_METADATA_PATH
 
+log = logging.getLogger(__name__)
 _NEVER_LIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
+# Kept in the WSGI environ, not on g: g is shared by requests made in an app context already
+# pushed (as tests do), and this mark must never outlive its request.
+_NOT_A_FAILURE = "tokenserver.not_a_failure"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class _Rule:
     setting: str
     failures_only: bool
     key: Callable[[], str] | None = None  # whose requests count; None: the client's IP
+    # Failures only, but counted before the request and given back if it succeeds: counted
+    # after it, failures sent together would all pass the check before any of them counted.
+    reserved: bool = False
 
 
 def _browser_session() -> str:
@@ -63,8 +72,16 @@ RULES = (
     ),
     # RFC 9126: each pushed request is stored, and a public client's id is no secret.
     _Rule("pushed_authorization", frozenset({"/oauth/par"}), ("POST",), "ratelimit_default", False),
-    # RFC 8628 §5.1: a user code is short, so wrong guesses count per IP and per browser session.
-    _Rule("user_code", frozenset({"/device"}), ("POST",), "ratelimit_user_code", True),
+    # RFC 8628 §5.1: a user code is short, so wrong guesses count per IP and per browser session,
+    # and never more of them are looked up than the limit, however many are sent at once.
+    _Rule(
+        "user_code",
+        frozenset({"/device"}),
+        ("POST",),
+        "ratelimit_user_code",
+        True,
+        reserved=True,
+    ),
     _Rule(
         "user_code_session",
         frozenset({"/device"}),
@@ -72,6 +89,7 @@ RULES = (
         "ratelimit_user_code",
         True,
         key=_browser_session,
+        reserved=True,
     ),
     _Rule(
         "introspect",
@@ -119,8 +137,17 @@ def _route() -> str | None:
     return request.url_rule.rule if request.url_rule is not None else None
 
 
+def not_a_failure() -> None:
+    """Mark this request's error answer as a normal step of its protocol, not a failed attempt.
+
+    The failures-only limits skip it: they are there to slow the guessing of secrets, and the
+    caller of such an answer has shown a genuine one.
+    """
+    request.environ[_NOT_A_FAILURE] = True
+
+
 def _failed(response: Response) -> bool:
-    return response.status_code >= 400
+    return response.status_code >= 400 and _NOT_A_FAILURE not in request.environ
 
 
 def _too_many(limit: RequestLimit) -> Response:
@@ -165,7 +192,8 @@ def _limit(rule: _Rule) -> Limit:
         limit: str = getattr(current_settings(), rule.setting)
         return limit
 
-    deduct_when: Callable[[Response], bool] | None = _failed if rule.failures_only else None
+    counted_after = rule.failures_only and not rule.reserved
+    deduct_when: Callable[[Response], bool] | None = _failed if counted_after else None
     return _RouteLimit(
         value,
         key_function=rule.key or client_address,
@@ -175,6 +203,28 @@ def _limit(rule: _Rule) -> Limit:
         on_breach=_too_many,
         routes=rule.routes,
     )
+
+
+_RESERVED = frozenset(rule.name for rule in RULES if rule.reserved)
+_RESERVED_ROUTES = frozenset().union(*(rule.routes for rule in RULES if rule.reserved))
+
+
+def _give_back_successes(response: Response) -> Response:
+    """Give back what a reserved limit counted before a request that then succeeded."""
+    if _route() not in _RESERVED_ROUTES or _failed(response):
+        return response
+    for counted in limiter.current_limits:
+        # Flask-Limiter scopes a default limit to a route as "<endpoint>:<our scope>".
+        if counted.request_args[-1].rpartition(":")[2] not in _RESERVED:
+            continue
+        try:
+            # The storage sets an expiry only on a count this creates: one whose window ended
+            # meanwhile. Expiry 0 drops it at once rather than open the next window at -1, an
+            # extra guess. (A next window another request has opened still gets one back.)
+            limiter.storage.incr(counted.key, 0, amount=-1)
+        except limiter.storage.base_exceptions:
+            log.exception("Could not give back a rate limit count")  # it stays counted
+    return response
 
 
 def per_ip_limits() -> list[str | Callable[[], str] | Limit]:
@@ -204,6 +254,7 @@ def init_app(app: Flask) -> None:
     )
     limiter.init_app(app)
     _only_where_limited(app, limiter, settings)
+    app.after_request(_give_back_successes)
 
 
 def _only_where_limited(app: Flask, limiter: Limiter, settings: Settings) -> None:

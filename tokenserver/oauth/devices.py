@@ -24,7 +24,7 @@ from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint as _DeviceAuthori
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
 from authlib.oidc.core import OpenIDToken
 
-from .. import audit
+from .. import audit, limits
 from ..config import current_settings
 from ..digests import digest
 from ..models import Client, Subject, utcnow
@@ -42,6 +42,9 @@ USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 _USER_CODE = re.compile(f"[{USER_CODE_ALPHABET}]{{8}}")
 _MAX_DEVICE_CODE_LENGTH = 512
 _DRAWS = 5  # a user code colliding with a live one is drawn again, a few times at most
+# RFC 8628 §3.5: the answers a device gets while it polls its own live code, until and after its
+# user answers. An unknown, spent or foreign code is invalid_grant, which is not among them.
+_POLLING_ANSWERS = (AuthorizationPendingError, SlowDownError, AccessDeniedError, ExpiredTokenError)
 
 
 def normalize_user_code(raw: str) -> str | None:
@@ -132,6 +135,18 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
         return credential
 
     def validate_device_credential(self, credential: DeviceCredential) -> Subject:
+        try:
+            return self._poll(credential)
+        except _POLLING_ANSWERS:
+            # A device polls every few seconds for up to 10 minutes (and a careless one keeps
+            # on after a denial or expiry): counted as failures, two sign-ins would spend the
+            # IP's token-endpoint budget and turn away every token request from that address. Only a
+            # genuine code gets here (42 random characters: no guess), and slow_down paces it.
+            limits.not_a_failure()
+            raise
+
+    def _poll(self, credential: DeviceCredential) -> Subject:
+        """The user's answer, or why there is none yet; the tokens' subject once allowed."""
         # Authlib reads the user's decision and the poll time apart; each outcome here is
         # decided by one conditional UPDATE, so two polls cannot both get the tokens.
         now = utcnow()
