@@ -22,6 +22,7 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.ratelimit_storage_uri == "memory://"
     assert settings.ratelimit_enabled is True
     assert settings.database_url == "sqlite:////srv/instance/tokenserver.db"
+    assert settings.dpop_nonce is False
 
 
 def test_values_are_parsed_from_the_environment() -> None:
@@ -32,6 +33,7 @@ def test_values_are_parsed_from_the_environment() -> None:
             "TOKENSERVER_REGISTRATION_OPEN": "false",
             "TOKENSERVER_RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0",
             "TOKENSERVER_DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "TOKENSERVER_DPOP_NONCE": "true",
         }
     )
     assert settings.issuer == "https://auth.example.com"
@@ -40,6 +42,7 @@ def test_values_are_parsed_from_the_environment() -> None:
     assert settings.registration_open is False
     assert settings.ratelimit_storage_uri.startswith("redis://")
     assert settings.database_url == "postgresql+psycopg://u@h/db"
+    assert settings.dpop_nonce is True
 
 
 @pytest.mark.parametrize(
@@ -50,6 +53,7 @@ def test_values_are_parsed_from_the_environment() -> None:
         ("TOKENSERVER_REFRESH_TOKEN_TTL", "0"),
         ("TOKENSERVER_REGISTRATION_OPEN", "maybe"),
         ("TOKENSERVER_RATELIMIT_ENABLED", "2"),
+        ("TOKENSERVER_DPOP_NONCE", "sometimes"),
         ("TOKENSERVER_ISSUER", "not a url"),
         ("TOKENSERVER_ISSUER", "ftp://example.com"),
         ("TOKENSERVER_RATELIMIT_STORAGE_URI", "mongodb://x"),

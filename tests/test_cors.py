@@ -114,7 +114,7 @@ def test_a_page_reads_the_token_response_and_its_errors(
     created = client.post("/junk", json={"name": "from a page"}, headers=bearer)
     assert created.status_code == 201 and created.headers[ALLOW_ORIGIN] == ORIGIN
     exposed = {h.strip() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"Location", "WWW-Authenticate", "Retry-After"} <= exposed
+    assert {"Location", "WWW-Authenticate", "Retry-After", "DPoP-Nonce"} <= exposed
     again = client.post("/oauth/token", data=data, headers={"Origin": ORIGIN})
     assert again.status_code == 400 and again.headers[ALLOW_ORIGIN] == ORIGIN
 

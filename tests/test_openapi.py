@@ -248,3 +248,26 @@ def test_the_api_reference_in_docs_is_rendered_from_the_document() -> None:
     )
     for path in build_document(_ISSUER)["paths"]:
         assert f" {path}`" in reference
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status"),
+    [
+        ("/oauth/token", "post", "200"),
+        ("/oauth/token", "post", "400"),
+        ("/oauth/par", "post", "201"),
+        ("/oauth/par", "post", "400"),
+        ("/junk", "get", "200"),
+        ("/junk", "post", "201"),
+        ("/users/me", "get", "200"),
+        ("/oauth/userinfo", "get", "200"),
+    ],
+)
+def test_answers_to_dpop_requests_document_the_nonce_header(
+    document: dict[str, Any], path: str, method: str, status: str
+) -> None:
+    response = document["paths"][path][method]["responses"][status]
+    assert response["headers"]["DPoP-Nonce"] == {"$ref": "#/components/headers/DPoPNonce"}
+    unauthorized = document["components"]["responses"]["Unauthorized"]
+    assert "DPoP-Nonce" in unauthorized["headers"]
+    assert "use_dpop_nonce" in document["components"]["headers"]["DPoPNonce"]["description"]

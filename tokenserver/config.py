@@ -194,6 +194,8 @@ class Settings:
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _positive_int, 64 * 1024)
     # RFC 9700 §2.4: deployments that follow it turn the password grant off.
     password_grant: bool = _setting("PASSWORD_GRANT", _parse_bool, True)
+    # RFC 9449 §8-9: every DPoP proof must carry a nonce we issued a few minutes ago at most.
+    dpop_nonce: bool = _setting("DPOP_NONCE", _parse_bool, False)
     # Lifetime of a browser session on our pages (/login, /consent, /account), seconds.
     login_session_max_age: int = _setting("LOGIN_SESSION_MAX_AGE", _positive_int, 86_400)
     # Read by gunicorn.conf.py, under the names platforms (Heroku, Dokku...) set.

@@ -31,8 +31,9 @@ _PUBLIC = frozenset(
 _APP = frozenset({"oauth.token", "oauth.par", "oauth.revoke", "oidc.userinfo", "users.me"})
 _APP_BLUEPRINTS = frozenset({"junk"})
 _ALLOW_HEADERS = "Authorization, Content-Type, DPoP, X-Request-ID"
-# What an app needs to read besides the body: errors' challenges, when to retry, new items.
-_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After, Location, X-Request-ID"
+# What an app needs to read besides the body: errors' challenges, when to retry, new items,
+# and the nonce its next DPoP proof must carry (RFC 9449 §8.2).
+_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After, Location, X-Request-ID, DPoP-Nonce"
 _MAX_AGE = "600"  # seconds a browser may keep a preflight's answer
 # An origin as browsers serialise it: scheme, lower-case host (or [IPv6]), a port if not default.
 _ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")

@@ -158,6 +158,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._current: RSAKey | None = None
+        self._previous: RSAKey | None = None  # the key this worker signed with before _current
         self._keys: dict[str, RSAKey] = {}
         self._public: list[dict[str, Any]] = []
 
@@ -185,6 +186,16 @@ class KeyRing:
                     self._load()
             key = self._keys.get(kid)
         return key
+
+    def nonce_keys(self) -> list[RSAKey]:
+        """The keys DPoP nonces are made under: the signing key first, then the one it replaced
+        here, while that one is still published (a revoked key, perhaps leaked, vouches for
+        nothing)."""
+        current = self.signing_key()
+        previous = self._previous
+        if previous is None or previous is current or str(previous.kid) not in self._keys:
+            return [current]
+        return [current, previous]
 
     def jwks(self) -> dict[str, object]:
         """The RFC 7517 key set: the next key, the current one and still-useful retired ones."""
@@ -225,6 +236,8 @@ class KeyRing:
             row.kid: self._keys.get(row.kid) or RSAKey.import_key(jwk)
             for row, jwk in zip(rows, self._public, strict=True)
         }
+        if self._current is not None and current is not self._current:
+            self._previous = self._current
         self._current = current
         self._loaded_at = time.monotonic()
 

@@ -105,6 +105,7 @@ def init_oauth(app: Flask) -> None:
     server.register_endpoint(RegistrationEndpoint)
     server.register_endpoint(ConfigurationEndpoint)
     clients.on_change(app, server.clients.forget)  # this worker sees a client's change at once
+    dpop.init_app(app)  # DPoP-Nonce on the answers to DPoP requests, on every route
     app.extensions["tokenserver.oauth"] = server
 
     from .oidc import bp as oidc_bp

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2 import OAuth2Error
-from flask import g
+from flask import Flask, Response, g
 from flask import request as flask_request
 from joserfc import jwk, jws
 from joserfc.errors import JoseError, SecurityWarning
@@ -23,6 +23,7 @@ from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from ..config import current_settings
 from ..store import replay
+from . import nonces
 
 # Asymmetric only: `none` and HS* would let anyone mint a proof (RFC 9449 §4.3 point 5).
 ALGORITHMS = ("ES256", "ES384", "PS256", "RS256", "Ed25519", "EdDSA")
@@ -45,17 +46,38 @@ warnings.filterwarnings("ignore", "EdDSA is deprecated", SecurityWarning)
 
 
 class InvalidProof(Exception):
-    """A DPoP proof we refuse; `reason` is safe to show."""
+    """A DPoP proof we refuse; `reason` is safe to show, `error` is the code to answer."""
+
+    error = "invalid_dpop_proof"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
+class NonceRequired(InvalidProof):
+    """RFC 9449 §8-9: a proof without a fresh nonce of ours; the answer carries one."""
+
+    error = "use_dpop_nonce"
+
+
 class InvalidDPoPProofError(OAuth2Error):
     """RFC 9449 §5: the token endpoint's answer to a bad proof."""
 
     error = "invalid_dpop_proof"
+
+
+class UseDPoPNonceError(OAuth2Error):
+    """RFC 9449 §8: the token endpoint's answer to a proof without a fresh nonce (400)."""
+
+    error = "use_dpop_nonce"
+
+
+def refusal(exc: InvalidProof) -> OAuth2Error:
+    """What the token endpoint (and /oauth/par) answers to a refused proof."""
+    if isinstance(exc, NonceRequired):
+        return UseDPoPNonceError(exc.reason)
+    return InvalidDPoPProofError(exc.reason)
 
 
 @dataclass(frozen=True)
@@ -104,12 +126,16 @@ def verify_proof(
     url: str,
     access_token: str | None = None,
     expected_jkt: str | None = None,
+    *,
+    nonce_required: bool = False,
 ) -> str:
     """Check one DPoP proof (RFC 9449 §4.3) and spend its `jti`; the key's thumbprint.
 
     `url` is the request's URI as the client addressed it (our issuer, not the hop from the
     proxy). At a resource, `access_token` must match the proof's `ath` and the proof must be
-    signed by the key the token is bound to (`expected_jkt`). Raises InvalidProof.
+    signed by the key the token is bound to (`expected_jkt`). With `nonce_required`, the proof
+    must carry a nonce we issued recently (RFC 9449 §8-9; NonceRequired if not). Raises
+    InvalidProof.
     """
     if not proof or len(proof) > _MAX_PROOF_LENGTH or not proof.isascii():
         raise _refuse("it is not a JWS")
@@ -129,6 +155,10 @@ def verify_proof(
         raise _refuse("its signature does not verify under its jwk")
     claims = _payload(signed.payload)
     _check_claims(claims, method, url, access_token)
+    # Before the jti is spent: a proof refused for its nonce changes nothing in the shared
+    # store, so a client without a nonce costs no write (the retry is a new proof anyway).
+    if nonce_required and not nonces.is_fresh(claims.get("nonce")):
+        raise NonceRequired("The DPoP proof must carry the nonce in the DPoP-Nonce header.")
     # Single use across every worker and node (RFC 9449 §11.1): the shared store decides.
     expires_at = datetime.fromtimestamp(claims["iat"] + WINDOW + 1, UTC)
     if not replay.spend("dpop", proof_key.jkt, claims["jti"], expires_at):
@@ -200,9 +230,20 @@ def request_proof(access_token: str | None = None, expected_jkt: str | None = No
         return None
     if len(proofs) > 1:
         raise _refuse("only one DPoP header may be sent")
+    settings = current_settings()
+    if settings.dpop_nonce:
+        # Whatever the verdict, the answer carries the nonce to use next (see init_app).
+        g.dpop_nonce = nonces.issue()
     # TLS usually ends at a proxy: the client signed the URI it used, which is our issuer's.
-    url = current_settings().issuer + flask_request.path
-    return verify_proof(proofs[0], flask_request.method, url, access_token, expected_jkt)
+    url = settings.issuer + flask_request.path
+    return verify_proof(
+        proofs[0],
+        flask_request.method,
+        url,
+        access_token,
+        expected_jkt,
+        nonce_required=settings.dpop_nonce,
+    )
 
 
 def bind_token_request() -> None:
@@ -214,3 +255,18 @@ def bound_key() -> str | None:
     """The thumbprint this request's tokens are bound to; Authlib's generator has no request."""
     jkt: str | None = g.get("dpop_jkt")
     return jkt
+
+
+def _add_nonce(response: Response) -> Response:
+    """RFC 9449 §8.2: every answer to a request whose proof we checked names the nonce to use
+    next, refusal or success. Always the current one, not only near its expiry: one HMAC is
+    cheaper than a client meeting use_dpop_nonce at a window's edge."""
+    nonce: str | None = g.get("dpop_nonce")
+    if nonce is not None:
+        response.headers["DPoP-Nonce"] = nonce
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Send DPoP-Nonce with the answers to requests whose proofs were checked."""
+    app.after_request(_add_nonce)

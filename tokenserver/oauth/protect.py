@@ -66,7 +66,7 @@ class DPoPTokenValidator(AccessTokenValidator):
         try:
             jkt = dpop.request_proof(token_string, expected_jkt=token.dpop_jkt)
         except dpop.InvalidProof as exc:
-            raise _DPoPError(exc.reason, "invalid_dpop_proof") from None
+            raise _DPoPError(exc.reason, exc.error) from None
         if jkt is None:
             raise _DPoPError("A DPoP proof is required with a DPoP token.", "invalid_dpop_proof")
         if self.scope_insufficient(token.scope, scopes):

@@ -63,6 +63,9 @@ class PushedAuthorizationEndpoint(Endpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = _AUTH_METHODS  # exactly as at the token endpoint
 
     def validate_request(self, request: Any) -> _Push:
+        # The proof before the client, as at the token endpoint: a proof refused (for its nonce,
+        # say) leaves the client's assertion unspent for the retry.
+        jkt = _proof_thumbprint()
         client: Client = self.server.authenticate_client(
             request, self.CLIENT_AUTH_METHODS, self.ENDPOINT_NAME
         )
@@ -77,7 +80,7 @@ class PushedAuthorizationEndpoint(Endpoint):  # type: ignore[misc]
             for name, value in form.items(multi=True)
             if name in AUTHORIZATION_PARAMETERS and name != "client_id"
         ]
-        parameters = _bound_to_proof(parameters)
+        parameters = _bound_to_proof(parameters, jkt)
         if len(json.dumps(parameters)) > _MAX_STORED:
             raise InvalidRequestError("The authorization request is too large.")
         _check(parameters)
@@ -91,13 +94,17 @@ class PushedAuthorizationEndpoint(Endpoint):  # type: ignore[misc]
         return 201, body, [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
 
-def _bound_to_proof(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _proof_thumbprint() -> str | None:
+    """The thumbprint of the key of the DPoP proof sent with the push, if any."""
+    try:
+        return dpop.request_proof()
+    except dpop.InvalidProof as exc:
+        raise dpop.refusal(exc) from None
+
+
+def _bound_to_proof(parameters: list[tuple[str, str]], jkt: str | None) -> list[tuple[str, str]]:
     """RFC 9449 §10.1: a DPoP proof sent with the push binds the code to its key, as dpop_jkt
     would; both sent must name the same key."""
-    try:
-        jkt = dpop.request_proof()
-    except dpop.InvalidProof as exc:
-        raise dpop.InvalidDPoPProofError(exc.reason) from None
     if jkt is None:
         return parameters
     sent = [value for name, value in parameters if name == "dpop_jkt"]

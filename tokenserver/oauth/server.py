@@ -105,11 +105,12 @@ class AuthorizationServer(_AuthorizationServer):
 
     def create_token_response(self, request: Any = None) -> Any:
         # RFC 9449 §5: a proof may come with any grant, and binds whatever tokens it issues.
+        # Checked before the client or the grant: a proof refused (for its nonce, say) leaves
+        # the client's assertion, the code and the refresh token unspent for the retry.
         try:
             dpop.bind_token_request()
         except dpop.InvalidProof as exc:
-            error = dpop.InvalidDPoPProofError(exc.reason)
-            return self.handle_error_response(request, error)
+            return self.handle_error_response(request, dpop.refusal(exc))
         return super().create_token_response(request)
 
     def replayed_response(self, kind: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..oauth.pushed import LIFETIME
-from .components import ERRORS, json_response, ref
+from .components import ERRORS, json_response, ref, with_dpop_nonce
 from .paths import bearer
 
 Doc = dict[str, Any]
@@ -172,43 +172,52 @@ def _pushed_authorization() -> Doc:
         "client_assertion_type": {"type": "string"},
     }
     errors = ("TooLarge", "UnsupportedMediaType", "TooManyRequests", "Unavailable")
-    return {
-        "operationId": "pushedAuthorization",
-        "summary": "Push an authorization request (RFC 9126), authenticated as at the token "
-        f"endpoint; checked now, and stored for {LIFETIME} seconds under a request_uri the "
-        "browser carries to /oauth/authorize with client_id",
-        "tags": ["oauth"],
-        "security": [{"basicAuth": []}, {}],
-        "requestBody": body,
-        "responses": {
-            "201": json_response(
-                "PushedAuthorization", "Stored; answered once", {"Cache-Control": "NoStore"}
-            ),
-            "400": json_response(
-                "Error",
-                "What /oauth/authorize would refuse (invalid_request, invalid_scope, "
-                "invalid_target, unsupported_response_type...), or a request_uri in the body",
-            ),
-            "401": json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
-            **{str(ERRORS[name][0]): ref("responses", name) for name in errors},
-        },
-    }
+    return with_dpop_nonce(
+        {
+            "operationId": "pushedAuthorization",
+            "summary": "Push an authorization request (RFC 9126), authenticated as at the token "
+            f"endpoint; checked now, and stored for {LIFETIME} seconds under a request_uri the "
+            "browser carries to /oauth/authorize with client_id",
+            "tags": ["oauth"],
+            "security": [{"basicAuth": []}, {}],
+            # RFC 9449 §10.1: a proof binds the code to its key.
+            "parameters": [ref("parameters", "DPoP")],
+            "requestBody": body,
+            "responses": {
+                "201": json_response(
+                    "PushedAuthorization", "Stored; answered once", {"Cache-Control": "NoStore"}
+                ),
+                "400": json_response(
+                    "Error",
+                    "What /oauth/authorize would refuse (invalid_request, invalid_scope, "
+                    "invalid_target, unsupported_response_type...), a request_uri in the body, "
+                    "or a refused DPoP proof (invalid_dpop_proof, use_dpop_nonce)",
+                ),
+                "401": json_response(
+                    "Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}
+                ),
+                **{str(ERRORS[name][0]): ref("responses", name) for name in errors},
+            },
+        }
+    )
 
 
 def paths() -> Doc:
     """/oauth/authorize, /login, /consent, /account, /oauth/logout, /device, userinfo, discovery."""
     userinfo_errors = ("Unauthorized", "InsufficientScope", "TooManyRequests", "Unavailable")
-    userinfo = {
-        "operationId": "userinfo",
-        "summary": "OpenID Connect UserInfo: claims about the token's user (scope openid)",
-        "tags": ["oauth"],
-        "security": bearer("openid"),
-        "parameters": [ref("parameters", "DPoP")],
-        "responses": {
-            "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
-            **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},
-        },
-    }
+    userinfo = with_dpop_nonce(
+        {
+            "operationId": "userinfo",
+            "summary": "OpenID Connect UserInfo: claims about the token's user (scope openid)",
+            "tags": ["oauth"],
+            "security": bearer("openid"),
+            "parameters": [ref("parameters", "DPoP")],
+            "responses": {
+                "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
+                **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},
+            },
+        }
+    )
     return {
         "/oauth/par": {"post": _pushed_authorization()},
         "/oauth/authorize": {

@@ -25,7 +25,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "Unavailable": (503, "The database is unavailable; try again shortly."),
 }
 _ERROR_HEADERS: dict[str, dict[str, str]] = {
-    "Unauthorized": {"WWW-Authenticate": "BearerChallenge"},
+    "Unauthorized": {"WWW-Authenticate": "BearerChallenge", "DPoP-Nonce": "DPoPNonce"},
     "InsufficientScope": {"WWW-Authenticate": "BearerChallenge"},
     "TooManyRequests": {"Retry-After": "RetryAfter"},
     "Unavailable": {"Retry-After": "RetryAfter"},
@@ -48,6 +48,14 @@ def json_response(schema: str, description: str, headers: dict[str, str] | None 
     return response
 
 
+def with_dpop_nonce(operation: Doc) -> Doc:
+    """An operation that takes DPoP proofs: its own responses may carry DPoP-Nonce."""
+    for response in operation["responses"].values():
+        if "$ref" not in response:
+            response.setdefault("headers", {})["DPoP-Nonce"] = ref("headers", "DPoPNonce")
+    return operation
+
+
 def responses() -> Doc:
     """The shared error responses, by name."""
     return {
@@ -67,12 +75,19 @@ def headers() -> Doc:
         "Location": _header("Where the new resource lives", text, True),
         "BearerChallenge": _header(
             "The RFC 6750 Bearer challenge, or the RFC 9449 DPoP one (with `algs`) for DPoP "
-            "tokens; without any token, both",
+            "tokens (error invalid_dpop_proof or use_dpop_nonce for a refused proof); without "
+            "any token, both",
             text,
             True,
         ),
         "BasicChallenge": _header("A Basic challenge for client authentication", text),
         "RetryAfter": _header("Seconds to wait before trying again", {"type": "integer"}),
+        "DPoPNonce": _header(
+            "RFC 9449 §8-9, with TOKENSERVER_DPOP_NONCE on: the nonce the next DPoP proof must "
+            "carry, in every answer to a request whose proof was checked (and with each "
+            "use_dpop_nonce refusal)",
+            text,
+        ),
         "NoStore": _header(
             "Responses with credentials or user data are never cached", {"const": "no-store"}, True
         ),
@@ -89,7 +104,8 @@ def parameters() -> Doc:
             "description": "An RFC 9449 proof: a JWS (typ dpop+jwt) signed by the client's key, "
             "with htm, htu, iat, a fresh jti and, at resources, ath. Required with "
             "`Authorization: DPoP`, and on every token request of a client registered with "
-            "dpop_bound_access_tokens.",
+            "dpop_bound_access_tokens. With TOKENSERVER_DPOP_NONCE on, its nonce claim must be "
+            "one the server sent in DPoP-Nonce (RFC 9449 §8-9).",
             "schema": {"type": "string"},
         },
         "ItemId": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .components import ERRORS, json_response, ref
+from .components import ERRORS, json_response, ref, with_dpop_nonce
 
 Doc = dict[str, Any]
 
@@ -27,16 +27,12 @@ def _op(
     responses = {str(status): response for status, response in ok.items()}
     for name in sorted(errors, key=lambda name: ERRORS[name][0]):
         responses.setdefault(str(ERRORS[name][0]), ref("responses", name))
+    operation = {"operationId": op_id, "summary": summary, "tags": [tag], **extra}
     if any("dpopAuth" in requirement for requirement in extra.get("security", [])):
         # RFC 9449 §7: a DPoP-bound token comes with its proof.
-        extra["parameters"] = [*extra.get("parameters", []), ref("parameters", "DPoP")]
-    return {
-        "operationId": op_id,
-        "summary": summary,
-        "tags": [tag],
-        **extra,
-        "responses": responses,
-    }
+        operation["parameters"] = [*extra.get("parameters", []), ref("parameters", "DPoP")]
+        return with_dpop_nonce({**operation, "responses": responses})
+    return {**operation, "responses": responses}
 
 
 def _body(schema: str, *media: str) -> Doc:
@@ -60,7 +56,7 @@ def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
             400: json_response(
                 "Error",
                 "invalid_request, invalid_grant, invalid_scope, invalid_target, "
-                "invalid_dpop_proof (RFC 9449), ...",
+                "invalid_dpop_proof or use_dpop_nonce (RFC 9449), ...",
             ),
             401: json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
         },
@@ -128,19 +124,18 @@ def users() -> Doc:
 
 def oauth() -> Doc:
     """The token, introspection and revocation endpoints and the .well-known documents."""
+    token = _oauth_op(
+        "token",
+        "Issue tokens: password, refresh_token, client_credentials, authorization_code, "
+        "token exchange (RFC 8693), device_code (RFC 8628: authorization_pending, "
+        "slow_down, access_denied, expired_token while polling)",
+        json_response("TokenResponse", "Tokens", _NO_STORE),
+        "TokenRequest",
+    )
+    # RFC 9449 §5: a proof binds the tokens issued to its key (token_type DPoP).
+    token["parameters"] = [ref("parameters", "DPoP")]
     return {
-        "/oauth/token": {
-            "post": _oauth_op(
-                "token",
-                "Issue tokens: password, refresh_token, client_credentials, authorization_code, "
-                "token exchange (RFC 8693), device_code (RFC 8628: authorization_pending, "
-                "slow_down, access_denied, expired_token while polling)",
-                json_response("TokenResponse", "Tokens", _NO_STORE),
-                "TokenRequest",
-            )
-            # RFC 9449 §5: a proof binds the tokens issued to its key (token_type DPoP).
-            | {"parameters": [ref("parameters", "DPoP")]}
-        },
+        "/oauth/token": {"post": with_dpop_nonce(token)},
         "/oauth/device_authorization": {
             "post": _oauth_op(
                 "deviceAuthorization",

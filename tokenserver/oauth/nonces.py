@@ -1,0 +1,78 @@
+"""DPoP server-provided nonces (RFC 9449 §8, §9): stateless, the same on every worker and node.
+
+A nonce is the index of a time window and an HMAC of that index under a secret derived from the
+signing key every worker and node loads from the database. Nothing is stored per nonce: any
+worker checks another node's nonce by computing the HMAC again. A nonce is good in the window it
+was made in and the next one, so for WINDOW to 2 x WINDOW seconds. A key rotation changes the
+secret: a worker also accepts nonces made under the key it signed with before, so only a worker
+that never held that key refuses them, which costs the client one retry with the fresh nonce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+
+from joserfc.jwk import RSAKey
+from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
+
+from ..keys import current_keyring
+
+WINDOW = 300  # seconds
+_WINDOWS_ACCEPTED = (0, 1)  # the current window, and the previous one
+_LABEL = b"tokenserver DPoP nonce v1"  # a MAC here is never valid as any other of our digests
+_MAC_BYTES = 16
+_INDEX = struct.Struct(">Q")
+_LENGTH = len(urlsafe_b64encode(bytes(_INDEX.size + _MAC_BYTES)))
+
+# This worker's cache of secrets derived from signing keys, by kid: serialising a private key
+# takes longer than the HMAC. A derived value never changes; a handful of keys ever live.
+_secrets: dict[str, bytes] = {}
+
+
+def issue(now: float | None = None) -> str:
+    """A fresh nonce, good for this window and the next, on every worker and node."""
+    index = _window(now)
+    key = current_keyring().nonce_keys()[0]
+    return urlsafe_b64encode(_INDEX.pack(index) + _mac(key, index)).decode("ascii")
+
+
+def is_fresh(nonce: object, now: float | None = None) -> bool:
+    """Whether `nonce` is one we issued in this window or the previous one."""
+    if not isinstance(nonce, str) or len(nonce) != _LENGTH or not nonce.isascii():
+        return False
+    try:
+        raw = urlsafe_b64decode(nonce.encode("ascii"))
+    except (ValueError, TypeError):
+        return False
+    if len(raw) != _INDEX.size + _MAC_BYTES:
+        return False
+    (index,) = _INDEX.unpack(raw[: _INDEX.size])
+    if _window(now) - index not in _WINDOWS_ACCEPTED:
+        return False  # stale, or from a future no node has reached
+    mac = raw[_INDEX.size :]
+    # Constant time: a forger learns nothing from how long the refusal took.
+    return any(hmac.compare_digest(mac, _mac(key, index)) for key in current_keyring().nonce_keys())
+
+
+def _window(now: float | None) -> int:
+    return int((time.time() if now is None else now) // WINDOW)
+
+
+def _mac(key: RSAKey, index: int) -> bytes:
+    return hmac.new(_secret(key), _INDEX.pack(index), hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _secret(key: RSAKey) -> bytes:
+    """A secret only holders of the private key can derive (as accounts._name_digest does)."""
+    kid = str(key.kid)
+    secret = _secrets.get(kid)
+    if secret is None:
+        private = str(key.as_dict(private=True)["d"]).encode("ascii")
+        secret = hmac.new(private, _LABEL, hashlib.sha256).digest()
+        if len(_secrets) >= 16:
+            _secrets.clear()  # keys are few: a full cache means many rotations, keep it small
+        _secrets[kid] = secret
+    return secret
