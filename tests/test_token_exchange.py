@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,12 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import create_engine
 
 from tokenserver.models import TOKEN_EXCHANGE
 
 from .conftest import Actions, LiveServer, RegisteredClient
-from .helpers import Flow, claims_of, pkce, verified
+from .helpers import Flow, claims_of, pkce, until_a_backend_waits_for_a_lock, verified
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -373,9 +375,38 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
     )
     again = {**claims_of(token), "jti": "exchanged-meanwhile"}
     with app.app_context(), pytest.raises(InvalidRequestError):
-        records.record_exchanged(token, again, live.family_id, gateway)
+        records.record_exchanged(token, again, live.jti or "", gateway)
     with app.app_context():
         assert records.live_access_token(again) is None
+
+
+def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
+
+    from tokenserver.oauth import records
+    from tokenserver.store import clients
+
+    token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
+    subject_jti = claims_of(setup.subject)["jti"]
+    with app.app_context():
+        gateway = clients.find(setup.gateway.client_id)
+        assert gateway is not None
+        stored = {**claims_of(token), "jti": "exchanged-before"}
+        records.record_exchanged(token, stored, subject_jti, gateway)  # the subject is live
+        assert records.live_access_token(stored) is not None
+    # The subject token (not its login) is revoked after it checked out, before the insert.
+    revoke = {"token": setup.subject}
+    assert (
+        actions.client.post("/oauth/revoke", data=revoke, auth=setup.front.auth).status_code == 200
+    )
+    again = {**claims_of(token), "jti": "exchanged-meanwhile"}
+    with app.app_context(), pytest.raises(InvalidRequestError):
+        records.record_exchanged(token, again, subject_jti, gateway)
+    with app.app_context():
+        assert records.live_access_token(again) is None
+        assert records.live_access_token(stored) is None  # revoked with its subject token
 
 
 def test_a_disabled_users_token_is_invalid_request(
@@ -422,6 +453,160 @@ def test_revoking_the_subjects_login_kills_the_exchanged_token(
     assert revoked.status_code == 200
     assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 401
     assert introspect(actions, setup.auditor, token) == {"active": False}
+
+
+def test_revoking_the_subject_token_kills_the_exchanged_token_and_the_login_goes_on(
+    actions: Actions, setup: Setup
+) -> None:
+    token = exchange(actions, setup.gateway, setup.subject, audience=DEFAULT).json["access_token"]
+    assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 200
+    revoked = actions.client.post(
+        "/oauth/revoke", data={"token": setup.subject}, auth=setup.front.auth
+    )
+    assert revoked.status_code == 200
+    assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 401
+    assert introspect(actions, setup.auditor, token) == {"active": False}
+    # Only that token's line ends: the login refreshes, and what it issues can be exchanged.
+    refreshed = actions.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": setup.login["refresh_token"]},
+        auth=setup.front.auth,
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    fresh = refreshed.json["access_token"]
+    assert exchange(actions, setup.gateway, fresh, audience=DEFAULT).status_code == 200
+
+
+def test_revoking_an_exchanged_token_kills_what_was_exchanged_from_it_down_the_chain(
+    actions: Actions, setup: Setup
+) -> None:
+    relay = actions.oauth_client("relay", grants=(TOKEN_EXCHANGE,), audiences=(DEFAULT,))
+    sibling = exchange(actions, relay, setup.subject, audience=DEFAULT).json["access_token"]
+    chain = [setup.subject]
+    for _ in range(4):  # as deep as exchanges nest
+        response = exchange(actions, relay, chain[-1], audience=DEFAULT)
+        assert response.status_code == 200, response.json
+        chain.append(response.json["access_token"])
+    revoked = actions.client.post("/oauth/revoke", data={"token": chain[1]}, auth=relay.auth)
+    assert revoked.status_code == 200
+    assert [introspect(actions, setup.auditor, token)["active"] for token in chain] == [
+        True,  # what it was exchanged from lives on
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert introspect(actions, setup.auditor, sibling)["active"] is True  # not from it
+
+
+def _revoking_on_a_thread(app: Flask, jti: str) -> threading.Thread:
+    """Revoke the access token `jti` (as RFC 7009 revocation does) on a thread of its own."""
+    from tokenserver.store import tokens
+
+    def revoke() -> None:
+        with app.app_context():
+            tokens.revoke_access_token(jti)
+
+    return threading.Thread(target=revoke)
+
+
+def _postgres_only(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time")
+
+
+def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its_token(
+    app: Flask,
+    actions: Actions,
+    setup: Setup,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exchange has stored its token, not yet committed, when the subject token is revoked:
+    # the revocation waits for it, then sees that token and revokes it too.
+    _postgres_only(database_url)
+    from tokenserver.store import tokens
+
+    holding, release = threading.Event(), threading.Event()
+    issuing = tokens._issuing
+
+    def held(write: Any) -> bool:
+        def stored_then_held(conn: Any) -> bool:
+            stored = bool(write(conn))
+            holding.set()
+            release.wait(30)
+            return stored
+
+        return issuing(stored_then_held)
+
+    monkeypatch.setattr(tokens, "_issuing", held)
+    answers: list[Any] = []
+    other = app.test_client()
+    exchanging = threading.Thread(
+        target=lambda: answers.append(
+            exchange(Actions(app, other), setup.gateway, setup.subject, audience=DEFAULT)
+        )
+    )
+    exchanging.start()
+    assert holding.wait(30)
+    revoking = _revoking_on_a_thread(app, claims_of(setup.subject)["jti"])
+    revoking.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, revoking)
+    finally:
+        release.set()
+        exchanging.join()
+        revoking.join()
+        engine.dispose()
+    assert answers[0].status_code == 200, answers[0].json  # it came first...
+    token = answers[0].json["access_token"]
+    assert introspect(actions, setup.auditor, token) == {"active": False}  # ...and died
+
+
+def test_an_exchange_waits_for_its_subject_tokens_revocation_under_way_and_stores_nothing(
+    app: Flask,
+    actions: Actions,
+    setup: Setup,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The other way round: the subject token is revoked, not yet committed, when the exchange
+    # (which found it live) stores its token: the exchange waits, then finds it revoked.
+    _postgres_only(database_url)
+    from tokenserver.store import tokens
+
+    holding, release = threading.Event(), threading.Event()
+    walking = tokens._revoke_exchanged
+
+    def held(conn: Any, jtis: list[str], now: Any) -> None:
+        holding.set()
+        release.wait(30)
+        walking(conn, jtis, now)
+
+    monkeypatch.setattr(tokens, "_revoke_exchanged", held)
+    revoking = _revoking_on_a_thread(app, claims_of(setup.subject)["jti"])
+    revoking.start()
+    assert holding.wait(30)
+    answers: list[Any] = []
+    other = app.test_client()
+    exchanging = threading.Thread(
+        target=lambda: answers.append(
+            exchange(Actions(app, other), setup.gateway, setup.subject, audience=DEFAULT)
+        )
+    )
+    exchanging.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, exchanging)
+    finally:
+        release.set()
+        revoking.join()
+        exchanging.join()
+        engine.dispose()
+    assert refused(answers[0], 400, "invalid_request"), answers[0].json
 
 
 def test_disabling_the_user_kills_the_exchanged_token_for_good(

@@ -6,7 +6,7 @@ token of ours that was issued for that client's use, that is aimed at one of the
 serves (one of its registered audiences; a token aimed at another service cannot be swapped by
 an unrelated client); the new token is for targets among those audiences, with no more scope and
 no longer life than the subject token, and lives in the subject's login (records.py), so it
-dies with it.
+dies with it, and with the subject token itself.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
         client: Client = self.request.client
         subject: _Presented = self.request.subject
         claims = issued_claims(token["access_token"])
-        records.record_exchanged(token["access_token"], claims, subject.live.family_id, client)
+        records.record_exchanged(token["access_token"], claims, subject.claims["jti"], client)
         audit.event(
             "token.exchanged",
             client_id=client.client_id,

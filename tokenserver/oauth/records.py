@@ -161,15 +161,17 @@ def signing_kid(access_token: str) -> str | None:
 
 
 def record_exchanged(
-    access_token: str, claims: dict[str, Any], family_id: str, client: Client
+    access_token: str, claims: dict[str, Any], subject_jti: str, client: Client
 ) -> None:
-    """Store a token exchanged (RFC 8693) for one in `family_id`, as `client`'s, in that family.
+    """Store a token exchanged (RFC 8693) for the access token `subject_jti`, as `client`'s,
+    in that token's family.
 
-    Revoking the login, or disabling its user, then kills the exchanged token with the rest.
+    Revoking the subject token (or any token it was exchanged from), revoking the login, or
+    disabling its user then kills the exchanged token too.
     """
     auds = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
     record = {
-        "family_id": family_id,
+        "parent_jti": subject_jti,
         "kind": ACCESS,
         "jti": claims["jti"],
         "kid": signing_kid(access_token),

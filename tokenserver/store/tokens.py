@@ -101,9 +101,38 @@ def revoke_logins(
 
 
 def revoke_access_token(jti: str) -> None:
-    """Revoke one access token."""
+    """Revoke one access token, and every token exchanged from it (RFC 8693), transitively."""
+    now = utcnow()
     with transaction() as conn:
-        conn.execute(_REVOKE_ACCESS, {"token_jti": jti, "now": utcnow()})
+        # First the token's own row: its lock waits out any exchange of it under way (which
+        # share-locks it, see _INSERT_EXCHANGED), so what that exchange stores is seen below.
+        conn.execute(_REVOKE_ACCESS, {"token_jti": jti, "now": now})
+        _revoke_exchanged(conn, [jti], now)
+
+
+# One generation of exchanged tokens: those exchanged from the given ones, not yet revoked.
+_REVOKE_EXCHANGED = (
+    update(_records)
+    .where(
+        _records.c.parent_jti.in_(bindparam("parent_jtis", expanding=True)),
+        _records.c.revoked_at.is_(None),
+    )
+    .values(revoked_at=_now)
+    .returning(_records.c.jti)
+)
+
+
+def _revoke_exchanged(conn: Connection, jtis: list[str], now: datetime) -> None:
+    """Revoke what was exchanged from the tokens `jtis`, generation by generation.
+
+    Exchanges nest at most MAX_ACTORS deep (oauth/exchange.py), so this is a few statements.
+    Each generation is a statement of its own: on PostgreSQL it sees what an exchange of the
+    previous generation committed while that row's revocation waited for it. A token already
+    revoked was walked when it was, so its descendants are revoked too.
+    """
+    while jtis:
+        params = {"parent_jtis": jtis, "now": now}
+        jtis = [jti for jti in conn.execute(_REVOKE_EXCHANGED, params).scalars() if jti]
 
 
 def signed_in_apps(user_id: int) -> list[SignedInApp]:
@@ -308,33 +337,43 @@ def _spend(conn: Connection, token_hash: str, reuse_grace: int) -> bool:
     return bool(conn.execute(_SPEND_AGAIN, params).rowcount == 1)
 
 
-# An exchanged token joins its subject's family only while that login is alive and its user
-# enabled, in one statement: an exchange racing a revocation lands first (and dies with the
-# rest) or not at all.
+# An exchanged token joins its subject token's family, naming that token as its parent, only
+# while the subject token is unrevoked, its login alive and its user enabled, in one
+# statement: an exchange racing a revocation lands first (and dies with the rest) or not at
+# all. The subject token's row is share-locked (PostgreSQL): revoking it meanwhile waits for
+# this insert, then revokes what it stored (revoke_access_token), or is waited for, and then
+# this finds it revoked and stores nothing.
+_exchanged_from = _records.alias("exchanged_from")
 _EXCHANGED_COLUMNS = ("jti", "kid", "scope", "issued_at", "expires_at", "client_id", "audience")
 _INSERT_EXCHANGED = (
     insert(_records)
     .from_select(
-        ["family_id", "kind", *_EXCHANGED_COLUMNS],
+        ["family_id", "parent_jti", "kind", *_EXCHANGED_COLUMNS],
         select(
-            _families.c.id,
+            _exchanged_from.c.family_id,
+            _exchanged_from.c.jti,
             bindparam("kind", type_=_records.c.kind.type),
             *(typed_parameter(_records.c[name]) for name in _EXCHANGED_COLUMNS),
         )
+        .join(_families, _families.c.id == _exchanged_from.c.family_id)
         .join(_users, _users.c.id == _families.c.user_id)
         .where(
-            _families.c.id == bindparam("family_id"),
+            _exchanged_from.c.jti == bindparam("parent_jti"),
+            _exchanged_from.c.kind == ACCESS,
+            _exchanged_from.c.revoked_at.is_(None),
             _families.c.revoked_at.is_(None),
             _users.c.disabled.is_(False),
-        ),
+        )
+        .with_for_update(read=True, of=_exchanged_from),
     )
     .returning(_records.c.id)
 )
 
 
 def store_exchanged(record: dict[str, Any]) -> bool:
-    """Store an exchanged access token's `record` in its subject's family (`family_id`);
-    False if that login was revoked or its user disabled meanwhile. ClientGone as above."""
+    """Store an exchanged access token's `record` in the family of the token it was exchanged
+    from (`parent_jti`); False if that token or its login was revoked, or its user disabled,
+    meanwhile. ClientGone as above."""
     return _issuing(lambda conn: conn.execute(_INSERT_EXCHANGED, record).first() is not None)
 
 
