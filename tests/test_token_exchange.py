@@ -499,13 +499,20 @@ def test_revoking_an_exchanged_token_kills_what_was_exchanged_from_it_down_the_c
     assert introspect(actions, setup.auditor, sibling)["active"] is True  # not from it
 
 
-def _revoking_on_a_thread(app: Flask, jti: str) -> threading.Thread:
-    """Revoke the access token `jti` (as RFC 7009 revocation does) on a thread of its own."""
+def _revoking_on_a_thread(app: Flask, token: str, what: str = "token") -> threading.Thread:
+    """Revoke the access `token` (as RFC 7009 revocation does), or its signing key (as `keys
+    revoke` does), on a thread of its own."""
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke as revoke_key
+    from tokenserver.keywrap import KeyWrapper
     from tokenserver.store import tokens
 
     def revoke() -> None:
         with app.app_context():
-            tokens.revoke_access_token(jti)
+            if what == "token":
+                tokens.revoke_access_token(claims_of(token)["jti"])
+            else:
+                revoke_key(db.engine, KeyWrapper(), pyjwt.get_unverified_header(token)["kid"])
 
     return threading.Thread(target=revoke)
 
@@ -515,15 +522,18 @@ def _postgres_only(database_url: str) -> None:
         pytest.skip("SQLite runs one write transaction at a time")
 
 
+@pytest.mark.parametrize("what", ["token", "signing key"])
 def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its_token(
     app: Flask,
     actions: Actions,
     setup: Setup,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
+    what: str,
 ) -> None:
-    # The exchange has stored its token, not yet committed, when the subject token is revoked:
-    # the revocation waits for it, then sees that token and revokes it too.
+    # The exchange has stored its token, not yet committed, when the subject token (or its
+    # signing key) is revoked: the revocation waits for it, then sees that token and revokes
+    # it too.
     _postgres_only(database_url)
     from tokenserver.store import tokens
 
@@ -549,7 +559,7 @@ def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its
     )
     exchanging.start()
     assert holding.wait(30)
-    revoking = _revoking_on_a_thread(app, claims_of(setup.subject)["jti"])
+    revoking = _revoking_on_a_thread(app, setup.subject, what)
     revoking.start()
     engine = create_engine(database_url)
     try:
@@ -586,7 +596,7 @@ def test_an_exchange_waits_for_its_subject_tokens_revocation_under_way_and_store
         walking(conn, jtis, now)
 
     monkeypatch.setattr(tokens, "_revoke_exchanged", held)
-    revoking = _revoking_on_a_thread(app, claims_of(setup.subject)["jti"])
+    revoking = _revoking_on_a_thread(app, setup.subject)
     revoking.start()
     assert holding.wait(30)
     answers: list[Any] = []
@@ -607,6 +617,65 @@ def test_an_exchange_waits_for_its_subject_tokens_revocation_under_way_and_store
         exchanging.join()
         engine.dispose()
     assert refused(answers[0], 400, "invalid_request"), answers[0].json
+
+
+def test_revoking_the_subject_tokens_signing_key_kills_the_token_exchanged_from_it(
+    app: Flask, actions: Actions, setup: Setup, make_app: Any
+) -> None:
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke, rotate
+    from tokenserver.keywrap import KeyWrapper
+
+    subject_kid = pyjwt.get_unverified_header(setup.subject)["kid"]
+    with app.app_context():
+        rotation = rotate(db.engine, KeyWrapper(), 0, now=True)
+    assert rotation is not None
+    elsewhere = make_app()  # a worker that signs with the new key already
+    relay = Actions(elsewhere, elsewhere.test_client())
+    first = exchange(relay, setup.gateway, setup.subject, audience=DEFAULT).json["access_token"]
+    second = exchange(relay, setup.gateway, first, audience=DEFAULT).json["access_token"]
+    assert {pyjwt.get_unverified_header(t)["kid"] for t in (first, second)} == {rotation.kid}
+    sibling = relay.token(setup.front).json["access_token"]  # signed with the new key
+    from_sibling = exchange(relay, setup.gateway, sibling, audience=DEFAULT).json["access_token"]
+    with app.app_context():
+        revoke(db.engine, KeyWrapper(), subject_kid)
+    assert introspect(actions, setup.auditor, first) == {"active": False}
+    assert introspect(actions, setup.auditor, second) == {"active": False}
+    assert introspect(actions, setup.auditor, from_sibling)["active"] is True
+
+
+def test_a_subject_tokens_key_revoked_while_exchanging_stores_nothing(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
+
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke
+    from tokenserver.keywrap import KeyWrapper
+    from tokenserver.oauth import records
+    from tokenserver.store import clients
+
+    token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
+    with app.app_context():
+        gateway = clients.find(setup.gateway.client_id)
+        assert gateway is not None
+        # The subject token checked out; its key is revoked before the new token is stored.
+        revoke(db.engine, KeyWrapper(), pyjwt.get_unverified_header(setup.subject)["kid"])
+    again = {**claims_of(token), "jti": "exchanged-meanwhile"}
+    with app.app_context(), pytest.raises(InvalidRequestError):
+        records.record_exchanged(token, again, claims_of(setup.subject)["jti"], gateway)
+    with app.app_context():
+        assert tokens_stored(again["jti"]) == 0
+
+
+def tokens_stored(jti: str) -> int:
+    """How many records carry this `jti` (within an app context)."""
+    from sqlalchemy import func, select
+
+    from tokenserver.extensions import db
+    from tokenserver.models import TokenRecord
+
+    return int(db.session.scalar(select(func.count()).where(TokenRecord.jti == jti)) or 0)
 
 
 def test_disabling_the_user_kills_the_exchanged_token_for_good(

@@ -122,6 +122,37 @@ _REVOKE_EXCHANGED = (
 )
 
 
+# The first generation exchanged from the tokens a signing key signed: found from the few
+# exchanged records (the parent_jti index), each parent by its unique jti.
+_signed = _records.alias("signed")
+_REVOKE_EXCHANGED_FROM_KEY = (
+    update(_records)
+    .where(
+        _records.c.parent_jti.is_not(None),
+        _records.c.revoked_at.is_(None),
+        exists().where(
+            _signed.c.jti == _records.c.parent_jti, _signed.c.kid == bindparam("revoked_kid")
+        ),
+    )
+    .values(revoked_at=_now)
+    .returning(_records.c.jti)
+)
+# Parameters per statement of a walk: far below any backend's limit, however wide it gets.
+_WALK_CHUNK = 500
+
+
+def revoke_exchanged_from_key(tx: Connection, kid: str) -> None:
+    """Revoke every token exchanged (RFC 8693) from a token the signing key `kid` signed, and
+    what was exchanged from those: with the key revoked, the tokens it signed may be forged.
+
+    Run in the key's revocation, after its row is written (`keys.withdraw`): an exchange
+    under way share-locks that row (_INSERT_EXCHANGED), so its token is seen here.
+    """
+    now = utcnow()
+    revoked = tx.execute(_REVOKE_EXCHANGED_FROM_KEY, {"revoked_kid": kid, "now": now}).scalars()
+    _revoke_exchanged(tx, [jti for jti in revoked if jti], now)
+
+
 def _revoke_exchanged(conn: Connection, jtis: list[str], now: datetime) -> None:
     """Revoke what was exchanged from the tokens `jtis`, generation by generation.
 
@@ -131,8 +162,11 @@ def _revoke_exchanged(conn: Connection, jtis: list[str], now: datetime) -> None:
     revoked was walked when it was, so its descendants are revoked too.
     """
     while jtis:
-        params = {"parent_jtis": jtis, "now": now}
-        jtis = [jti for jti in conn.execute(_REVOKE_EXCHANGED, params).scalars() if jti]
+        found: list[str] = []
+        for start in range(0, len(jtis), _WALK_CHUNK):
+            params = {"parent_jtis": jtis[start : start + _WALK_CHUNK], "now": now}
+            found.extend(jti for jti in conn.execute(_REVOKE_EXCHANGED, params).scalars() if jti)
+        jtis = found
 
 
 def signed_in_apps(user_id: int) -> list[SignedInApp]:
@@ -338,11 +372,12 @@ def _spend(conn: Connection, token_hash: str, reuse_grace: int) -> bool:
 
 
 # An exchanged token joins its subject token's family, naming that token as its parent, only
-# while the subject token is unrevoked, its login alive and its user enabled, in one
-# statement: an exchange racing a revocation lands first (and dies with the rest) or not at
-# all. The subject token's row is share-locked (PostgreSQL): revoking it meanwhile waits for
-# this insert, then revokes what it stored (revoke_access_token), or is waited for, and then
-# this finds it revoked and stores nothing.
+# while the subject token and its signing key are unrevoked, its login alive and its user
+# enabled, in one statement: an exchange racing a revocation lands first (and dies with the
+# rest) or not at all. The subject token's row and its key's are share-locked (PostgreSQL):
+# revoking either meanwhile waits for this insert, then revokes what it stored
+# (revoke_access_token, revoke_exchanged_from_key), or is waited for, and then this finds it
+# revoked and stores nothing.
 _exchanged_from = _records.alias("exchanged_from")
 _EXCHANGED_COLUMNS = ("jti", "kid", "scope", "issued_at", "expires_at", "client_id", "audience")
 _INSERT_EXCHANGED = (
@@ -357,14 +392,16 @@ _INSERT_EXCHANGED = (
         )
         .join(_families, _families.c.id == _exchanged_from.c.family_id)
         .join(_users, _users.c.id == _families.c.user_id)
+        .join(_keys, _keys.c.kid == _exchanged_from.c.kid)
         .where(
             _exchanged_from.c.jti == bindparam("parent_jti"),
             _exchanged_from.c.kind == ACCESS,
             _exchanged_from.c.revoked_at.is_(None),
             _families.c.revoked_at.is_(None),
             _users.c.disabled.is_(False),
+            _keys.c.state != "revoked",
         )
-        .with_for_update(read=True, of=_exchanged_from),
+        .with_for_update(read=True, of=[_exchanged_from, _keys]),
     )
     .returning(_records.c.id)
 )
