@@ -22,8 +22,15 @@ from sqlalchemy import create_engine
 
 from tokenserver.models import TOKEN_EXCHANGE
 
-from .conftest import Actions, LiveServer, RegisteredClient
-from .helpers import Flow, claims_of, pkce, until_a_backend_waits_for_a_lock, verified
+from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from .helpers import (
+    Flow,
+    Prover,
+    claims_of,
+    pkce,
+    until_a_backend_waits_for_a_lock,
+    verified,
+)
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -882,6 +889,28 @@ def test_a_sender_constrained_subject_token_is_invalid_request(
     response = exchange(actions, setup.gateway, bound, resource=PHOTOS)
     assert refused(response, 400, "invalid_request")
     assert "sender-constrained" in response.json["error_description"]
+
+
+def test_a_sender_constrained_actor_token_is_invalid_request(
+    actions: Actions, setup: Setup
+) -> None:
+    mail = actions.oauth_client("mail", grants=(TOKEN_EXCHANGE,), audiences=(MAIL, PHOTOS))
+    subject = actions.token(setup.front, resource=MAIL).json["access_token"]
+    password = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    bound = actions.client.post(
+        "/oauth/token",
+        data={**password, "resource": MAIL},
+        auth=setup.front.auth,
+        headers={"DPoP": Prover().proof("POST", f"{DEFAULT}/oauth/token")},
+    ).json["access_token"]
+    assert "cnf" in claims_of(bound)  # bound to a key the exchanging client never proves
+    as_actor = {"actor_token": bound, "actor_token_type": ACCESS_TOKEN}
+    response = exchange(actions, mail, subject, resource=PHOTOS, **as_actor)
+    assert refused(response, 400, "invalid_request"), response.json
+    # The same token unbound would do: only the binding refuses it.
+    unbound = actions.token(setup.front, resource=MAIL).json["access_token"]
+    as_actor = {"actor_token": unbound, "actor_token_type": ACCESS_TOKEN}
+    assert exchange(actions, mail, subject, resource=PHOTOS, **as_actor).status_code == 200
 
 
 def test_an_exchange_leaves_no_actor_on_later_tokens_of_the_same_context(

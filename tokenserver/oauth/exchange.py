@@ -178,6 +178,10 @@ def _actor(data: Any, client: Client) -> _Presented | None:
         raise InvalidRequestError("The actor token is invalid, expired or revoked.")
     if actor.claims["client_id"] != client.client_id and not _for_client(actor, client):
         raise InvalidRequestError("The actor token was not issued for this client's use.")
+    if "cnf" in actor.claims:
+        # A sender-constrained token (RFC 9449) acts only with a proof of its key, which an
+        # exchange does not carry: whoever merely holds it must not act as its owner.
+        raise InvalidRequestError("A sender-constrained actor token cannot be used here.")
     return actor
 
 
