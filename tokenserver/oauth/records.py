@@ -190,12 +190,15 @@ def record_exchanged(
         raise InvalidRequestError("The subject token is invalid, expired or revoked.")
 
 
-def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
+def find_refresh_token(
+    token: str, client: Client, dpop_jkt: str | None
+) -> RefreshCredential | None:
     """The live, unspent refresh token of `client`; presenting a spent one kills its family.
 
     Only reads: the token is spent when the new tokens are stored (see record_issued), so the
     write lock is held for the few statements of that commit, not across RSA signing. A token
-    spent less than TOKENSERVER_REFRESH_REUSE_GRACE ago passes too (two tabs racing).
+    spent less than TOKENSERVER_REFRESH_REUSE_GRACE ago passes too (two tabs racing). A token
+    bound to a DPoP key other than the request's (`dpop_jkt`) is refused, spent or not.
     """
     if not _may_be_ours(token):
         return None
@@ -212,6 +215,11 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
             family_id=row.family_id,
         )
         return None
+    if row.dpop_jkt is not None and row.dpop_jkt != dpop_jkt:
+        # RFC 9449 §5: a bound refresh token is useless without its private key. Refused before
+        # reuse detection, and nothing revoked: whoever stole a spent one, without the key,
+        # must not be able to end the owner's login.
+        raise InvalidGrantError("The refresh token is bound to another DPoP key.")
     settings, now = current_settings(), utcnow()
     session_ends = row.family_created_at + timedelta(seconds=settings.session_max_age)
     grace = _within_grace(row.spent_at, settings.refresh_reuse_grace, now)
