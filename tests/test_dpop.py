@@ -194,6 +194,37 @@ def test_public_clients_refresh_token_is_bound(
     assert _token(client, public_client, None, **again).json["error"] == "invalid_grant"
 
 
+def test_a_spent_bound_refresh_token_without_its_key_is_refused_and_the_login_lives(
+    client: FlaskClient, public_client: RegisteredClient, prover: Prover, runner: FlaskCliRunner
+) -> None:
+    issued = _token(client, public_client, prover.proof("POST", TOKEN_URL)).json
+    spent = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+    renewed = _token(client, public_client, prover.proof("POST", TOKEN_URL), **spent).json
+    # A thief replays the spent token, with no proof or a key of its own: refused...
+    for proof in (None, Prover().proof("POST", TOKEN_URL)):
+        replayed = _token(client, public_client, proof, **spent)
+        assert replayed.status_code == 400
+        assert replayed.json["error"] == "invalid_grant"
+        assert "DPoP key" in replayed.json["error_description"]
+
+    # ...and the owner's login goes on: its access token works, its refresh token refreshes.
+    def me() -> Any:
+        token = renewed["access_token"]
+        proof = prover.proof("GET", f"{ISSUER}/users/me", token)
+        return client.get("/users/me", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+    assert me().status_code == 200
+    latest = {"grant_type": "refresh_token", "refresh_token": renewed["refresh_token"]}
+    assert (
+        _token(client, public_client, prover.proof("POST", TOKEN_URL), **latest).status_code == 200
+    )
+    # The owner's own key replaying the spent token still ends the login (RFC 9700 §4.14.2).
+    reused = _token(client, public_client, prover.proof("POST", TOKEN_URL), **spent)
+    assert reused.status_code == 400 and reused.json["error"] == "invalid_grant"
+    assert "DPoP key" not in reused.json["error_description"]
+    assert me().status_code == 401
+
+
 def test_confidential_clients_refresh_token_is_not_bound(
     client: FlaskClient, app_client: RegisteredClient, prover: Prover
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,19 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import create_engine
 
 from tokenserver.models import TOKEN_EXCHANGE
 
-from .conftest import Actions, LiveServer, RegisteredClient
-from .helpers import Flow, claims_of, pkce, verified
+from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
+from .helpers import (
+    Flow,
+    Prover,
+    claims_of,
+    pkce,
+    until_a_backend_waits_for_a_lock,
+    verified,
+)
 
 DEFAULT = "http://localhost:8000"  # the default audience: the issuer
 PHOTOS = "https://photos.example/api"
@@ -355,8 +364,6 @@ def test_a_revoked_subject_token_is_invalid_request(actions: Actions, setup: Set
 def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
     app: Flask, actions: Actions, setup: Setup
 ) -> None:
-    from authlib.oauth2.rfc6749.errors import InvalidRequestError
-
     from tokenserver.oauth import records
     from tokenserver.store import clients
 
@@ -372,10 +379,37 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
         actions.client.post("/oauth/revoke", data=revoke, auth=setup.front.auth).status_code == 200
     )
     again = {**claims_of(token), "jti": "exchanged-meanwhile"}
-    with app.app_context(), pytest.raises(InvalidRequestError):
-        records.record_exchanged(token, again, live.family_id, gateway)
+    with app.app_context():
+        assert records.record_exchanged(token, again, live.jti or "", gateway) is False
     with app.app_context():
         assert records.live_access_token(again) is None
+
+
+def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    from tokenserver.oauth import records
+    from tokenserver.store import clients
+
+    token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
+    subject_jti = claims_of(setup.subject)["jti"]
+    with app.app_context():
+        gateway = clients.find(setup.gateway.client_id)
+        assert gateway is not None
+        stored = {**claims_of(token), "jti": "exchanged-before"}
+        assert records.record_exchanged(token, stored, subject_jti, gateway)  # subject live
+        assert records.live_access_token(stored) is not None
+    # The subject token (not its login) is revoked after it checked out, before the insert.
+    revoke = {"token": setup.subject}
+    assert (
+        actions.client.post("/oauth/revoke", data=revoke, auth=setup.front.auth).status_code == 200
+    )
+    again = {**claims_of(token), "jti": "exchanged-meanwhile"}
+    with app.app_context():
+        assert records.record_exchanged(token, again, subject_jti, gateway) is False
+    with app.app_context():
+        assert records.live_access_token(again) is None
+        assert records.live_access_token(stored) is None  # revoked with its subject token
 
 
 def test_a_disabled_users_token_is_invalid_request(
@@ -393,10 +427,67 @@ def test_a_token_aimed_at_a_service_the_client_does_not_serve_is_invalid_request
     for_mail = actions.token(setup.front, resource=MAIL).json["access_token"]
     response = exchange(actions, setup.gateway, for_mail, resource=PHOTOS)
     assert refused(response, 400, "invalid_request")
-    assert "this client" in response.json["error_description"]
+    # Said as for a token that is not alive: the refusal tells nothing of the token's state.
+    assert response.json == exchange(actions, setup.gateway, "not-a-token", resource=PHOTOS).json
     # The mail service itself may.
     mail = actions.oauth_client("mail", grants=(TOKEN_EXCHANGE,), audiences=(MAIL, PHOTOS))
     assert exchange(actions, mail, for_mail, resource=PHOTOS).status_code == 200
+
+
+def test_a_foreign_token_is_refused_alike_alive_or_revoked(actions: Actions, setup: Setup) -> None:
+    # The gateway serves neither MAIL nor the tokens aimed at it: whether such a token is still
+    # alive is none of its business, as subject or as actor.
+    live = actions.token(setup.front, resource=MAIL).json["access_token"]
+    dead = actions.token(setup.front, resource=MAIL).json["access_token"]
+    revoke = actions.client.post("/oauth/revoke", data={"token": dead}, auth=setup.front.auth)
+    assert revoke.status_code == 200
+    assert introspect(actions, setup.auditor, live)["active"] is True
+    assert introspect(actions, setup.auditor, dead) == {"active": False}
+    as_subject = [exchange(actions, setup.gateway, t, resource=PHOTOS) for t in (live, dead)]
+    assert refused(as_subject[0], 400, "invalid_request")
+    assert as_subject[0].json == as_subject[1].json
+    as_actor = [
+        exchange(
+            actions,
+            setup.gateway,
+            setup.subject,
+            resource=PHOTOS,
+            actor_token=token,
+            actor_token_type=ACCESS_TOKEN,
+        )
+        for token in (live, dead)
+    ]
+    assert refused(as_actor[0], 400, "invalid_request")
+    assert as_actor[0].json == as_actor[1].json
+
+
+def test_every_refused_subject_token_gets_one_description(
+    actions: Actions, setup: Setup, runner: FlaskCliRunner
+) -> None:
+    machine = actions.oauth_client("machine", grants=("client_credentials",), audiences=(PHOTOS,))
+    own = actions.client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "resource": PHOTOS},
+        auth=machine.auth,
+    ).json["access_token"]
+    revoked = actions.token(setup.front).json["access_token"]
+    actions.client.post("/oauth/revoke", data={"token": revoked}, auth=setup.front.auth)
+    for_mail = actions.token(setup.front, resource=MAIL).json["access_token"]
+    refusals = {
+        "garbage": "not-a-token",
+        "a client's own token": own,
+        "revoked": revoked,
+        "aimed elsewhere": for_mail,
+    }
+    descriptions = set()
+    for name, token in refusals.items():
+        response = exchange(actions, setup.gateway, token, resource=PHOTOS)
+        assert refused(response, 400, "invalid_request"), name
+        descriptions.add(response.json["error_description"])
+    assert runner.invoke(args=["users", "disable", "alice"]).exit_code == 0
+    disabled = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS)
+    descriptions.add(disabled.json["error_description"])
+    assert len(descriptions) == 1, descriptions
 
 
 def test_a_clients_own_token_is_not_a_subject(actions: Actions, setup: Setup) -> None:
@@ -422,6 +513,230 @@ def test_revoking_the_subjects_login_kills_the_exchanged_token(
     assert revoked.status_code == 200
     assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 401
     assert introspect(actions, setup.auditor, token) == {"active": False}
+
+
+def test_revoking_the_subject_token_kills_the_exchanged_token_and_the_login_goes_on(
+    actions: Actions, setup: Setup
+) -> None:
+    token = exchange(actions, setup.gateway, setup.subject, audience=DEFAULT).json["access_token"]
+    assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 200
+    revoked = actions.client.post(
+        "/oauth/revoke", data={"token": setup.subject}, auth=setup.front.auth
+    )
+    assert revoked.status_code == 200
+    assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 401
+    assert introspect(actions, setup.auditor, token) == {"active": False}
+    # Only that token's line ends: the login refreshes, and what it issues can be exchanged.
+    refreshed = actions.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": setup.login["refresh_token"]},
+        auth=setup.front.auth,
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    fresh = refreshed.json["access_token"]
+    assert exchange(actions, setup.gateway, fresh, audience=DEFAULT).status_code == 200
+
+
+def test_revoking_an_exchanged_token_kills_what_was_exchanged_from_it_down_the_chain(
+    actions: Actions, setup: Setup
+) -> None:
+    relay = actions.oauth_client("relay", grants=(TOKEN_EXCHANGE,), audiences=(DEFAULT,))
+    sibling = exchange(actions, relay, setup.subject, audience=DEFAULT).json["access_token"]
+    chain = [setup.subject]
+    for _ in range(4):  # as deep as exchanges nest
+        response = exchange(actions, relay, chain[-1], audience=DEFAULT)
+        assert response.status_code == 200, response.json
+        chain.append(response.json["access_token"])
+    revoked = actions.client.post("/oauth/revoke", data={"token": chain[1]}, auth=relay.auth)
+    assert revoked.status_code == 200
+    assert [introspect(actions, setup.auditor, token)["active"] for token in chain] == [
+        True,  # what it was exchanged from lives on
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert introspect(actions, setup.auditor, sibling)["active"] is True  # not from it
+
+
+def _revoking_on_a_thread(app: Flask, token: str, what: str = "token") -> threading.Thread:
+    """Revoke the access `token` (as RFC 7009 revocation does), or its signing key (as `keys
+    revoke` does), on a thread of its own."""
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke as revoke_key
+    from tokenserver.keywrap import KeyWrapper
+    from tokenserver.store import tokens
+
+    def revoke() -> None:
+        with app.app_context():
+            if what == "token":
+                tokens.revoke_access_token(claims_of(token)["jti"])
+            else:
+                revoke_key(db.engine, KeyWrapper(), pyjwt.get_unverified_header(token)["kid"])
+
+    return threading.Thread(target=revoke)
+
+
+def _postgres_only(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time")
+
+
+@pytest.mark.parametrize("what", ["token", "signing key"])
+def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its_token(
+    app: Flask,
+    actions: Actions,
+    setup: Setup,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+) -> None:
+    # The exchange has stored its token, not yet committed, when the subject token (or its
+    # signing key) is revoked: the revocation waits for it, then sees that token and revokes
+    # it too.
+    _postgres_only(database_url)
+    from tokenserver.store import tokens
+
+    holding, release = threading.Event(), threading.Event()
+    issuing = tokens._issuing
+
+    def held(write: Any) -> bool:
+        def stored_then_held(conn: Any) -> bool:
+            stored = bool(write(conn))
+            holding.set()
+            release.wait(30)
+            return stored
+
+        return issuing(stored_then_held)
+
+    monkeypatch.setattr(tokens, "_issuing", held)
+    answers: list[Any] = []
+    other = app.test_client()
+    exchanging = threading.Thread(
+        target=lambda: answers.append(
+            exchange(Actions(app, other), setup.gateway, setup.subject, audience=DEFAULT)
+        )
+    )
+    exchanging.start()
+    assert holding.wait(30)
+    revoking = _revoking_on_a_thread(app, setup.subject, what)
+    revoking.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, revoking)
+    finally:
+        release.set()
+        exchanging.join()
+        revoking.join()
+        engine.dispose()
+    assert answers[0].status_code == 200, answers[0].json  # it came first...
+    token = answers[0].json["access_token"]
+    assert introspect(actions, setup.auditor, token) == {"active": False}  # ...and died
+
+
+def test_an_exchange_waits_for_its_subject_tokens_revocation_under_way_and_stores_nothing(
+    app: Flask,
+    actions: Actions,
+    setup: Setup,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The other way round: the subject token is revoked, not yet committed, when the exchange
+    # (which found it live) stores its token: the exchange waits, then finds it revoked.
+    _postgres_only(database_url)
+    from tokenserver.store import tokens
+
+    holding, release = threading.Event(), threading.Event()
+    walking = tokens._revoke_exchanged
+
+    def held(conn: Any, jtis: list[str], now: Any) -> None:
+        holding.set()
+        release.wait(30)
+        walking(conn, jtis, now)
+
+    monkeypatch.setattr(tokens, "_revoke_exchanged", held)
+    revoking = _revoking_on_a_thread(app, setup.subject)
+    revoking.start()
+    assert holding.wait(30)
+    answers: list[Any] = []
+    other = app.test_client()
+    exchanging = threading.Thread(
+        target=lambda: answers.append(
+            exchange(Actions(app, other), setup.gateway, setup.subject, audience=DEFAULT)
+        )
+    )
+    exchanging.start()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            until_a_backend_waits_for_a_lock(conn, exchanging)
+    finally:
+        release.set()
+        revoking.join()
+        exchanging.join()
+        engine.dispose()
+    assert refused(answers[0], 400, "invalid_request"), answers[0].json
+
+
+def test_revoking_the_subject_tokens_signing_key_kills_the_token_exchanged_from_it(
+    app: Flask, actions: Actions, setup: Setup, make_app: Any
+) -> None:
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke, rotate
+    from tokenserver.keywrap import KeyWrapper
+
+    subject_kid = pyjwt.get_unverified_header(setup.subject)["kid"]
+    with app.app_context():
+        rotation = rotate(db.engine, KeyWrapper(), 0, now=True)
+    assert rotation is not None
+    elsewhere = make_app()  # a worker that signs with the new key already
+    relay = Actions(elsewhere, elsewhere.test_client())
+    first = exchange(relay, setup.gateway, setup.subject, audience=DEFAULT).json["access_token"]
+    second = exchange(relay, setup.gateway, first, audience=DEFAULT).json["access_token"]
+    assert {pyjwt.get_unverified_header(t)["kid"] for t in (first, second)} == {rotation.kid}
+    sibling = relay.token(setup.front).json["access_token"]  # signed with the new key
+    from_sibling = exchange(relay, setup.gateway, sibling, audience=DEFAULT).json["access_token"]
+    with app.app_context():
+        revoke(db.engine, KeyWrapper(), subject_kid)
+    assert introspect(actions, setup.auditor, first) == {"active": False}
+    assert introspect(actions, setup.auditor, second) == {"active": False}
+    assert introspect(actions, setup.auditor, from_sibling)["active"] is True
+
+
+def test_a_subject_tokens_key_revoked_while_exchanging_stores_nothing(
+    app: Flask, actions: Actions, setup: Setup
+) -> None:
+    from tokenserver.extensions import db
+    from tokenserver.keys import revoke
+    from tokenserver.keywrap import KeyWrapper
+    from tokenserver.oauth import records
+    from tokenserver.store import clients
+
+    token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
+    with app.app_context():
+        gateway = clients.find(setup.gateway.client_id)
+        assert gateway is not None
+        # The subject token checked out; its key is revoked before the new token is stored.
+        revoke(db.engine, KeyWrapper(), pyjwt.get_unverified_header(setup.subject)["kid"])
+    again = {**claims_of(token), "jti": "exchanged-meanwhile"}
+    with app.app_context():
+        assert (
+            records.record_exchanged(token, again, claims_of(setup.subject)["jti"], gateway)
+            is False
+        )
+    with app.app_context():
+        assert tokens_stored(again["jti"]) == 0
+
+
+def tokens_stored(jti: str) -> int:
+    """How many records carry this `jti` (within an app context)."""
+    from sqlalchemy import func, select
+
+    from tokenserver.extensions import db
+    from tokenserver.models import TokenRecord
+
+    return int(db.session.scalar(select(func.count()).where(TokenRecord.jti == jti)) or 0)
 
 
 def test_disabling_the_user_kills_the_exchanged_token_for_good(
@@ -627,7 +942,29 @@ def test_a_sender_constrained_subject_token_is_invalid_request(
     assert introspect(actions, setup.auditor, bound)["active"] is True  # a live token of ours
     response = exchange(actions, setup.gateway, bound, resource=PHOTOS)
     assert refused(response, 400, "invalid_request")
-    assert "sender-constrained" in response.json["error_description"]
+    assert response.json == exchange(actions, setup.gateway, "not-a-token", resource=PHOTOS).json
+
+
+def test_a_sender_constrained_actor_token_is_invalid_request(
+    actions: Actions, setup: Setup
+) -> None:
+    mail = actions.oauth_client("mail", grants=(TOKEN_EXCHANGE,), audiences=(MAIL, PHOTOS))
+    subject = actions.token(setup.front, resource=MAIL).json["access_token"]
+    password = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    bound = actions.client.post(
+        "/oauth/token",
+        data={**password, "resource": MAIL},
+        auth=setup.front.auth,
+        headers={"DPoP": Prover().proof("POST", f"{DEFAULT}/oauth/token")},
+    ).json["access_token"]
+    assert "cnf" in claims_of(bound)  # bound to a key the exchanging client never proves
+    as_actor = {"actor_token": bound, "actor_token_type": ACCESS_TOKEN}
+    response = exchange(actions, mail, subject, resource=PHOTOS, **as_actor)
+    assert refused(response, 400, "invalid_request"), response.json
+    # The same token unbound would do: only the binding refuses it.
+    unbound = actions.token(setup.front, resource=MAIL).json["access_token"]
+    as_actor = {"actor_token": unbound, "actor_token_type": ACCESS_TOKEN}
+    assert exchange(actions, mail, subject, resource=PHOTOS, **as_actor).status_code == 200
 
 
 def test_an_exchange_leaves_no_actor_on_later_tokens_of_the_same_context(

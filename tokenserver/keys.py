@@ -22,6 +22,7 @@ from .errors import APIError, NotFound
 from .keywrap import KeyWrapper
 from .models import isoformat, utcnow
 from .store import keys as stored
+from .store import tokens as token_records
 from .store import transaction
 from .store.keys import CURRENT, NEXT, REVOKED, KeyConflict, KeyInfo, NewKey
 
@@ -104,7 +105,8 @@ def promote_due(engine: Engine, publish_seconds: int) -> bool:
 
 
 def revoke(engine: Engine, wrapper: KeyWrapper, kid: str) -> str | None:
-    """Withdraw a key at once: out of the JWKS, and its tokens dead (see oauth/records.py).
+    """Withdraw a key at once: out of the JWKS, and its tokens dead (see oauth/records.py),
+    with the tokens exchanged from them (RFC 8693).
 
     Revoking the current key puts another in its place in the same transaction (the pending
     next key, else a new one), whose kid is returned.
@@ -125,6 +127,9 @@ def _withdraw(engine: Engine, replacement: NewKey, kid: str) -> str | None:
             raise APIError(f"signing key {kid} is already revoked")
         if not stored.withdraw(tx, kid, state, utcnow()):
             raise APIError(f"signing key {kid} changed meanwhile; try again")
+        # Its tokens die by their kid on every check; what was exchanged from them (signed by
+        # another key) is revoked here, as if each of them had been revoked.
+        token_records.revoke_exchanged_from_key(tx, kid)
         if state != CURRENT:
             return None
         if stored.promote_next(tx, utcnow()):

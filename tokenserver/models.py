@@ -371,6 +371,16 @@ class TokenRecord(db.Model):  # type: ignore[name-defined,misc]
     """One issued token: an access token by its `jti`, a refresh token by its SHA-256 digest."""
 
     __tablename__ = "token_records"
+    __table_args__ = (
+        # Revoking a token walks down to the tokens exchanged from it; the rest (nearly every
+        # record) have no parent and stay out of this index.
+        Index(
+            "ix_token_records_parent_jti",
+            "parent_jti",
+            sqlite_where=text("parent_jti IS NOT NULL"),
+            postgresql_where=text("parent_jti IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     family_id: Mapped[str] = mapped_column(
@@ -392,6 +402,9 @@ class TokenRecord(db.Model):  # type: ignore[name-defined,misc]
         String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
     )
     audience: Mapped[str | None] = mapped_column(Text)  # space-separated; None: the family's
+    # The access token an exchanged one was exchanged from (RFC 8693 subject token): revoking
+    # that token revokes this one too, and what was exchanged from it in turn.
+    parent_jti: Mapped[str | None] = mapped_column(String(64))
 
 
 class JunkItem(db.Model):  # type: ignore[name-defined,misc]

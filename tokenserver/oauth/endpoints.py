@@ -108,7 +108,8 @@ def _token_type(live: records.LiveToken) -> str:
 
 
 class RevocationEndpoint(_RevocationEndpoint):
-    """Revoking a refresh token kills its family; an access token, just itself."""
+    """Revoking a refresh token kills its family; an access token, itself and what was
+    exchanged from it (RFC 8693)."""
 
     # Authlib allows only client_secret_basic; public clients must be able to log out too.
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]

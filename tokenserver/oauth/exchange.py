@@ -6,7 +6,7 @@ token of ours that was issued for that client's use, that is aimed at one of the
 serves (one of its registered audiences; a token aimed at another service cannot be swapped by
 an unrelated client); the new token is for targets among those audiences, with no more scope and
 no longer life than the subject token, and lives in the subject's login (records.py), so it
-dies with it.
+dies with it, and with the subject token itself.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ MAX_ACTORS = 4
 # Parameters RFC 8693 §2.1 allows once (`resource` and `audience` may repeat).
 _SINGLE = ("subject_token", "subject_token_type", "actor_token", "actor_token_type", "scope")
 # RFC 8693 §2.2.2: a subject or actor token "invalid for any reason, or unacceptable based on
-# policy" MUST be answered invalid_request, so no refusal of one here is invalid_grant.
-_INVALID_SUBJECT = "The subject token is invalid, expired or revoked."
+# policy" MUST be answered invalid_request, so no refusal of one here is invalid_grant. One
+# description whatever the reason: a client must not learn whether another service's token
+# is alive (revoked, its login ended, its user disabled) from how it is refused.
+_REFUSED_SUBJECT = "The subject token is invalid, expired, revoked or not for this client."
+_REFUSED_ACTOR = "The actor token is invalid, expired, revoked or not for this client."
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,10 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
         client: Client = self.request.client
         subject: _Presented = self.request.subject
         claims = issued_claims(token["access_token"])
-        records.record_exchanged(token["access_token"], claims, subject.live.family_id, client)
+        if not records.record_exchanged(
+            token["access_token"], claims, subject.claims["jti"], client
+        ):
+            raise InvalidRequestError(_REFUSED_SUBJECT)  # it died since it was checked
         audit.event(
             "token.exchanged",
             client_id=client.client_id,
@@ -136,36 +142,39 @@ def _targets(data: Any, client: Client) -> list[str]:
     return targets
 
 
-def _verified(token: str) -> _Presented | None:
-    """A token checked exactly as our resource routes check one, whatever its `aud`."""
+def _acceptable(token: str, client: Client, *, own: bool = False) -> _Presented | None:
+    """A live access token of ours that this client may present: aimed at a resource it serves
+    (or, if `own`, issued to it) and not bound to a DPoP key. What the token itself says is
+    checked before whether it is still alive, so a token the client may not present is refused
+    without the database ever being asked."""
     try:
-        claims = verified_claims(token, any_audience=True)
+        claims = verified_claims(token, any_audience=True)  # signature, expiry, issuer
     except TokenRejected:
+        return None
+    if not (_for_client(claims, client) or (own and claims["client_id"] == client.client_id)):
+        # A token that reached a service it was not aimed at stays where it was aimed.
+        return None
+    if "cnf" in claims:
+        # A sender-constrained token (RFC 9449) is its key holder's alone, and an exchange
+        # carries no proof of the key: as subject, swapping it for an unbound one would strip
+        # that binding off; as actor, whoever merely holds it would act as its owner.
         return None
     live = records.live_access_token(claims)  # unrevoked, its login alive, its user enabled
     return _Presented(claims, live) if live is not None else None
 
 
-def _for_client(presented: _Presented, client: Client) -> bool:
+def _for_client(claims: dict[str, Any], client: Client) -> bool:
     """Whether a token was aimed at a resource this client serves (one of its audiences)."""
-    aud = presented.claims["aud"]
+    aud = claims["aud"]
     return bool(set(aud if isinstance(aud, list) else [aud]) & set(client.audience_list))
 
 
 def _subject(data: Any, client: Client) -> _Presented:
-    subject = _verified(data["subject_token"])
-    if subject is None:
-        raise InvalidRequestError(_INVALID_SUBJECT)
-    if subject.live.user is None:
-        # A client's own token (client credentials) has no user to act for.
-        raise InvalidRequestError("The subject token must be a user's token.")
-    if not _for_client(subject, client):
-        # A token that reached a service it was not aimed at stays where it was aimed.
-        raise InvalidRequestError("The subject token was not issued for this client's use.")
-    if "cnf" in subject.claims:
-        # A sender-constrained token (RFC 9449) is its key holder's alone: swapping it for an
-        # unbound one would strip that binding off.
-        raise InvalidRequestError("A sender-constrained subject token cannot be exchanged.")
+    """The subject token: acceptable to this client, and a user's."""
+    subject = _acceptable(data["subject_token"], client)
+    # A client's own token (client credentials) has no user to act for.
+    if subject is None or subject.live.user is None:
+        raise InvalidRequestError(_REFUSED_SUBJECT)
     return subject
 
 
@@ -173,11 +182,9 @@ def _actor(data: Any, client: Client) -> _Presented | None:
     """The actor token, if any: live, and the client's own or aimed at a resource it serves."""
     if not data.get("actor_token"):
         return None
-    actor = _verified(data["actor_token"])
+    actor = _acceptable(data["actor_token"], client, own=True)
     if actor is None:
-        raise InvalidRequestError("The actor token is invalid, expired or revoked.")
-    if actor.claims["client_id"] != client.client_id and not _for_client(actor, client):
-        raise InvalidRequestError("The actor token was not issued for this client's use.")
+        raise InvalidRequestError(_REFUSED_ACTOR)
     return actor
 
 

@@ -46,13 +46,11 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential:
         # Authlib reads here and revokes after saving, in separate commits (two refreshes could
         # both win); we only read here and spend with a conditional UPDATE in save_token.
-        credential = find_refresh_token(refresh_token, self.request.client)
+        # A token bound to a DPoP key (RFC 9449 §5) is checked against this request's key there,
+        # before a spent one could revoke its login.
+        credential = find_refresh_token(refresh_token, self.request.client, bound_key())
         if credential is None:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")
-        # RFC 9449 §5: a bound refresh token is useless to a thief without the private key.
-        # Refused, not revoked: whoever stole it must not be able to end the owner's login.
-        if credential.dpop_jkt is not None and credential.dpop_jkt != bound_key():
-            raise InvalidGrantError("The refresh token is bound to another DPoP key.")
         return credential
 
     def authenticate_user(self, refresh_token: RefreshCredential) -> Subject:

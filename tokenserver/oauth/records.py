@@ -10,11 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import (
-    InvalidClientError,
-    InvalidGrantError,
-    InvalidRequestError,
-)
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
 from joserfc import jws
 
 from .. import accounts, audit
@@ -163,15 +159,18 @@ def signing_kid(access_token: str) -> str | None:
 
 
 def record_exchanged(
-    access_token: str, claims: dict[str, Any], family_id: str, client: Client
-) -> None:
-    """Store a token exchanged (RFC 8693) for one in `family_id`, as `client`'s, in that family.
+    access_token: str, claims: dict[str, Any], subject_jti: str, client: Client
+) -> bool:
+    """Store a token exchanged (RFC 8693) for the access token `subject_jti`, as `client`'s,
+    in that token's family.
 
-    Revoking the login, or disabling its user, then kills the exchanged token with the rest.
+    Revoking the subject token (or any token it was exchanged from), revoking the login, or
+    disabling its user then kills the exchanged token too. False, and nothing stored, if the
+    subject token has died meanwhile.
     """
     auds = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
     record = {
-        "family_id": family_id,
+        "parent_jti": subject_jti,
         "kind": ACCESS,
         "jti": claims["jti"],
         "kid": signing_kid(access_token),
@@ -182,20 +181,20 @@ def record_exchanged(
         "audience": " ".join(auds),
     }
     try:
-        stored = tokens.store_exchanged(record)
+        return tokens.store_exchanged(record)
     except tokens.ClientGone:
         raise InvalidClientError() from None  # the client was deleted since it authenticated
-    if not stored:
-        # RFC 8693 §2.2.2: a subject token that is no longer valid is invalid_request.
-        raise InvalidRequestError("The subject token is invalid, expired or revoked.")
 
 
-def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
+def find_refresh_token(
+    token: str, client: Client, dpop_jkt: str | None
+) -> RefreshCredential | None:
     """The live, unspent refresh token of `client`; presenting a spent one kills its family.
 
     Only reads: the token is spent when the new tokens are stored (see record_issued), so the
     write lock is held for the few statements of that commit, not across RSA signing. A token
-    spent less than TOKENSERVER_REFRESH_REUSE_GRACE ago passes too (two tabs racing).
+    spent less than TOKENSERVER_REFRESH_REUSE_GRACE ago passes too (two tabs racing). A token
+    bound to a DPoP key other than the request's (`dpop_jkt`) is refused, spent or not.
     """
     if not _may_be_ours(token):
         return None
@@ -212,6 +211,11 @@ def find_refresh_token(token: str, client: Client) -> RefreshCredential | None:
             family_id=row.family_id,
         )
         return None
+    if row.dpop_jkt is not None and row.dpop_jkt != dpop_jkt:
+        # RFC 9449 §5: a bound refresh token is useless without its private key. Refused before
+        # reuse detection, and nothing revoked: whoever stole a spent one, without the key,
+        # must not be able to end the owner's login.
+        raise InvalidGrantError("The refresh token is bound to another DPoP key.")
     settings, now = current_settings(), utcnow()
     session_ends = row.family_created_at + timedelta(seconds=settings.session_max_age)
     grace = _within_grace(row.spent_at, settings.refresh_reuse_grace, now)

@@ -101,9 +101,72 @@ def revoke_logins(
 
 
 def revoke_access_token(jti: str) -> None:
-    """Revoke one access token."""
+    """Revoke one access token, and every token exchanged from it (RFC 8693), transitively."""
+    now = utcnow()
     with transaction() as conn:
-        conn.execute(_REVOKE_ACCESS, {"token_jti": jti, "now": utcnow()})
+        # First the token's own row: its lock waits out any exchange of it under way (which
+        # share-locks it, see _INSERT_EXCHANGED), so what that exchange stores is seen below.
+        conn.execute(_REVOKE_ACCESS, {"token_jti": jti, "now": now})
+        _revoke_exchanged(conn, [jti], now)
+
+
+# One generation of exchanged tokens: those exchanged from the given ones, not yet revoked.
+_REVOKE_EXCHANGED = (
+    update(_records)
+    .where(
+        _records.c.parent_jti.in_(bindparam("parent_jtis", expanding=True)),
+        _records.c.revoked_at.is_(None),
+    )
+    .values(revoked_at=_now)
+    .returning(_records.c.jti)
+)
+
+
+# The first generation exchanged from the tokens a signing key signed: found from the few
+# exchanged records (the parent_jti index), each parent by its unique jti.
+_signed = _records.alias("signed")
+_REVOKE_EXCHANGED_FROM_KEY = (
+    update(_records)
+    .where(
+        _records.c.parent_jti.is_not(None),
+        _records.c.revoked_at.is_(None),
+        exists().where(
+            _signed.c.jti == _records.c.parent_jti, _signed.c.kid == bindparam("revoked_kid")
+        ),
+    )
+    .values(revoked_at=_now)
+    .returning(_records.c.jti)
+)
+# Parameters per statement of a walk: far below any backend's limit, however wide it gets.
+_WALK_CHUNK = 500
+
+
+def revoke_exchanged_from_key(tx: Connection, kid: str) -> None:
+    """Revoke every token exchanged (RFC 8693) from a token the signing key `kid` signed, and
+    what was exchanged from those: with the key revoked, the tokens it signed may be forged.
+
+    Run in the key's revocation, after its row is written (`keys.withdraw`): an exchange
+    under way share-locks that row (_INSERT_EXCHANGED), so its token is seen here.
+    """
+    now = utcnow()
+    revoked = tx.execute(_REVOKE_EXCHANGED_FROM_KEY, {"revoked_kid": kid, "now": now}).scalars()
+    _revoke_exchanged(tx, [jti for jti in revoked if jti], now)
+
+
+def _revoke_exchanged(conn: Connection, jtis: list[str], now: datetime) -> None:
+    """Revoke what was exchanged from the tokens `jtis`, generation by generation.
+
+    Exchanges nest at most MAX_ACTORS deep (oauth/exchange.py), so this is a few statements.
+    Each generation is a statement of its own: on PostgreSQL it sees what an exchange of the
+    previous generation committed while that row's revocation waited for it. A token already
+    revoked was walked when it was, so its descendants are revoked too.
+    """
+    while jtis:
+        found: list[str] = []
+        for start in range(0, len(jtis), _WALK_CHUNK):
+            params = {"parent_jtis": jtis[start : start + _WALK_CHUNK], "now": now}
+            found.extend(jti for jti in conn.execute(_REVOKE_EXCHANGED, params).scalars() if jti)
+        jtis = found
 
 
 def signed_in_apps(user_id: int) -> list[SignedInApp]:
@@ -308,33 +371,46 @@ def _spend(conn: Connection, token_hash: str, reuse_grace: int) -> bool:
     return bool(conn.execute(_SPEND_AGAIN, params).rowcount == 1)
 
 
-# An exchanged token joins its subject's family only while that login is alive and its user
+# An exchanged token joins its subject token's family, naming that token as its parent, only
+# while the subject token and its signing key are unrevoked, its login alive and its user
 # enabled, in one statement: an exchange racing a revocation lands first (and dies with the
-# rest) or not at all.
+# rest) or not at all. The subject token's row and its key's are share-locked (PostgreSQL):
+# revoking either meanwhile waits for this insert, then revokes what it stored
+# (revoke_access_token, revoke_exchanged_from_key), or is waited for, and then this finds it
+# revoked and stores nothing.
+_exchanged_from = _records.alias("exchanged_from")
 _EXCHANGED_COLUMNS = ("jti", "kid", "scope", "issued_at", "expires_at", "client_id", "audience")
 _INSERT_EXCHANGED = (
     insert(_records)
     .from_select(
-        ["family_id", "kind", *_EXCHANGED_COLUMNS],
+        ["family_id", "parent_jti", "kind", *_EXCHANGED_COLUMNS],
         select(
-            _families.c.id,
+            _exchanged_from.c.family_id,
+            _exchanged_from.c.jti,
             bindparam("kind", type_=_records.c.kind.type),
             *(typed_parameter(_records.c[name]) for name in _EXCHANGED_COLUMNS),
         )
+        .join(_families, _families.c.id == _exchanged_from.c.family_id)
         .join(_users, _users.c.id == _families.c.user_id)
+        .join(_keys, _keys.c.kid == _exchanged_from.c.kid)
         .where(
-            _families.c.id == bindparam("family_id"),
+            _exchanged_from.c.jti == bindparam("parent_jti"),
+            _exchanged_from.c.kind == ACCESS,
+            _exchanged_from.c.revoked_at.is_(None),
             _families.c.revoked_at.is_(None),
             _users.c.disabled.is_(False),
-        ),
+            _keys.c.state != "revoked",
+        )
+        .with_for_update(read=True, of=[_exchanged_from, _keys]),
     )
     .returning(_records.c.id)
 )
 
 
 def store_exchanged(record: dict[str, Any]) -> bool:
-    """Store an exchanged access token's `record` in its subject's family (`family_id`);
-    False if that login was revoked or its user disabled meanwhile. ClientGone as above."""
+    """Store an exchanged access token's `record` in the family of the token it was exchanged
+    from (`parent_jti`); False if that token or its login was revoked, or its user disabled,
+    meanwhile. ClientGone as above."""
     return _issuing(lambda conn: conn.execute(_INSERT_EXCHANGED, record).first() is not None)
 
 
