@@ -401,6 +401,43 @@ def test_malformed_assertions_are_refused(keyed: _Keyed, assertion: str) -> None
     _refused(keyed.token(assertion))
 
 
+_DEEP = "[" * 20_000 + "]" * 20_000  # parsed by recursion, it would exhaust the stack
+
+
+def _deep_assertion(keyed: _Keyed, signed: bool) -> str:
+    """An assertion whose payload nests 20,000 deep: signed by the client, or bare."""
+    if not signed:
+        return ".".join(b64url(part) for part in (b'{"alg":"ES256"}', _DEEP.encode(), b"sig"))
+    payload = json.dumps(_claims(keyed))[:-1] + f', "deep": {_DEEP}}}'
+    header = {"alg": "ES256", "kid": keyed.key.kid}
+    return jws.serialize_compact(header, payload.encode(), keyed.key)
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/oauth/token", "token"),
+        ("/oauth/device_authorization", "device_authorization"),
+        ("/oauth/introspect", "introspection"),
+    ],
+)
+@pytest.mark.parametrize("signed", [False, True], ids=["bare", "signed"])
+def test_deeply_nested_assertion_is_invalid_client(
+    keyed: _Keyed, caplog: pytest.LogCaptureFixture, path: str, endpoint: str, signed: bool
+) -> None:
+    caplog.set_level("INFO", logger="tokenserver.audit")
+    form = _form(_deep_assertion(keyed, signed), token="x")
+    _refused(keyed.http.post(path, data=form))
+    events = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event")]
+    failed = [e for e in events if e["event"] == "client.auth_failed"]
+    # Audited like any other bad assertion: whom a document too deep to read names is unknown.
+    assert failed, "the refusal is audited"
+    assert (failed[-1]["method"], failed[-1]["endpoint"]) == ("private_key_jwt", endpoint)
+    assert failed[-1]["client_id"] is None
+    # The client itself is not locked out by it.
+    assert keyed.token(keyed.assertion()).status_code == 200
+
+
 def test_wrong_assertion_type_is_refused(keyed: _Keyed) -> None:
     form = _form(keyed.assertion())
     form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"
@@ -491,6 +528,7 @@ def jwks_server() -> Iterator[JwksServer]:
                 "slow": json.dumps(state.document).encode(),
                 "garbage": b"<html>not a key set</html>",
                 "huge": b'{"keys": [' + b" " * 200_000 + b"]}",
+                "deep": b'{"keys": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
                 "private": json.dumps(state.document).encode(),
             }[state.mode]
             self.send_response(200)
@@ -605,7 +643,7 @@ def test_jwks_uri_cache_expires_by_max_age_within_bounds(
         assert jwks_server.fetches == 3
 
 
-@pytest.mark.parametrize("mode", ["down", "garbage", "huge", "slow"])
+@pytest.mark.parametrize("mode", ["down", "garbage", "huge", "deep", "slow"])
 def test_failing_jwks_uri_is_invalid_client_never_500(
     app: Flask, client: FlaskClient, jwks_server: JwksServer, mode: str
 ) -> None:

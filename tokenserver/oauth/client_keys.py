@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import logging
 import socket
 import threading
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 
 from ..client_jwks import KeysUnavailable, public_key_set
 from ..models import Client
+from ..payloads import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _KEY_TYPE = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed2
 def inline_keys(document: str) -> KeySet:
     """A client's registered JWKS text, parsed once per text (so once per client version)."""
     try:
-        return public_key_set(json.loads(document))
+        return public_key_set(parse_json(document))
     except ValueError as exc:
         raise KeysUnavailable(f"registered jwks is not JSON ({exc})") from None
 
@@ -185,7 +185,7 @@ class RemoteKeys:
         except urllib3.exceptions.HTTPError as exc:
             raise KeysUnavailable(f"{type(exc).__name__}") from None
         try:
-            document = json.loads(body)
+            document = parse_json(body)  # the client's server may send anything
         except ValueError:
             raise KeysUnavailable("the document is not JSON") from None
         return public_key_set(document), ttl
