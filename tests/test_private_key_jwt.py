@@ -608,6 +608,35 @@ def test_new_kid_refetches_at_most_once_per_interval(
         assert jwks_server.fetches == 2
 
 
+def test_a_failed_refetch_keeps_the_keys_until_they_expire(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer
+) -> None:
+    key = _ec()
+    jwks_server.document = _jwks(key)
+    jwks_server.cache_control = "max-age=600"
+    client_id = _register(app, jwks_uri=jwks_server.url)
+    aud = f"{_issuer(app)}/oauth/token"
+    with time_machine.travel(time.time(), tick=False) as clock:
+        assert _send(client, key, client_id, aud).status_code == 200
+        jwks_server.mode = "down"  # the client's key server fails for a while
+        clock.shift(31)
+        _refused(_send(client, _ec(), client_id, aud))  # anyone's made-up kid forces a refetch
+        assert jwks_server.fetches == 2
+        # The keys fetched before are still valid: the client keeps working.
+        assert _send(client, key, client_id, aud).status_code == 200
+        # The failure counts as a fetch: made-up kids cannot make us ask again at once.
+        _refused(_send(client, _ec(), client_id, aud))
+        assert jwks_server.fetches == 2
+        clock.shift(31)
+        _refused(_send(client, _ec(), client_id, aud))
+        assert jwks_server.fetches == 3
+        assert _send(client, key, client_id, aud).status_code == 200
+        # Past the document's max-age the kept keys expire like any others.
+        clock.shift(600 - 62 + 1)
+        _refused(_send(client, key, client_id, aud))
+        assert jwks_server.fetches == 4
+
+
 def test_jwks_uri_cache_expires_by_max_age_within_bounds(
     app: Flask, client: FlaskClient, jwks_server: JwksServer
 ) -> None:

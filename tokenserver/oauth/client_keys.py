@@ -4,7 +4,8 @@ Inline documents are parsed once per text, so once per version of the client. Do
 jwks_uri are fetched by each worker at most once per cache period (the document's
 `Cache-Control: max-age`, within bounds), with a short timeout and a size cap; an unknown
 `kid` (the client rotated its keys) may fetch again, at most once per `refetch_interval` per
-URL, so nobody can make us hammer the client's server by sending made-up kids.
+URL, so nobody can make us hammer the client's server by sending made-up kids; a fetch that
+fails keeps the keys fetched before until they expire.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def pick_key(keys: KeySet, header: dict[str, Any]) -> Key:
 
 @dataclass
 class _Fetched:
-    keys: KeySet | None  # None: the last fetch failed
-    fetched_at: float
+    keys: KeySet | None  # None: no fetch has brought keys that are still valid
+    tried_at: float  # the last fetch, failed or not: the next waits for refetch_interval
     expires_at: float
 
     def has(self, kid: str | None) -> bool:
@@ -117,7 +118,7 @@ class RemoteKeys:
             now = time.time()
             if entry is not None and entry.expires_at > now and entry.has(kid):
                 return entry.keys  # type: ignore[return-value]
-            if entry is not None and now - entry.fetched_at < self.refetch_interval:
+            if entry is not None and now - entry.tried_at < self.refetch_interval:
                 # Asked moments ago (a made-up kid, or the server failing): not again so soon.
                 if entry.keys is None or entry.expires_at <= now:
                     raise KeysUnavailable("the client's jwks_uri failed moments ago")
@@ -125,12 +126,18 @@ class RemoteKeys:
             return self._refresh(uri, now, public_only)
 
     def _refresh(self, uri: str, now: float, public_only: bool) -> KeySet:
+        previous = self._entries.get(uri)
         if len(self._entries) >= self.size:
             self._entries.clear()  # jwks_uri clients are few; a full cache means churn
         try:
             keys, ttl = self._fetch(uri, public_only)
         except KeysUnavailable as exc:
-            self._entries[uri] = _Fetched(None, now, now)
+            # Anyone can force a refetch with a made-up kid: its failure must not cost the
+            # client the keys it still has. Only the try is recorded, to space out the next.
+            if previous is not None and previous.keys is not None and previous.expires_at > now:
+                self._entries[uri] = _Fetched(previous.keys, now, previous.expires_at)
+            else:
+                self._entries[uri] = _Fetched(None, now, now)
             log.warning("jwks_uri %s failed: %s", _redacted(uri), exc)
             raise
         self._entries[uri] = _Fetched(keys, now, now + ttl)
