@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +36,7 @@ from tokenserver.client_jwks import KeysUnavailable
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.oauth.client_auth import FAILED
 from tokenserver.oauth.client_keys import RemoteKeys
+from tokenserver.oauth.resolver import Resolver
 from tokenserver.store import replay
 
 from .helpers import b64url
@@ -816,6 +817,87 @@ def test_a_jwks_uri_whose_name_never_resolves_holds_a_request_no_longer_than_the
     finally:
         release.set()
     assert finished.wait(10)  # the lookup left behind ends by itself
+
+
+class _Nameserver:
+    """getaddrinfo as a nameserver answers it: names starting "hang" get no answer until
+    released; every other name is this machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release, self.asked = threading.Event(), []
+        self.finished = threading.Semaphore(0)
+        self.real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
+
+    def getaddrinfo(self, host: str, *args: Any, **kwargs: Any) -> Any:
+        self.asked.append(host)
+        if not host.startswith("hang"):
+            return self.real("127.0.0.1", *args, **kwargs)
+        try:
+            self.release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        finally:
+            self.finished.release()
+
+
+@pytest.fixture
+def nameserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Nameserver]:
+    fake = _Nameserver(monkeypatch)
+    yield fake
+    fake.release.set()
+
+
+def test_names_that_never_resolve_do_not_hold_up_other_clients_lookups(
+    nameserver: _Nameserver, jwks_server: JwksServer
+) -> None:
+    key = _ec()
+    jwks_server.document = _jwks(key)
+    port = jwks_server.url.split(":")[2].split("/")[0]
+    keys = RemoteKeys(timeout=0.3)
+    for name in ("hang1.example", "hang2.example", "hang3.example"):
+        with pytest.raises(KeysUnavailable, match="did not resolve in time"):
+            keys.get(f"http://{name}:{port}/jwks.json", None)
+    # Their lookups still hang; another client's name is looked up at once, and its keys
+    # are fetched.
+    fetched = keys.get(f"http://keys.example:{port}/jwks.json", key.kid)
+    assert [k.kid for k in fetched] == [key.kid]
+    names = [host for host in nameserver.asked if host.endswith(".example")]
+    assert names == ["hang1.example", "hang2.example", "hang3.example", "keys.example"]
+
+
+def test_a_name_still_hanging_fails_at_once_without_another_lookup(
+    nameserver: _Nameserver,
+) -> None:
+    resolver = Resolver()
+    with pytest.raises(TimeoutError):
+        resolver.addresses("hang.example", 443, timeout=0.1)
+    # Asked again (another URL on the same host) with a long timeout: the name's lookup is
+    # still past its deadline, so the answer comes at once, and no second lookup starts.
+    with ThreadPoolExecutor(1) as pool:
+        again = pool.submit(resolver.addresses, "hang.example", 443, timeout=60)
+        assert wait([again], timeout=10).done, "it waited for the hanging lookup"
+    assert isinstance(again.exception(), TimeoutError)
+    assert nameserver.asked == ["hang.example"]
+    # Once the lookup left behind ends, the name is looked up afresh.
+    nameserver.release.set()
+    assert nameserver.finished.acquire(timeout=10)
+    with pytest.raises(socket.gaierror):
+        resolver.addresses("hang.example", 443, timeout=10)
+    assert nameserver.asked == ["hang.example", "hang.example"]
+
+
+def test_lookups_running_at_once_are_bounded(nameserver: _Nameserver) -> None:
+    resolver = Resolver(max_running=2)
+    for name in ("hang1.example", "hang2.example"):
+        with pytest.raises(TimeoutError):
+            resolver.addresses(name, 443, timeout=0.1)
+    with pytest.raises(TimeoutError, match="too many"):
+        resolver.addresses("keys.example", 443, timeout=60)
+    assert nameserver.asked == ["hang1.example", "hang2.example"]
+    nameserver.release.set()
+    for _ in range(2):
+        assert nameserver.finished.acquire(timeout=10)
+    assert resolver.addresses("keys.example", 443, timeout=10) == ["127.0.0.1"]
 
 
 def test_an_operator_registered_jwks_uri_may_name_our_network(

@@ -13,10 +13,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,6 +28,7 @@ if TYPE_CHECKING:
 from ..client_jwks import KeysUnavailable, public_key_set
 from ..models import Client
 from ..payloads import parse_json
+from .resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +98,7 @@ class RemoteKeys:
         self.max_ttl = max_ttl
         self.refetch_interval = refetch_interval
         self.size = size
+        self.resolver = Resolver()
         self.fetches = 0  # how many times this worker went to the network (for metrics/tests)
         self._entries: dict[str, _Fetched] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -154,7 +154,7 @@ class RemoteKeys:
         https = parts.scheme == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
-        address = _address(host, port, public_only, self.timeout)
+        address = _address(self.resolver, host, port, public_only, self.timeout)
         timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
         # Connect to the address just vetted, not to whatever the name resolves to next (DNS
         # rebinding); TLS still checks the certificate against the name.
@@ -242,28 +242,16 @@ class ClientKeys:
         return pick_key(keys, header)
 
 
-@functools.cache
-def _resolver() -> ThreadPoolExecutor:
-    """Where name lookups run: getaddrinfo has no timeout of its own (a nameserver that never
-    answers holds it for the resolver's tries, 10 s and more), so a request waits for its
-    lookup no longer than the fetch's timeout; a lookup outliving its request ends by itself,
-    and these two threads bound how many can be left running."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks-resolver")
-
-
-def _address(host: str, port: int, public_only: bool, timeout: float) -> str:
+def _address(resolver: Resolver, host: str, port: int, public_only: bool, timeout: float) -> str:
     """The address to fetch from: the first `host` resolves to within `timeout` seconds; with
     `public_only`, only if every address it resolves to is public (not private, loopback,
     link-local, reserved)."""
-    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = lookup.result(timeout=timeout)
+        addresses = resolver.addresses(host, port, timeout)
     except TimeoutError:  # the wait's, or the resolver's own (an OSError too: caught first)
-        lookup.cancel()  # if it is still queued behind lookups that hang
         raise KeysUnavailable("its host did not resolve in time") from None
     except (OSError, UnicodeError):
         raise KeysUnavailable("its host does not resolve") from None
-    addresses = [str(info[4][0]) for info in found]
     if not addresses:
         raise KeysUnavailable("its host does not resolve")
     if public_only and not all(ipaddress.ip_address(a).is_global for a in addresses):
