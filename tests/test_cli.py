@@ -419,6 +419,7 @@ def test_a_client_registered_with_keys_has_no_secret(
     ("document", "complaint"),
     [
         ("not json", "not a JSON document"),
+        ('{"keys": ' + "[" * 5000 + "]" * 5000 + "}", "not a JSON document"),
         ('{"keys": []}', "holds no key"),
         ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "public RSA, EC, OKP"),
         ("PRIVATE", "private parts"),

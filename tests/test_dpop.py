@@ -159,6 +159,24 @@ def test_garbage_proof_is_a_clear_error(client: FlaskClient, app_client: Registe
         assert response.json["error"] == "invalid_dpop_proof"
 
 
+def _deep_proof(prover: Prover, method: str, url: str, token: str | None = None) -> str:
+    """A proof signed by `prover`, its claims holding an array nested 1,200 deep."""
+    claims = _claims(prover.proof(method, url, token))
+    deep = "[" * 1200 + "]" * 1200  # past Python's recursion limit, within the proof's size
+    payload = json.dumps(claims)[:-1] + f', "deep": {deep}}}'
+    header = {"typ": "dpop+jwt", "alg": prover.alg, "jwk": prover.key.as_dict(private=False)}
+    return jws.serialize_compact(header, payload.encode(), prover.key)
+
+
+def test_deeply_nested_proof_is_invalid_dpop_proof(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    response = _token(client, app_client, _deep_proof(prover, "POST", TOKEN_URL))
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_dpop_proof"
+    assert "access_token" not in response.json
+
+
 def test_a_jti_holding_a_lone_surrogate_is_single_use_too(
     client: FlaskClient, app_client: RegisteredClient, prover: Prover
 ) -> None:
@@ -337,6 +355,15 @@ def test_bad_proof_at_a_resource_is_refused(
     client: FlaskClient, bound: str, prover: Prover, change: dict[str, Any], error: str
 ) -> None:
     _refused(_dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound, **change)), error)
+
+
+def test_deeply_nested_proof_at_a_resource_is_refused(
+    client: FlaskClient, bound: str, prover: Prover
+) -> None:
+    proof = _deep_proof(prover, "GET", JUNK_URL, bound)
+    _refused(_dpop_get(client, bound, proof), "invalid_dpop_proof")
+    # The token still works with a proof that is well formed.
+    assert _dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound)).status_code == 200
 
 
 def test_proof_from_another_key_is_refused(client: FlaskClient, bound: str) -> None:

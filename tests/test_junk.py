@@ -287,6 +287,15 @@ def test_empty_patch_is_refused(client: FlaskClient, alice: Caller) -> None:
         (b"42", "application/json", 400),
         (b'{"name": "\\ud800"}', "application/json", 400),
         (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+        # In UTF-16 the character before the quote ends in a backslash byte, hiding the brackets
+        # after it from a count made on the bytes.
+        (
+            ('{"name": "a\u5c00", "description": ' + "[" * 3000 + "]" * 3000 + "}").encode(
+                "utf-16-le"
+            ),
+            "application/json",
+            400,
+        ),
         (b"name=x", "application/x-www-form-urlencoded", 415),
         (b"name", "text/plain", 415),
         (b'{"name": "x"}', None, 415),

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +36,7 @@ from tokenserver.client_jwks import KeysUnavailable
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.oauth.client_auth import FAILED
 from tokenserver.oauth.client_keys import RemoteKeys
+from tokenserver.oauth.resolver import Resolver
 from tokenserver.store import replay
 
 from .helpers import b64url
@@ -401,6 +402,43 @@ def test_malformed_assertions_are_refused(keyed: _Keyed, assertion: str) -> None
     _refused(keyed.token(assertion))
 
 
+_DEEP = "[" * 20_000 + "]" * 20_000  # parsed by recursion, it would exhaust the stack
+
+
+def _deep_assertion(keyed: _Keyed, signed: bool) -> str:
+    """An assertion whose payload nests 20,000 deep: signed by the client, or bare."""
+    if not signed:
+        return ".".join(b64url(part) for part in (b'{"alg":"ES256"}', _DEEP.encode(), b"sig"))
+    payload = json.dumps(_claims(keyed))[:-1] + f', "deep": {_DEEP}}}'
+    header = {"alg": "ES256", "kid": keyed.key.kid}
+    return jws.serialize_compact(header, payload.encode(), keyed.key)
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/oauth/token", "token"),
+        ("/oauth/device_authorization", "device_authorization"),
+        ("/oauth/introspect", "introspection"),
+    ],
+)
+@pytest.mark.parametrize("signed", [False, True], ids=["bare", "signed"])
+def test_deeply_nested_assertion_is_invalid_client(
+    keyed: _Keyed, caplog: pytest.LogCaptureFixture, path: str, endpoint: str, signed: bool
+) -> None:
+    caplog.set_level("INFO", logger="tokenserver.audit")
+    form = _form(_deep_assertion(keyed, signed), token="x")
+    _refused(keyed.http.post(path, data=form))
+    events = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event")]
+    failed = [e for e in events if e["event"] == "client.auth_failed"]
+    # Audited like any other bad assertion: whom a document too deep to read names is unknown.
+    assert failed, "the refusal is audited"
+    assert (failed[-1]["method"], failed[-1]["endpoint"]) == ("private_key_jwt", endpoint)
+    assert failed[-1]["client_id"] is None
+    # The client itself is not locked out by it.
+    assert keyed.token(keyed.assertion()).status_code == 200
+
+
 def test_wrong_assertion_type_is_refused(keyed: _Keyed) -> None:
     form = _form(keyed.assertion())
     form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"
@@ -491,6 +529,7 @@ def jwks_server() -> Iterator[JwksServer]:
                 "slow": json.dumps(state.document).encode(),
                 "garbage": b"<html>not a key set</html>",
                 "huge": b'{"keys": [' + b" " * 200_000 + b"]}",
+                "deep": b'{"keys": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
                 "private": json.dumps(state.document).encode(),
             }[state.mode]
             self.send_response(200)
@@ -570,6 +609,35 @@ def test_new_kid_refetches_at_most_once_per_interval(
         assert jwks_server.fetches == 2
 
 
+def test_a_failed_refetch_keeps_the_keys_until_they_expire(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer
+) -> None:
+    key = _ec()
+    jwks_server.document = _jwks(key)
+    jwks_server.cache_control = "max-age=600"
+    client_id = _register(app, jwks_uri=jwks_server.url)
+    aud = f"{_issuer(app)}/oauth/token"
+    with time_machine.travel(time.time(), tick=False) as clock:
+        assert _send(client, key, client_id, aud).status_code == 200
+        jwks_server.mode = "down"  # the client's key server fails for a while
+        clock.shift(31)
+        _refused(_send(client, _ec(), client_id, aud))  # anyone's made-up kid forces a refetch
+        assert jwks_server.fetches == 2
+        # The keys fetched before are still valid: the client keeps working.
+        assert _send(client, key, client_id, aud).status_code == 200
+        # The failure counts as a fetch: made-up kids cannot make us ask again at once.
+        _refused(_send(client, _ec(), client_id, aud))
+        assert jwks_server.fetches == 2
+        clock.shift(31)
+        _refused(_send(client, _ec(), client_id, aud))
+        assert jwks_server.fetches == 3
+        assert _send(client, key, client_id, aud).status_code == 200
+        # Past the document's max-age the kept keys expire like any others.
+        clock.shift(600 - 62 + 1)
+        _refused(_send(client, key, client_id, aud))
+        assert jwks_server.fetches == 4
+
+
 def test_jwks_uri_cache_expires_by_max_age_within_bounds(
     app: Flask, client: FlaskClient, jwks_server: JwksServer
 ) -> None:
@@ -605,7 +673,7 @@ def test_jwks_uri_cache_expires_by_max_age_within_bounds(
         assert jwks_server.fetches == 3
 
 
-@pytest.mark.parametrize("mode", ["down", "garbage", "huge", "slow"])
+@pytest.mark.parametrize("mode", ["down", "garbage", "huge", "deep", "slow"])
 def test_failing_jwks_uri_is_invalid_client_never_500(
     app: Flask, client: FlaskClient, jwks_server: JwksServer, mode: str
 ) -> None:
@@ -749,6 +817,87 @@ def test_a_jwks_uri_whose_name_never_resolves_holds_a_request_no_longer_than_the
     finally:
         release.set()
     assert finished.wait(10)  # the lookup left behind ends by itself
+
+
+class _Nameserver:
+    """getaddrinfo as a nameserver answers it: names starting "hang" get no answer until
+    released; every other name is this machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release, self.asked = threading.Event(), []
+        self.finished = threading.Semaphore(0)
+        self.real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
+
+    def getaddrinfo(self, host: str, *args: Any, **kwargs: Any) -> Any:
+        self.asked.append(host)
+        if not host.startswith("hang"):
+            return self.real("127.0.0.1", *args, **kwargs)
+        try:
+            self.release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        finally:
+            self.finished.release()
+
+
+@pytest.fixture
+def nameserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Nameserver]:
+    fake = _Nameserver(monkeypatch)
+    yield fake
+    fake.release.set()
+
+
+def test_names_that_never_resolve_do_not_hold_up_other_clients_lookups(
+    nameserver: _Nameserver, jwks_server: JwksServer
+) -> None:
+    key = _ec()
+    jwks_server.document = _jwks(key)
+    port = jwks_server.url.split(":")[2].split("/")[0]
+    keys = RemoteKeys(timeout=0.3)
+    for name in ("hang1.example", "hang2.example", "hang3.example"):
+        with pytest.raises(KeysUnavailable, match="did not resolve in time"):
+            keys.get(f"http://{name}:{port}/jwks.json", None)
+    # Their lookups still hang; another client's name is looked up at once, and its keys
+    # are fetched.
+    fetched = keys.get(f"http://keys.example:{port}/jwks.json", key.kid)
+    assert [k.kid for k in fetched] == [key.kid]
+    names = [host for host in nameserver.asked if host.endswith(".example")]
+    assert names == ["hang1.example", "hang2.example", "hang3.example", "keys.example"]
+
+
+def test_a_name_still_hanging_fails_at_once_without_another_lookup(
+    nameserver: _Nameserver,
+) -> None:
+    resolver = Resolver()
+    with pytest.raises(TimeoutError):
+        resolver.addresses("hang.example", 443, timeout=0.1)
+    # Asked again (another URL on the same host) with a long timeout: the name's lookup is
+    # still past its deadline, so the answer comes at once, and no second lookup starts.
+    with ThreadPoolExecutor(1) as pool:
+        again = pool.submit(resolver.addresses, "hang.example", 443, timeout=60)
+        assert wait([again], timeout=10).done, "it waited for the hanging lookup"
+    assert isinstance(again.exception(), TimeoutError)
+    assert nameserver.asked == ["hang.example"]
+    # Once the lookup left behind ends, the name is looked up afresh.
+    nameserver.release.set()
+    assert nameserver.finished.acquire(timeout=10)
+    with pytest.raises(socket.gaierror):
+        resolver.addresses("hang.example", 443, timeout=10)
+    assert nameserver.asked == ["hang.example", "hang.example"]
+
+
+def test_lookups_running_at_once_are_bounded(nameserver: _Nameserver) -> None:
+    resolver = Resolver(max_running=2)
+    for name in ("hang1.example", "hang2.example"):
+        with pytest.raises(TimeoutError):
+            resolver.addresses(name, 443, timeout=0.1)
+    with pytest.raises(TimeoutError, match="too many"):
+        resolver.addresses("keys.example", 443, timeout=60)
+    assert nameserver.asked == ["hang1.example", "hang2.example"]
+    nameserver.release.set()
+    for _ in range(2):
+        assert nameserver.finished.acquire(timeout=10)
+    assert resolver.addresses("keys.example", 443, timeout=10) == ["127.0.0.1"]
 
 
 def test_an_operator_registered_jwks_uri_may_name_our_network(

@@ -50,6 +50,9 @@ def client_count(app: Flask) -> int:
         return int(db.session.scalar(select(func.count()).select_from(Client)) or 0)
 
 
+# Nested past Python's recursion limit, which its parser would meet with a RecursionError.
+_DEEP = b"[" * 30_000 + b"]" * 30_000
+
 WEB_APP: dict[str, Any] = {
     "client_name": "Photo App",
     "redirect_uris": [REDIRECT],
@@ -287,19 +290,36 @@ def test_bad_keys_are_refused_and_change_nothing(
         (b"{not json", "application/json"),
         (b"[1, 2]", "application/json"),
         (b'"a string"', "application/json"),
+        (b"null", "application/json"),
+        (_DEEP, "application/json"),
+        (b'{"client_name": ' + _DEEP + b"}", "application/json"),
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_invalid_client_metadata(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner, body: bytes, content_type: str
 ) -> None:
+    token = initial_token(runner)
     response = client.post(
-        "/oauth/register",
-        data=body,
-        headers={**bearer(initial_token(runner)), "Content-Type": content_type},
+        "/oauth/register", data=body, headers={**bearer(token), "Content-Type": content_type}
     )
     assert response.status_code == 400
     assert response.json["error"] == "invalid_client_metadata"
     assert client_count(app) == 0
+    # A refused body does not spend the token.
+    assert register(client, token, **WEB_APP).status_code == 201
+
+
+@pytest.mark.parametrize("body", [_DEEP, b'{"client_name": ' + _DEEP + b"}"])
+def test_a_deeply_nested_update_is_refused_and_changes_nothing(
+    client: FlaskClient, runner: FlaskCliRunner, body: bytes
+) -> None:
+    registered = register(client, initial_token(runner), WEB_APP).json
+    response = _manage(client, "PUT", registered, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_client_metadata"
+    assert _manage(client, "GET", registered).json == {
+        key: value for key, value in registered.items() if key != "client_secret"
+    }
 
 
 def test_a_key_client_registers_with_private_key_jwt(

@@ -103,6 +103,15 @@ def test_longest_allowed_password_is_accepted(client: FlaskClient) -> None:
         (b'"a string"', "application/json", 400),
         (b"null", "application/json", 400),
         (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+        # In UTF-16 the character before the quote ends in a backslash byte, hiding the brackets
+        # after it from a count made on the bytes.
+        (
+            ('{"username": "a\u5c00", "password": ' + "[" * 3000 + "]" * 3000 + "}").encode(
+                "utf-16-le"
+            ),
+            "application/json",
+            400,
+        ),
         (b"username=alice", "text/plain", 415),
         (b"\xff\xfe\x00garbage", "application/octet-stream", 415),
     ],

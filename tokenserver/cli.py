@@ -34,6 +34,7 @@ from .models import (
     GRANT_TYPES,
     isoformat,
 )
+from .payloads import parse_json
 from .store import clients as client_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -193,7 +194,7 @@ def clients_create(
     jwks = None
     if jwks_file is not None:
         try:
-            jwks = json.load(jwks_file)
+            jwks = parse_json(jwks_file.read())
         except ValueError:
             raise click.ClickException(f"{jwks_file.name} is not a JSON document") from None
     spec = ClientSpec(

@@ -1,7 +1,11 @@
-"""Reading request bodies: a JSON object (or a form where allowed) with known fields only."""
+"""Reading request bodies: a JSON object (or a form where allowed) with known fields only.
+
+Also the one parser for every JSON document from outside (bodies, JWT payloads, key sets).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -46,14 +50,32 @@ def _unknown_field(name: str, allowed: frozenset[str]) -> str:
     return f"the body holds an unknown field; allowed: {', '.join(sorted(allowed))}"
 
 
+class JSONTooDeep(ValueError):
+    """A JSON document nested deeper than any we accept."""
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON document from outside; ValueError, like any bad JSON, if it is nested too deeply.
+
+    Python's parser recurses once per level, so `[[[...]]]` a few thousand deep exhausts the
+    stack (a RecursionError, which no `except ValueError` catches: a 500). The depth is
+    counted first, on the text: bytes are decoded as json.loads would decode them, since in
+    UTF-16 a character's bytes can pass for a quote or a backslash and hide brackets.
+    """
+    text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
+    brackets = text.count("[") + text.count("{")
+    if brackets > _MAX_JSON_DEPTH and _nesting_depth(text) > _MAX_JSON_DEPTH:
+        raise JSONTooDeep(f"JSON nested deeper than {_MAX_JSON_DEPTH} levels")
+    return json.loads(text)
+
+
 def _json_object() -> dict[str, Any]:
-    raw = request.get_data(cache=True)
-    brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets > _MAX_JSON_DEPTH and _nesting_depth(raw) > _MAX_JSON_DEPTH:
-        raise InvalidRequest("the JSON body is nested too deeply")
-    data = request.get_json(silent=True)
-    if data is None and raw.strip() not in (b"null",):
-        raise InvalidRequest("the body is not valid JSON")
+    try:
+        data = parse_json(request.get_data(cache=True))
+    except JSONTooDeep:
+        raise InvalidRequest("the JSON body is nested too deeply") from None
+    except ValueError:
+        raise InvalidRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the JSON body must be an object")
     return data
@@ -78,24 +100,25 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _nesting_depth(raw: bytes) -> int:
-    """Bracket depth, counted before parsing so a deeply nested body cannot exhaust the stack."""
+def _nesting_depth(text: str) -> int:
+    """Bracket depth, counted before parsing so a deeply nested document cannot exhaust the
+    stack."""
     depth = deepest = 0
     in_string = escaped = False
-    for byte in raw:
+    for char in text:
         if in_string:
             if escaped:
                 escaped = False
-            elif byte == 0x5C:  # backslash
+            elif char == "\\":
                 escaped = True
-            elif byte == 0x22:  # quote
+            elif char == '"':
                 in_string = False
-        elif byte == 0x22:
+        elif char == '"':
             in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
+        elif char in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
+        elif char in "]}":
             depth -= 1
     return deepest
 

@@ -13,12 +13,13 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import Key
 
 from ..client_jwks import KeysUnavailable
 from ..models import Client
+from ..payloads import parse_json
 from ..store import replay
 from .client_keys import ALGORITHMS, ClientKeys
 
@@ -50,6 +51,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         if client is not None and claimed is not None and claimed != client.client_id:
             raise InvalidClientError(description="client_id does not match the assertion")
         return client
+
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Authlib's parser lets a payload nested thousands deep escape as a RecursionError.
+        parts = unverified_parts(assertion)
+        if parts is None:
+            raise InvalidClientError(description="Invalid JWT assertion.")
+        return parts
 
     def get_audiences(self) -> list[str]:
         # RFC 7523 §3: aud identifies the authorization server: its issuer or token endpoint;
@@ -101,3 +109,15 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         # Kept until the assertion can no longer pass the exp check, leeway included.
         until = datetime.fromtimestamp(int(claims["exp"]) + self.leeway + 1, UTC)
         return replay.spend("client_assertion", claims["sub"], jti, until)
+
+
+def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The header and claims of a client assertion, not yet verified; None if it is no JWT."""
+    try:
+        signed = jws.extract_compact(assertion.encode())
+        claims = parse_json(signed.payload)
+    except (JoseError, ValueError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    return signed.headers(), claims

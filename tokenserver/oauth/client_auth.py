@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import Any
 from urllib.parse import unquote
@@ -13,11 +12,9 @@ from authlib.oauth2.rfc6749.authenticate_client import (
     ClientAuthentication as _ClientAuthentication,
 )
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
-from joserfc import jws
-from joserfc.errors import JoseError
 
 from .. import audit
-from .assertions import PrivateKeyJWT
+from .assertions import PrivateKeyJWT, unverified_parts
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +140,5 @@ def _claimed_client_id(request: Any, method: str | None) -> str | None:
 
 def _assertion_subject(assertion: Any) -> Any:
     """The unverified `sub` of a client assertion: whom it claims to be, for the audit line."""
-    if not isinstance(assertion, str):
-        return None
-    try:
-        payload = jws.extract_compact(assertion.encode()).payload
-        claims = json.loads(payload)
-    except (JoseError, ValueError):
-        return None
-    return claims.get("sub") if isinstance(claims, dict) else None
+    parts = unverified_parts(assertion) if isinstance(assertion, str) else None
+    return parts[1].get("sub") if parts is not None else None

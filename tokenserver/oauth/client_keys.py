@@ -4,19 +4,17 @@ Inline documents are parsed once per text, so once per version of the client. Do
 jwks_uri are fetched by each worker at most once per cache period (the document's
 `Cache-Control: max-age`, within bounds), with a short timeout and a size cap; an unknown
 `kid` (the client rotated its keys) may fetch again, at most once per `refetch_interval` per
-URL, so nobody can make us hammer the client's server by sending made-up kids.
+URL, so nobody can make us hammer the client's server by sending made-up kids; a fetch that
+fails keeps the keys fetched before until they expire.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import logging
-import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,6 +27,8 @@ if TYPE_CHECKING:
 
 from ..client_jwks import KeysUnavailable, public_key_set
 from ..models import Client
+from ..payloads import parse_json
+from .resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _KEY_TYPE = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed2
 def inline_keys(document: str) -> KeySet:
     """A client's registered JWKS text, parsed once per text (so once per client version)."""
     try:
-        return public_key_set(json.loads(document))
+        return public_key_set(parse_json(document))
     except ValueError as exc:
         raise KeysUnavailable(f"registered jwks is not JSON ({exc})") from None
 
@@ -64,8 +64,8 @@ def pick_key(keys: KeySet, header: dict[str, Any]) -> Key:
 
 @dataclass
 class _Fetched:
-    keys: KeySet | None  # None: the last fetch failed
-    fetched_at: float
+    keys: KeySet | None  # None: no fetch has brought keys that are still valid
+    tried_at: float  # the last fetch, failed or not: the next waits for refetch_interval
     expires_at: float
 
     def has(self, kid: str | None) -> bool:
@@ -98,6 +98,7 @@ class RemoteKeys:
         self.max_ttl = max_ttl
         self.refetch_interval = refetch_interval
         self.size = size
+        self.resolver = Resolver()
         self.fetches = 0  # how many times this worker went to the network (for metrics/tests)
         self._entries: dict[str, _Fetched] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -117,7 +118,7 @@ class RemoteKeys:
             now = time.time()
             if entry is not None and entry.expires_at > now and entry.has(kid):
                 return entry.keys  # type: ignore[return-value]
-            if entry is not None and now - entry.fetched_at < self.refetch_interval:
+            if entry is not None and now - entry.tried_at < self.refetch_interval:
                 # Asked moments ago (a made-up kid, or the server failing): not again so soon.
                 if entry.keys is None or entry.expires_at <= now:
                     raise KeysUnavailable("the client's jwks_uri failed moments ago")
@@ -125,12 +126,18 @@ class RemoteKeys:
             return self._refresh(uri, now, public_only)
 
     def _refresh(self, uri: str, now: float, public_only: bool) -> KeySet:
+        previous = self._entries.get(uri)
         if len(self._entries) >= self.size:
             self._entries.clear()  # jwks_uri clients are few; a full cache means churn
         try:
             keys, ttl = self._fetch(uri, public_only)
         except KeysUnavailable as exc:
-            self._entries[uri] = _Fetched(None, now, now)
+            # Anyone can force a refetch with a made-up kid: its failure must not cost the
+            # client the keys it still has. Only the try is recorded, to space out the next.
+            if previous is not None and previous.keys is not None and previous.expires_at > now:
+                self._entries[uri] = _Fetched(previous.keys, now, previous.expires_at)
+            else:
+                self._entries[uri] = _Fetched(None, now, now)
             log.warning("jwks_uri %s failed: %s", _redacted(uri), exc)
             raise
         self._entries[uri] = _Fetched(keys, now, now + ttl)
@@ -147,7 +154,7 @@ class RemoteKeys:
         https = parts.scheme == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
-        address = _address(host, port, public_only, self.timeout)
+        address = _address(self.resolver, host, port, public_only, self.timeout)
         timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
         # Connect to the address just vetted, not to whatever the name resolves to next (DNS
         # rebinding); TLS still checks the certificate against the name.
@@ -185,7 +192,7 @@ class RemoteKeys:
         except urllib3.exceptions.HTTPError as exc:
             raise KeysUnavailable(f"{type(exc).__name__}") from None
         try:
-            document = json.loads(body)
+            document = parse_json(body)  # the client's server may send anything
         except ValueError:
             raise KeysUnavailable("the document is not JSON") from None
         return public_key_set(document), ttl
@@ -235,28 +242,16 @@ class ClientKeys:
         return pick_key(keys, header)
 
 
-@functools.cache
-def _resolver() -> ThreadPoolExecutor:
-    """Where name lookups run: getaddrinfo has no timeout of its own (a nameserver that never
-    answers holds it for the resolver's tries, 10 s and more), so a request waits for its
-    lookup no longer than the fetch's timeout; a lookup outliving its request ends by itself,
-    and these two threads bound how many can be left running."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks-resolver")
-
-
-def _address(host: str, port: int, public_only: bool, timeout: float) -> str:
+def _address(resolver: Resolver, host: str, port: int, public_only: bool, timeout: float) -> str:
     """The address to fetch from: the first `host` resolves to within `timeout` seconds; with
     `public_only`, only if every address it resolves to is public (not private, loopback,
     link-local, reserved)."""
-    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = lookup.result(timeout=timeout)
+        addresses = resolver.addresses(host, port, timeout)
     except TimeoutError:  # the wait's, or the resolver's own (an OSError too: caught first)
-        lookup.cancel()  # if it is still queued behind lookups that hang
         raise KeysUnavailable("its host did not resolve in time") from None
     except (OSError, UnicodeError):
         raise KeysUnavailable("its host does not resolve") from None
-    addresses = [str(info[4][0]) for info in found]
     if not addresses:
         raise KeysUnavailable("its host does not resolve")
     if public_only and not all(ipaddress.ip_address(a).is_global for a in addresses):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from joserfc.jwk import Key
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from ..config import current_settings
+from ..payloads import parse_json
 from ..store import replay
 from . import nonces
 
@@ -98,8 +98,8 @@ def _refuse(reason: str) -> InvalidProof:
 @functools.lru_cache(maxsize=1024)
 def _proof_key(protected: str) -> _ProofKey:
     try:
-        header = json.loads(urlsafe_b64decode(protected.encode("ascii")))
-    except (ValueError, UnicodeError):
+        header = parse_json(urlsafe_b64decode(protected.encode("ascii")))
+    except ValueError:  # UnicodeError and nesting too deep among them
         raise _refuse("its header is not JSON") from None
     if not isinstance(header, dict) or header.get("typ") != TYP:
         raise _refuse(f"its typ must be {TYP}")
@@ -168,8 +168,8 @@ def verify_proof(
 
 def _payload(raw: bytes) -> dict[str, Any]:
     try:
-        claims = json.loads(raw)
-    except (ValueError, UnicodeError):
+        claims = parse_json(raw)
+    except ValueError:  # UnicodeError and nesting too deep among them
         raise _refuse("its payload is not JSON") from None
     if not isinstance(claims, dict):
         raise _refuse("its payload is not a JSON object")

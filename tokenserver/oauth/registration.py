@@ -18,6 +18,7 @@ from ..clients import DynamicRegistration, InvalidClientMetadata
 from ..config import current_settings
 from ..errors import APIError, InvalidRequest
 from ..models import Client
+from ..payloads import JSONTooDeep, parse_json
 from . import client_metadata
 from .metadata import server_metadata
 from .protect import REALM
@@ -45,10 +46,13 @@ def _json_body() -> Any:
     """The request's JSON document, or InvalidClientMetadata when it is not JSON."""
     if not flask_request.is_json:
         raise InvalidClientMetadata("the body must be application/json client metadata")
-    document = flask_request.get_json(silent=True)
-    if document is None:
-        raise InvalidClientMetadata("the body is not valid JSON")
-    return document
+    try:
+        # Depth-checked: Flask's parser lets a body nested thousands deep escape as a 500.
+        return parse_json(flask_request.get_data(cache=True))
+    except JSONTooDeep:
+        raise InvalidClientMetadata("the body is nested too deeply") from None
+    except ValueError:
+        raise InvalidClientMetadata("the body is not valid JSON") from None
 
 
 def _management(client_id: str, token: str) -> dict[str, str]:
