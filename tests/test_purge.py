@@ -262,3 +262,24 @@ def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner)
         sessions = set(db.session.scalars(select(BrowserSession.id)))
     assert old_code not in codes and fresh_code in codes
     assert sessions >= {live, just_ended} and not sessions & {expired, ended}
+
+
+def test_a_retired_key_the_workers_still_publish_is_kept(make_app: Any, actions: Actions) -> None:
+    # Workers cache their keys for an hour: one of them may sign with a retired key that long
+    # after its retirement, and publishes it until those tokens have expired.
+    app = make_app(key_cache_seconds=3600)
+    settings = app.extensions["tokenserver.settings"]
+    ttl = timedelta(seconds=settings.access_token_ttl)
+    with time_machine.travel(NOW, tick=False):
+        made = Store(app, actions)
+        still_published = made.retired_key(NOW - DAY - ttl - timedelta(minutes=30))
+        unpublished = made.retired_key(NOW - DAY - ttl - 2 * HOUR)
+        try:
+            output = purge(app.test_cli_runner())
+            assert "deleted 1 retired signing keys" in output
+            assert still_published in made.key_ids()
+            assert unpublished not in made.key_ids()
+        finally:
+            with app.app_context():
+                db.session.execute(delete(SigningKey).where(SigningKey.kid.in_(made.kids)))
+                db.session.commit()

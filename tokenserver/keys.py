@@ -32,6 +32,12 @@ ALGORITHM = "RS256"
 _RETIREMENT_GRACE = timedelta(seconds=60)
 
 
+def retention(access_token_ttl: int, cache_seconds: int) -> timedelta:
+    """How long a retired key stays published: a worker with a stale cache may sign with it
+    for `cache_seconds` more, and what it signed then lives `access_token_ttl`."""
+    return timedelta(seconds=access_token_ttl + cache_seconds) + _RETIREMENT_GRACE
+
+
 @dataclass(frozen=True)
 class Rotation:
     """What `keys rotate` did: the key that is (or will be) current, and whether it is new."""
@@ -158,8 +164,7 @@ class KeyRing:
         self._cache_seconds = cache_seconds
         self._publish_seconds = publish_seconds
         self._wrapper = wrapper or KeyWrapper()
-        # A worker with a stale cache may sign with a retired key for `cache_seconds` more.
-        self._retention = timedelta(seconds=access_token_ttl + cache_seconds) + _RETIREMENT_GRACE
+        self._retention = retention(access_token_ttl, cache_seconds)
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._current: RSAKey | None = None

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from .config import current_settings
 from .extensions import db
+from .keys import retention
 from .models import utcnow
 from .store import codes, devices, initial_tokens, keys, pushed, replay, sessions, tokens
 
@@ -24,9 +25,11 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
     """
     cutoff = utcnow() - timedelta(seconds=older_than)
     records, families = tokens.purge(cutoff, batch_size)
-    # A retired key is useless once every token it signed has expired.
-    ttl = timedelta(seconds=current_settings().access_token_ttl)
-    retired_keys = keys.purge(db.engine, cutoff - ttl - _KEY_GRACE, batch_size)
+    # A retired key is useless once every token it signed has expired, and the workers no
+    # longer publish it (however long they cache their keys).
+    settings = current_settings()
+    published = retention(settings.access_token_ttl, settings.key_cache_seconds)
+    retired_keys = keys.purge(db.engine, cutoff - published - _KEY_GRACE, batch_size)
     return {
         "token records": records,
         "token families": families,
