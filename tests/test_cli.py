@@ -285,6 +285,26 @@ def test_keys_rotate_publishes_a_next_key_and_list_shows_states(
     assert current_rows == [newest]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "rotate", "--if-older-than", "99999999999999999999d"],
+        ["keys", "rotate", "--if-older-than", "36501d"],
+        ["tokens", "purge", "--older-than", "99999999999999"],
+        ["clients", "rotate-secret", "any", "--overlap", "99999999999999"],
+    ],
+)
+def test_durations_past_any_date_are_refused_in_one_line(
+    runner: FlaskCliRunner, args: list[str]
+) -> None:
+    before = runner.invoke(args=["keys", "list"]).stdout
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert runner.invoke(args=["keys", "list"]).stdout == before
+
+
 def test_help_explains_every_command(make_app: Any) -> None:
     runner = make_app(migrations=True).test_cli_runner()  # as the `tokenserver` command builds it
     for path in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 
@@ -142,11 +143,55 @@ def test_bad_numbers_are_explained_in_our_words(value: str) -> None:
     assert "literal" not in str(excinfo.value) and "int()" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize("name", ["TOKENSERVER_ACCESS_TOKEN_TTL", "TOKENSERVER_KEY_CACHE_SECONDS"])
+def test_numbers_past_any_date_are_refused(name: str) -> None:
+    # Far enough to overflow a date computed from them (timedelta stops at 1e9 days).
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({name: "100000000000000"})
+    assert name in str(excinfo.value) and "at most" in str(excinfo.value)
+    assert Settings.from_env({name: "10000000000"})  # three centuries: still a date
+
+
+def test_a_refused_secret_is_never_shown() -> None:
+    # A key being rotated in, with the old one cut short: the new one must not reach the logs.
+    good = base64.b64encode(bytes(range(32))).decode()
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_KEY_ENCRYPTION_KEY": f"{good},{good[:-2]}"})
+    message = str(excinfo.value)
+    assert message.startswith("TOKENSERVER_KEY_ENCRYPTION_KEY is not valid:")
+    assert good[:10] not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app:S3cretPw@db:5432x/x",  # a port that is not a number
+        "postgres://app:S3cretPw@127.0.0.1:5432/test",  # as platforms write DATABASE_URL
+        "mysql://app:S3cretPw@127.0.0.1/x",  # a driver we do not ship
+    ],
+)
+def test_a_refused_database_url_names_the_problem_and_hides_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_DATABASE_URL": url})
+    message = str(excinfo.value)
+    assert "TOKENSERVER_DATABASE_URL='" in message and "app:***@" in message
+    assert "S3cretPw" not in message
+    assert "postgresql+psycopg://" in message  # what to write instead
+    assert "literal" not in message and "plugin" not in message
+
+
+def test_a_redis_url_password_is_hidden_too() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_RATELIMIT_STORAGE_URI": "rediz://:hunter2@h:6379/0"})
+    assert "hunter2" not in str(excinfo.value) and ":***@h" in str(excinfo.value)
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"TOKENSERVER_ISSUER": "http://example.com"}, "TOKENSERVER_ISSUER"),
         ({"TOKENSERVER_ARGON2_MEMORY_KIB": "1"}, "TOKENSERVER_ARGON2_MEMORY_KIB"),
+        ({"TOKENSERVER_DATABASE_URL": "postgres://u:pw@127.0.0.1/x"}, "TOKENSERVER_DATABASE_URL"),
     ],
 )
 @pytest.mark.parametrize("program", ["cli", "gunicorn"])

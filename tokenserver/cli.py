@@ -38,6 +38,8 @@ from .payloads import parse_json
 from .store import clients as client_store
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Seconds in a century: any longer, and a date computed from now leaves the calendar.
+_LONGEST = 100 * 365 * 86400
 
 
 def _one_line_errors(f: F) -> F:
@@ -258,7 +260,7 @@ def clients_delete(client_id: str) -> None:
     "--overlap",
     default=0,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, _LONGEST),
     help="Seconds the old secret keeps working, so deployed apps can switch over.",
 )
 def clients_rotate_secret(client_id: str, overlap: int) -> None:
@@ -366,9 +368,12 @@ def _duration(raw: str) -> timedelta:
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     text = raw.strip().lower()
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    if not number.isdigit():
+    if not number.isascii() or not number.isdigit():
         raise click.BadParameter(f"{raw!r} is not a duration such as 30d, 12h, 15m or 3600")
-    return timedelta(seconds=int(number) * units[unit])
+    seconds = int(number) * units[unit]
+    if seconds > _LONGEST:
+        raise click.BadParameter(f"{raw!r} is longer than a century")
+    return timedelta(seconds=seconds)
 
 
 @command(keys, "rotate")
@@ -449,7 +454,7 @@ def tokens() -> None:
     "--older-than",
     default=86400,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, _LONGEST),
     help="Keep records until this many seconds past their expiry.",
 )
 @click.option(

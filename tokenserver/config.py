@@ -32,20 +32,25 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+# No count or number of seconds we read needs more (a century of seconds is 3.2e9); far past
+# it, dates overflow (timedelta stops at 1e9 days) before anything else does.
+_LARGEST = 10**10
+
+
 def _whole_number(raw: str, smallest: int, expected: str) -> int:
     # int() would also take "1_000" or "+5", and its error speaks Python ("invalid literal").
     value = raw.strip()
-    if not value.isascii() or not value.isdigit() or int(value) < smallest:
+    if not value.isascii() or not value.isdigit() or not smallest <= int(value) <= _LARGEST:
         raise ValueError(expected)
     return int(value)
 
 
 def _positive_int(raw: str) -> int:
-    return _whole_number(raw, 1, "expected a positive whole number")
+    return _whole_number(raw, 1, f"expected a positive whole number, at most {_LARGEST:,}")
 
 
 def _non_negative_int(raw: str) -> int:
-    return _whole_number(raw, 0, "expected a whole number of 0 or more")
+    return _whole_number(raw, 0, f"expected a whole number of 0 or more, at most {_LARGEST:,}")
 
 
 def _port(raw: str) -> int:
@@ -86,11 +91,23 @@ def _database_url(raw: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     value = raw.strip()
+    expected = "expected sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/NAME"
     try:
-        make_url(value)
-    except ArgumentError as exc:
-        raise ValueError("expected an SQLAlchemy URL") from exc
+        url = make_url(value)  # ValueError too, for a port that is not a number
+    except (ArgumentError, ValueError):
+        raise ValueError(expected) from None
+    try:
+        # The driver is imported here, not at the first connection: a `postgres://` copied
+        # from a platform's DATABASE_URL, or a driver we do not ship, is named at start-up.
+        url.get_dialect().import_dbapi()
+    except (ArgumentError, ImportError):
+        raise ValueError(f"no database driver for {url.drivername!r}; {expected}") from None
     return value
+
+
+def _without_password(raw: str) -> str:
+    """A value as it may be shown: any password in a URL's userinfo (`user:pw@`) masked."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", raw)
 
 
 def _storage_uri(raw: str) -> str:
@@ -147,7 +164,7 @@ def _setting(
 ) -> Any:
     """Declare a field read from TOKENSERVER_<env> (or from <env> itself, if `bare`)."""
     name = env if bare else PREFIX + env
-    metadata = {"env": env, "name": name, "parse": parse}
+    metadata = {"env": env, "name": name, "parse": parse, "secret": secret}
     return field(default=default, repr=not secret, metadata=metadata)
 
 
@@ -219,7 +236,9 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+                # The value is shown to help, but never a secret, nor a password in a URL.
+                shown = "" if f.metadata["secret"] else f"={_without_password(raw)!r}"
+                raise ConfigError(f"{name}{shown} is not valid: {exc}") from None
         settings = cls(**values).resolved(instance_path)
         settings._check_argon2()
         return settings
