@@ -5,13 +5,30 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger(__name__)
+
+# Kept in the WSGI environ, not on g: g is shared by requests made in an app context already
+# pushed (as tests do), and this mark must never outlive its request.
+_PROTOCOL_STEP = "tokenserver.protocol_step"
+
+
+def protocol_step() -> None:
+    """Mark this request's error answer as a normal step of its protocol (a device polling
+    before its user answers), not a failed attempt: the failures-only limits skip it. They
+    are there to slow the guessing of secrets, and such a caller has shown a genuine one."""
+    request.environ[_PROTOCOL_STEP] = True
+
+
+def is_a_protocol_step() -> bool:
+    """Whether this request's error answer was marked by protocol_step()."""
+    return _PROTOCOL_STEP in request.environ
+
 
 _HTTP_CODES = {
     400: "invalid_request",

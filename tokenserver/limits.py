@@ -2,11 +2,12 @@
 
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection,
 revocation and client registration endpoints count only failures, so busy legitimate clients are
-never slowed (nor is a device polling its own code until its user answers: not_a_failure); the
-discovery routes and device authorizations count every request; wrong device user codes count
-per IP and per browser session, each reserved before it is looked up. /healthz, /readyz and
-/metrics are never limited: a load balancer checks /readyz on every node twice a second from
-one address. Each app reads its values, switch and storage from its own settings.
+never slowed (nor is a device polling its own code until its user answers: an error marked by
+errors.protocol_step is no failure); the discovery routes and device authorizations count every
+request; wrong device user codes count per IP and per browser session, each reserved before it
+is looked up. /healthz, /readyz and /metrics are never limited: a load balancer checks /readyz
+on every node twice a second from one address. Each app reads its values, switch and storage
+from its own settings.
 """
 
 from __future__ import annotations
@@ -24,14 +25,11 @@ from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter, RequestLimit
 
 from .config import Settings, current_settings
-from .errors import error_response, seconds
+from .errors import error_response, is_a_protocol_step, seconds
 from .resource_uris import RESOURCE_METADATA_PATH
 
 log = logging.getLogger(__name__)
 _NEVER_LIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
-# Kept in the WSGI environ, not on g: g is shared by requests made in an app context already
-# pushed (as tests do), and this mark must never outlive its request.
-_NOT_A_FAILURE = "tokenserver.not_a_failure"
 
 
 @dataclass(frozen=True)
@@ -137,17 +135,8 @@ def _route() -> str | None:
     return request.url_rule.rule if request.url_rule is not None else None
 
 
-def not_a_failure() -> None:
-    """Mark this request's error answer as a normal step of its protocol, not a failed attempt.
-
-    The failures-only limits skip it: they are there to slow the guessing of secrets, and the
-    caller of such an answer has shown a genuine one.
-    """
-    request.environ[_NOT_A_FAILURE] = True
-
-
 def _failed(response: Response) -> bool:
-    return response.status_code >= 400 and _NOT_A_FAILURE not in request.environ
+    return response.status_code >= 400 and not is_a_protocol_step()
 
 
 def _too_many(limit: RequestLimit) -> Response:

@@ -24,9 +24,10 @@ from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint as _DeviceAuthori
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
 from authlib.oidc.core import OpenIDToken
 
-from .. import audit, limits
+from .. import audit
 from ..config import current_settings
 from ..digests import digest
+from ..errors import protocol_step
 from ..models import Client, Subject, utcnow
 from ..store import devices, users
 from ..store.devices import DeviceCredential, PendingDevice
@@ -142,7 +143,7 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
             # on after a denial or expiry): counted as failures, two sign-ins would spend the
             # IP's token-endpoint budget and turn away every token request from that address. Only a
             # genuine code gets here (42 random characters: no guess), and slow_down paces it.
-            limits.not_a_failure()
+            protocol_step()
             raise
 
     def _poll(self, credential: DeviceCredential) -> Subject:
