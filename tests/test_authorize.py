@@ -12,7 +12,10 @@ import jwt as pyjwt
 import pytest
 import time_machine
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import update
 
+from tokenserver.extensions import db
+from tokenserver.models import TokenFamily
 from tokenserver.oauth.codes import CODE_TTL
 
 from .conftest import PASSWORD, Actions
@@ -319,6 +322,43 @@ def test_refresh_with_openid_returns_a_new_id_token(flow: Flow) -> None:
     assert refreshed.status_code == 200
     claims = _claims(refreshed.json["id_token"])
     assert claims["aud"] == client_id and claims["sub"] == _claims(first["id_token"])["sub"]
+
+
+def _refresh(flow: Flow, client_id: str, secret: str | None, token: str) -> Any:
+    return flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token},
+        auth=(client_id, secret),
+    )
+
+
+def test_a_refreshed_id_token_keeps_the_sign_in_it_came_from(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    signed_in = _claims(first["id_token"])
+    with time_machine.travel(_later(2 * 3600), tick=False):
+        flow.login()  # signed in anew since, in another browser session
+        refreshed = _refresh(flow, client_id, secret, first["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.json
+    claims = _claims(refreshed.json["id_token"])
+    # OpenID Connect Core §12.2: when the user signed in, not when the app refreshed.
+    assert claims["iat"] >= signed_in["iat"] + 2 * 3600
+    assert claims["auth_time"] == signed_in["auth_time"]
+    assert claims["sid"] == signed_in["sid"]
+    assert "nonce" not in claims
+
+
+def test_a_login_whose_sign_in_is_unknown_refreshes_without_auth_time(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    with flow.app.app_context(), db.engine.begin() as conn:  # as stored before logins kept it
+        conn.execute(update(TokenFamily).values(auth_time=None, session_id=None))
+    with time_machine.travel(_later(2 * 3600), tick=False):
+        refreshed = _refresh(flow, client_id, secret, first["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.json
+    claims = _claims(refreshed.json["id_token"])
+    assert claims["sub"] == _claims(first["id_token"])["sub"]
+    assert "auth_time" not in claims and "sid" not in claims  # never the refresh's time
 
 
 def test_userinfo_answers_get_and_post_and_needs_openid(flow: Flow, actions: Actions) -> None:
