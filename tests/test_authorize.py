@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt as pyjwt
 import pytest
@@ -19,7 +20,7 @@ from tokenserver.models import TokenFamily
 from tokenserver.oauth.codes import CODE_TTL
 
 from .conftest import PASSWORD, Actions
-from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
+from .helpers import LOOPBACK, REDIRECT, Flow, authorization_request, csrf_of, pkce, query_of
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -65,6 +66,76 @@ def test_consent_is_remembered_per_client_and_scope_set(flow: Flow) -> None:
     assert wider.headers["Location"].startswith("/consent?")  # a new set of scopes: asked
     forced = flow.authorize(client_id, challenge, prompt="consent")
     assert forced.headers["Location"].startswith("/consent?")
+
+
+API = "https://api.example.com"
+PHOTOS = "https://photos.example.com"
+
+
+def _authorize(flow: Flow, client_id: str, **params: str | list[str]) -> str:
+    """Where an authorization request (signed in; `resource` may repeat) sends the browser."""
+    query = urlencode(authorization_request(client_id, pkce()[1], **params), doseq=True)
+    location: str = flow.client.get("/oauth/authorize?" + query).headers["Location"]
+    assert location.startswith(("/consent?", REDIRECT + "?")), location
+    return location
+
+
+def _asks(flow: Flow, client_id: str, **params: str | list[str]) -> bool:
+    """Whether this request goes to /consent rather than straight back with a code."""
+    return _authorize(flow, client_id, **params).startswith("/consent?")
+
+
+def _allow(flow: Flow, client_id: str, **params: str | list[str]) -> None:
+    """Make the request and allow it at /consent."""
+    allowed = flow.consent(_authorize(flow, client_id, **params))
+    assert "code" in query_of(allowed.headers["Location"])
+
+
+def test_consent_at_one_resource_is_asked_again_for_another(flow: Flow) -> None:
+    client_id, _secret = flow.register(audiences=(API, PHOTOS))
+    flow.login()
+    _allow(flow, client_id, resource=API)  # asks, and is allowed there only
+    assert not _asks(flow, client_id, resource=API)
+    # Our own routes (no resource named) and another resource were never allowed.
+    assert _asks(flow, client_id)
+    assert _asks(flow, client_id, resource=PHOTOS)
+    assert _asks(flow, client_id, resource=[API, PHOTOS])
+
+
+def test_consent_covers_fewer_scopes_and_resources_but_answers_never_add_up(
+    flow: Flow,
+) -> None:
+    client_id, _secret = flow.register(audiences=(API, PHOTOS))
+    flow.login()
+    _allow(flow, client_id, resource=[API, PHOTOS])
+    assert not _asks(flow, client_id, resource=PHOTOS, scope="openid junk:read")
+    assert _asks(flow, client_id, resource=PHOTOS, scope="openid junk:write")
+    _allow(flow, client_id, resource=PHOTOS, scope="openid junk:write")
+    # junk:read and junk:write were each allowed at PHOTOS, but never together.
+    assert _asks(flow, client_id, resource=PHOTOS, scope="openid junk:read junk:write")
+
+
+def test_naming_our_own_audience_is_the_same_consent_as_naming_none(flow: Flow) -> None:
+    own = flow.app.extensions["tokenserver.settings"].audience
+    first, _ = flow.register(name="First App")
+    second, _ = flow.register(name="Second App")
+    flow.login()
+    _allow(flow, first)
+    assert not _asks(flow, first, resource=own)
+    _allow(flow, second, resource=own)
+    assert not _asks(flow, second)
+
+
+def test_signing_an_app_out_forgets_its_consents_at_every_resource(flow: Flow) -> None:
+    client_id, _secret = flow.register(audiences=(API,))
+    flow.login()
+    _allow(flow, client_id)
+    _allow(flow, client_id, resource=API)
+    page = flow.client.get("/account")
+    flow.client.post(
+        "/account/apps/sign-out", data={"csrf_token": csrf_of(page.text), "client_id": client_id}
+    )
+    assert _asks(flow, client_id) and _asks(flow, client_id, resource=API)
 
 
 def test_first_party_clients_skip_consent(flow: Flow) -> None:

@@ -17,7 +17,7 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, insert, inspect, select, text
 
 from tokenserver import MIGRATIONS, create_app
-from tokenserver.browser_models import AuthorizationCode
+from tokenserver.browser_models import AuthorizationCode, Consent
 from tokenserver.config import Settings
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
@@ -204,3 +204,32 @@ def test_upgrade_gives_logins_the_sign_in_of_their_stored_code(
     assert [(family, sid) for family, _, sid in rows] == [("f-code", "s1"), ("f-purged", None)]
     assert rows[0].auth_time == signed_in
     assert rows[1].auth_time is None  # unknown: its id_tokens will say nothing rather than now
+
+
+def test_upgrade_keeps_consents_as_given_for_our_own_routes(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    with _scratch_database(base_settings, tmp_path):
+        upgrade(revision="b6e2f4a9c1d7")
+        with db.engine.begin() as conn:
+            conn.execute(text(_USER))
+            conn.execute(text(_CLIENT))
+            conn.execute(
+                text(
+                    "INSERT INTO consents (user_id, client_id, scope, created_at)"
+                    " VALUES (1, 'app', 'openid', '2026-01-01')"
+                )
+            )
+        upgrade()
+        with db.engine.begin() as conn:
+            # One answer per scope set and resource set: the same scopes at another resource
+            # are another row.
+            conn.execute(
+                insert(Consent.__table__).values(
+                    user_id=1, client_id="app", scope="openid", resources="https://api.example"
+                )
+            )
+            rows = conn.execute(
+                select(Consent.scope, Consent.resources).order_by(Consent.resources)
+            ).all()
+    assert [tuple(row) for row in rows] == [("openid", ""), ("openid", "https://api.example")]
