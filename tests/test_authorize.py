@@ -7,16 +7,20 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt as pyjwt
 import pytest
 import time_machine
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import update
 
+from tokenserver.extensions import db
+from tokenserver.models import TokenFamily
 from tokenserver.oauth.codes import CODE_TTL
 
 from .conftest import PASSWORD, Actions
-from .helpers import LOOPBACK, REDIRECT, Flow, pkce, query_of
+from .helpers import LOOPBACK, REDIRECT, Flow, authorization_request, csrf_of, pkce, query_of
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -62,6 +66,76 @@ def test_consent_is_remembered_per_client_and_scope_set(flow: Flow) -> None:
     assert wider.headers["Location"].startswith("/consent?")  # a new set of scopes: asked
     forced = flow.authorize(client_id, challenge, prompt="consent")
     assert forced.headers["Location"].startswith("/consent?")
+
+
+API = "https://api.example.com"
+PHOTOS = "https://photos.example.com"
+
+
+def _authorize(flow: Flow, client_id: str, **params: str | list[str]) -> str:
+    """Where an authorization request (signed in; `resource` may repeat) sends the browser."""
+    query = urlencode(authorization_request(client_id, pkce()[1], **params), doseq=True)
+    location: str = flow.client.get("/oauth/authorize?" + query).headers["Location"]
+    assert location.startswith(("/consent?", REDIRECT + "?")), location
+    return location
+
+
+def _asks(flow: Flow, client_id: str, **params: str | list[str]) -> bool:
+    """Whether this request goes to /consent rather than straight back with a code."""
+    return _authorize(flow, client_id, **params).startswith("/consent?")
+
+
+def _allow(flow: Flow, client_id: str, **params: str | list[str]) -> None:
+    """Make the request and allow it at /consent."""
+    allowed = flow.consent(_authorize(flow, client_id, **params))
+    assert "code" in query_of(allowed.headers["Location"])
+
+
+def test_consent_at_one_resource_is_asked_again_for_another(flow: Flow) -> None:
+    client_id, _secret = flow.register(audiences=(API, PHOTOS))
+    flow.login()
+    _allow(flow, client_id, resource=API)  # asks, and is allowed there only
+    assert not _asks(flow, client_id, resource=API)
+    # Our own routes (no resource named) and another resource were never allowed.
+    assert _asks(flow, client_id)
+    assert _asks(flow, client_id, resource=PHOTOS)
+    assert _asks(flow, client_id, resource=[API, PHOTOS])
+
+
+def test_consent_covers_fewer_scopes_and_resources_but_answers_never_add_up(
+    flow: Flow,
+) -> None:
+    client_id, _secret = flow.register(audiences=(API, PHOTOS))
+    flow.login()
+    _allow(flow, client_id, resource=[API, PHOTOS])
+    assert not _asks(flow, client_id, resource=PHOTOS, scope="openid junk:read")
+    assert _asks(flow, client_id, resource=PHOTOS, scope="openid junk:write")
+    _allow(flow, client_id, resource=PHOTOS, scope="openid junk:write")
+    # junk:read and junk:write were each allowed at PHOTOS, but never together.
+    assert _asks(flow, client_id, resource=PHOTOS, scope="openid junk:read junk:write")
+
+
+def test_naming_our_own_audience_is_the_same_consent_as_naming_none(flow: Flow) -> None:
+    own = flow.app.extensions["tokenserver.settings"].audience
+    first, _ = flow.register(name="First App")
+    second, _ = flow.register(name="Second App")
+    flow.login()
+    _allow(flow, first)
+    assert not _asks(flow, first, resource=own)
+    _allow(flow, second, resource=own)
+    assert not _asks(flow, second)
+
+
+def test_signing_an_app_out_forgets_its_consents_at_every_resource(flow: Flow) -> None:
+    client_id, _secret = flow.register(audiences=(API,))
+    flow.login()
+    _allow(flow, client_id)
+    _allow(flow, client_id, resource=API)
+    page = flow.client.get("/account")
+    flow.client.post(
+        "/account/apps/sign-out", data={"csrf_token": csrf_of(page.text), "client_id": client_id}
+    )
+    assert _asks(flow, client_id) and _asks(flow, client_id, resource=API)
 
 
 def test_first_party_clients_skip_consent(flow: Flow) -> None:
@@ -319,6 +393,43 @@ def test_refresh_with_openid_returns_a_new_id_token(flow: Flow) -> None:
     assert refreshed.status_code == 200
     claims = _claims(refreshed.json["id_token"])
     assert claims["aud"] == client_id and claims["sub"] == _claims(first["id_token"])["sub"]
+
+
+def _refresh(flow: Flow, client_id: str, secret: str | None, token: str) -> Any:
+    return flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token},
+        auth=(client_id, secret),
+    )
+
+
+def test_a_refreshed_id_token_keeps_the_sign_in_it_came_from(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    signed_in = _claims(first["id_token"])
+    with time_machine.travel(_later(2 * 3600), tick=False):
+        flow.login()  # signed in anew since, in another browser session
+        refreshed = _refresh(flow, client_id, secret, first["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.json
+    claims = _claims(refreshed.json["id_token"])
+    # OpenID Connect Core §12.2: when the user signed in, not when the app refreshed.
+    assert claims["iat"] >= signed_in["iat"] + 2 * 3600
+    assert claims["auth_time"] == signed_in["auth_time"]
+    assert claims["sid"] == signed_in["sid"]
+    assert "nonce" not in claims
+
+
+def test_a_login_whose_sign_in_is_unknown_refreshes_without_auth_time(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)
+    first = flow.exchange(client_id, secret, code, verifier).json
+    with flow.app.app_context(), db.engine.begin() as conn:  # as stored before logins kept it
+        conn.execute(update(TokenFamily).values(auth_time=None, session_id=None))
+    with time_machine.travel(_later(2 * 3600), tick=False):
+        refreshed = _refresh(flow, client_id, secret, first["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.json
+    claims = _claims(refreshed.json["id_token"])
+    assert claims["sub"] == _claims(first["id_token"])["sub"]
+    assert "auth_time" not in claims and "sid" not in claims  # never the refresh's time
 
 
 def test_userinfo_answers_get_and_post_and_needs_openid(flow: Flow, actions: Actions) -> None:

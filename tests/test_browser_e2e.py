@@ -114,12 +114,12 @@ def _wait_for(browser: WebDriver, prefix: str) -> None:
     WebDriverWait(browser, 20).until(expected_conditions.url_contains(prefix))
 
 
-def _sign_in(browser: WebDriver, shots: Path | None = None) -> None:
+def _sign_in(browser: WebDriver, shots: Path | None = None, username: str = "alice") -> None:
     """Fill in and submit our sign-in form as a person would."""
     _wait_for(browser, "/login")
     if shots:
         browser.save_screenshot(str(shots / "login.png"))
-    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
@@ -307,7 +307,7 @@ def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask,
         fields = {
             "id_token_hint": seen["id_token"],
             "post_logout_redirect_uri": f"{site}/signed-out",
-            "state": "bye",
+            "state": request.args.get("state", "bye"),
         }
         return _posting_page(f"{issuer}/oauth/logout", fields, "Sign out")
 
@@ -321,7 +321,7 @@ def _posting_app(issuer: str, client: dict[str, Any], site: str) -> tuple[Flask,
 
 
 def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
-    server: LiveServer, browser: WebDriver, rp_port: int
+    server: LiveServer, browser: WebDriver, rp_port: int, tmp_path: Path
 ) -> None:
     _sign_up(server)
     # localhost is another site than our 127.0.0.1: the POST is cross-site, as from a real app,
@@ -368,6 +368,25 @@ def test_a_web_app_posts_its_authorization_and_logout_requests_from_forms(
         timeout=10,
     )
     assert kept.status_code == 303 and kept.headers["Location"].startswith("/login")
+    # Bob signs in on this browser, and a page of the app on our own site (127.0.0.1, as our
+    # pages are) POSTs its logout form naming alice's ID token: our cookie comes with it, so
+    # bob is asked first, and his answer still takes him back to the app with its state.
+    _sign_up(server, "bob")
+    browser.get(f"{server.url}/account")
+    _sign_in(browser, username="bob")
+    WebDriverWait(browser, 20).until(lambda b: "/login" not in b.current_url)
+    del seen["signed_out"]
+    with _serving(rp, rp_port):
+        browser.get(f"http://127.0.0.1:{rp_port}/logout?state=again")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda b: "Sign out?" in b.page_source)
+        assert "You are signed in as <strong>bob</strong>" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "logout.png"))
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda b: "signed_out" in seen)
+        assert seen["signed_out"] == {"state": "again"}
+    browser.get(f"{server.url}/account")
+    _wait_for(browser, "/login")
 
 
 def _exchange(

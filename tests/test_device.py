@@ -276,6 +276,31 @@ def test_an_allowed_code_gives_tokens_once_that_work(
     assert me.status_code == 401
 
 
+def test_a_refreshed_id_token_names_the_approvers_sign_in(
+    device: Device, client: FlaskClient, tv: RegisteredClient
+) -> None:
+    codes = device.codes()
+    device.flow.login()
+    device.answer(codes["user_code"])
+    body = device.poll(codes["device_code"]).json
+    first = pyjwt.decode(body["id_token"], options={"verify_signature": False})
+    assert first["sid"]  # the approver's browser session, as a code's id_token names it
+    later = datetime.now(UTC) + timedelta(hours=2)
+    with time_machine.travel(later, tick=False):
+        refreshed = client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": body["refresh_token"],
+                "client_id": tv.client_id,
+            },
+        )
+    assert refreshed.status_code == 200, refreshed.json
+    claims = pyjwt.decode(refreshed.json["id_token"], options={"verify_signature": False})
+    assert claims["iat"] >= first["iat"] + 2 * 3600
+    assert (claims["auth_time"], claims["sid"]) == (first["auth_time"], first["sid"])
+
+
 def test_a_denied_code_answers_access_denied_and_cannot_be_allowed_after(device: Device) -> None:
     codes = device.codes()
     device.flow.login()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -11,11 +14,13 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, insert, inspect, select, text
 
 from tokenserver import MIGRATIONS, create_app
+from tokenserver.browser_models import AuthorizationCode, Consent
 from tokenserver.config import Settings
 from tokenserver.extensions import db
+from tokenserver.models import TokenFamily
 from tokenserver.ops import SCHEMA_HEAD
 
 from .conftest import FAST_HASHING, ROOT, postgres_database
@@ -126,3 +131,105 @@ def test_upgrade_leaves_one_current_key_where_the_old_schema_had_two(
     finally:
         if gen is not None:
             next(gen, None)
+
+
+@contextmanager
+def _scratch_database(base_settings: Settings, tmp_path: Path) -> Iterator[Flask]:
+    """An app on an empty database of the backend under test, migrations left to the test."""
+    url = base_settings.database_url
+    gen = None
+    if url.startswith("postgresql"):
+        gen = postgres_database(url)
+        url = next(gen)
+    else:
+        url = f"sqlite:///{tmp_path / 'scratch.db'}"
+    try:
+        app = create_app(Settings(database_url=url, **FAST_HASHING), migrations=True)
+        with app.app_context():
+            yield app
+            db.engine.dispose()
+    finally:
+        if gen is not None:
+            next(gen, None)
+
+
+_USER = (
+    "INSERT INTO users (id, username, username_key, password_hash, created_at)"
+    " VALUES (1, 'alice', 'alice', 'x', '2026-01-01')"
+)
+_CLIENT = (
+    "INSERT INTO clients (id, client_id, name, grant_types, scope, created_at)"
+    " VALUES (1, 'app', 'App', 'authorization_code', 'openid', '2026-01-01')"
+)
+
+
+def test_upgrade_gives_logins_the_sign_in_of_their_stored_code(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    with _scratch_database(base_settings, tmp_path):
+        upgrade(revision="6b1f0e9c4d27")
+        with db.engine.begin() as conn:
+            conn.execute(text(_USER))
+            conn.execute(text(_CLIENT))
+            signed_in = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+            exchanged = signed_in + timedelta(minutes=30)
+            for family in ("f-code", "f-purged"):
+                conn.execute(
+                    insert(TokenFamily.__table__).values(
+                        id=family, client_id="app", user_id=1, created_at=exchanged
+                    )
+                )
+            code = {"code_challenge": "c", "code_challenge_method": "S256", "scope": "openid"}
+            conn.execute(
+                insert(AuthorizationCode.__table__).values(
+                    code_hash="h",
+                    client_id="app",
+                    user_id=1,
+                    auth_time=signed_in,
+                    session_id="s1",
+                    created_at=exchanged,
+                    expires_at=exchanged,
+                    used_at=exchanged,
+                    family_id="f-code",
+                    **code,
+                )
+            )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                select(TokenFamily.id, TokenFamily.auth_time, TokenFamily.session_id).order_by(
+                    TokenFamily.id
+                )
+            ).all()
+    assert [(family, sid) for family, _, sid in rows] == [("f-code", "s1"), ("f-purged", None)]
+    assert rows[0].auth_time == signed_in
+    assert rows[1].auth_time is None  # unknown: its id_tokens will say nothing rather than now
+
+
+def test_upgrade_keeps_consents_as_given_for_our_own_routes(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    with _scratch_database(base_settings, tmp_path):
+        upgrade(revision="b6e2f4a9c1d7")
+        with db.engine.begin() as conn:
+            conn.execute(text(_USER))
+            conn.execute(text(_CLIENT))
+            conn.execute(
+                text(
+                    "INSERT INTO consents (user_id, client_id, scope, created_at)"
+                    " VALUES (1, 'app', 'openid', '2026-01-01')"
+                )
+            )
+        upgrade()
+        with db.engine.begin() as conn:
+            # One answer per scope set and resource set: the same scopes at another resource
+            # are another row.
+            conn.execute(
+                insert(Consent.__table__).values(
+                    user_id=1, client_id="app", scope="openid", resources="https://api.example"
+                )
+            )
+            rows = conn.execute(
+                select(Consent.scope, Consent.resources).order_by(Consent.resources)
+            ).all()
+    assert [tuple(row) for row in rows] == [("openid", ""), ("openid", "https://api.example")]

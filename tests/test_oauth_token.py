@@ -361,6 +361,20 @@ def test_refresh_may_narrow_scope_and_keeps_the_original_for_later(
     assert later.json["scope"] == "junk:read junk:write"
 
 
+def test_a_password_logins_refreshed_id_token_says_when_the_password_was_given(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any]
+) -> None:
+    oidc_app = actions.oauth_client("oidc-app", scope="openid junk:read")
+    first = actions.token(oidc_app).json
+    signed_in = claims_of(first["access_token"])["iat"]
+    with time_machine.travel(time.time() + 2 * 3600, tick=False):
+        refreshed = refresh_grant(client, oidc_app, first["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.json
+    claims = claims_of(refreshed.json["id_token"])
+    assert claims["iat"] >= signed_in + 2 * 3600
+    assert claims["auth_time"] == signed_in and "sid" not in claims  # no browser session
+
+
 def test_refresh_cannot_widen_scope_and_the_token_survives(
     client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from typing import Any
 from urllib.parse import urlencode
 
@@ -256,6 +258,38 @@ def test_logout_without_an_id_token_asks_first(flow: Flow) -> None:
     assert flow.client.get("/account").status_code == 200  # a bare link signs no one out
     done = flow.client.post("/oauth/logout", data={"csrf_token": csrf_of(asked.text)})
     assert done.status_code == 200 and flow.client.get("/account").status_code == 303
+
+
+def _submitted(html: str) -> tuple[str, dict[str, str]]:
+    """A page's form as a browser submits it: its action and every input's name and value."""
+    action = re.search(r'<form method="post" action="([^"]*)"', html)
+    assert action is not None, "the page has no form"
+    inputs = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html)
+    return unescape(action.group(1)), {name: unescape(value) for name, value in inputs}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_confirmed_logout_returns_to_the_app_however_it_was_asked(
+    app: Flask, flow: Flow, actions: Actions, method: str
+) -> None:
+    # Bob's ID token while alice is signed in: asked first, whether the app's page linked here
+    # or POSTed its form from our own site (the browser sends the cookie with either).
+    actions.user("bob")
+    _client_id, bobs_id_token = _id_token(Flow(app, app.test_client()), username="bob")
+    flow.login()
+    sent = {"id_token_hint": bobs_id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    if method == "GET":
+        asked = flow.client.get("/oauth/logout?" + urlencode({**sent, "utm_source": "x"}))
+    else:
+        asked = flow.client.post("/oauth/logout", data={**sent, "utm_source": "x"})
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    action, fields = _submitted(asked.text)
+    # The logout request's own parameters travel on in the form, never into the address.
+    assert action == "/oauth/logout"
+    assert fields == {**sent, "csrf_token": csrf_of(asked.text)}
+    done = flow.client.post(action, data=fields)
+    assert done.status_code == 302 and done.headers["Location"] == REDIRECT + "?state=s9"
+    assert flow.client.get("/account").status_code == 303
 
 
 def test_logout_refuses_a_forged_id_token_hint(flow: Flow) -> None:

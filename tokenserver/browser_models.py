@@ -62,7 +62,7 @@ class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]
 
 
 class Consent(db.Model):  # type: ignore[name-defined,misc]
-    """A user's remembered "allow" for one client and one exact set of scopes."""
+    """A user's remembered "allow" for one client: a set of scopes, at a set of resources."""
 
     __tablename__ = "consents"
 
@@ -74,6 +74,9 @@ class Consent(db.Model):  # type: ignore[name-defined,misc]
     )
     # The scopes, sorted and space-separated: one row per distinct set.
     scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The RFC 8707 resources they were allowed at, sorted and space-separated; "" for our own
+    # routes' audience (TOKENSERVER_AUDIENCE), which is what a request naming none is for.
+    resources: Mapped[str] = mapped_column(Text, primary_key=True, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -365,6 +365,11 @@ class TokenFamily(db.Model):  # type: ignore[name-defined,misc]
     resources: Mapped[str] = mapped_column(Text, default="", server_default="")
     # RFC 9449 §5: a public client's login bound to a DPoP key (its RFC 7638 thumbprint).
     dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+    # The sign-in behind the login, kept from when it was granted: a refreshed id_token carries
+    # the same auth_time and sid (OpenID Connect Core §12.2), however the browser session has
+    # fared since. None when unknown (client credentials; logins stored before these columns).
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    session_id: Mapped[str | None] = mapped_column(String(32))  # the browser session's public id
 
 
 class TokenRecord(db.Model):  # type: ignore[name-defined,misc]

@@ -55,6 +55,8 @@ def init_oauth(app: Flask) -> None:
         # Set by the code grant (the device grant borrows the attribute for its id_token).
         code = request.authorization_code
         code = code if isinstance(code, PresentedCode) else None
+        # The code, or the device approval, that signed the user in (set by their grants).
+        signed_in = code or getattr(request, "credential", None)
         claims = issued_claims(token["access_token"])
         who = _who(request)
         try:
@@ -68,8 +70,10 @@ def init_oauth(app: Flask) -> None:
                 session_max_age=settings.session_max_age,
                 resources=getattr(request, "resources", None),  # set by ResourceIndicators grants
                 code_hash=code.code_hash if code is not None else None,
-                # Set by the device grant: the approval's browser session must still be live.
-                session_id=getattr(getattr(request, "credential", None), "session_id", None),
+                # The approval's browser session must still be live (a code's is read as it
+                # is spent); the login keeps it and the sign-in's time for refreshed id_tokens.
+                session_id=getattr(signed_in, "session_id", None),
+                auth_time=getattr(signed_in, "auth_time", None),
                 # RFC 9449 §5: a public client's refresh tokens are bound to its DPoP key.
                 dpop_jkt=dpop.bound_key() if request.client.is_public else None,
             )

@@ -23,7 +23,7 @@ from ..store import consents
 from .codes import CodeGrant, SignedIn
 from .hints import hinted_subject
 from .query import QueryRequest
-from .resources import InvalidTargetError, requested
+from .resources import InvalidTargetError, audiences, requested
 from .server import current_server
 
 # RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, base64url without padding.
@@ -189,12 +189,23 @@ def next_step(
         # OpenID Connect Core §3.1.2.1: the client expects another user; never theirs instead.
         _refuse(authorization, "login_required", "The signed-in user is not the one hinted at.")
     client = authorization.client
-    known = consents.remembered(signed_in.user.id, client.client_id, authorization.scope)
+    known = _allowed_before(authorization, signed_in)
     if not client.first_party and ("consent" in prompt or not known):
         if "none" in prompt:
             _refuse(authorization, "consent_required", "The user has not allowed this app.")
         return Next.CONSENT
     return Next.CODE
+
+
+def _allowed_before(authorization: Authorization, signed_in: SignedIn) -> bool:
+    """Whether one earlier "allow" of the user's covers this request: all its scopes, at all
+    its resources (RFC 8707). Two answers are never added up: scopes allowed at one resource
+    are not thereby allowed at another."""
+    scopes, at = set(authorization.scopes), audiences(authorization.resources)
+    return any(
+        scopes <= allowed.scopes and at <= audiences(allowed.resources)
+        for allowed in consents.given(signed_in.user.id, authorization.client.client_id)
+    )
 
 
 def _refuse(authorization: Authorization, error: str, description: str) -> None:
@@ -209,8 +220,12 @@ def issue_code(authorization: Authorization, signed_in: SignedIn) -> str:
 
 
 def allow(authorization: Authorization, signed_in: SignedIn) -> str:
-    """The user allowed: remember it for this (client, scopes), then issue the code."""
-    consents.remember(signed_in.user.id, authorization.client.client_id, authorization.scope)
+    """The user allowed: remember it for this (client, scopes, resources), then issue the code."""
+    resources = authorization.resources
+    if audiences(resources) == audiences([]):
+        resources = ()  # our own routes, named or not: one answer, stored as naming none
+    client_id = authorization.client.client_id
+    consents.remember(signed_in.user.id, client_id, authorization.scope, resources)
     return issue_code(authorization, signed_in)
 
 

@@ -26,6 +26,7 @@ from ..models import Client, Subject
 from ..store import codes, tokens, users
 from . import dpop, parameters
 from .grants import _AUTH_METHODS
+from .records import RefreshCredential
 from .resources import ResourceIndicators, requested
 
 CODE_TTL = 60  # seconds: RFC 6749 §4.1.2 says short; our contract says at most 60
@@ -186,6 +187,18 @@ class IdToken(_IdTokenClaims, OpenIDCode):
 
 class RefreshIdToken(_IdTokenClaims, OpenIDToken):
     """OpenID Connect Core §12.2: a refresh with `openid` returns a new id_token too."""
+
+    def get_compatible_claims(self, request: Any) -> dict[str, Any]:
+        claims: dict[str, Any] = super().get_compatible_claims(request)
+        # Authlib's auth_time is the refresh's; §12.2 says the original sign-in's. A login
+        # whose sign-in is unknown (stored before we kept it) says none rather than a wrong one.
+        del claims["auth_time"]
+        login: RefreshCredential = request.refresh_token
+        if login.auth_time is not None:
+            claims["auth_time"] = int(login.auth_time.timestamp())
+        if login.session_id is not None:
+            claims["sid"] = login.session_id  # the browser session the login was signed in with
+        return claims
 
 
 def user_info(user: Subject, scope: str) -> UserInfo:

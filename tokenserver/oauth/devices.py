@@ -194,6 +194,14 @@ class DeviceIdToken(_IdTokenClaims, OpenIDToken):
         encoded: str = super().encode_id_token(token, request)
         return encoded
 
+    def get_authorization_code_claims(self, authorization_code: Any) -> dict[str, Any]:
+        claims: dict[str, Any] = super().get_authorization_code_claims(authorization_code)
+        # The approver's browser session, as a code's id_token names it; refreshes keep it.
+        credential: DeviceCredential = authorization_code
+        if credential.session_id is not None:
+            claims["sid"] = credential.session_id
+        return claims
+
 
 def pending(user_code: str) -> PendingDevice | None:
     """The live, undecided authorization a typed user code names, if any."""

@@ -39,6 +39,8 @@ class RefreshCredential:
     within_grace: bool = False
     resources: tuple[str, ...] = ()  # the login's RFC 8707 resources
     dpop_jkt: str | None = None  # the DPoP key the login is bound to (RFC 9449 §5)
+    auth_time: datetime | None = None  # when the user signed in for the login, if known
+    session_id: str | None = None  # the browser session they signed in with, if any
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -65,6 +67,7 @@ def record_issued(
     code_hash: str | None = None,
     dpop_jkt: str | None = None,
     session_id: str | None = None,
+    auth_time: datetime | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
@@ -75,7 +78,9 @@ def record_issued(
     (`session_max_age` from the login; the app's setting when not given). A new login keeps
     the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for,
     and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any. A login approved in
-    a browser session (a device's, `session_id`) is stored only while that session is live.
+    a browser session (a device's, `session_id`; a code's is read as the code is spent) is
+    stored only while that session is live, and keeps that sign-in (`auth_time`, the session)
+    for the id_tokens of its refreshes; a password login signs in as it is issued.
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -109,6 +114,7 @@ def record_issued(
             }
         )
     login = None
+    checked_hash = getattr(user, "checked_hash", None)
     if parent is None:
         login = tokens.NewLogin(
             family_id,
@@ -117,8 +123,9 @@ def record_issued(
             issued,
             " ".join(resources or []),
             dpop_jkt,
-            getattr(user, "checked_hash", None),
+            checked_hash,
             session_id,
+            issued if checked_hash is not None else auth_time,
         )
     try:
         outcome = tokens.store_issued(
@@ -234,6 +241,8 @@ def find_refresh_token(
         grace,
         tuple(row.resources.split()),
         row.dpop_jkt,
+        row.auth_time,
+        row.session_id,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
@@ -55,7 +56,13 @@ class ResourceIndicators:
 def within(asked: list[str], granted: list[str]) -> bool:
     """RFC 8707 §2.2: whether a token request narrows its grant's resources; a grant that named
     none was for our own routes' audience."""
-    return set(asked) <= set(granted or [current_settings().audience])
+    return set(asked) <= audiences(granted)
+
+
+def audiences(resources: Iterable[str]) -> set[str]:
+    """Where tokens for `resources` are good: those named, or our own routes' audience when
+    none is (so naming that audience and naming none are the same)."""
+    return set(resources) or {current_settings().audience}
 
 
 def bind_audience(resources: list[str]) -> None:

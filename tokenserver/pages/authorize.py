@@ -18,6 +18,11 @@ from ..oauth.logout import needs_confirmation
 from ..oauth.server import current_server
 from . import bp, web
 
+# RP-Initiated Logout 1.0 §2: what a logout request may say, all a confirmation carries on.
+_LOGOUT_PARAMETERS = frozenset(
+    {"id_token_hint", "logout_hint", "client_id", "post_logout_redirect_uri", "state", "ui_locales"}
+)
+
 
 def _parameters() -> MultiDict[str, str]:
     """The authorization request's parameters: the query of a GET, the form body of a POST.
@@ -217,7 +222,15 @@ def logout() -> Response:
     # Without a valid id_token_hint naming this user, anyone's page could sign them out.
     if needs_confirmation(end, web.current_session()):
         if request.method == "GET" or "csrf_token" not in request.form:
-            return web.page("logout.html", session=web.current_session(), action=request.full_path)
+            # The answer is POSTed here with the request's parameters, whether they came in
+            # the query of a GET or the body of a POST: confirmed, it returns to the app.
+            carried = [
+                (name, value)
+                for name, value in request.values.items(multi=True)
+                if name in _LOGOUT_PARAMETERS
+            ]
+            session = web.current_session()
+            return web.page("logout.html", session=session, action=request.path, carried=carried)
         web.check_form()
     secret = web.session_cookie()
     if secret:

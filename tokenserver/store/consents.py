@@ -1,8 +1,11 @@
-"""Remembered consents: one row per (user, client, exact scope set)."""
+"""Remembered consents: one row per (user, client, scope set, resource set) the user allowed."""
 
 from __future__ import annotations
 
-from sqlalchemy import Table, delete, select
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import Consent
@@ -12,24 +15,38 @@ from ..models import utcnow
 _consents: Table = Consent.__table__
 
 
-def scope_key(scope: str) -> str:
-    """The stored form of a scope set: sorted, unique, space-separated."""
-    return " ".join(sorted(set(scope.split())))
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """One answer the user gave a client: these scopes, at these resources (none: our own)."""
+
+    scopes: frozenset[str]
+    resources: frozenset[str]
 
 
-def remembered(user_id: int, client_id: str, scope: str) -> bool:
-    """Whether the user has allowed this client this exact set of scopes before."""
-    query = select(_consents.c.user_id).where(
-        _consents.c.user_id == user_id,
-        _consents.c.client_id == client_id,
-        _consents.c.scope == scope_key(scope),
-    )
-    return reader().execute(query).first() is not None
+def _key(values: Iterable[str]) -> str:
+    """The stored form of a set: sorted, unique, space-separated."""
+    return " ".join(sorted(set(values)))
 
 
-def remember(user_id: int, client_id: str, scope: str) -> None:
+_GIVEN = select(_consents.c.scope, _consents.c.resources).where(
+    _consents.c.user_id == bindparam("user_id"), _consents.c.client_id == bindparam("client_id")
+)
+
+
+def given(user_id: int, client_id: str) -> list[Allowed]:
+    """Every "allow" the user has given this client and not taken back."""
+    rows = reader().execute(_GIVEN, {"user_id": user_id, "client_id": client_id})
+    return [Allowed(frozenset(row.scope.split()), frozenset(row.resources.split())) for row in rows]
+
+
+def remember(user_id: int, client_id: str, scope: str, resources: Iterable[str] = ()) -> None:
     """Remember an "allow" (a second, concurrent one is the same answer)."""
-    row = {"user_id": user_id, "client_id": client_id, "scope": scope_key(scope)}
+    row = {
+        "user_id": user_id,
+        "client_id": client_id,
+        "scope": _key(scope.split()),
+        "resources": _key(resources),
+    }
     try:
         with db.engine.begin() as conn:
             conn.execute(_consents.insert().values({**row, "created_at": utcnow()}))

@@ -212,7 +212,9 @@ class NewLogin:
     resources: str  # RFC 8707 resources, space separated
     dpop_jkt: str | None
     checked_hash: str | None = None  # a password login's: stored only while it is the user's
-    session_id: str | None = None  # a device login's approver's: stored only while it is live
+    # The browser session a code or a device approval was given in: stored only while it is live.
+    session_id: str | None = None
+    auth_time: datetime | None = None  # when the user signed in for it, if known
 
 
 def _subject(row: Any) -> Subject | None:
@@ -223,7 +225,15 @@ def _subject(row: Any) -> Subject | None:
 _INSERT_RECORDS = insert(_records)
 # A new login's family is stored only while its user is still enabled, in one statement: a
 # login racing `users disable` either lands first (and is revoked with the rest) or not at all.
-_FAMILY_COLUMNS = ("id", "client_id", "created_at", "resources", "dpop_jkt")
+_FAMILY_COLUMNS = (
+    "id",
+    "client_id",
+    "created_at",
+    "resources",
+    "dpop_jkt",
+    "auth_time",
+    "session_id",
+)
 _ACTIVE_USER = select(
     *(typed_parameter(_families.c[name]) for name in _FAMILY_COLUMNS), _users.c.id
 ).where(_users.c.id == bindparam("user_id"), _users.c.disabled.is_(False))
@@ -325,19 +335,17 @@ def _issue(
     reuse_grace: int,
     code: tuple[str, str] | None,
 ) -> Issued:
+    session_id = login.session_id if login is not None else None
     if code is not None:
-        session_id = codes.spend(conn, *code)
+        session_id = codes.spend(conn, *code)  # the code's browser session, read as it is spent
         if session_id is None:
             return Issued.CODE_SPENT
-        # As at Keycloak, a code dies with the browser session that got it: a code taken just
-        # before the user signed out (or changed their password) never outlives the sign-out.
-        if not sessions.signed_in(conn, session_id):
-            return Issued.SIGNED_OUT
     if parent_hash is not None:
         return Issued.STORED if _spend(conn, parent_hash, reuse_grace) else Issued.PARENT_SPENT
     assert login is not None, "a token response comes from a new login or a refresh token"
-    # A device approval dies with the browser session that gave it, as a code does.
-    if login.session_id is not None and not sessions.signed_in(conn, login.session_id):
+    # As at Keycloak, a code (or a device approval) dies with the browser session that got it:
+    # one taken just before the user signed out (or changed their password) never outlives it.
+    if session_id is not None and not sessions.signed_in(conn, session_id):
         return Issued.SIGNED_OUT
     family = {
         "id": login.family_id,
@@ -345,6 +353,8 @@ def _issue(
         "created_at": login.created_at,
         "resources": login.resources,
         "dpop_jkt": login.dpop_jkt,
+        "auth_time": login.auth_time,
+        "session_id": session_id,
     }
     if login.user_id is None:
         conn.execute(_INSERT_CLIENT_FAMILY, family)
@@ -428,6 +438,8 @@ class RefreshRecord:
     family_created_at: datetime
     resources: str
     dpop_jkt: str | None
+    auth_time: datetime | None  # the login's sign-in, if known
+    session_id: str | None  # the login's browser session, if any
     user: Subject | None
 
 
@@ -443,6 +455,8 @@ _REFRESH_BY_HASH = (
         _families.c.created_at.label("family_created_at"),
         _families.c.resources,
         _families.c.dpop_jkt,
+        _families.c.auth_time,
+        _families.c.session_id,
         *USER_COLUMNS,
     )
     .join(_families, _families.c.id == _records.c.family_id)
@@ -467,6 +481,8 @@ def refresh_record(token_hash: str) -> RefreshRecord | None:
         row.family_created_at,
         row.resources,
         row.dpop_jkt,
+        row.auth_time,
+        row.session_id,
         _subject(row),
     )
 
