@@ -180,7 +180,7 @@ def oauth() -> Doc:
                     "in": "path",
                     "required": True,
                     "description": "The path of TOKENSERVER_AUDIENCE (RFC 9728 §3.1)",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1, "pattern": "^[^?#]+$"},
                 }
             ],
             **_public_get(
