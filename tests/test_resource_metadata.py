@@ -206,3 +206,26 @@ def test_an_audience_that_is_no_url_publishes_nothing(make_app: Any) -> None:
     assert (response.status_code, response.json["error"]) == (404, "not_found")
     assert _named_metadata(client.get("/junk")) == [None, None]
     assert "protected_resources" not in client.get("/.well-known/oauth-authorization-server").json
+
+
+@pytest.mark.parametrize(
+    ("audience", "url"),
+    [
+        ("https://例え.jp/api", "https://xn--r8jz45g.jp/.well-known/oauth-protected-resource/api"),
+        ("http://localhost:8000/café", f"{RESOURCE_METADATA}/caf%C3%A9"),
+        ("http://localhost:8000/a%20b", f"{RESOURCE_METADATA}/a%20b"),
+        ("http://[::1]:8000/x", "http://[::1]:8000/.well-known/oauth-protected-resource/x"),
+    ],
+)
+def test_the_challenge_names_the_metadata_in_ascii_where_it_is_served(
+    make_app: Any, audience: str, url: str
+) -> None:
+    # A header is ASCII (gunicorn refuses anything else with a 500): an IDN host is named by its
+    # A-label, a path percent-encoded; and the route answers at the path so encoded.
+    client = make_app(audience=audience).test_client()
+    challenges = client.get("/junk").headers.getlist("WWW-Authenticate")
+    assert all(challenge.isascii() for challenge in challenges)
+    assert _named_metadata(client.get("/junk")) == [url, url]
+    served = client.get(urlsplit(url).path)
+    assert served.status_code == 200, served.json
+    assert served.json["resource"] == audience

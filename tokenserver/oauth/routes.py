@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, Response, jsonify, request
 
 from ..config import JWKS_MAX_AGE, current_settings
 from ..errors import InvalidRequest, NotFound
 from ..keys import current_keyring
-from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_url
+from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
 from ..store import replay
 from .metadata import resource_metadata, server_metadata
 from .server import current_server
@@ -148,8 +146,7 @@ def metadata() -> Response:
 def protected_resource(resource_path: str = "") -> Response:
     """RFC 9728 metadata of the resource our bearer routes serve, at the path its URL gives."""
     settings = current_settings()
-    url = resource_metadata_url(settings.audience)
-    if url is None or urlsplit(url).path != request.path:
+    if resource_metadata_path(settings.audience) != request.path:
         raise NotFound("No protected resource publishes its metadata here.")
     response = jsonify(resource_metadata(settings))
     response.headers["Cache-Control"] = "public, max-age=300"
