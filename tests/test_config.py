@@ -168,6 +168,8 @@ def test_a_refused_secret_is_never_shown() -> None:
         "postgresql+psycopg://app:S3cretPw@db:5432x/x",  # a port that is not a number
         "postgres://app:S3cretPw@127.0.0.1:5432/test",  # as platforms write DATABASE_URL
         "mysql://app:S3cretPw@127.0.0.1/x",  # a driver we do not ship
+        "postgres://app:S3cretPw/x@db.example.com/prod",  # a "/" in it: no valid URL at all
+        "postgres://app:S3cretPw@x@db.example.com/prod",  # an "@" in it
     ],
 )
 def test_a_refused_database_url_names_the_problem_and_hides_its_password(url: str) -> None:
@@ -178,6 +180,20 @@ def test_a_refused_database_url_names_the_problem_and_hides_its_password(url: st
     assert "S3cretPw" not in message
     assert "postgresql+psycopg://" in message  # what to write instead
     assert "literal" not in message and "plugin" not in message
+
+
+def test_a_password_in_a_query_is_hidden() -> None:
+    url = "postgres://app@db.example.com/prod?sslmode=require&password=S3cretPw"
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_DATABASE_URL": url})
+    assert "S3cretPw" not in str(excinfo.value) and "password=***" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("audience", ['https://api.example/a"b', "https://api.example/a\\b", "a b"])
+def test_an_audience_that_would_break_a_header_is_refused(audience: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_AUDIENCE": audience})
+    assert "TOKENSERVER_AUDIENCE" in str(excinfo.value)
 
 
 def test_a_redis_url_password_is_hidden_too() -> None:

@@ -105,9 +105,25 @@ def _database_url(raw: str) -> str:
     return value
 
 
+def _audience(raw: str) -> str:
+    # It goes into tokens, JSON and (as a URL) our WWW-Authenticate challenges: nothing that
+    # could end a quoted header value or a line.
+    value = raw.strip()
+    if not value.isprintable() or any(c.isspace() or c in '"\\' for c in value):
+        raise ValueError("expected a URI (no spaces, quotes or backslashes)")
+    return value
+
+
 def _without_password(raw: str) -> str:
-    """A value as it may be shown: any password in a URL's userinfo (`user:pw@`) masked."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", raw)
+    """A value as it may be shown: a URL's password masked, wherever it ends (one written with
+    a "/" or "@" in it is no valid URL, yet it is what we must not print) and in a query."""
+    scheme, separator, rest = raw.partition("://")
+    if separator and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")  # the last "@": over-masking is harmless
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        raw = f"{scheme}://{userinfo}@{host}"
+    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", raw)
 
 
 def _storage_uri(raw: str) -> str:
@@ -174,7 +190,7 @@ class Settings:
 
     database_url: str = _setting("DATABASE_URL", _database_url, "")
     issuer: str = _setting("ISSUER", _issuer, "http://localhost:8000")
-    audience: str = _setting("AUDIENCE", str.strip, "")
+    audience: str = _setting("AUDIENCE", _audience, "")
     access_token_ttl: int = _setting("ACCESS_TOKEN_TTL", _positive_int, 900)
     refresh_token_ttl: int = _setting("REFRESH_TOKEN_TTL", _positive_int, 2_592_000)
     registration_open: bool = _setting("REGISTRATION_OPEN", _parse_bool, True)
