@@ -268,6 +268,20 @@ def test_push_without_a_fresh_nonce_is_told_to_use_one(
     assert _stored(app) == 1
 
 
+def test_nonce_refusals_do_not_spend_the_token_failure_budget(
+    make_app: Any, app_client: RegisteredClient
+) -> None:
+    limited = make_app(dpop_nonce=True, ratelimit_enabled=True, ratelimit_token_failures="3/minute")
+    client = limited.test_client()
+    # More clients behind one address than the budget, each starting without a nonce.
+    for _ in range(5):
+        _bound_token(client, app_client, Prover())
+    # Real failures still count.
+    wrong = {**PASSWORD_GRANT, "password": "wrong"}
+    answers = [_token(client, app_client, None, **wrong).status_code for _ in range(4)]
+    assert answers == [400, 400, 400, 429]
+
+
 # --- resources (RFC 9449 §9) -------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from joserfc.jwk import Key
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from ..config import current_settings
+from ..errors import protocol_step
 from ..payloads import parse_json
 from ..store import replay
 from . import nonces
@@ -76,6 +77,11 @@ class UseDPoPNonceError(OAuth2Error):
 def refusal(exc: InvalidProof) -> OAuth2Error:
     """What the token endpoint (and /oauth/par) answers to a refused proof."""
     if isinstance(exc, NonceRequired):
+        # RFC 9449 §8: a client's first request, or its first in a while, meets this as a
+        # matter of course. Counted as a failure, a few clients behind one address would spend
+        # its token-endpoint budget; and it is decided before the client or a grant is checked,
+        # so no secret is being guessed (a nonce's MAC has 128 bits).
+        protocol_step()
         return UseDPoPNonceError(exc.reason)
     return InvalidDPoPProofError(exc.reason)
 
