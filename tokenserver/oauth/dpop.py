@@ -237,19 +237,23 @@ def request_proof(access_token: str | None = None, expected_jkt: str | None = No
     if len(proofs) > 1:
         raise _refuse("only one DPoP header may be sent")
     settings = current_settings()
-    if settings.dpop_nonce:
-        # Whatever the verdict, the answer carries the nonce to use next (see init_app).
-        g.dpop_nonce = nonces.issue()
     # TLS usually ends at a proxy: the client signed the URI it used, which is our issuer's.
     url = settings.issuer + flask_request.path
-    return verify_proof(
-        proofs[0],
-        flask_request.method,
-        url,
-        access_token,
-        expected_jkt,
-        nonce_required=settings.dpop_nonce,
-    )
+    try:
+        return verify_proof(
+            proofs[0],
+            flask_request.method,
+            url,
+            access_token,
+            expected_jkt,
+            nonce_required=settings.dpop_nonce,
+        )
+    finally:
+        if settings.dpop_nonce:
+            # Whatever the verdict, the answer carries the nonce to use next (see init_app).
+            # Made after the check: a nonce under a key this worker had not loaded yet has
+            # taught it that key, so the answer's is not one the other workers now refuse.
+            g.dpop_nonce = nonces.issue()
 
 
 def bind_token_request() -> None:
