@@ -30,7 +30,7 @@ from tokenserver.observability import JSONFormatter
 from tokenserver.store import tokens
 
 from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
-from .helpers import Flow, csrf_of
+from .helpers import Flow, Prover, csrf_of
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile junk:read"
@@ -721,6 +721,42 @@ def test_polls_with_unknown_device_codes_count_as_failures(
     limited = device.poll(live)
     assert limited.status_code == 429 and limited.json["error"] == "too_many_requests"
     assert Actions(app, device.client).token(web, "alice").status_code == 429
+
+
+@pytest.mark.parametrize("store", ["database", "redis"])
+def test_polls_with_a_replayed_dpop_proof_count_as_failures(
+    make_app: Any, actions: Actions, tv: RegisteredClient, redis_prefix: str, store: str
+) -> None:
+    shared = {"ratelimit_storage_uri": REDIS_URL, "ratelimit_key_prefix": redis_prefix}
+    app = make_app(
+        ratelimit_enabled=True,
+        ratelimit_token_failures="3/minute",
+        **(shared if store == "redis" else {}),
+    )
+    device = Device(app, app.test_client(), tv)
+    device_code = device.codes()["device_code"]
+    proof = Prover().proof("POST", "http://localhost:8000/oauth/token")
+    polls = [
+        device.client.post(
+            "/oauth/token",
+            data={
+                "client_id": tv.client_id,
+                "grant_type": DEVICE_GRANT,
+                "device_code": device_code,
+            },
+            headers={"DPoP": proof},
+        )
+        for _ in range(5)
+    ]
+    answers = [(poll.status_code, poll.json["error"]) for poll in polls]
+    # The first poll is a genuine one; each replay of its proof is a failure.
+    assert answers == [
+        (400, "authorization_pending"),
+        (400, "invalid_dpop_proof"),
+        (400, "invalid_dpop_proof"),
+        (400, "invalid_dpop_proof"),
+        (429, "too_many_requests"),
+    ]
 
 
 def test_device_authorization_is_limited_per_ip(

@@ -106,15 +106,20 @@ def test_retry_with_the_nonce_gets_tokens_and_the_next_nonce(
     assert issued.headers["DPoP-Nonce"]  # RFC 9449 §8.2: the nonce for the next request
 
 
+def _forged_mac(good: str) -> str:
+    mac, _, kid = good.partition(".")
+    return f"{mac[:-4]}{'AAAA' if mac[-4:] != 'AAAA' else 'BBBB'}.{kid}"
+
+
 @pytest.mark.parametrize(
     "forged",
     [
         pytest.param(lambda good: "", id="empty"),
         pytest.param(lambda good: 12345, id="not-a-string"),
         pytest.param(lambda good: b64url(secrets.token_bytes(24)), id="random"),
-        pytest.param(
-            lambda good: good[:-4] + ("AAAA" if good[-4:] != "AAAA" else "BBBB"), id="mac"
-        ),
+        pytest.param(lambda good: _forged_mac(good), id="mac"),
+        pytest.param(lambda good: good.partition(".")[0], id="no-kid"),
+        pytest.param(lambda good: good.partition(".")[0] + "." + "A" * 43, id="unknown-kid"),
         pytest.param(lambda good: good + "A", id="longer"),
         pytest.param(lambda good: good[:11] + "é" + good[12:], id="not-ascii"),
     ],
@@ -268,6 +273,20 @@ def test_push_without_a_fresh_nonce_is_told_to_use_one(
     assert _stored(app) == 1
 
 
+def test_nonce_refusals_do_not_spend_the_token_failure_budget(
+    make_app: Any, app_client: RegisteredClient
+) -> None:
+    limited = make_app(dpop_nonce=True, ratelimit_enabled=True, ratelimit_token_failures="3/minute")
+    client = limited.test_client()
+    # More clients behind one address than the budget, each starting without a nonce.
+    for _ in range(5):
+        _bound_token(client, app_client, Prover())
+    # Real failures still count.
+    wrong = {**PASSWORD_GRANT, "password": "wrong"}
+    answers = [_token(client, app_client, None, **wrong).status_code for _ in range(4)]
+    assert answers == [400, 400, 400, 429]
+
+
 # --- resources (RFC 9449 §9) -------------------------------------------------------------------
 
 
@@ -365,24 +384,67 @@ def test_a_nonce_from_one_instance_is_good_at_another(
     assert here.status_code == 200, here.json
 
 
-def test_after_a_key_rotation_old_nonces_cost_at_most_one_retry(
+def _requests_in_turn(
+    workers: list[FlaskClient], caller: RegisteredClient, prover: Prover, nonce: str
+) -> list[int]:
+    """Token requests sent to each worker in turn, each with the last nonce seen, retried once
+    when told to use another; how many retries each request took."""
+    retries = []
+    for worker in workers:
+        answer = _token(worker, caller, prover.proof("POST", TOKEN_URL, **_with_nonce(nonce)))
+        retried = 0
+        if answer.status_code == 400 and answer.json["error"] == "use_dpop_nonce":
+            nonce, retried = answer.headers["DPoP-Nonce"], 1
+            answer = _token(worker, caller, prover.proof("POST", TOKEN_URL, **_with_nonce(nonce)))
+        assert answer.status_code == 200, answer.json
+        nonce = answer.headers["DPoP-Nonce"]
+        retries.append(retried)
+    return retries
+
+
+def test_nonces_move_to_a_published_next_key_with_no_retry(
     make_app: Any, app_client: RegisteredClient, prover: Prover
 ) -> None:
-    lived = make_app(dpop_nonce=True, key_cache_seconds=0)  # rereads the keys on every use
-    through = lived.test_client()
-    before = _nonce(through, app_client, prover)
-    with lived.app_context():
-        assert rotate(db.engine, KeyWrapper(), 0, now=True) is not None
-    # A worker that signed with the old key still takes nonces made under it...
-    kept = _token(through, app_client, prover.proof("POST", TOKEN_URL, **_with_nonce(before)))
-    assert kept.status_code == 200, kept.json
-    # ...one that never held it refuses them once, with a nonce under the new key.
+    cached = make_app(dpop_nonce=True, key_cache_seconds=300)
+    through = cached.test_client()
+    before = _nonce(through, app_client, prover)  # it has loaded the current key, for long
+    with cached.app_context():
+        rotation = rotate(db.engine, KeyWrapper(), 3600)  # next: signs in an hour
+    assert rotation is not None and not before.endswith(rotation.kid)
+    started = make_app(dpop_nonce=True, key_cache_seconds=300).test_client()
+    after = _nonce(started, app_client, prover)
+    assert after.endswith(f".{rotation.kid}")  # made under the next key, before it signs
+    # Each takes the other's nonces: the one with the old keys learns the next key from it.
+    assert _requests_in_turn([through, started] * 3, app_client, prover, before) == [0] * 6
+    assert _nonce(through, app_client, prover).endswith(f".{rotation.kid}")
+
+
+def test_after_an_immediate_rotation_old_nonces_cost_at_most_one_retry(
+    make_app: Any, app_client: RegisteredClient, prover: Prover
+) -> None:
+    cached = make_app(dpop_nonce=True, key_cache_seconds=300)
+    through = cached.test_client()
+    before = _nonce(through, app_client, prover)  # it has loaded the current key, for long
+    with cached.app_context():
+        assert rotate(db.engine, KeyWrapper(), 0, now=True) is not None  # the old key retires
+    started = make_app(dpop_nonce=True, key_cache_seconds=300).test_client()  # new key only
+    # The retired key's private part is gone: its nonces die once, then no worker refuses
+    # another's (the one that missed the rotation learns of it from the new key's nonce).
+    retries = _requests_in_turn([started, through] * 3, app_client, prover, before)
+    assert retries == [1, 0, 0, 0, 0, 0]
+
+
+def test_a_revoked_keys_nonces_are_refused(
+    make_app: Any, app: Flask, client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    from tokenserver.keys import revoke
+
+    nonce = _nonce(client, app_client, prover)
+    with app.app_context():
+        revoke(db.engine, KeyWrapper(), nonce.partition(".")[2])
     started = make_app(dpop_nonce=True).test_client()
-    refused = _token(started, app_client, prover.proof("POST", TOKEN_URL, **_with_nonce(before)))
-    after = _told_to_use_a_nonce(refused)
-    for each in (started, through):
-        retry = _token(each, app_client, prover.proof("POST", TOKEN_URL, **_with_nonce(after)))
-        assert retry.status_code == 200, retry.json
+    refused = _token(started, app_client, prover.proof("POST", TOKEN_URL, **_with_nonce(nonce)))
+    _told_to_use_a_nonce(refused)
 
 
 def test_without_the_setting_no_nonce_is_asked_for(make_app: Any, prover: Prover) -> None:

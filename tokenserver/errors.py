@@ -25,6 +25,12 @@ def protocol_step() -> None:
     request.environ[_PROTOCOL_STEP] = True
 
 
+def not_a_protocol_step() -> None:
+    """Take back protocol_step(): the answer it marked has been replaced by a refusal that
+    counts (a replayed proof or client assertion found only when the poll is stored)."""
+    request.environ.pop(_PROTOCOL_STEP, None)
+
+
 def is_a_protocol_step() -> bool:
     """Whether this request's error answer was marked by protocol_step()."""
     return _PROTOCOL_STEP in request.environ

@@ -16,6 +16,7 @@ from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import NoResultFound
 
 from . import audit
 from .errors import APIError, NotFound
@@ -168,8 +169,11 @@ class KeyRing:
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._current: RSAKey | None = None
-        self._previous: RSAKey | None = None  # the key this worker signed with before _current
+        self._next_kid: str | None = None  # the key published to sign next, if any
         self._keys: dict[str, RSAKey] = {}
+        self._states: dict[str, str] = {}
+        # Private parts parsed so far, of the next and current keys only: others have none.
+        self._private: dict[str, RSAKey] = {}
         self._public: list[dict[str, Any]] = []
 
     def signing_key(self) -> RSAKey:
@@ -197,15 +201,28 @@ class KeyRing:
             key = self._keys.get(kid)
         return key
 
-    def nonce_keys(self) -> list[RSAKey]:
-        """The keys DPoP nonces are made under: the signing key first, then the one it replaced
-        here, while that one is still published (a revoked key, perhaps leaked, vouches for
-        nothing)."""
+    def newest_private_key(self) -> RSAKey:
+        """The newest published key whose private part we hold: the next key once one is
+        published (every worker meets it before it signs), else the signing key."""
         current = self.signing_key()
-        previous = self._previous
-        if previous is None or previous is current or str(previous.kid) not in self._keys:
-            return [current]
-        return [current, previous]
+        next_kid = self._next_kid
+        newest = self.private_key(next_kid) if next_kid is not None else None
+        return newest or current
+
+    def private_key(self, kid: str) -> RSAKey | None:
+        """Key `kid` with its private part, while it is published and keeps one (a retired
+        key's is wiped, and a revoked key is unpublished at once); None otherwise."""
+        if self.verification_key(kid) is None:
+            return None
+        if self._states.get(kid) not in (CURRENT, NEXT):
+            return None
+        key = self._private.get(kid)
+        if key is None:
+            with self._lock:
+                key = self._private.get(kid) or self._private_key_if_kept(kid)
+                if key is not None:
+                    self._private[kid] = key
+        return key
 
     def jwks(self) -> dict[str, object]:
         """The RFC 7517 key set: the next key, the current one and still-useful retired ones."""
@@ -237,25 +254,40 @@ class KeyRing:
             promote_due(self._engine, self._publish_seconds)
             rows = self._select()
         current_kid = next((row.kid for row in rows if row.state == CURRENT), None)
-        current = self._current if self._current and self._current.kid == current_kid else None
+        states = {row.kid: row.state for row in rows}
+        private = {k: v for k, v in self._private.items() if states.get(k) in (CURRENT, NEXT)}
+        current = private.get(current_kid) if current_kid is not None else None
         if current is None and current_kid is not None:
-            current = self._private_key(current_kid)
+            current = private[current_kid] = self._private_key(current_kid)
         # Verifying needs only public keys; the private part is parsed for the current key alone.
         self._public = [json.loads(row.public_jwk) for row in rows]
         self._keys = {
             row.kid: self._keys.get(row.kid) or RSAKey.import_key(jwk)
             for row, jwk in zip(rows, self._public, strict=True)
         }
-        if self._current is not None and current is not self._current:
-            self._previous = self._current
+        self._states = states
+        self._private = private
+        self._next_kid = next((row.kid for row in rows if row.state == NEXT), None)
         self._current = current
         self._loaded_at = time.monotonic()
 
     def _select(self) -> list[stored.Published]:
         return stored.published(self._engine, retired_after=utcnow() - self._retention)
 
+    def _private_key_if_kept(self, kid: str) -> RSAKey | None:
+        try:
+            kept = stored.private_key(self._engine, kid)
+        except NoResultFound:
+            return None  # purged since our last look
+        if not kept:
+            return None  # retired or revoked since our last look: its private part is wiped
+        return self._unwrap(kid, kept)
+
     def _private_key(self, kid: str) -> RSAKey:
-        pem = self._wrapper.unwrap(kid, stored.private_key(self._engine, kid))
+        return self._unwrap(kid, stored.private_key(self._engine, kid))
+
+    def _unwrap(self, kid: str, kept: str) -> RSAKey:
+        pem = self._wrapper.unwrap(kid, kept)
         return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
 
 

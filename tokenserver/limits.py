@@ -3,11 +3,12 @@
 Sign-ups count every attempt (so taken names cannot be probed quickly); the token, introspection,
 revocation and client registration endpoints count only failures, so busy legitimate clients are
 never slowed (nor is a device polling its own code until its user answers: an error marked by
-errors.protocol_step is no failure); the discovery routes and device authorizations count every
-request; wrong device user codes count per IP and per browser session, each reserved before it
-is looked up. /healthz, /readyz and /metrics are never limited: a load balancer checks /readyz
-on every node twice a second from one address. Each app reads its values, switch and storage
-from its own settings.
+errors.protocol_step is no failure, and neither is a DPoP proof refused for want of a nonce);
+the discovery routes, device authorizations and pushed requests count every request; wrong
+device user codes count per IP and per browser session, each reserved before it is looked up.
+/healthz, /readyz and /metrics are never limited: a load balancer checks /readyz on every node
+twice a second from one address. Each app reads its values, switch and storage from its own
+settings.
 """
 
 from __future__ import annotations

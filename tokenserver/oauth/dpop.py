@@ -21,6 +21,7 @@ from joserfc.jwk import Key
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from ..config import current_settings
+from ..errors import protocol_step
 from ..payloads import parse_json
 from ..store import replay
 from . import nonces
@@ -76,6 +77,11 @@ class UseDPoPNonceError(OAuth2Error):
 def refusal(exc: InvalidProof) -> OAuth2Error:
     """What the token endpoint (and /oauth/par) answers to a refused proof."""
     if isinstance(exc, NonceRequired):
+        # RFC 9449 §8: a client's first request, or its first in a while, meets this as a
+        # matter of course. Counted as a failure, a few clients behind one address would spend
+        # its token-endpoint budget; and it is decided before the client or a grant is checked,
+        # so no secret is being guessed (a nonce's MAC has 128 bits).
+        protocol_step()
         return UseDPoPNonceError(exc.reason)
     return InvalidDPoPProofError(exc.reason)
 
@@ -231,19 +237,23 @@ def request_proof(access_token: str | None = None, expected_jkt: str | None = No
     if len(proofs) > 1:
         raise _refuse("only one DPoP header may be sent")
     settings = current_settings()
-    if settings.dpop_nonce:
-        # Whatever the verdict, the answer carries the nonce to use next (see init_app).
-        g.dpop_nonce = nonces.issue()
     # TLS usually ends at a proxy: the client signed the URI it used, which is our issuer's.
     url = settings.issuer + flask_request.path
-    return verify_proof(
-        proofs[0],
-        flask_request.method,
-        url,
-        access_token,
-        expected_jkt,
-        nonce_required=settings.dpop_nonce,
-    )
+    try:
+        return verify_proof(
+            proofs[0],
+            flask_request.method,
+            url,
+            access_token,
+            expected_jkt,
+            nonce_required=settings.dpop_nonce,
+        )
+    finally:
+        if settings.dpop_nonce:
+            # Whatever the verdict, the answer carries the nonce to use next (see init_app).
+            # Made after the check: a nonce under a key this worker had not loaded yet has
+            # taught it that key, so the answer's is not one the other workers now refuse.
+            g.dpop_nonce = nonces.issue()
 
 
 def bind_token_request() -> None:

@@ -23,7 +23,7 @@ from werkzeug.datastructures import MultiDict
 
 from .. import audit
 from ..config import Settings
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, not_a_protocol_step
 from ..models import Client
 from ..store import clients
 from . import client_auth, dpop
@@ -116,6 +116,9 @@ class AuthorizationServer(_AuthorizationServer):
     def replayed_response(self, kind: str) -> Any:
         """The answer to a token request whose client assertion or DPoP proof, checked as
         fresh, turned out spent when it was stored (replay.deferred)."""
+        # A device's poll may have marked its answer (authorization_pending) a protocol step;
+        # a replay is a failure, which the per-IP limit must count.
+        not_a_protocol_step()
         error: OAuth2Error
         if kind == "dpop":
             error = dpop.InvalidDPoPProofError(
