@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -226,13 +227,23 @@ def test_upgrade_keeps_consents_as_given_for_our_own_routes(
             # are another row.
             conn.execute(
                 insert(Consent.__table__).values(
-                    user_id=1, client_id="app", scope="openid", resources="https://api.example"
+                    user_id=1,
+                    client_id="app",
+                    scope="openid",
+                    resources="https://api.example",
+                    resources_digest=sha256(b"https://api.example").hexdigest(),
                 )
             )
             rows = conn.execute(
-                select(Consent.scope, Consent.resources).order_by(Consent.resources)
+                select(Consent.scope, Consent.resources, Consent.resources_digest).order_by(
+                    Consent.resources
+                )
             ).all()
-    assert [tuple(row) for row in rows] == [("openid", ""), ("openid", "https://api.example")]
+    assert [(scope, resources) for scope, resources, _ in rows] == [
+        ("openid", ""),
+        ("openid", "https://api.example"),
+    ]
+    assert rows[0].resources_digest == sha256(b"").hexdigest()
 
 
 def _fill_every_table(conn: Connection) -> None:
@@ -240,6 +251,7 @@ def _fill_every_table(conn: Connection) -> None:
     now = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
     later = now + timedelta(days=1)
     tables = db.metadata.tables
+    no_resources = sha256(b"").hexdigest()
     rows: dict[str, list[dict[str, object]]] = {
         "users": [{"id": 1, "username": "alice", "username_key": "alice", "password_hash": "x"}],
         "clients": [
@@ -315,12 +327,13 @@ def _fill_every_table(conn: Connection) -> None:
             }
         ],
         "consents": [
-            {"user_id": 1, "client_id": "app", "scope": "openid"},
+            {"user_id": 1, "client_id": "app", "scope": "openid", "resources_digest": no_resources},
             {
                 "user_id": 1,
                 "client_id": "app",
                 "scope": "openid",
                 "resources": "https://api.example",
+                "resources_digest": sha256(b"https://api.example").hexdigest(),
             },
         ],
         "browser_sessions": [
