@@ -98,14 +98,45 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        sqlite = connection.dialect.name == 'sqlite'
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=False)
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
             **conf_args
         )
 
-        with context.begin_transaction():
-            context.run_migrations()
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite:
+                _check_sqlite_foreign_keys(connection)
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection, *, on):
+    """Turn SQLite's foreign key enforcement on or off for this connection.
+
+    Off while migrating: a batch operation rebuilds a table (copy, DROP, rename), and with
+    foreign keys on, the DROP first deletes every row, cascading through ON DELETE CASCADE into
+    each child table (dropping `clients` would empty the token, code and consent tables). SQLite's
+    own procedure for altering a table does the same (https://sqlite.org/lang_altertable.html).
+    The pragma is a no-op inside a transaction: the one SQLAlchemy began for it is ended here.
+    """
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    connection.commit()
+
+
+def _check_sqlite_foreign_keys(connection):
+    """Refuse to finish a migration that left rows pointing at rows that do not exist."""
+    orphans = connection.exec_driver_sql('PRAGMA foreign_key_check').all()
+    connection.commit()
+    if orphans:
+        tables = sorted({row[0] for row in orphans})
+        raise RuntimeError(f"migration left broken foreign keys in: {', '.join(tables)}")
 
 
 if context.is_offline_mode():

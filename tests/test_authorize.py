@@ -102,6 +102,18 @@ def test_consent_at_one_resource_is_asked_again_for_another(flow: Flow) -> None:
     assert _asks(flow, client_id, resource=[API, PHOTOS])
 
 
+def test_consent_at_resources_of_any_length_is_remembered(flow: Flow) -> None:
+    # Audiences have no length cap: a set of long ones must not be keyed as it is (PostgreSQL
+    # refuses an index entry past about 2.7 kB, and the answer would fail to save).
+    audiences = tuple(f"https://api{i}.example/{secrets.token_hex(350)}" for i in range(5))
+    client_id, _secret = flow.register(audiences=audiences)
+    flow.login()
+    _allow(flow, client_id, resource=list(audiences))
+    assert not _asks(flow, client_id, resource=list(audiences))
+    assert not _asks(flow, client_id, resource=audiences[0])
+    assert _asks(flow, client_id)
+
+
 def test_consent_covers_fewer_scopes_and_resources_but_answers_never_add_up(
     flow: Flow,
 ) -> None:

@@ -7,14 +7,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
-from flask_migrate import upgrade
-from sqlalchemy import create_engine, insert, inspect, select, text
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import Connection, create_engine, insert, inspect, select, text
 
 from tokenserver import MIGRATIONS, create_app
 from tokenserver.browser_models import AuthorizationCode, Consent
@@ -226,10 +227,163 @@ def test_upgrade_keeps_consents_as_given_for_our_own_routes(
             # are another row.
             conn.execute(
                 insert(Consent.__table__).values(
-                    user_id=1, client_id="app", scope="openid", resources="https://api.example"
+                    user_id=1,
+                    client_id="app",
+                    scope="openid",
+                    resources="https://api.example",
+                    resources_digest=sha256(b"https://api.example").hexdigest(),
                 )
             )
             rows = conn.execute(
-                select(Consent.scope, Consent.resources).order_by(Consent.resources)
+                select(Consent.scope, Consent.resources, Consent.resources_digest).order_by(
+                    Consent.resources
+                )
             ).all()
-    assert [tuple(row) for row in rows] == [("openid", ""), ("openid", "https://api.example")]
+    assert [(scope, resources) for scope, resources, _ in rows] == [
+        ("openid", ""),
+        ("openid", "https://api.example"),
+    ]
+    assert rows[0].resources_digest == sha256(b"").hexdigest()
+
+
+def _fill_every_table(conn: Connection) -> None:
+    """One row or two in every table of the head schema, each pointing where it may."""
+    now = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    later = now + timedelta(days=1)
+    tables = db.metadata.tables
+    no_resources = sha256(b"").hexdigest()
+    rows: dict[str, list[dict[str, object]]] = {
+        "users": [{"id": 1, "username": "alice", "username_key": "alice", "password_hash": "x"}],
+        "clients": [
+            {"id": 1, "client_id": "app", "name": "App", "grant_types": "code", "scope": "openid"},
+            {"id": 2, "client_id": "api", "name": "API", "grant_types": "x", "scope": "openid"},
+        ],
+        "signing_keys": [
+            {"kid": "k1", "private_key": "pem", "public_jwk": "{}", "state": "current"}
+        ],
+        "junk_items": [{"id": 1, "owner_id": 1, "name": "junk"}],
+        "login_throttles": [
+            {
+                "key": "t",
+                "attempts": 1,
+                "last_attempt_at": now,
+                "next_attempt_at": now,
+                "day_started_at": now,
+                "day_attempts": 1,
+            }
+        ],
+        "spent_jtis": [{"key": "s", "expires_at": later}],
+        "initial_access_tokens": [{"token_hash": "i", "expires_at": later}],
+        "token_families": [
+            {"id": "fam", "client_id": "app", "user_id": 1, "auth_time": now, "session_id": "s1"}
+        ],
+        "token_records": [
+            {
+                "id": 1,
+                "family_id": "fam",
+                "kind": "access",
+                "jti": "j1",
+                "kid": "k1",
+                "scope": "openid",
+                "issued_at": now,
+                "expires_at": later,
+            },
+            {
+                "id": 2,
+                "family_id": "fam",
+                "kind": "refresh",
+                "token_hash": "r1",
+                "scope": "openid",
+                "issued_at": now,
+                "expires_at": later,
+            },
+            {
+                "id": 3,
+                "family_id": "fam",
+                "kind": "access",
+                "jti": "j2",
+                "kid": "k1",
+                "scope": "openid",
+                "issued_at": now,
+                "expires_at": later,
+                "client_id": "api",
+                "audience": "https://api.example",
+                "parent_jti": "j1",
+            },
+        ],
+        "authorization_codes": [
+            {
+                "code_hash": "c",
+                "client_id": "app",
+                "user_id": 1,
+                "scope": "openid",
+                "code_challenge": "x",
+                "code_challenge_method": "S256",
+                "auth_time": now,
+                "session_id": "s1",
+                "expires_at": now,
+                "used_at": now,
+                "family_id": "fam",
+            }
+        ],
+        "consents": [
+            {"user_id": 1, "client_id": "app", "scope": "openid", "resources_digest": no_resources},
+            {
+                "user_id": 1,
+                "client_id": "app",
+                "scope": "openid",
+                "resources": "https://api.example",
+                "resources_digest": sha256(b"https://api.example").hexdigest(),
+            },
+        ],
+        "browser_sessions": [
+            {"id": "s1", "secret_hash": "h", "user_id": 1, "auth_time": now, "expires_at": later}
+        ],
+        "device_authorizations": [
+            {
+                "device_code_hash": "d",
+                "user_code_hash": "u",
+                "client_id": "app",
+                "scope": "openid",
+                "interval": 5,
+                "status": "pending",
+                "expires_at": later,
+            }
+        ],
+        "pushed_authorizations": [
+            {"request_uri_hash": "p", "client_id": "app", "parameters": "{}", "expires_at": later}
+        ],
+    }
+    assert set(rows) == set(tables), "a new table needs its rows here"
+    for table in db.metadata.sorted_tables:
+        for row in rows[table.name]:  # one by one: rows of a table do not all name the same columns
+            conn.execute(insert(table).values(row))
+
+
+def _row_counts(conn: Connection) -> dict[str, int]:
+    """How many rows each of the application's tables holds now."""
+    names = set(inspect(conn).get_table_names()) - {"alembic_version"}
+    return {name: conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one() for name in names}
+
+
+def test_downgrades_and_upgrades_keep_every_row(base_settings: Settings, tmp_path: Path) -> None:
+    # A table rebuilt by a batch operation on SQLite is dropped and copied back: were foreign
+    # keys enforced, the drop of a parent (clients, users, token_families) would cascade and
+    # empty its children for good.
+    revisions = [script.revision for script in ScriptDirectory(MIGRATIONS).walk_revisions()]
+    with _scratch_database(base_settings, tmp_path):
+        upgrade()
+        with db.engine.begin() as conn:
+            _fill_every_table(conn)
+            expected = _row_counts(conn)
+        for revision in revisions[1:]:  # down one step at a time, to the initial schema
+            downgrade(revision=revision)
+            if revision == "b6e2f4a9c1d7":
+                expected["consents"] = 1  # a consent given only at a resource is forgotten
+            with db.engine.connect() as conn:
+                counts = _row_counts(conn)
+            assert counts == {name: expected[name] for name in counts}, f"down to {revision}"
+        upgrade()
+        with db.engine.connect() as conn:
+            again = _row_counts(conn)
+    assert {name: again[name] for name in counts} == counts  # the tables kept all the way

@@ -770,6 +770,22 @@ def test_deleting_the_exchanging_client_kills_its_tokens(
     assert introspect(actions, setup.auditor, setup.subject)["active"] is True
 
 
+def test_deleting_a_client_in_the_middle_of_a_chain_kills_what_was_exchanged_from_its_tokens(
+    actions: Actions, setup: Setup, runner: FlaskCliRunner
+) -> None:
+    relay = actions.oauth_client("relay", grants=(TOKEN_EXCHANGE,), audiences=(DEFAULT,))
+    first = exchange(actions, setup.gateway, setup.subject, audience=DEFAULT).json["access_token"]
+    second = exchange(actions, relay, first, audience=DEFAULT).json["access_token"]
+    assert runner.invoke(args=["clients", "delete", setup.gateway.client_id]).exit_code == 0
+    # The record of `first` went with its client: revoking the subject token no longer walks
+    # down to `second`, so the deletion must not leave it alive.
+    revoked = actions.client.post(
+        "/oauth/revoke", data={"token": setup.subject}, auth=setup.front.auth
+    )
+    assert revoked.status_code == 200
+    assert introspect(actions, setup.auditor, second) == {"active": False}
+
+
 # --- actors ---------------------------------------------------------------------------------
 
 

@@ -74,9 +74,13 @@ class Consent(db.Model):  # type: ignore[name-defined,misc]
     )
     # The scopes, sorted and space-separated: one row per distinct set.
     scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The SHA-256 (hex) of `resources`: one row per distinct resource set, keyed at a fixed
+    # width, since the set itself has no length cap and PostgreSQL refuses an index entry past
+    # about 2.7 kB (the remembered answer would fail to save).
+    resources_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     # The RFC 8707 resources they were allowed at, sorted and space-separated; "" for our own
     # routes' audience (TOKENSERVER_AUDIENCE), which is what a request naming none is for.
-    resources: Mapped[str] = mapped_column(Text, primary_key=True, default="", server_default="")
+    resources: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

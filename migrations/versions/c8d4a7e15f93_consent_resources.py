@@ -15,13 +15,31 @@ branch_labels = None
 depends_on = None
 
 
+# The key of a resource set is its SHA-256 (hex), fixed in width: the set has no length cap, and
+# PostgreSQL refuses an index entry past about 2.7 kB. Every row so far is for the empty set.
+NO_RESOURCES_DIGEST = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+
+
 def upgrade():
     # Every consent remembered so far was for a request without `resource`, or was taken as
     # one: '' is our own routes' audience (TOKENSERVER_AUDIENCE), which such a request is for.
     with op.batch_alter_table('consents', schema=None) as batch_op:
         batch_op.add_column(sa.Column('resources', sa.Text(), server_default='', nullable=False))
+        batch_op.add_column(
+            sa.Column(
+                'resources_digest',
+                sa.String(length=64),
+                server_default=NO_RESOURCES_DIGEST,
+                nullable=False,
+            )
+        )
         batch_op.drop_constraint('pk_consents', type_='primary')
-        batch_op.create_primary_key('pk_consents', ['user_id', 'client_id', 'scope', 'resources'])
+        batch_op.create_primary_key(
+            'pk_consents', ['user_id', 'client_id', 'scope', 'resources_digest']
+        )
+    # The digest is always given from now on: none is taken for granted.
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.alter_column('resources_digest', server_default=None)
 
 
 def downgrade():
@@ -31,4 +49,5 @@ def downgrade():
     with op.batch_alter_table('consents', schema=None) as batch_op:
         batch_op.drop_constraint('pk_consents', type_='primary')
         batch_op.create_primary_key('pk_consents', ['user_id', 'client_id', 'scope'])
+        batch_op.drop_column('resources_digest')
         batch_op.drop_column('resources')

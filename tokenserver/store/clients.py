@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from ..extensions import db
 from ..models import Client
 from . import transaction
+from .tokens import revoke_exchanged_to_client
 
 _clients: Table = Client.__table__
 # Built once: every token, introspection and revocation request may look its client up.
@@ -105,8 +106,10 @@ def replace_secret(
 
 
 def remove(client_id: str) -> bool:
-    """Delete a client and, by cascade, every token and code issued to it; False if none."""
+    """Delete a client and, by cascade, every token and code issued to it, first revoking what
+    other clients were given in exchange for its tokens; False if none."""
     with transaction() as conn:
+        revoke_exchanged_to_client(conn, client_id)
         gone = conn.execute(delete(_clients).where(_clients.c.client_id == client_id))
     return gone.rowcount == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ def _key(values: Iterable[str]) -> str:
     return " ".join(sorted(set(values)))
 
 
+def _digest(resources: str) -> str:
+    """What a resource set is keyed by: the SHA-256 (hex) of its stored form."""
+    return hashlib.sha256(resources.encode()).hexdigest()
+
+
 _GIVEN = select(_consents.c.scope, _consents.c.resources).where(
     _consents.c.user_id == bindparam("user_id"), _consents.c.client_id == bindparam("client_id")
 )
@@ -41,11 +47,13 @@ def given(user_id: int, client_id: str) -> list[Allowed]:
 
 def remember(user_id: int, client_id: str, scope: str, resources: Iterable[str] = ()) -> None:
     """Remember an "allow" (a second, concurrent one is the same answer)."""
+    stored = _key(resources)
     row = {
         "user_id": user_id,
         "client_id": client_id,
         "scope": _key(scope.split()),
-        "resources": _key(resources),
+        "resources": stored,
+        "resources_digest": _digest(stored),
     }
     try:
         with db.engine.begin() as conn:

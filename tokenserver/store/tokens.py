@@ -153,6 +153,33 @@ def revoke_exchanged_from_key(tx: Connection, kid: str) -> None:
     _revoke_exchanged(tx, [jti for jti in revoked if jti], now)
 
 
+# The access tokens exchanged (RFC 8693) to a client: records of its own in its subjects'
+# logins, which deleting the client deletes (token_records.client_id cascades).
+_REVOKE_EXCHANGED_TO_CLIENT = (
+    update(_records)
+    .where(
+        _records.c.client_id == bindparam("deleted_client"),
+        _records.c.kind == ACCESS,
+        _records.c.revoked_at.is_(None),
+    )
+    .values(revoked_at=_now)
+    .returning(_records.c.jti)
+)
+
+
+def revoke_exchanged_to_client(tx: Connection, client_id: str) -> None:
+    """Revoke the tokens exchanged to the client `client_id`, and what was exchanged from them.
+
+    Run in the client's deletion, before it: what other clients got in exchange for its
+    tokens sits in other logins and outlives the cascade, and once the records it was
+    exchanged from are gone, revoking the subject token upstream no longer reaches it.
+    Revoking first also row-locks them: an exchange of one under way is waited for and seen.
+    """
+    now = utcnow()
+    revoked = tx.execute(_REVOKE_EXCHANGED_TO_CLIENT, {"deleted_client": client_id, "now": now})
+    _revoke_exchanged(tx, [jti for jti in revoked.scalars() if jti], now)
+
+
 def _revoke_exchanged(conn: Connection, jtis: list[str], now: datetime) -> None:
     """Revoke what was exchanged from the tokens `jtis`, generation by generation.
 
