@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jwt as pyjwt
 import pytest
@@ -202,6 +202,91 @@ def test_forced_sign_in_asks_once_then_issues_a_code(flow: Flow, params: dict[st
     assert "code" in query_of(back.headers["Location"]), back.headers["Location"]
 
 
+_FORCED = [{"prompt": "login"}, {"prompt": "select_account"}, {"max_age": "0"}]
+
+
+def _way_back(flow: Flow, client_id: str, **params: str) -> str:
+    """The `next` a forced sign-in sends a signed-in browser to /login with."""
+    asked = flow.client.get("/oauth/authorize?" + urlencode(_request(client_id, **params)))
+    assert asked.headers["Location"].startswith("/login?")
+    return query_of(asked.headers["Location"])["next"]
+
+
+@pytest.mark.parametrize("params", _FORCED)
+def test_a_forced_sign_in_cannot_be_skipped_by_opening_the_way_back(
+    flow: Flow, params: dict[str, str]
+) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()  # before the request: someone at this browser who does not know the password
+    skipped = flow.client.get(_way_back(flow, client_id, **params))
+    assert skipped.headers["Location"].startswith("/login?")
+    assert "code" not in query_of(skipped.headers["Location"])
+
+
+@pytest.mark.parametrize("params", _FORCED)
+def test_a_forced_sign_in_cannot_be_skipped_through_the_consent_page(
+    flow: Flow, params: dict[str, str]
+) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    back = _way_back(flow, client_id, **params)
+    consent = back.replace("/oauth/authorize?", "/consent?", 1)
+    assert flow.client.get(consent).headers["Location"].startswith("/login?")
+    page = flow.client.get("/consent?" + urlencode(_request(client_id)))
+    form = {"csrf_token": csrf_of(page.text), "decision": "allow"}
+    posted = flow.client.post(consent, data=form)
+    assert posted.headers["Location"].startswith("/login?")
+
+
+def test_a_forced_sign_in_then_consent_issues_a_code(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    back = _way_back(flow, client_id, prompt="login")
+    flow.login(next=back)
+    consent = flow.client.get(back).headers["Location"]
+    assert consent.startswith("/consent?")
+    assert "code" in query_of(flow.consent(consent).headers["Location"])
+
+
+def _tampered(back: str, how: str) -> str:
+    path, _, query = back.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query) if how != "missing" or k != "login_after"]
+    micros, mac, kid = dict(params).get("login_after", "..").split(".")
+    if how == "mac":
+        forged = f"{micros}.{mac[:-2] + ('AA' if mac[-2:] != 'AA' else 'BB')}.{kid}"
+        params = [(k, forged if k == "login_after" else v) for k, v in params]
+    if how == "time":  # a later moment, before which the old session would count as fresh
+        later = f"{int(micros) + 10**9}.{mac}.{kid}"
+        params = [(k, later if k == "login_after" else v) for k, v in params]
+    if how == "other request":
+        params = [(k, "another" if k == "state" else v) for k, v in params]
+    return path + "?" + urlencode(params)
+
+
+@pytest.mark.parametrize("how", ["missing", "mac", "time", "other request"])
+def test_a_tampered_or_missing_stamp_sends_the_user_to_sign_in_again(flow: Flow, how: str) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    back = _way_back(flow, client_id, prompt="login")
+    flow.login(next=back)  # a real sign-in after the request: only the stamp is wrong
+    again = flow.client.get(_tampered(back, how))
+    assert again.headers["Location"].startswith("/login?")
+
+
+def test_a_stamp_too_old_to_vouch_sends_the_user_to_sign_in_again(flow: Flow) -> None:
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    with time_machine.travel(datetime.now(UTC) - timedelta(hours=1), tick=False):
+        back = _way_back(flow, client_id, prompt="login")
+    flow.login(next=back)  # after that stamp, but the stamp is an hour old
+    assert flow.client.get(back).headers["Location"].startswith("/login?")
+
+
+def test_prompt_none_with_max_age_zero_is_still_login_required(flow: Flow) -> None:
+    response = _ask_signed_in(flow, prompt="none", max_age="0")
+    assert _error_back(response)["error"] == "login_required"
+
+
 @pytest.mark.parametrize("prompt", ["bogus", "login bogus", "none none2"])
 def test_an_unknown_prompt_value_is_invalid_request(flow: Flow, prompt: str) -> None:
     client_id, _secret = flow.register(first_party=True)
@@ -214,7 +299,8 @@ def test_prompt_select_account_lets_the_user_sign_in_again(flow: Flow) -> None:
     # As Keycloak does: signing in again is how this server lets a user pick another account.
     response = _ask_signed_in(flow, prompt="select_account")
     assert response.headers["Location"].startswith("/login?")
-    assert "prompt" not in query_of(response.headers["Location"])["next"]
+    back = query_of(query_of(response.headers["Location"])["next"])
+    assert back["prompt"] == "select_account" and back["login_after"]  # met by that sign-in
 
 
 @pytest.mark.parametrize("prompt", ["none login", "none consent", "none select_account"])

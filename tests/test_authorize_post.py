@@ -71,7 +71,7 @@ def test_prompt_login_sends_the_posted_request_to_sign_in_and_back(flow: Flow) -
     login = query_of(response.headers["Location"])
     assert response.headers["Location"].startswith("/login?") and login["login_hint"] == "alice"
     back = query_of(login["next"])
-    assert "prompt" not in back and back["code_challenge"] == params["code_challenge"]
+    assert back["prompt"] == "login" and back["code_challenge"] == params["code_challenge"]
 
 
 def test_consent_is_asked_with_the_posted_parameters(flow: Flow) -> None:

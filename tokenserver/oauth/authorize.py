@@ -29,7 +29,7 @@ from .server import current_server
 # RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, base64url without padding.
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_NONCE = 255  # the column's width; OpenID Connect sets no limit, a random value needs far less
-_TRIP = timedelta(seconds=60)  # from /login back to a pushed request, at most
+_TRIP = timedelta(seconds=60)  # from /login back to the request that sent the user, at most
 
 
 class BadAuthorizationRequest(Exception):
@@ -75,8 +75,9 @@ class Authorization:
     state: str | None
     resources: tuple[str, ...] = ()  # RFC 8707: where the tokens will be good, if narrowed
     hinted_subject: str | None = None  # the user an id_token_hint names
-    # When a pushed request (RFC 9126) was pushed: a sign-in since then meets its prompt=login
-    # and max_age, which it carries on every return through /login.
+    # When a pushed request (RFC 9126) was pushed, or when a request forcing a sign-in sent the
+    # user to /login (freshness.py): a sign-in since then meets its prompt=login and max_age,
+    # which it carries on every return through /login.
     since: datetime | None = None
 
     @property
@@ -98,7 +99,7 @@ def validate(
 ) -> Authorization:
     """The request, checked by Authlib's grant; raises BadAuthorizationRequest or RedirectBack.
 
-    `since`: when the request was pushed (RFC 9126), if it was."""
+    `since`: when the request was pushed (RFC 9126), or sent the user to sign in, if it was."""
     try:
         request = QueryRequest(current_settings().issuer, parameters)
     except InsecureTransportError:
@@ -170,8 +171,9 @@ def next_step(
     request = authorization.grant.request
     prompt, max_age = _prompts(request), _max_age(request)
     since = authorization.since
-    # A sign-in since a pushed request was pushed was made for it: it meets prompt=login, and
-    # max_age with the moment the way back from /login takes (and then the consent page).
+    # A sign-in since a request was pushed, or sent the user to /login, was made for it: it
+    # meets prompt=login, and max_age with the moment the way back from /login takes (and
+    # then the consent page). Without `since`, no earlier sign-in meets prompt=login.
     fresh = signed_in is not None and since is not None and signed_in.auth_time >= since
     trip = _TRIP if fresh else timedelta()
     stale = (

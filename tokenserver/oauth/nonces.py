@@ -34,9 +34,9 @@ _LENGTH = len(urlsafe_b64encode(bytes(_INDEX.size + _MAC_BYTES)))
 _SEPARATOR = "."  # RFC 9449 §8.1: a nonce is any visible ASCII but '"' and '\\'
 _MAX_KID_LENGTH = 64  # ours are RFC 7638 thumbprints, 43 characters
 
-# This worker's cache of secrets derived from signing keys, by kid: serialising a private key
-# takes longer than the HMAC. A derived value never changes; a handful of keys ever live.
-_secrets: dict[str, bytes] = {}
+# This worker's cache of secrets derived from signing keys, by kid and label: serialising a
+# private key takes longer than the HMAC. A derived value never changes; few keys ever live.
+_secrets: dict[tuple[str, bytes], bytes] = {}
 
 
 def issue(now: float | None = None) -> str:
@@ -76,17 +76,19 @@ def _window(now: float | None) -> int:
 
 
 def _mac(key: RSAKey, index: int) -> bytes:
-    return hmac.new(_secret(key), _INDEX.pack(index), hashlib.sha256).digest()[:_MAC_BYTES]
+    secret = derived_secret(key, _LABEL)
+    return hmac.new(secret, _INDEX.pack(index), hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def _secret(key: RSAKey) -> bytes:
-    """A secret only holders of the private key can derive (as accounts._name_digest does)."""
-    kid = str(key.kid)
-    secret = _secrets.get(kid)
+def derived_secret(key: RSAKey, label: bytes) -> bytes:
+    """A secret only holders of the private key can derive (as accounts._name_digest does);
+    each `label` gets its own, so a MAC made for one use is never valid for another."""
+    cached = (str(key.kid), label)
+    secret = _secrets.get(cached)
     if secret is None:
         private = str(key.as_dict(private=True)["d"]).encode("ascii")
-        secret = hmac.new(private, _LABEL, hashlib.sha256).digest()
+        secret = hmac.new(private, label, hashlib.sha256).digest()
         if len(_secrets) >= 16:
             _secrets.clear()  # keys are few: a full cache means many rotations, keep it small
-        _secrets[kid] = secret
+        _secrets[cached] = secret
     return secret

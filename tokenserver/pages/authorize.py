@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
 from .. import signin
-from ..oauth import authorize, pushed
+from ..oauth import authorize, freshness, pushed
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
 from ..oauth.codes import SignedIn
 from ..oauth.logout import needs_confirmation
@@ -53,7 +53,9 @@ class _Request:
 
     def validated(self, status: int = 302) -> Authorization:
         """The request, or the page / redirect that refuses it."""
-        since = self.pushed.pushed_at if self.pushed else None
+        since = (  # a stamp only _to_login makes vouches for a request that was not pushed
+            self.pushed.pushed_at if self.pushed else freshness.since(self.parameters)
+        )
         try:
             return authorize.validate(web.signed_in(), self.parameters, since)
         except BadAuthorizationRequest as exc:
@@ -91,18 +93,15 @@ def _query(parameters: MultiDict[str, str]) -> str:
 def _to_login(sent: _Request, status: int = 302) -> Response:
     """Send the user to sign in, then back to this request (as a GET).
 
-    The way back leaves out what sent the user here (prompt=login or select_account, max_age):
-    they have just signed in, and asking again would loop (max_age=0 is never met). A pushed
-    request cannot be changed: its sign-in counts from the moment it was pushed instead.
+    The way back keeps what sent the user here (prompt=login or select_account, max_age): a
+    stamp of this moment, which the browser cannot forge, lets a sign-in since then meet it.
+    A pushed request cannot be changed: its sign-in counts from the moment it was pushed.
     """
     parameters = sent.parameters
     if sent.pushed is not None:
         params = list(sent.onward.items(multi=True))
     else:
-        params = [(k, v) for k, v in parameters.items(multi=True) if k not in ("prompt", "max_age")]
-        prompts = [p for p in parameters.get("prompt", "").split() if p in ("none", "consent")]
-        if prompts:
-            params.append(("prompt", " ".join(prompts)))
+        params = freshness.way_back(parameters)
     back = "/oauth/authorize?" + urlencode(params)
     query = {"next": back}
     if parameters.get("login_hint") and sent.pushed is None:  # a pushed one stays off URLs
