@@ -875,6 +875,24 @@ def test_a_new_password_withdraws_approvals_not_yet_exchanged(
     assert polled.status_code == 400 and polled.json["error"] == "access_denied"
 
 
+def test_signing_the_app_out_withdraws_its_approvals_not_yet_exchanged(
+    device: Device, actions: Actions
+) -> None:
+    other = actions.oauth_client("Radio", public=True, grants=(DEVICE_GRANT,), scope=SCOPE)
+    codes, other_codes = device.codes(), device.start(other).json
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    assert device.answer(other_codes["user_code"]).status_code == 200
+    form = {
+        "csrf_token": csrf_of(device.client.get("/account").text),
+        "client_id": device.oauth_client.client_id,
+    }
+    assert device.client.post("/account/apps/sign-out", data=form).status_code == 303
+    assert _error(device.poll(codes["device_code"])) == "access_denied"
+    # Another app's approval stands: the user signed out of one app only.
+    assert device.poll(other_codes["device_code"], other).status_code == 200
+
+
 def test_a_password_changed_in_the_approving_session_keeps_its_approval(device: Device) -> None:
     # The user proved the password in this very session: what they approved here stands.
     codes = device.codes()

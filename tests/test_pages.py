@@ -192,6 +192,26 @@ def test_account_lists_apps_and_sessions_and_signs_them_out(flow: Flow) -> None:
     assert "Photo App" not in flow.client.get("/account").text
 
 
+def _sign_out_app(flow: Flow, client_id: str) -> None:
+    token = csrf_of(flow.client.get("/account").text)
+    form = {"csrf_token": token, "client_id": client_id}
+    assert flow.client.post("/account/apps/sign-out", data=form).status_code == 303
+
+
+def test_signing_an_app_out_spends_its_codes_not_yet_exchanged(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True)
+    other_id, other_secret = flow.register(first_party=True, name="Other App")
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    other_code = flow.code_for(other_id, challenge)
+    _sign_out_app(flow, client_id)
+    refused = flow.exchange(client_id, secret, code, verifier)
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    # Another app's code stays good: the user signed out of one app only.
+    assert flow.exchange(other_id, other_secret, other_code, verifier).status_code == 200
+
+
 def test_change_password_ends_other_sign_ins(flow: Flow, app: Flask) -> None:
     other = Flow(app, app.test_client())
     other.login()

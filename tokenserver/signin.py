@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import accounts, audit
 from .config import current_settings
-from .store import clients, consents, sessions, tokens
+from .store import clients, codes, consents, devices, sessions, tokens, transaction
 from .store.sessions import Session, SessionInfo
 from .store.tokens import SignedInApp
 
@@ -79,11 +79,18 @@ def end_session(session: Session, session_id: str) -> bool:
 
 
 def sign_out_app(session: Session, client_id: str) -> None:
-    """Revoke every token the user's sign-ins to one app hold, and forget the consent."""
+    """Revoke every token the user's sign-ins to one app hold, and forget the consent; codes
+    and device approvals not yet exchanged for tokens die too, or they would bring some back."""
     if clients.find(client_id) is None:
         return  # no such app (a NUL in the id would be a 500 on PostgreSQL, not a no-op)
-    tokens.revoke_logins(session.user.id, client_id=client_id)
-    consents.forget(session.user.id, client_id)
+    user_id = session.user.id
+    with transaction() as tx:
+        # Codes first: an exchange that spends one first has stored its tokens by the time
+        # the logins are revoked; one that comes after finds the code expired.
+        codes.expire_unused(user_id, client_id, tx)
+        devices.withdraw_approvals(user_id, tx, client_id=client_id)
+        tokens.revoke_logins(user_id, client_id=client_id, tx=tx)
+        consents.forget(user_id, client_id, tx)
     audit.event("app.signed_out", user_id=session.user.id, client_id=client_id)
 
 

@@ -146,6 +146,19 @@ def spend(conn: Connection, code_hash: str, family_id: str) -> str | None:
     return None if spent is None else str(spent.session_id)
 
 
+def expire_unused(user_id: int, client_id: str, tx: Connection) -> int:
+    """Expire the user's codes for `client_id` not yet exchanged (the user signed the app
+    out: a code given before must not bring its tokens back); how many."""
+    unused = update(_codes).where(
+        _codes.c.user_id == user_id,
+        _codes.c.client_id == client_id,
+        _codes.c.used_at.is_(None),
+        _codes.c.expires_at > _now,
+    )
+    now = utcnow()
+    return int(tx.execute(unused.values(expires_at=now), {"now": now}).rowcount)
+
+
 def purge(cutoff: datetime, batch_size: int) -> int:
     """Delete codes that expired before `cutoff`, used or not; how many.
 

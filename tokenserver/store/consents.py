@@ -6,12 +6,13 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from ..browser_models import Consent
 from ..extensions import db, reader
 from ..models import utcnow
+from . import transaction
 
 _consents: Table = Consent.__table__
 
@@ -62,9 +63,9 @@ def remember(user_id: int, client_id: str, scope: str, resources: Iterable[str] 
         pass  # already remembered
 
 
-def forget(user_id: int, client_id: str) -> None:
+def forget(user_id: int, client_id: str, tx: Connection | None = None) -> None:
     """Forget every consent the user gave this client (they signed the app out)."""
-    with db.engine.begin() as conn:
+    with transaction(tx) as conn:
         conn.execute(
             delete(_consents).where(
                 _consents.c.user_id == user_id, _consents.c.client_id == client_id

@@ -209,15 +209,24 @@ def decide(
     return bool(changed)
 
 
-def withdraw_approvals(user_id: int, tx: Connection, *, keep_session: str | None = None) -> int:
+def withdraw_approvals(
+    user_id: int,
+    tx: Connection,
+    *,
+    keep_session: str | None = None,
+    client_id: str | None = None,
+) -> int:
     """Deny the user's approved device codes not yet exchanged (their polls get access_denied):
-    whoever approved them may have been someone else holding the old password. Approvals made
-    in `keep_session` (where the user just proved the password) stay."""
+    whoever approved them may have been someone else holding the old password, or the user
+    signed that app (`client_id`) out. Approvals made in `keep_session` (where the user just
+    proved the password) stay."""
     condition = [
         _devices.c.user_id == user_id,
         _devices.c.status == ALLOWED,
         _devices.c.used_at.is_(None),
     ]
+    if client_id is not None:
+        condition.append(_devices.c.client_id == client_id)
     if keep_session is not None:
         condition.append(
             or_(_devices.c.session_id.is_(None), _devices.c.session_id != keep_session)
