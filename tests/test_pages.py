@@ -248,6 +248,14 @@ def _id_token(flow: Flow, username: str = "alice") -> tuple[str, str]:
     return client_id, body["id_token"]
 
 
+def test_a_head_of_a_logout_link_signs_no_one_out(flow: Flow) -> None:
+    _client_id, id_token = _id_token(flow)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
+    response = flow.client.head("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 405
+    assert flow.client.get("/account").status_code == 200  # still signed in
+
+
 def test_rp_initiated_logout_ends_the_session_and_returns_to_the_registered_uri(
     flow: Flow,
 ) -> None:

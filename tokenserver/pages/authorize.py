@@ -126,7 +126,7 @@ def _as_get(sent: _Request) -> Response:
 
 def _refuse_head() -> None:
     # Flask answers HEAD with the GET view, which may issue a code or an error (and answer a
-    # pushed request) for a link checker that never follows it.
+    # pushed request), or sign the user out, for a link checker that never follows it.
     if request.method == "HEAD":
         raise MethodNotAllowed(["GET", "POST"])
 
@@ -209,6 +209,7 @@ def consent() -> Response:
 @bp.route("/oauth/logout", methods=["GET", "POST"])
 def logout() -> Response:
     """RP-Initiated Logout 1.0: end the browser session, then back to the app if registered."""
+    _refuse_head()  # a link checker's HEAD of an app's logout link would sign the user out
     server = current_server()
     try:
         end = server.validate_endpoint_request("end_session")
