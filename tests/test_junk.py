@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -348,6 +349,28 @@ def test_ids_that_are_not_ids_are_json_404(
     response = getattr(client, method)(f"/junk/{item_id}", json=body, headers=alice.headers)
     assert response.status_code == 404
     assert response.json["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda id_: "0" + id_,  # a leading zero
+        lambda id_: "".join(chr(0x0660 + int(d)) for d in id_),  # ARABIC-INDIC digits
+        lambda id_: "".join(chr(0xFF10 + int(d)) for d in id_),  # FULLWIDTH digits
+    ],
+    ids=["leading zero", "arabic-indic", "fullwidth"],
+)
+@pytest.mark.parametrize("method", ["get", "patch", "delete"])
+def test_an_item_answers_at_its_one_spelling_of_id_only(
+    client: FlaskClient, alice: Caller, method: str, spelling: Any
+) -> None:
+    item = client.post("/junk", json={"name": "kept"}, headers=alice.headers).json
+    url = "/junk/" + quote(spelling(str(item["id"])))
+    body = {"name": "changed"} if method == "patch" else None
+    response = getattr(client, method)(url, json=body, headers=alice.headers)
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
+    assert client.get(f"/junk/{item['id']}", headers=alice.headers).json == item
 
 
 @pytest.mark.parametrize("method", ["get", "patch", "delete"])

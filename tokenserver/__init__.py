@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     init_oauth(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(users.bp)
+    app.url_map.converters["item_id"] = junk.ItemIdConverter  # before the rules that use it
     app.register_blueprint(junk.bp)
     app.register_blueprint(openapi.bp)
     pages.init_app(app)

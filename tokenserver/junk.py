@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.routing import BaseConverter
 
 from . import cursors
 from .errors import InvalidRequest, NotFound
@@ -22,7 +23,24 @@ PAGE_DEFAULT = 20
 PAGE_MAX = 100
 FIELDS = frozenset({"name", "description"})
 _LIMIT = re.compile(r"[0-9]{1,4}")
-_ITEM = "/junk/<int:item_id>"  # digits only: "abc" and "-1" never match, so they are a 404
+_ITEM = "/junk/<item_id:item_id>"  # "abc", "-1", "01", Unicode digits: no match, so a 404
+
+
+class ItemIdConverter(BaseConverter):
+    """An item id as the API spells it: ASCII digits, no leading zero, at most 19 of them.
+
+    Werkzeug's `int` takes any Unicode digits (\\d) and leading zeros, so "/junk/01" and
+    "/junk/%D9%A1" (ARABIC-INDIC DIGIT ONE) would be item 1: one item, many URLs.
+    """
+
+    regex = r"[1-9][0-9]{0,18}"  # 19 digits reach past BIGINT: _checked finds those absent
+    part_isolating = True
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
 
 
 # --- the domain: the store filters every statement by owner, so another user's item is absent ---

@@ -112,6 +112,8 @@ def parameters() -> Doc:
             "name": "item_id",
             "in": "path",
             "required": True,
+            "description": "ASCII decimal digits without a leading zero; any other spelling "
+            "of a number (01, Unicode digits) is a 404.",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
         },
         "Limit": {
