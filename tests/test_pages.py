@@ -253,6 +253,7 @@ def test_a_head_of_a_logout_link_signs_no_one_out(flow: Flow) -> None:
     query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
     response = flow.client.head("/oauth/logout?" + urlencode(query))
     assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "POST"}
     assert flow.client.get("/account").status_code == 200  # still signed in
 
 

@@ -34,7 +34,11 @@ def _http_error(exc: HTTPException) -> Any:
     # A page answers HTML: a per-IP limit's 429 page as rendered, any other error as a page.
     if exc.response is not None:
         return exc.response
-    return web.page("error.html", exc.code or 500, title=exc.name, message=exc.description or "")
+    page = web.page("error.html", exc.code or 500, title=exc.name, message=exc.description or "")
+    allow = dict(exc.get_headers()).get("Allow")
+    if allow:
+        page.headers["Allow"] = allow  # RFC 9110 §15.5.6: a 405 names the methods it takes
+    return page
 
 
 @bp.errorhandler(APIError)
