@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import time_machine
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from sqlalchemy import func, select
 
 from tokenserver.extensions import db
@@ -229,6 +230,16 @@ def _jwks() -> dict[str, Any]:
     return {"keys": [RSAKey.generate_key(2048).as_dict(private=False)]}
 
 
+def _weak_jwks() -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns of the small key we want
+        return {"keys": [RSAKey.generate_key(1024).as_dict(private=False)]}
+
+
+def _keyed(key: Key) -> dict[str, Any]:
+    return {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [key.as_dict()]}}
+
+
 @pytest.mark.parametrize(
     "metadata, field",
     [
@@ -267,6 +278,12 @@ def _jwks() -> dict[str, Any]:
             )
         ),
         ({"token_endpoint_auth_method": "none", "jwks": _jwks()}, "jwks"),
+        # RFC 7518 §3.3: an RSA key under 2048 bits can be factored, and its factorer signs.
+        ({"token_endpoint_auth_method": "private_key_jwt", "jwks": _weak_jwks()}, "2048 bits"),
+        # Keys that can never sign what we verify: key agreement only, or another curve.
+        (_keyed(OKPKey.generate_key("X25519", private=False)), "curve X25519"),
+        (_keyed(OKPKey.generate_key("X448", private=False)), "curve X448"),
+        (_keyed(ECKey.generate_key("P-384", private=False)), "curve P-384"),
     ],
 )
 def test_bad_keys_are_refused_and_change_nothing(
@@ -532,6 +549,11 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"redirect_uris": ["https://[evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"dpop_bound_access_tokens": "false"}, "invalid_client_metadata", "dpop_bound"),
+        (
+            {"token_endpoint_auth_method": "private_key_jwt", "jwks": _weak_jwks()},
+            "invalid_client_metadata",
+            "2048 bits",
+        ),
     ],
 )
 def test_a_bad_update_is_refused_and_changes_nothing(
