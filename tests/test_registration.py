@@ -21,7 +21,7 @@ from tokenserver.extensions import db
 from tokenserver.models import Client, InitialAccessToken
 
 from .conftest import Actions, LiveServer
-from .helpers import REDIRECT, Flow, claims_of, pkce, query_of
+from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, works
 
 ISSUER = "http://localhost:8000"
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -461,6 +461,102 @@ def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
     assert _manage(client, "PUT", registered, json=update).status_code == 200
     gone = refresh()
     assert gone.status_code == 400 and gone.json["error"] == "invalid_scope"
+
+
+def _signed_in(app: Flask, client: FlaskClient, registered: dict[str, Any]) -> dict[str, Any]:
+    """Alice's tokens from the registered client, by the code flow."""
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(registered["client_id"], challenge)
+    tokens = flow.exchange(registered["client_id"], registered.get("client_secret"), code, verifier)
+    assert tokens.status_code == 200, tokens.json
+    return dict(tokens.json)
+
+
+def _refreshed(client: FlaskClient, client_id: str, refresh_token: str, **auth: Any) -> Any:
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return client.post("/oauth/token", data=data, **auth)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "private_key_jwt"])
+def test_a_client_that_becomes_public_loses_the_logins_it_had_to_authenticate_for(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions, method: str
+) -> None:
+    actions.user("alice")
+    keys = {"jwks": _jwks()} if method == "private_key_jwt" else {}
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method=method, **keys
+    ).json
+    if method == "private_key_jwt":  # sign in while it is a secret client, then take keys
+        update = {
+            **WEB_APP,
+            "client_id": registered["client_id"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }
+        registered["client_secret"] = _manage(client, "PUT", registered, json=update).json[
+            "client_secret"
+        ]
+        tokens = _signed_in(app, client, registered)
+        update = {
+            **WEB_APP,
+            "client_id": registered["client_id"],
+            "token_endpoint_auth_method": method,
+            **keys,
+        }
+        assert _manage(client, "PUT", registered, json=update).status_code == 200
+    else:
+        tokens = _signed_in(app, client, registered)
+    public = _manage(
+        client, "PUT", registered, json={**WEB_APP, "client_id": registered["client_id"]}
+    )
+    assert public.status_code == 200 and public.json["token_endpoint_auth_method"] == "none"
+    # Its refresh tokens were given to a client that had to prove itself: now anyone holding
+    # one could spend it with no credential at all. They, and the access tokens, are dead.
+    refused = _refreshed(client, registered["client_id"], tokens["refresh_token"])
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert not works(client, tokens["access_token"])
+    # Signing in again, as the public client it now is, works.
+    assert _signed_in(app, client, {"client_id": registered["client_id"]})["refresh_token"]
+
+
+def test_a_client_whose_method_changes_but_still_authenticates_keeps_its_logins(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    actions.user("alice")
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    tokens = _signed_in(app, client, registered)
+    update = {
+        **WEB_APP,
+        "client_id": registered["client_id"],
+        "token_endpoint_auth_method": "client_secret_post",
+    }
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    auth = {"client_secret": registered["client_secret"]}
+    refreshed = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": registered["client_id"],
+            **auth,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    assert works(client, tokens["access_token"])
+
+
+def test_a_public_client_updated_keeps_its_logins(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    actions.user("alice")
+    registered = register(client, initial_token(runner), **WEB_APP).json
+    tokens = _signed_in(app, client, registered)
+    update = {**WEB_APP, "client_id": registered["client_id"], "client_name": "Renamed"}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    assert _refreshed(client, registered["client_id"], tokens["refresh_token"]).status_code == 200
 
 
 def test_read_update_and_delete_with_the_registration_access_token(

@@ -35,7 +35,7 @@ from .models import (
 from .redirects import UNREADABLE, readable_parts, redirect_uri_problem
 from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
-from .store import initial_tokens, transaction
+from .store import initial_tokens, tokens, transaction
 
 
 class InvalidClientMetadata(APIError):
@@ -124,7 +124,8 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     """Replace a client's metadata with `spec` (RFC 7592 §2.2), under the rules it was made by.
 
     Its id, registration token and, while it stays a secret client, its secret are kept; a
-    client that becomes a secret client gets a new secret, returned once (else None). Raises
+    client that becomes a secret client gets a new secret, returned once (else None); a client
+    that becomes public loses its live logins. Raises
     InvalidClientMetadata, changing nothing, if the spec breaks a rule.
     """
     client = _stored(client_id)
@@ -141,11 +142,16 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     elif client.secret_hash is None:
         secret = new_secret(32)
         columns["secret_hash"] = digest(secret)
-    if not store.change(client_id, columns):
-        raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
+    # A login granted while the client had to authenticate must not outlive that rule: as a
+    # public client, anyone holding one of its refresh tokens could spend it with no credential.
+    weakened = not client.is_public and spec.public
+    with transaction() as tx:
+        if not store.change(client_id, columns, tx):
+            raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
+        ended = tokens.revoke_client_logins(client_id, tx) if weakened else 0
     client = _stored(client_id)
     _changed(client_id)
-    _audit("client.updated", client, new_secret=secret is not None)
+    _audit("client.updated", client, new_secret=secret is not None, ended=ended)
     return client, secret
 
 
