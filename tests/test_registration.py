@@ -559,6 +559,49 @@ def test_a_public_client_updated_keeps_its_logins(
     assert _refreshed(client, registered["client_id"], tokens["refresh_token"]).status_code == 200
 
 
+def test_a_code_sent_to_a_redirect_uri_the_client_dropped_is_not_redeemed(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    other = "https://app.example.com/other"
+    registered = register(
+        client, initial_token(runner), **{**WEB_APP, "redirect_uris": [REDIRECT, other]}
+    ).json
+    client_id = registered["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    dropped = flow.code_for(client_id, challenge)
+    kept_verifier, kept_challenge = pkce()
+    kept = flow.code_for(client_id, kept_challenge, redirect_uri=other)
+    update = {**WEB_APP, "client_id": client_id, "redirect_uris": [other]}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    # Whoever holds the URI now may hold a code sent there: it is not the client's any more.
+    refused = flow.exchange(client_id, None, dropped, verifier)
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert (
+        flow.exchange(client_id, None, kept, kept_verifier, redirect_uri=other).status_code == 200
+    )
+
+
+def test_a_code_for_a_loopback_redirect_uri_still_registered_is_redeemed_on_any_port(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    loopback = "http://127.0.0.1/callback"
+    native = {**WEB_APP, "redirect_uris": [loopback, REDIRECT]}
+    registered = register(client, initial_token(runner), **native).json
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    sent_to = "http://127.0.0.1:49152/callback"  # RFC 8252 §7.3: any port
+    code = flow.code_for(registered["client_id"], challenge, redirect_uri=sent_to)
+    update = {**native, "client_id": registered["client_id"], "redirect_uris": [loopback]}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    exchanged = flow.exchange(registered["client_id"], None, code, verifier, redirect_uri=sent_to)
+    assert exchanged.status_code == 200, exchanged.json
+
+
 def test_read_update_and_delete_with_the_registration_access_token(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner
 ) -> None:
