@@ -602,6 +602,18 @@ def test_a_code_for_a_loopback_redirect_uri_still_registered_is_redeemed_on_any_
     assert exchanged.status_code == 200, exchanged.json
 
 
+def test_a_client_without_a_name_is_shown_by_its_id_after_an_update_too(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    unnamed = {k: v for k, v in WEB_APP.items() if k != "client_name"}
+    registered = register(client, initial_token(runner), **unnamed).json
+    assert registered["client_name"] == registered["client_id"]  # RFC 7591 §2
+    update = {**unnamed, "client_id": registered["client_id"]}
+    updated = _manage(client, "PUT", registered, json=update)
+    assert updated.status_code == 200 and updated.json["client_name"] == registered["client_id"]
+    assert _manage(client, "GET", registered).json["client_name"] == registered["client_id"]
+
+
 def test_read_update_and_delete_with_the_registration_access_token(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner
 ) -> None:

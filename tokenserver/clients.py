@@ -131,7 +131,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     client = _stored(client_id)
     if client.registration_token_hash is not None:
         _dynamic_rules(spec)
-    columns, by_secret = _checked_columns(spec)
+    columns, by_secret = _checked_columns(spec, client_id)
     secret = None
     if not by_secret:
         columns |= {
@@ -245,10 +245,9 @@ def invalid_token(description: str) -> APIError:
 def _new_client(spec: ClientSpec) -> tuple[dict[str, Any], str | None]:
     """The columns of a new client made from `spec`, with its secret if it authenticates by
     one."""
-    columns, by_secret = _checked_columns(spec)
-    secret = new_secret(32) if by_secret else None
     client_id = new_identifier()
-    columns["name"] = columns["name"] or client_id  # RFC 7591 §2: shown instead of a name
+    columns, by_secret = _checked_columns(spec, client_id)
+    secret = new_secret(32) if by_secret else None
     columns |= {
         "client_id": client_id,
         "secret_hash": digest(secret) if secret else None,
@@ -264,8 +263,9 @@ def _stored(client_id: str) -> Client:
     return client
 
 
-def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
-    """The client's columns made from `spec`, and whether it authenticates by secret.
+def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], bool]:
+    """The columns of client `client_id` made from `spec`, and whether it authenticates by
+    secret.
 
     Raises InvalidClientMetadata (InvalidRedirectURI for a redirect URI) naming the field.
     """
@@ -306,7 +306,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
     if spec.jwks_uri is not None:
         _check_jwks_uri(spec.jwks_uri)
     columns = {
-        "name": spec.name,
+        "name": spec.name or client_id,  # RFC 7591 §2: shown instead of a name
         "grant_types": " ".join(grants),
         "scope": " ".join(scopes),
         "can_introspect": spec.introspect,
