@@ -156,6 +156,15 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ),
         ({"redirect_uris": ["https://app.example.com:99999/cb"]}, "invalid_redirect_uri", "port"),
         ({"redirect_uris": ["https://app.example.com/c\x00b"]}, "invalid_redirect_uri", "control"),
+        *(
+            ({"redirect_uris": [uri]}, "invalid_redirect_uri", "user name")
+            for uri in (
+                "https://app.example.com@evil.example/cb",  # the browser goes to evil.example
+                "https://user:pass@app.example.com/cb",
+                "https://@app.example.com/cb",
+                "http://127.0.0.1:80@evil.example/cb",
+            )
+        ),
         (
             {"redirect_uris": "https://app.example.com/cb"},
             "invalid_client_metadata",
@@ -699,6 +708,11 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"redirect_uris": ["https://[evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        (
+            {"redirect_uris": ["https://app.example.com@evil.example/cb"]},
+            "invalid_redirect_uri",
+            "user name",
+        ),
         ({"dpop_bound_access_tokens": "false"}, "invalid_client_metadata", "dpop_bound"),
         (
             {"token_endpoint_auth_method": "private_key_jwt", "jwks": _weak_jwks()},
