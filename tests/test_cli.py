@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -444,15 +445,23 @@ def test_a_client_registered_with_keys_has_no_secret(
         ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "public RSA, EC, OKP"),
         ("PRIVATE", "private parts"),
         ('{"keys": [{"kty": "EC", "crv": "P-256"}]}', "cannot be read"),
+        ("WEAK", "at least 2048"),
+        ("X25519", "curve X25519"),
     ],
 )
 def test_bad_client_keys_are_refused(
     runner: FlaskCliRunner, tmp_path: Path, document: str, complaint: str
 ) -> None:
-    from joserfc.jwk import ECKey
+    from joserfc.jwk import ECKey, OKPKey, RSAKey
 
     if document == "PRIVATE":
         document = json.dumps({"keys": [ECKey.generate_key("P-256").as_dict(private=True)]})
+    if document == "WEAK":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # joserfc warns of the small key we want
+            document = json.dumps({"keys": [RSAKey.generate_key(1024).as_dict(private=False)]})
+    if document == "X25519":
+        document = json.dumps({"keys": [OKPKey.generate_key("X25519").as_dict(private=False)]})
     jwks = tmp_path / "jwks.json"
     jwks.write_text(document)
     made = runner.invoke(args=["clients", "create", "svc", "--jwks-file", str(jwks)])

@@ -44,6 +44,36 @@ def test_failing_basic_credentials_do_not_fall_through_to_a_public_client(
     assert client.post("/oauth/token", data=data).status_code == 200
 
 
+@pytest.mark.parametrize("scheme", ["Basic\t", "BASIC  ", "basic\t "])
+def test_a_malformed_basic_header_does_not_fall_through_to_a_public_client(
+    client: FlaskClient, confidential: RegisteredClient, public: RegisteredClient, scheme: str
+) -> None:
+    data = {**LOGIN, "client_id": public.client_id}
+    wrong = base64.b64encode(f"{confidential.client_id}:wrong".encode()).decode()
+    for header in (scheme.strip(), scheme + wrong):
+        response = client.post("/oauth/token", data=data, headers={"Authorization": header})
+        assert_oauth_error(response, 401, "invalid_client")
+
+
+def test_the_basic_scheme_is_read_whatever_its_case_and_whitespace(
+    client: FlaskClient, confidential: RegisteredClient
+) -> None:
+    raw = f"{confidential.client_id}:{confidential.secret}".encode()
+    for scheme in ("basic ", "BASIC\t", "Basic  "):
+        headers = {"Authorization": scheme + base64.b64encode(raw).decode()}
+        assert client.post("/oauth/token", data=LOGIN, headers=headers).status_code == 200
+
+
+def test_another_authorization_scheme_is_not_client_authentication(
+    client: FlaskClient, confidential: RegisteredClient, public: RegisteredClient
+) -> None:
+    # Not a client credential: the public client the body names is the client, as before.
+    data = {**LOGIN, "client_id": public.client_id}
+    for header in ("Bearer abc", "Basicx abc"):
+        response = client.post("/oauth/token", data=data, headers={"Authorization": header})
+        assert response.status_code == 200, header
+
+
 def test_a_wrong_posted_secret_does_not_fall_through_either(
     client: FlaskClient, confidential: RegisteredClient, public: RegisteredClient
 ) -> None:

@@ -15,6 +15,7 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
+from sqlalchemy import update
 
 from tokenserver.client_jwks import KeysUnavailable
 from tokenserver.clients import ClientSpec, register_client
+from tokenserver.extensions import db
+from tokenserver.models import Client
 from tokenserver.oauth.client_auth import FAILED
 from tokenserver.oauth.client_keys import RemoteKeys
 from tokenserver.oauth.resolver import Resolver
@@ -384,6 +388,38 @@ def test_rsa_and_eddsa_algorithms_are_accepted(app: Flask, client: FlaskClient) 
         _refused(client.post("/oauth/token", data=_form(_assertion(rsa, client_id, aud, alg))))
 
 
+def _weak_rsa() -> RSAKey:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns of the small key we want
+        return RSAKey.generate_key(1024, auto_kid=True)
+
+
+def _signed_rs256(key: RSAKey, client_id: str, aud: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns of signing with a small key
+        return _assertion(key, client_id, aud, "RS256")
+
+
+def test_a_weak_rsa_key_registered_before_the_rule_is_never_trusted(
+    app: Flask, client: FlaskClient
+) -> None:
+    weak, ec = _weak_rsa(), _ec()
+    client_id = _register(app, jwks=_jwks(ec))
+    with app.app_context():  # as an older version, which did not refuse small keys, stored it
+        db.session.execute(
+            update(Client)
+            .where(Client.client_id == client_id)
+            .values(jwks=json.dumps(_jwks(weak, ec)))
+        )
+        db.session.commit()
+    aud = f"{_issuer(app)}/oauth/token"
+    # RFC 7518 §3.3: a 1024-bit key can be factored, and whoever factors it signs as the client.
+    _refused(client.post("/oauth/token", data=_form(_signed_rs256(weak, client_id, aud))))
+    assert (
+        client.post("/oauth/token", data=_form(_assertion(ec, client_id, aud))).status_code == 200
+    )
+
+
 def test_a_key_of_another_type_under_the_same_kid_is_refused(
     app: Flask, client: FlaskClient
 ) -> None:
@@ -712,6 +748,24 @@ def test_jwks_uri_with_private_keys_is_refused(
             "/oauth/token", data=_form(_assertion(key, client_id, f"{_issuer(app)}/oauth/token"))
         )
     )
+
+
+def test_weak_and_non_signing_keys_at_a_jwks_uri_are_left_out(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer
+) -> None:
+    weak, ec = _weak_rsa(), _ec()
+    agreement = OKPKey.generate_key("X25519", auto_kid=True)
+    jwks_server.document = _jwks(weak, agreement, ec)
+    client_id = _register(app, jwks_uri=jwks_server.url)
+    aud = f"{_issuer(app)}/oauth/token"
+    _refused(client.post("/oauth/token", data=_form(_signed_rs256(weak, client_id, aud))))
+    # The client's good key still works: one weak key does not cost it the rest.
+    assert (
+        client.post("/oauth/token", data=_form(_assertion(ec, client_id, aud))).status_code == 200
+    )
+    jwks_server.document = _jwks(weak)
+    with pytest.raises(KeysUnavailable, match="no key strong enough"):
+        RemoteKeys().get(jwks_server.url, None)
 
 
 def test_jwks_uri_that_is_not_listening_is_invalid_client(app: Flask, client: FlaskClient) -> None:

@@ -423,6 +423,27 @@ def test_registration_sets_and_clears_pushed_only(
     )
 
 
+def test_a_pushed_request_for_a_redirect_uri_the_client_dropped_gets_a_page(
+    flow: Flow, runner: FlaskCliRunner
+) -> None:
+    token = runner.invoke(args=["clients", "registration-token"]).stdout.strip()
+    metadata = {"client_name": "Bank", "redirect_uris": [REDIRECT, OTHER_REDIRECT]}
+    registered = flow.client.post(
+        "/oauth/register", json=metadata, headers={"Authorization": f"Bearer {token}"}
+    ).json
+    client_id, secret = registered["client_id"], registered["client_secret"]
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    manage = {"Authorization": f"Bearer {registered['registration_access_token']}"}
+    update = {**metadata, "client_id": client_id, "redirect_uris": [OTHER_REDIRECT]}
+    path = urlsplit(registered["registration_client_uri"]).path
+    assert flow.client.put(path, json=update, headers=manage).status_code == 200
+    flow.login()
+    # The URI was checked when pushed, and is checked again now: never a redirect to it.
+    response = _by_reference(flow, client_id, request_uri)
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
 def test_a_pushed_max_age_leaves_the_user_time_to_consent(flow: Flow, frozen: Any) -> None:
     client_id, secret = flow.register()  # not first-party: /consent asks
     _verifier, challenge = pkce()

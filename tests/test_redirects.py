@@ -57,6 +57,10 @@ def test_redirect_uri_matching(registered: str, requested: str, matches: bool) -
         "javascript:alert(1)",
         "https://app.example.com/a b",
         "https://app.example.com\\@evil.example/cb",
+        "https://app.example.com@evil.example/cb",  # user info: the host is evil.example
+        "https://user:secret@app.example.com/cb",
+        "https://@app.example.com/cb",
+        "com.example.app://user@callback/",
     ],
 )
 def test_unsafe_redirect_uris_cannot_be_registered(uri: str, runner: FlaskCliRunner) -> None:

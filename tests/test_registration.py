@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,14 +14,14 @@ import time_machine
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from sqlalchemy import func, select
 
 from tokenserver.extensions import db
 from tokenserver.models import Client, InitialAccessToken
 
 from .conftest import Actions, LiveServer
-from .helpers import REDIRECT, Flow, claims_of, pkce, query_of
+from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, works
 
 ISSUER = "http://localhost:8000"
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -155,6 +156,15 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ),
         ({"redirect_uris": ["https://app.example.com:99999/cb"]}, "invalid_redirect_uri", "port"),
         ({"redirect_uris": ["https://app.example.com/c\x00b"]}, "invalid_redirect_uri", "control"),
+        *(
+            ({"redirect_uris": [uri]}, "invalid_redirect_uri", "user name")
+            for uri in (
+                "https://app.example.com@evil.example/cb",  # the browser goes to evil.example
+                "https://user:pass@app.example.com/cb",
+                "https://@app.example.com/cb",
+                "http://127.0.0.1:80@evil.example/cb",
+            )
+        ),
         (
             {"redirect_uris": "https://app.example.com/cb"},
             "invalid_client_metadata",
@@ -229,6 +239,16 @@ def _jwks() -> dict[str, Any]:
     return {"keys": [RSAKey.generate_key(2048).as_dict(private=False)]}
 
 
+def _weak_jwks() -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns of the small key we want
+        return {"keys": [RSAKey.generate_key(1024).as_dict(private=False)]}
+
+
+def _keyed(key: Key) -> dict[str, Any]:
+    return {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [key.as_dict()]}}
+
+
 @pytest.mark.parametrize(
     "metadata, field",
     [
@@ -267,6 +287,12 @@ def _jwks() -> dict[str, Any]:
             )
         ),
         ({"token_endpoint_auth_method": "none", "jwks": _jwks()}, "jwks"),
+        # RFC 7518 §3.3: an RSA key under 2048 bits can be factored, and its factorer signs.
+        ({"token_endpoint_auth_method": "private_key_jwt", "jwks": _weak_jwks()}, "2048 bits"),
+        # Keys that can never sign what we verify: key agreement only, or another curve.
+        (_keyed(OKPKey.generate_key("X25519", private=False)), "curve X25519"),
+        (_keyed(OKPKey.generate_key("X448", private=False)), "curve X448"),
+        (_keyed(ECKey.generate_key("P-384", private=False)), "curve P-384"),
     ],
 )
 def test_bad_keys_are_refused_and_change_nothing(
@@ -446,6 +472,157 @@ def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
     assert gone.status_code == 400 and gone.json["error"] == "invalid_scope"
 
 
+def _signed_in(app: Flask, client: FlaskClient, registered: dict[str, Any]) -> dict[str, Any]:
+    """Alice's tokens from the registered client, by the code flow."""
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(registered["client_id"], challenge)
+    tokens = flow.exchange(registered["client_id"], registered.get("client_secret"), code, verifier)
+    assert tokens.status_code == 200, tokens.json
+    return dict(tokens.json)
+
+
+def _refreshed(client: FlaskClient, client_id: str, refresh_token: str, **auth: Any) -> Any:
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return client.post("/oauth/token", data=data, **auth)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "private_key_jwt"])
+def test_a_client_that_becomes_public_loses_the_logins_it_had_to_authenticate_for(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions, method: str
+) -> None:
+    actions.user("alice")
+    keys = {"jwks": _jwks()} if method == "private_key_jwt" else {}
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method=method, **keys
+    ).json
+    if method == "private_key_jwt":  # sign in while it is a secret client, then take keys
+        update = {
+            **WEB_APP,
+            "client_id": registered["client_id"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }
+        registered["client_secret"] = _manage(client, "PUT", registered, json=update).json[
+            "client_secret"
+        ]
+        tokens = _signed_in(app, client, registered)
+        update = {
+            **WEB_APP,
+            "client_id": registered["client_id"],
+            "token_endpoint_auth_method": method,
+            **keys,
+        }
+        assert _manage(client, "PUT", registered, json=update).status_code == 200
+    else:
+        tokens = _signed_in(app, client, registered)
+    public = _manage(
+        client, "PUT", registered, json={**WEB_APP, "client_id": registered["client_id"]}
+    )
+    assert public.status_code == 200 and public.json["token_endpoint_auth_method"] == "none"
+    # Its refresh tokens were given to a client that had to prove itself: now anyone holding
+    # one could spend it with no credential at all. They, and the access tokens, are dead.
+    refused = _refreshed(client, registered["client_id"], tokens["refresh_token"])
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert not works(client, tokens["access_token"])
+    # Signing in again, as the public client it now is, works.
+    assert _signed_in(app, client, {"client_id": registered["client_id"]})["refresh_token"]
+
+
+def test_a_client_whose_method_changes_but_still_authenticates_keeps_its_logins(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    actions.user("alice")
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    tokens = _signed_in(app, client, registered)
+    update = {
+        **WEB_APP,
+        "client_id": registered["client_id"],
+        "token_endpoint_auth_method": "client_secret_post",
+    }
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    auth = {"client_secret": registered["client_secret"]}
+    refreshed = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": registered["client_id"],
+            **auth,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    assert works(client, tokens["access_token"])
+
+
+def test_a_public_client_updated_keeps_its_logins(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    actions.user("alice")
+    registered = register(client, initial_token(runner), **WEB_APP).json
+    tokens = _signed_in(app, client, registered)
+    update = {**WEB_APP, "client_id": registered["client_id"], "client_name": "Renamed"}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    assert _refreshed(client, registered["client_id"], tokens["refresh_token"]).status_code == 200
+
+
+def test_a_code_sent_to_a_redirect_uri_the_client_dropped_is_not_redeemed(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    other = "https://app.example.com/other"
+    registered = register(
+        client, initial_token(runner), **{**WEB_APP, "redirect_uris": [REDIRECT, other]}
+    ).json
+    client_id = registered["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    dropped = flow.code_for(client_id, challenge)
+    kept_verifier, kept_challenge = pkce()
+    kept = flow.code_for(client_id, kept_challenge, redirect_uri=other)
+    update = {**WEB_APP, "client_id": client_id, "redirect_uris": [other]}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    # Whoever holds the URI now may hold a code sent there: it is not the client's any more.
+    refused = flow.exchange(client_id, None, dropped, verifier)
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert (
+        flow.exchange(client_id, None, kept, kept_verifier, redirect_uri=other).status_code == 200
+    )
+
+
+def test_a_code_for_a_loopback_redirect_uri_still_registered_is_redeemed_on_any_port(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    loopback = "http://127.0.0.1/callback"
+    native = {**WEB_APP, "redirect_uris": [loopback, REDIRECT]}
+    registered = register(client, initial_token(runner), **native).json
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    sent_to = "http://127.0.0.1:49152/callback"  # RFC 8252 §7.3: any port
+    code = flow.code_for(registered["client_id"], challenge, redirect_uri=sent_to)
+    update = {**native, "client_id": registered["client_id"], "redirect_uris": [loopback]}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    exchanged = flow.exchange(registered["client_id"], None, code, verifier, redirect_uri=sent_to)
+    assert exchanged.status_code == 200, exchanged.json
+
+
+def test_a_client_without_a_name_is_shown_by_its_id_after_an_update_too(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    unnamed = {k: v for k, v in WEB_APP.items() if k != "client_name"}
+    registered = register(client, initial_token(runner), **unnamed).json
+    assert registered["client_name"] == registered["client_id"]  # RFC 7591 §2
+    update = {**unnamed, "client_id": registered["client_id"]}
+    updated = _manage(client, "PUT", registered, json=update)
+    assert updated.status_code == 200 and updated.json["client_name"] == registered["client_id"]
+    assert _manage(client, "GET", registered).json["client_name"] == registered["client_id"]
+
+
 def test_read_update_and_delete_with_the_registration_access_token(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner
 ) -> None:
@@ -531,7 +708,17 @@ def test_deleting_a_registration_ends_its_tokens(
         ({"grant_types": ["password"]}, "invalid_client_metadata", "grant_types"),
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
         ({"redirect_uris": ["https://[evil.example/cb"]}, "invalid_redirect_uri", "redirect URI"),
+        (
+            {"redirect_uris": ["https://app.example.com@evil.example/cb"]},
+            "invalid_redirect_uri",
+            "user name",
+        ),
         ({"dpop_bound_access_tokens": "false"}, "invalid_client_metadata", "dpop_bound"),
+        (
+            {"token_endpoint_auth_method": "private_key_jwt", "jwks": _weak_jwks()},
+            "invalid_client_metadata",
+            "2048 bits",
+        ),
     ],
 )
 def test_a_bad_update_is_refused_and_changes_nothing(

@@ -35,7 +35,7 @@ from .models import (
 from .redirects import UNREADABLE, readable_parts, redirect_uri_problem
 from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
-from .store import initial_tokens, transaction
+from .store import initial_tokens, tokens, transaction
 
 
 class InvalidClientMetadata(APIError):
@@ -124,13 +124,14 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     """Replace a client's metadata with `spec` (RFC 7592 §2.2), under the rules it was made by.
 
     Its id, registration token and, while it stays a secret client, its secret are kept; a
-    client that becomes a secret client gets a new secret, returned once (else None). Raises
+    client that becomes a secret client gets a new secret, returned once (else None); a client
+    that becomes public loses its live logins. Raises
     InvalidClientMetadata, changing nothing, if the spec breaks a rule.
     """
     client = _stored(client_id)
     if client.registration_token_hash is not None:
         _dynamic_rules(spec)
-    columns, by_secret = _checked_columns(spec)
+    columns, by_secret = _checked_columns(spec, client_id)
     secret = None
     if not by_secret:
         columns |= {
@@ -141,11 +142,16 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     elif client.secret_hash is None:
         secret = new_secret(32)
         columns["secret_hash"] = digest(secret)
-    if not store.change(client_id, columns):
-        raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
+    # A login granted while the client had to authenticate must not outlive that rule: as a
+    # public client, anyone holding one of its refresh tokens could spend it with no credential.
+    weakened = not client.is_public and spec.public
+    with transaction() as tx:
+        if not store.change(client_id, columns, tx):
+            raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
+        ended = tokens.revoke_client_logins(client_id, tx) if weakened else 0
     client = _stored(client_id)
     _changed(client_id)
-    _audit("client.updated", client, new_secret=secret is not None)
+    _audit("client.updated", client, new_secret=secret is not None, ended=ended)
     return client, secret
 
 
@@ -239,10 +245,9 @@ def invalid_token(description: str) -> APIError:
 def _new_client(spec: ClientSpec) -> tuple[dict[str, Any], str | None]:
     """The columns of a new client made from `spec`, with its secret if it authenticates by
     one."""
-    columns, by_secret = _checked_columns(spec)
-    secret = new_secret(32) if by_secret else None
     client_id = new_identifier()
-    columns["name"] = columns["name"] or client_id  # RFC 7591 §2: shown instead of a name
+    columns, by_secret = _checked_columns(spec, client_id)
+    secret = new_secret(32) if by_secret else None
     columns |= {
         "client_id": client_id,
         "secret_hash": digest(secret) if secret else None,
@@ -258,8 +263,9 @@ def _stored(client_id: str) -> Client:
     return client
 
 
-def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
-    """The client's columns made from `spec`, and whether it authenticates by secret.
+def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], bool]:
+    """The columns of client `client_id` made from `spec`, and whether it authenticates by
+    secret.
 
     Raises InvalidClientMetadata (InvalidRedirectURI for a redirect URI) naming the field.
     """
@@ -300,7 +306,7 @@ def _checked_columns(spec: ClientSpec) -> tuple[dict[str, Any], bool]:
     if spec.jwks_uri is not None:
         _check_jwks_uri(spec.jwks_uri)
     columns = {
-        "name": spec.name,
+        "name": spec.name or client_id,  # RFC 7591 §2: shown instead of a name
         "grant_types": " ".join(grants),
         "scope": " ".join(scopes),
         "can_introspect": spec.introspect,

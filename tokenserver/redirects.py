@@ -80,6 +80,10 @@ def redirect_uri_problem(uri: str) -> str | None:
         return "must be an absolute URI without spaces"
     if parts.fragment or "#" in uri:
         return "must not have a fragment"
+    if "@" in parts.netloc:
+        # User information reads as a host to people: "https://app.example.com@evil.example/"
+        # sends the browser, and the code, to evil.example (RFC 3986 §7.6).
+        return "must not hold a user name or password (user@host)"
     if parts.scheme in ("http", "https") and not parts.hostname:
         return "must name a host"
     if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):

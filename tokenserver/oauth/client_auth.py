@@ -73,8 +73,10 @@ def presented_methods(request: Any) -> list[str]:
     """Every authentication method this request presents (none, one, or too many)."""
     form = request.payload.data
     presented = []
-    authorization = request.headers.get("Authorization") or ""
-    if authorization[:6].lower() == "basic ":
+    # Any header of the Basic scheme counts, however malformed (`Basic` alone, a tab after
+    # it): else its failure would be skipped and the public client the body names let in.
+    # Other schemes are not client authentication here, and are left unread.
+    if _authorization(request.headers)[0] == "basic":
         presented.append("client_secret_basic")
     if form.get("client_assertion") or form.get("client_assertion_type"):
         presented.append("private_key_jwt")
@@ -87,9 +89,11 @@ def presented_methods(request: Any) -> list[str]:
 
 def basic_credentials(headers: Any) -> tuple[str, str] | None:
     """The client id and secret of an `Authorization: Basic` header, or None if malformed."""
-    authorization = headers.get("Authorization") or ""
+    scheme, credentials = _authorization(headers)
+    if scheme != "basic":
+        return None
     try:
-        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
     client_id, colon, secret = decoded.partition(":")
@@ -97,6 +101,14 @@ def basic_credentials(headers: Any) -> tuple[str, str] | None:
         return None
     # RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
     return unquote(client_id), unquote(secret)
+
+
+def _authorization(headers: Any) -> tuple[str, str]:
+    """The Authorization header's scheme, lowercased (RFC 9110 §11.1), and what follows it."""
+    parts = (headers.get("Authorization") or "").split(None, 1)
+    if not parts:
+        return "", ""
+    return parts[0].lower(), parts[1].strip() if len(parts) > 1 else ""
 
 
 def _authenticate_basic(query_client: Any, request: Any) -> Any:

@@ -42,7 +42,8 @@ _KEY_TYPE = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed2
 def inline_keys(document: str) -> KeySet:
     """A client's registered JWKS text, parsed once per text (so once per client version)."""
     try:
-        return public_key_set(parse_json(document))
+        # Registered before weak keys were refused, a key may be one we must no longer trust.
+        return public_key_set(parse_json(document), skip_unusable=True)
     except ValueError as exc:
         raise KeysUnavailable(f"registered jwks is not JSON ({exc})") from None
 
@@ -195,7 +196,8 @@ class RemoteKeys:
             document = parse_json(body)  # the client's server may send anything
         except ValueError:
             raise KeysUnavailable("the document is not JSON") from None
-        return public_key_set(document), ttl
+        # A weak key on the client's server is left out, never trusted; its other keys still do.
+        return public_key_set(document, skip_unusable=True), ttl
 
     def _read_capped(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         body = bytearray()

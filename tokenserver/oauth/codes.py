@@ -101,11 +101,19 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         outcome = codes.present(digest(code), client.client_id)
         if outcome.replayed:
             reuse_detected(client.client_id, outcome.family_id)
-        bound = outcome.code.dpop_jkt if outcome.code else None
+        found = outcome.code
+        if (
+            found is not None
+            and found.redirect_uri
+            and not client.check_redirect_uri(found.redirect_uri)
+        ):
+            # The client dropped that URI since (RFC 7592): whoever holds it now may hold the code.
+            raise InvalidGrantError("The code's redirect URI is no longer registered.")
+        bound = found.dpop_jkt if found else None
         if bound is not None and bound != dpop.bound_key():
             # RFC 9449 §10: a code bound to a key is useless to whoever intercepts it.
             raise InvalidGrantError("The code is bound to another DPoP key.")
-        return outcome.code
+        return found
 
     def delete_authorization_code(self, authorization_code: codes.PresentedCode) -> None:
         pass  # spent with the tokens it issued, in one transaction

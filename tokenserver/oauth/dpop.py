@@ -20,6 +20,7 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import Key
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
+from ..client_jwks import MIN_RSA_BITS
 from ..config import current_settings
 from ..errors import protocol_step
 from ..payloads import parse_json
@@ -33,7 +34,6 @@ TYP = "dpop+jwt"
 WINDOW = 60
 _MAX_PROOF_LENGTH = 4096  # an RSA-4096 proof is under 2 KiB
 _MAX_JTI_LENGTH = 256
-_MIN_RSA_BITS = 2048
 _KEY_TYPES = frozenset({"EC", "RSA", "OKP"})
 # Members that only a private (or symmetric) JWK has (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -121,8 +121,8 @@ def _proof_key(protected: str) -> _ProofKey:
         key = jwk.import_key(member)
     except (JoseError, ValueError, TypeError, KeyError):
         raise _refuse("its jwk header is not a valid key") from None
-    if key.key_type == "RSA" and key.raw_value.key_size < _MIN_RSA_BITS:  # type: ignore[union-attr]
-        raise _refuse(f"an RSA key must have at least {_MIN_RSA_BITS} bits")
+    if key.key_type == "RSA" and key.raw_value.key_size < MIN_RSA_BITS:  # type: ignore[union-attr]
+        raise _refuse(f"an RSA key must have at least {MIN_RSA_BITS} bits")
     return _ProofKey(key, key.thumbprint())
 
 

@@ -22,7 +22,10 @@ def _metadata_properties() -> Doc:
         "client_name": {"type": "string", "maxLength": 200},
         "redirect_uris": {
             **_URIS,
-            "description": "https, or http on a loopback address (RFC 8252); no fragment.",
+            "description": (
+                "https, or http on a loopback address (RFC 8252); no fragment, no user name or "
+                "password (user@host)."
+            ),
         },
         "grant_types": {
             **_GRANTS,

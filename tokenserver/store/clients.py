@@ -72,9 +72,9 @@ def add(columns: dict[str, Any], tx: Connection | None = None) -> None:
         conn.execute(insert(_clients), columns)
 
 
-def change(client_id: str, columns: dict[str, Any]) -> bool:
+def change(client_id: str, columns: dict[str, Any], tx: Connection | None = None) -> bool:
     """Set some columns of a client; False if there is no such client."""
-    with transaction() as conn:
+    with transaction(tx) as conn:
         changed = conn.execute(
             update(_clients).where(_clients.c.client_id == client_id).values(**columns)
         )

@@ -100,6 +100,14 @@ def revoke_logins(
     return int(result.rowcount)
 
 
+def revoke_client_logins(client_id: str, tx: Connection | None = None) -> int:
+    """Revoke every live login of one client, whoever's it is; how many."""
+    condition = [_families.c.client_id == client_id, _families.c.revoked_at.is_(None)]
+    with transaction(tx) as conn:
+        result = conn.execute(update(_families).where(*condition).values(revoked_at=utcnow()))
+    return int(result.rowcount)
+
+
 def revoke_access_token(jti: str) -> None:
     """Revoke one access token, and every token exchanged from it (RFC 8693), transitively."""
     now = utcnow()
