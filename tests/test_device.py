@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, text
 
-from tokenserver import accounts
+from tokenserver import accounts, signin
 from tokenserver.oauth import devices
 from tokenserver.oauth.devices import (
     DEVICE_CODE_TTL,
@@ -891,6 +891,32 @@ def test_signing_the_app_out_withdraws_its_approvals_not_yet_exchanged(
     assert _error(device.poll(codes["device_code"])) == "access_denied"
     # Another app's approval stands: the user signed out of one app only.
     assert device.poll(other_codes["device_code"], other).status_code == 200
+
+
+def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
+    app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device code is spent, and its tokens not yet stored, when the user signs the app out
+    # at /account: they are never stored.
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    cookie = device.client.get_cookie("tokenserver_session")
+    assert cookie is not None
+    store_issued = tokens.store_issued
+
+    def sign_out_first(*args: Any, **kwargs: Any) -> Any:
+        session = signin.current(cookie.value)
+        assert session is not None
+        signin.sign_out_app(session, device.oauth_client.client_id)
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "store_issued", sign_out_first)
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"
+    monkeypatch.undo()
+    with app.app_context():
+        assert tokens.signed_in_apps(accounts.get("alice").id) == []
+    assert _error(device.poll(codes["device_code"])) == "invalid_grant"  # spent, not waiting
 
 
 def test_a_password_changed_in_the_approving_session_keeps_its_approval(device: Device) -> None:

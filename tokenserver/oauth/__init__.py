@@ -74,6 +74,8 @@ def init_oauth(app: Flask) -> None:
                 # is spent); the login keeps it and the sign-in's time for refreshed id_tokens.
                 session_id=getattr(signed_in, "session_id", None),
                 auth_time=getattr(signed_in, "auth_time", None),
+                # A device approval must still stand (the app may have been signed out since).
+                device_code_hash=getattr(signed_in, "device_code_hash", None),
                 # RFC 9449 §5: a public client's refresh tokens are bound to its DPoP key.
                 dpop_jkt=dpop.bound_key() if request.client.is_public else None,
             )

@@ -68,6 +68,7 @@ def record_issued(
     dpop_jkt: str | None = None,
     session_id: str | None = None,
     auth_time: datetime | None = None,
+    device_code_hash: str | None = None,
 ) -> str:
     """Store a token response's records (its access token, any refresh token); its family id.
 
@@ -80,7 +81,8 @@ def record_issued(
     and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any. A login approved in
     a browser session (a device's, `session_id`; a code's is read as the code is spent) is
     stored only while that session is live, and keeps that sign-in (`auth_time`, the session)
-    for the id_tokens of its refreshes; a password login signs in as it is issued.
+    for the id_tokens of its refreshes; a device's also only while its approval
+    (`device_code_hash`) stands. A password login signs in as it is issued.
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -126,6 +128,7 @@ def record_issued(
             checked_hash,
             session_id,
             issued if checked_hash is not None else auth_time,
+            device_code_hash,
         )
     try:
         outcome = tokens.store_issued(

@@ -164,6 +164,21 @@ def spend(credential: DeviceCredential, now: datetime) -> bool:
     return row is not None
 
 
+_STILL_ALLOWED = (
+    select(_devices.c.status)
+    .where(_devices.c.device_code_hash == bindparam("hash"), _devices.c.status == ALLOWED)
+    .with_for_update(read=True)
+)
+
+
+def still_allowed(conn: Connection, device_code_hash: str) -> bool:
+    """Whether a spent code's approval still stands, read in the write transaction that
+    stores its tokens: a withdrawal racing it (an app signed out, a new password) waits for
+    the caller on PostgreSQL (the row is share-locked) and then sees its tokens to revoke,
+    or comes first and this says False. On SQLite the caller holds the one write lock."""
+    return conn.execute(_STILL_ALLOWED, {"hash": device_code_hash}).first() is not None
+
+
 _PENDING = (
     select(_devices.c.client_id, _clients.c.name, _devices.c.scope)
     .join(_clients, _clients.c.client_id == _devices.c.client_id)
@@ -216,15 +231,14 @@ def withdraw_approvals(
     keep_session: str | None = None,
     client_id: str | None = None,
 ) -> int:
-    """Deny the user's approved device codes not yet exchanged (their polls get access_denied):
-    whoever approved them may have been someone else holding the old password, or the user
-    signed that app (`client_id`) out. Approvals made in `keep_session` (where the user just
-    proved the password) stay."""
-    condition = [
-        _devices.c.user_id == user_id,
-        _devices.c.status == ALLOWED,
-        _devices.c.used_at.is_(None),
-    ]
+    """Deny the user's approved device codes (the polls of those not yet exchanged get
+    access_denied): whoever approved them may have been someone else holding the old password,
+    or the user signed that app (`client_id`) out. Approvals made in `keep_session` (where the
+    user just proved the password) stay.
+
+    Codes already spent are denied too: one whose tokens are still being stored is then
+    refused at its store (`still_allowed`), and the caller revokes the tokens of the rest."""
+    condition = [_devices.c.user_id == user_id, _devices.c.status == ALLOWED]
     if client_id is not None:
         condition.append(_devices.c.client_id == client_id)
     if keep_session is not None:

@@ -39,7 +39,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from . import codes, delete_in_batches, replay, sessions, transaction, typed_parameter
+from . import codes, delete_in_batches, devices, replay, sessions, transaction, typed_parameter
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -233,7 +233,8 @@ class Issued(enum.Enum):
     CODE_SPENT = "code spent"  # another request spent the authorization code first
     PARENT_SPENT = "parent spent"  # the refresh token was spent (or revoked) meanwhile
     USER_DISABLED = "user disabled"  # its user was disabled, or got a new password, meanwhile
-    SIGNED_OUT = "signed out"  # the browser session that got the code has ended
+    SIGNED_OUT = "signed out"  # the browser session that got the code has ended, or the
+    # device approval was withdrawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,8 @@ class NewLogin:
     # The browser session a code or a device approval was given in: stored only while it is live.
     session_id: str | None = None
     auth_time: datetime | None = None  # when the user signed in for it, if known
+    # The device code (its digest) it comes from: stored only while that approval stands.
+    device_code_hash: str | None = None
 
 
 def _subject(row: Any) -> Subject | None:
@@ -381,6 +384,11 @@ def _issue(
     # As at Keycloak, a code (or a device approval) dies with the browser session that got it:
     # one taken just before the user signed out (or changed their password) never outlives it.
     if session_id is not None and not sessions.signed_in(conn, session_id):
+        return Issued.SIGNED_OUT
+    # An approval withdrawn (the app signed out) after its code was spent stores nothing.
+    if login.device_code_hash is not None and not devices.still_allowed(
+        conn, login.device_code_hash
+    ):
         return Issued.SIGNED_OUT
     family = {
         "id": login.family_id,
