@@ -104,14 +104,36 @@ def test_json_sent_as_a_form_is_refused_without_echoing_it(client: FlaskClient) 
     assert "alice" not in response.json["error_description"]
 
 
-def test_a_repeated_unknown_form_parameter_is_not_echoed(client: FlaskClient) -> None:
-    response = client.post(
+def test_a_repeated_known_form_parameter_is_refused_by_name(actions: Any) -> None:
+    oauth_client = actions.oauth_client()
+    response = actions.client.post(
         "/oauth/token",
-        data="my-secret-phrase=1&my-secret-phrase=2&grant_type=password",
+        data="grant_type=client_credentials&scope=junk:read&scope=junk:write",
         content_type="application/x-www-form-urlencoded",
+        auth=oauth_client.auth,
     )
     _assert_json_error(response, 400, "invalid_request")
-    assert "my-secret-phrase" not in response.json["error_description"]
+    assert "'scope'" in response.json["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/oauth/token", "grant_type=client_credentials"),
+        ("/oauth/introspect", "token=not-a-token"),
+        ("/oauth/revoke", "token=not-a-token"),
+    ],
+)
+def test_a_repeated_unknown_form_parameter_is_ignored(actions: Any, path: str, body: str) -> None:
+    # RFC 6749 §3.2: unrecognized parameters are ignored, however often they come.
+    oauth_client = actions.oauth_client(introspect=True)
+    response = actions.client.post(
+        path,
+        data=f"{body}&x_trace=1&x_trace=2",
+        content_type="application/x-www-form-urlencoded",
+        auth=oauth_client.auth,
+    )
+    assert response.status_code == 200, response.json
 
 
 @pytest.mark.parametrize(("wait", "words"), [(1, "1 second."), (2, "2 seconds.")])

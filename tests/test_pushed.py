@@ -314,6 +314,19 @@ def test_unknown_parameters_are_not_stored_and_a_huge_request_is_refused(
     assert _stored(app) == 1
 
 
+def test_a_repeated_unknown_parameter_is_ignored_and_a_repeated_known_one_refused(
+    flow: Flow, app: Flask
+) -> None:
+    client_id, _ = flow.register(public=True)
+    _verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge)
+    assert flow.client.post("/oauth/par", data=body | {"x_trace": ["1", "2"]}).status_code == 201
+    response = flow.client.post("/oauth/par", data=body | {"nonce": ["n", "m"]})
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert "'nonce'" in response.json["error_description"]
+    assert _stored(app) == 1
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [

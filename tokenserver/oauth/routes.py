@@ -10,6 +10,7 @@ from ..keys import current_keyring
 from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
 from ..store import replay
 from .metadata import resource_metadata, server_metadata
+from .parameters import AUTHORIZATION_PARAMETERS
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
@@ -44,6 +45,8 @@ _PARAMETERS = frozenset(
 # RFC 8707 §2: `resource` may be given several times, one per resource server; RFC 8693 §2.1
 # lets a token exchange name several `audience`s the same way.
 _REPEATABLE = frozenset({"resource", "audience"})
+# Parameters read here or, at /oauth/par, as part of the authorization request pushed.
+_ONCE = (_PARAMETERS | AUTHORIZATION_PARAMETERS) - _REPEATABLE
 
 
 def _require_form() -> None:
@@ -55,19 +58,14 @@ def _require_form() -> None:
         request.get_data(cache=True).decode()  # the form is then parsed from this copy
     except UnicodeDecodeError:
         raise InvalidRequest("the body must be UTF-8") from None
-    # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
+    # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once",
+    # but unrecognized ones MUST be ignored, so only a repeat of one we read is refused.
     repeated = next(
-        (
-            name
-            for name, values in request.form.lists()
-            if len(values) > 1 and name not in _REPEATABLE
-        ),
+        (name for name, values in request.form.lists() if len(values) > 1 and name in _ONCE),
         None,
     )
     if repeated is not None:
-        # Named only if it is a parameter of ours: an error never echoes what was submitted.
-        named = f"'{repeated}'" if repeated in _PARAMETERS else "a parameter"
-        raise InvalidRequest(f"{named} must not be given more than once")
+        raise InvalidRequest(f"'{repeated}' must not be given more than once")
 
 
 @bp.post("/oauth/token")
