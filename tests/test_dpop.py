@@ -118,6 +118,16 @@ def test_client_credentials_token_is_bound_too(
     assert _claims(response.json["access_token"])["cnf"]["jkt"] == prover.jkt
 
 
+@pytest.mark.parametrize("typ", ["dpop+jwt", "application/dpop+jwt", "DPoP+JWT"])
+def test_a_proofs_typ_is_a_media_type_compared_as_one(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover, typ: str
+) -> None:
+    # RFC 7515 §4.1.9: case-insensitive, and "application/" may be left off or not.
+    response = _token(client, app_client, prover.proof("POST", TOKEN_URL, header={"typ": typ}))
+    assert response.status_code == 200, response.json
+    assert response.json["token_type"] == "DPoP"
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -127,6 +137,8 @@ def test_client_credentials_token_is_bound_too(
         {"age": 300},
         {"drop": ("jti",)},
         {"header": {"typ": "JWT"}},
+        {"header": {"typ": "application/application/dpop+jwt"}},
+        {"header": {"typ": "text/dpop+jwt"}},
         # An iat that is not a time: JSON's NaN passes every comparison; 10**400 fits no float.
         pytest.param({"claims": {"iat": float("nan")}}, id="iat-nan"),
         pytest.param({"claims": {"iat": 10**400}}, id="iat-huge"),

@@ -26,6 +26,7 @@ from ..errors import protocol_step
 from ..payloads import parse_json
 from ..store import replay
 from . import nonces
+from .media_types import typ_is
 
 # Asymmetric only: `none` and HS* would let anyone mint a proof (RFC 9449 §4.3 point 5).
 ALGORITHMS = ("ES256", "ES384", "PS256", "RS256", "Ed25519", "EdDSA")
@@ -107,7 +108,7 @@ def _proof_key(protected: str) -> _ProofKey:
         header = parse_json(urlsafe_b64decode(protected.encode("ascii")))
     except ValueError:  # UnicodeError and nesting too deep among them
         raise _refuse("its header is not JSON") from None
-    if not isinstance(header, dict) or header.get("typ") != TYP:
+    if not isinstance(header, dict) or not typ_is(header.get("typ"), TYP):
         raise _refuse(f"its typ must be {TYP}")
     if header.get("alg") not in ALGORITHMS:
         raise _refuse("its alg is not one we accept")

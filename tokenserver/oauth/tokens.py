@@ -22,10 +22,11 @@ from ..digests import new_secret
 from ..keys import ALGORITHM, KeyRing, current_keyring
 from ..models import Client, Subject, User
 from .dpop import bound_key
+from .media_types import typ_is
 from .resources import bound_audience
 
-# RFC 9068 §2.1: the media type of a JWT access token; "application/" may be left off.
-ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+# RFC 9068 §2.1: the media type of a JWT access token.
+ACCESS_TOKEN_TYPE = "at+jwt"
 # Ours are well under 1 KiB; anything far longer is not ours and not worth parsing.
 _MAX_TOKEN_LENGTH = 4096
 # Seconds another node's clock may run ahead of ours when it stamps `iat`.
@@ -155,7 +156,7 @@ def _verified(token: str, keyring: KeyRing, issuer: str, audience: str | None) -
     try:
         decoded = jwt.decode(token, key_resolver(keyring), algorithms=[ALGORITHM])
         # RFC 9068 §4: the `typ` header must say at+jwt, so no other JWT can pass as one.
-        if str(decoded.header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
+        if not typ_is(decoded.header.get("typ"), ACCESS_TOKEN_TYPE):
             raise TokenRejected()
         _claims_registry(issuer, audience).validate(decoded.claims)
     except JoseError as exc:
