@@ -68,6 +68,43 @@ def test_consent_is_remembered_per_client_and_scope_set(flow: Flow) -> None:
     assert forced.headers["Location"].startswith("/consent?")
 
 
+def test_scopes_we_do_not_know_are_ignored_in_an_openid_request(flow: Flow) -> None:
+    # OpenID Connect Core §3.1.2.1: many relying parties ask for "openid profile email".
+    client_id, secret = flow.register()
+    flow.login()
+    verifier, challenge = pkce()
+    asked = flow.authorize(client_id, challenge, scope="openid profile email offline_access")
+    assert asked.headers["Location"].startswith("/consent?")
+    page = flow.client.get(asked.headers["Location"])
+    assert "<code>profile</code>" in page.text  # the list of scopes asked for
+    assert "<code>email</code>" not in page.text and "<code>offline_access</code>" not in page.text
+    code = query_of(flow.consent(asked.headers["Location"]).headers["Location"])["code"]
+    body = flow.exchange(client_id, secret, code, verifier).json
+    assert body["scope"] == "openid profile" and body["id_token"]
+    assert _claims(body["access_token"])["scope"] == "openid profile"
+    # What was allowed is what was granted: the same request, or one without the extras,
+    # is not asked again.
+    for scope in ("openid profile email", "openid profile"):
+        again = flow.authorize(client_id, challenge, scope=scope)
+        assert again.headers["Location"].startswith(REDIRECT + "?"), scope
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "openid junk:write email",  # known, but not this client's: OpenID or not
+        "junk:read email",  # no openid: plain OAuth, an unknown scope is invalid (RFC 6749)
+    ],
+)
+def test_a_scope_the_client_may_not_have_is_still_invalid_scope(flow: Flow, scope: str) -> None:
+    client_id, _secret = flow.register(scope="openid profile junk:read")
+    flow.login()
+    response = flow.authorize(client_id, pkce()[1], scope=scope)
+    query = query_of(response.headers["Location"])
+    assert response.headers["Location"].startswith(REDIRECT + "?")
+    assert query["error"] == "invalid_scope" and "code" not in query
+
+
 API = "https://api.example.com"
 PHOTOS = "https://photos.example.com"
 

@@ -176,6 +176,7 @@ def test_scope_is_narrowed_like_the_token_endpoint(app: Flask, device: Device) -
     assert device.codes()  # no scope: the client's whole registered scope
     assert _error(device.start(scope="junk:write")) == "invalid_scope"  # not registered for it
     assert _error(device.start(scope="admin")) == "invalid_scope"  # no such scope at all
+    assert _error(device.start(scope="openid junk:write email")) == "invalid_scope"
     narrow = device.codes(scope="junk:read")
     device.flow.login()
     device.answer(narrow["user_code"])
@@ -183,6 +184,16 @@ def test_scope_is_narrowed_like_the_token_endpoint(app: Flask, device: Device) -
     assert token.status_code == 200 and token.json["scope"] == "junk:read"
     assert "id_token" not in token.json  # no openid, no id_token
     assert sorted(row["scope"] for row in _stored(app)) == ["junk:read", SCOPE]
+
+
+def test_an_openid_device_request_ignores_scopes_we_do_not_know(device: Device) -> None:
+    # OpenID Connect Core §3.1.2.1, as at /oauth/authorize.
+    codes = device.codes(scope="openid profile email offline_access")
+    device.flow.login()
+    device.answer(codes["user_code"])
+    token = device.poll(codes["device_code"])
+    assert token.status_code == 200 and token.json["scope"] == "openid profile"
+    assert token.json["id_token"]
 
 
 def test_resource_picks_the_audience_and_must_be_registered(

@@ -90,7 +90,8 @@ def init_oauth(app: Flask) -> None:
 
     server = AuthorizationServer(settings)
     server.init_app(app, query_client=server.clients.get, save_token=save_token)
-    # A scope no client may have is invalid_scope (Authlib checks this list, then the client's).
+    # A scope no client may have is invalid_scope (Authlib checks this list, then the client's);
+    # an OpenID request's are dropped before (parameters.understood_scope).
     server.scopes_supported = [*SCOPES, *OIDC_SCOPES]
     server.register_token_generator(
         "default",

@@ -22,6 +22,7 @@ from ..models import Client, utcnow
 from ..store import consents
 from .codes import CodeGrant, SignedIn
 from .hints import hinted_subject
+from .parameters import with_understood_scope
 from .query import QueryRequest
 from .resources import InvalidTargetError, audiences, requested
 from .server import current_server
@@ -101,7 +102,7 @@ def validate(
 
     `since`: when the request was pushed (RFC 9126), or sent the user to sign in, if it was."""
     try:
-        request = QueryRequest(current_settings().issuer, parameters)
+        request = QueryRequest(current_settings().issuer, with_understood_scope(parameters))
     except InsecureTransportError:
         raise BadAuthorizationRequest("OAuth 2 requires https: the issuer is not https.") from None
     request.user = signed_in

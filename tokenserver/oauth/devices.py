@@ -33,6 +33,7 @@ from ..store import devices, users
 from ..store.devices import DeviceCredential, PendingDevice
 from .codes import SignedIn, _IdTokenClaims
 from .grants import _AUTH_METHODS
+from .parameters import understood_scope
 from .resources import InvalidTargetError, ResourceIndicators, requested, within
 
 DEVICE_CODE_TTL = 600  # seconds a device and its user have to finish (RFC 8628 §3.2 expires_in)
@@ -80,8 +81,9 @@ class DeviceAuthorizationEndpoint(_DeviceAuthorizationEndpoint):
         client: Client = self.authenticate_client(request)
         if not client.check_grant_type(DEVICE_CODE_GRANT_TYPE):
             raise UnauthorizedClientError("This client may not use the device grant.")
-        self.server.validate_requested_scope(request.payload.scope)
-        scope = client.get_allowed_scope(request.payload.scope)  # invalid_scope if wider
+        asked = understood_scope(request.payload.scope)
+        self.server.validate_requested_scope(asked)
+        scope = client.get_allowed_scope(asked)  # invalid_scope if wider
         resources = requested(request.payload.data, client)  # invalid_target if not its own
         device = devices.NewDevice(client.client_id, scope, " ".join(resources), self.INTERVAL)
         device_code = self.generate_device_code()

@@ -12,6 +12,9 @@ from authlib.oidc.core.errors import (
     RequestNotSupportedError,
     RequestURINotSupportedError,
 )
+from werkzeug.datastructures import MultiDict
+
+from ..models import OIDC_SCOPES, SCOPES
 
 # RFC 6749 §3.1: no parameter more than once. Authlib checks response_type, client_id,
 # redirect_uri, scope and state before the redirect URI is known, and the PKCE extension its
@@ -55,6 +58,7 @@ AUTHORIZATION_PARAMETERS = frozenset(
 # OpenID Connect Core §3.1.2.1; select_account is met by signing in again, as Keycloak does.
 PROMPTS = ("none", "login", "consent", "select_account")
 _MAX_AGE = re.compile(r"[0-9]{1,10}")  # seconds, ASCII digits; ten of them is over 300 years
+_KNOWN_SCOPES = frozenset({*SCOPES, *OIDC_SCOPES})
 
 
 def check(datalist: Mapping[str, Sequence[str]]) -> None:
@@ -74,6 +78,33 @@ def check(datalist: Mapping[str, Sequence[str]]) -> None:
     max_age = _value(datalist, "max_age")
     if max_age and not _MAX_AGE.fullmatch(max_age):
         raise InvalidRequestError("'max_age' must be a whole number of seconds.")
+
+
+def understood_scope(scope: str | None) -> str | None:
+    """`scope` without the values we do not know at all, if it asks for OpenID (`openid`).
+
+    Without `openid` it is plain OAuth: an unknown scope stays, to be invalid_scope (RFC 6749
+    §3.3). A scope we know but the client may not have is invalid_scope either way.
+    """
+    values = (scope or "").split()
+    if "openid" not in values:
+        return scope
+    # OIDC Core §3.1.2.1: "Scope values used that are not understood ... SHOULD be ignored."
+    kept = [value for value in values if value in _KNOWN_SCOPES]
+    return scope if len(kept) == len(values) else " ".join(kept)
+
+
+def with_understood_scope(parameters: MultiDict[str, str]) -> MultiDict[str, str]:
+    """An authorization request's parameters, its scope as understood_scope leaves it."""
+    scopes = parameters.getlist("scope")
+    if len(scopes) != 1:  # none, or repeated and refused as such
+        return parameters
+    understood = understood_scope(scopes[0])
+    if understood == scopes[0]:
+        return parameters
+    narrowed = parameters.copy()
+    narrowed.setlist("scope", [understood or ""])
+    return narrowed
 
 
 def _value(datalist: Mapping[str, Sequence[str]], name: str) -> str | None:
