@@ -160,6 +160,19 @@ def _schema_error(exc: DBAPIError) -> Response:
     )
 
 
+def _keys_sealed(exc: Exception) -> Response:
+    # A wrong TOKENSERVER_KEY_ENCRYPTION_KEY (one missed by the start-up check, or keys
+    # rewrapped under a key this node lacks): an outage to fix in the configuration, not a bug.
+    # The message names the variable, never its value.
+    log.error("signing key cannot be opened: %s", exc)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The signing keys cannot be opened; try again shortly.",
+        {"Retry-After": "30"},
+    )
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error (request id %s)", g.get("request_id", "-"))
     return error_response(500, "server_error", "An unexpected error occurred.")
@@ -173,6 +186,9 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
+    from .keywrap import KeyEncryptionError  # not at the top: keywrap imports APIError
+
+    app.register_error_handler(KeyEncryptionError, _keys_sealed)
     app.register_error_handler(Exception, _unexpected)
 
 
