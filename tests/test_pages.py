@@ -278,6 +278,20 @@ def test_sign_out_everywhere_ends_this_session_too(flow: Flow) -> None:
     assert flow.client.get("/account").status_code == 303
 
 
+@pytest.mark.parametrize(("module", "name"), _SIGN_OUT_STEPS, ids=_STEP_IDS)
+def test_sign_out_everywhere_that_fails_part_way_changes_nothing(
+    flow: Flow, monkeypatch: pytest.MonkeyPatch, module: Any, name: str
+) -> None:
+    bearer = _signed_in_with_tokens(flow)
+    token = csrf_of(flow.client.get("/account").text)
+    _fail(monkeypatch, module, name)
+    response = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
+    assert response.status_code == 503
+    monkeypatch.undo()
+    assert flow.client.get("/account").status_code == 200  # still signed in here
+    assert flow.client.get("/oauth/userinfo", headers=bearer).status_code == 200
+
+
 def _id_token(flow: Flow, username: str = "alice") -> tuple[str, str]:
     client_id, secret = flow.register(first_party=True)
     flow.login(username=username)
