@@ -11,6 +11,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from .observability import Tracebacks, one_line
+
 log = logging.getLogger(__name__)
 
 # Kept in the WSGI environ, not on g: g is shared by requests made in an app context already
@@ -123,8 +125,20 @@ def _http_error(exc: HTTPException) -> Response | WerkzeugResponse:
     return error_response(status, error, exc.description or exc.name, headers)
 
 
+_tracebacks = Tracebacks()
+
+
 def _database_error(exc: DBAPIError) -> Response:
-    log.error("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+    # One line per failed request; the traceback at most once a minute (an outage fails every
+    # request alike, and kilobytes each would flood the log).
+    log.warning(
+        "database unavailable: %s (%s %s, request id %s)",
+        one_line(exc),
+        request.method,
+        request.url_rule.rule if request.url_rule else "<unmatched>",
+        g.get("request_id", "-"),
+        exc_info=exc if _tracebacks.due() else None,
+    )
     return error_response(
         503,
         "service_unavailable",
