@@ -383,6 +383,17 @@ def test_db_upgrade_of_a_missing_postgresql_database_is_one_line() -> None:
     assert "does not exist" in line or "connection" in line
 
 
+@pytest.mark.parametrize("command", [["current"], ["downgrade"], ["stamp", "head"]])
+def test_db_commands_on_an_unreachable_database_are_one_line(command: list[str]) -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    result = _tokenserver("db", *command, TOKENSERVER_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert line.startswith("Error: database error: ")
+    assert len(result.stderr.strip().splitlines()) <= 2  # and the unset-key warning, if any
+
+
 def test_an_unknown_setting_gets_one_warning_naming_the_closest(tmp_path: Path) -> None:
     result = _tokenserver(
         "users",
