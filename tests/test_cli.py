@@ -211,6 +211,19 @@ def test_clients_create_refuses_bad_options(runner: FlaskCliRunner) -> None:
     assert public_cc.exit_code != 0
 
 
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "two\nlines", "tab\there", "nul\x00"])
+def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, name: str) -> None:
+    result = runner.invoke(args=["clients", "create", name])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "name" in line.lower()
+    assert runner.invoke(args=["clients", "list"]).output.strip() == ""
+
+
+def test_clients_create_takes_a_name_of_200_characters(runner: FlaskCliRunner) -> None:
+    assert runner.invoke(args=["clients", "create", "é" * 200]).exit_code == 0
+
+
 def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
     made = json.loads(runner.invoke(args=["clients", "create", "web", "--json"]).output)
     listed = runner.invoke(args=["clients", "list"]).output

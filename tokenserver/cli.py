@@ -191,6 +191,8 @@ def clients_create(
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
+    if not name.strip():
+        raise click.ClickException("NAME: must not be empty (the name users see on consent)")
     if jwks_file is not None and jwks_uri is not None:
         raise click.UsageError("give --jwks-file or --jwks-uri, not both")
     jwks = None
