@@ -10,14 +10,19 @@ from tokenserver.keywrap import check_at_startup
 from tokenserver.worker_memory import release_freed_heap
 
 
+def _refuse(exc: ConfigError) -> None:
+    """Stop start-up with one line naming the bad variable, never a traceback."""
+    sys.stderr.write(f"Error: {exc}\n")
+    sys.exit(2)
+
+
 # Fail before forking workers, with one line naming the bad variable (or the key that does
 # not open the signing keys); a warning, if any, is logged once gunicorn's logger is up.
 try:
     _SETTINGS = Settings.from_env()
     _STARTUP_WARNING = check_at_startup(_SETTINGS)
 except ConfigError as exc:
-    sys.stderr.write(f"Error: {exc}\n")
-    sys.exit(2)
+    _refuse(exc)
 for _line in unknown_variables():
     sys.stderr.write(_line + "\n")
 
@@ -45,6 +50,10 @@ worker_connections = 1000
 # Once the settings are known good (a refused start leaves nothing behind), and before the
 # workers (forked from here) import prometheus_client: they all write their metrics here.
 METRICS_DIR = metric_files.choose_directory()
+try:
+    metric_files.check(METRICS_DIR)
+except ConfigError as exc:
+    _refuse(exc)
 # Bounds on what a web worker's PostgreSQL session may do, so a stuck statement or an abandoned
 # transaction answers 503 long before `timeout` below kills the worker. Only the server gets
 # them (migrations may run longer). libpq reads PGOPTIONS: set it yourself to choose others,

@@ -211,6 +211,19 @@ def test_clients_create_refuses_bad_options(runner: FlaskCliRunner) -> None:
     assert public_cc.exit_code != 0
 
 
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "two\nlines", "tab\there", "nul\x00"])
+def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, name: str) -> None:
+    result = runner.invoke(args=["clients", "create", name])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "name" in line.lower()
+    assert runner.invoke(args=["clients", "list"]).output.strip() == ""
+
+
+def test_clients_create_takes_a_name_of_200_characters(runner: FlaskCliRunner) -> None:
+    assert runner.invoke(args=["clients", "create", "é" * 200]).exit_code == 0
+
+
 def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
     made = json.loads(runner.invoke(args=["clients", "create", "web", "--json"]).output)
     listed = runner.invoke(args=["clients", "list"]).output
@@ -381,6 +394,17 @@ def test_db_upgrade_of_a_missing_postgresql_database_is_one_line() -> None:
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert "does not exist" in line or "connection" in line
+
+
+@pytest.mark.parametrize("command", [["current"], ["downgrade"], ["stamp", "head"]])
+def test_db_commands_on_an_unreachable_database_are_one_line(command: list[str]) -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    result = _tokenserver("db", *command, TOKENSERVER_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert line.startswith("Error: database error: ")
+    assert len(result.stderr.strip().splitlines()) <= 2  # and the unset-key warning, if any
 
 
 def test_an_unknown_setting_gets_one_warning_naming_the_closest(tmp_path: Path) -> None:

@@ -281,3 +281,13 @@ def test_gunicorn_refuses_a_bad_port_with_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "Error: PORT='eighty' is not valid: expected a TCP port from 1 to 65535"
     ]
+
+
+def test_gunicorn_refuses_an_unusable_metrics_directory_with_one_line() -> None:
+    result = _run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        {"PROMETHEUS_MULTIPROC_DIR": "/proc/nope", "PORT": "1"},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: PROMETHEUS_MULTIPROC_DIR='/proc/nope' ")

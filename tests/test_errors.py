@@ -141,3 +141,23 @@ def test_waits_are_said_in_good_grammar(wait: int, words: str) -> None:
     from tokenserver.guard import Throttled
 
     assert str(Throttled(wait)).endswith(f"retry after {words}")
+
+
+def test_a_database_outage_logs_one_line_per_request_and_few_tracebacks(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    client = app.test_client()
+    caplog.set_level("WARNING")
+    for n in range(50):
+        response = client.get("/.well-known/jwks.json", headers={"X-Request-ID": f"req-{n}"})
+        _assert_json_error(response, 503, "service_unavailable")
+    lines = [r for r in caplog.records if r.name == "tokenserver.errors"]
+    assert len(lines) == 50
+    assert all(r.levelname == "WARNING" for r in lines)
+    assert sum(1 for r in lines if r.exc_info) <= 1  # the cause on record, once a minute
+    for n, record in enumerate(lines):
+        message = record.getMessage()
+        assert "\n" not in message and len(message) < 400
+        assert "OperationalError" in message and "/.well-known/jwks.json" in message
+        assert f"req-{n}" in message

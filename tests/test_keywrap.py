@@ -96,6 +96,34 @@ def test_a_wrong_or_missing_key_stops_start_up_with_one_line(app_with: Any) -> N
         assert "\n" not in message
 
 
+def test_keys_sealed_under_another_key_answer_503_and_fail_readiness(
+    app_with: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The start-up check passed (nothing stored yet, or the database was down at boot); then
+    # keys were written, or rewrapped, under a key-encryption key this node lacks.
+    app = app_with(NEW)
+    app_with(OLD).extensions["tokenserver.keyring"].signing_key()
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client("alice-app")
+    caplog.set_level("ERROR", logger="tokenserver.errors")
+    for _ in range(3):
+        response = actions.token(oauth_client)
+        assert response.status_code == 503, response.json
+        assert response.json["error"] == "service_unavailable"
+        assert response.headers["Retry-After"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "tokenserver.errors"]
+    assert lines and all("TOKENSERVER_KEY_ENCRYPTION_KEY" in line for line in lines)
+    assert not any(r.exc_info for r in caplog.records)
+    assert b64(OLD) not in caplog.text and b64(NEW) not in caplog.text
+    jwks = actions.client.get("/.well-known/jwks.json")
+    assert jwks.status_code == 200  # the public keys are stored in the clear
+    assert [key["kid"] for key in jwks.json["keys"]] == list(stored_keys(app))
+    ready = actions.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["reason"] == "signing key cannot be opened"
+
+
 def test_rewrap_moves_every_key_to_the_new_key_encryption_key(app_with: Any) -> None:
     first = app_with(OLD)
     first.extensions["tokenserver.keyring"].signing_key()

@@ -244,3 +244,20 @@ def test_two_gunicorn_workers_share_limits_in_redis(
     # Per-worker counts would let 4 through; one count in Redis lets exactly 3.
     assert statuses.count(201) == 3
     assert statuses.count(429) == 1
+
+
+def test_a_redis_outage_logs_one_line_per_failure_and_few_tracebacks(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _limited(make_app, ratelimit_storage_uri="redis://127.0.0.1:1/0")
+    with app.app_context():
+        current_keyring().signing_key()
+    client = app.test_client()
+    caplog.set_level("WARNING")
+    for _ in range(50):
+        assert client.get("/.well-known/jwks.json").status_code == 200  # limits lift, no more
+    lines = [r for r in caplog.records if r.name == "flask-limiter"]
+    assert len(lines) >= 50
+    assert sum(1 for r in lines if r.exc_info) <= 1
+    assert all("\n" not in r.getMessage() for r in lines)
+    assert any("ConnectionError" in r.getMessage() for r in lines)

@@ -12,6 +12,10 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy.exc import OperationalError
+
+from tokenserver.store import sessions as store_sessions
+from tokenserver.store import tokens as store_tokens
 
 from .conftest import PASSWORD, Actions
 from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
@@ -175,6 +179,40 @@ def test_a_disabled_user_loses_the_browser_session(flow: Flow, runner: FlaskCliR
     assert flow.client.get("/account").status_code == 303  # the session stays dead
 
 
+# The steps of a sign-out: whichever fails, as a lost database connection would, the others
+# must not stand alone (a session left alive, that `users enable` would bring back).
+_SIGN_OUT_STEPS = [(store_sessions, "end"), (store_tokens, "revoke_logins")]
+_STEP_IDS = ["sessions.end", "tokens.revoke_logins"]
+
+
+def _fail(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+    def lost(*_args: Any, **_kwargs: Any) -> int:
+        raise OperationalError("UPDATE", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(module, name, lost)
+
+
+def _signed_in_with_tokens(flow: Flow) -> dict[str, str]:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    body = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    return Actions.bearer(body["access_token"])
+
+
+@pytest.mark.parametrize(("module", "name"), _SIGN_OUT_STEPS, ids=_STEP_IDS)
+def test_disabling_a_user_that_fails_part_way_changes_nothing(
+    flow: Flow, runner: FlaskCliRunner, monkeypatch: pytest.MonkeyPatch, module: Any, name: str
+) -> None:
+    bearer = _signed_in_with_tokens(flow)
+    _fail(monkeypatch, module, name)
+    result = runner.invoke(args=["users", "disable", "alice"])
+    assert result.exit_code != 0
+    monkeypatch.undo()
+    assert flow.client.get("/account").status_code == 200  # the session was not ended alone
+    assert flow.client.get("/oauth/userinfo", headers=bearer).status_code == 200  # not disabled
+
+
 def test_account_lists_apps_and_sessions_and_signs_them_out(flow: Flow) -> None:
     client_id, secret = flow.register(first_party=True, name="Photo App")
     flow.login()
@@ -238,6 +276,20 @@ def test_sign_out_everywhere_ends_this_session_too(flow: Flow) -> None:
     response = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
     assert response.status_code == 303
     assert flow.client.get("/account").status_code == 303
+
+
+@pytest.mark.parametrize(("module", "name"), _SIGN_OUT_STEPS, ids=_STEP_IDS)
+def test_sign_out_everywhere_that_fails_part_way_changes_nothing(
+    flow: Flow, monkeypatch: pytest.MonkeyPatch, module: Any, name: str
+) -> None:
+    bearer = _signed_in_with_tokens(flow)
+    token = csrf_of(flow.client.get("/account").text)
+    _fail(monkeypatch, module, name)
+    response = flow.client.post("/account/sign-out-everywhere", data={"csrf_token": token})
+    assert response.status_code == 503
+    monkeypatch.undo()
+    assert flow.client.get("/account").status_code == 200  # still signed in here
+    assert flow.client.get("/oauth/userinfo", headers=bearer).status_code == 200
 
 
 def _id_token(flow: Flow, username: str = "alice") -> tuple[str, str]:

@@ -248,12 +248,12 @@ def _password_field(field: str, value: object) -> str:
 def set_disabled(username: str, disabled: bool) -> Subject:
     """Disable or enable an account; a disabled user's tokens stop working at once, for good."""
     user = get(username)
+    # One transaction: a failure part-way must not leave a session that enabling brings back.
     with transaction() as tx:
         user = users.set_disabled(user.id, disabled, tx)
         if disabled:
+            sessions.end(user.id, tx=tx)  # out of our pages too (first: see sessions.end)
             tokens.revoke_logins(user.id, tx=tx)  # so enabling again brings none of them back
-    if disabled:
-        sessions.end(user.id)  # signed out of our pages too, and they stay ended
     audit.event(
         "user.disabled" if disabled else "user.enabled", user_id=user.id, username=user.username
     )

@@ -191,6 +191,8 @@ def clients_create(
     as_json: bool,
 ) -> None:
     """Register client NAME and print its id and (once only) its secret."""
+    if not name.strip():
+        raise click.ClickException("NAME: must not be empty (the name users see on consent)")
     if jwks_file is not None and jwks_uri is not None:
         raise click.UsageError("give --jwks-file or --jwks-uri, not both")
     jwks = None
@@ -501,18 +503,28 @@ class _OperatorGroup(FlaskGroup):
 
 
 def _for_operators(db_group: click.Group) -> None:
-    """Hide Flask-Migrate's developer commands and options; give `upgrade` one-line errors."""
+    """Hide Flask-Migrate's developer commands and options; give every `db` command one-line
+    errors (a database that does not answer is one line and status 1, never a traceback)."""
     db_group.help = "Create or migrate the database schema."
     for param in db_group.params:
         param.hidden = True  # type: ignore[attr-defined]
     for name, sub in db_group.commands.items():
         sub.hidden = name not in _OPERATOR_DB_COMMANDS
-    upgrade = db_group.commands.get("upgrade")
-    if upgrade is not None and upgrade.callback and not hasattr(upgrade.callback, "one_line"):
-        upgrade.callback = _upgrade_errors(upgrade.callback)
-        upgrade.help = "Create the schema, or migrate it to the newest version."
-        for param in upgrade.params:
-            param.hidden = True  # type: ignore[attr-defined]
+        if sub.callback is None or hasattr(sub.callback, "one_line"):
+            continue  # already wrapped: the group is looked up once per command run
+        if name == "upgrade":
+            sub.callback = _upgrade_errors(sub.callback)
+            sub.help = "Create the schema, or migrate it to the newest version."
+            for param in sub.params:
+                param.hidden = True  # type: ignore[attr-defined]
+        else:
+            sub.callback = _marked(_one_line_errors(sub.callback))
+
+
+def _marked(f: F) -> F:
+    """`f`, marked as wrapped for one-line errors (so it is not wrapped twice)."""
+    f.one_line = True  # type: ignore[attr-defined]
+    return f
 
 
 def _upgrade_errors(f: F) -> F:
@@ -532,8 +544,7 @@ def _upgrade_errors(f: F) -> F:
                 )
         return _one_line_errors(f)(*args, **kwargs)
 
-    wrapper.one_line = True  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    return _marked(wrapper)  # type: ignore[return-value]
 
 
 def command_group(create_app: Callable[[], Flask]) -> FlaskGroup:

@@ -51,6 +51,7 @@ class InvalidRedirectURI(InvalidClientMetadata):
 
 
 _MAX_JWKS_URI_LENGTH = 2048  # the column's width
+_MAX_NAME_LENGTH = 200  # shown on the consent page and in `clients list`
 _CHANGE_CALLBACKS = "tokenserver.client_change_callbacks"  # app.extensions key, see on_change
 
 
@@ -269,6 +270,11 @@ def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], 
 
     Raises InvalidClientMetadata (InvalidRedirectURI for a redirect URI) naming the field.
     """
+    # No control characters: a newline in a name would split a row of `clients list`.
+    if len(spec.name) > _MAX_NAME_LENGTH or not spec.name.isprintable():
+        raise InvalidClientMetadata(
+            f"client_name: at most {_MAX_NAME_LENGTH} characters, none of them control characters"
+        )
     grants = list(dict.fromkeys(spec.grants or _default_grants(spec)))
     keyed = spec.jwks is not None or spec.jwks_uri is not None
     if spec.jwks is not None and spec.jwks_uri is not None:

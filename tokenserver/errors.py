@@ -11,6 +11,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from .observability import Tracebacks, one_line
+
 log = logging.getLogger(__name__)
 
 # Kept in the WSGI environ, not on g: g is shared by requests made in an app context already
@@ -123,8 +125,20 @@ def _http_error(exc: HTTPException) -> Response | WerkzeugResponse:
     return error_response(status, error, exc.description or exc.name, headers)
 
 
+_tracebacks = Tracebacks()
+
+
 def _database_error(exc: DBAPIError) -> Response:
-    log.error("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+    # One line per failed request; the traceback at most once a minute (an outage fails every
+    # request alike, and kilobytes each would flood the log).
+    log.warning(
+        "database unavailable: %s (%s %s, request id %s)",
+        one_line(exc),
+        request.method,
+        request.url_rule.rule if request.url_rule else "<unmatched>",
+        g.get("request_id", "-"),
+        exc_info=exc if _tracebacks.due() else None,
+    )
     return error_response(
         503,
         "service_unavailable",
@@ -160,6 +174,19 @@ def _schema_error(exc: DBAPIError) -> Response:
     )
 
 
+def _keys_sealed(exc: Exception) -> Response:
+    # A wrong TOKENSERVER_KEY_ENCRYPTION_KEY (one missed by the start-up check, or keys
+    # rewrapped under a key this node lacks): an outage to fix in the configuration, not a bug.
+    # The message names the variable, never its value.
+    log.error("signing key cannot be opened: %s", exc)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The signing keys cannot be opened; try again shortly.",
+        {"Retry-After": "30"},
+    )
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error (request id %s)", g.get("request_id", "-"))
     return error_response(500, "server_error", "An unexpected error occurred.")
@@ -173,6 +200,9 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
+    from .keywrap import KeyEncryptionError  # not at the top: keywrap imports APIError
+
+    app.register_error_handler(KeyEncryptionError, _keys_sealed)
     app.register_error_handler(Exception, _unexpected)
 
 

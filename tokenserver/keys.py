@@ -7,6 +7,7 @@ that time pass promotes it, in one transaction; the database's unique index keep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from sqlalchemy.exc import NoResultFound
 
 from . import audit
 from .errors import APIError, NotFound
-from .keywrap import KeyWrapper
+from .keywrap import KeyEncryptionError, KeyWrapper
 from .models import isoformat, utcnow
 from .store import keys as stored
 from .store import tokens as token_records
@@ -175,10 +176,16 @@ class KeyRing:
         # Private parts parsed so far, of the next and current keys only: others have none.
         self._private: dict[str, RSAKey] = {}
         self._public: list[dict[str, Any]] = []
+        # Why the current key's private part would not open at the last load (a wrong
+        # TOKENSERVER_KEY_ENCRYPTION_KEY), cached like the keys: retried on the next load.
+        self._sealed: str | None = None
 
     def signing_key(self) -> RSAKey:
-        """The key new tokens are signed with, creating the first one if there is none."""
+        """The key new tokens are signed with, creating the first one if there is none;
+        KeyEncryptionError while the configured key-encryption keys cannot open it."""
         self._refresh_if_stale()
+        if self._sealed is not None:
+            raise KeyEncryptionError(self._sealed)
         if self._current is None:
             with self._lock:
                 if self._current is None:
@@ -226,8 +233,17 @@ class KeyRing:
 
     def jwks(self) -> dict[str, object]:
         """The RFC 7517 key set: the next key, the current one and still-useful retired ones."""
-        self.signing_key()  # publish a key before the first token needs one: never an empty set
+        # Publish a key before the first token needs one (never an empty set). Public keys are
+        # stored in the clear: verifiers get them even when the private part will not open.
+        with contextlib.suppress(KeyEncryptionError):
+            self.signing_key()
         return {"keys": list(self._public)}
+
+    def unopenable(self) -> str | None:
+        """Why the current signing key cannot be opened, or None: from the cache, reloaded
+        at most every cache_seconds, so a readiness probe may ask on every call."""
+        self._refresh_if_stale()
+        return self._sealed
 
     def key_set(self) -> KeySet:
         """Just the current signing key, as the token generator wants it."""
@@ -257,8 +273,12 @@ class KeyRing:
         states = {row.kid: row.state for row in rows}
         private = {k: v for k, v in self._private.items() if states.get(k) in (CURRENT, NEXT)}
         current = private.get(current_kid) if current_kid is not None else None
+        sealed = None
         if current is None and current_kid is not None:
-            current = private[current_kid] = self._private_key(current_kid)
+            try:
+                current = private[current_kid] = self._private_key(current_kid)
+            except KeyEncryptionError as exc:
+                sealed = str(exc)  # kept, so each request does not query and fail again
         # Verifying needs only public keys; the private part is parsed for the current key alone.
         self._public = [json.loads(row.public_jwk) for row in rows]
         self._keys = {
@@ -269,6 +289,7 @@ class KeyRing:
         self._private = private
         self._next_kid = next((row.kid for row in rows if row.state == NEXT), None)
         self._current = current
+        self._sealed = sealed
         self._loaded_at = time.monotonic()
 
     def _select(self) -> list[stored.Published]:

@@ -47,6 +47,20 @@ def choose_directory() -> str:
     return chosen
 
 
+def check(path: str) -> None:
+    """Refuse a directory the master cannot make or write to, with one line naming the
+    variable (ConfigError), before gunicorn starts rather than as a traceback once it has."""
+    from .config import ConfigError
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with _locked(path, fcntl.LOCK_SH):
+            pass  # the lock file is made, so the directory takes the workers' files too
+    except OSError as exc:
+        problem = exc.strerror or exc.__class__.__name__
+        raise ConfigError(f"{ENV}={path!r} is not a directory we can write to: {problem}") from None
+
+
 def reset(path: str) -> None:
     """Start counting from zero: delete every metric file a previous master left behind."""
     folder = Path(path)

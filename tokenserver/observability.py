@@ -7,6 +7,8 @@ import logging
 import re
 import secrets
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 from flask import Flask, Response, g, has_request_context, request
@@ -54,6 +56,50 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Tracebacks:
+    """Whether a failure's full traceback is due: at most one per `interval` seconds per
+    process. In an outage every request fails alike; one traceback a minute keeps the cause on
+    record without a log storm of kilobytes per request."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self._interval = interval
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        """True at most once per interval (and the first time)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self._interval:
+                return False
+            self._last = now
+            return True
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception in one short line: its class and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class TracebacksOncePerMinute(logging.Filter):
+    """For a library logger that logs a traceback per request in an outage (flask-limiter,
+    when its Redis is down): each line stays, naming the exception; its traceback only when due.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracebacks = Tracebacks()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not self._tracebacks.due():
+            record.msg = f"{record.getMessage()} ({one_line(exc)})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging() -> None:
     """Send every logger's lines to stderr as JSON (once per process); ours from INFO up."""
     root = logging.getLogger()
@@ -67,6 +113,9 @@ def configure_logging() -> None:
     logging.getLogger("tokenserver").setLevel(logging.INFO)
     # Authlib logs every token response it issues at DEBUG: never, whatever the root's level.
     logging.getLogger("authlib").setLevel(logging.INFO)
+    limiter = logging.getLogger("flask-limiter")
+    if not any(isinstance(f, TracebacksOncePerMinute) for f in limiter.filters):
+        limiter.addFilter(TracebacksOncePerMinute())
 
 
 def _assign_request_id() -> None:

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import schema_missing
+from .keys import current_keyring
 from .store import schema
 
 # The newest revision in migrations/versions: a constant, so that serving never loads alembic.
@@ -23,7 +24,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: the database answers and its schema is at the migrations' head."""
+    """Ready: the database answers, its schema is at the migrations' head, and the current
+    signing key opens under the configured key-encryption keys."""
     try:
         current = schema.version()
     except DBAPIError as exc:
@@ -33,4 +35,10 @@ def readyz() -> tuple[Response, int]:
         return jsonify(status="unavailable", reason="database unreachable"), 503
     if current != SCHEMA_HEAD:
         return jsonify(status="unavailable", reason="schema is not at head"), 503
+    try:
+        sealed = current_keyring().unopenable()  # cached: a query at most every cache_seconds
+    except SQLAlchemyError:
+        return jsonify(status="unavailable", reason="database unreachable"), 503
+    if sealed is not None:
+        return jsonify(status="unavailable", reason="signing key cannot be opened"), 503
     return jsonify(status="ok", schema=current), 200

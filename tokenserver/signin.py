@@ -95,9 +95,11 @@ def sign_out_app(session: Session, client_id: str) -> None:
 
 
 def sign_out_everywhere(session: Session) -> None:
-    """End every browser session of the user and revoke every token they hold."""
-    sessions.end(session.user.id)
-    tokens.revoke_logins(session.user.id)
+    """End every browser session of the user and revoke every token they hold, together: a
+    failure part-way must not leave tokens alive behind a page that said they were ended."""
+    with transaction() as tx:
+        sessions.end(session.user.id, tx=tx)  # first: see sessions.end
+        tokens.revoke_logins(session.user.id, tx=tx)
     audit.event("user.signed_out_everywhere", user_id=session.user.id)
 
 

@@ -58,8 +58,6 @@ def requested(document: Any) -> dict[str, Any]:
             if not isinstance(document[flag], bool):
                 raise InvalidClientMetadata(f"{flag}: must be true or false")
             metadata[flag] = document[flag]
-    if len(metadata.get("client_name", "")) > 200:
-        raise InvalidClientMetadata("client_name: at most 200 characters")
     return metadata
 
 

@@ -35,6 +35,8 @@ def _page(
         (429, "Too many attempts; see Retry-After"),
     ):
         responses.setdefault(str(status), _html(text))
+    # A page that reaches a failing database gets the API's JSON 503, as every route does.
+    responses.setdefault("503", ref("responses", "Unavailable"))
     return {
         "operationId": op_id,
         "summary": summary,
