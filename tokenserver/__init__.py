@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
         users,
     )
     from .keys import KeyRing
-    from .keywrap import KeyWrapper
+    from .keywrap import KeyEncryptionError, KeyWrapper
     from .oauth import init_oauth
     from .passwords import Passwords
     from .store import replay
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     app.extensions["tokenserver.keywrap"] = wrapper
 
     errors.register_error_handlers(app)
+    app.register_error_handler(KeyEncryptionError, errors.keys_sealed)  # keywrap imports errors
     observability.init_app(app)
     security.init_app(app)
     cors.init_app(app)

@@ -174,7 +174,8 @@ def _schema_error(exc: DBAPIError) -> Response:
     )
 
 
-def _keys_sealed(exc: Exception) -> Response:
+def keys_sealed(exc: Exception) -> Response:
+    """The answer while the signing keys cannot be opened (keywrap.KeyEncryptionError)."""
     # A wrong TOKENSERVER_KEY_ENCRYPTION_KEY (one missed by the start-up check, or keys
     # rewrapped under a key this node lacks): an outage to fix in the configuration, not a bug.
     # The message names the variable, never its value.
@@ -200,9 +201,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
-    from .keywrap import KeyEncryptionError  # not at the top: keywrap imports APIError
-
-    app.register_error_handler(KeyEncryptionError, _keys_sealed)
     app.register_error_handler(Exception, _unexpected)
 
 
