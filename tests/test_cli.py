@@ -211,7 +211,9 @@ def test_clients_create_refuses_bad_options(runner: FlaskCliRunner) -> None:
     assert public_cc.exit_code != 0
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "two\nlines", "tab\there", "nul\x00"])
+@pytest.mark.parametrize(
+    "name", ["", "   ", "x" * 201, "two\nlines", "tab\there", "nul\x00", "evil\u202etxt.exe"]
+)
 def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, name: str) -> None:
     result = runner.invoke(args=["clients", "create", name])
     assert result.exit_code == 1, result.output
@@ -222,6 +224,17 @@ def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, n
 
 def test_clients_create_takes_a_name_of_200_characters(runner: FlaskCliRunner) -> None:
     assert runner.invoke(args=["clients", "create", "é" * 200]).exit_code == 0
+
+
+def test_clients_create_takes_a_name_with_unicode_spaces_and_joiners(
+    runner: FlaskCliRunner,
+) -> None:
+    assert (
+        runner.invoke(
+            args=["clients", "create", "写真\u3000アプリ \U0001f468\u200d\U0001f4bb"]
+        ).exit_code
+        == 0
+    )
 
 
 def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:

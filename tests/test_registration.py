@@ -206,6 +206,7 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"scope": 7}, "invalid_client_metadata", "scope"),
         ({"client_name": "x" * 201}, "invalid_client_metadata", "client_name"),
         ({"client_name": "bad\nname"}, "invalid_client_metadata", "client_name"),
+        ({"client_name": "Photo \u202eppA"}, "invalid_client_metadata", "client_name"),
         # RFC 9449 §5.2: a JSON boolean, nothing that merely reads as one.
         ({"dpop_bound_access_tokens": "true"}, "invalid_client_metadata", "dpop_bound"),
         ({"dpop_bound_access_tokens": 1}, "invalid_client_metadata", "dpop_bound"),
@@ -921,3 +922,21 @@ def test_failed_registration_requests_are_limited_per_ip(make_app: Any) -> None:
         environ_base={"REMOTE_ADDR": "198.51.100.7"},
     )
     assert other.status_code == 201  # another address has its own budget
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\U0001f468\u200d\U0001f4bb Dev Tools",
+        "写真\u3000アプリ",
+        "Photo\u00a0App",
+        "עברית\u200fApp",
+    ],
+)
+def test_a_name_may_hold_any_unicode_but_controls(
+    client: FlaskClient, runner: FlaskCliRunner, name: str
+) -> None:
+    # An emoji's joiner, an ideographic or no-break space, a right-to-left mark: a name's own.
+    response = register(client, initial_token(runner), **{**WEB_APP, "client_name": name})
+    assert response.status_code == 201, response.json
+    assert response.json["client_name"] == name

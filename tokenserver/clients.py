@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +53,8 @@ class InvalidRedirectURI(InvalidClientMetadata):
 
 _MAX_JWKS_URI_LENGTH = 2048  # the column's width
 _MAX_NAME_LENGTH = 200  # shown on the consent page and in `clients list`
+# Bidirectional embeddings, overrides and isolates: they would let a name read as another.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _CHANGE_CALLBACKS = "tokenserver.client_change_callbacks"  # app.extensions key, see on_change
 
 
@@ -264,14 +267,20 @@ def _stored(client_id: str) -> Client:
     return client
 
 
+def readable_name(name: str) -> bool:
+    """Whether a client's name has no control characters (a newline would split a row of
+    `clients list`) and no bidirectional controls; any other Unicode (a no-break or ideographic
+    space, an emoji's joiner, a right-to-left mark) is a name's own."""
+    return not any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in name)
+
+
 def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], bool]:
     """The columns of client `client_id` made from `spec`, and whether it authenticates by
     secret.
 
     Raises InvalidClientMetadata (InvalidRedirectURI for a redirect URI) naming the field.
     """
-    # No control characters: a newline in a name would split a row of `clients list`.
-    if len(spec.name) > _MAX_NAME_LENGTH or not spec.name.isprintable():
+    if len(spec.name) > _MAX_NAME_LENGTH or not readable_name(spec.name):
         raise InvalidClientMetadata(
             f"client_name: at most {_MAX_NAME_LENGTH} characters, none of them control characters"
         )

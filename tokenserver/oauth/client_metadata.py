@@ -36,7 +36,10 @@ def requested(document: Any) -> dict[str, Any]:
         value = document.get(name)
         if value is None:
             continue
-        if not isinstance(value, str) or not value.isprintable():
+        if not isinstance(value, str):
+            raise InvalidClientMetadata(f"{name}: must be a string")
+        # A name may hold any Unicode but controls (clients.readable_name checks it).
+        if name != "client_name" and not value.isprintable():
             raise InvalidClientMetadata(f"{name}: must be a string of printable characters")
         metadata[name] = value
     for name in _LISTS:
