@@ -248,6 +248,25 @@ def test_a_forced_sign_in_then_consent_issues_a_code(flow: Flow) -> None:
     assert "code" in query_of(flow.consent(consent).headers["Location"])
 
 
+def test_the_consent_page_gets_its_own_minutes_after_a_slow_forced_sign_in(flow: Flow) -> None:
+    # Four minutes on the login form, then two on the consent page: six minutes from the
+    # request, but the stamp the consent page carries counts from the sign-in.
+    client_id, _secret = flow.register()
+    flow.login()
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False):
+        back = _way_back(flow, client_id, prompt="login")
+    with time_machine.travel(start + timedelta(minutes=4), tick=False):
+        flow.login(next=back)
+        consent = flow.client.get(back).headers["Location"]
+        assert consent.startswith("/consent?")
+    with time_machine.travel(start + timedelta(minutes=6), tick=False):
+        assert "code" in query_of(flow.consent(consent).headers["Location"])
+    # Its window is five minutes from the sign-in, as the login form's is from the request.
+    with time_machine.travel(start + timedelta(minutes=10), tick=False):
+        assert flow.client.get(consent).headers["Location"].startswith("/login?")
+
+
 def _tampered(back: str, how: str) -> str:
     path, _, query = back.partition("?")
     params = [(k, v) for k, v in parse_qsl(query) if how != "missing" or k != "login_after"]

@@ -43,9 +43,17 @@ def way_back(parameters: MultiDict[str, str]) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER]
     if not forces_sign_in(parameters):
         return kept
-    micros = _micros(utcnow())
-    key = current_keyring().newest_private_key()
-    return [*kept, (PARAMETER, f"{micros}.{_mac(key, micros, kept)}.{key.kid}")]
+    return _stamped(kept, utcnow())
+
+
+def from_sign_in(parameters: MultiDict[str, str], auth_time: datetime) -> list[tuple[str, str]]:
+    """The parameters for /consent after a sign-in that met the request's stamp: stamped with
+    that sign-in instead, so the stamp's lifetime runs from it, not from the trip to /login
+    (the sign-in still meets the request: it is not before its own time)."""
+    stamped = since(parameters)
+    if stamped is None or auth_time < stamped:
+        return list(parameters.items(multi=True))
+    return _stamped([(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER], auth_time)
 
 
 def since(parameters: MultiDict[str, str]) -> datetime | None:
@@ -66,6 +74,12 @@ def since(parameters: MultiDict[str, str]) -> datetime | None:
     if utcnow() - stamped > timedelta(seconds=LIFETIME):
         return None  # an old stamp would let a sign-in long after the request count for it
     return stamped
+
+
+def _stamped(parameters: list[tuple[str, str]], moment: datetime) -> list[tuple[str, str]]:
+    micros = _micros(moment)
+    key = current_keyring().newest_private_key()
+    return [*parameters, (PARAMETER, f"{micros}.{_mac(key, micros, parameters)}.{key.kid}")]
 
 
 def _micros(moment: datetime) -> int:

@@ -148,7 +148,11 @@ def authorize_endpoint() -> Response:
     if step is Next.LOGIN:
         return _to_login(sent, status)
     if step is Next.CONSENT:
-        return redirect("/consent?" + _query(sent.onward), status)
+        assert signed_in is not None
+        if sent.pushed is not None:
+            return redirect("/consent?" + _query(sent.onward), status)
+        onward = freshness.from_sign_in(sent.parameters, signed_in.auth_time)
+        return redirect("/consent?" + urlencode(onward), status)
     assert signed_in is not None
     sent.answer()
     return redirect(authorize.issue_code(authorization, signed_in), status)
