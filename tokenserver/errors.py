@@ -129,9 +129,9 @@ _tracebacks = Tracebacks()
 
 
 def _database_error(exc: DBAPIError) -> Response:
-    # One line per failed request; the traceback at most once a minute (an outage fails every
-    # request alike, and kilobytes each would flood the log).
-    log.warning(
+    # One line per failed request, at the level alerts watch; the traceback at most once a
+    # minute (an outage fails every request alike, and kilobytes each would flood the log).
+    log.error(
         "database unavailable: %s (%s %s, request id %s)",
         one_line(exc),
         request.method,
