@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Table,
     and_,
@@ -90,21 +91,24 @@ def revoke_logins(
     Enabling the user again brings none of them back: their access and refresh tokens stay
     dead, and the user signs in anew.
     """
-    condition = [_families.c.user_id == user_id, _families.c.revoked_at.is_(None)]
+    condition = [_families.c.user_id == user_id]
     if client_id is not None:
         condition.append(_families.c.client_id == client_id)
     if keep_family is not None:
         condition.append(_families.c.id != keep_family)
-    with transaction(tx) as conn:
-        result = conn.execute(update(_families).where(*condition).values(revoked_at=utcnow()))
-    return int(result.rowcount)
+    return _revoke_families(condition, tx)
 
 
 def revoke_client_logins(client_id: str, tx: Connection | None = None) -> int:
     """Revoke every live login of one client, whoever's it is; how many."""
-    condition = [_families.c.client_id == client_id, _families.c.revoked_at.is_(None)]
+    return _revoke_families([_families.c.client_id == client_id], tx)
+
+
+def _revoke_families(condition: list[ColumnElement[bool]], tx: Connection | None) -> int:
+    """Revoke the live logins `condition` picks; how many."""
+    live = _families.c.revoked_at.is_(None)
     with transaction(tx) as conn:
-        result = conn.execute(update(_families).where(*condition).values(revoked_at=utcnow()))
+        result = conn.execute(update(_families).where(live, *condition).values(revoked_at=utcnow()))
     return int(result.rowcount)
 
 
