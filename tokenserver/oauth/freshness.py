@@ -40,7 +40,7 @@ def forces_sign_in(parameters: MultiDict[str, str]) -> bool:
 def way_back(parameters: MultiDict[str, str]) -> list[tuple[str, str]]:
     """The request's parameters for the way back from /login, stamped with now if it forces a
     sign-in; any stamp it came with is replaced."""
-    kept = [(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER]
+    kept = _unstamped(parameters)
     if not forces_sign_in(parameters):
         return kept
     return _stamped(kept, utcnow())
@@ -53,7 +53,7 @@ def from_sign_in(parameters: MultiDict[str, str], auth_time: datetime) -> list[t
     stamped = since(parameters)
     if stamped is None or auth_time < stamped:
         return list(parameters.items(multi=True))
-    return _stamped([(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER], auth_time)
+    return _stamped(_unstamped(parameters), auth_time)
 
 
 def since(parameters: MultiDict[str, str]) -> datetime | None:
@@ -66,7 +66,7 @@ def since(parameters: MultiDict[str, str]) -> datetime | None:
     key = current_keyring().private_key(kid)
     if key is None:
         return None  # retired or revoked: its stamps vouch for nothing
-    rest = [(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER]
+    rest = _unstamped(parameters)
     # Constant time: a forger learns nothing from how long the refusal took.
     if not hmac.compare_digest(mac, _mac(key, micros, rest)):
         return None
@@ -74,6 +74,11 @@ def since(parameters: MultiDict[str, str]) -> datetime | None:
     if utcnow() - stamped > timedelta(seconds=LIFETIME):
         return None  # an old stamp would let a sign-in long after the request count for it
     return stamped
+
+
+def _unstamped(parameters: MultiDict[str, str]) -> list[tuple[str, str]]:
+    """Every parameter but the stamp: what a stamp's MAC covers."""
+    return [(k, v) for k, v in parameters.items(multi=True) if k != PARAMETER]
 
 
 def _stamped(parameters: list[tuple[str, str]], moment: datetime) -> list[tuple[str, str]]:
