@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -521,6 +522,17 @@ def test_an_approval_dies_with_the_browser_session_that_gave_it(device: Device) 
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
 
 
+def _before_storing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
+    """Run `action` after a poll spends its device code, just before its tokens are stored."""
+    store_issued = tokens.store_issued
+
+    def action_first(*args: Any, **kwargs: Any) -> Any:
+        action()
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "store_issued", action_first)
+
+
 def test_a_reset_landing_between_the_poll_and_its_tokens_leaves_none(
     app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -529,13 +541,9 @@ def test_a_reset_landing_between_the_poll_and_its_tokens_leaves_none(
     codes = device.codes()
     device.flow.login()
     assert device.answer(codes["user_code"]).status_code == 200
-    store_issued = tokens.store_issued
-
-    def reset_first(*args: Any, **kwargs: Any) -> Any:
-        accounts.reset_password("alice", "a different long passphrase")
-        return store_issued(*args, **kwargs)
-
-    monkeypatch.setattr(tokens, "store_issued", reset_first)
+    _before_storing(
+        monkeypatch, lambda: accounts.reset_password("alice", "a different long passphrase")
+    )
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
     with app.app_context():
         assert tokens.signed_in_apps(accounts.get("alice").id) == []
@@ -914,15 +922,13 @@ def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
     assert device.answer(codes["user_code"]).status_code == 200
     cookie = device.client.get_cookie("tokenserver_session")
     assert cookie is not None
-    store_issued = tokens.store_issued
 
-    def sign_out_first(*args: Any, **kwargs: Any) -> Any:
+    def sign_out() -> None:
         session = signin.current(cookie.value)
         assert session is not None
         signin.sign_out_app(session, device.oauth_client.client_id)
-        return store_issued(*args, **kwargs)
 
-    monkeypatch.setattr(tokens, "store_issued", sign_out_first)
+    _before_storing(monkeypatch, sign_out)
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
     monkeypatch.undo()
     with app.app_context():
