@@ -223,7 +223,7 @@ class Flow:
             location, data={"csrf_token": csrf_of(page.text), "decision": decision}
         )
 
-    def code_for(self, client_id: str, challenge: str, **params: str) -> str:
+    def code_for(self, client_id: str, challenge: str, **params: str | None) -> str:
         """Sign-in already done: authorize, allow if asked, and return the code."""
         response = self.authorize(client_id, challenge, **params)
         if response.headers["Location"].startswith("/consent"):

@@ -316,6 +316,7 @@ def _fill_every_table(conn: Connection) -> None:
                 "code_hash": "c",
                 "client_id": "app",
                 "user_id": 1,
+                "sent_to": "https://app.example/cb",
                 "scope": "openid",
                 "code_challenge": "x",
                 "code_challenge_method": "S256",

@@ -18,7 +18,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from sqlalchemy import func, select
 
 from tokenserver.extensions import db
-from tokenserver.models import Client, InitialAccessToken
+from tokenserver.models import Client, InitialAccessToken, TokenFamily
 
 from .conftest import Actions, LiveServer
 from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, works
@@ -592,6 +592,50 @@ def test_a_code_sent_to_a_redirect_uri_the_client_dropped_is_not_redeemed(
     assert (
         flow.exchange(client_id, None, kept, kept_verifier, redirect_uri=other).status_code == 200
     )
+
+
+def _families_of(app: Flask, client_id: str) -> int:
+    """How many logins (token families) the client has been issued."""
+    with app.app_context():
+        issued = select(func.count()).where(TokenFamily.client_id == client_id)
+        return int(db.session.scalar(issued) or 0)
+
+
+def test_a_code_sent_to_the_only_redirect_uri_unnamed_is_not_redeemed_once_it_is_replaced(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered = register(client, initial_token(runner), **WEB_APP).json
+    client_id = registered["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    # RFC 6749 §3.1.2.3: with one URI registered, the request may leave it out; it went there.
+    code = flow.code_for(client_id, challenge, redirect_uri=None)
+    update = {**WEB_APP, "client_id": client_id, "redirect_uris": ["https://app.example.com/new"]}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    refused = flow.exchange(client_id, None, code, verifier, redirect_uri=None)
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert "no longer registered" in refused.json["error_description"]
+    assert _families_of(app, client_id) == 0
+
+
+def test_a_code_sent_to_the_only_redirect_uri_unnamed_is_redeemed_while_it_stays(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered = register(client, initial_token(runner), **WEB_APP).json
+    client_id = registered["client_id"]
+    actions.user("alice")
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge, redirect_uri=None)
+    update = {**WEB_APP, "client_id": client_id, "client_name": "Renamed"}
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    # RFC 6749 §4.1.3: the request named no redirect_uri, so the token request need not either.
+    exchanged = flow.exchange(client_id, None, code, verifier, redirect_uri=None)
+    assert exchanged.status_code == 200, exchanged.json
+    assert _families_of(app, client_id) == 1
 
 
 def test_a_code_for_a_loopback_redirect_uri_still_registered_is_redeemed_on_any_port(

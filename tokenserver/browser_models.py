@@ -43,6 +43,10 @@ class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]
     )
     # The redirect_uri the authorization request named (None when it relied on the only one).
     redirect_uri: Mapped[str | None] = mapped_column(Text)
+    # Where the code was sent: the redirect_uri named, or else the client's only one. The
+    # exchange refuses the code once that URI is no longer registered (RFC 7592 PUT). None on
+    # a code stored before this was kept: its redirect_uri, if named, is where it went.
+    sent_to: Mapped[str | None] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(String(200))
     code_challenge: Mapped[str] = mapped_column(String(128))
     code_challenge_method: Mapped[str] = mapped_column(String(8))

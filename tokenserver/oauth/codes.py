@@ -64,6 +64,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
     def create_authorization_response(self, redirect_uri: str, grant_user: Any) -> Any:
         # RFC 9207: the response names its issuer, so a client talking to several servers
         # cannot be sent another server's code (mix-up attacks).
+        self.redirect_uri = redirect_uri  # where the code goes: save_authorization_code keeps it
         status, body, headers = super().create_authorization_response(redirect_uri, grant_user)
         location = add_params_to_uri(headers[0][1], [("iss", current_settings().issuer)])
         return status, body, [("Location", location)]
@@ -74,7 +75,8 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         bound = codes.NewCode(
             client_id=request.client.client_id,
             user_id=signed_in.user.id,
-            redirect_uri=request.payload.redirect_uri,
+            redirect_uri=request.payload.redirect_uri,  # None if left out (RFC 6749 §4.1.3)
+            sent_to=self.redirect_uri,  # even when left out: the client's only one
             scope=request.scope,
             code_challenge=data["code_challenge"],
             code_challenge_method=data.get("code_challenge_method") or "S256",
@@ -102,11 +104,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         if outcome.replayed:
             reuse_detected(client.client_id, outcome.family_id)
         found = outcome.code
-        if (
-            found is not None
-            and found.redirect_uri
-            and not client.check_redirect_uri(found.redirect_uri)
-        ):
+        if found is not None and not _sent_to_registered(found, client):
             # The client dropped that URI since (RFC 7592): whoever holds it now may hold the code.
             raise InvalidGrantError("The code's redirect URI is no longer registered.")
         bound = found.dpop_jkt if found else None
@@ -122,6 +120,13 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         # Its browser session is checked where the tokens are stored (store.tokens._issue).
         user = users.subject(authorization_code.user_id)
         return None if user is None or user.disabled else user  # disabled since: invalid_grant
+
+
+def _sent_to_registered(code: codes.PresentedCode, client: Client) -> bool:
+    """Whether the URI the code was sent to is still one of the client's redirect URIs."""
+    # Checked even when the request left redirect_uri out, relying on the client's only one.
+    sent_to = code.sent_to or code.redirect_uri  # a code stored before sent_to was kept
+    return sent_to is None or client.check_redirect_uri(sent_to)
 
 
 def reuse_detected(client_id: str, family_id: str | None) -> None:

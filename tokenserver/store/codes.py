@@ -22,7 +22,8 @@ class NewCode:
 
     client_id: str
     user_id: int
-    redirect_uri: str | None
+    redirect_uri: str | None  # as the request named it: the exchange must then repeat it
+    sent_to: str | None  # where the code went; None only on a code stored before it was kept
     scope: str
     code_challenge: str
     code_challenge_method: str
