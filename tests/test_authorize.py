@@ -40,6 +40,7 @@ def test_sign_in_consent_and_code_exchange_give_tokens_and_an_id_token(flow: Flo
     page = flow.client.get(back.headers["Location"])
     assert "Photo App" in page.text and "See your username" in page.text
     allowed = flow.consent(back.headers["Location"])
+    assert allowed.status_code == 303  # answering a POST: the app's callback is fetched by GET
     query = query_of(allowed.headers["Location"])
     assert allowed.headers["Location"].startswith(REDIRECT + "?")
     assert query["state"] == "st-1" and query["iss"] == "http://localhost:8000"
@@ -199,6 +200,7 @@ def test_denied_consent_tells_the_client_access_denied(flow: Flow) -> None:
     flow.login()
     asked = flow.authorize(client_id, pkce()[1])
     denied = flow.consent(asked.headers["Location"], "deny")
+    assert denied.status_code == 303
     query = query_of(denied.headers["Location"])
     assert denied.headers["Location"].startswith(REDIRECT)
     assert query["error"] == "access_denied" and query["state"] == "st-1"

@@ -369,7 +369,7 @@ def test_a_confirmed_logout_returns_to_the_app_however_it_was_asked(
     assert action == "/oauth/logout"
     assert fields == {**sent, "csrf_token": csrf_of(asked.text)}
     done = flow.client.post(action, data=fields)
-    assert done.status_code == 302 and done.headers["Location"] == REDIRECT + "?state=s9"
+    assert done.status_code == 303 and done.headers["Location"] == REDIRECT + "?state=s9"
     assert flow.client.get("/account").status_code == 303
 
 

@@ -349,7 +349,7 @@ def demo_sign_in(client_id: str, secret: str | None) -> str:
     )
     auth = f"{client_id}:{secret or 'DEMO_SECRET'}"
     return (
-        "\nSign in through the browser (make a user first: tokenserver users create NAME):\n"
+        "\nSign in through the browser (make a user first: .venv/bin/tokenserver users create NAME):\n"
         "open this URL, sign in and allow the demo app\n"
         f"  {issuer}/oauth/authorize?{query}\n"
         "The browser then lands on 127.0.0.1:8400 (nothing listens there): copy `code` from\n"
@@ -443,7 +443,7 @@ def keys_rewrap() -> None:
     The first key of TOKENSERVER_KEY_ENCRYPTION_KEY (NEW,OLD while rotating) encrypts.
     """
     changed = rewrap(db.engine, current_app.extensions["tokenserver.keywrap"])
-    click.echo(f"re-encrypted {changed} signing keys")
+    click.echo(f"re-encrypted {changed} signing key{'' if changed == 1 else 's'}")
 
 
 @click.group()

@@ -204,9 +204,9 @@ def consent() -> Response:
     decision = request.form.get("decision")
     if decision == "allow":
         sent.answer()
-        return redirect(authorize.allow(authorization, signed_in), 302)
+        return redirect(authorize.allow(authorization, signed_in), 303)
     if decision == "deny":
-        return redirect(sent.back(authorize.deny(authorization)), 302)
+        return redirect(sent.back(authorize.deny(authorization)), 303)
     raise web.refuse(400, "No decision", "Choose Allow or Deny.")
 
 
@@ -242,5 +242,7 @@ def logout() -> Response:
     response = server.create_endpoint_response("end_session", end)
     if response is None:
         response = web.page("signed_out.html")
+    elif request.method == "POST" and response.status_code == 302:
+        response.status_code = 303  # back to the app by GET, never a repeated POST (RFC 9700 §4.12)
     web.clear_session_cookie(response)
     return response
