@@ -15,7 +15,7 @@ from tokenserver.keys import current_keyring
 from tokenserver.limits import RULES, limiter
 
 from .conftest import PASSWORD, REDIS_URL, Actions
-from .helpers import HeldRequest
+from .helpers import Flow, HeldRequest
 
 WRONG = "not the password at all"
 OTHER_IP = {"REMOTE_ADDR": "198.51.100.7"}
@@ -112,6 +112,22 @@ def test_only_failed_token_requests_count(make_app: Any, frozen: Any) -> None:
     assert response.status_code == 200  # ...another is not
     frozen.shift(61)
     assert actions.token(oauth_client, "alice").status_code == 200
+
+
+def test_sign_in_page_and_token_endpoint_share_one_failure_budget(
+    make_app: Any, frozen: Any
+) -> None:
+    app = _limited(make_app, ratelimit_token_failures="3/minute")
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    browser = Flow(app, app.test_client())
+    # Guesses taking turns between the two routes draw on one budget, not one per route.
+    assert actions.token(oauth_client, "nobody1", password=WRONG).status_code == 400
+    assert browser.login("nobody2", WRONG).status_code == 401
+    assert actions.token(oauth_client, "nobody3", password=WRONG).status_code == 400
+    assert browser.login("alice").status_code == 429
+    _assert_too_many(actions.token(oauth_client, "alice"))
 
 
 def test_failed_introspection_and_revocation_count(make_app: Any) -> None:
