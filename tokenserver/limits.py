@@ -5,7 +5,8 @@ revocation and client registration endpoints count only failures, so busy legiti
 never slowed (nor is a device polling its own code until its user answers: an error marked by
 errors.protocol_step is no failure, and neither is a DPoP proof refused for want of a nonce);
 the discovery routes, device authorizations and pushed requests count every request; wrong
-device user codes count per IP and per browser session, each reserved before it is looked up.
+device user codes count per IP and per browser session. Token requests, sign-ins and user codes
+are each counted before they are checked and given back if they succeed.
 /healthz, /readyz and /metrics are never limited: a load balancer checks /readyz on every node
 twice a second from one address. Each app reads its values, switch and storage from its own
 settings.
@@ -70,6 +71,7 @@ RULES = (
         "ratelimit_token_failures",
         True,
         shared=True,
+        reserved=True,  # passwords sent all at once are never checked beyond the limit
     ),
     _Rule(
         "device_authorization",
