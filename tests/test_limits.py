@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -10,12 +11,13 @@ import requests
 from flask import Flask, request
 from flask.testing import FlaskClient
 
+from tokenserver import accounts
 from tokenserver.config import ConfigError, Settings
 from tokenserver.keys import current_keyring
 from tokenserver.limits import RULES, limiter
 
-from .conftest import PASSWORD, REDIS_URL, Actions
-from .helpers import HeldRequest
+from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
+from .helpers import Flow, HeldRequest
 
 WRONG = "not the password at all"
 OTHER_IP = {"REMOTE_ADDR": "198.51.100.7"}
@@ -112,6 +114,93 @@ def test_only_failed_token_requests_count(make_app: Any, frozen: Any) -> None:
     assert response.status_code == 200  # ...another is not
     frozen.shift(61)
     assert actions.token(oauth_client, "alice").status_code == 200
+
+
+def test_sign_in_page_and_token_endpoint_share_one_failure_budget(
+    make_app: Any, frozen: Any
+) -> None:
+    app = _limited(make_app, ratelimit_token_failures="3/minute")
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    browser = Flow(app, app.test_client())
+    # Guesses taking turns between the two routes draw on one budget, not one per route.
+    assert actions.token(oauth_client, "nobody1", password=WRONG).status_code == 400
+    assert browser.login("nobody2", WRONG).status_code == 401
+    assert actions.token(oauth_client, "nobody3", password=WRONG).status_code == 400
+    assert browser.login("alice").status_code == 429
+    _assert_too_many(actions.token(oauth_client, "alice"))
+
+
+def _password_budget_app(make_app: Any, storage: str, request: pytest.FixtureRequest) -> Flask:
+    """An app allowing one failed password check a minute per IP, counted in `storage`."""
+    stored: dict[str, str] = {}
+    if storage == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        stored = {"ratelimit_storage_uri": REDIS_URL, "ratelimit_key_prefix": prefix}
+    return _limited(make_app, ratelimit_token_failures="1/minute", **stored)
+
+
+def _check_password(
+    app: Flask, oauth_client: RegisteredClient, route: str, username: str, password: str
+) -> int:
+    """The status of one password check at `route`, from a new client at the same address."""
+    if route == "/login":
+        return int(Flow(app, app.test_client()).login(username, password).status_code)
+    actions = Actions(app, app.test_client())
+    return int(actions.token(oauth_client, username, password=password).status_code)
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+@pytest.mark.parametrize("route", ["/oauth/token", "/login"])
+def test_a_guess_holds_its_count_while_its_password_is_checked(
+    make_app: Any,
+    frozen: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    route: str,
+    storage: str,
+) -> None:
+    app = _password_budget_app(make_app, storage, request)
+    oauth_client = Actions(app, app.test_client()).oauth_client()
+    checking, answered = threading.Event(), threading.Event()
+    check = accounts._check_password
+
+    def held_for_first(username: str, password: str) -> Any:
+        if username == "first":
+            checking.set()
+            answered.wait(timeout=30)
+        return check(username, password)
+
+    monkeypatch.setattr(accounts, "_check_password", held_for_first)
+    first: list[int] = []
+    guess = threading.Thread(
+        target=lambda: first.append(_check_password(app, oauth_client, route, "first", WRONG))
+    )
+    guess.start()
+    assert checking.wait(timeout=30)
+    # Counted only once answered, every guess sent meanwhile would pass: each would be checked.
+    second = _check_password(app, oauth_client, route, "second", WRONG)
+    answered.set()
+    guess.join()
+    assert second == 429
+    assert first == [401 if route == "/login" else 400]
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+@pytest.mark.parametrize("route", ["/oauth/token", "/login"])
+def test_right_passwords_give_their_count_back(
+    make_app: Any, frozen: Any, request: pytest.FixtureRequest, route: str, storage: str
+) -> None:
+    app = _password_budget_app(make_app, storage, request)
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    success, failure = (303, 401) if route == "/login" else (200, 400)
+    for _ in range(3):
+        assert _check_password(app, oauth_client, route, "alice", PASSWORD) == success
+    assert _check_password(app, oauth_client, route, "alice", WRONG) == failure
+    assert _check_password(app, oauth_client, route, "alice", PASSWORD) == 429
 
 
 def test_failed_introspection_and_revocation_count(make_app: Any) -> None:

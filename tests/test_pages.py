@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
@@ -78,6 +80,21 @@ def test_wrong_password_unknown_user_and_disabled_user_get_one_message(
         )
     }
     assert answers == {(401, True)}
+
+
+def test_a_password_over_the_length_limit_only_as_typed_signs_in(
+    flow: Flow, actions: Actions
+) -> None:
+    # 600 accented letters typed as letter + combining accent: 1200 code points, 600 once
+    # normalised, and the password rules measure the normalised text.
+    pairs = [f"{letter}\u0301" for letter in "aeiouycnszAEIOUYCNSZ"]
+    letters = random.Random(7)
+    password = "".join(letters.choice(pairs) for _ in range(600))
+    assert len(password) == 1200 and len(unicodedata.normalize("NFKC", password)) == 600
+    actions.user("accents", password)
+    assert actions.token(actions.oauth_client(), "accents", password).status_code == 200
+    signed_in = flow.login("accents", password)
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/account"
 
 
 def test_a_throttled_account_gets_a_429_page_without_a_password_check(flow: Flow) -> None:

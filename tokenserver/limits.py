@@ -5,7 +5,8 @@ revocation and client registration endpoints count only failures, so busy legiti
 never slowed (nor is a device polling its own code until its user answers: an error marked by
 errors.protocol_step is no failure, and neither is a DPoP proof refused for want of a nonce);
 the discovery routes, device authorizations and pushed requests count every request; wrong
-device user codes count per IP and per browser session, each reserved before it is looked up.
+device user codes count per IP and per browser session. Token requests, sign-ins and user codes
+are each counted before they are checked and given back if they succeed.
 /healthz, /readyz and /metrics are never limited: a load balancer checks /readyz on every node
 twice a second from one address. Each app reads its values, switch and storage from its own
 settings.
@@ -43,6 +44,8 @@ class _Rule:
     setting: str
     failures_only: bool
     key: Callable[[], str] | None = None  # whose requests count; None: the client's IP
+    # One count for all the rule's routes; otherwise Flask-Limiter keeps one per route.
+    shared: bool = False
     # Failures only, but counted before the request and given back if it succeeds: counted
     # after it, failures sent together would all pass the check before any of them counted.
     reserved: bool = False
@@ -59,9 +62,17 @@ def _browser_session() -> str:
 _READ = ("GET", "HEAD")
 RULES = (
     _Rule("signup", frozenset({"/users"}), ("POST",), "ratelimit_signup", False),
-    _Rule("token", frozenset({"/oauth/token"}), ("POST",), "ratelimit_token_failures", True),
-    # The sign-in page checks passwords as the token endpoint does: the same per-IP limit.
-    _Rule("login", frozenset({"/login"}), ("POST",), "ratelimit_token_failures", True),
+    # The sign-in page checks passwords as the token endpoint does: one count for both, or a
+    # guesser would get the budget twice over by taking turns between them.
+    _Rule(
+        "token",
+        frozenset({"/oauth/token", "/login"}),
+        ("POST",),
+        "ratelimit_token_failures",
+        True,
+        shared=True,
+        reserved=True,  # passwords sent all at once are never checked beyond the limit
+    ),
     _Rule(
         "device_authorization",
         frozenset({"/oauth/device_authorization"}),
@@ -188,6 +199,7 @@ def _limit(rule: _Rule) -> Limit:
         value,
         key_function=rule.key or client_address,
         scope=rule.name,
+        shared=rule.shared,
         methods=rule.methods,
         deduct_when=deduct_when,
         on_breach=_too_many,
@@ -204,7 +216,8 @@ def _give_back_successes(response: Response) -> Response:
     if _route() not in _RESERVED_ROUTES or _failed(response):
         return response
     for counted in limiter.current_limits:
-        # Flask-Limiter scopes a default limit to a route as "<endpoint>:<our scope>".
+        # Flask-Limiter scopes a default limit to a route as "<endpoint>:<our scope>" (a shared
+        # one as "<our scope>").
         if counted.request_args[-1].rpartition(":")[2] not in _RESERVED:
             continue
         try:
