@@ -349,8 +349,8 @@ def demo_sign_in(client_id: str, secret: str | None) -> str:
     )
     auth = f"{client_id}:{secret or 'DEMO_SECRET'}"
     return (
-        "\nSign in through the browser (make a user first: .venv/bin/tokenserver users create NAME):\n"
-        "open this URL, sign in and allow the demo app\n"
+        "\nSign in through the browser: make a user first (.venv/bin/tokenserver users create\n"
+        "NAME), then open this URL, sign in and allow the demo app\n"
         f"  {issuer}/oauth/authorize?{query}\n"
         "The browser then lands on 127.0.0.1:8400 (nothing listens there): copy `code` from\n"
         "its address bar within 60 seconds and exchange it:\n"
