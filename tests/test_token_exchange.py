@@ -27,6 +27,7 @@ from .helpers import (
     Flow,
     Prover,
     claims_of,
+    header_of,
     pkce,
     until_a_backend_waits_for_a_lock,
     verified,
@@ -369,7 +370,7 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
 
     token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
     with app.app_context():
-        live = records.live_access_token(claims_of(setup.subject))
+        live = records.live_access_token(claims_of(setup.subject), header_of(setup.subject)["kid"])
         assert live is not None
         gateway = clients.find(setup.gateway.client_id)
         assert gateway is not None
@@ -382,7 +383,7 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
     with app.app_context():
         assert records.record_exchanged(token, again, live.jti or "", gateway) is False
     with app.app_context():
-        assert records.live_access_token(again) is None
+        assert records.live_access_token(again, header_of(token)["kid"]) is None
 
 
 def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
@@ -398,7 +399,7 @@ def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_
         assert gateway is not None
         stored = {**claims_of(token), "jti": "exchanged-before"}
         assert records.record_exchanged(token, stored, subject_jti, gateway)  # subject live
-        assert records.live_access_token(stored) is not None
+        assert records.live_access_token(stored, header_of(token)["kid"]) is not None
     # The subject token (not its login) is revoked after it checked out, before the insert.
     revoke = {"token": setup.subject}
     assert (
@@ -408,8 +409,10 @@ def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_
     with app.app_context():
         assert records.record_exchanged(token, again, subject_jti, gateway) is False
     with app.app_context():
-        assert records.live_access_token(again) is None
-        assert records.live_access_token(stored) is None  # revoked with its subject token
+        assert records.live_access_token(again, header_of(token)["kid"]) is None
+        assert (
+            records.live_access_token(stored, header_of(token)["kid"]) is None
+        )  # revoked with its subject token
 
 
 def test_a_disabled_users_token_is_invalid_request(

@@ -276,9 +276,15 @@ class LiveToken:
     dpop_jkt: str | None = None  # RFC 9449: the key the token is bound to (`cnf.jkt`)
 
 
-def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
-    """A verified access token's record if it is unrevoked and its user still active."""
-    row = tokens.live_access(claims["jti"])
+def live_access_token(claims: dict[str, Any], kid: str) -> LiveToken | None:
+    """A verified access token's record if it is unrevoked and its user still active.
+
+    The record must be of this very token: signed under `kid`, with the scope and expiry it
+    was issued with. Otherwise the `jti` of a live token would vouch for any claims signed by
+    any key a worker still holds (a leaked key, revoked but cached for a few seconds more).
+    """
+    expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+    row = tokens.live_access(claims["jti"], kid, claims["scope"], expires_at)
     if row is None:
         return None
     user = row.user

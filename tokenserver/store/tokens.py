@@ -563,6 +563,11 @@ _LIVE_ACCESS = (
     .where(
         _records.c.jti == bindparam("jti"),
         _records.c.kind == ACCESS,
+        # The presented token must be the one recorded: a jti borrowed from a live token, on
+        # claims re-signed with another key we still hold, matches no record.
+        _records.c.kid == bindparam("kid"),
+        _records.c.scope == bindparam("scope"),
+        _records.c.expires_at == bindparam("expires_at", type_=UTCDateTime()),
         _records.c.revoked_at.is_(None),
         _families.c.revoked_at.is_(None),
         _keys.c.kid.is_(None),
@@ -570,9 +575,11 @@ _LIVE_ACCESS = (
 )
 
 
-def live_access(jti: str) -> LiveAccess | None:
-    """The access token with this `jti` if it, its login and its signing key are unrevoked."""
-    row = reader().execute(_LIVE_ACCESS, {"jti": jti}).first()
+def live_access(jti: str, kid: str, scope: str, expires_at: datetime) -> LiveAccess | None:
+    """The access token with this `jti`, signed under `kid` with this scope and expiry, if it,
+    its login and its signing key are unrevoked."""
+    params = {"jti": jti, "kid": kid, "scope": scope, "expires_at": expires_at}
+    row = reader().execute(_LIVE_ACCESS, params).first()
     if row is None:
         return None
     return LiveAccess(
