@@ -207,6 +207,37 @@ def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Set
         }
 
 
+@pytest.mark.parametrize(("left", "status"), [(0, 400), (1, 200)])
+def test_a_subject_expiring_between_its_check_and_the_signing_is_refused(
+    actions: Actions, setup: Setup, monkeypatch: pytest.MonkeyPatch, left: int, status: int
+) -> None:
+    from tokenserver.oauth import records
+
+    live_access_token = records.live_access_token
+    with time_machine.travel(time.time(), tick=False) as clock:
+        actions.user("bob")
+        subject = actions.token(setup.front, "bob").json["access_token"]
+        expires = claims_of(subject)["exp"]
+
+        def checked_then_time_passes(claims: dict[str, Any], kid: str) -> Any:
+            live = live_access_token(claims, kid)  # checked while it had 900 s to live
+            clock.move_to(expires - left)
+            return live
+
+        monkeypatch.setattr(records, "live_access_token", checked_then_time_passes)
+        response = exchange(actions, setup.gateway, subject, audience=PHOTOS)
+    assert response.status_code == status, response.json
+    if status == 400:
+        assert response.json == {
+            "error": "invalid_request",
+            "error_description": "The subject token is invalid, expired, revoked or not for "
+            "this client.",
+        }
+    else:
+        assert response.json["expires_in"] == 1
+        assert claims_of(response.json["access_token"])["exp"] == expires
+
+
 def test_a_code_login_token_can_be_exchanged(
     app: Flask, client: FlaskClient, actions: Actions, setup: Setup
 ) -> None:

@@ -76,12 +76,15 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         subject: _Presented = self.request.subject
-        with delegated(self.request.act, subject.claims["exp"]):
-            token: dict[str, Any] = self.generate_token(
-                user=self.request.user,
-                scope=self.request.exchanged_scope,
-                include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
-            )
+        try:
+            with delegated(self.request.act, subject.claims["exp"]):
+                token: dict[str, Any] = self.generate_token(
+                    user=self.request.user,
+                    scope=self.request.exchanged_scope,
+                    include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
+                )
+        except TokenRejected:
+            raise InvalidRequestError(_REFUSED_SUBJECT) from None  # it expired since it was checked
         token["issued_token_type"] = ACCESS_TOKEN_TYPE
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -88,7 +88,8 @@ def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
     """While signing an exchanged token (RFC 8693): its `act` claim and latest `exp`.
 
     The generator is not given the request (as with resources.bind_audience); the binding
-    ends with the block, so no later token in the same context inherits it.
+    ends with the block, so no later token in the same context inherits it. Signing raises
+    TokenRejected if `not_after` leaves the token less than a second.
     """
     g.token_act, g.token_not_after = act, not_after
     try:
@@ -101,8 +102,14 @@ def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
 def _lifetime(access_ttl: int, client: Client, grant_type: str) -> int:
     """Seconds the token this request issues lives: our TTL, cut to the bound not-after."""
     not_after = g.get("token_not_after")
-    # An exchanged token never outlives the token it was exchanged for.
-    return access_ttl if not_after is None else min(access_ttl, not_after - int(time.time()))
+    if not_after is None:
+        return access_ttl
+    # An exchanged token never outlives the token it was exchanged for, and is never issued
+    # dead: a subject that expired since it was checked leaves it no second to live.
+    left = not_after - int(time.time())
+    if left < 1:
+        raise TokenRejected("expired")
+    return min(access_ttl, left)
 
 
 def _new_refresh_token(**_: Any) -> str:
