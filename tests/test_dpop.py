@@ -3,6 +3,7 @@ at every resource, a proof used once across workers and nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -222,6 +223,58 @@ def test_public_clients_refresh_token_is_bound(
     # The rotated refresh token is bound as well.
     again = {"grant_type": "refresh_token", "refresh_token": renewed.json["refresh_token"]}
     assert _token(client, public_client, None, **again).json["error"] == "invalid_grant"
+
+
+def test_a_public_clients_unbound_login_refreshed_with_a_proof_is_bound_to_its_key(
+    client: FlaskClient, public_client: RegisteredClient, prover: Prover
+) -> None:
+    issued = _token(client, public_client, None).json
+    assert issued["token_type"] == "Bearer"
+    refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+    renewed = _token(client, public_client, prover.proof("POST", TOKEN_URL), **refresh)
+    assert renewed.status_code == 200
+    assert renewed.json["token_type"] == "DPoP"
+    # RFC 9449 §5: from now on the login's refresh tokens need the key that proof was made with.
+    latest = {"grant_type": "refresh_token", "refresh_token": renewed.json["refresh_token"]}
+    for proof in (None, Prover().proof("POST", TOKEN_URL)):
+        refused = _token(client, public_client, proof, **latest)
+        assert refused.status_code == 400
+        assert refused.json["error"] == "invalid_grant"
+        assert "DPoP key" in refused.json["error_description"]
+    again = _token(client, public_client, prover.proof("POST", TOKEN_URL), **latest)
+    assert again.status_code == 200
+    assert _claims(again.json["access_token"])["cnf"]["jkt"] == prover.jkt
+
+
+def test_of_two_refreshes_racing_to_bind_a_login_with_different_keys_one_binds(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenserver.oauth import records
+
+    app = make_app(refresh_reuse_grace=30)  # the second may present the spent token again
+    client = app.test_client()
+    actions = Actions(app, client)
+    actions.user("alice")
+    phone = actions.oauth_client("phone", public=True)
+    issued = _token(client, phone, None).json
+    refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+    # Each refresh reads the login as unbound, as the second would have before the first's
+    # commit: only the conditional binding, in the writing transaction, can tell them apart.
+    read = records.tokens.refresh_record
+    monkeypatch.setattr(
+        records.tokens, "refresh_record", lambda h: dataclasses.replace(read(h), dpop_jkt=None)
+    )
+    owner, other = Prover(), Prover()
+    first = _token(client, phone, owner.proof("POST", TOKEN_URL), **refresh)
+    assert first.status_code == 200
+    second = _token(client, phone, other.proof("POST", TOKEN_URL), **refresh)
+    assert second.status_code == 400
+    assert second.json["error"] == "invalid_grant"
+    assert "DPoP key" in second.json["error_description"]
+    monkeypatch.undo()
+    latest = {"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]}
+    assert _token(client, phone, other.proof("POST", TOKEN_URL), **latest).status_code == 400
+    assert _token(client, phone, owner.proof("POST", TOKEN_URL), **latest).status_code == 200
 
 
 def test_a_spent_bound_refresh_token_without_its_key_is_refused_and_the_login_lives(

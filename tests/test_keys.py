@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -11,16 +12,19 @@ from typing import Any
 import pytest
 import time_machine
 from flask import Flask
+from joserfc import jws
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from tokenserver.config import current_settings
 from tokenserver.extensions import db
 from tokenserver.keys import KeyRing, list_keys, promote_due, revoke, rotate
 from tokenserver.keywrap import KeyWrapper
 from tokenserver.models import SigningKey, utcnow
+from tokenserver.oauth.tokens import TokenRejected, verify_access_token
 
 from .conftest import Actions
-from .helpers import PRIVATE_MEMBERS, header_of
+from .helpers import PRIVATE_MEMBERS, claims_of, header_of
 
 PUBLISH = 65  # seconds a rotated key is published before it signs, in these tests
 PLAIN = KeyWrapper()
@@ -228,6 +232,49 @@ def test_revoked_key_leaves_the_jwks_and_its_tokens_die_at_once(
         actions.client.get("/users/me", headers=Actions.bearer(again["access_token"])).status_code
         == 200
     )
+
+
+def test_a_revoked_key_cannot_vouch_for_a_live_token_signed_by_another(
+    app: Flask, actions: Actions, make_app: Any
+) -> None:
+    # Whoever leaked the key re-signs, under its kid, wider claims with the jti of a live token
+    # that the replacement key signed. A worker still caching the revoked key must refuse it.
+    login = actions.login("alice")
+    kid = header_of(login["access_token"])["kid"]
+    keyring = app.extensions["tokenserver.keyring"]
+    leaked = keyring.signing_key()
+    with app.app_context():
+        replacement = revoke(db.engine, PLAIN, kid)
+    elsewhere = make_app()
+    live = Actions(elsewhere, elsewhere.test_client()).token(login["client"]).json["access_token"]
+    assert header_of(live)["kid"] == replacement
+    claims = {**claims_of(live), "scope": "junk:read junk:write", "exp": int(time.time()) + 3600}
+    header = {"alg": "RS256", "typ": "at+jwt", "kid": kid}
+    forged = jws.serialize_compact(header, json.dumps(claims), leaked, algorithms=["RS256"])
+    assert keyring.verification_key(kid) is not None  # within this worker's cache window
+    assert actions.client.get("/users/me", headers=Actions.bearer(forged)).status_code == 401
+    introspected = actions.client.post(
+        "/oauth/introspect", data={"token": forged}, auth=login["client"].auth
+    )
+    assert introspected.json == {"active": False}
+    # The token whose jti it borrowed is untouched.
+    assert actions.client.get("/users/me", headers=Actions.bearer(live)).status_code == 200
+
+
+def test_a_token_verified_before_its_key_was_withdrawn_is_refused_after(
+    app: Flask, actions: Actions
+) -> None:
+    token = actions.login("alice")["access_token"]
+    kid = header_of(token)["kid"]
+    keyring = ring(app, cache_seconds=0)  # a worker whose key cache window has just passed
+    with app.app_context():
+        settings = current_settings()
+        # Now in the worker's cache of verified tokens.
+        verify_access_token(token, keyring, settings.issuer, settings.audience)
+        revoke(db.engine, PLAIN, kid)
+        assert keyring.verification_key(kid) is None
+        with pytest.raises(TokenRejected):
+            verify_access_token(token, keyring, settings.issuer, settings.audience)
 
 
 def test_revoking_the_current_key_promotes_the_pending_one(app: Flask) -> None:

@@ -94,6 +94,9 @@ FORGERIES: dict[str, Forger] = {
     "iat an hour ahead": lambda c, o, f: _signed({**c, "iat": int(time.time()) + 3600}, o),
     "jti never issued": lambda c, o, f: _signed({**c, "jti": "never-issued"}, o),
     "sub of another user": lambda c, o, f: _signed({**c, "sub": str(int(c["sub"]) + 1)}, o),
+    # Our own key over a live token's jti: the claims must still be the ones it was issued.
+    "scope wider than issued": lambda c, o, f: _signed({**c, "scope": f"{c['scope']} x:y"}, o),
+    "exp later than issued": lambda c, o, f: _signed({**c, "exp": c["exp"] + 3600}, o),
 }
 
 GARBAGE = [

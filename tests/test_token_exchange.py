@@ -27,6 +27,7 @@ from .helpers import (
     Flow,
     Prover,
     claims_of,
+    header_of,
     pkce,
     until_a_backend_waits_for_a_lock,
     verified,
@@ -206,6 +207,37 @@ def test_exchanged_token_never_outlives_its_subject(actions: Actions, setup: Set
         }
 
 
+@pytest.mark.parametrize(("left", "status"), [(0, 400), (1, 200)])
+def test_a_subject_expiring_between_its_check_and_the_signing_is_refused(
+    actions: Actions, setup: Setup, monkeypatch: pytest.MonkeyPatch, left: int, status: int
+) -> None:
+    from tokenserver.oauth import records
+
+    live_access_token = records.live_access_token
+    with time_machine.travel(time.time(), tick=False) as clock:
+        actions.user("bob")
+        subject = actions.token(setup.front, "bob").json["access_token"]
+        expires = claims_of(subject)["exp"]
+
+        def checked_then_time_passes(claims: dict[str, Any], kid: str) -> Any:
+            live = live_access_token(claims, kid)  # checked while it had 900 s to live
+            clock.move_to(expires - left)
+            return live
+
+        monkeypatch.setattr(records, "live_access_token", checked_then_time_passes)
+        response = exchange(actions, setup.gateway, subject, audience=PHOTOS)
+    assert response.status_code == status, response.json
+    if status == 400:
+        assert response.json == {
+            "error": "invalid_request",
+            "error_description": "The subject token is invalid, expired, revoked or not for "
+            "this client.",
+        }
+    else:
+        assert response.json["expires_in"] == 1
+        assert claims_of(response.json["access_token"])["exp"] == expires
+
+
 def test_a_code_login_token_can_be_exchanged(
     app: Flask, client: FlaskClient, actions: Actions, setup: Setup
 ) -> None:
@@ -369,7 +401,7 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
 
     token = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["access_token"]
     with app.app_context():
-        live = records.live_access_token(claims_of(setup.subject))
+        live = records.live_access_token(claims_of(setup.subject), header_of(setup.subject)["kid"])
         assert live is not None
         gateway = clients.find(setup.gateway.client_id)
         assert gateway is not None
@@ -382,7 +414,7 @@ def test_a_login_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
     with app.app_context():
         assert records.record_exchanged(token, again, live.jti or "", gateway) is False
     with app.app_context():
-        assert records.live_access_token(again) is None
+        assert records.live_access_token(again, header_of(token)["kid"]) is None
 
 
 def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_request(
@@ -398,7 +430,7 @@ def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_
         assert gateway is not None
         stored = {**claims_of(token), "jti": "exchanged-before"}
         assert records.record_exchanged(token, stored, subject_jti, gateway)  # subject live
-        assert records.live_access_token(stored) is not None
+        assert records.live_access_token(stored, header_of(token)["kid"]) is not None
     # The subject token (not its login) is revoked after it checked out, before the insert.
     revoke = {"token": setup.subject}
     assert (
@@ -408,8 +440,10 @@ def test_a_subject_token_revoked_while_exchanging_stores_nothing_and_is_invalid_
     with app.app_context():
         assert records.record_exchanged(token, again, subject_jti, gateway) is False
     with app.app_context():
-        assert records.live_access_token(again) is None
-        assert records.live_access_token(stored) is None  # revoked with its subject token
+        assert records.live_access_token(again, header_of(token)["kid"]) is None
+        assert (
+            records.live_access_token(stored, header_of(token)["kid"]) is None
+        )  # revoked with its subject token
 
 
 def test_a_disabled_users_token_is_invalid_request(

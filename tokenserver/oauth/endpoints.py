@@ -12,13 +12,13 @@ from ..config import current_settings
 from ..models import Client
 from ..store import tokens as token_store
 from . import records
-from .tokens import TokenRejected, is_jwt_shaped, verified_claims
+from .tokens import TokenRejected, VerifiedToken, is_jwt_shaped, verified_token
 
 
-def _claims_or_none(token: str) -> dict[str, Any] | None:
+def _verified_or_none(token: str) -> VerifiedToken | None:
     try:
         # Ours whatever its `aud`: resource servers introspect the tokens aimed at them.
-        return verified_claims(token, any_audience=True)
+        return verified_token(token, any_audience=True)
     except TokenRejected:
         return None
 
@@ -46,8 +46,8 @@ def find_live_token(token: str) -> TokenView | None:
     search every type whatever the hint says.
     """
     if is_jwt_shaped(token):
-        claims = _claims_or_none(token)
-        live = records.live_access_token(claims) if claims else None
+        verified = _verified_or_none(token)
+        live = records.live_access_token(verified.claims, verified.kid) if verified else None
     else:
         live = records.live_refresh_token(token)
     return TokenView(live) if live else None
@@ -119,8 +119,8 @@ class RevocationEndpoint(_RevocationEndpoint):
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
         if is_jwt_shaped(token_string):
-            claims = _claims_or_none(token_string)
-            return records.stored_access_token(claims["jti"]) if claims else None
+            verified = _verified_or_none(token_string)
+            return records.stored_access_token(verified.claims["jti"]) if verified else None
         return records.stored_refresh_token(token_string)
 
     def authenticate_token(self, request: Any, client: Client) -> Any:

@@ -27,7 +27,7 @@ from ..resource_uris import uri_problem
 from . import records
 from .grants import ClientCredentialsGrant
 from .resources import InvalidTargetError, bind_audience
-from .tokens import TokenRejected, delegated, issued_claims, verified_claims
+from .tokens import TokenRejected, delegated, issued_claims, verified_token
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # Each exchange of an exchanged token nests one more actor; tokens must stay small (tokens.py).
@@ -76,12 +76,15 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         subject: _Presented = self.request.subject
-        with delegated(self.request.act, subject.claims["exp"]):
-            token: dict[str, Any] = self.generate_token(
-                user=self.request.user,
-                scope=self.request.exchanged_scope,
-                include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
-            )
+        try:
+            with delegated(self.request.act, subject.claims["exp"]):
+                token: dict[str, Any] = self.generate_token(
+                    user=self.request.user,
+                    scope=self.request.exchanged_scope,
+                    include_refresh_token=False,  # RFC 8693 §2.2.1: the subject's login refreshes
+                )
+        except TokenRejected:
+            raise InvalidRequestError(_REFUSED_SUBJECT) from None  # it expired since it was checked
         token["issued_token_type"] = ACCESS_TOKEN_TYPE
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER
@@ -148,9 +151,10 @@ def _acceptable(token: str, client: Client, *, own: bool = False) -> _Presented 
     checked before whether it is still alive, so a token the client may not present is refused
     without the database ever being asked."""
     try:
-        claims = verified_claims(token, any_audience=True)  # signature, expiry, issuer
+        verified = verified_token(token, any_audience=True)  # signature, expiry, issuer
     except TokenRejected:
         return None
+    claims = verified.claims
     if not (_for_client(claims, client) or (own and claims["client_id"] == client.client_id)):
         # A token that reached a service it was not aimed at stays where it was aimed.
         return None
@@ -159,7 +163,8 @@ def _acceptable(token: str, client: Client, *, own: bool = False) -> _Presented 
         # carries no proof of the key: as subject, swapping it for an unbound one would strip
         # that binding off; as actor, whoever merely holds it would act as its owner.
         return None
-    live = records.live_access_token(claims)  # unrevoked, its login alive, its user enabled
+    # Unrevoked, its login alive, its user enabled, and the token the one its record was made for.
+    live = records.live_access_token(claims, verified.kid)
     return _Presented(claims, live) if live is not None else None
 
 

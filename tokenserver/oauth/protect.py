@@ -16,7 +16,7 @@ from ..errors import error_response
 from ..models import Subject
 from ..resource_uris import resource_metadata_url
 from . import dpop, records
-from .tokens import TokenRejected, verified_claims
+from .tokens import TokenRejected, verified_token
 
 REALM = "tokenserver"
 # RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
@@ -29,11 +29,11 @@ class AccessTokenValidator(BearerTokenValidator):
 
     def authenticate_token(self, token_string: str) -> records.LiveToken:
         try:
-            claims = verified_claims(token_string)
+            verified = verified_token(token_string)
         except TokenRejected as exc:
             raise InvalidTokenError(f"The access token is {exc.reason}.", realm=REALM) from None
         # Checked per request, not cached: revocation and disabling take effect at once.
-        live = records.live_access_token(claims)
+        live = records.live_access_token(verified.claims, verified.kid)
         if live is None:
             raise InvalidTokenError("The access token is revoked.", realm=REALM)
         return live

@@ -78,7 +78,8 @@ def record_issued(
     grant has no other use for. A refresh token never outlives its login's session
     (`session_max_age` from the login; the app's setting when not given). A new login keeps
     the RFC 8707 `resources` it was granted, the bound on what its refreshes may ask for,
-    and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any. A login approved in
+    and the DPoP key (`dpop_jkt`) its refresh tokens are bound to, if any; an unbound login
+    refreshed with a key is bound to it in the same commit. A login approved in
     a browser session (a device's, `session_id`; a code's is read as the code is spent) is
     stored only while that session is live, and keeps that sign-in (`auth_time`, the session)
     for the id_tokens of its refreshes; a device's also only while its approval
@@ -130,6 +131,11 @@ def record_issued(
             issued if checked_hash is not None else auth_time,
             device_code_hash,
         )
+    bind = None
+    if parent is not None and parent.dpop_jkt is None and dpop_jkt is not None:
+        # RFC 9449 §5: refreshed with a proof, an unbound login of a public client is bound to
+        # the proof's key, or its next refresh token would be spendable without the key.
+        bind = (family_id, dpop_jkt)
     try:
         outcome = tokens.store_issued(
             records,
@@ -137,11 +143,14 @@ def record_issued(
             parent_hash=None if parent is None else parent.token_hash,
             reuse_grace=current_settings().refresh_reuse_grace,
             code=None if code_hash is None else (code_hash, family_id),
+            bind=bind,
         )
     except tokens.ClientGone:
         raise InvalidClientError() from None
     if outcome is Issued.CODE_SPENT:
         raise CodeSpentMeanwhile()
+    if outcome is Issued.BOUND_ELSEWHERE:
+        raise InvalidGrantError("The refresh token is bound to another DPoP key.")
     if outcome is Issued.PARENT_SPENT:
         assert parent is not None
         _reuse_detected(client, parent.family_id)
@@ -276,9 +285,15 @@ class LiveToken:
     dpop_jkt: str | None = None  # RFC 9449: the key the token is bound to (`cnf.jkt`)
 
 
-def live_access_token(claims: dict[str, Any]) -> LiveToken | None:
-    """A verified access token's record if it is unrevoked and its user still active."""
-    row = tokens.live_access(claims["jti"])
+def live_access_token(claims: dict[str, Any], kid: str) -> LiveToken | None:
+    """A verified access token's record if it is unrevoked and its user still active.
+
+    The record must be of this very token: signed under `kid`, with the scope and expiry it
+    was issued with. Otherwise the `jti` of a live token would vouch for any claims signed by
+    any key a worker still holds (a leaked key, revoked but cached for a few seconds more).
+    """
+    expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+    row = tokens.live_access(claims["jti"], kid, claims["scope"], expires_at)
     if row is None:
         return None
     user = row.user

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
@@ -87,7 +88,8 @@ def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
     """While signing an exchanged token (RFC 8693): its `act` claim and latest `exp`.
 
     The generator is not given the request (as with resources.bind_audience); the binding
-    ends with the block, so no later token in the same context inherits it.
+    ends with the block, so no later token in the same context inherits it. Signing raises
+    TokenRejected if `not_after` leaves the token less than a second.
     """
     g.token_act, g.token_not_after = act, not_after
     try:
@@ -100,8 +102,14 @@ def delegated(act: dict[str, Any], not_after: int) -> Iterator[None]:
 def _lifetime(access_ttl: int, client: Client, grant_type: str) -> int:
     """Seconds the token this request issues lives: our TTL, cut to the bound not-after."""
     not_after = g.get("token_not_after")
-    # An exchanged token never outlives the token it was exchanged for.
-    return access_ttl if not_after is None else min(access_ttl, not_after - int(time.time()))
+    if not_after is None:
+        return access_ttl
+    # An exchanged token never outlives the token it was exchanged for, and is never issued
+    # dead: a subject that expired since it was checked leaves it no second to live.
+    left = not_after - int(time.time())
+    if left < 1:
+        raise TokenRejected("expired")
+    return min(access_ttl, left)
 
 
 def _new_refresh_token(**_: Any) -> str:
@@ -130,10 +138,18 @@ class _AccessTokenClaims(jwt.JWTClaimsRegistry):
             raise InvalidClaimError("iat")
 
 
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A presented access token that verified: the `kid` it is signed under, and its claims."""
+
+    kid: str
+    claims: dict[str, Any]
+
+
 def verify_access_token(
     token: str, keyring: KeyRing, issuer: str, audience: str | None
-) -> dict[str, Any]:
-    """The claims of a valid, unexpired access token of ours; raises TokenRejected otherwise.
+) -> VerifiedToken:
+    """A valid, unexpired access token of ours; raises TokenRejected otherwise.
 
     `audience` None accepts any `aud` (introspection and revocation serve every resource
     server). Only RS256 under one of our `kid`s passes, which stops `alg: none`, HS256 signed
@@ -141,18 +157,25 @@ def verify_access_token(
     """
     if len(token) > _MAX_TOKEN_LENGTH:
         raise TokenRejected()
-    claims = _verified(token, keyring, issuer, audience)
-    # Only `exp` can change the verdict on a cached token: check it on every use.
+    kid, claims = _verified(token, keyring, issuer, audience)
+    # Only `exp` and the key can change the verdict on a cached token: check both on every use.
+    # A key withdrawn (`keys revoke`, or retired and dropped) stops verifying what it signed,
+    # even tokens this cache met while the key was still ours.
+    if keyring.verification_key(kid) is None:
+        raise TokenRejected()
     if claims["exp"] <= int(time.time()):
         raise TokenRejected("expired")
-    return dict(claims)
+    return VerifiedToken(kid, dict(claims))
 
 
 # This worker's cache of tokens whose signature and fixed claims have checked out, so a token
 # used again skips the RSA verification. Bounded, and holding no state that can change:
-# revocation and the user's status are asked of the database on every request.
+# the key is looked up in the key ring, and revocation and the user's status asked of the
+# database, on every request.
 @functools.lru_cache(maxsize=4096)
-def _verified(token: str, keyring: KeyRing, issuer: str, audience: str | None) -> dict[str, Any]:
+def _verified(
+    token: str, keyring: KeyRing, issuer: str, audience: str | None
+) -> tuple[str, dict[str, Any]]:
     try:
         decoded = jwt.decode(token, key_resolver(keyring), algorithms=[ALGORITHM])
         # RFC 9068 §4: the `typ` header must say at+jwt, so no other JWT can pass as one.
@@ -163,11 +186,11 @@ def _verified(token: str, keyring: KeyRing, issuer: str, audience: str | None) -
         raise TokenRejected("expired" if exc.error == "expired_token" else "invalid") from None
     except (ValueError, TypeError, KeyError, AttributeError):
         raise TokenRejected() from None  # garbage that is not even a JWS
-    return dict(decoded.claims)
+    return str(decoded.header["kid"]), dict(decoded.claims)
 
 
-def verified_claims(token: str, any_audience: bool = False) -> dict[str, Any]:
-    """The claims of a valid access token for this app's issuer; raises TokenRejected.
+def verified_token(token: str, any_audience: bool = False) -> VerifiedToken:
+    """A valid access token for this app's issuer; raises TokenRejected.
 
     Its `aud` must be our default audience (our own routes), or, with `any_audience`, anything
     (a token we issued for another resource server, RFC 8707).

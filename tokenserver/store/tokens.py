@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -239,6 +240,7 @@ class Issued(enum.Enum):
     USER_DISABLED = "user disabled"  # its user was disabled, or got a new password, meanwhile
     SIGNED_OUT = "signed out"  # the browser session that got the code has ended, or the
     # device approval was withdrawn
+    BOUND_ELSEWHERE = "bound elsewhere"  # a racing refresh bound the login to another DPoP key
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +325,18 @@ _SPEND_AGAIN = (
     .values(spent_at=_records.c.spent_at)
 )
 
+# RFC 9449 §5: a public client's unbound login, refreshed with a DPoP proof, is bound to that
+# proof's key from then on. Conditional, so of two refreshes racing with different keys one
+# binds and the other finds the login bound elsewhere.
+_BIND_FAMILY = (
+    update(_families)
+    .where(
+        _families.c.id == bindparam("family_id"),
+        or_(_families.c.dpop_jkt.is_(None), _families.c.dpop_jkt == bindparam("jkt")),
+    )
+    .values(dpop_jkt=bindparam("jkt"))
+)
+
 
 def store_issued(
     records: list[dict[str, Any]],
@@ -331,11 +345,13 @@ def store_issued(
     parent_hash: str | None = None,
     reuse_grace: int = 0,
     code: tuple[str, str] | None = None,
+    bind: tuple[str, str] | None = None,
 ) -> Issued:
     """Store a token response's `records` (rows of token_records), in one transaction with
     what they come from: a new `login`, or the refresh token they replace (`parent_hash`,
     spent here; one spent less than `reuse_grace` seconds ago passes too), and the
     authorization `code` (its hash and the family it issues) being exchanged, spent here.
+    With `bind` (a family and a DPoP key thumbprint), the refreshed login is bound to that key.
 
     The request's deferred single-use JWT ids are spent in the same commit (replay.Replayed).
     Anything but STORED stores nothing. ClientGone if the client no longer exists.
@@ -345,6 +361,10 @@ def store_issued(
     def write(conn: Connection) -> bool:
         nonlocal outcome
         outcome = _issue(conn, login, parent_hash, reuse_grace, code)
+        if outcome is Issued.STORED and bind is not None:
+            params = {"family_id": bind[0], "jkt": bind[1]}
+            if conn.execute(_BIND_FAMILY, params).rowcount != 1:
+                outcome = Issued.BOUND_ELSEWHERE
         if outcome is Issued.STORED:
             conn.execute(_INSERT_RECORDS, records)
         return outcome is Issued.STORED
@@ -563,6 +583,11 @@ _LIVE_ACCESS = (
     .where(
         _records.c.jti == bindparam("jti"),
         _records.c.kind == ACCESS,
+        # The presented token must be the one recorded: a jti borrowed from a live token, on
+        # claims re-signed with another key we still hold, matches no record.
+        _records.c.kid == bindparam("kid"),
+        _records.c.scope == bindparam("scope"),
+        _records.c.expires_at == bindparam("expires_at", type_=UTCDateTime()),
         _records.c.revoked_at.is_(None),
         _families.c.revoked_at.is_(None),
         _keys.c.kid.is_(None),
@@ -570,9 +595,11 @@ _LIVE_ACCESS = (
 )
 
 
-def live_access(jti: str) -> LiveAccess | None:
-    """The access token with this `jti` if it, its login and its signing key are unrevoked."""
-    row = reader().execute(_LIVE_ACCESS, {"jti": jti}).first()
+def live_access(jti: str, kid: str, scope: str, expires_at: datetime) -> LiveAccess | None:
+    """The access token with this `jti`, signed under `kid` with this scope and expiry, if it,
+    its login and its signing key are unrevoked."""
+    params = {"jti": jti, "kid": kid, "scope": scope, "expires_at": expires_at}
+    row = reader().execute(_LIVE_ACCESS, params).first()
     if row is None:
         return None
     return LiveAccess(
