@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from tokenserver.digests import digest
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
 
@@ -94,9 +95,16 @@ def test_active_refresh_token_is_reported_too(client: FlaskClient, login: dict[s
     with time_machine.travel(time.time(), tick=False):
         body = introspect(client, login["client"], login["refresh_token"]).json
         now = int(time.time())
-    assert set(body) == ACTIVE_FIELDS - {"jti"}
+    assert set(body) == ACTIVE_FIELDS
     assert body["active"] is True
     assert body["token_type"] == "refresh_token"
+    # An id for the opaque token, stable across looks, that gives away neither it nor its digest.
+    again = introspect(client, login["client"], login["refresh_token"]).json
+    assert again["jti"] == body["jti"] and len(body["jti"]) == 32
+    assert body["jti"] not in (login["refresh_token"], digest(login["refresh_token"]))
+    assert body["jti"] not in digest(login["refresh_token"])
+    rotated = refresh(client, login["client"], login["refresh_token"]).json["refresh_token"]
+    assert introspect(client, login["client"], rotated).json["jti"] != body["jti"]
     assert body["client_id"] == login["client"].client_id
     assert body["username"] == "alice"
     assert body["scope"] == "junk:read junk:write"

@@ -345,7 +345,8 @@ def live_refresh_token(token: str) -> LiveToken | None:
     if not _may_be_ours(token):
         return None
     session_start = utcnow() - timedelta(seconds=current_settings().session_max_age)
-    row = tokens.live_refresh(digest(token), session_start)
+    token_hash = digest(token)
+    row = tokens.live_refresh(token_hash, session_start)
     if row is None:
         return None
     return LiveToken(
@@ -356,9 +357,16 @@ def live_refresh_token(token: str) -> LiveToken | None:
         row.scope,
         int(row.issued_at.timestamp()),
         int(row.expires_at.timestamp()),
+        jti=_refresh_token_id(token_hash),
         audience=as_audience(row.resources.split()),
         dpop_jkt=row.dpop_jkt,
     )
+
+
+def _refresh_token_id(token_hash: str) -> str:
+    """The `jti` introspection reports for an opaque refresh token (RFC 7662 §2.2): the same
+    for every look at one token, and neither the token nor the digest it is stored under."""
+    return digest("refresh-token-id\x00" + token_hash)[:32]
 
 
 @dataclass(frozen=True)
