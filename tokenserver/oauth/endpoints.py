@@ -120,7 +120,9 @@ class RevocationEndpoint(_RevocationEndpoint):
     def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
         if is_jwt_shaped(token_string):
             verified = _verified_or_none(token_string)
-            return records.stored_access_token(verified.claims["jti"]) if verified else None
+            if verified is None:
+                return None
+            return records.stored_access_token(verified.claims["jti"], verified.kid)
         return records.stored_refresh_token(token_string)
 
     def authenticate_token(self, request: Any, client: Client) -> Any:

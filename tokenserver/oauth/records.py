@@ -382,9 +382,9 @@ class StoredToken:
         return self.client_id == client.client_id
 
 
-def stored_access_token(jti: str) -> StoredToken | None:
-    """The record of the access token with this `jti`, if any."""
-    row = tokens.stored_access(jti)
+def stored_access_token(jti: str, kid: str) -> StoredToken | None:
+    """The record of the access token with this `jti`, signed under `kid`, if any."""
+    row = tokens.stored_access(jti, kid)
     return None if row is None else StoredToken(ACCESS, row.family_id, row.client_id, row.jti)
 
 

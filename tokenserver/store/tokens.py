@@ -680,15 +680,20 @@ _STORED = select(
     func.coalesce(_records.c.client_id, _families.c.client_id).label("client_id"),
     _records.c.jti,
 ).join(_families, _families.c.id == _records.c.family_id)
-_STORED_ACCESS = _STORED.where(_records.c.jti == bindparam("jti"), _records.c.kind == ACCESS)
+# Of the very token presented: a jti re-signed under another key we hold matches nothing.
+_STORED_ACCESS = _STORED.where(
+    _records.c.jti == bindparam("jti"),
+    _records.c.kind == ACCESS,
+    _records.c.kid == bindparam("kid"),
+)
 _STORED_REFRESH = _STORED.where(
     _records.c.token_hash == bindparam("token_hash"), _records.c.kind == REFRESH
 )
 
 
-def stored_access(jti: str) -> StoredRecord | None:
-    """The record of the access token with this `jti`, if any."""
-    row = reader().execute(_STORED_ACCESS, {"jti": jti}).first()
+def stored_access(jti: str, kid: str) -> StoredRecord | None:
+    """The record of the access token with this `jti`, signed under `kid`, if any."""
+    row = reader().execute(_STORED_ACCESS, {"jti": jti, "kid": kid}).first()
     return None if row is None else StoredRecord(row.family_id, row.client_id, row.jti)
 
 
