@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tokenserver import cors
 from tokenserver.keys import current_keyring
 
 from .conftest import Actions
@@ -43,6 +44,7 @@ def registered(flow: Flow) -> str:
     ("path", "methods"),
     [
         ("/oauth/token", "POST"),
+        ("/oauth/par", "POST"),
         ("/oauth/revoke", "POST"),
         ("/oauth/userinfo", "GET, POST"),
         ("/users/me", "GET"),
@@ -231,3 +233,9 @@ def test_an_app_route_without_an_origin_gets_no_cors_headers(actions: Actions) -
     assert response.status_code == 200
     _no_cors(response)
     assert "Origin" not in response.headers.get("Vary", "")
+
+
+def test_every_endpoint_named_for_cors_exists(app: Flask) -> None:
+    # A name that matches no route would leave that route without CORS, silently.
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert endpoints >= cors._APP | cors._PUBLIC

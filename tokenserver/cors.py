@@ -28,7 +28,9 @@ _PUBLIC = frozenset(
     {"oauth.metadata", "oauth.protected_resource", "oauth.jwks", "oidc.openid_configuration"}
 )
 # What a browser app calls with its own tokens: readable by the registered web origins.
-_APP = frozenset({"oauth.token", "oauth.par", "oauth.revoke", "oidc.userinfo", "users.me"})
+_APP = frozenset(
+    {"oauth.token", "oauth.pushed_authorization", "oauth.revoke", "oidc.userinfo", "users.me"}
+)
 _APP_BLUEPRINTS = frozenset({"junk"})
 _ALLOW_HEADERS = "Authorization, Content-Type, DPoP, X-Request-ID"
 # What an app needs to read besides the body: errors' challenges, when to retry, new items,
