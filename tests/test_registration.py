@@ -178,6 +178,11 @@ def test_an_initial_access_token_registers_exactly_one_client(
             "RFC 9700",
         ),
         ({"grant_types": ["implicit"]}, "invalid_client_metadata", "grant_types"),
+        (
+            {"grant_types": ["urn:ietf:params:oauth:grant-type:token-exchange"]},
+            "invalid_client_metadata",
+            "an administrator registers",
+        ),
         ({"grant_types": []}, "invalid_client_metadata", "grant_types"),
         (
             {"grant_types": ["refresh_token"], "response_types": []},

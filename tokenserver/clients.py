@@ -360,6 +360,12 @@ def _dynamic_rules(spec: ClientSpec) -> None:
             "grant_types: the password grant is not offered to dynamically registered clients "
             "(RFC 9700 §2.4)"
         )
+    if TOKEN_EXCHANGE in grants:
+        # Its audiences, the resources it may exchange tokens for, are no registration field.
+        raise InvalidClientMetadata(
+            f"grant_types: {TOKEN_EXCHANGE} is not offered to dynamically registered clients; "
+            "an administrator registers a resource server with the audiences it serves"
+        )
     if spec.public and not set(grants) <= _PUBLIC_GRANTS:
         raise InvalidClientMetadata(
             "grant_types: a client with token_endpoint_auth_method none may use only "

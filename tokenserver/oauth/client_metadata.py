@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..clients import ClientSpec, InvalidClientMetadata
-from ..models import GRANT_TYPES, Client
+from ..models import GRANT_TYPES, TOKEN_EXCHANGE, Client
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 _SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
@@ -79,7 +79,7 @@ def to_spec(metadata: dict[str, Any]) -> ClientSpec:
     if unknown:
         raise InvalidClientMetadata(
             f"grant_types: {unknown[0]!r} is not supported; supported: "
-            f"{', '.join(g for g in GRANT_TYPES if g != 'password')}"
+            f"{', '.join(g for g in GRANT_TYPES if g not in ('password', TOKEN_EXCHANGE))}"
         )
     _check_response_types(metadata, grants)
     keyed = "jwks" in metadata or "jwks_uri" in metadata

@@ -24,13 +24,15 @@ def _metadata_properties() -> Doc:
             **_URIS,
             "description": (
                 "https, or http on a loopback address (RFC 8252); no fragment, no user name or "
-                "password (user@host)."
+                "password (user@host). They are also the URIs /oauth/logout may return to "
+                "(post_logout_redirect_uri); post_logout_redirect_uris is not read."
             ),
         },
         "grant_types": {
             **_GRANTS,
             "description": "Default: authorization_code. The password grant is refused (RFC "
-            "9700); client_credentials needs a confidential client.",
+            "9700), and so is token exchange (its audiences are set by an administrator); "
+            "client_credentials needs a confidential client.",
         },
         "response_types": {"type": "array", "items": {"const": "code"}},
         "token_endpoint_auth_method": {"enum": list(AUTH_METHODS)},

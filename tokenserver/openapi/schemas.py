@@ -141,7 +141,13 @@ SCHEMAS: Schema = {
     "Actor": _ACT,
     "DeviceAuthorizationRequest": _object(
         [],
-        {"scope": _SCOPE, "resource": _RESOURCE, "client_id": _STRING, "client_secret": _STRING},
+        {
+            "scope": _SCOPE,
+            "resource": _RESOURCE,
+            "client_id": _STRING,
+            "client_secret": _STRING,
+            **_CLIENT_ASSERTION,
+        },
     ),
     "DeviceAuthorization": _object(
         [
