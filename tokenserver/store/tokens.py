@@ -373,12 +373,24 @@ def store_issued(
     return outcome
 
 
+# On SQLite a transaction begins at its first write; this one begins as a write at once, in
+# place of that implicit BEGIN (sqlite_writers.py takes the writers' lock for it).
+_BEGIN_WRITING = "BEGIN IMMEDIATE"
+
+
 def _issuing(write: Callable[[Connection], bool]) -> bool:
     """Run `write` in one transaction with the request's deferred single-use JWT ids (its
     client assertion and DPoP proof): all of it commits, or nothing if `write` says False.
+    On SQLite the transaction holds the write lock from its start, so what `write` reads
+    stays true until it commits, as PostgreSQL's share locks keep it there.
     ClientGone if the client was deleted meanwhile (its rows are gone: a foreign key fails)."""
     try:
         with db.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # Before the reads that decide what is stored (a session still signed in, an
+                # approval standing): a sign-out committing between them and the first write
+                # would miss the tokens stored after it.
+                conn.exec_driver_sql(_BEGIN_WRITING)
             replay.spend_pending(conn)
             stored = write(conn)
             if not stored:
