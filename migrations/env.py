@@ -1,4 +1,5 @@
 import logging
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from flask import current_app
@@ -108,13 +109,40 @@ def run_migrations_online():
         )
 
         try:
-            with context.begin_transaction():
+            with context.begin_transaction(), _one_migrator_at_a_time(connection):
                 context.run_migrations()
             if sqlite:
                 _check_sqlite_foreign_keys(connection)
         finally:
             if sqlite:
                 _sqlite_foreign_keys(connection, on=True)
+
+
+# The PostgreSQL advisory lock every migrator takes ("tokensrv" in ASCII).
+MIGRATORS_LOCK = 0x746F6B656E737276
+
+
+@contextmanager
+def _one_migrator_at_a_time(connection):
+    """Let one migrator run at a time: several nodes may run `db upgrade` at once on release.
+    The next one reads the schema's version only once the first is done, and finds it at head.
+
+    On PostgreSQL an advisory lock, held to the end of the migration's transaction. On SQLite,
+    whose DDL here commits statement by statement, the writers' lock (sqlite_writers.py).
+    """
+    if connection.dialect.name == 'postgresql':
+        connection.exec_driver_sql(f'SELECT pg_advisory_xact_lock({MIGRATORS_LOCK})')
+        yield
+        return
+    writers = getattr(connection.connection.dbapi_connection, 'writers', None)
+    if writers is None:  # an in-memory database: no other migrator can see it
+        yield
+        return
+    writers.take()
+    try:
+        yield
+    finally:
+        writers.give_back()
 
 
 def _sqlite_foreign_keys(connection, *, on):

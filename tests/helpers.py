@@ -14,6 +14,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -25,6 +26,8 @@ from joserfc import jws
 from joserfc.jwk import ECKey, Key
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
+
+from tokenserver.sqlite_writers import WriterConnection
 
 from .conftest import PASSWORD, Actions, LiveServer, RegisteredClient
 
@@ -350,6 +353,47 @@ def until_a_backend_waits_for_a_lock(conn: Any, waiter: threading.Thread) -> Non
         assert waiter.is_alive(), "it finished without waiting for the other transaction"
         assert time.monotonic() < deadline, "it never waited for the other transaction"
         time.sleep(0.01)  # polling for a state that will come, not waiting out a race
+
+
+def run_behind(app: Flask, conn: Any, action: Callable[[], object]) -> threading.Thread:
+    """Start `action` on a thread while `conn` (a SQLAlchemy connection) is in a write
+    transaction; return the thread once `action` has finished or waits for that transaction:
+    on PostgreSQL for a lock it holds (it must), on SQLite for the writers' lock. Join the
+    thread after the transaction ends."""
+    settled = threading.Event()
+
+    def run() -> None:
+        try:
+            with app.app_context():
+                action()
+        finally:
+            settled.set()
+
+    racer = threading.Thread(target=run)
+    if conn.dialect.name == "postgresql":
+        racer.start()
+        engine = create_engine(app.extensions["tokenserver.settings"].database_url)
+        try:
+            with engine.connect() as watching:
+                until_a_backend_waits_for_a_lock(watching, racer)
+        finally:
+            engine.dispose()
+        return racer
+    holder: WriterConnection = conn.connection.dbapi_connection
+    take = WriterConnection.take_writers_lock
+
+    def take_noting_a_wait(connection: WriterConnection) -> None:
+        if threading.current_thread() is racer and holder.writing:
+            settled.set()  # about to wait: `conn`'s transaction holds the writers' lock
+        take(connection)
+
+    WriterConnection.take_writers_lock = take_noting_a_wait  # type: ignore[method-assign]
+    try:
+        racer.start()
+        assert settled.wait(timeout=30), "it neither finished nor waited"
+    finally:
+        WriterConnection.take_writers_lock = take  # type: ignore[method-assign]
+    return racer
 
 
 def reset_queued_behind(app: Flask, database_url: str, password: str) -> threading.Thread:

@@ -28,10 +28,11 @@ from tokenserver.oauth.devices import (
     normalize_user_code,
 )
 from tokenserver.observability import JSONFormatter
+from tokenserver.store import devices as store_devices
 from tokenserver.store import tokens
 
 from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
-from .helpers import Flow, Prover, csrf_of
+from .helpers import Flow, Prover, csrf_of, run_behind
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile junk:read"
@@ -934,6 +935,69 @@ def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
     with app.app_context():
         assert tokens.signed_in_apps(accounts.get("alice").id) == []
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"  # spent, not waiting
+
+
+def _racing_the_store(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]
+) -> list[threading.Thread]:
+    """Once a poll has read that its session is signed in and its approval stands, run
+    `action` on another thread, and let the poll store its tokens once `action` has finished
+    or waits for the poll's transaction (the thread is listed, to join)."""
+    still_allowed = store_devices.still_allowed
+    racers: list[threading.Thread] = []
+
+    def then_race(conn: Any, device_code_hash: str) -> bool:
+        allowed = still_allowed(conn, device_code_hash)
+        racers.append(run_behind(app, conn, action))
+        return allowed
+
+    monkeypatch.setattr(store_devices, "still_allowed", then_race)
+    return racers
+
+
+@pytest.mark.parametrize("sign_out", ["app", "everywhere", "password reset"])
+def test_a_sign_out_landing_while_a_polls_tokens_are_stored_ends_them(
+    app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch, sign_out: str
+) -> None:
+    # The poll has read that the user is signed in and the approval stands; a sign-out then
+    # waits for its tokens to be stored and revokes them, or lands first and none are stored.
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    cookie = device.client.get_cookie("tokenserver_session")
+    assert cookie is not None
+
+    def signing_out() -> None:
+        if sign_out == "password reset":
+            accounts.reset_password("alice", "a different long passphrase")
+            return
+        session = signin.current(cookie.value)
+        assert session is not None
+        if sign_out == "app":
+            signin.sign_out_app(session, device.oauth_client.client_id)
+        else:
+            signin.sign_out_everywhere(session)
+
+    racers = _racing_the_store(app, monkeypatch, signing_out)
+    polled = device.poll(codes["device_code"])
+    monkeypatch.undo()
+    for racer in racers:
+        racer.join()
+    assert len(racers) == 1
+    with app.app_context():
+        assert tokens.signed_in_apps(accounts.get("alice").id) == []
+    if polled.status_code == 200:
+        refreshed = device.client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": polled.json["refresh_token"],
+                "client_id": device.oauth_client.client_id,
+            },
+        )
+        assert _error(refreshed) == "invalid_grant"
+    else:
+        assert _error(polled) == "invalid_grant"
 
 
 def test_a_password_changed_in_the_approving_session_keeps_its_approval(device: Device) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -88,6 +91,74 @@ def test_tokenserver_db_upgrade_takes_an_empty_database_to_head(tmp_path: Path) 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
     engine.dispose()
+
+
+# What every migrator locks first (migrations/env.py): PostgreSQL's advisory lock.
+_MIGRATORS_LOCK = 0x746F6B656E737276
+
+
+def _blocked_flocks(path: Path) -> int:
+    """How many processes wait for the flock(2) on the file at `path` (Linux /proc/locks)."""
+    inode = path.stat().st_ino
+    blocked = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return sum(1 for f in blocked if f[1] == "->" and f[6].endswith(f":{inode}"))
+
+
+def _lock_waiters(conn: Connection) -> int:
+    """How many PostgreSQL backends of this database wait for a lock."""
+    conn.execute(text("SELECT pg_stat_clear_snapshot()"))  # read pg_stat_activity anew
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    return int(conn.execute(text(query + " AND wait_event_type = 'Lock'")).scalar() or 0)
+
+
+def test_two_upgrades_at_once_run_one_after_the_other(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    # Several nodes may run `db upgrade` at once on release: the second waits for the first,
+    # then finds the schema at head, rather than creating the same tables again and failing.
+    url = base_settings.database_url
+    gen = postgres_database(url) if url.startswith("postgresql") else None
+    url = next(gen) if gen is not None else f"sqlite:///{tmp_path / 'release.db'}"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as holder:
+            # Hold what the migrators take, so that both are seen waiting for it.
+            if gen is not None:
+                holder.execute(text(f"SELECT pg_advisory_lock({_MIGRATORS_LOCK})"))
+                waiting = lambda: _lock_waiters(holder)  # noqa: E731
+            else:
+                lock = Path(f"{tmp_path / 'release.db'}-writers.lock")
+                held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(held, fcntl.LOCK_EX)
+                waiting = lambda: _blocked_flocks(lock)  # noqa: E731
+            upgrades = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "tokenserver", "db", "upgrade"],
+                    cwd=ROOT,
+                    env={"PATH": "/usr/bin:/bin", "TOKENSERVER_DATABASE_URL": url},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            deadline = time.monotonic() + 60
+            while waiting() < 2:
+                assert all(up.poll() is None for up in upgrades), "one did not wait"
+                assert time.monotonic() < deadline, "they never both waited"
+                time.sleep(0.01)  # polling for a state that will come, not waiting out a race
+            if gen is not None:
+                holder.execute(text(f"SELECT pg_advisory_unlock({_MIGRATORS_LOCK})"))
+            else:
+                os.close(held)
+            outputs = [up.communicate(timeout=120)[0] for up in upgrades]
+            assert [up.returncode for up in upgrades] == [0, 0], outputs
+            version = holder.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            assert list(version) == [SCHEMA_HEAD]
+    finally:
+        engine.dispose()
+        if gen is not None:
+            next(gen, None)
 
 
 def test_upgrade_leaves_one_current_key_where_the_old_schema_had_two(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,9 +21,11 @@ from sqlalchemy import func, select
 
 from tokenserver.extensions import db
 from tokenserver.models import Client, InitialAccessToken, TokenFamily
+from tokenserver.store import sessions
+from tokenserver.store import tokens as token_store
 
 from .conftest import Actions, LiveServer
-from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, works
+from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, run_behind, works
 
 ISSUER = "http://localhost:8000"
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -533,6 +537,89 @@ def test_a_client_that_becomes_public_loses_the_logins_it_had_to_authenticate_fo
     assert not works(client, tokens["access_token"])
     # Signing in again, as the public client it now is, works.
     assert _signed_in(app, client, {"client_id": registered["client_id"]})["refresh_token"]
+
+
+def _made_public(app: Flask, registered: dict[str, Any]) -> Callable[[], object]:
+    """The registered client's RFC 7592 update that makes it public, as another request."""
+
+    def put() -> None:
+        update = {**WEB_APP, "client_id": registered["client_id"]}
+        public = _manage(app.test_client(), "PUT", registered, json=update)
+        assert public.status_code == 200 and public.json["token_endpoint_auth_method"] == "none"
+
+    return put
+
+
+def _families_of(app: Flask, client_id: str) -> int:
+    with app.app_context():
+        query = select(func.count()).where(TokenFamily.client_id == client_id)
+        return int(db.session.scalar(query) or 0)
+
+
+def test_a_client_made_public_after_authenticating_gets_no_login(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    actions: Actions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exchange authenticated with the secret; the update making the client public, and
+    # revoking its logins, commits before the login is stored: none is.
+    actions.user("alice")
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(registered["client_id"], challenge)
+    store_issued, put = token_store.store_issued, _made_public(app, registered)
+
+    def made_public_first(*args: Any, **kwargs: Any) -> Any:
+        putting = threading.Thread(target=put)  # another request, with its own app context
+        putting.start()
+        putting.join()
+        return store_issued(*args, **kwargs)
+
+    monkeypatch.setattr(token_store, "store_issued", made_public_first)
+    exchanged = flow.exchange(registered["client_id"], registered["client_secret"], code, verifier)
+    assert exchanged.status_code == 401 and exchanged.json["error"] == "invalid_client"
+    assert _families_of(app, registered["client_id"]) == 0
+
+
+def test_a_client_made_public_while_its_login_is_stored_ends_that_login(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    actions: Actions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exchange has checked that the client still authenticates when the update making it
+    # public comes: the update waits for the login to be stored, then revokes it.
+    actions.user("alice")
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(registered["client_id"], challenge)
+    signed_in, racers = sessions.signed_in, []
+
+    def then_made_public(conn: Any, session_id: str) -> bool:
+        racers.append(run_behind(app, conn, _made_public(app, registered)))
+        return signed_in(conn, session_id)
+
+    monkeypatch.setattr(sessions, "signed_in", then_made_public)
+    exchanged = flow.exchange(registered["client_id"], registered["client_secret"], code, verifier)
+    monkeypatch.undo()
+    for racer in racers:
+        racer.join()
+    assert len(racers) == 1
+    assert exchanged.status_code == 200, exchanged.json
+    refused = _refreshed(client, registered["client_id"], exchanged.json["refresh_token"])
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    assert not works(client, exchanged.json["access_token"])
 
 
 def test_a_client_whose_method_changes_but_still_authenticates_keeps_its_logins(

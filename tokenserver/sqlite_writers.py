@@ -18,8 +18,9 @@ import sqlite3
 import threading
 from typing import Any
 
-# Statements after which SQLite holds the write lock until the transaction ends.
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# Statements after which SQLite holds the write lock until the transaction ends: the writes,
+# and BEGIN IMMEDIATE, for a transaction whose reads decide what it writes.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE")
 
 
 class _Writers:
@@ -114,6 +115,6 @@ class WriterCursor(sqlite3.Cursor):
         return self
 
     def _before(self, sql: str) -> None:
-        if sql.lstrip()[:7].upper().startswith(_WRITES):
+        if sql.lstrip()[:15].upper().startswith(_WRITES):
             connection: WriterConnection = self.connection  # type: ignore[assignment]
             connection.take_writers_lock()

@@ -83,7 +83,9 @@ def record_issued(
     a browser session (a device's, `session_id`; a code's is read as the code is spent) is
     stored only while that session is live, and keeps that sign-in (`auth_time`, the session)
     for the id_tokens of its refreshes; a device's also only while its approval
-    (`device_code_hash`) stands. A password login signs in as it is issued.
+    (`device_code_hash`) stands. A password login signs in as it is issued. A new login of a
+    client that authenticated is stored only while the client still must (InvalidClientError
+    if it was made public meanwhile).
     """
     if session_max_age is None:
         session_max_age = current_settings().session_max_age
@@ -130,6 +132,7 @@ def record_issued(
             session_id,
             issued if checked_hash is not None else auth_time,
             device_code_hash,
+            confidential=not client.is_public,
         )
     bind = None
     if parent is not None and parent.dpop_jkt is None and dpop_jkt is not None:
@@ -147,6 +150,8 @@ def record_issued(
         )
     except tokens.ClientGone:
         raise InvalidClientError() from None
+    if outcome is Issued.CLIENT_PUBLIC:
+        raise InvalidClientError()  # the credential it authenticated with is no more
     if outcome is Issued.CODE_SPENT:
         raise CodeSpentMeanwhile()
     if outcome is Issued.BOUND_ELSEWHERE:

@@ -175,7 +175,8 @@ def still_allowed(conn: Connection, device_code_hash: str) -> bool:
     """Whether a spent code's approval still stands, read in the write transaction that
     stores its tokens: a withdrawal racing it (an app signed out, a new password) waits for
     the caller on PostgreSQL (the row is share-locked) and then sees its tokens to revoke,
-    or comes first and this says False. On SQLite the caller holds the one write lock."""
+    or comes first and this says False. On SQLite the caller's transaction holds the one
+    write lock from its start (tokens._issuing)."""
     return conn.execute(_STILL_ALLOWED, {"hash": device_code_hash}).first() is not None
 
 

@@ -241,6 +241,7 @@ class Issued(enum.Enum):
     SIGNED_OUT = "signed out"  # the browser session that got the code has ended, or the
     # device approval was withdrawn
     BOUND_ELSEWHERE = "bound elsewhere"  # a racing refresh bound the login to another DPoP key
+    CLIENT_PUBLIC = "client public"  # the client authenticated, and was made public meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,8 @@ class NewLogin:
     auth_time: datetime | None = None  # when the user signed in for it, if known
     # The device code (its digest) it comes from: stored only while that approval stands.
     device_code_hash: str | None = None
+    # The client authenticated with a secret or a key: stored only while it still must.
+    confidential: bool = False
 
 
 def _subject(row: Any) -> Subject | None:
@@ -297,6 +300,21 @@ _INSERT_PASSWORD_FAMILY = (
     )
 ).returning(_families.c.id)
 _INSERT_CLIENT_FAMILY = insert(_families)
+# A client that must still authenticate (not Client.is_public), share-locked (PostgreSQL):
+# an RFC 7592 update making it public waits for the login being stored and then revokes it
+# (clients.update_client), or commits first and this finds nothing.
+_STILL_CONFIDENTIAL = (
+    select(_clients.c.id)
+    .where(
+        _clients.c.client_id == bindparam("client_id"),
+        or_(
+            _clients.c.secret_hash.is_not(None),
+            _clients.c.jwks.is_not(None),
+            _clients.c.jwks_uri.is_not(None),
+        ),
+    )
+    .with_for_update(read=True)
+)
 # Spending a refresh token: one conditional UPDATE decides, so concurrent refreshes with the
 # same token cannot both pass (RFC 9700 §4.14.2).
 _SPEND = (
@@ -373,12 +391,24 @@ def store_issued(
     return outcome
 
 
+# On SQLite a transaction begins at its first write; this one begins as a write at once, in
+# place of that implicit BEGIN (sqlite_writers.py takes the writers' lock for it).
+_BEGIN_WRITING = "BEGIN IMMEDIATE"
+
+
 def _issuing(write: Callable[[Connection], bool]) -> bool:
     """Run `write` in one transaction with the request's deferred single-use JWT ids (its
     client assertion and DPoP proof): all of it commits, or nothing if `write` says False.
+    On SQLite the transaction holds the write lock from its start, so what `write` reads
+    stays true until it commits, as PostgreSQL's share locks keep it there.
     ClientGone if the client was deleted meanwhile (its rows are gone: a foreign key fails)."""
     try:
         with db.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # Before the reads that decide what is stored (a session still signed in, an
+                # approval standing): a sign-out committing between them and the first write
+                # would miss the tokens stored after it.
+                conn.exec_driver_sql(_BEGIN_WRITING)
             replay.spend_pending(conn)
             stored = write(conn)
             if not stored:
@@ -405,6 +435,11 @@ def _issue(
     if parent_hash is not None:
         return Issued.STORED if _spend(conn, parent_hash, reuse_grace) else Issued.PARENT_SPENT
     assert login is not None, "a token response comes from a new login or a refresh token"
+    # A login granted under the client's secret or keys must not outlive them: made public
+    # since, anyone holding its refresh token could spend it with no credential. (A refresh
+    # needs no such check: making the client public revokes the family it lands in.)
+    if login.confidential and not _still_confidential(conn, login.client_id):
+        return Issued.CLIENT_PUBLIC
     # As at Keycloak, a code (or a device approval) dies with the browser session that got it:
     # one taken just before the user signed out (or changed their password) never outlives it.
     if session_id is not None and not sessions.signed_in(conn, session_id):
@@ -430,6 +465,12 @@ def _issue(
     statement = _INSERT_USER_FAMILY if login.checked_hash is None else _INSERT_PASSWORD_FAMILY
     inserted = conn.execute(statement, params).first()
     return Issued.STORED if inserted is not None else Issued.USER_DISABLED
+
+
+def _still_confidential(conn: Connection, client_id: str) -> bool:
+    """Whether the client still authenticates (has a secret or keys), read in the caller's
+    write transaction; False if it was deleted, too."""
+    return conn.execute(_STILL_CONFIDENTIAL, {"client_id": client_id}).first() is not None
 
 
 def _spend(conn: Connection, token_hash: str, reuse_grace: int) -> bool:
