@@ -306,6 +306,23 @@ def test_per_ip_limits_count_requests_to_every_node_together(
         assert any('"/users"' in line for line in node.log_lines("access"))
 
 
+def test_requests_reach_the_nodes_while_no_node_passes_its_check(
+    cluster_factory: Callable[..., Cluster], actions: Actions
+) -> None:
+    """Fail open: a pause of the shared database fails every node's check at once, and the
+    nodes, which wait for it or answer their own JSON 503, are still the ones to ask."""
+    cluster = cluster_factory()
+    closed = free_port()  # nothing listens there: every check is refused, as when both stop
+    for name in ("node1", "node2"):
+        cluster.balancer.command(f"set server nodes/{name} check-port {closed}")
+    cluster.balancer.wait_for({"node1": "DOWN", "node2": "DOWN"}, seconds=10)
+    served = [_served(node) for node in cluster.nodes]
+    jwks = [requests.get(f"{cluster.url}/.well-known/jwks.json", timeout=TIMEOUT) for _ in "ab"]
+    assert [answer.status_code for answer in jwks] == [200, 200]
+    assert _signup(cluster.url, "alice").status_code == 201
+    assert all(_served(node) > before for node, before in zip(cluster.nodes, served, strict=True))
+
+
 @dataclass
 class Load:
     """A bounded loop of requests through the balancer in a few threads; records every answer."""
