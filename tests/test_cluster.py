@@ -9,6 +9,7 @@ these run in the PostgreSQL run of `make test` only.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -53,6 +54,7 @@ pytestmark = [
 ]
 
 WRONG = "not the password at all"
+ERROR_PAGES = Path(__file__).resolve().parent.parent / "deploy" / "errors"
 # Longer than a HUP takes to boot new workers on a busy machine (requests wait, never fail).
 TIMEOUT = 30
 
@@ -321,6 +323,40 @@ def test_requests_reach_the_nodes_while_no_node_passes_its_check(
     assert [answer.status_code for answer in jwks] == [200, 200]
     assert _signup(cluster.url, "alice").status_code == 201
     assert all(_served(node) > before for node, before in zip(cluster.nodes, served, strict=True))
+
+
+def _json_error(answer: requests.Response) -> str:
+    """The `error` of a JSON error answer (the API's one shape); fails on anything else."""
+    assert answer.headers["Content-Type"] == "application/json", answer.text
+    body = answer.json()
+    assert set(body) == {"error", "error_description"}, body
+    return str(body["error"])
+
+
+def test_balancer_answers_json_when_no_node_is_running(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory()
+    for node in cluster.nodes:
+        node.terminate()
+    for method in ("GET", "POST"):
+        answer = requests.request(method, f"{cluster.url}/users", timeout=TIMEOUT)
+        assert answer.status_code == 503
+        assert _json_error(answer) == "service_unavailable"
+        assert answer.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("page", sorted(ERROR_PAGES.glob("*.http")), ids=lambda page: page.name)
+def test_each_error_page_of_the_balancer_is_a_whole_json_answer(page: Path) -> None:
+    """HAProxy sends these files as they are: a raw response, CRLF, its body's exact length."""
+    head, _, body = page.read_bytes().partition(b"\r\n\r\n")
+    status_line, *fields = head.decode().split("\r\n")
+    assert status_line.startswith(f"HTTP/1.1 {page.stem} ")
+    headers = dict(field.split(": ", 1) for field in fields)
+    assert headers["Content-Type"] == "application/json"
+    assert int(headers["Content-Length"]) == len(body)
+    assert set(json.loads(body)) == {"error", "error_description"}
+    assert ("Retry-After" in headers) == (page.stem in {"502", "503"})
 
 
 @dataclass
