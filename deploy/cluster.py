@@ -105,12 +105,12 @@ class Balancer:
         return b"".join(chunks).decode()
 
     def sessions(self, name: str) -> int:
-        """Requests the balancer has in flight on a node."""
-        for line in self.command("show stat").splitlines():
-            row = line.split(",")
-            if row[:2] == ["nodes", name]:
-                return int(row[4])  # scur
-        raise KeyError(name)
+        """Requests the balancer has in flight on a node, through every backend naming it."""
+        rows = [line.split(",") for line in self.command("show stat").splitlines()]
+        counts = [int(row[4]) for row in rows if len(row) > 4 and row[1] == name]  # scur
+        if not counts:
+            raise KeyError(name)
+        return sum(counts)
 
     def drain(self, name: str, seconds: float = 35) -> None:
         """Send a node no new request, and wait until its in-flight ones are answered."""
