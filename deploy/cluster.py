@@ -2,7 +2,10 @@
 
 Migrates the database (creating it if the server lacks it), makes a demo client if there is
 none, starts both nodes and HAProxy (deploy/haproxy.cfg), waits until the balancer has both
-nodes in its pool, and stops them all, balancer first, on Ctrl-C or SIGTERM.
+nodes in its pool, and serves until HAProxy exits or the launcher gets Ctrl-C or SIGTERM; then
+it stops them all, balancer first. A node that exits (stopped by hand for a rolling restart,
+or crashed) is reported and the other one serves on; it may be started again by hand with
+the command printed for it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import csv
 import io
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -169,6 +173,51 @@ def node_command(bind: str) -> list[str]:
     ]
 
 
+SHARED_SERVICES = ("TOKENSERVER_DATABASE_URL", "TOKENSERVER_RATELIMIT_STORAGE_URI")
+
+
+def start_command(bind: str, env: dict[str, str]) -> str:
+    """A shell command that starts a node by hand as the launcher does: the shared services
+    (passwords hidden) and the variables the launcher chose; the rest from the caller's shell.
+    A node started with no database URL would serve a database of its own (SQLite)."""
+    chosen = {name: value for name, value in env.items() if os.environ.get(name) != value}
+    for name in SHARED_SERVICES:
+        if name in env:
+            chosen[name] = make_url(env[name]).render_as_string(hide_password=True)
+    assignments = [f"{name}={shlex.quote(value)}" for name, value in sorted(chosen.items())]
+    return " ".join(
+        ["cd", shlex.quote(str(ROOT)), "&&", *assignments, shlex.join(node_command(bind))]
+    )
+
+
+def supervise(
+    nodes: dict[str, subprocess.Popen[bytes]],
+    balancer: subprocess.Popen[bytes],
+    stopping: Callable[[], bool],
+    report: Callable[[str], None],
+    commands: dict[str, str] | None = None,
+) -> int:
+    """Serve until `stopping()` (0) or HAProxy exits (1). A node that exits is reported once
+    and not fatal: a rolling restart stops one on purpose, and the balancer takes it out of
+    the pool while the other serves."""
+    down: set[str] = set()
+    while not stopping():
+        if balancer.poll() is not None:
+            report(f"Error: HAProxy exited with status {balancer.returncode}")
+            return 1
+        for name, process in nodes.items():
+            if name not in down and process.poll() is not None:
+                down.add(name)
+                again = f"; to start it again: {commands[name]}" if commands else ""
+                report(f"{name} down (exit status {process.returncode}){again}")
+        time.sleep(0.2)  # polling processes that end on their own, not waiting out a race
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr if line.startswith("Error:") else sys.stdout, flush=True)
+
+
 def ensure_database(url: str) -> None:
     """Create the PostgreSQL database the URL names if the server does not have it yet."""
     target = make_url(url)
@@ -216,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run([*tokenserver, *step], cwd=ROOT, env=env).returncode != 0:
             return 1
 
-    nodes: list[subprocess.Popen[bytes]] = []
+    nodes: dict[str, subprocess.Popen[bytes]] = {}
+    commands: dict[str, str] = {}
     balancer = Balancer(
         f"0.0.0.0:{args.port}",
         (f"127.0.0.1:{args.node_ports[0]}", f"127.0.0.1:{args.node_ports[1]}"),
@@ -232,14 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        for port in args.node_ports:
-            nodes.append(
-                subprocess.Popen(
-                    node_command(f"127.0.0.1:{port}"),
-                    cwd=ROOT,
-                    env={**env, "PORT": str(port)},
-                    start_new_session=True,
-                )
+        for number, port in enumerate(args.node_ports, 1):
+            bind, node_env = f"127.0.0.1:{port}", {**env, "PORT": str(port)}
+            commands[f"node{number}"] = start_command(bind, node_env)
+            nodes[f"node{number}"] = subprocess.Popen(
+                node_command(bind), cwd=ROOT, env=node_env, start_new_session=True
             )
         balancer.start()
         balancer.wait_for({"node1": "UP", "node2": "UP"}, seconds=60)
@@ -249,22 +296,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{balancer.stats_url}, runtime API at {balancer.socket}. Ctrl-C stops everything.",
             flush=True,
         )
-        while not stopping:
-            for process in (*nodes, balancer.process):
-                if process is not None and process.poll() is not None:
-                    print(f"Error: process {process.pid} exited", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
-        return 0
+        for name, command in commands.items():
+            print(f"{name} (PID {nodes[name].pid}) started with: {command}", flush=True)
+        assert balancer.process is not None
+        return supervise(nodes, balancer.process, lambda: stopping, _say, commands)
     except RuntimeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     finally:
         balancer.stop()  # first, so no request is sent to a node that is going away
         shutil.rmtree(balancer.socket.parent, ignore_errors=True)
-        for process in nodes:
-            process.terminate()
-        for process in nodes:
+        for process in nodes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in nodes.values():
             stop_process(process)
 
 

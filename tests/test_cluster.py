@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from joserfc import jws
 from sqlalchemy import create_engine, select
 
 from bench.server import free_port
-from deploy.cluster import Balancer, wait_until
+from deploy.cluster import Balancer, start_command, supervise, wait_until
 from tests.conftest import (
     PASSWORD,
     REDIS_URL,
@@ -588,3 +589,57 @@ def test_killed_node_is_drained_and_loses_no_acknowledged_write(
     assert len(failed) <= 2 * load.threads, failed
     assert not any(status == 409 for _i, _name, status in failed), failed
     assert all(i < killed_at + load.threads * 3 for i, _name, _status in failed), failed
+
+
+def test_launcher_serves_on_when_a_node_exits_and_stops_when_haproxy_does() -> None:
+    """A rolling restart under `make cluster` stops a node by hand: that is no reason to end."""
+    processes = {name: subprocess.Popen(["sleep", "60"]) for name in ("node1", "node2", "lb")}
+    lines: list[str] = []
+    ended: list[int] = []
+    balancer = processes.pop("lb")
+    watcher = threading.Thread(
+        target=lambda: ended.append(
+            supervise(processes, balancer, lambda: False, lines.append, {"node1": "start-1"})
+        ),
+        daemon=True,
+    )
+    watcher.start()
+    try:
+        processes["node1"].terminate()
+        wait_until(lambda: lines, 5, "the launcher never reported the node")
+        assert lines == ["node1 down (exit status -15); to start it again: start-1"]
+        assert watcher.is_alive() and processes["node2"].poll() is None
+        balancer.terminate()
+        watcher.join(timeout=5)
+        assert ended == [1]
+        assert lines[1:] == ["Error: HAProxy exited with status -15"]
+    finally:
+        for process in (balancer, *processes.values()):
+            process.kill()
+            process.wait()
+
+
+def test_launcher_prints_a_command_that_starts_a_node_again(base_settings: Settings) -> None:
+    node = LiveServer(base_settings, 1)  # its environment and port; started by the command
+    command = start_command(node.address, node.env)
+    assert f"PORT={node.port}" in command
+    assert f"TOKENSERVER_DATABASE_URL={base_settings.database_url}" in command
+    shell = subprocess.Popen(
+        ["sh", "-c", command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{node.url}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, 30, "the printed command started no node", shell)
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=35)
+        shutil.rmtree(node.error_log.parent, ignore_errors=True)
