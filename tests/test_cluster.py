@@ -9,6 +9,7 @@ these run in the PostgreSQL run of `make test` only.
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import os
@@ -346,6 +347,26 @@ def test_balancer_answers_json_when_no_node_is_running(
         assert answer.status_code == 503
         assert _json_error(answer) == "service_unavailable"
         assert answer.headers["Retry-After"] == "1"
+
+
+def test_metrics_are_not_served_through_the_balancer(cluster: Cluster) -> None:
+    for path in ("/metrics", "/metrics?name[]=x", "/%6Detrics", "//metrics"):  # the node
+        assert _get(cluster.nodes[0].address, path)[0] == 200  # reads each as /metrics
+        status, content_type, body = _get(cluster.balancer.bind, path)
+        assert (status, content_type) == (404, "application/json"), path
+        assert json.loads(body)["error"] == "not_found"
+
+
+def _get(address: str, path: str) -> tuple[int, str | None, bytes]:
+    """GET the path exactly as written (requests would decode %6D and merge slashes)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.getheader("Content-Type"), answer.read()
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("page", sorted(ERROR_PAGES.glob("*.http")), ids=lambda page: page.name)
