@@ -235,7 +235,9 @@ def request_proof(access_token: str | None = None, expected_jkt: str | None = No
     proofs = flask_request.headers.getlist("DPoP")
     if not proofs:
         return None
-    if len(proofs) > 1:
+    # A WSGI server joins a repeated header's values with commas (PEP 3333), so two headers
+    # arrive as one value with a comma, which no compact JWS holds.
+    if len(proofs) > 1 or "," in proofs[0]:
         raise _refuse("only one DPoP header may be sent")
     settings = current_settings()
     # TLS usually ends at a proxy: the client signed the URI it used, which is our issuer's.
