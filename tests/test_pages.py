@@ -184,6 +184,34 @@ def test_every_form_refuses_a_cross_site_post_even_with_a_token(flow: Flow) -> N
     assert flow.client.get("/account").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "login",
+        "consent",
+        "password",
+        "end session",
+        "sign out app",
+        "everywhere",
+        "logout",
+        "device code",
+        "device decision",
+    ],
+)
+def test_sec_fetch_site_cross_site_alone_refuses_every_form(flow: Flow, form: str) -> None:
+    # A browser that sends no Origin still says where a post came from: that alone refuses it.
+    client_id, _secret = flow.register()
+    flow.login()
+    action, fields = _forms(flow, client_id)[form]
+    token = csrf_of(flow.client.get("/login").text)
+    response = flow.client.post(
+        action, data={**fields, "csrf_token": token}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status_code == 403
+    assert "Location" not in response.headers and "Set-Cookie" not in response.headers
+    assert flow.client.get("/account").status_code == 200  # still signed in: nothing happened
+
+
 def test_a_disabled_user_loses_the_browser_session(flow: Flow, runner: FlaskCliRunner) -> None:
     client_id, _secret = flow.register(first_party=True)
     flow.login()

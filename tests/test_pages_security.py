@@ -58,11 +58,15 @@ def _end_the_other_session(flow: Flow) -> None:
     assert flow.client.post("/account/sessions/end", data=form).status_code == 303
 
 
-def _end_this_session(flow: Flow) -> None:
+def _this_session_id(flow: Flow) -> str:
     page = flow.client.get("/account").text
     this = next(row for row in page.split("<li>")[1:] if "this browser" in row)
-    session_id = this.split('name="session_id" value="', 1)[1].split('"', 1)[0]
-    form = {"csrf_token": csrf_of(page), "session_id": session_id}
+    return this.split('name="session_id" value="', 1)[1].split('"', 1)[0]
+
+
+def _end_this_session(flow: Flow) -> None:
+    form = {"csrf_token": csrf_of(flow.client.get("/account").text)}
+    form["session_id"] = _this_session_id(flow)
     assert flow.client.post("/account/sessions/end", data=form).status_code == 303
 
 
@@ -239,6 +243,23 @@ def test_a_password_reset_waits_for_an_exchange_under_way_and_revokes_what_it_st
     resetting.join()
     assert answers[0].status_code == 200  # it came first...
     assert _live_apps(app, user_id) == []  # ...and the reset revoked what it stored
+
+
+def test_a_user_cannot_end_another_users_browser_session(app: Flask, flow: Flow) -> None:
+    # A session id is no secret (an app sees it as an id_token's `sid`): ending one must
+    # be limited to the sessions of the user asking.
+    flow.login()
+    alices = _this_session_id(flow)
+    made = app.test_client().post("/users", json={"username": "bob", "password": PASSWORD})
+    assert made.status_code == 201
+    bob = Flow(app, app.test_client())
+    bob.login("bob")
+    token = csrf_of(bob.client.get("/account").text)
+    form = {"csrf_token": token, "session_id": alices}
+    response = bob.client.post("/account/sessions/end", data=form)
+    assert response.status_code == 303  # as for any id that is not one of bob's
+    assert bob.client.get("/account").status_code == 200
+    assert flow.client.get("/account").status_code == 200  # alice is still signed in
 
 
 def test_ending_another_session_leaves_this_sessions_code(app: Flask, flow: Flow) -> None:
