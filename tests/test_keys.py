@@ -363,3 +363,26 @@ def test_new_tokens_carry_the_new_kid_after_rotation(make_app: Any) -> None:
     for client in (actions.client, second.client):
         for token in (old_token, new_token):
             assert client.get("/users/me", headers=Actions.bearer(token)).status_code == 200
+
+
+def test_a_live_token_re_signed_under_another_key_we_hold_is_refused(
+    app: Flask, actions: Actions
+) -> None:
+    # The same claims and header under the published next key's kid, signed with its private
+    # part: the jti of a live token must vouch only for the token recorded, under its own key.
+    login = actions.login("alice")
+    token = login["access_token"]
+    pending = rotate_key(app)
+    key = ring(app).private_key(pending)
+    assert key is not None and pending != header_of(token)["kid"]
+    header = {**header_of(token), "kid": pending}
+    assert header["typ"] == "at+jwt"
+    resigned = jws.serialize_compact(
+        header, json.dumps(claims_of(token)), key, algorithms=[header["alg"]]
+    )
+    assert actions.client.get("/users/me", headers=Actions.bearer(resigned)).status_code == 401
+    introspected = actions.client.post(
+        "/oauth/introspect", data={"token": resigned}, auth=login["client"].auth
+    )
+    assert introspected.json == {"active": False}
+    assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 200

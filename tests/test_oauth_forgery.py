@@ -254,3 +254,23 @@ def test_insufficient_scope_names_the_scope_needed(client: FlaskClient, actions:
     challenge = response.headers["WWW-Authenticate"]
     assert challenge.startswith('Bearer realm="tokenserver", error="insufficient_scope"')
     assert 'scope="junk:write"' in challenge
+
+
+def test_a_client_token_re_signed_with_another_clients_sub_is_refused(
+    app: Flask, client: FlaskClient, actions: Actions, resource_server: RegisteredClient
+) -> None:
+    # A client_credentials token has no user: its subject is the client, and only that client.
+    machine, other = actions.oauth_client("machine"), actions.oauth_client("other")
+    issued = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=machine.auth
+    )
+    genuine = issued.json["access_token"]
+    assert claims_of(genuine)["sub"] == machine.client_id
+    our_key = app.extensions["tokenserver.keyring"].signing_key()
+    resigned = _signed(claims_of(genuine), our_key)  # the control: taken but for the sub
+    introspection = client.post(
+        "/oauth/introspect", data={"token": resigned}, auth=resource_server.auth
+    )
+    assert introspection.json["active"] is True
+    forged = _signed({**claims_of(genuine), "sub": other.client_id}, our_key)
+    assert refusal_problems(client, forged, resource_server) == []
