@@ -10,17 +10,19 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tokenserver.extensions import db
-from tokenserver.models import TokenFamily
+from tokenserver.models import TokenFamily, User
 from tokenserver.store.tokens import revoke_logins
 
 from .conftest import LiveServer, RegisteredClient
 from .helpers import (
+    Flow,
     assert_oauth_error,
     claims_of,
     password_login,
+    pkce,
     race_refreshes,
     refresh_grant,
     works,
@@ -231,6 +233,32 @@ def test_a_disabled_users_logins_stay_dead_when_enabled_again(make_app: Any) -> 
         refresh_grant(client, app_client, tokens["refresh_token"]), 400, "invalid_grant"
     )
     assert works(client, login(client, app_client)["access_token"])  # a new sign-in works
+
+
+@pytest.mark.parametrize("check", ["bearer", "introspection", "browser session", "code"])
+def test_a_disabled_user_is_refused_by_each_check_on_its_own(flow: Flow, check: str) -> None:
+    # `users disable` also revokes her logins and ends her sessions, so these checks never
+    # stand alone there: here only her `disabled` flag is set, and each must hold by itself.
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    issued = flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier).json
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)  # not yet exchanged
+    with flow.app.app_context():
+        db.session.execute(update(User).where(User.username == "alice").values(disabled=True))
+        db.session.commit()
+    if check == "bearer":
+        assert not works(flow.client, issued["access_token"])
+    elif check == "introspection":
+        token = {"token": issued["refresh_token"]}
+        introspected = flow.client.post("/oauth/introspect", data=token, auth=(client_id, secret))
+        assert introspected.json == INACTIVE
+    elif check == "browser session":
+        assert flow.client.get("/account").headers["Location"].startswith("/login")
+    else:
+        exchanged = flow.exchange(client_id, secret, code, verifier)
+        assert_oauth_error(exchanged, 400, "invalid_grant")
 
 
 def test_a_login_racing_a_disable_is_refused_rather_than_kept(make_app: Any) -> None:
