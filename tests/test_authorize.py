@@ -421,6 +421,28 @@ def test_code_expires_after_sixty_seconds(flow: Flow) -> None:
     assert response.status_code == 400 and response.json["error"] == "invalid_grant"
 
 
+def test_an_expired_code_is_refused_without_being_taken_for_a_replay(
+    flow: Flow, events: Any
+) -> None:
+    # An app that was slow to exchange its code is no thief: its user's tokens must stand.
+    client_id, secret, first, first_verifier = _code_and_client(flow)
+    issued = flow.exchange(client_id, secret, first, first_verifier).json
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge)
+    with time_machine.travel(_later(CODE_TTL + 1), tick=False):
+        response = flow.exchange(client_id, secret, code, verifier)
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+    assert events("code.reuse_detected") == []
+    bearer = Actions.bearer(issued["access_token"])
+    assert flow.client.get("/oauth/userinfo", headers=bearer).status_code == 200
+    refreshed = flow.client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]},
+        auth=(client_id, secret),
+    )
+    assert refreshed.status_code == 200
+
+
 def test_a_user_disabled_after_sign_in_gets_no_tokens_for_the_code(
     flow: Flow, runner: FlaskCliRunner
 ) -> None:

@@ -340,6 +340,20 @@ def test_refresh_token_of_another_client_is_invalid_grant_and_harmless(
     assert refresh_grant(client, app_client, tokens["refresh_token"]).status_code == 200
 
 
+def test_another_clients_spent_refresh_token_does_not_end_the_owners_login(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    # A spent token presented by its own client is a replay that revokes the login; presented
+    # by another client, it must not let whoever stole it end the owner's login.
+    thief = actions.oauth_client("thief")
+    spent = actions.token(app_client).json["refresh_token"]
+    rotated = refresh_grant(client, app_client, spent)
+    assert rotated.status_code == 200
+    assert_oauth_error(refresh_grant(client, thief, spent), 400, "invalid_grant")
+    assert works(client, rotated.json["access_token"])
+    assert refresh_grant(client, app_client, rotated.json["refresh_token"]).status_code == 200
+
+
 def test_bad_refresh_tokens_are_invalid_grant(
     client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
 ) -> None:
