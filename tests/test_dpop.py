@@ -155,6 +155,19 @@ def test_token_request_with_a_bad_proof_is_invalid_dpop_proof(
     assert "access_token" not in response.json
 
 
+def test_two_dpop_headers_are_refused_at_the_token_endpoint(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    # RFC 9449 §4.3 point 1: one proof; which of two would bind the token is anyone's guess.
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    twice = [("DPoP", prover.proof("POST", TOKEN_URL)), ("DPoP", prover.proof("POST", TOKEN_URL))]
+    response = client.post("/oauth/token", data=data, headers=twice, auth=app_client.auth)
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_dpop_proof"
+    assert "only one DPoP header" in response.json["error_description"]
+    assert "access_token" not in response.json
+
+
 def test_a_proof_buys_one_token(
     client: FlaskClient, app_client: RegisteredClient, prover: Prover
 ) -> None:
@@ -458,6 +471,7 @@ def test_dpop_token_needs_its_proof(client: FlaskClient, bound: str, prover: Pro
         ],
     )
     _refused(twice, "invalid_dpop_proof")
+    assert "only one DPoP header" in twice.json["error_description"]
 
 
 def test_unbound_or_forged_token_under_dpop_is_invalid_token(

@@ -726,6 +726,18 @@ def test_failing_jwks_uri_is_invalid_client_never_500(
     assert jwks_server.fetches == 1
 
 
+def test_a_jwks_uri_document_over_the_size_cap_is_refused(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer
+) -> None:
+    # The client's own good key, padded past our cap: its server must not fill our memory.
+    key = _ec()
+    jwks_server.document = {**_jwks(key), "padding": "x" * (RemoteKeys().max_bytes + 1)}
+    with pytest.raises(KeysUnavailable, match="larger than"):
+        RemoteKeys().get(jwks_server.url, None)
+    client_id = _register(app, jwks_uri=jwks_server.url)
+    _refused(_send(client, key, client_id, f"{_issuer(app)}/oauth/token"))
+
+
 def test_failed_fetch_is_logged_without_the_query(
     app: Flask, client: FlaskClient, jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
 ) -> None:
