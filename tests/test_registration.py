@@ -556,6 +556,21 @@ def _families_of(app: Flask, client_id: str) -> int:
         return int(db.session.scalar(query) or 0)
 
 
+def _code_of_a_confidential_client(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> tuple[dict[str, Any], Flow, str, str]:
+    """A registered client with a secret, and a code alice got for it: its (registration,
+    flow, code, verifier)."""
+    actions.user("alice")
+    registered = register(
+        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
+    ).json
+    flow = Flow(app, client)
+    flow.login()
+    verifier, challenge = pkce()
+    return registered, flow, flow.code_for(registered["client_id"], challenge), verifier
+
+
 def test_a_client_made_public_after_authenticating_gets_no_login(
     app: Flask,
     client: FlaskClient,
@@ -565,14 +580,7 @@ def test_a_client_made_public_after_authenticating_gets_no_login(
 ) -> None:
     # The exchange authenticated with the secret; the update making the client public, and
     # revoking its logins, commits before the login is stored: none is.
-    actions.user("alice")
-    registered = register(
-        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
-    ).json
-    flow = Flow(app, client)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(registered["client_id"], challenge)
+    registered, flow, code, verifier = _code_of_a_confidential_client(app, client, runner, actions)
     store_issued, put = token_store.store_issued, _made_public(app, registered)
 
     def made_public_first(*args: Any, **kwargs: Any) -> Any:
@@ -596,14 +604,7 @@ def test_a_client_made_public_while_its_login_is_stored_ends_that_login(
 ) -> None:
     # The exchange has checked that the client still authenticates when the update making it
     # public comes: the update waits for the login to be stored, then revokes it.
-    actions.user("alice")
-    registered = register(
-        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
-    ).json
-    flow = Flow(app, client)
-    flow.login()
-    verifier, challenge = pkce()
-    code = flow.code_for(registered["client_id"], challenge)
+    registered, flow, code, verifier = _code_of_a_confidential_client(app, client, runner, actions)
     signed_in, racers = sessions.signed_in, []
 
     def then_made_public(conn: Any, session_id: str) -> bool:
