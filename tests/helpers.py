@@ -371,13 +371,7 @@ def run_behind(app: Flask, conn: Any, action: Callable[[], object]) -> threading
 
     racer = threading.Thread(target=run)
     if conn.dialect.name == "postgresql":
-        racer.start()
-        engine = create_engine(app.extensions["tokenserver.settings"].database_url)
-        try:
-            with engine.connect() as watching:
-                until_a_backend_waits_for_a_lock(watching, racer)
-        finally:
-            engine.dispose()
+        _start_until_it_waits(racer, app.extensions["tokenserver.settings"].database_url)
         return racer
     holder: WriterConnection = conn.connection.dbapi_connection
     take = WriterConnection.take_writers_lock
@@ -406,11 +400,16 @@ def reset_queued_behind(app: Flask, database_url: str, password: str) -> threadi
             accounts.reset_password("alice", password)
 
     resetting = threading.Thread(target=reset)
-    resetting.start()
+    _start_until_it_waits(resetting, database_url)
+    return resetting
+
+
+def _start_until_it_waits(thread: threading.Thread, database_url: str) -> None:
+    """Start `thread` and return once PostgreSQL has it waiting for a lock."""
+    thread.start()
     engine = create_engine(database_url)
     try:
-        with engine.connect() as conn:
-            until_a_backend_waits_for_a_lock(conn, resetting)
+        with engine.connect() as watching:
+            until_a_backend_waits_for_a_lock(watching, thread)
     finally:
         engine.dispose()
-    return resetting

@@ -443,14 +443,23 @@ def _manage(client: FlaskClient, method: str, body: dict[str, Any], **kw: Any) -
     return client.open(path, method=method, headers=bearer(token), **kw)
 
 
-def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
-    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
-) -> None:
-    registered = register(client, initial_token(runner), **WEB_APP).json
-    client_id = registered["client_id"]
+def _web_app_with_alice_signed_in(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions, **metadata: Any
+) -> tuple[dict[str, Any], Flow]:
+    """WEB_APP (with `metadata` changed) registered, and alice signed in at the browser flow:
+    (registration, flow)."""
+    registered = register(client, initial_token(runner), WEB_APP, **metadata).json
     actions.user("alice")
     flow = Flow(app, client)
     flow.login()
+    return registered, flow
+
+
+def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered, flow = _web_app_with_alice_signed_in(app, client, runner, actions)
+    client_id = registered["client_id"]
     verifier, challenge = pkce()
     asked = flow.authorize(client_id, challenge)
     code = query_of(flow.consent(asked.headers["Location"]).headers["Location"])["code"]
@@ -551,6 +560,7 @@ def _made_public(app: Flask, registered: dict[str, Any]) -> Callable[[], object]
 
 
 def _families_of(app: Flask, client_id: str) -> int:
+    """How many logins (token families) the client has been issued."""
     with app.app_context():
         query = select(func.count()).where(TokenFamily.client_id == client_id)
         return int(db.session.scalar(query) or 0)
@@ -561,12 +571,9 @@ def _code_of_a_confidential_client(
 ) -> tuple[dict[str, Any], Flow, str, str]:
     """A registered client with a secret, and a code alice got for it: its (registration,
     flow, code, verifier)."""
-    actions.user("alice")
-    registered = register(
-        client, initial_token(runner), WEB_APP, token_endpoint_auth_method="client_secret_basic"
-    ).json
-    flow = Flow(app, client)
-    flow.login()
+    registered, flow = _web_app_with_alice_signed_in(
+        app, client, runner, actions, token_endpoint_auth_method="client_secret_basic"
+    )
     verifier, challenge = pkce()
     return registered, flow, flow.code_for(registered["client_id"], challenge), verifier
 
@@ -687,21 +694,11 @@ def test_a_code_sent_to_a_redirect_uri_the_client_dropped_is_not_redeemed(
     )
 
 
-def _families_of(app: Flask, client_id: str) -> int:
-    """How many logins (token families) the client has been issued."""
-    with app.app_context():
-        issued = select(func.count()).where(TokenFamily.client_id == client_id)
-        return int(db.session.scalar(issued) or 0)
-
-
 def test_a_code_sent_to_the_only_redirect_uri_unnamed_is_not_redeemed_once_it_is_replaced(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
 ) -> None:
-    registered = register(client, initial_token(runner), **WEB_APP).json
+    registered, flow = _web_app_with_alice_signed_in(app, client, runner, actions)
     client_id = registered["client_id"]
-    actions.user("alice")
-    flow = Flow(app, client)
-    flow.login()
     verifier, challenge = pkce()
     # RFC 6749 §3.1.2.3: with one URI registered, the request may leave it out; it went there.
     code = flow.code_for(client_id, challenge, redirect_uri=None)
@@ -716,11 +713,8 @@ def test_a_code_sent_to_the_only_redirect_uri_unnamed_is_not_redeemed_once_it_is
 def test_a_code_sent_to_the_only_redirect_uri_unnamed_is_redeemed_while_it_stays(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
 ) -> None:
-    registered = register(client, initial_token(runner), **WEB_APP).json
+    registered, flow = _web_app_with_alice_signed_in(app, client, runner, actions)
     client_id = registered["client_id"]
-    actions.user("alice")
-    flow = Flow(app, client)
-    flow.login()
     verifier, challenge = pkce()
     code = flow.code_for(client_id, challenge, redirect_uri=None)
     update = {**WEB_APP, "client_id": client_id, "client_name": "Renamed"}
