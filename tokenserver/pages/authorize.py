@@ -147,13 +147,12 @@ def authorize_endpoint() -> Response:
         return redirect(sent.back(exc.location), status)
     if step is Next.LOGIN:
         return _to_login(sent, status)
+    assert signed_in is not None  # past the sign-in step
     if step is Next.CONSENT:
-        assert signed_in is not None
         if sent.pushed is not None:
             return redirect("/consent?" + _query(sent.onward), status)
         onward = freshness.from_sign_in(sent.parameters, signed_in.auth_time)
         return redirect("/consent?" + urlencode(onward), status)
-    assert signed_in is not None
     sent.answer()
     return redirect(authorize.issue_code(authorization, signed_in), status)
 
