@@ -10,15 +10,18 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    and_,
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -198,10 +201,16 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
     # the client pushed to /oauth/par.
     pushed_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
-    @property
+    @hybrid_property
     def is_public(self) -> bool:
         """Public clients (apps that cannot keep a secret) authenticate with `none`."""
         return self.secret_hash is None and not self.has_keys
+
+    @is_public.inplace.expression
+    @classmethod
+    def _is_public_in_sql(cls) -> ColumnElement[bool]:
+        """The same rule in a statement (no secret, no keys), for a store's WHERE clause."""
+        return and_(cls.secret_hash.is_(None), cls.jwks.is_(None), cls.jwks_uri.is_(None))
 
     @property
     def has_keys(self) -> bool:

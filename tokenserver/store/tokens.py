@@ -300,19 +300,12 @@ _INSERT_PASSWORD_FAMILY = (
     )
 ).returning(_families.c.id)
 _INSERT_CLIENT_FAMILY = insert(_families)
-# A client that must still authenticate (not Client.is_public), share-locked (PostgreSQL):
-# an RFC 7592 update making it public waits for the login being stored and then revokes it
-# (clients.update_client), or commits first and this finds nothing.
+# A client that must still authenticate, share-locked (PostgreSQL): an RFC 7592 update making
+# it public waits for the login being stored and then revokes it (clients.update_client), or
+# commits first and this finds nothing.
 _STILL_CONFIDENTIAL = (
     select(_clients.c.id)
-    .where(
-        _clients.c.client_id == bindparam("client_id"),
-        or_(
-            _clients.c.secret_hash.is_not(None),
-            _clients.c.jwks.is_not(None),
-            _clients.c.jwks_uri.is_not(None),
-        ),
-    )
+    .where(_clients.c.client_id == bindparam("client_id"), ~Client.is_public)
     .with_for_update(read=True)
 )
 # Spending a refresh token: one conditional UPDATE decides, so concurrent refreshes with the
