@@ -89,16 +89,22 @@ def _start_cluster(
         node = LiveServer(settings, 2, log_dir, **env)
         stack.append(node)  # stopped afterwards even if it fails to start
         nodes.append(node.start())
+    return Cluster(nodes, _balancing(stack, (nodes[0].address, nodes[1].address), log_dir))
+
+
+def _balancing(stack: list[Any], addresses: tuple[str, str], folder: Path) -> Balancer:
+    """HAProxy with deploy/haproxy.cfg in front of `addresses`, added to `stack`; once it has
+    both nodes in its pool."""
     balancer = Balancer(
         f"127.0.0.1:{free_port()}",
-        (nodes[0].address, nodes[1].address),
+        addresses,
         f"127.0.0.1:{free_port()}",
-        log_dir / "haproxy.sock",
-        log_dir / "haproxy.log",
+        folder / "haproxy.sock",
+        folder / "haproxy.log",
     )
     stack.append(balancer)
     balancer.start().wait_for({"node1": "UP", "node2": "UP"})
-    return Cluster(nodes, balancer)
+    return balancer
 
 
 def _stop(stack: list[Any]) -> None:
@@ -425,16 +431,7 @@ def fake_nodes(tmp_path: Path) -> Iterator[Callable[..., tuple[Balancer, list[_F
     def start(*, dies: bool) -> tuple[Balancer, list[_FakeNode]]:
         nodes = [_FakeNode(dies) for _ in range(2)]
         stack.extend(nodes)
-        balancer = Balancer(
-            f"127.0.0.1:{free_port()}",
-            (nodes[0].address, nodes[1].address),
-            f"127.0.0.1:{free_port()}",
-            tmp_path / "haproxy.sock",
-            tmp_path / "haproxy.log",
-        )
-        stack.append(balancer)
-        balancer.start().wait_for({"node1": "UP", "node2": "UP"})
-        return balancer, nodes
+        return _balancing(stack, (nodes[0].address, nodes[1].address), tmp_path), nodes
 
     yield start
     for part in reversed(stack):

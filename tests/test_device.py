@@ -913,19 +913,25 @@ def test_signing_the_app_out_withdraws_its_approvals_not_yet_exchanged(
     assert device.poll(other_codes["device_code"], other).status_code == 200
 
 
-def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
-    app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The device code is spent, and its tokens not yet stored, when the user signs the app out
-    # at /account: they are never stored.
+def _approved_in_a_session(device: Device) -> tuple[dict[str, Any], str]:
+    """A device's codes, approved by alice signed in at /device: (codes, session cookie)."""
     codes = device.codes()
     device.flow.login()
     assert device.answer(codes["user_code"]).status_code == 200
     cookie = device.client.get_cookie("tokenserver_session")
     assert cookie is not None
+    return codes, cookie.value
+
+
+def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
+    app: Flask, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device code is spent, and its tokens not yet stored, when the user signs the app out
+    # at /account: they are never stored.
+    codes, session_cookie = _approved_in_a_session(device)
 
     def sign_out() -> None:
-        session = signin.current(cookie.value)
+        session = signin.current(session_cookie)
         assert session is not None
         signin.sign_out_app(session, device.oauth_client.client_id)
 
@@ -961,17 +967,13 @@ def test_a_sign_out_landing_while_a_polls_tokens_are_stored_ends_them(
 ) -> None:
     # The poll has read that the user is signed in and the approval stands; a sign-out then
     # waits for its tokens to be stored and revokes them, or lands first and none are stored.
-    codes = device.codes()
-    device.flow.login()
-    assert device.answer(codes["user_code"]).status_code == 200
-    cookie = device.client.get_cookie("tokenserver_session")
-    assert cookie is not None
+    codes, session_cookie = _approved_in_a_session(device)
 
     def signing_out() -> None:
         if sign_out == "password reset":
             accounts.reset_password("alice", "a different long passphrase")
             return
-        session = signin.current(cookie.value)
+        session = signin.current(session_cookie)
         assert session is not None
         if sign_out == "app":
             signin.sign_out_app(session, device.oauth_client.client_id)
