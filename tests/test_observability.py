@@ -138,6 +138,27 @@ def test_gunicorn_access_log_is_json_even_with_quotes(live_server: Any) -> None:
     assert line["duration_ms"] >= 0
 
 
+def test_probes_are_access_logged_only_when_they_fail(live_server: Any) -> None:
+    for probe, request_id in [("healthz", "req-health"), ("readyz", "req-ready")]:
+        response = requests.get(
+            f"{live_server.url}/{probe}", headers={"X-Request-ID": request_id}, timeout=10
+        )
+        assert response.status_code == 200
+    refused = requests.post(
+        f"{live_server.url}/readyz", headers={"X-Request-ID": "req-ready-post"}, timeout=10
+    )
+    assert refused.status_code == 405
+    # Lines are written in the order answers finish, by one worker or another: wait for the
+    # last one, then none of the successful probes may be there.
+    requests.get(f"{live_server.url}/nowhere", headers={"X-Request-ID": "req-after"}, timeout=10)
+    _access_line(live_server, "req-after")
+    assert _access_line(live_server, "req-ready-post")["status"] == 405
+    logged = {
+        line.get("request_id") for line in json_lines("\n".join(live_server.log_lines("access")))
+    }
+    assert not logged & {"req-health", "req-ready"}
+
+
 def test_gunicorn_and_app_logs_are_json_lines(live_server: Any) -> None:
     # A password never reaches a log line, even on the failure path.
     requests.post(
@@ -146,7 +167,7 @@ def test_gunicorn_and_app_logs_are_json_lines(live_server: Any) -> None:
         headers={"X-Request-ID": "req-login"},
         timeout=10,
     )
-    requests.get(f"{live_server.url}/healthz", headers={"X-Request-ID": "req-last"}, timeout=10)
+    requests.get(f"{live_server.url}/users", headers={"X-Request-ID": "req-last"}, timeout=10)
     _access_line(live_server, "req-last")
     error_log = json_lines("\n".join(live_server.log_lines("error")))
     assert any(line["message"].startswith("Booting worker") for line in error_log)

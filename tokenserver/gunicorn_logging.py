@@ -11,6 +11,10 @@ from gunicorn import glogging
 
 from .observability import JSONFormatter, configure_logging
 
+# Probes that answer well are not access-logged: a balancer checks each node several times a
+# second (deploy/haproxy.cfg), which would bury every other line. A failing probe is logged.
+_PROBES = frozenset({"/healthz", "/readyz"})
+
 
 class JSONLogger(glogging.Logger):
     """gunicorn's Logger writing JSON objects built with json.dumps, never by string formatting.
@@ -28,7 +32,7 @@ class JSONLogger(glogging.Logger):
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
         """One JSON line per request; no query string, as it may carry a token."""
-        if not self.access_log_enabled:
+        if not self.access_log_enabled or (_is_probe(environ) and _succeeded(resp)):
             return
         self.access_log.info(json.dumps(access_entry(resp, environ, request_time)))
 
@@ -52,6 +56,15 @@ def access_entry(resp: Any, environ: dict[str, Any], request_time: timedelta) ->
         "duration_ms": round(request_time.total_seconds() * 1000, 3),
         "user_agent": environ.get("HTTP_USER_AGENT"),
     }
+
+
+def _is_probe(environ: dict[str, Any]) -> bool:
+    return environ.get("PATH_INFO") in _PROBES and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+
+
+def _succeeded(resp: Any) -> bool:
+    code = getattr(resp, "status_code", None)  # gunicorn's Response, once it has started
+    return isinstance(code, int) and 200 <= code < 300
 
 
 def _response_header(resp: Any, name: str) -> str | None:
