@@ -665,3 +665,49 @@ def test_a_device_signs_in_while_its_user_allows_it_in_a_browser(
         timeout=10,
     )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def _fits_the_screen(browser: WebDriver) -> bool:
+    width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    scrolled, shown = browser.execute_script(width)
+    return bool(scrolled <= shown)
+
+
+def test_an_apps_longest_name_wraps_inside_a_phones_screen(
+    server: LiveServer, browser: WebDriver, rp_port: int, tmp_path: Path
+) -> None:
+    _sign_up(server)
+    callback = f"http://127.0.0.1:{rp_port}/callback"  # nothing listens: the code is in the URL
+    client = _register(server, "W" * 200, "--redirect-uri", callback)  # 200: the longest name
+    verifier, challenge = pkce()
+    query = {
+        "response_type": "code",
+        "client_id": client["client_id"],
+        "redirect_uri": callback,
+        "scope": "openid",
+        "state": "s",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    browser.set_window_size(400, 900)
+    browser.get(f"{server.url}/oauth/authorize?{urlencode(query)}")
+    _sign_in(browser)
+    _wait_for(browser, "/consent")
+    browser.save_screenshot(str(tmp_path / "long-name-consent.png"))
+    assert _fits_the_screen(browser)
+    browser.find_element(By.CSS_SELECTOR, "button[name=decision][value=allow]").click()
+    _wait_for(browser, "code=")
+    code = parse_qs(urlsplit(browser.current_url).query)["code"][0]
+    exchange = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": callback,
+        "code_verifier": verifier,
+    }
+    auth = (client["client_id"], client["client_secret"])
+    issued = requests.post(f"{server.url}/oauth/token", data=exchange, auth=auth, timeout=10)
+    assert issued.status_code == 200, issued.text
+    browser.get(f"{server.url}/account")  # the app, now signed in, is listed by its name
+    assert "W" * 20 in browser.page_source
+    browser.save_screenshot(str(tmp_path / "long-name-account.png"))
+    assert _fits_the_screen(browser)

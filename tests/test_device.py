@@ -443,6 +443,27 @@ def test_the_question_names_the_app_and_its_scopes_in_words(device: Device) -> N
     assert _error(device.poll(codes["device_code"])) == "authorization_pending"
 
 
+def test_a_self_registered_device_app_is_marked_unchecked(
+    device: Device, runner: FlaskCliRunner
+) -> None:
+    token = runner.invoke(args=["clients", "registration-token"]).stdout.strip()
+    metadata = {
+        "client_name": "Living Room TV",  # the operator's TV app's name, taken by anyone
+        "grant_types": [DEVICE_GRANT],
+        "token_endpoint_auth_method": "none",
+        "scope": SCOPE,
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    registered = device.client.post("/oauth/register", json=metadata, headers=headers)
+    assert registered.status_code == 201, registered.json
+    impostor = RegisteredClient(registered.json["client_id"], None)
+    operators, impostors = device.codes(), device.start(impostor).json
+    device.flow.login()
+    assert "registered itself" not in device.enter(operators["user_code"]).text
+    asked = device.enter(impostors["user_code"])
+    assert asked.status_code == 200 and "This app registered itself" in asked.text
+
+
 def test_a_wrong_code_shows_a_message(device: Device) -> None:
     device.codes()
     device.flow.login()

@@ -212,6 +212,21 @@ def test_sec_fetch_site_cross_site_alone_refuses_every_form(flow: Flow, form: st
     assert flow.client.get("/account").status_code == 200  # still signed in: nothing happened
 
 
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost.evil.example"])
+def test_a_cross_site_origin_alone_refuses_every_form(flow: Flow, origin: str) -> None:
+    # A browser without Sec-Fetch-Site (older Safari) still sends Origin on a form post.
+    client_id, _secret = flow.register()
+    flow.login()
+    token = csrf_of(flow.client.get("/login").text)
+    for name, (action, fields) in _forms(flow, client_id).items():
+        response = flow.client.post(
+            action, data={**fields, "csrf_token": token}, headers={"Origin": origin}
+        )
+        assert response.status_code == 403, name
+        assert "Location" not in response.headers and "Set-Cookie" not in response.headers, name
+    assert flow.client.get("/account").status_code == 200
+
+
 def test_a_disabled_user_loses_the_browser_session(flow: Flow, runner: FlaskCliRunner) -> None:
     client_id, _secret = flow.register(first_party=True)
     flow.login()

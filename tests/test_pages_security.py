@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine
 
 from tokenserver import accounts
@@ -341,3 +342,89 @@ def test_an_apps_logout_post_without_the_cookie_signs_out_on_the_get(
     done = flow.client.get(posted.headers["Location"])  # the navigation's GET has the cookie
     assert done.headers["Location"] == REDIRECT + "?state=s9"
     assert flow.client.get("/account").status_code == 303
+
+
+def _self_registered(flow: Flow, runner: FlaskCliRunner, name: str) -> str:
+    """A public web app registered over RFC 7591 by whoever was handed an initial access token."""
+    token = runner.invoke(args=["clients", "registration-token"]).stdout.strip()
+    metadata = {
+        "client_name": name,
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none",
+        "scope": "openid profile junk:read",
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    response = flow.client.post("/oauth/register", json=metadata, headers=headers)
+    assert response.status_code == 201, response.json
+    return str(response.json["client_id"])
+
+
+def _consent_page(flow: Flow, client_id: str, **params: str) -> str:
+    asked = flow.authorize(client_id, pkce()[1], **params)
+    assert asked.headers["Location"].startswith("/consent?"), asked.headers["Location"]
+    return flow.client.get(asked.headers["Location"]).text
+
+
+def test_a_self_registered_app_named_like_us_is_marked_unchecked_with_its_host(
+    flow: Flow, runner: FlaskCliRunner
+) -> None:
+    # Anyone with an initial access token picks the name the consent page puts in its heading.
+    client_id = _self_registered(flow, runner, "tokenserver")
+    flow.login()
+    page = _consent_page(flow, client_id)
+    assert "This app registered itself" in page
+    assert "Allow it only if you trust <strong>app.example.com</strong>" in page
+
+
+def test_an_app_the_operator_registered_is_not_marked_and_names_its_host(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    flow.login()
+    page = _consent_page(flow, client_id)
+    assert "registered itself" not in page
+    assert "Your answer goes to <strong>app.example.com</strong>" in page
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        # A Cyrillic "а": shown as the browser would show it, not as the host it imitates.
+        ("https://\u0430pp.example.com/callback", "xn--pp-6kc.example.com"),
+        ("http://127.0.0.1/callback", "an app on this device"),
+        ("com.example.photos:/callback", "com.example.photos"),
+    ],
+)
+def test_the_consent_page_says_where_the_answer_goes_as_a_person_can_check_it(
+    flow: Flow, uri: str, shown: str
+) -> None:
+    client_id, _secret = flow.register(uri)
+    flow.login()
+    page = _consent_page(flow, client_id, redirect_uri=uri)
+    assert f"Your answer goes to <strong>{shown}</strong>" in page
+
+
+def test_an_unregistered_redirect_uri_is_not_repeated_on_our_error_page(flow: Flow) -> None:
+    client_id, _secret = flow.register()
+    planted = "https://app.example.com/ Your account is locked. Call 555-0100 to unlock it"
+    response = flow.authorize(client_id, pkce()[1], redirect_uri=planted)
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert "555-0100" not in response.text
+    assert "The redirect_uri is not one this app registered." in response.text
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        "\u202eecila",  # shows as "alice", signs in as another name
+        'alice" autofocus="',
+        "a" * 5000,
+        "alice\nbob",
+        "alice@example.com",
+    ],
+)
+def test_a_login_hint_that_cannot_be_a_username_fills_in_nothing(
+    client: FlaskClient, hint: str
+) -> None:
+    page = client.get("/login?" + urlencode({"login_hint": hint}))
+    assert page.status_code == 200
+    field = re.search(r'<input id="username"[^>]*>', page.text)
+    assert field and 'value=""' in field.group(0), field

@@ -216,6 +216,13 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"client_name": "x" * 201}, "invalid_client_metadata", "client_name"),
         ({"client_name": "bad\nname"}, "invalid_client_metadata", "client_name"),
         ({"client_name": "Photo \u202eppA"}, "invalid_client_metadata", "client_name"),
+        # Nothing to see: the consent page would ask about an app without a name.
+        ({"client_name": "   "}, "invalid_client_metadata", "client_name"),
+        ({"client_name": "\u200b\u200b"}, "invalid_client_metadata", "client_name"),
+        ({"client_name": "\u3164"}, "invalid_client_metadata", "client_name"),
+        ({"client_name": "\u00ad\u0301"}, "invalid_client_metadata", "client_name"),
+        # A line separator splits a row of `clients list` as a newline does.
+        ({"client_name": "Photo\u2028App"}, "invalid_client_metadata", "client_name"),
         # RFC 9449 §5.2: a JSON boolean, nothing that merely reads as one.
         ({"dpop_bound_access_tokens": "true"}, "invalid_client_metadata", "dpop_bound"),
         ({"dpop_bound_access_tokens": 1}, "invalid_client_metadata", "dpop_bound"),

@@ -29,13 +29,18 @@ def username_key(username: str) -> str:
     return username.translate(_ASCII_LOWER)
 
 
+def is_username(text: str) -> bool:
+    """Whether `text` follows the username rules (so it could name an account)."""
+    return _USERNAME.fullmatch(text) is not None
+
+
 def validate_username(username: object) -> str:
     """The username if it follows the rules, else a 400 saying which."""
     if username is None:
         raise InvalidRequest("'username' is required")
     if not isinstance(username, str):
         raise InvalidRequest("'username' must be a string")
-    if not _USERNAME.fullmatch(username):
+    if not is_username(username):
         raise InvalidRequest(
             "'username' must be 3-64 characters of letters, digits, '.', '_' or '-'"
         )

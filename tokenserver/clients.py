@@ -55,6 +55,12 @@ _MAX_JWKS_URI_LENGTH = 2048  # the column's width
 _MAX_NAME_LENGTH = 200  # shown on the consent page and in `clients list`
 # Bidirectional embeddings, overrides and isolates: they would let a name read as another.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Control characters, and the line and paragraph separators (U+2028, U+2029) that also end a line.
+_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+# Format characters (zero-width space, soft hyphen...) and marks that show only on a letter.
+_UNSEEN = frozenset({"Cf", "Mn", "Me"})
+# Letters and symbols that are drawn as blank space (Hangul fillers, the blank Braille cell).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _CHANGE_CALLBACKS = "tokenserver.client_change_callbacks"  # app.extensions key, see on_change
 
 
@@ -268,10 +274,19 @@ def _stored(client_id: str) -> Client:
 
 
 def readable_name(name: str) -> bool:
-    """Whether a client's name has no control characters (a newline would split a row of
-    `clients list`) and no bidirectional controls; any other Unicode (a no-break or ideographic
-    space, an emoji's joiner, a right-to-left mark) is a name's own."""
-    return not any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in name)
+    """Whether a client's name has no control characters or line breaks (a newline would split
+    a row of `clients list`), no bidirectional controls, and, unless empty, something to see;
+    any other Unicode (a no-break or ideographic space, an emoji's joiner, a right-to-left mark)
+    is a name's own."""
+    if any(unicodedata.category(c) in _BREAKING or c in _BIDI_CONTROLS for c in name):
+        return False
+    # The consent page says "<name> wants to use your account": a name of spaces or zero-width
+    # characters would leave the user nothing to recognise the app by.
+    return not name or any(_visible(c) for c in name)
+
+
+def _visible(char: str) -> bool:
+    return not (char.isspace() or unicodedata.category(char) in _UNSEEN or char in _BLANK_LETTERS)
 
 
 def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], bool]:
@@ -282,7 +297,8 @@ def _checked_columns(spec: ClientSpec, client_id: str) -> tuple[dict[str, Any], 
     """
     if len(spec.name) > _MAX_NAME_LENGTH or not readable_name(spec.name):
         raise InvalidClientMetadata(
-            f"client_name: at most {_MAX_NAME_LENGTH} characters, none of them control characters"
+            f"client_name: at most {_MAX_NAME_LENGTH} characters, something visible among them, "
+            "none of them control characters or line breaks"
         )
     grants = list(dict.fromkeys(spec.grants or _default_grants(spec)))
     keyed = spec.jwks is not None or spec.jwks_uri is not None

@@ -218,6 +218,11 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         return self.jwks is not None or self.jwks_uri is not None
 
     @property
+    def self_registered(self) -> bool:
+        """It registered itself over RFC 7591: its name is its own claim, no operator's."""
+        return self.registration_token_hash is not None
+
+    @property
     def scopes(self) -> list[str]:
         """The scopes this client is registered for."""
         return self.scope.split()

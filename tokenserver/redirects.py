@@ -45,6 +45,28 @@ def local_path(target: str | None, default: str = "/account") -> str:
     return target
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def destination(uri: str) -> str:
+    """Where a redirect URI takes the browser, as a person can check it on a consent page: a
+    web app's host, "an app on this device" for loopback, or a native app's scheme.
+
+    A host is shown in its ASCII form, as browsers show a mixed-script one: "аpp.example.com"
+    with a Cyrillic "а" reads "xn--pp-6kc.example.com", not as the app it imitates.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return parts.scheme
+    host = parts.hostname or ""
+    if host in _LOOPBACK_HOSTS:
+        return "an app on this device"
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host.encode("ascii", "backslashreplace").decode("ascii")
+
+
 UNREADABLE = "must have a host and a port (0-65535) that can be read"
 
 

@@ -31,6 +31,7 @@ from .resources import ResourceIndicators, requested
 
 CODE_TTL = 60  # seconds: RFC 6749 §4.1.2 says short; our contract says at most 60
 _MAX_CODE_LENGTH = 512
+UNREGISTERED_REDIRECT_URI = "The redirect_uri is not one this app registered."
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,20 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
 
     # Authlib allows only confidential clients here; public apps use `none` with PKCE.
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
+
+    @staticmethod
+    def validate_authorization_redirect_uri(request: Any, client: Client) -> str:
+        # Authlib's refusal repeats the redirect_uri as sent, and our error page shows it: any
+        # link could make our own page say what it liked ("...Call 555-0100"). Say what is wrong.
+        try:
+            redirect_uri: str = grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(
+                request, client
+            )
+        except InvalidRequestError as error:
+            if request.payload.redirect_uri:
+                error.description = UNREGISTERED_REDIRECT_URI
+            raise
+        return redirect_uri
 
     def validate_authorization_request(self) -> str:
         redirect_uri: str = super().validate_authorization_request()

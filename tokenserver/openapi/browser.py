@@ -88,7 +88,11 @@ _AUTHORIZE_PARAMETERS = [
         "value is invalid_request",
     ),
     _query("max_age", "Whole seconds since sign-in beyond which the user signs in again"),
-    _query("login_hint", "A username to fill in on the sign-in page"),
+    _query(
+        "login_hint",
+        "A username to fill in on the sign-in page; a hint that cannot be a username fills in "
+        "nothing",
+    ),
     _query(
         "id_token_hint",
         "An id_token we issued to this client (expired is fine); naming a user other than the "
@@ -251,7 +255,10 @@ def paths() -> Doc:
                 {200: "The form"},
                 parameters=[
                     _query("next", "A path on this server to return to"),
-                    _query("login_hint", "A username to fill in"),
+                    _query(
+                        "login_hint",
+                        "A username to fill in; one that cannot be a username fills in nothing",
+                    ),
                 ],
             ),
             "post": _page(

@@ -16,6 +16,7 @@ from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, Redi
 from ..oauth.codes import SignedIn
 from ..oauth.logout import needs_confirmation
 from ..oauth.server import current_server
+from ..redirects import destination
 from . import bp, web
 
 # RP-Initiated Logout 1.0 §2: what a logout request may say, all a confirmation carries on.
@@ -185,6 +186,7 @@ def consent_form() -> Response:
     return web.page(
         "consent.html",
         client=authorization.client,
+        destination=destination(authorization.redirect_uri),
         scopes=authorization.scopes,
         resources=authorization.resources,
         user=signed_in.user,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import redirect, request
 from werkzeug.wrappers import Response
 
-from .. import signin
+from .. import accounts, signin
 from ..guard import Throttled
 from ..redirects import local_path
 from . import bp, web
@@ -22,9 +22,19 @@ def _form(status: int, error: str | None = None, username: str | None = None) ->
         "login.html",
         status,
         next=local_path(request.values.get("next")),
-        username=username if username is not None else request.args.get("login_hint", ""),
+        username=username if username is not None else _hint(),
         error=error,
     )
+
+
+def _hint() -> str:
+    """The login_hint to fill in, if it could be a username at all.
+
+    Anyone's link sets it: unchecked, it would put any text of any length (a right-to-left
+    override that shows "alice" for another name, say) in the field the user signs in with.
+    """
+    hint = request.args.get("login_hint", "")
+    return hint if accounts.is_username(hint) else ""
 
 
 @bp.post("/login")

@@ -85,6 +85,7 @@ class PendingDevice:
     client_id: str
     client_name: str
     scope: str
+    self_registered: bool  # registered over RFC 7591: its name is its own claim
 
     @property
     def scopes(self) -> list[str]:
@@ -181,7 +182,12 @@ def still_allowed(conn: Connection, device_code_hash: str) -> bool:
 
 
 _PENDING = (
-    select(_devices.c.client_id, _clients.c.name, _devices.c.scope)
+    select(
+        _devices.c.client_id,
+        _clients.c.name,
+        _devices.c.scope,
+        _clients.c.registration_token_hash.is_not(None).label("self_registered"),
+    )
     .join(_clients, _clients.c.client_id == _devices.c.client_id)
     .where(
         _devices.c.user_code_hash == bindparam("hash"),
@@ -194,7 +200,9 @@ _PENDING = (
 def pending(user_code_hash: str) -> PendingDevice | None:
     """The live, undecided authorization with this user code's digest, if any."""
     row = reader().execute(_PENDING, {"hash": user_code_hash, "now": utcnow()}).first()
-    return None if row is None else PendingDevice(row.client_id, row.name, row.scope)
+    if row is None:
+        return None
+    return PendingDevice(row.client_id, row.name, row.scope, bool(row.self_registered))
 
 
 _ACTIVE_USER = exists().where(_users.c.id == bindparam("user"), _users.c.disabled.is_(False))
