@@ -18,6 +18,7 @@ from .conftest import PASSWORD, Actions, RegisteredClient
 from .helpers import assert_oauth_error, claims_of, header_of, post_token, refresh_grant, works
 
 METHODS = ["client_secret_basic", "client_secret_post", "none"]
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 CONFIDENTIAL_METHODS = METHODS[:2]
 
 
@@ -221,6 +222,51 @@ def test_parameters_in_the_query_string_are_ignored(
     )
     assert response.status_code == 200
     assert response.json["scope"] == "junk:read junk:write"
+
+
+@pytest.mark.parametrize(
+    ("path", "secret"),
+    [
+        ("/oauth/token", "client_secret"),
+        ("/oauth/token", "password"),
+        ("/oauth/token", "refresh_token"),
+        ("/oauth/introspect", "token"),
+        ("/oauth/revoke", "token"),
+        ("/oauth/device_authorization", "client_secret"),
+        ("/oauth/par", "client_assertion"),
+    ],
+)
+def test_a_secret_in_the_query_string_is_refused_and_changes_nothing(
+    client: FlaskClient, actions: Actions, path: str, secret: str
+) -> None:
+    # RFC 6749 §2.3.1: credentials must not be in the request URI. Served from the body alone,
+    # the client would never learn that the URL took its secret to the logs.
+    actions.user("alice")
+    app_client = actions.oauth_client(
+        "app", introspect=True, grants=("password", "refresh_token", DEVICE_GRANT)
+    )
+    login = actions.token(app_client).json
+    values = {"client_secret": app_client.secret, "password": PASSWORD, "token": "x"}
+    query = {secret: values.get(secret, login["refresh_token"])}
+    body = {"grant_type": "refresh_token", "refresh_token": login["refresh_token"]}
+    response = client.post(path, query_string=query, data=body, auth=app_client.auth)
+    assert_oauth_error(response, 400, "invalid_request")
+    assert f"'{secret}'" in response.json["error_description"]
+    assert "URL" in response.json["error_description"]
+    # Nothing was spent or revoked: the refresh token still rotates.
+    assert refresh_grant(client, app_client, login["refresh_token"]).status_code == 200
+
+
+def test_an_empty_secret_parameter_in_the_query_string_leaks_nothing_and_is_ignored(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    # RFC 6749 §3.2: a parameter without a value is as if omitted.
+    response = client.post(
+        "/oauth/token?password=",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+        auth=app_client.auth,
+    )
+    assert response.status_code == 200, response.json
 
 
 def test_tls_is_judged_by_the_issuer_not_the_hop_behind_the_proxy(make_app: Any) -> None:

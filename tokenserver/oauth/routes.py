@@ -47,9 +47,45 @@ _PARAMETERS = frozenset(
 _REPEATABLE = frozenset({"resource", "audience"})
 # Parameters read here or, at /oauth/par, as part of the authorization request pushed.
 _ONCE = (_PARAMETERS | AUTHORIZATION_PARAMETERS) - _REPEATABLE
+# Parameters that are secrets: a client's own credentials, a user's password, and the tokens,
+# codes and verifiers that stand for a grant.
+_SECRETS = frozenset(
+    {
+        "client_secret",
+        "client_assertion",
+        "password",
+        "refresh_token",
+        "code",
+        "code_verifier",
+        "device_code",
+        "subject_token",
+        "actor_token",
+        "token",
+    }
+)
 
 
-def _require_form() -> None:
+def _refuse_secrets_in_url() -> None:
+    # RFC 6749 §2.3.1: credentials "MUST NOT be included in the request URI". Read from the body
+    # only, a secret in the URL would be ignored and the request served, so the client would
+    # never learn that its secret goes to access logs, proxies and browser histories.
+    leaked = next(
+        (name for name, value in request.args.items(multi=True) if value and name in _SECRETS),
+        None,
+    )
+    if leaked is not None:
+        raise InvalidRequest(f"'{leaked}' must be sent in the request body, never in the URL")
+
+
+def _require_form(*, optional: bool = False) -> None:
+    """Refuse secrets in the URL, and a body that is not a UTF-8 form naming each parameter once.
+
+    With `optional`, a request without a body passes (a Basic-authenticated client may send
+    none to /oauth/device_authorization).
+    """
+    _refuse_secrets_in_url()
+    if optional and not (request.mimetype or request.content_length):
+        return
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
@@ -86,8 +122,7 @@ def token() -> Response:
 @bp.post("/oauth/device_authorization")
 def device_authorization() -> Response:
     """RFC 8628 §3.1: a device code, and a user code for the user to type at /device."""
-    if request.mimetype or request.content_length:  # a Basic-authenticated client may send none
-        _require_form()
+    _require_form(optional=True)
     response: Response = current_server().create_endpoint_response("device_authorization")
     return response
 
