@@ -474,6 +474,23 @@ def test_dpop_token_needs_its_proof(client: FlaskClient, bound: str, prover: Pro
     assert "only one DPoP header" in twice.json["error_description"]
 
 
+def test_a_user_route_answers_a_dpop_bound_client_token_in_the_dpop_scheme(
+    client: FlaskClient, app_client: RegisteredClient, prover: Prover
+) -> None:
+    # RFC 9449 §7.1: a refusal of a DPoP request is a DPoP challenge, naming our algorithms.
+    proof = prover.proof("POST", TOKEN_URL)
+    token = _token(client, app_client, proof, grant_type="client_credentials").json
+    assert token["token_type"] == "DPoP"
+    at = token["access_token"]
+    for path in ("/users/me", "/junk"):
+        response = _dpop_get(client, at, prover.proof("GET", f"{ISSUER}{path}", at), path)
+        assert response.status_code == 403
+        assert response.json["error"] == "insufficient_scope"
+        challenge = response.headers["WWW-Authenticate"]
+        assert challenge.startswith('DPoP realm="tokenserver", error="insufficient_scope"')
+        assert 'algs="ES256 ' in challenge
+
+
 def test_unbound_or_forged_token_under_dpop_is_invalid_token(
     client: FlaskClient, app_client: RegisteredClient, bound: str, prover: Prover
 ) -> None:

@@ -606,8 +606,14 @@ def test_a_client_token_without_a_user_cannot_use_junk(actions: Actions) -> None
         "/oauth/token", data={"grant_type": "client_credentials"}, auth=oauth_client.auth
     )
     headers = actions.bearer(response.json["access_token"])
-    assert actions.client.get("/junk", headers=headers).status_code == 403
-    assert actions.client.post("/junk", json={"name": "x"}, headers=headers).status_code == 403
+    for refused in (
+        actions.client.get("/junk", headers=headers),
+        actions.client.post("/junk", json={"name": "x"}, headers=headers),
+    ):
+        assert refused.status_code == 403
+        assert refused.json["error"] == "insufficient_scope"
+        challenge = refused.headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="tokenserver", error="insufficient_scope"')
 
 
 def test_disabled_users_tokens_stop_working_at_once(

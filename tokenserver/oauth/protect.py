@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from authlib.integrations.flask_oauth2 import ResourceProtector as _ResourceProtector
+from authlib.integrations.flask_oauth2 import current_token
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import MissingAuthorizationError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
@@ -93,8 +94,10 @@ class _DPoPError(OAuth2Error):
 class _InsufficientScope(InsufficientScopeError):
     """Authlib sends no challenge with insufficient_scope; RFC 6750 §3 names the scope needed."""
 
-    def __init__(self, scopes: list[str] | None, scheme: str) -> None:
-        super().__init__()
+    def __init__(
+        self, scopes: list[str] | None, scheme: str, description: str | None = None
+    ) -> None:
+        super().__init__(description)
         self.scopes = scopes or []
         self.scheme = scheme
 
@@ -110,7 +113,7 @@ class _InsufficientScope(InsufficientScopeError):
 class ResourceProtector(_ResourceProtector):
     """Authlib's protector with RFC 6750 and RFC 9449 challenges and our JSON error shape."""
 
-    def raise_error_response(self, error: OAuth2Error) -> None:
+    def raise_error_response(self, error: OAuth2Error) -> NoReturn:
         if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
             # RFC 6750 §3.1: no bearer token at all (no header, or another scheme) gets a bare
             # challenge; Authlib would add an error code. RFC 9449 §7.1: and one for DPoP.
@@ -141,14 +144,11 @@ def current_user() -> Subject:
     """The user whose bearer token authorised this request."""
     user: Subject | None = g.get("current_user")
     if user is None:
-        # A client-credentials token has no user; the user routes are not for it.
-        response = error_response(
-            403,
-            "insufficient_scope",
-            "This route needs a user's token.",
-            {"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
-        )
-        raise HTTPException(response=_naming_metadata(response))
+        # A client-credentials token has no user; the user routes are not for it. The challenge
+        # names the scheme the token came in (RFC 9449 §7.1: a DPoP one names our algorithms).
+        scheme = "DPoP" if current_token.dpop_jkt is not None else "Bearer"
+        description = "This route needs a user's token."
+        require_oauth.raise_error_response(_InsufficientScope(None, scheme, description))
     return user
 
 
