@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -474,6 +475,37 @@ def test_dpop_token_needs_its_proof(client: FlaskClient, bound: str, prover: Pro
     assert "only one DPoP header" in twice.json["error_description"]
 
 
+def _two_tokens(token: str) -> list[list[tuple[str, str]]]:
+    """Authorization headers that present two tokens: two headers, or two in one."""
+    return [
+        [("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")],
+        [("Authorization", f"DPoP {token}"), ("Authorization", f"Bearer {token}")],
+        [("Authorization", f"Bearer {token}, DPoP {token}")],
+        [("Authorization", f"Bearer {token} {token}")],
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_two_access_tokens_are_invalid_request_not_an_invalid_token(
+    client: FlaskClient, app_client: RegisteredClient, bound: str, prover: Prover, case: int
+) -> None:
+    # RFC 6750 §3.1: invalid_request (400). Read as one invalid token, the client would take
+    # its good token for a bad one and throw it away.
+    plain = _token(client, app_client, None).json["access_token"]
+    for token, path in [(plain, "/junk"), (bound, "/junk"), (plain, "/users/me")]:
+        proof = prover.proof("GET", f"{ISSUER}{path}", token)
+        response = client.get(path, headers=[*_two_tokens(token)[case], ("DPoP", proof)])
+        assert response.status_code == 400
+        assert response.json["error"] == "invalid_request"
+        bearer, dpop = response.headers.getlist("WWW-Authenticate")
+        assert bearer.startswith('Bearer realm="tokenserver", error="invalid_request"')
+        assert dpop.startswith('DPoP realm="tokenserver", error="invalid_request"')
+        assert 'algs="ES256 ' in dpop
+    # Each token, sent once, still works.
+    assert client.get("/junk", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+    assert _dpop_get(client, bound, prover.proof("GET", JUNK_URL, bound)).status_code == 200
+
+
 def test_a_user_route_answers_a_dpop_bound_client_token_in_the_dpop_scheme(
     client: FlaskClient, app_client: RegisteredClient, prover: Prover
 ) -> None:
@@ -602,6 +634,17 @@ def test_live_flow_binds_uses_and_refuses_replays(
     )
     assert bearer.status_code == 401
     assert bearer.json()["error"] == "invalid_token"
+    # gunicorn joins two Authorization headers with a bare comma: two tokens, not a bad one.
+    connection = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=10)
+    connection.putrequest("GET", "/junk")
+    for _ in range(2):
+        connection.putheader("Authorization", f"DPoP {token}")
+    connection.putheader("DPoP", prover.proof("GET", JUNK_URL, token))
+    connection.endheaders()
+    twice = connection.getresponse()
+    assert twice.status == 400
+    assert json.loads(twice.read())["error"] == "invalid_request"
+    connection.close()
 
 
 def test_concurrent_replays_across_workers_have_one_winner(

@@ -110,8 +110,25 @@ class _InsufficientScope(InsufficientScopeError):
         return [*super().get_headers(), ("WWW-Authenticate", challenge)]
 
 
+class _MoreThanOneToken(OAuth2Error):
+    """RFC 6750 §3.1: a request that presents two access tokens is invalid_request (400)."""
+
+    error = "invalid_request"
+    status_code = 400
+    description = "Send one access token, in one Authorization header."
+
+
 class ResourceProtector(_ResourceProtector):
     """Authlib's protector with RFC 6750 and RFC 9449 challenges and our JSON error shape."""
+
+    def parse_request_authorization(self, request: Any) -> tuple[Any, str]:
+        validator, token_string = super().parse_request_authorization(request)
+        # A WSGI server joins two Authorization headers with a comma (PEP 3333), and no token
+        # (RFC 6750 §2.1 b64token) holds a comma or a space: two credentials, not one invalid
+        # token, which a client would take as its good token gone bad.
+        if "," in token_string or len(token_string.split()) != 1:
+            raise _MoreThanOneToken()
+        return validator, token_string
 
     def raise_error_response(self, error: OAuth2Error) -> NoReturn:
         if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
@@ -120,6 +137,12 @@ class ResourceProtector(_ResourceProtector):
             headers = {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
             response = error_response(401, "unauthorized", "A bearer token is required.", headers)
             response.headers.add("WWW-Authenticate", DPOP_CHALLENGE)
+        elif isinstance(error, _MoreThanOneToken):
+            # Either scheme may be the one the client meant: a challenge of each, as above.
+            params = f'error="{error.error}", error_description="{error.description}"'
+            headers = {"WWW-Authenticate": f'Bearer realm="{REALM}", {params}'}
+            response = error_response(400, error.error, error.description, headers)
+            response.headers.add("WWW-Authenticate", f'DPoP realm="{REALM}", {params}, {_ALGS}')
         else:
             response = error_response(
                 error.status_code,

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..oauth.pushed import LIFETIME
 from .components import ERRORS, json_response, ref, with_dpop_nonce
-from .paths import bearer
+from .paths import BEARER_ERRORS, bearer
 
 Doc = dict[str, Any]
 
@@ -210,7 +210,6 @@ def _pushed_authorization() -> Doc:
 
 def paths() -> Doc:
     """/oauth/authorize, /login, /consent, /account, /oauth/logout, /device, userinfo, discovery."""
-    userinfo_errors = ("Unauthorized", "InsufficientScope", "TooManyRequests", "Unavailable")
     userinfo = with_dpop_nonce(
         {
             "operationId": "userinfo",
@@ -220,7 +219,7 @@ def paths() -> Doc:
             "parameters": [ref("parameters", "DPoP")],
             "responses": {
                 "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
-                **{str(ERRORS[name][0]): ref("responses", name) for name in userinfo_errors},
+                **{str(ERRORS[name][0]): ref("responses", name) for name in BEARER_ERRORS},
             },
         }
     )

@@ -11,7 +11,9 @@ Doc = dict[str, Any]
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
 _COMMON = ("TooManyRequests", "Unavailable")
-_BEARER = ("Unauthorized", "InsufficientScope", *_COMMON)
+# Every bearer route: RFC 6750 §3.1's invalid_request (two access tokens at once, say), its
+# invalid_token and insufficient_scope.
+BEARER_ERRORS = ("BadRequest", "Unauthorized", "InsufficientScope", *_COMMON)
 _BODY = ("BadRequest", "TooLarge", "UnsupportedMediaType")
 _NO_AUTH: list[Doc] = [{}]
 # {} as an alternative: client_secret_post, private_key_jwt (client_assertion), or a public
@@ -97,7 +99,7 @@ def users() -> Doc:
                 "The account the bearer token belongs to",
                 "users",
                 {200: json_response("User", "The account", _NO_STORE)},
-                _BEARER,
+                BEARER_ERRORS,
                 security=bearer(),
             )
         },
@@ -114,7 +116,7 @@ def users() -> Doc:
                         "password), or invalid_grant: the current password is wrong",
                     ),
                 },
-                (*_BODY, *_BEARER),
+                (*_BODY, *BEARER_ERRORS),
                 security=bearer(),
                 requestBody=_body("PasswordChange", _JSON),
             )
@@ -212,7 +214,7 @@ def junk() -> Doc:
                 "A page of the caller's items, oldest first",
                 "junk",
                 {200: json_response("JunkPage", "A page", _NO_STORE)},
-                ("BadRequest", *_BEARER),
+                BEARER_ERRORS,
                 security=bearer("junk:read"),
                 parameters=[ref("parameters", "Limit"), ref("parameters", "Cursor")],
             ),
@@ -225,7 +227,7 @@ def junk() -> Doc:
                         "JunkItem", "The new item", {**_NO_STORE, "Location": "Location"}
                     )
                 },
-                (*_BODY, *_BEARER),
+                (*_BODY, *BEARER_ERRORS),
                 security=bearer("junk:write"),
                 requestBody=_body("JunkCreate", _JSON),
             ),
@@ -237,7 +239,7 @@ def junk() -> Doc:
                 "One of the caller's items",
                 "junk",
                 {200: item},
-                ("NotFound", *_BEARER),
+                ("NotFound", *BEARER_ERRORS),
                 security=bearer("junk:read"),
             ),
             "patch": _op(
@@ -245,7 +247,7 @@ def junk() -> Doc:
                 "Change the given fields of an item",
                 "junk",
                 {200: item},
-                (*_BODY, "NotFound", *_BEARER),
+                (*_BODY, "NotFound", *BEARER_ERRORS),
                 security=bearer("junk:write"),
                 requestBody=_body("JunkUpdate", _JSON),
             ),
@@ -254,7 +256,7 @@ def junk() -> Doc:
                 "Delete an item",
                 "junk",
                 {204: {"description": "Deleted"}},
-                ("NotFound", *_BEARER),
+                ("NotFound", *BEARER_ERRORS),
                 security=bearer("junk:write"),
             ),
         },
