@@ -90,9 +90,13 @@ def test_token_and_user_data_are_never_cached(actions: Actions) -> None:
             "/oauth/revoke", data={"token": tokens["refresh_token"]}, auth=oauth_client.auth
         ),
         actions.client.get("/junk", headers=bearer),
+        # Refusals of our own, before Authlib renders anything.
+        actions.client.post("/oauth/token", json={"grant_type": "password"}),
+        actions.client.post("/oauth/register", json={}),
     ]
     for response in responses:
         assert response.headers["Cache-Control"] == "no-store", response.request.path
+        assert response.headers["Pragma"] == "no-cache", response.request.path
 
 
 def test_public_documents_stay_cacheable(client: FlaskClient) -> None:

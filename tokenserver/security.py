@@ -37,8 +37,11 @@ def _add_headers(hsts: bool) -> Callable[[Response], Response]:
             # pages' cross-site check must refuse; same-origin still tells other sites nothing.
             response.headers["Referrer-Policy"] = "same-origin"
         # Credentials, user data, and pages that show who is signed in and carry CSRF tokens.
+        # Pragma for HTTP/1.0 caches, as RFC 6749 §5.1 asks of token responses: every answer
+        # here, not only those Authlib renders, so our own errors say the same.
         if request.path.startswith(_PRIVATE_PREFIXES) or request.blueprint == "pages":
             response.headers["Cache-Control"] = "no-store"
+            response.headers["Pragma"] = "no-cache"
         if hsts:
             response.headers["Strict-Transport-Security"] = _HSTS
         return response
