@@ -22,7 +22,6 @@ from .tokens import TokenRejected, verified_token
 REALM = "tokenserver"
 # RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
 _ALGS = f'algs="{" ".join(dpop.ALGORITHMS)}"'
-DPOP_CHALLENGE = f'DPoP realm="{REALM}", {_ALGS}'
 
 
 class AccessTokenValidator(BearerTokenValidator):
@@ -134,15 +133,10 @@ class ResourceProtector(_ResourceProtector):
         if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
             # RFC 6750 §3.1: no bearer token at all (no header, or another scheme) gets a bare
             # challenge; Authlib would add an error code. RFC 9449 §7.1: and one for DPoP.
-            headers = {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
-            response = error_response(401, "unauthorized", "A bearer token is required.", headers)
-            response.headers.add("WWW-Authenticate", DPOP_CHALLENGE)
+            response = _both_schemes(401, "unauthorized", "A bearer token is required.")
         elif isinstance(error, _MoreThanOneToken):
-            # Either scheme may be the one the client meant: a challenge of each, as above.
-            params = f'error="{error.error}", error_description="{error.description}"'
-            headers = {"WWW-Authenticate": f'Bearer realm="{REALM}", {params}'}
-            response = error_response(400, error.error, error.description, headers)
-            response.headers.add("WWW-Authenticate", f'DPoP realm="{REALM}", {params}, {_ALGS}')
+            # Either scheme may be the one the client meant.
+            response = _both_schemes(400, error.error, error.description, named=True)
         else:
             response = error_response(
                 error.status_code,
@@ -161,6 +155,16 @@ class ResourceProtector(_ResourceProtector):
 require_oauth = ResourceProtector()
 require_oauth.register_token_validator(AccessTokenValidator(realm=REALM))
 require_oauth.register_token_validator(DPoPTokenValidator(realm=REALM))
+
+
+def _both_schemes(status: int, error: str, description: str, *, named: bool = False) -> Response:
+    """An error answer challenging in both schemes; `named` puts the error in the challenges."""
+    params = f', error="{error}", error_description="{description}"' if named else ""
+    response = error_response(
+        status, error, description, {"WWW-Authenticate": f'Bearer realm="{REALM}"{params}'}
+    )
+    response.headers.add("WWW-Authenticate", f'DPoP realm="{REALM}"{params}, {_ALGS}')
+    return response
 
 
 def current_user() -> Subject:
