@@ -162,6 +162,7 @@ def test_delete_answers_204_and_the_item_is_gone(
     response = client.delete(f"/junk/{item['id']}", headers=alice.headers)
     assert response.status_code == 204
     assert response.data == b""
+    assert "Content-Type" not in response.headers  # no content, so no type of it
     assert client.get(f"/junk/{item['id']}", headers=alice.headers).status_code == 404
     assert client.delete(f"/junk/{item['id']}", headers=alice.headers).status_code == 404
     assert _count(app) == 0

@@ -816,6 +816,7 @@ def test_read_update_and_delete_with_the_registration_access_token(
 
     deleted = _manage(client, "DELETE", registered)
     assert deleted.status_code == 204
+    assert deleted.data == b"" and "Content-Type" not in deleted.headers
     assert client_count(app) == 0
     again = _manage(client, "GET", registered)
     assert again.status_code == 401 and again.json["error"] == "invalid_token"

@@ -44,6 +44,8 @@ def _add_headers(hsts: bool) -> Callable[[Response], Response]:
             response.headers["Pragma"] = "no-cache"
         if hsts:
             response.headers["Strict-Transport-Security"] = _HSTS
+        if response.status_code == 204:
+            del response.headers["Content-Type"]  # no content, so no type of content either
         return response
 
     return add
