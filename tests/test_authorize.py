@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,16 @@ from tokenserver.models import TokenFamily
 from tokenserver.oauth.codes import CODE_TTL
 
 from .conftest import PASSWORD, Actions
-from .helpers import LOOPBACK, REDIRECT, Flow, authorization_request, csrf_of, pkce, query_of
+from .helpers import (
+    LOOPBACK,
+    REDIRECT,
+    Flow,
+    authorization_request,
+    csrf_of,
+    pkce,
+    query_of,
+    verified,
+)
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -491,6 +502,26 @@ def test_a_refreshed_id_token_keeps_the_sign_in_it_came_from(flow: Flow) -> None
     assert claims["auth_time"] == signed_in["auth_time"]
     assert claims["sid"] == signed_in["sid"]
     assert "nonce" not in claims
+
+
+def _at_hash(access_token: str) -> str:
+    """OpenID Connect Core §3.1.3.6: the left half of the access token's SHA-256, base64url."""
+    digest = hashlib.sha256(access_token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
+
+
+def test_id_tokens_verify_against_our_jwks_and_hash_their_access_token(flow: Flow) -> None:
+    client_id, secret, code, verifier = _code_and_client(flow)  # no nonce in the request
+    first = flow.exchange(client_id, secret, code, verifier).json
+    refreshed = _refresh(flow, client_id, secret, first["refresh_token"]).json
+    metadata = flow.client.get("/.well-known/openid-configuration").json
+    for body in (first, refreshed):
+        claims = verified(flow.client, body["id_token"], client_id)  # RS256, under a kid we publish
+        assert claims["iss"] == metadata["issuer"]
+        assert claims["at_hash"] == _at_hash(body["access_token"])
+        assert "nonce" not in claims  # none was sent
+        info = flow.client.get("/oauth/userinfo", headers=Actions.bearer(body["access_token"]))
+        assert info.json["sub"] == claims["sub"]
 
 
 def test_a_login_whose_sign_in_is_unknown_refreshes_without_auth_time(flow: Flow) -> None:

@@ -112,6 +112,19 @@ def test_other_response_types_are_refused_in_our_words(flow: Flow, response_type
     assert query["error_description"] != response_type  # says what is supported, not an echo
 
 
+@pytest.mark.parametrize("response_type", [None, ""])
+def test_a_missing_response_type_is_invalid_request(flow: Flow, response_type: str | None) -> None:
+    # RFC 6749 §4.1.2.1: a missing parameter is invalid_request (§3.1: an empty one is
+    # missing); unsupported_response_type would tell the client its response_type is wrong.
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    query = authorization_request(client_id, pkce()[1], response_type=response_type)
+    response = flow.client.get("/oauth/authorize?" + urlencode(query))
+    back = _error_back(response)
+    assert back["error"] == "invalid_request"
+    assert "response_type" in back["error_description"]
+
+
 @pytest.mark.parametrize("max_age", ["abc", "-1", "1e3", "9" * 30, "\u0665"])
 def test_a_max_age_that_is_not_a_small_whole_number_is_invalid_request(
     flow: Flow, max_age: str

@@ -112,6 +112,19 @@ def test_a_plain_http_issuer_off_loopback_is_refused(issuer: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "issuer",
+    ["https://auth.example.com?tenant=1", "https://auth.example.com/#top", "https://a.example/x?"],
+)
+def test_an_issuer_with_a_query_or_fragment_is_refused(issuer: str) -> None:
+    # RFC 8414 §2, OpenID Connect Discovery §3: no query or fragment; every endpoint we publish
+    # is the issuer followed by a path, which would land inside them.
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_ISSUER": issuer})
+    assert "TOKENSERVER_ISSUER" in str(excinfo.value)
+    assert "query" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
     "issuer", ["http://localhost:8000", "http://127.0.0.1:9000", "http://[::1]:8000"]
 )
 def test_a_plain_http_issuer_on_loopback_is_allowed(issuer: str) -> None:

@@ -71,6 +71,10 @@ def _http_url(raw: str) -> str:
 def _issuer(raw: str) -> str:
     value = _http_url(raw)
     parts = urlsplit(value)
+    # RFC 8414 §2, OpenID Connect Discovery §3: an issuer has no query or fragment; each
+    # endpoint we publish is the issuer followed by a path, which would land inside them.
+    if "?" in value or "#" in value:
+        raise ValueError("must be a URL without a query or fragment (? or #)")
     # RFC 6749 §3.2 requires TLS: a plain-http issuer serves only this machine (development).
     if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
         raise ValueError("must be an https URL (plain http is for localhost only)")

@@ -15,6 +15,7 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import (
     InsecureTransportError,
     InvalidClientError,
+    InvalidRequestError,
     UnsupportedResponseTypeError,
 )
 from flask import Flask, current_app
@@ -99,6 +100,11 @@ class AuthorizationServer(_AuthorizationServer):
         try:
             return super().get_authorization_grant(request)
         except UnsupportedResponseTypeError as error:
+            if not request.payload.response_type:
+                # RFC 6749 §4.1.2.1: a missing parameter (§3.1: or an empty one) is
+                # invalid_request; unsupported_response_type is for one we do not offer.
+                description = "'response_type' is required: response_type=code."
+                raise InvalidRequestError(description, redirect_uri=error.redirect_uri) from None
             # Authlib's description is the response_type as sent: say what is supported instead.
             error.description = "Only response_type=code is supported."
             raise
