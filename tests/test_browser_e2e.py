@@ -759,3 +759,37 @@ def test_fields_and_the_keyboard_focus_stand_out_from_the_page(
         assert style == "solid" and width >= 2 and _contrast(ring, card) >= 3, (name, ring)
         assert offset > 0  # apart from the control: it shows on the blue button too
     assert _contrast(border, card) >= 3
+
+
+def test_error_states_fit_a_320_pixel_screen(
+    server: LiveServer, browser: WebDriver, tmp_path: Path
+) -> None:
+    # WCAG 1.4.10: 320 CSS pixels wide (a 1280-pixel window at 400% zoom), no sideways scrolling.
+    _sign_up(server)
+    browser.set_window_size(320, 800)
+    browser.get(f"{server.url}/login")
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys("wrong-password")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda b: "do not match" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "login-wrong-320.png"))
+    assert _fits_the_screen(browser)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait_for(browser, "/account")
+    browser.find_element(By.ID, "current_password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "new_password").send_keys("a-Longer-passphrase-7")
+    browser.find_element(By.ID, "confirm_password").send_keys("a-Longer-passphrase-8")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Change password']").click()
+    WebDriverWait(browser, 20).until(lambda b: "do not match" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "account-mismatch-320.png"))
+    assert _fits_the_screen(browser)
+    # The refused field has the focus, so it (and the message above it) is scrolled into view.
+    assert browser.switch_to.active_element.get_attribute("id") == "confirm_password"
+    assert browser.find_element(By.ID, "password-error").is_displayed()
+    browser.get(f"{server.url}/device")
+    browser.find_element(By.NAME, "user_code").send_keys("BCDF-GHJK")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda b: "not valid" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "device-wrong-320.png"))
+    assert _fits_the_screen(browser)
