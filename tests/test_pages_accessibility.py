@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from .conftest import PASSWORD, Actions
-from .helpers import Flow, csrf_of
+from .helpers import Flow, csrf_of, pkce
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _VOID = {"input", "meta", "link", "br", "hr", "img"}
@@ -219,6 +219,23 @@ def test_a_refused_password_change_is_said_in_words_on_its_field(
     others = {"current_password", "new_password", "confirm_password"} - {field}
     assert all("aria-invalid" not in page.field(other).attrs for other in others)
     assert page.title == "Error: Your account · tokenserver"
+
+
+def _button_names(page: _Page) -> list[str]:
+    return [" ".join(b.text.split()) for b in page.all("button")]
+
+
+def test_each_sign_out_button_on_the_account_page_names_what_it_signs_out(flow: Flow) -> None:
+    client_id, secret = flow.register(first_party=True, name="Photo App")
+    flow.login()
+    verifier, challenge = pkce()
+    flow.exchange(client_id, secret, flow.code_for(client_id, challenge), verifier)
+    names = _button_names(_Page(flow.client.get("/account").text))
+    # A screen reader's list of buttons, out of context: each must say which one it is.
+    assert len(names) == len(set(names))
+    assert "Sign out Photo App" in names
+    assert any(n.startswith("Sign out ") and "this browser" in n for n in names)
+    assert "Sign out everywhere" in names
 
 
 def test_a_throttled_password_change_stays_on_the_account_page_and_says_why(flow: Flow) -> None:
