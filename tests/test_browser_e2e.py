@@ -8,6 +8,7 @@ PKCE on a loopback redirect.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from requests_oauthlib import OAuth2Session
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -710,4 +712,84 @@ def test_an_apps_longest_name_wraps_inside_a_phones_screen(
     browser.get(f"{server.url}/account")  # the app, now signed in, is listed by its name
     assert "W" * 20 in browser.page_source
     browser.save_screenshot(str(tmp_path / "long-name-account.png"))
+    assert _fits_the_screen(browser)
+
+
+def _rgb(css_colour: str, under: str = "rgb(255, 255, 255)") -> list[float]:
+    """A computed `rgb(...)` / `rgba(...)` colour as seen over the opaque colour `under`."""
+    *rgb, alpha = [*map(float, re.findall(r"[\d.]+", css_colour)), 1.0][:4]
+    behind = _rgb(under) if alpha < 1 else rgb
+    return [alpha * c + (1 - alpha) * u for c, u in zip(rgb, behind, strict=True)]
+
+
+def _luminance(rgb: list[float]) -> float:
+    """WCAG relative luminance."""
+    linear = [
+        v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in (c / 255 for c in rgb)
+    ]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(colour: str, background: str) -> float:
+    """WCAG contrast ratio of a (perhaps translucent) colour over an opaque background."""
+    light, dark = sorted((_luminance(_rgb(colour, background)), _luminance(_rgb(background))))[::-1]
+    return (light + 0.05) / (dark + 0.05)
+
+
+_FOCUSED = """
+const focused = document.activeElement, style = getComputedStyle(focused);
+return [focused.id || focused.textContent.trim(), style.outlineStyle,
+        parseFloat(style.outlineWidth), parseFloat(style.outlineOffset), style.outlineColor,
+        style.borderTopColor, getComputedStyle(document.querySelector('.card')).backgroundColor];
+"""
+
+
+def test_fields_and_the_keyboard_focus_stand_out_from_the_page(
+    server: LiveServer, browser: WebDriver
+) -> None:
+    # WCAG 1.4.11: a field's edge and the focus ring need 3:1 against what is around them.
+    browser.get(f"{server.url}/login")
+    card = browser.execute_script(_FOCUSED)[-1]
+    field = browser.find_element(By.ID, "password").value_of_css_property("border-top-color")
+    assert _contrast(field, card) >= 3  # not focused yet: its own edge
+    for expected in ("password", "Sign in"):  # as a keyboard goes, from the username field
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        name, style, width, offset, ring, border, card = browser.execute_script(_FOCUSED)
+        assert name == expected
+        assert style == "solid" and width >= 2 and _contrast(ring, card) >= 3, (name, ring)
+        assert offset > 0  # apart from the control: it shows on the blue button too
+    assert _contrast(border, card) >= 3
+
+
+def test_error_states_fit_a_320_pixel_screen(
+    server: LiveServer, browser: WebDriver, tmp_path: Path
+) -> None:
+    # WCAG 1.4.10: 320 CSS pixels wide (a 1280-pixel window at 400% zoom), no sideways scrolling.
+    _sign_up(server)
+    browser.set_window_size(320, 800)
+    browser.get(f"{server.url}/login")
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys("wrong-password")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda b: "do not match" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "login-wrong-320.png"))
+    assert _fits_the_screen(browser)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait_for(browser, "/account")
+    browser.find_element(By.ID, "current_password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "new_password").send_keys("a-Longer-passphrase-7")
+    browser.find_element(By.ID, "confirm_password").send_keys("a-Longer-passphrase-8")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Change password']").click()
+    WebDriverWait(browser, 20).until(lambda b: "do not match" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "account-mismatch-320.png"))
+    assert _fits_the_screen(browser)
+    # The refused field has the focus, so it (and the message above it) is scrolled into view.
+    assert browser.switch_to.active_element.get_attribute("id") == "confirm_password"
+    assert browser.find_element(By.ID, "password-error").is_displayed()
+    browser.get(f"{server.url}/device")
+    browser.find_element(By.NAME, "user_code").send_keys("BCDF-GHJK")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda b: "not valid" in b.page_source)
+    browser.save_screenshot(str(tmp_path / "device-wrong-320.png"))
     assert _fits_the_screen(browser)

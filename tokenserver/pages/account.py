@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from .. import signin
 from ..errors import InvalidRequest
+from ..guard import Throttled
 from ..store.sessions import Session
 from . import bp, web
 
@@ -60,7 +61,9 @@ def account() -> Response:
     return _page(session)
 
 
-def _page(session: Session, status: int = 200, error: str | None = None) -> Response:
+def _page(
+    session: Session, status: int = 200, error: str | None = None, error_field: str | None = None
+) -> Response:
     shown = signin.overview(session)
     return web.page(
         "account.html",
@@ -72,6 +75,7 @@ def _page(session: Session, status: int = 200, error: str | None = None) -> Resp
         apps=shown.apps,
         done=_DONE.get(request.args.get("done", "")),
         error=error,
+        error_field=error_field,
     )
 
 
@@ -93,12 +97,29 @@ def change_password(session: Session) -> Response:
     """Change the password (the current one is checked as at sign-in)."""
     current, new = request.form.get("current_password", ""), request.form.get("new_password", "")
     if new != request.form.get("confirm_password", ""):
-        return _page(session, 400, "The new passwords do not match.")
+        return _page(session, 400, "The new passwords do not match.", "confirm_password")
     try:
         signin.change_password(session, current, new)
     except InvalidRequest as exc:
-        return _page(session, 400, exc.description)
+        return _page(session, 400, *_refusal(exc.description))
+    except Throttled as exc:  # the password guard, as at sign-in: said here, not on a bare page
+        response = _page(session, 429, exc.description, "current_password")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     return redirect("/account?done=password", 303)
+
+
+# The form's labels for the fields the API's messages name ("'new_password' must be ...").
+_LABELS = {"current_password": "The current password", "new_password": "The new password"}
+
+
+def _refusal(description: str) -> tuple[str, str]:
+    """A refused change in the words of the form, and the field it is about."""
+    for field, label in _LABELS.items():
+        named = f"'{field}' "
+        if description.startswith(named):
+            return f"{label} {description.removeprefix(named)}.", field
+    return description, "current_password"  # "The current password is wrong."
 
 
 @bp.post("/account/sessions/end")

@@ -17,13 +17,17 @@ def login_form() -> Response:
     return _form(200)
 
 
-def _form(status: int, error: str | None = None, username: str | None = None) -> Response:
+def _form(
+    status: int, error: str | None = None, username: str | None = None, wrong: bool = False
+) -> Response:
+    """The form; `wrong` marks its fields invalid (a throttled try's password may be right)."""
     return web.page(
         "login.html",
         status,
         next=local_path(request.values.get("next")),
         username=username if username is not None else _hint(),
         error=error,
+        wrong=wrong,
     )
 
 
@@ -58,7 +62,7 @@ def login() -> Response:
         return response
     if started is None:
         # One message for any cause: no telling an unknown name from a wrong password.
-        return _form(401, "That username and password do not match.", username)
+        return _form(401, "That username and password do not match.", username, wrong=True)
     response = redirect(local_path(request.form.get("next")), 303)
     web.set_session_cookie(response, started.secret)
     return response
