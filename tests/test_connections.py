@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from tokenserver.extensions import close_reader, db, reader
 from tokenserver.store import fleeting, junk, replay, single_write, users
 
-from .conftest import Actions
+from .conftest import PASSWORD, Actions, migrated_database
 
 
 def _checked_out(app: Flask) -> int:
@@ -112,3 +118,92 @@ def _every_idle_connection_is_transactional(app: Flask) -> None:
         finally:
             for conn in pooled:
                 conn.close()
+
+
+def _sign_up(client: FlaskClient, username: str) -> Any:
+    return client.post("/users", json={"username": username, "password": PASSWORD})
+
+
+def _assert_unavailable(response: Any) -> None:
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.json["error"] == "service_unavailable"
+
+
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """No process may open `path` for writing while the block runs: its mode for others,
+    the immutable attribute for root (whom modes do not stop); skipped where neither works."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_connections_sqlite_opened_read_only_are_replaced_once_it_is_writable(
+    make_app: Any, tmp_path: Path
+) -> None:
+    # SQLite opens a file it may not write read-only, and the connection stays read-only: a
+    # worker that (re)connected while the file was read-only refused every write long after.
+    path = tmp_path / "read-only.db"
+    url = next(migrated_database("sqlite", path))
+    app = make_app(database_url=url)
+    client = app.test_client()
+    actions = Actions(app, client)
+    assert _sign_up(client, "before").status_code == 201
+    oauth_client = actions.oauth_client()
+    with _unwritable(path):
+        with app.app_context():
+            db.engine.dispose()  # as a new worker's pool: its connections open now
+        _assert_unavailable(_sign_up(client, "during"))
+        # The password guard counts on a connection of its own (store.fleeting).
+        _assert_unavailable(actions.token(oauth_client, "before"))
+        _assert_unavailable(_sign_up(client, "during"))
+    assert _sign_up(client, "after").status_code == 201
+    assert actions.token(oauth_client, "before").status_code == 200
+
+
+def test_sessions_begun_while_postgresql_was_read_only_are_replaced(
+    make_app: Any, database_url: str, tmp_path: Path
+) -> None:
+    # A session started while the database was read-only (default_transaction_read_only, a
+    # primary demoted to a standby) keeps it: the write answers 503, not a 500, and no pooled
+    # session refuses writes once the database takes them again.
+    _postgresql_only(database_url)
+    made = migrated_database(database_url, tmp_path / "unused.db")
+    url = next(made)
+    name = make_url(url).database
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        app = make_app(database_url=url)
+        client = app.test_client()
+        assert _sign_up(client, "before").status_code == 201
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+        with app.app_context():
+            db.engine.dispose()  # sessions begun from now on are read-only
+        _assert_unavailable(_sign_up(client, "during"))
+        with app.test_request_context():
+            pooled = [db.engine.connect() for _ in range(3)]  # read-only sessions, pooled
+            for conn in pooled:
+                conn.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+        assert _sign_up(client, "after").status_code in (201, 503)  # meets a read-only one
+        assert _sign_up(client, "after-too").status_code == 201
+        assert _sign_up(client, "after-three").status_code == 201
+        with app.app_context():
+            db.engine.dispose()
+    finally:
+        admin.dispose()
+        next(made, None)

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import requests
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from bench.server import free_port
 from tests.conftest import FAST_HASHING, PASSWORD
+from tests.helpers import until_a_backend_waits_for_a_lock
 from tokenserver import create_app
 from tokenserver.clients import ClientSpec, register_client
 from tokenserver.config import Settings
@@ -83,7 +85,11 @@ class Cluster:
 
     def crash(self) -> None:
         """Stop at once, as a crash would: no clean shutdown, clients cut off mid-query."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.stop("immediate")
+
+    def stop(self, mode: str) -> None:
+        """pg_ctl's stop: `fast` ends every session cleanly, `immediate` as a crash would."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def remove(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -173,8 +179,9 @@ def _successes(answers: list[Answer], since: float = 0.0) -> int:
     return sum(1 for a in answers if a.started >= since and a.status in (200, 201))
 
 
-def _prepare(url: str) -> tuple[str, str]:
-    """Migrate the cluster's database and register a client; returns its credentials."""
+def _prepare(url: str, spec: ClientSpec | None = None) -> tuple[str, str]:
+    """Migrate the cluster's database and register a client (by default one with the password
+    grant); returns its credentials."""
     from flask_migrate import upgrade
 
     app = create_app(
@@ -182,7 +189,7 @@ def _prepare(url: str) -> tuple[str, str]:
     )
     with app.app_context():
         upgrade()
-        client, secret = register_client(ClientSpec("faults", grants=("password",)))
+        client, secret = register_client(spec or ClientSpec("faults", grants=("password",)))
         db.engine.dispose()
     assert secret is not None
     return client.client_id, secret
@@ -280,3 +287,202 @@ def _poll_ready(url: str, seconds: float) -> float:
             return time.monotonic()
         time.sleep(0.1)  # polling a server until it is ready
     raise AssertionError(f"/readyz not ready within {seconds} s of the database's return")
+
+
+_EVERY_GRANT = ClientSpec(
+    "faults",
+    grants=(
+        "password",
+        "refresh_token",
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    ),
+    introspect=True,
+)
+# What each kind of route answers with the database up, for _every_route's requests.
+_SERVING = {
+    "healthz": 200,
+    "readyz": 200,
+    "metadata": 200,
+    "jwks": 200,
+    "password grant": 200,
+    "client credentials": 200,
+    "introspection": 200,
+    "revocation": 200,
+    "sign-up": 201,
+    "users/me": 200,
+    "junk": 201,
+    "registration": 401,  # an unknown initial access token, looked up in the database
+    "device authorization": 200,
+    "authorize page": 400,  # a page: no such client
+    "account page": 303,  # an unknown browser session, looked up: to the sign-in page
+}
+_NEEDS_NO_DATABASE = {"healthz", "metadata"}
+
+
+@dataclass
+class _Caller:
+    """A client of every kind of route, with an account and its tokens."""
+
+    url: str
+    auth: tuple[str, str]
+    access: str = ""
+    calls: int = 0
+
+    def every_route(self) -> dict[str, requests.Response]:
+        """One request to each kind of route, in _SERVING's order."""
+        self.calls += 1
+        bearer = {"Authorization": f"Bearer {self.access}"}
+        login = {"grant_type": "password", "username": "steady", "password": PASSWORD}
+        authorize = {  # well formed, from a client that must be looked up
+            "client_id": "unknown-client",
+            "response_type": "code",
+            "redirect_uri": "http://127.0.0.1/callback",
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "code_challenge_method": "S256",
+        }
+        requests_made = {
+            "healthz": ("GET", "/healthz", {}),
+            "readyz": ("GET", "/readyz", {}),
+            "metadata": ("GET", "/.well-known/oauth-authorization-server", {}),
+            "jwks": ("GET", "/.well-known/jwks.json", {}),
+            "password grant": ("POST", "/oauth/token", {"data": login, "auth": self.auth}),
+            "client credentials": (
+                "POST",
+                "/oauth/token",
+                {"data": {"grant_type": "client_credentials"}, "auth": self.auth},
+            ),
+            "introspection": (
+                "POST",
+                "/oauth/introspect",
+                {"data": {"token": self.access}, "auth": self.auth},
+            ),
+            "revocation": ("POST", "/oauth/revoke", {"data": {"token": "x"}, "auth": self.auth}),
+            "sign-up": (
+                "POST",
+                "/users",
+                {"json": {"username": f"user-{self.calls}", "password": PASSWORD}},
+            ),
+            "users/me": ("GET", "/users/me", {"headers": bearer}),
+            "junk": ("POST", "/junk", {"json": {"name": "lamp"}, "headers": bearer}),
+            "registration": (
+                "POST",
+                "/oauth/register",
+                {"json": {"client_name": "x"}, "headers": {"Authorization": "Bearer unknown"}},
+            ),
+            "device authorization": ("POST", "/oauth/device_authorization", {"auth": self.auth}),
+            "authorize page": ("GET", "/oauth/authorize", {"params": authorize}),
+            "account page": ("GET", "/account", {"cookies": {"tokenserver_session": "x"}}),
+        }
+        return {
+            name: requests.request(
+                method, self.url + path, timeout=30, allow_redirects=False, **options
+            )
+            for name, (method, path, options) in requests_made.items()
+        }
+
+
+def _caller(cluster: Cluster, live_server_factory: Any) -> _Caller:
+    """gunicorn on the cluster, an account `steady` and a client of every grant, signed in."""
+    client_id, secret = _prepare(cluster.url, _EVERY_GRANT)
+    server = live_server_factory(workers=2, TOKENSERVER_DATABASE_URL=cluster.url)
+    caller = _Caller(server.url, (client_id, secret))
+    account = {"username": "steady", "password": PASSWORD}
+    assert requests.post(f"{server.url}/users", json=account, timeout=30).status_code == 201
+    caller.access = caller.every_route()["password grant"].json()["access_token"]
+    return caller
+
+
+def _statuses(answers: dict[str, requests.Response]) -> dict[str, int]:
+    return {name: response.status_code for name, response in answers.items()}
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_every_route_answers_json_during_an_outage_and_at_once_after_it(
+    cluster: Cluster, live_server_factory: Any, mode: str
+) -> None:
+    caller = _caller(cluster, live_server_factory)
+    for _ in range(3):  # every worker's pool holds connections that the stop will kill
+        assert _statuses(caller.every_route()) == _SERVING
+    cluster.stop(mode)
+
+    for name, response in caller.every_route().items():
+        assert response.headers["Content-Type"] == "application/json", name
+        body = response.json()
+        if name in _NEEDS_NO_DATABASE or (name == "jwks" and response.status_code == 200):
+            assert response.status_code == 200, name  # the JWKS: from the key cache, a while
+        elif name == "readyz":
+            assert response.status_code == 503
+            assert body == {"status": "unavailable", "reason": "database unreachable"}
+        else:
+            assert response.status_code == 503, (name, body)
+            assert body["error"] == "service_unavailable", name
+            assert response.headers["Retry-After"] == "1", name
+
+    cluster.start()
+    # No pooled connection the outage killed is handed out: the first requests succeed.
+    assert _statuses(caller.every_route()) == _SERVING
+
+
+def test_connections_the_database_ends_while_idle_are_replaced_unnoticed(
+    cluster: Cluster, live_server_factory: Any
+) -> None:
+    caller = _caller(cluster, live_server_factory)
+    for _ in range(3):
+        assert _statuses(caller.every_route()) == _SERVING
+    with psycopg.connect(_libpq(cluster), autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert ended is not None and ended[0] >= 2  # each worker's pooled connections
+    for _ in range(3):
+        assert _statuses(caller.every_route()) == _SERVING
+
+
+def test_a_refresh_cut_off_mid_transaction_by_a_crash_leaves_nothing_behind(
+    cluster: Cluster, live_server_factory: Any
+) -> None:
+    caller = _caller(cluster, live_server_factory)
+    login = {"grant_type": "password", "username": "steady", "password": PASSWORD}
+    tokens = requests.post(
+        f"{caller.url}/oauth/token", data=login, auth=caller.auth, timeout=30
+    ).json()
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    engine = create_engine(cluster.url)
+    with engine.connect() as conn:
+        records = conn.scalar(select(func.count()).select_from(TokenRecord))
+    answers: list[requests.Response] = []
+
+    def send() -> None:
+        url = f"{caller.url}/oauth/token"
+        answers.append(requests.post(url, data=refresh, auth=caller.auth, timeout=30))
+
+    # The refresh spends its token, then waits to store the new ones (their foreign key needs
+    # the login's row, which another session holds): the database dies in that transaction.
+    holder, watcher = engine.connect(), engine.connect()
+    holder.execute(text("SELECT id FROM token_families FOR UPDATE"))
+    sender = threading.Thread(target=send)
+    sender.start()
+    until_a_backend_waits_for_a_lock(watcher, sender)
+    cluster.crash()
+    sender.join(30)
+    for conn in (holder, watcher):
+        conn.invalidate()  # their sessions died with the server: nothing to roll back
+    engine.dispose()
+    assert answers[0].status_code == 503, answers[0].text
+    assert answers[0].json()["error"] == "service_unavailable"
+
+    cluster.start()
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(TokenRecord)) == records
+    engine.dispose()
+    # Nothing of it was committed: the refresh token is unspent, and spends once.
+    url = f"{caller.url}/oauth/token"
+    assert requests.post(url, data=refresh, auth=caller.auth, timeout=30).status_code == 200
+    again = requests.post(url, data=refresh, auth=caller.auth, timeout=30)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def _libpq(cluster: Cluster) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user=postgres dbname=tokenserver"

@@ -28,8 +28,8 @@ from tokenserver.guard import (
 from tokenserver.models import LoginThrottle
 from tokenserver.passwords import Passwords
 
-from .conftest import REDIS_URL, Actions, RegisteredClient
-from .helpers import HeldRequest
+from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
+from .helpers import HeldRequest, csrf_of
 
 WRONG = "not the password at all"
 
@@ -266,6 +266,18 @@ def test_unreachable_redis_refuses_logins_with_503(make_app: Any) -> None:
     response = actions.token(actions.oauth_client(), "alice")
     assert response.status_code == 503
     assert response.is_json
+    assert response.json["error"] == "service_unavailable"
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_unreachable_redis_refuses_sign_ins_at_the_login_page_with_json_503(make_app: Any) -> None:
+    # As a failing database is answered on every page (the OpenAPI document says so).
+    app = make_app(ratelimit_storage_uri="redis://127.0.0.1:1/0")
+    client = app.test_client()
+    Actions(app, client).user("alice")
+    form = {"csrf_token": csrf_of(client.get("/login").text), "username": "alice"}
+    response = client.post("/login", data={**form, "password": PASSWORD})
+    assert response.status_code == 503
     assert response.json["error"] == "service_unavailable"
     assert response.headers["Retry-After"] == "1"
 

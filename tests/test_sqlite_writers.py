@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -96,3 +97,41 @@ def test_one_thread_writing_through_two_connections_meets_sqlite_not_a_hang(conn
     second.rollback()
     first.commit()
     assert not first.writing and not second.writing
+
+
+def test_writers_queued_behind_an_outside_lock_share_one_busy_timeout(
+    connect, tmp_path: Path
+) -> None:
+    # A process writing without our lock (the sqlite3 shell, a VACUUM) holds SQLite's lock past
+    # the busy timeout: each writer queued behind it fails once its own budget is spent, rather
+    # than the k-th one waiting k busy timeouts (every writer before it, then its own).
+    outsider = sqlite3.connect(tmp_path / "writers.db", isolation_level=None)
+    outsider.execute("BEGIN IMMEDIATE")
+    timeout = 1.0
+    writers = [connect(timeout=timeout) for _ in range(4)]
+    answers: list[tuple[str, float]] = []
+
+    def write(conn: WriterConnection) -> None:
+        started = time.monotonic()
+        try:
+            conn.cursor().execute("INSERT INTO items (id) VALUES (NULL)")
+            error = ""
+        except sqlite3.OperationalError as exc:
+            error = str(exc)
+        conn.rollback()
+        answers.append((error, time.monotonic() - started))
+
+    threads = [threading.Thread(target=write, args=(conn,)) for conn in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    outsider.execute("ROLLBACK")
+
+    assert [error for error, _ in answers] == ["database is locked"] * 4
+    assert max(elapsed for _, elapsed in answers) < 2 * timeout, answers
+    for conn in writers:  # the next transaction has its whole budget again
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (1000,)
+        assert not conn.writing
+    writers[0].cursor().execute("INSERT INTO items (id) VALUES (1)")
+    writers[0].commit()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 
 from . import browser_models  # noqa: F401  (its tables join the metadata migrations compare)
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, migrations: bool = False) ->
     with app.app_context():
         if settings.is_sqlite:
             event.listen(db.engine, "connect", _sqlite_pragmas)
+        event.listen(db.engine, "handle_error", _read_only_connection_is_lost)
         _check_key_encryption(db.engine, wrapper)
         app.extensions["tokenserver.keyring"] = KeyRing(
             db.engine,
@@ -201,3 +204,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+# psycopg's SQLSTATE for a write in a read-only transaction (read_only_sql_transaction).
+_PG_READ_ONLY = "25006"
+
+
+def _read_only_connection_is_lost(context: ExceptionContext) -> None:
+    """A write refused because the connection is read-only: replace it, and answer 503.
+
+    SQLite opens a file it may not write read-only, and that connection stays read-only after
+    the file is writable again; a PostgreSQL session started while the database was read-only
+    (default_transaction_read_only, a primary demoted to a standby) keeps that too. Pooled,
+    either refuses every write long after the database is back. Taken as a lost connection,
+    it is dropped with the pool's other connections, which reconnect on their next use, and
+    the request answers the outage's 503 rather than a 500.
+    """
+    exc = context.original_exception
+    if isinstance(exc, sqlite3.Error):
+        read_only = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
+    else:
+        read_only = getattr(exc, "sqlstate", None) == _PG_READ_ONLY
+    if read_only:
+        context.is_disconnect = True

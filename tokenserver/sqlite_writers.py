@@ -8,6 +8,12 @@ Here a connection takes the writers' lock before the first write of its transact
 gives it back when the transaction ends: a re-entrant lock among this process's threads,
 and an exclusive flock(2) on a file beside the database among processes, which the kernel
 hands to the next waiter the moment it is released. Reads never wait: WAL readers take no lock.
+
+The turn and SQLite's busy handler share one budget, the connection's busy timeout: a writer
+whose turn came late waits in SQLite only for what is left of it. A process that writes without
+our lock (the sqlite3 shell, a VACUUM) can hold SQLite's lock past the timeout; then each writer
+in the queue fails ("database is locked", a 503) once its budget is spent, rather than the k-th
+one waiting k busy timeouts.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 # Statements after which SQLite holds the write lock until the transaction ends: the writes,
 # and BEGIN IMMEDIATE, for a transaction whose reads decide what it writes.
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE")
+# A turn that came sooner than this leaves SQLite the whole busy timeout (no PRAGMA round trip).
+_LATE_TURN_SECONDS = 0.05
 
 
 class _Writers:
@@ -68,19 +77,36 @@ class WriterConnection(sqlite3.Connection):
         in_memory = name in ("", ":memory:") or name.startswith("file:")
         self.writers = None if in_memory else _writers(os.path.abspath(name))
         self.writing = False
+        self.busy_timeout = float(kwargs.get("timeout", 5.0))  # sqlite3.connect's default
+        self.shortened = False
 
     def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # type: ignore[override]
         return super().cursor(factory or WriterCursor)
 
     def take_writers_lock(self) -> None:
         if not self.writing and self.writers is not None:
+            started = time.monotonic()
             self.writers.take()
             self.writing = True
+            waited = time.monotonic() - started
+            if waited > _LATE_TURN_SECONDS:
+                # The turn counts against the busy timeout: if whoever holds SQLite's lock is
+                # not one of our writers, the queue behind it must not wait a timeout each.
+                self._set_busy_timeout(max(0.0, self.busy_timeout - waited))
+                self.shortened = True
 
-    def _give_back(self) -> None:
+    def _set_busy_timeout(self, seconds: float) -> None:
+        super().execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def _give_back(self, closing: bool = False) -> None:
         if self.writing and self.writers is not None:
             self.writing = False
-            self.writers.give_back()
+            try:
+                if self.shortened and not closing:
+                    self._set_busy_timeout(self.busy_timeout)  # the next transaction's budget
+                self.shortened = False
+            finally:
+                self.writers.give_back()
 
     def commit(self) -> None:
         try:
@@ -98,7 +124,7 @@ class WriterConnection(sqlite3.Connection):
         try:
             super().close()
         finally:
-            self._give_back()
+            self._give_back(closing=True)
 
 
 class WriterCursor(sqlite3.Cursor):

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from ..errors import APIError
+from ..errors import APIError, error_response
 from . import web
 
 bp = Blueprint("pages", __name__)
@@ -43,6 +43,10 @@ def _http_error(exc: HTTPException) -> Any:
 
 @bp.errorhandler(APIError)
 def _api_error(exc: APIError) -> Response:
+    if exc.status == 503:
+        # An outage of a shared store (the sign-in guard's Redis) is answered as a failing
+        # database is on every route, pages included: the API's JSON 503 (openapi/browser.py).
+        return error_response(exc.status, exc.error, exc.description, exc.headers)
     response = web.page(
         "error.html", exc.status, title="Something went wrong", message=exc.description
     )

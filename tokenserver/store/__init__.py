@@ -97,11 +97,14 @@ def fleeting(engine: Engine | None = None) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
         finally:
-            try:
-                raw.execute("PRAGMA synchronous=FULL")  # as every other write expects
-            except Exception:
-                conn.invalidate()  # never pooled again with commits that are not durable
-                raise
+            # A connection the failure invalidated is closed and never pooled again: its
+            # error (the outage's 503) is the one to raise, not a closed database's.
+            if not conn.invalidated:
+                try:
+                    raw.execute("PRAGMA synchronous=FULL")  # as every other write expects
+                except Exception:
+                    conn.invalidate()  # never pooled again with commits that are not durable
+                    raise
 
 
 def typed_parameter(column: Any) -> Any:
