@@ -15,10 +15,10 @@ _VOID = {"input", "meta", "link", "br", "hr", "img"}
 
 
 class _Element:
-    """One element of a page: its tag, attributes and text."""
+    """One element of a page: its tag, attributes, text, and the tags of the elements around it."""
 
-    def __init__(self, tag: str, attrs: dict[str, str]) -> None:
-        self.tag, self.attrs, self.text = tag, attrs, ""
+    def __init__(self, tag: str, attrs: dict[str, str], within: list[str]) -> None:
+        self.tag, self.attrs, self.text, self.within = tag, attrs, "", within
 
 
 class _Page(HTMLParser):
@@ -31,7 +31,9 @@ class _Page(HTMLParser):
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        element = _Element(tag, {name: value or "" for name, value in attrs})
+        element = _Element(
+            tag, {name: value or "" for name, value in attrs}, [e.tag for e in self._open]
+        )
         self.elements.append(element)
         if tag not in _VOID:
             self._open.append(element)
@@ -75,6 +77,23 @@ def _is_announced_error(page: _Page, name: str, words: str) -> bool:
         and bool(alerts)
         and words in _described_by(page, name)
     )
+
+
+# --- every page --------------------------------------------------------------------------------
+
+# A <header> or <footer> inside one of these is no banner or contentinfo region (HTML-AAM).
+_SECTIONING = {"main", "section", "article", "aside", "nav"}
+
+
+def test_the_mark_and_the_footer_line_are_landmarks_beside_main(flow: Flow) -> None:
+    pages = [flow.client.get("/login").text]
+    flow.login()
+    pages.append(flow.client.get("/account").text)
+    for page in map(_Page, pages):
+        (header,), (footer,), (main,) = page.all("header"), page.all("footer"), page.all("main")
+        assert "tokenserver" in header.text and not _SECTIONING & set(header.within)
+        assert "never see your password" in footer.text and not _SECTIONING & set(footer.within)
+        assert "never see your password" not in main.text
 
 
 # --- sign-in -----------------------------------------------------------------------------------
