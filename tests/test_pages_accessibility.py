@@ -218,13 +218,20 @@ def _change_password(flow: Flow, current: str, new: str, again: str) -> Any:
         ),
         (
             PASSWORD,
+            "Password1!",
+            "Password1!",
+            "new_password",
+            "The new password is common or known from data breaches; choose another.",
+        ),
+        (
+            PASSWORD,
             "a-Longer-passphrase-7",
             "a-Longer-passphrase-8",
             "confirm_password",
             "The new passwords do not match.",
         ),
     ],
-    ids=["wrong-current", "too-short", "mismatch"],
+    ids=["wrong-current", "too-short", "weak", "mismatch"],
 )
 def test_a_refused_password_change_is_said_in_words_on_its_field(
     flow: Flow, current: str, new: str, again: str, field: str, words: str
@@ -234,7 +241,8 @@ def test_a_refused_password_change_is_said_in_words_on_its_field(
     assert refused.status_code == 400
     page = _Page(refused.text)
     assert _is_announced_error(page, field, words)
-    assert "'" not in _described_by(page, field)  # the label's words, not the form field's name
+    # The label's words, not the form field's name nor the API's reason code ("weak_password").
+    assert "'" not in _described_by(page, field) and "_" not in _described_by(page, field)
     others = {"current_password", "new_password", "confirm_password"} - {field}
     assert all("aria-invalid" not in page.field(other).attrs for other in others)
     assert page.title == "Error: Your account · tokenserver"

@@ -25,7 +25,9 @@ _BREACHED_MIN_LENGTH = 10
 _DECORATION = re.compile(r"^[\d\W_]{0,6}|[\d\W_]{0,6}$")
 _UNLEET = str.maketrans("@4310$5!7", "aaeiosslt")
 _COMMON_STEM_RANK = 10_000  # the head of zxcvbn's frequency-ranked password list
-WEAK = "is refused (weak_password): it is common or known from data breaches; choose another"
+# The words for a person; the API's message adds its reason code for programs to match on.
+WEAK_WORDS = "is common or known from data breaches; choose another"
+WEAK = f"is refused (weak_password): it {WEAK_WORDS}"
 
 
 def normalized(password: str) -> str:

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from flask import redirect, request
 from werkzeug.wrappers import Response
 
-from .. import signin
+from .. import passwords, signin
 from ..errors import InvalidRequest
 from ..guard import Throttled
 from ..store.sessions import Session
@@ -111,6 +111,8 @@ def change_password(session: Session) -> Response:
 
 # The form's labels for the fields the API's messages name ("'new_password' must be ...").
 _LABELS = {"current_password": "The current password", "new_password": "The new password"}
+# An API reason said without its code, which means nothing to a person.
+_PLAIN = {passwords.WEAK: passwords.WEAK_WORDS}
 
 
 def _refusal(description: str) -> tuple[str, str]:
@@ -118,7 +120,8 @@ def _refusal(description: str) -> tuple[str, str]:
     for field, label in _LABELS.items():
         named = f"'{field}' "
         if description.startswith(named):
-            return f"{label} {description.removeprefix(named)}.", field
+            reason = description.removeprefix(named)
+            return f"{label} {_PLAIN.get(reason, reason)}.", field
     return description, "current_password"  # "The current password is wrong."
 
 
