@@ -384,6 +384,22 @@ def test_an_app_the_operator_registered_is_not_marked_and_names_its_host(flow: F
     assert "Your answer goes to <strong>app.example.com</strong>" in page
 
 
+def test_the_account_page_marks_a_signed_in_app_that_registered_itself(
+    flow: Flow, runner: FlaskCliRunner
+) -> None:
+    ours, secret = flow.register(first_party=True, name="Photo App")
+    theirs = _self_registered(flow, runner, "Calendar App")
+    flow.login()
+    for client_id, client_secret in ((ours, secret), (theirs, None)):
+        verifier, challenge = pkce()
+        code = flow.code_for(client_id, challenge)
+        assert flow.exchange(client_id, client_secret, code, verifier).status_code == 200
+    rows = re.findall(r"<li>.*?</li>", flow.client.get("/account").text, re.DOTALL)
+    (own,) = [row for row in rows if "Photo App" in row]
+    (other,) = [row for row in rows if "Calendar App" in row]
+    assert "registered itself" in other and "registered itself" not in own
+
+
 @pytest.mark.parametrize(
     "uri, shown",
     [

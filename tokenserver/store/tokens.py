@@ -72,6 +72,7 @@ class SignedInApp:
     client_id: str
     name: str
     since: datetime
+    self_registered: bool  # registered over RFC 7591: its name is its own claim
 
 
 def revoke_family(family_id: str, tx: Connection | None = None) -> None:
@@ -217,14 +218,23 @@ def signed_in_apps(user_id: int) -> list[SignedInApp]:
         _records.c.spent_at.is_(None),
         _records.c.expires_at > utcnow(),
     )
+    self_registered = _clients.c.registration_token_hash.is_not(None)
     query = (
-        select(_clients.c.client_id, _clients.c.name, func.min(_families.c.created_at))
+        select(
+            _clients.c.client_id,
+            _clients.c.name,
+            func.min(_families.c.created_at),
+            self_registered,
+        )
         .join(_clients, _clients.c.client_id == _families.c.client_id)
         .where(_families.c.user_id == user_id, _families.c.revoked_at.is_(None), live)
-        .group_by(_clients.c.client_id, _clients.c.name)
+        .group_by(_clients.c.client_id, _clients.c.name, self_registered)
         .order_by(func.min(_families.c.created_at))
     )
-    return [SignedInApp(*row) for row in reader().execute(query)]
+    return [
+        SignedInApp(client_id, name, since, bool(registered))
+        for client_id, name, since, registered in reader().execute(query)
+    ]
 
 
 class ClientGone(Exception):
