@@ -34,7 +34,7 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "token records": records,
         "token families": families,
         "retired signing keys": retired_keys,
-        "initial access tokens": initial_tokens.purge(cutoff),
+        "initial access tokens": initial_tokens.purge(cutoff, batch_size),
         "device authorizations": devices.purge(cutoff, batch_size),
         "authorization codes": codes.purge(cutoff, batch_size),
         # Dead once expired, whatever --older-than says: an unknown or expired request_uri
@@ -43,5 +43,5 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "browser sessions": sessions.purge(cutoff, batch_size),
         # Kept until its JWT can no longer pass the exp check (leeway included); after that
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.
-        "spent JWT ids": replay.purge(),
+        "spent JWT ids": replay.purge(batch_size=batch_size),
     }
