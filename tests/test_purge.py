@@ -18,6 +18,7 @@ from tests.conftest import Actions
 from tokenserver.extensions import db
 from tokenserver.models import (
     InitialAccessToken,
+    LoginThrottle,
     SigningKey,
     SpentJti,
     TokenFamily,
@@ -255,6 +256,39 @@ def test_initial_access_tokens_go_in_batches_no_larger_than_batch_size(
     assert len(seen) == 4
     with app.app_context():
         assert list(db.session.scalars(select(InitialAccessToken.token_hash))) == [live]
+
+
+def test_forgotten_login_throttles_go_in_batches(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    # Anyone can make a count by typing a name; the guard forgets one after a day without
+    # attempts, but prunes in passing only as fast as sign-ins come: after a spray of names,
+    # a quiet service would keep them for years.
+    def throttle(last: datetime) -> str:
+        key = secrets.token_hex(32)
+        db.session.add(
+            LoginThrottle(
+                key=key,
+                attempts=1,
+                last_attempt_at=last,
+                next_attempt_at=last,
+                day_started_at=last,
+                day_attempts=1,
+            )
+        )
+        return key
+
+    with app.app_context():
+        for _ in range(25):
+            throttle(NOW - DAY - HOUR)
+        recent = throttle(NOW - DAY + HOUR)
+        db.session.commit()
+    with _delete_statements(app, "login_throttles") as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert "25 login throttles" in output
+    assert len(seen) == 4
+    with app.app_context():
+        assert list(db.session.scalars(select(LoginThrottle.key))) == [recent]
 
 
 def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner) -> None:
