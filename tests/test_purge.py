@@ -16,7 +16,14 @@ from sqlalchemy import delete, event, func, select
 
 from tests.conftest import Actions
 from tokenserver.extensions import db
-from tokenserver.models import SigningKey, TokenFamily, TokenRecord
+from tokenserver.models import (
+    InitialAccessToken,
+    LoginThrottle,
+    SigningKey,
+    SpentJti,
+    TokenFamily,
+    TokenRecord,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOUR = timedelta(hours=1)
@@ -209,6 +216,79 @@ def test_one_batch_when_batch_size_allows(app: Flask, store: Store, runner: Flas
         purge(runner, "--batch-size", "100")
     assert len(seen) == 2
     assert store.family_ids() == set()
+
+
+def test_spent_jtis_go_in_batches_no_larger_than_batch_size(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    # Anyone can spend ids (a DPoP proof from a key made up on the spot): millions of them
+    # must not go in one transaction that locks the table, or all of SQLite, for long.
+    with app.app_context():
+        db.session.add_all(
+            SpentJti(key=secrets.token_hex(32), expires_at=NOW - timedelta(minutes=i + 1))
+            for i in range(25)
+        )
+        live = secrets.token_hex(32)
+        db.session.add(SpentJti(key=live, expires_at=NOW + HOUR))
+        db.session.commit()
+    with _delete_statements(app, "spent_jtis") as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert "25 spent JWT ids" in output
+    assert len(seen) == 4  # 10 + 10 + 5, then one that finds nothing left
+    with app.app_context():
+        assert list(db.session.scalars(select(SpentJti.key))) == [live]
+
+
+def test_initial_access_tokens_go_in_batches_no_larger_than_batch_size(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    with app.app_context():
+        db.session.add_all(
+            InitialAccessToken(token_hash=secrets.token_hex(32), expires_at=NOW - 5 * DAY)
+            for _ in range(25)
+        )
+        live = secrets.token_hex(32)
+        db.session.add(InitialAccessToken(token_hash=live, expires_at=NOW + HOUR))
+        db.session.commit()
+    with _delete_statements(app, "initial_access_tokens") as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert "25 initial access tokens" in output
+    assert len(seen) == 4
+    with app.app_context():
+        assert list(db.session.scalars(select(InitialAccessToken.token_hash))) == [live]
+
+
+def test_forgotten_login_throttles_go_in_batches(
+    app: Flask, store: Store, runner: FlaskCliRunner
+) -> None:
+    # Anyone can make a count by typing a name; the guard forgets one after a day without
+    # attempts, but prunes in passing only as fast as sign-ins come: after a spray of names,
+    # a quiet service would keep them for years.
+    def throttle(last: datetime) -> str:
+        key = secrets.token_hex(32)
+        db.session.add(
+            LoginThrottle(
+                key=key,
+                attempts=1,
+                last_attempt_at=last,
+                next_attempt_at=last,
+                day_started_at=last,
+                day_attempts=1,
+            )
+        )
+        return key
+
+    with app.app_context():
+        for _ in range(25):
+            throttle(NOW - DAY - HOUR)
+        recent = throttle(NOW - DAY + HOUR)
+        db.session.commit()
+    with _delete_statements(app, "login_throttles") as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert "25 login throttles" in output
+    assert len(seen) == 4
+    with app.app_context():
+        assert list(db.session.scalars(select(LoginThrottle.key))) == [recent]
 
 
 def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner) -> None:

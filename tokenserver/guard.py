@@ -104,6 +104,10 @@ class DatabaseGuard:
         """Delete a batch of counts nobody has touched for a day; returns how many."""
         return self._table.prune(now - timedelta(seconds=DAY), _PRUNE_BATCH)
 
+    def purge(self, now: datetime, batch_size: int) -> int:
+        """Delete every count nobody has touched for a day, a batch at a time; how many."""
+        return self._table.purge(now - timedelta(seconds=DAY), batch_size)
+
 
 def _wait(row: Refused, now: datetime) -> float:
     """Seconds until a refused name may try again."""

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from .config import current_settings
 from .extensions import db
+from .guard import DatabaseGuard
 from .keys import retention
 from .models import utcnow
 from .store import codes, devices, initial_tokens, keys, pushed, replay, sessions, tokens
@@ -20,8 +21,9 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
     Token records, families left empty, retired signing keys none of whose tokens can be
     alive, initial access tokens (RFC 7591), device authorizations (an expired device code
     only ever answers expired_token), authorization codes, pushed authorization requests,
-    browser sessions expired or ended, and spent JWT ids whose JWTs have expired. Returns how
-    many of each went, by name.
+    browser sessions expired or ended, spent JWT ids whose JWTs have expired, and the password
+    guard's counts forgotten a day after their last attempt. Returns how many of each went,
+    by name.
     """
     cutoff = utcnow() - timedelta(seconds=older_than)
     records, families = tokens.purge(cutoff, batch_size)
@@ -34,7 +36,7 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "token records": records,
         "token families": families,
         "retired signing keys": retired_keys,
-        "initial access tokens": initial_tokens.purge(cutoff),
+        "initial access tokens": initial_tokens.purge(cutoff, batch_size),
         "device authorizations": devices.purge(cutoff, batch_size),
         "authorization codes": codes.purge(cutoff, batch_size),
         # Dead once expired, whatever --older-than says: an unknown or expired request_uri
@@ -43,5 +45,8 @@ def purge(older_than: int, batch_size: int) -> dict[str, int]:
         "browser sessions": sessions.purge(cutoff, batch_size),
         # Kept until its JWT can no longer pass the exp check (leeway included); after that
         # the JWT itself is refused, so the id is dead weight whatever --older-than says.
-        "spent JWT ids": replay.purge(),
+        "spent JWT ids": replay.purge(batch_size=batch_size),
+        # Anyone can make one by typing a name. The guard prunes them in passing, only as fast
+        # as sign-ins come; rows left by a spray of names (or by a switch to Redis) go here.
+        "login throttles": DatabaseGuard(db.engine).purge(utcnow(), batch_size),
     }

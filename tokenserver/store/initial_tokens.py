@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, delete, exists, insert, select, update
+from sqlalchemy import Connection, Table, exists, insert, select, update
 
 from ..extensions import db
 from ..models import InitialAccessToken, utcnow
-from . import transaction
+from . import delete_in_batches, transaction
 
 _tokens: Table = InitialAccessToken.__table__
 
@@ -54,8 +54,8 @@ def spend(token_hash: str, client_id: str, tx: Connection | None = None) -> bool
     return spent == 1
 
 
-def purge(before: datetime) -> int:
-    """Forget tokens that expired before `before`, spent or not; returns how many."""
-    with db.engine.begin() as conn:
-        result = conn.execute(delete(_tokens).where(_tokens.c.expires_at < before))
-    return int(result.rowcount)
+def purge(before: datetime, batch_size: int) -> int:
+    """Forget tokens that expired before `before`, spent or not, a batch per transaction;
+    returns how many."""
+    expired = _tokens.c.expires_at < before
+    return delete_in_batches(_tokens, _tokens.c.token_hash, expired, batch_size)

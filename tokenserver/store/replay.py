@@ -20,14 +20,14 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Flask, current_app, g
-from sqlalchemy import Connection, Table, delete
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import shared_redis
 from ..config import Settings
 from ..extensions import db
 from ..models import SpentJti, utcnow
-from . import fleeting
+from . import delete_in_batches, fleeting
 
 _spent: Table = SpentJti.__table__
 # RETURNING tells a fresh id from a replay on both databases (psycopg's rowcount is -1 here).
@@ -141,11 +141,12 @@ def settled() -> None:
         pending.clear()
 
 
-def purge(before: datetime | None = None) -> int:
-    """Forget ids whose JWTs expired before `before` (now by default); returns how many.
+def purge(before: datetime | None = None, batch_size: int = 1000) -> int:
+    """Forget ids whose JWTs expired before `before` (now by default), a batch per
+    transaction; returns how many.
 
-    Only the database's: Redis forgets its ids by itself when they expire.
+    Only the database's: Redis forgets its ids by itself when they expire. Anyone may spend
+    ids (a DPoP proof costs nothing to make), so there may be millions of them.
     """
-    with db.engine.begin() as conn:
-        result = conn.execute(delete(_spent).where(_spent.c.expires_at < (before or utcnow())))
-    return int(result.rowcount)
+    expired = _spent.c.expires_at < (before or utcnow())
+    return delete_in_batches(_spent, _spent.c.key, expired, batch_size)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ..models import LoginThrottle, UTCDateTime
-from . import fleeting
+from . import delete_in_batches, fleeting
 
 _throttles: Table = LoginThrottle.__table__
 _CLEAR = delete(_throttles).where(_throttles.c.key == bindparam("key"))
@@ -73,6 +73,13 @@ class ThrottleTable:
                 delete(_throttles).where(_throttles.c.key.in_(stale))
             ).rowcount
         return deleted
+
+    def purge(self, before: datetime, batch_size: int) -> int:
+        """Delete every count untouched since `before`, a batch per transaction; how many."""
+        stale = _throttles.c.last_attempt_at <= before
+        return delete_in_batches(
+            _throttles, _throttles.c.key, stale, batch_size, engine=self._engine
+        )
 
     def _params(self, key: str, now: datetime) -> dict[str, Any]:
         """The values of one admission: the name's key, the clock, and now + each delay."""
