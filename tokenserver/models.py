@@ -217,10 +217,16 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         """It authenticates with `private_key_jwt`, by keys registered inline or by URL."""
         return self.jwks is not None or self.jwks_uri is not None
 
-    @property
+    @hybrid_property
     def self_registered(self) -> bool:
         """It registered itself over RFC 7591: its name is its own claim, no operator's."""
         return self.registration_token_hash is not None
+
+    @self_registered.inplace.expression
+    @classmethod
+    def _self_registered_in_sql(cls) -> ColumnElement[bool]:
+        """The same rule in a statement, for the stores' lists of apps and devices."""
+        return cls.registration_token_hash.is_not(None)
 
     @property
     def scopes(self) -> list[str]:

@@ -186,7 +186,7 @@ _PENDING = (
         _devices.c.client_id,
         _clients.c.name,
         _devices.c.scope,
-        _clients.c.registration_token_hash.is_not(None).label("self_registered"),
+        Client.self_registered.label("self_registered"),
     )
     .join(_clients, _clients.c.client_id == _devices.c.client_id)
     .where(

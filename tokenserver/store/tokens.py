@@ -218,7 +218,7 @@ def signed_in_apps(user_id: int) -> list[SignedInApp]:
         _records.c.spent_at.is_(None),
         _records.c.expires_at > utcnow(),
     )
-    self_registered = _clients.c.registration_token_hash.is_not(None)
+    self_registered = Client.self_registered
     query = (
         select(
             _clients.c.client_id,
