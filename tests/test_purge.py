@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -218,44 +218,47 @@ def test_one_batch_when_batch_size_allows(app: Flask, store: Store, runner: Flas
     assert store.family_ids() == set()
 
 
+def _goes_in_batches_of_ten(
+    app: Flask, runner: FlaskCliRunner, label: str, key: Any, row: Callable[[bool], Any]
+) -> None:
+    """25 rows `row(True)` (purgeable) and one `row(False)` (kept), purged --batch-size 10: in
+    three batches and a fourth DELETE that finds nothing left, and the kept row stays."""
+    table = key.table.name
+    with app.app_context():
+        db.session.add_all(row(True) for _ in range(25))
+        kept = row(False)
+        db.session.add(kept)
+        db.session.commit()
+        kept_key = getattr(kept, key.name)
+    with _delete_statements(app, table) as seen:
+        output = purge(runner, "--batch-size", "10")
+    assert f"25 {label}" in output
+    assert len(seen) == 4  # 10 + 10 + 5, then one that finds nothing left
+    with app.app_context():
+        assert list(db.session.scalars(select(key))) == [kept_key]
+
+
 def test_spent_jtis_go_in_batches_no_larger_than_batch_size(
     app: Flask, store: Store, runner: FlaskCliRunner
 ) -> None:
     # Anyone can spend ids (a DPoP proof from a key made up on the spot): millions of them
     # must not go in one transaction that locks the table, or all of SQLite, for long.
-    with app.app_context():
-        db.session.add_all(
-            SpentJti(key=secrets.token_hex(32), expires_at=NOW - timedelta(minutes=i + 1))
-            for i in range(25)
-        )
-        live = secrets.token_hex(32)
-        db.session.add(SpentJti(key=live, expires_at=NOW + HOUR))
-        db.session.commit()
-    with _delete_statements(app, "spent_jtis") as seen:
-        output = purge(runner, "--batch-size", "10")
-    assert "25 spent JWT ids" in output
-    assert len(seen) == 4  # 10 + 10 + 5, then one that finds nothing left
-    with app.app_context():
-        assert list(db.session.scalars(select(SpentJti.key))) == [live]
+    def spent(expired: bool) -> SpentJti:
+        expires = NOW - timedelta(minutes=1) if expired else NOW + HOUR
+        return SpentJti(key=secrets.token_hex(32), expires_at=expires)
+
+    _goes_in_batches_of_ten(app, runner, "spent JWT ids", SpentJti.__table__.c.key, spent)
 
 
 def test_initial_access_tokens_go_in_batches_no_larger_than_batch_size(
     app: Flask, store: Store, runner: FlaskCliRunner
 ) -> None:
-    with app.app_context():
-        db.session.add_all(
-            InitialAccessToken(token_hash=secrets.token_hex(32), expires_at=NOW - 5 * DAY)
-            for _ in range(25)
-        )
-        live = secrets.token_hex(32)
-        db.session.add(InitialAccessToken(token_hash=live, expires_at=NOW + HOUR))
-        db.session.commit()
-    with _delete_statements(app, "initial_access_tokens") as seen:
-        output = purge(runner, "--batch-size", "10")
-    assert "25 initial access tokens" in output
-    assert len(seen) == 4
-    with app.app_context():
-        assert list(db.session.scalars(select(InitialAccessToken.token_hash))) == [live]
+    def token(expired: bool) -> InitialAccessToken:
+        expires = NOW - 5 * DAY if expired else NOW + HOUR
+        return InitialAccessToken(token_hash=secrets.token_hex(32), expires_at=expires)
+
+    key = InitialAccessToken.__table__.c.token_hash
+    _goes_in_batches_of_ten(app, runner, "initial access tokens", key, token)
 
 
 def test_forgotten_login_throttles_go_in_batches(
@@ -264,31 +267,18 @@ def test_forgotten_login_throttles_go_in_batches(
     # Anyone can make a count by typing a name; the guard forgets one after a day without
     # attempts, but prunes in passing only as fast as sign-ins come: after a spray of names,
     # a quiet service would keep them for years.
-    def throttle(last: datetime) -> str:
-        key = secrets.token_hex(32)
-        db.session.add(
-            LoginThrottle(
-                key=key,
-                attempts=1,
-                last_attempt_at=last,
-                next_attempt_at=last,
-                day_started_at=last,
-                day_attempts=1,
-            )
+    def throttle(forgotten: bool) -> LoginThrottle:
+        last = NOW - DAY - HOUR if forgotten else NOW - DAY + HOUR
+        return LoginThrottle(
+            key=secrets.token_hex(32),
+            attempts=1,
+            last_attempt_at=last,
+            next_attempt_at=last,
+            day_started_at=last,
+            day_attempts=1,
         )
-        return key
 
-    with app.app_context():
-        for _ in range(25):
-            throttle(NOW - DAY - HOUR)
-        recent = throttle(NOW - DAY + HOUR)
-        db.session.commit()
-    with _delete_statements(app, "login_throttles") as seen:
-        output = purge(runner, "--batch-size", "10")
-    assert "25 login throttles" in output
-    assert len(seen) == 4
-    with app.app_context():
-        assert list(db.session.scalars(select(LoginThrottle.key))) == [recent]
+    _goes_in_batches_of_ten(app, runner, "login throttles", LoginThrottle.__table__.c.key, throttle)
 
 
 def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner) -> None:
