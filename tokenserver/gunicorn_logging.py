@@ -14,7 +14,7 @@ from .observability import JSONFormatter, configure_logging
 # The balancer's readiness checks that pass are not access-logged: it checks each node several
 # times a second (deploy/haproxy.cfg), which would bury every other line. A failing one is.
 # /healthz is logged like any route: it is the floor the bench measures every route against.
-_PROBES = frozenset({"/readyz"})
+_READINESS_CHECK = "/readyz"
 
 
 class JSONLogger(glogging.Logger):
@@ -33,7 +33,7 @@ class JSONLogger(glogging.Logger):
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
         """One JSON line per request; no query string, as it may carry a token."""
-        if not self.access_log_enabled or (_is_probe(environ) and _succeeded(resp)):
+        if not self.access_log_enabled or (_is_readiness_check(environ) and _succeeded(resp)):
             return
         self.access_log.info(json.dumps(access_entry(resp, environ, request_time)))
 
@@ -59,8 +59,9 @@ def access_entry(resp: Any, environ: dict[str, Any], request_time: timedelta) ->
     }
 
 
-def _is_probe(environ: dict[str, Any]) -> bool:
-    return environ.get("PATH_INFO") in _PROBES and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+def _is_readiness_check(environ: dict[str, Any]) -> bool:
+    path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
+    return path == _READINESS_CHECK and method in ("GET", "HEAD")
 
 
 def _succeeded(resp: Any) -> bool:
