@@ -41,7 +41,7 @@ def top_frames(folded: Path, limit: int = TOP) -> tuple[list[tuple[str, float]],
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_text.isdigit():  # a line py-spy was still writing
             continue
         count = int(count_text)
         frames = stack.split(";")
