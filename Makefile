@@ -19,7 +19,7 @@ install: $(STAMP)
 run: install ## migrate the database, make a demo client if none, serve on $PORT (8000)
 	$(BIN)/tokenserver db upgrade
 	$(BIN)/tokenserver clients ensure-demo
-	$(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
+	$(BIN)/python -m tokenserver.gunicorn_start --config gunicorn.conf.py wsgi:app
 
 test: install ## the whole suite; TEST_DATABASE_URL=postgresql+psycopg://... runs it on PostgreSQL
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -304,3 +304,45 @@ def test_gunicorn_refuses_an_unusable_metrics_directory_with_one_line() -> None:
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: PROMETHEUS_MULTIPROC_DIR='/proc/nope' ")
+
+
+def _procfile_web() -> list[str]:
+    """The Procfile's `web:` command, run by this test's Python (`gunicorn` is `-m gunicorn`)."""
+    [line] = [x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:")]
+    program, *args = line.removeprefix("web:").split()
+    return [sys.executable, *(["-m", "gunicorn"] if program == "gunicorn" else []), *args]
+
+
+# --check-config: should a refusal ever be missed, gunicorn exits instead of forking the workers.
+@pytest.mark.parametrize("workers", ["abc", "-1", "0", "1001", "1000000"])
+def test_the_web_process_refuses_a_bad_worker_count_with_one_line(workers: str) -> None:
+    result = _run([*_procfile_web(), "--check-config"], {"WEB_CONCURRENCY": workers})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: WEB_CONCURRENCY={workers!r} is not valid: expected a number of workers "
+        "from 1 to 1,000"
+    ]
+
+
+def test_gunicorn_conf_refuses_too_many_workers_too() -> None:
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--check-config",
+            "wsgi:app",
+        ],
+        {"WEB_CONCURRENCY": "1001"},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: WEB_CONCURRENCY='1001' is not valid")
+
+
+def test_the_web_process_serves_with_good_settings() -> None:
+    result = _run([*_procfile_web(), "--check-config"], {"WEB_CONCURRENCY": "1000"})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr

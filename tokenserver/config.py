@@ -60,6 +60,20 @@ def _port(raw: str) -> int:
     return port
 
 
+# Workers per gunicorn master. Each is a process of about 115 MB holding up to eight database
+# connections (4 threads x 2): past this, a typo (an extra zero or three) would fork the machine
+# out of memory, or the database out of connections, before serving anything.
+MOST_WORKERS = 1000
+
+
+def _worker_count(raw: str) -> int:
+    expected = f"expected a number of workers from 1 to {MOST_WORKERS:,}"
+    count = _whole_number(raw, 1, expected)
+    if count > MOST_WORKERS:
+        raise ValueError(expected)
+    return count
+
+
 def _http_url(raw: str) -> str:
     value = raw.strip().rstrip("/")
     parts = urlsplit(value)
@@ -238,7 +252,10 @@ class Settings:
     # Read by gunicorn.conf.py, under the names platforms (Heroku, Dokku...) set.
     port: int = _setting("PORT", _port, 8000, bare=True)
     web_concurrency: int = _setting(
-        "WEB_CONCURRENCY", _positive_int, 2 * (os.cpu_count() or 1) + 1, bare=True
+        "WEB_CONCURRENCY",
+        _worker_count,
+        min(2 * (os.cpu_count() or 1) + 1, MOST_WORKERS),
+        bare=True,
     )
 
     @classmethod

@@ -1,0 +1,26 @@
+"""`python -m tokenserver.gunicorn_start ARGS`: gunicorn ARGS, once the settings are known good."""
+
+from __future__ import annotations
+
+import sys
+
+from tokenserver.config import ConfigError, Settings
+
+
+def main() -> None:
+    """Refuse a bad setting in one line (exit 2), as gunicorn.conf.py does, then run gunicorn."""
+    # gunicorn reads WEB_CONCURRENCY with a bare int() while importing its own config module,
+    # before it loads gunicorn.conf.py: "abc" would be a traceback, "-1" a line not naming it.
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        sys.exit(2)
+    from gunicorn.app.wsgiapp import run
+
+    sys.argv[0] = "gunicorn"  # its usage and error lines name the program operators know
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
