@@ -353,3 +353,57 @@ def test_a_retired_key_the_workers_still_publish_is_kept(make_app: Any, actions:
             with app.app_context():
                 db.session.execute(delete(SigningKey).where(SigningKey.kid.in_(made.kids)))
                 db.session.commit()
+
+
+def _purge_statements(app: Flask, table: str) -> list[tuple[str, Any]]:
+    """The DELETEs `tokens purge` runs against `table`, as sent, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM " + table.upper()):
+            seen.append((statement, params))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        purge(app.test_cli_runner())
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return seen
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_each_browser_session_batch_finds_its_rows_through_indexes(app: Flask) -> None:
+    statements = _purge_statements(app, "browser_sessions")
+    assert statements  # at least the batch that finds nothing left
+    with app.app_context(), db.engine.connect() as conn:
+        for sql, params in statements:
+            if conn.dialect.name == "sqlite":
+                plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
+                details = [str(row[-1]) for row in plan]
+                # SEARCH reads what an index points at; SCAN reads the whole table (or index).
+                assert not [d for d in details if d.startswith("SCAN")], details
+                used = " | ".join(details)
+            else:
+                # Whatever the table's size: a plan with no usable index scans it all anyway.
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
+                nodes = list(_plan_nodes(plan[0]["Plan"]))
+                conn.rollback()
+                reads = [n for n in nodes if "Scan" in n["Node Type"] and "Relation Name" in n]
+                # An index scan with no Index Cond walks the whole index; a bitmap heap scan
+                # reads only what its Bitmap Index Scans (each with an Index Cond) found.
+                assert all(
+                    n["Node Type"] == "Bitmap Heap Scan"
+                    or (n["Node Type"] in ("Index Scan", "Index Only Scan") and "Index Cond" in n)
+                    for n in reads
+                ), [(n["Node Type"], n.get("Index Name")) for n in reads]
+                used = " | ".join(str(n.get("Index Name")) for n in nodes)
+            assert "ix_browser_sessions_ended_at" in used
+            assert "ix_browser_sessions_expires_at" in used

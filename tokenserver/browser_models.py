@@ -101,7 +101,9 @@ class BrowserSession(db.Model):  # type: ignore[name-defined,misc]
     user_agent: Mapped[str] = mapped_column(String(200), default="")
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Indexed alone, like expires_at, for `tokens purge`: each batch picks sessions ended before
+    # a cutoff, which the (user_id, ended_at) index cannot find without a user_id.
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class DeviceAuthorization(db.Model):  # type: ignore[name-defined,misc]
