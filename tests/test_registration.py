@@ -1079,3 +1079,33 @@ def test_a_name_may_hold_any_unicode_but_controls(
     response = register(client, initial_token(runner), **{**WEB_APP, "client_name": name})
     assert response.status_code == 201, response.json
     assert response.json["client_name"] == name
+
+
+def test_head_on_a_registration_answers_as_get_without_a_body(
+    live_server: LiveServer, runner: FlaskCliRunner
+) -> None:
+    registered = requests.post(
+        f"{live_server.url}/oauth/register",
+        json=WEB_APP,
+        headers=bearer(initial_token(runner)),
+        timeout=10,
+    ).json()
+    url = live_server.url + registered["registration_client_uri"].removeprefix(ISSUER)
+    token = bearer(registered["registration_access_token"])
+    head = requests.head(url, headers=token, timeout=10)
+    get = requests.get(url, headers=token, timeout=10)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b"" and head.headers["Cache-Control"] == "no-store"
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    refused = requests.head(url, headers=bearer("not-the-token"), timeout=10)
+    assert refused.status_code == 401 and "invalid_token" in refused.headers["WWW-Authenticate"]
+
+
+def test_guessed_registration_tokens_sent_with_head_count_as_failures(make_app: Any) -> None:
+    app = make_app(ratelimit_enabled=True, ratelimit_token_failures="3/minute")
+    client, runner = app.test_client(), app.test_cli_runner()
+    good = register(client, initial_token(runner), WEB_APP).json
+    path = f"/oauth/register/{good['client_id']}"
+    for _ in range(3):
+        assert client.head(path, headers=bearer("guessed")).status_code == 401
+    assert _manage(client, "HEAD", good).status_code == 429

@@ -114,7 +114,7 @@ RULES = (
     _Rule(
         "register",
         frozenset({"/oauth/register", "/oauth/register/<client_id>"}),
-        ("POST", "GET", "PUT", "DELETE"),
+        ("POST", *_READ, "PUT", "DELETE"),  # HEAD checks the token as GET does
         "ratelimit_token_failures",
         True,
     ),

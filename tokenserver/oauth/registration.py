@@ -128,6 +128,14 @@ class ConfigurationEndpoint(ClientConfigurationEndpoint):  # type: ignore[misc]
             )
         return _RegistrationToken(token, client)
 
+    def create_configuration_response(self, request: Any) -> Any:
+        response = super().create_configuration_response(request)
+        # RFC 9110 §9.3.2: HEAD is a GET without the body (Flask routes it here with GET);
+        # Authlib answers only GET, PUT and DELETE and would leave HEAD a 500.
+        if response is None and request.method == "HEAD":
+            response = self.create_read_client_response(request.client, request)
+        return response
+
     def authenticate_client(self, request: Any) -> Client:
         client: Client = request.credential.client
         return client
