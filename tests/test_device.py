@@ -31,7 +31,7 @@ from tokenserver.observability import JSONFormatter
 from tokenserver.store import devices as store_devices
 from tokenserver.store import tokens
 
-from .conftest import PASSWORD, REDIS_URL, Actions, RegisteredClient
+from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
 from .helpers import Flow, Prover, csrf_of, run_behind
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -287,6 +287,49 @@ def test_an_allowed_code_gives_tokens_once_that_work(
     )
     me = client.get("/users/me", headers=Actions.bearer(refreshed.json["access_token"]))
     assert me.status_code == 401
+
+
+def _poll_live(server: LiveServer, tv: RegisteredClient, device_code: str) -> requests.Response:
+    return requests.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": tv.client_id},
+        headers={"Connection": "close"},  # each poll free to reach either worker
+        timeout=30,
+    )
+
+
+def test_polls_racing_on_both_gunicorn_workers_get_the_tokens_once(
+    live_server: LiveServer, device: Device, tv: RegisteredClient
+) -> None:
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    start = threading.Barrier(8)
+    answers: list[tuple[int, str | None]] = []
+
+    def poll() -> None:
+        start.wait()
+        response = _poll_live(live_server, tv, codes["device_code"])
+        answers.append((response.status_code, response.json().get("error")))
+
+    racers = [threading.Thread(target=poll) for _ in range(8)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(answers, key=str) == [(200, None)] + [(400, "invalid_grant")] * 7
+
+
+def test_slow_down_raises_the_interval_for_every_worker(
+    live_server: LiveServer, device: Device, tv: RegisteredClient
+) -> None:
+    code = device.codes()["device_code"]
+    answers = [_poll_live(live_server, tv, code).json() for _ in range(5)]
+    assert answers[0]["error"] == "authorization_pending"
+    # Polled at once: each poll is too soon, and each adds 5 s, whichever worker answers it.
+    for waited, answer in zip((10, 15, 20, 25), answers[1:], strict=True):
+        assert answer["error"] == "slow_down"
+        assert f"wait {waited} seconds" in answer["error_description"]
 
 
 def test_a_refreshed_id_token_names_the_approvers_sign_in(
