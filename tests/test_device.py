@@ -507,6 +507,44 @@ def test_a_self_registered_device_app_is_marked_unchecked(
     assert asked.status_code == 200 and "This app registered itself" in asked.text
 
 
+def test_an_approval_brings_only_the_scope_its_app_still_registers(
+    device: Device, runner: FlaskCliRunner
+) -> None:
+    token = runner.invoke(args=["clients", "registration-token"]).stdout.strip()
+    metadata = {
+        "grant_types": [DEVICE_GRANT],
+        "token_endpoint_auth_method": "none",
+        "scope": "junk:read junk:write",
+    }
+    registered = device.client.post(
+        "/oauth/register", json=metadata, headers={"Authorization": f"Bearer {token}"}
+    ).json
+    app = RegisteredClient(registered["client_id"], None)
+    management = {"Authorization": f"Bearer {registered['registration_access_token']}"}
+    path = f"/oauth/register/{app.client_id}"
+
+    def register_scope(scope: str) -> None:
+        update = {**metadata, "client_id": app.client_id, "scope": scope}
+        assert device.client.put(path, json=update, headers=management).status_code == 200
+
+    device.flow.login()
+    narrowed, gone = device.codes(client=app), device.codes(client=app)
+    for codes in (narrowed, gone):
+        assert device.answer(codes["user_code"]).status_code == 200
+    # RFC 7592: the app narrowed its own scope since its user allowed it; as its refresh
+    # tokens do, the approval brings what is left.
+    register_scope("junk:read")
+    tokens = device.poll(narrowed["device_code"], app)
+    assert tokens.status_code == 200, tokens.json
+    assert tokens.json["scope"] == "junk:read"
+    # Nothing left: refused before the code is spent.
+    register_scope("openid")
+    assert _error(device.poll(gone["device_code"], app)) == "invalid_scope"
+    register_scope("junk:write")
+    kept = device.poll(gone["device_code"], app)
+    assert kept.status_code == 200 and kept.json["scope"] == "junk:write", kept.json
+
+
 def test_a_wrong_code_shows_a_message(device: Device) -> None:
     device.codes()
     device.flow.login()

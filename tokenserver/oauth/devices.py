@@ -6,12 +6,14 @@ Each class overrides Authlib only where our contract differs (README "Devices (R
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
     InvalidGrantError,
+    InvalidScopeError,
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc8628 import (
@@ -130,12 +132,16 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
     def query_device_credential(self, device_code: str) -> DeviceCredential:
         # Authlib answers an unknown code with invalid_request and another client's with
         # unauthorized_client; RFC 6749 §5.2 says invalid_grant for both.
+        client: Client = self.request.client
         credential = None
         if device_code.isascii() and len(device_code) <= _MAX_DEVICE_CODE_LENGTH:
-            credential = devices.find(digest(device_code), self.request.client.client_id)
+            credential = devices.find(digest(device_code), client.client_id)
         if credential is None:
             raise InvalidGrantError("The device code is invalid, expired or spent.")
-        return credential
+        # A client that narrowed its registered scope since (RFC 7592) gets what is left of
+        # the approval, as its refresh tokens do; Authlib would spend the code, then refuse.
+        kept = [scope for scope in credential.scope.split() if scope in client.scopes]
+        return replace(credential, scope=" ".join(kept))
 
     def validate_device_credential(self, credential: DeviceCredential) -> Subject:
         try:
@@ -173,6 +179,8 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
         asked = requested(self.request.payload.data, self.request.client)
         if not within(asked, credential.resources.split()):  # checked before spending
             raise InvalidTargetError("The resource is wider than the original grant.")
+        if not credential.scope:  # nothing of the approval is left to the client
+            raise InvalidScopeError("No scope of this approval is left to this client.")
         if not devices.spend(credential, now):
             raise InvalidGrantError("The device code is invalid, expired or spent.")
         # Spent first: a user disabled since approving leaves the code dead, not waiting.
