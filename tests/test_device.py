@@ -900,6 +900,10 @@ def test_device_authorization_is_limited_per_ip(
         ("bcdfghjk", "BCDFGHJK"),
         (" BCDF GHJK ", "BCDFGHJK"),
         ("B-C-D-F-G-H-J-K", "BCDFGHJK"),
+        ("ＢＣＤＦ－ＧＨＪＫ", "BCDFGHJK"),  # typed on a full-width (East Asian) keyboard
+        ("bcdf\u2013ghjk", "BCDFGHJK"),  # an en dash, as a phone or a text may write it
+        ("BCDF\u2011GHJK", "BCDFGHJK"),  # a non-breaking hyphen
+        ("BCDF_GHJK", None),  # other punctuation is not ours
         ("BCDF-GHJ", None),
         ("BCDF-GHJKL", None),
         ("ABCD-EFGH", None),  # vowels are not in the alphabet

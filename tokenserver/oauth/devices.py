@@ -6,6 +6,7 @@ Each class overrides Authlib only where our contract differs (README "Devices (R
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,11 +55,14 @@ _POLLING_ANSWERS = (AuthorizationPendingError, SlowDownError, AccessDeniedError,
 def normalize_user_code(raw: str) -> str | None:
     """A typed user code as stored (8 capitals), or None if it cannot be one of ours.
 
-    Case does not matter, and hyphens and spaces may be left out or put anywhere.
+    Case does not matter, and hyphens and spaces may be left out or put anywhere. Full-width
+    letters (an East Asian keyboard's) read as the letters they are (NFKC), and any dash
+    (a phone's or a text's typographic one) as the hyphen.
     """
     if len(raw) > 64:
         return None
-    letters = re.sub(r"[\s-]", "", raw).upper()
+    kept = (c for c in unicodedata.normalize("NFKC", raw) if unicodedata.category(c) != "Pd")
+    letters = re.sub(r"\s", "", "".join(kept)).upper()
     return letters if _USER_CODE.fullmatch(letters) else None
 
 
