@@ -498,6 +498,38 @@ def test_a_narrowed_scope_narrows_the_tokens_its_refresh_tokens_bring(
     assert gone.status_code == 400 and gone.json["error"] == "invalid_scope"
 
 
+def test_a_code_brings_the_scope_its_app_still_registers(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, actions: Actions
+) -> None:
+    registered, flow = _web_app_with_alice_signed_in(app, client, runner, actions)
+    client_id = registered["client_id"]
+    update = {**WEB_APP, "client_id": client_id}
+
+    def code_then_scope(scope: str) -> tuple[str, str]:
+        verifier, challenge = pkce()
+        code = flow.code_for(client_id, challenge)
+        # RFC 7592: the app narrows its own scope between the user's consent and the exchange.
+        assert (
+            _manage(client, "PUT", registered, json={**update, "scope": scope}).status_code == 200
+        )
+        return code, verifier
+
+    code, verifier = code_then_scope("openid junk:read")
+    tokens = flow.exchange(client_id, None, code, verifier)
+    assert tokens.status_code == 200, tokens.json
+    assert tokens.json["scope"] == "openid junk:read"
+    assert claims_of(tokens.json["access_token"])["scope"] == "openid junk:read"
+    # Nothing of the consent left to the app: refused, and the code is not spent by it.
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    code, verifier = code_then_scope("junk:write")
+    gone = flow.exchange(client_id, None, code, verifier)
+    assert gone.status_code == 400 and gone.json["error"] == "invalid_scope"
+    update["scope"] = "junk:read"
+    assert _manage(client, "PUT", registered, json=update).status_code == 200
+    kept = flow.exchange(client_id, None, code, verifier)
+    assert kept.status_code == 200 and kept.json["scope"] == "junk:read", kept.json
+
+
 def _signed_in(app: Flask, client: FlaskClient, registered: dict[str, Any]) -> dict[str, Any]:
     """Alice's tokens from the registered client, by the code flow."""
     flow = Flow(app, client)

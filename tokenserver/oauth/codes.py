@@ -6,14 +6,14 @@ Each class overrides Authlib only where our contract differs (README "Browser si
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, OpenIDToken, UserInfo
 from joserfc.jwk import RSAKey
@@ -126,7 +126,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         if bound is not None and bound != dpop.bound_key():
             # RFC 9449 §10: a code bound to a key is useless to whoever intercepts it.
             raise InvalidGrantError("The code is bound to another DPoP key.")
-        return found
+        return _still_registered(found, client) if found is not None else None
 
     def delete_authorization_code(self, authorization_code: codes.PresentedCode) -> None:
         pass  # spent with the tokens it issued, in one transaction
@@ -135,6 +135,16 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         # Its browser session is checked where the tokens are stored (store.tokens._issue).
         user = users.subject(authorization_code.user_id)
         return None if user is None or user.disabled else user  # disabled since: invalid_grant
+
+
+def _still_registered(code: codes.PresentedCode, client: Client) -> codes.PresentedCode:
+    """The code with the part of its scope the client may still have: one that narrowed its
+    registered scope since the consent (RFC 7592) gets the rest, as its refresh tokens do;
+    Authlib would refuse the whole code. Nothing left is invalid_scope, the code unspent."""
+    kept = [scope for scope in code.scope.split() if scope in client.scopes]
+    if not kept:
+        raise InvalidScopeError("No scope of this consent is left to this client.")
+    return replace(code, scope=" ".join(kept))
 
 
 def _sent_to_registered(code: codes.PresentedCode, client: Client) -> bool:
