@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
 from tokenserver import cors
+from tokenserver.browser_models import PushedAuthorization
+from tokenserver.extensions import db
 from tokenserver.keys import current_keyring
+from tokenserver.models import LoginThrottle, TokenRecord
 
-from .conftest import Actions
-from .helpers import REDIRECT, Flow, pkce
+from .conftest import PASSWORD, Actions
+from .helpers import REDIRECT, Flow, authorization_request, pkce
 
 ORIGIN = "https://app.example.com"  # REDIRECT's origin
 EVIL = "https://evil.example"
@@ -89,14 +93,52 @@ def test_any_other_origin_is_refused(client: FlaskClient, registered: str, origi
     refused = _preflight(client, "/oauth/token", origin)
     assert refused.status_code == 403 and refused.json["error"] == "forbidden"
     _no_cors(refused)
-    # Its requests are answered as any other (no page reads the answer): no CORS headers.
-    answered = client.post(
+    assert "Origin" in refused.headers["Vary"]  # the answer depends on it: caches must know
+    # A request that needs no preflight (a form post) is refused just the same, before any work.
+    sent = client.post(
         "/oauth/token",
         data={"grant_type": "authorization_code", "code": "x", "client_id": registered},
         headers={"Origin": origin},
     )
-    assert answered.status_code == 400
-    _no_cors(answered)
+    assert sent.status_code == 403 and sent.json["error"] == "forbidden"
+    _no_cors(sent)
+    assert "Origin" in sent.headers["Vary"]
+
+
+def test_a_page_on_another_origin_cannot_make_the_token_endpoint_check_passwords(
+    flow: Flow, actions: Actions, registered: str
+) -> None:
+    # A form post needs no preflight: without a refusal, any page its visitors open could make
+    # their browsers guess passwords (from their IPs, past the per-IP limits, counting toward
+    # the account's guard) or sign in, at a server the page's author cannot even reach.
+    app_client = actions.oauth_client("Cli", public=True, grants=("password", "refresh_token"))
+    guess = {"grant_type": "password", "username": "alice", "client_id": app_client.client_id}
+    for password in ("wrong-password", PASSWORD):
+        sent = actions.client.post(
+            "/oauth/token", data={**guess, "password": password}, headers={"Origin": EVIL}
+        )
+        assert sent.status_code == 403 and sent.json["error"] == "forbidden"
+    with flow.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LoginThrottle)) == 0
+        assert db.session.scalar(select(func.count()).select_from(TokenRecord)) == 0
+    # The same guess from a server (no Origin) is checked and counted, as ever.
+    counted = actions.client.post("/oauth/token", data={**guess, "password": "wrong-password"})
+    assert counted.status_code == 400 and counted.json["error"] == "invalid_grant"
+    with flow.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LoginThrottle)) == 1
+
+
+def test_a_page_on_another_origin_cannot_push_a_request(
+    flow: Flow, client: FlaskClient, registered: str
+) -> None:
+    _verifier, challenge = pkce()
+    body = authorization_request(registered, challenge)
+    refused = client.post("/oauth/par", data=body, headers={"Origin": EVIL})
+    assert refused.status_code == 403 and refused.json["error"] == "forbidden"
+    with flow.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PushedAuthorization)) == 0
+    pushed = client.post("/oauth/par", data=body, headers={"Origin": ORIGIN})
+    assert pushed.status_code == 201 and pushed.headers[ALLOW_ORIGIN] == ORIGIN
 
 
 def test_a_page_reads_the_token_response_and_its_errors(
@@ -227,12 +269,16 @@ def test_preflights_do_not_count_against_the_limits(make_app: Any) -> None:
     assert "Retry-After" in throttled.headers["Access-Control-Expose-Headers"]
 
 
-def test_an_app_route_without_an_origin_gets_no_cors_headers(actions: Actions) -> None:
+def test_an_app_route_without_an_origin_gets_no_cors_headers_but_varies_by_origin(
+    actions: Actions,
+) -> None:
     session = actions.login()
     response = actions.client.get("/junk", headers=actions.bearer(session["access_token"]))
     assert response.status_code == 200
     _no_cors(response)
-    assert "Origin" not in response.headers.get("Vary", "")
+    # The Fetch standard (§3.2.5): a response that would carry CORS headers for some Origin
+    # says Vary: Origin even when sent none, or a cache would serve it to a page later.
+    assert "Origin" in response.headers["Vary"]
 
 
 def test_every_endpoint_named_for_cors_exists(app: Flask) -> None:

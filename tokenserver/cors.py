@@ -3,9 +3,10 @@
 A single-page app signs its user in on our pages, then calls the token endpoint, userinfo and
 the junk API from its own origin; without CORS headers the browser sends those requests but
 hides every answer from the app. Allowed origins are those of the clients' registered redirect
-URIs (Keycloak's "+" web origins): the page a code is sent to may exchange it. Metadata and
-keys are public, readable from anywhere. Credentials mode is never allowed: nothing here is
-authorised by a cookie, so a page can read only answers to requests carrying its own tokens.
+URIs (Keycloak's "+" web origins): the page a code is sent to may exchange it; a page on any
+other origin is refused outright, its form posts too. Metadata and keys are public, readable
+from anywhere. Credentials mode is never allowed: nothing here is authorised by a cookie, so a
+page can read only answers to requests carrying its own tokens.
 """
 
 from __future__ import annotations
@@ -108,28 +109,33 @@ def _origin_of(uri: str) -> tuple[str, str] | None:
     return f"{parts.scheme}://{host}:{port}", host
 
 
+def _is_app_route() -> bool:
+    return request.endpoint in _APP or request.blueprint in _APP_BLUEPRINTS
+
+
 def _allowed_origin() -> str | None:
     """What Access-Control-Allow-Origin says to this request's page, if anything.
 
-    Raises Forbidden for the preflight of a page the app routes do not serve, so its developer
-    reads why in the browser's network panel; its other requests just get no CORS headers.
+    Raises Forbidden for any request of a page the app routes do not serve, preflight or not
+    (its developer reads why in the browser's network panel). A form post needs no preflight:
+    answered, it would let any page make its visitors' browsers guess passwords, spend codes or
+    push requests, from their addresses and past the per-IP limits, at a server the page's
+    author may not even reach; refused here, nothing is checked, counted or stored.
     """
     origin = request.environ.get("HTTP_ORIGIN")
     if origin is None:
         return None
     if request.endpoint in _PUBLIC:
         return "*"
-    if request.endpoint not in _APP and request.blueprint not in _APP_BLUEPRINTS:
+    if not _is_app_route():
         return None
     origins: WebOrigins = current_app.extensions[_EXTENSION]
     if origins.allows(origin):
         return origin
-    if _is_preflight():
-        raise Forbidden(
-            "This origin may not call this endpoint from a browser: it is not the origin of "
-            "any client's registered redirect URI."
-        )
-    return None
+    raise Forbidden(
+        "This origin may not call this endpoint from a browser: it is not the origin of "
+        "any client's registered redirect URI."
+    )
 
 
 def _is_preflight() -> bool:
@@ -160,11 +166,14 @@ def _add_headers(response: Response) -> Response:
     if request.endpoint in _PUBLIC:
         response.headers["Access-Control-Allow-Origin"] = "*"  # with or without an Origin
         return response
+    if _is_app_route():
+        # Fetch standard §3.2.5: what these routes answer depends on Origin (allowed, refused,
+        # or sent none), so every answer says so, lest a cache give one page another's.
+        response.vary.add("Origin")
     origin = g.get("cors_origin")
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
-        response.vary.add("Origin")
     return response
 
 

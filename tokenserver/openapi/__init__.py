@@ -26,7 +26,7 @@ def build_document(issuer: str) -> dict[str, Any]:
             "Browser apps (CORS): pages on the origin of a registered redirect URI may call "
             "/oauth/token, /oauth/par, /oauth/revoke, /oauth/userinfo, /users/me and /junk; any "
             "page may read the discovery documents, the resource metadata and the JWKS; a "
-            "preflight from another origin is 403 forbidden.",
+            "request or preflight from another origin to those routes is 403 forbidden.",
         },
         "servers": [{"url": issuer}],
         "tags": [{"name": name} for name in ("users", "oauth", "pages", "junk", "operations")],

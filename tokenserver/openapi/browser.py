@@ -177,7 +177,7 @@ def _pushed_authorization() -> Doc:
         "client_assertion": {"type": "string"},
         "client_assertion_type": {"type": "string"},
     }
-    errors = ("TooLarge", "UnsupportedMediaType", "TooManyRequests", "Unavailable")
+    errors = ("CrossOrigin", "TooLarge", "UnsupportedMediaType", "TooManyRequests", "Unavailable")
     return with_dpop_nonce(
         {
             "operationId": "pushedAuthorization",

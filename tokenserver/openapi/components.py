@@ -17,6 +17,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "Unauthorized": (401, "No valid bearer token (RFC 6750): invalid_token, or no token at all."),
     "InsufficientScope": (403, "The token lacks the scope (RFC 6750 insufficient_scope)."),
     "Forbidden": (403, "The server refuses the action, whoever asks."),
+    "CrossOrigin": (
+        403,
+        "forbidden: sent by a page whose origin is not that of any client's registered "
+        "redirect URI (CORS); nothing was done.",
+    ),
     "NotFound": (404, "Nothing here for this caller."),
     "Conflict": (409, "The request collides with existing state."),
     "TooLarge": (413, "The body is larger than the configured maximum (64 KiB by default)."),

@@ -47,7 +47,7 @@ def bearer(scope: str | None = None) -> list[Doc]:
     return [{"bearerAuth": scopes}, {"dpopAuth": scopes}]
 
 
-def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
+def _oauth_op(op_id: str, summary: str, ok: Doc, body: str, *errors: str) -> Doc:
     """An OAuth endpoint: form body, client authentication, RFC 6749 §5.2 errors."""
     return _op(
         op_id,
@@ -62,7 +62,7 @@ def _oauth_op(op_id: str, summary: str, ok: Doc, body: str) -> Doc:
             ),
             401: json_response("Error", "invalid_client", {"WWW-Authenticate": "BasicChallenge"}),
         },
-        ("TooLarge", "UnsupportedMediaType", *_COMMON),
+        ("TooLarge", "UnsupportedMediaType", *errors, *_COMMON),
         security=_CLIENT_AUTH,
         requestBody=_body(body, _FORM),
     )
@@ -133,6 +133,7 @@ def oauth() -> Doc:
         "slow_down, access_denied, expired_token while polling)",
         json_response("TokenResponse", "Tokens", _NO_STORE),
         "TokenRequest",
+        "CrossOrigin",
     )
     # RFC 9449 §5: a proof binds the tokens issued to its key (token_type DPoP).
     token["parameters"] = [ref("parameters", "DPoP")]
@@ -157,6 +158,7 @@ def oauth() -> Doc:
                 "Revoke a token (RFC 7009); an unknown token also gets 200",
                 json_response("Revoked", "Revoked, or never known"),
                 "TokenParameters",
+                "CrossOrigin",
             )
         },
         "/.well-known/oauth-authorization-server": _public_get(
