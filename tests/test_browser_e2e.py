@@ -33,10 +33,13 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from bench.server import free_port
 from tokenserver.config import Settings
+from tokenserver.extensions import db
+from tokenserver.models import TokenFamily
 
 from .conftest import PASSWORD, LiveServer
 from .helpers import claims_of, pkce
@@ -538,31 +541,43 @@ def test_a_single_page_app_signs_in_and_calls_our_api_from_its_own_origin(
     assert shown["again"]["error"] == "invalid_grant"  # the page reads our errors too
 
 
+def _logins(app: Flask) -> int:
+    """How many logins (refresh-token families) the server has issued."""
+    with app.app_context():
+        return int(db.session.scalar(select(func.count()).select_from(TokenFamily)))
+
+
 def test_a_page_on_an_origin_no_client_registered_cannot_read_our_answers(
-    server: LiveServer, browser: WebDriver, rp_port: int
+    server: LiveServer, browser: WebDriver, rp_port: int, app: Flask
 ) -> None:
     _sign_up(server)
     _register(server, "Notes", "--public", "--redirect-uri", f"http://127.0.0.1:{rp_port}/cb")
-    app = _register(server, "CLI", "--grant", "password")
+    app_client = _register(server, "CLI", "--grant", "password")
     issued = requests.post(
         f"{server.url}/oauth/token",
         data={"grant_type": "password", "username": "alice", "password": PASSWORD},
-        auth=(app["client_id"], app["client_secret"]),
+        auth=(app_client["client_id"], app_client["client_secret"]),
         timeout=10,
     )
+    sign_in = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    sign_in |= {"client_id": app_client["client_id"], "client_secret": app_client["client_secret"]}
     config = {"issuer": server.url, "access_token": issued.json()["access_token"]}
-    with _serving(_single_page_app(config), rp_port):
+    with _serving(_single_page_app({**config, "sign_in": sign_in}), rp_port):
         # The registered origin first, so what is refused below is refused for its origin.
         browser.get(f"http://127.0.0.1:{rp_port}/probe")
         allowed = _shown(browser)
+        logins = _logins(app)
         browser.get(f"http://localhost:{rp_port}/probe")
         refused = _shown(browser)
     assert allowed["token"]["status"] == 401
     assert allowed["token"]["body"]["error"] == "invalid_client"
     assert allowed["me"]["body"]["username"] == "alice"
+    assert allowed["signin"]["status"] == 200 and logins == 2
     assert refused["issuer"] == server.url  # metadata is public
     assert "Failed to fetch" in refused["token"]["blocked"]
     assert "Failed to fetch" in refused["me"]["blocked"]
+    # Its form post was sent (no preflight), and refused before the password was even checked.
+    assert "Failed to fetch" in refused["signin"]["blocked"] and _logins(app) == logins
 
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
