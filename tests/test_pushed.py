@@ -109,6 +109,22 @@ def test_an_unknown_request_uri_gets_a_page_never_a_redirect(flow: Flow, request
     assert response.status_code == 400 and "Location" not in response.headers
 
 
+@pytest.mark.parametrize("second", ["same", "other"])
+def test_a_reference_naming_its_client_twice_gets_a_page(flow: Flow, second: str) -> None:
+    # RFC 6749 §3.1: no parameter more than once; a reference is no exception.
+    flow.login()
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    other = client_id if second == "same" else "someone-else"
+    query = [("client_id", client_id), ("client_id", other), ("request_uri", request_uri)]
+    refused = flow.client.get("/oauth/authorize?" + urlencode(query))
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    assert "more than once" in refused.text
+    # Refused before it was answered: the reference itself still works.
+    assert _by_reference(flow, client_id, request_uri).status_code == 302
+
+
 def test_a_request_uri_works_only_for_the_client_that_pushed_it(flow: Flow) -> None:
     client_id, secret = flow.register(first_party=True)
     other_id, _ = flow.register(first_party=True, name="Other App")

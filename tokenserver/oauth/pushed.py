@@ -153,6 +153,8 @@ def resolve(parameters: MultiDict[str, str]) -> PushedRequest | None:
     uri = uris[0]
     if len(uris) > 1 or len(uri) > _MAX_REQUEST_URI:
         raise BadAuthorizationRequest("The request_uri is not one this server issued.")
+    if len(parameters.getlist("client_id")) > 1:  # RFC 6749 §3.1, as for any request
+        raise BadAuthorizationRequest("'client_id' must not be given more than once.")
     request_uri_hash = digest(uri)
     found = store.find(request_uri_hash)
     if found is None or found.client_id != parameters.get("client_id"):
