@@ -346,6 +346,17 @@ def test_jwks_is_cacheable_for_less_than_the_publish_delay(make_app: Any) -> Non
     assert Settings.from_env({"TOKENSERVER_KEY_PUBLISH_SECONDS": "0"}).key_publish_seconds == 0
 
 
+def test_jwks_max_age_never_outlasts_a_shorter_publish_delay(make_app: Any) -> None:
+    # A verifier may hold the JWKS for its max-age after our key cache served it: a key that
+    # signs sooner than that would meet verifiers whose cached set lacks its kid.
+    for publish, cache in ((10, 5), (30, 1), (3, 5), (0, 1)):
+        app = make_app(key_publish_seconds=publish, key_cache_seconds=cache)
+        response = app.test_client().get("/.well-known/jwks.json")
+        scope, _, max_age = response.headers["Cache-Control"].partition(", max-age=")
+        assert scope == "public"
+        assert int(max_age) + cache <= publish or int(max_age) == 0, (publish, cache)
+
+
 def test_new_tokens_carry_the_new_kid_after_rotation(make_app: Any) -> None:
     first_app = make_app()
     actions = Actions(first_app, first_app.test_client())

@@ -323,6 +323,14 @@ class Settings:
         return type(self)(**{**self.__dict__, **changes})
 
     @property
+    def jwks_max_age(self) -> int:
+        """Seconds verifiers may cache the JWKS: never so long that, added to our key cache, it
+        outlasts the time a rotated key is published before it signs (a shorter
+        TOKENSERVER_KEY_PUBLISH_SECONDS shortens it)."""
+        lead = (self.key_publish_seconds or 0) - self.key_cache_seconds
+        return max(0, min(JWKS_MAX_AGE, lead))
+
+    @property
     def is_sqlite(self) -> bool:
         """Whether the database is an SQLite file (which needs WAL and a busy timeout)."""
         return self.database_url.startswith("sqlite")

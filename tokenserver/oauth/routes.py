@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..config import JWKS_MAX_AGE, current_settings
+from ..config import current_settings
 from ..errors import InvalidRequest, NotFound
 from ..keys import current_keyring
 from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
@@ -190,7 +190,7 @@ def protected_resource(resource_path: str = "") -> Response:
 def jwks() -> Response:
     """RFC 7517 public keys: the next one, the current one, and retired ones whose tokens live."""
     response = jsonify(current_keyring().jwks())
-    # A new key is published this long plus our key cache before it signs (keys.py), so a
-    # verifier that honours this max-age never meets a kid its cached set lacks.
-    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    # A new key is published at least this long plus our key cache before it signs (keys.py),
+    # so a verifier that honours this max-age never meets a kid its cached set lacks.
+    response.headers["Cache-Control"] = f"public, max-age={current_settings().jwks_max_age}"
     return response
