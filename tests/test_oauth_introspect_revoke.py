@@ -112,6 +112,17 @@ def test_active_refresh_token_is_reported_too(client: FlaskClient, login: dict[s
     assert body["iat"] <= now
 
 
+def test_refresh_token_expiry_reported_is_no_later_than_its_login_ends(
+    make_app: Any, login: dict[str, Any]
+) -> None:
+    # A lowered TOKENSERVER_SESSION_MAX_AGE ends longer logins at once: the exp a resource
+    # server reads (and may keep the answer until, RFC 7662 §4) must not outlast that end.
+    shorter = make_app(session_max_age=3600).test_client()
+    body = introspect(shorter, login["client"], login["refresh_token"]).json
+    assert body["active"] is True
+    assert body["iat"] < body["exp"] <= body["iat"] + 3600
+
+
 def test_client_credentials_token_reports_the_client_as_subject(
     client: FlaskClient, actions: Actions, resource_server: RegisteredClient
 ) -> None:

@@ -349,11 +349,13 @@ def live_refresh_token(token: str) -> LiveToken | None:
     """The refresh token's record if it is unspent, unrevoked, unexpired and its user active."""
     if not _may_be_ours(token):
         return None
-    session_start = utcnow() - timedelta(seconds=current_settings().session_max_age)
+    session_max_age = timedelta(seconds=current_settings().session_max_age)
     token_hash = digest(token)
-    row = tokens.live_refresh(token_hash, session_start)
+    row = tokens.live_refresh(token_hash, utcnow() - session_max_age)
     if row is None:
         return None
+    # Its login may end first: TOKENSERVER_SESSION_MAX_AGE lowered since it was issued.
+    expires_at = min(row.expires_at, row.session_started_at + session_max_age)
     return LiveToken(
         REFRESH,
         row.family_id,
@@ -361,7 +363,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
         row.user,
         row.scope,
         int(row.issued_at.timestamp()),
-        int(row.expires_at.timestamp()),
+        int(expires_at.timestamp()),
         jti=_refresh_token_id(token_hash),
         audience=as_audience(row.resources.split()),
         dpop_jkt=row.dpop_jkt,

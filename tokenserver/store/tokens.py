@@ -663,6 +663,7 @@ class LiveRefresh:
     resources: str
     dpop_jkt: str | None
     user: Subject
+    session_started_at: datetime  # when its login began, which ends with the session's age
 
 
 _LIVE_REFRESH = (
@@ -671,6 +672,7 @@ _LIVE_REFRESH = (
         _records.c.scope,
         _records.c.issued_at,
         _records.c.expires_at,
+        _families.c.created_at.label("session_started_at"),
         _families.c.client_id,
         _families.c.resources,
         _families.c.dpop_jkt,
@@ -706,6 +708,7 @@ def live_refresh(token_hash: str, session_start: datetime) -> LiveRefresh | None
         row.resources,
         row.dpop_jkt,
         Subject.from_row(row),
+        row.session_started_at,
     )
 
 
