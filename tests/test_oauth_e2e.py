@@ -293,6 +293,44 @@ def test_a_resource_server_with_a_warm_jwks_cache_keeps_verifying_across_a_rotat
     assert verifier.forced_refetches == 0  # never met a kid its cached key set lacked
 
 
+class MaxAgeJWKClient(CountingJWKClient):
+    """PyJWT's JWKS client keeping the key set as long as its Cache-Control max-age says."""
+
+    def fetch_data(self) -> Any:
+        response = requests.get(self.uri, timeout=5)
+        response.raise_for_status()
+        scope, _, max_age = response.headers["Cache-Control"].partition(", max-age=")
+        assert scope == "public"
+        assert self.jwk_set_cache is not None
+        self.jwk_set_cache.lifespan = int(max_age)
+        self.jwk_set_cache.put(response.json())
+        return response.json()
+
+
+def test_a_resource_server_honouring_the_jwks_max_age_never_meets_an_unknown_kid(
+    live: LiveServer, app_client: RegisteredClient, runner: FlaskCliRunner
+) -> None:
+    # The server publishes keys PUBLISH seconds before they sign, less than the default max-age:
+    # a verifier that keeps the JWKS as long as we say must still know every kid it meets.
+    verifier = MaxAgeJWKClient(f"{live.url}/.well-known/jwks.json")
+
+    def verify(token: str) -> dict[str, Any]:
+        key = verifier.get_signing_key_from_jwt(token)
+        claims: dict[str, Any] = pyjwt.decode(token, key.key, algorithms=["RS256"], audience=ISSUER)
+        return claims
+
+    assert verify(password_login(live, app_client).json()["access_token"])["username"] == "alice"
+    new_kid = rotate_keys(runner)
+    seen: list[str] = []
+    deadline = time.monotonic() + 3 * PUBLISH + 10
+    while time.monotonic() < deadline and seen[-3:] != [new_kid] * 3:
+        token = password_login(live, app_client).json()["access_token"]
+        assert verify(token)["sub"]
+        seen.append(header_of(token)["kid"])
+    assert seen[-3:] == [new_kid] * 3
+    assert verifier.forced_refetches == 0  # never met a kid its cached key set lacked
+
+
 def test_emergency_rotation_and_revocation_reach_every_worker(
     live: LiveServer, app_client: RegisteredClient, runner: FlaskCliRunner
 ) -> None:
