@@ -67,6 +67,18 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     assert name in str(excinfo.value)
 
 
+# gunicorn as deployed, loading its settings and exiting before it would fork a worker.
+_CHECK_CONFIG = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "--config",
+    "gunicorn.conf.py",
+    "--check-config",
+    "wsgi:app",
+]
+
+
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
@@ -252,15 +264,7 @@ def test_unknown_settings_are_listed_with_the_closest_name() -> None:
 
 def test_gunicorn_warns_once_of_an_unknown_setting() -> None:
     result = _run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "gunicorn.conf.py",
-            "--check-config",
-            "wsgi:app",
-        ],
+        _CHECK_CONFIG,
         {"TOKENSERVER_ACESS_TOKEN_TTL": "60"},
     )
     assert [line for line in result.stderr.splitlines() if "ACESS" in line] == [
@@ -326,15 +330,7 @@ def test_the_web_process_refuses_a_bad_worker_count_with_one_line(workers: str) 
 
 def test_gunicorn_conf_refuses_too_many_workers_too() -> None:
     result = _run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "gunicorn.conf.py",
-            "--check-config",
-            "wsgi:app",
-        ],
+        _CHECK_CONFIG,
         {"WEB_CONCURRENCY": "1001"},
     )
     assert result.returncode == 2
