@@ -151,6 +151,22 @@ def test_common_and_breached_passwords_are_refused(client: FlaskClient, password
 
 
 @pytest.mark.parametrize(
+    "password", ["Autumn2024!", "Fall2023!", "Michael1!", "Christmas2023!", "Halloween1!"]
+)
+def test_common_words_and_names_under_decoration_are_refused(
+    client: FlaskClient, password: str
+) -> None:
+    # Kin of "Summer2024!" whose stem is a common word or name, not a common password.
+    response = client.post("/users", json={"username": "alice", "password": password})
+    assert response.status_code == 400, password
+    assert response.json["error"] == "invalid_request"
+    assert "weak_password" in response.json["error_description"]
+    # Nothing was created: the name is still free.
+    again = client.post("/users", json={"username": "alice", "password": PASSWORD})
+    assert again.status_code == 201, again.json
+
+
+@pytest.mark.parametrize(
     "password", [PASSWORD, "Tr0ub4dor&3-lamp-quietly", "vivid otter juggles rain", "Zq8#mW2!pLx"]
 )
 def test_uncommon_passwords_are_accepted(client: FlaskClient, password: str) -> None:

