@@ -137,6 +137,30 @@ def test_next_returns_to_a_local_page(flow: Flow) -> None:
     assert flow.login(next="/oauth/authorize?x=1").headers["Location"] == "/oauth/authorize?x=1"
 
 
+def test_a_sign_in_posted_to_the_address_it_was_sent_to_returns_where_it_was_going(
+    flow: Flow,
+) -> None:
+    address = "/login?" + urlencode({"next": "/oauth/authorize?x=1"})
+    page = flow.client.get(address)
+    form = {"csrf_token": csrf_of(page.text), "username": "alice", "password": PASSWORD}
+    assert flow.client.post(address, data=form).headers["Location"] == "/oauth/authorize?x=1"
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/"])
+def test_next_in_the_address_never_leaves_the_site_either(flow: Flow, target: str) -> None:
+    page = flow.client.get("/login")
+    form = {"csrf_token": csrf_of(page.text), "username": "alice", "password": PASSWORD}
+    response = flow.client.post("/login?" + urlencode({"next": target}), data=form)
+    assert response.status_code == 303 and response.headers["Location"] == "/account"
+
+
+def test_the_forms_next_wins_over_the_addresses(flow: Flow) -> None:
+    page = flow.client.get("/login")
+    form = {"csrf_token": csrf_of(page.text), "username": "alice", "password": PASSWORD}
+    response = flow.client.post("/login?next=/device", data={**form, "next": "/oauth/authorize"})
+    assert response.headers["Location"] == "/oauth/authorize"
+
+
 def _forms(flow: Flow, client_id: str) -> dict[str, tuple[str, dict[str, str]]]:
     """Every form of our pages: (action, fields without the CSRF token)."""
     asked = flow.authorize(client_id, pkce()[1]).headers["Location"]

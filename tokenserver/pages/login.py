@@ -24,7 +24,7 @@ def _form(
     return web.page(
         "login.html",
         status,
-        next=local_path(request.values.get("next")),
+        next=local_path(_next()),
         username=username if username is not None else _hint(),
         error=error,
         wrong=wrong,
@@ -39,6 +39,15 @@ def _hint() -> str:
     """
     hint = request.args.get("login_hint", "")
     return hint if accounts.is_username(hint) else ""
+
+
+def _next() -> str | None:
+    """Where the user was going: the form's `next`, else the one in the URL the form was sent to.
+
+    Our form carries it as a hidden field; a client that posts the visible fields back to the
+    `/login?next=...` address it was sent to still returns where it was going.
+    """
+    return request.form.get("next", request.args.get("next"))
 
 
 @bp.post("/login")
@@ -63,6 +72,6 @@ def login() -> Response:
     if started is None:
         # One message for any cause: no telling an unknown name from a wrong password.
         return _form(401, "That username and password do not match.", username, wrong=True)
-    response = redirect(local_path(request.form.get("next")), 303)
+    response = redirect(local_path(_next()), 303)
     web.set_session_cookie(response, started.secret)
     return response
