@@ -66,6 +66,21 @@ def test_session_cookie_is_secure_and_host_bound_on_https(make_app: Any, actions
     assert "Secure" in cookie and "Max-Age=600" in cookie and "Path=/" in cookie
 
 
+def test_a_browser_session_ends_on_the_server_after_its_max_age(
+    make_app: Any, actions: Actions
+) -> None:
+    actions.user("alice")
+    app = make_app(login_session_max_age=600)
+    flow = Flow(app, app.test_client())
+    secret = _cookie(flow.login(), "tokenserver_session").split(";")[0].split("=", 1)[1]
+    assert flow.client.get("/account").status_code == 200
+    with time_machine.travel(datetime.now(UTC) + timedelta(seconds=601)):
+        # A browser that kept the cookie past its Max-Age: the server has ended the session.
+        flow.client.set_cookie("tokenserver_session", secret)
+        response = flow.client.get("/account")
+        assert response.status_code == 303 and response.headers["Location"].startswith("/login")
+
+
 def test_wrong_password_unknown_user_and_disabled_user_get_one_message(
     flow: Flow, runner: FlaskCliRunner, actions: Actions
 ) -> None:
