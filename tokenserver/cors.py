@@ -169,7 +169,10 @@ def _add_headers(response: Response) -> Response:
     if _is_app_route():
         # Fetch standard §3.2.5: what these routes answer depends on Origin (allowed, refused,
         # or sent none), so every answer says so, lest a cache give one page another's.
-        response.vary.add("Origin")
+        if "Vary" in response.headers:
+            response.vary.add("Origin")
+        else:
+            response.headers["Vary"] = "Origin"  # the common case, without parsing a header set
     origin = g.get("cors_origin")
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
