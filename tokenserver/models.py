@@ -233,6 +233,12 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         """The scopes this client is registered for."""
         return self.scope.split()
 
+    def still_registered(self, granted: str) -> str:
+        """The part of a `granted` scope this client is still registered for, in its order:
+        one that narrowed its scope since (RFC 7592) keeps only the rest ("" if nothing)."""
+        registered = set(self.scopes)
+        return " ".join(scope for scope in granted.split() if scope in registered)
+
     @property
     def grants(self) -> list[str]:
         """The grant types this client may use."""

@@ -141,10 +141,10 @@ def _still_registered(code: codes.PresentedCode, client: Client) -> codes.Presen
     """The code with the part of its scope the client may still have: one that narrowed its
     registered scope since the consent (RFC 7592) gets the rest, as its refresh tokens do;
     Authlib would refuse the whole code. Nothing left is invalid_scope, the code unspent."""
-    kept = [scope for scope in code.scope.split() if scope in client.scopes]
-    if not kept:
+    scope = client.still_registered(code.scope)
+    if not scope:
         raise InvalidScopeError("No scope of this consent is left to this client.")
-    return replace(code, scope=" ".join(kept))
+    return replace(code, scope=scope)
 
 
 def _sent_to_registered(code: codes.PresentedCode, client: Client) -> bool:

@@ -144,8 +144,7 @@ class DeviceCodeGrant(ResourceIndicators, _DeviceCodeGrant):
             raise InvalidGrantError("The device code is invalid, expired or spent.")
         # A client that narrowed its registered scope since (RFC 7592) gets what is left of
         # the approval, as its refresh tokens do; Authlib would spend the code, then refuse.
-        kept = [scope for scope in credential.scope.split() if scope in client.scopes]
-        return replace(credential, scope=" ".join(kept))
+        return replace(credential, scope=client.still_registered(credential.scope))
 
     def validate_device_credential(self, credential: DeviceCredential) -> Subject:
         try:

@@ -6,7 +6,6 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
-from authlib.oauth2.rfc6749.util import scope_to_list
 
 from .. import accounts
 from ..models import Subject
@@ -68,11 +67,9 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
         if asked:  # within the sign-in's scope (Authlib checked) and now the client's too
             scope = client.get_allowed_scope(asked)
         else:
-            allowed = client.scopes
-            kept = [s for s in scope_to_list(refresh_token.get_scope()) if s in allowed]
-            if not kept:
+            scope = client.still_registered(refresh_token.get_scope())
+            if not scope:
                 raise InvalidScopeError("No scope of this sign-in is left to this client.")
-            scope = " ".join(kept)
         token: dict[str, Any] = self.generate_token(
             user=user, scope=scope, include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN
         )
