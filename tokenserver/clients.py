@@ -33,7 +33,7 @@ from .models import (
     isoformat,
     utcnow,
 )
-from .redirects import UNREADABLE, readable_parts, redirect_uri_problem
+from .redirects import LOOPBACK_HOSTS, UNREADABLE, readable_parts, redirect_uri_problem
 from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
 from .store import initial_tokens, tokens, transaction
@@ -465,7 +465,7 @@ def jwks_uri_problem(uri: str) -> str | None:
     parts = readable_parts(uri)
     if parts is None:
         return UNREADABLE
-    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    loopback = parts.hostname in LOOPBACK_HOSTS
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
         return "must be an https URL"
     if not parts.hostname or parts.fragment or not uri.isprintable() or " " in uri:

@@ -45,7 +45,8 @@ def local_path(target: str | None, default: str = "/account") -> str:
     return target
 
 
-_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Hosts that name this machine, as urlsplit gives them (no brackets around ::1).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def destination(uri: str) -> str:
@@ -59,7 +60,7 @@ def destination(uri: str) -> str:
     if parts.scheme not in ("http", "https"):
         return parts.scheme
     host = parts.hostname or ""
-    if host in _LOOPBACK_HOSTS:
+    if host in LOOPBACK_HOSTS:
         return "an app on this device"
     try:
         return host.encode("idna").decode("ascii")
