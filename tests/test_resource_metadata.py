@@ -135,6 +135,68 @@ def test_an_agent_follows_the_challenge_to_a_token(
     assert claims_of(refreshed.json["access_token"])["aud"] == resource
 
 
+@pytest.mark.parametrize(
+    "spelling", [f"{ISSUER}/", "HTTP://LOCALHOST:8000", "http://localhost:8000"]
+)
+def test_our_audience_as_a_url_parser_respells_it_is_our_audience(
+    client: FlaskClient, flow: Flow, actions: Actions, spelling: str
+) -> None:
+    """RFC 9110 §4.2.3: `http://host` and `http://host/` are one resource. An MCP client whose
+    URL parser reads our metadata's `resource` back with the slash (the Python SDK before 2.0)
+    still gets a token our own routes accept, at every step of its sign-in."""
+    client_id, _ = flow.register(public=True)
+    verifier, challenge = pkce()
+    flow.login()
+    code = flow.code_for(client_id, challenge, resource=spelling, scope="junk:read")
+    tokens = flow.exchange(client_id, None, code, verifier, resource=spelling)
+    assert tokens.status_code == 200, tokens.json
+    assert claims_of(tokens.json["access_token"])["aud"] == ISSUER
+    answered = client.get("/junk", headers=actions.bearer(tokens.json["access_token"]))
+    assert answered.status_code == 200, answered.json
+    refresh = {"grant_type": "refresh_token", "client_id": client_id, "resource": spelling}
+    refreshed = client.post(
+        "/oauth/token", data={**refresh, "refresh_token": tokens.json["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.json
+    assert claims_of(refreshed.json["access_token"])["aud"] == ISSUER
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "http://localhost:8000/junk",
+        "http://localhost:8001/",
+        "https://localhost:8000/",
+        "http://alice@localhost:8000/",
+        "http://localhost:8000/?x=1",
+        "http://localhost:8000/?",
+    ],
+)
+def test_another_resource_on_our_host_is_not_our_audience(actions: Actions, resource: str) -> None:
+    actions.user("alice")
+    plain = actions.oauth_client("plain")
+    refused = actions.token(plain, resource=resource)
+    assert (refused.status_code, refused.json["error"]) == (400, "invalid_target")
+
+
+@pytest.mark.parametrize(
+    ("audience", "spelling"),
+    [
+        ("https://api.example/", "https://api.example"),
+        ("https://api.example", "https://API.example:443/"),
+    ],
+)
+def test_a_configured_audience_matches_its_other_spellings(
+    make_app: Any, audience: str, spelling: str
+) -> None:
+    app = make_app(audience=audience)
+    actions = Actions(app, app.test_client())
+    actions.user("alice")
+    tokens = actions.token(actions.oauth_client(), resource=spelling)
+    assert tokens.status_code == 200, tokens.json
+    assert claims_of(tokens.json["access_token"])["aud"] == audience
+
+
 def test_naming_our_own_audience_is_no_wider_than_naming_none(actions: Actions) -> None:
     actions.user("alice")
     plain = actions.oauth_client("plain")

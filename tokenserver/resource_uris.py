@@ -20,6 +20,36 @@ def uri_problem(value: str) -> str | None:
     return None
 
 
+def same_resource(value: str, resource: str) -> bool:
+    """Whether `value` names `resource` in another spelling of the same http(s) URI (RFC 9110
+    §4.2.3): scheme and host in any case, the default port written out, and an empty path the
+    same as "/" (`https://api.example` and `https://api.example/`)."""
+    if value == resource:
+        return True
+    normal = _normal_http_uri(value)
+    return normal is not None and normal == _normal_http_uri(resource)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _normal_http_uri(uri: str) -> tuple[str, str, int | None, str, str | None] | None:
+    """An http(s) URI's parts as RFC 9110 §4.2.3 compares them; None for anything else (and for
+    userinfo, which names no other resource and which we never match)."""
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
+        return None
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None
+    # RFC 3986 §6.2.3: an empty query is still a query, so "?" is kept apart from none.
+    return scheme, host, port, parts.path or "/", parts.query if "?" in uri else None
+
+
 RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
 # RFC 3986 §3.3: what a path may hold unencoded; "%" too, so an audience's escapes stay as given.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"

@@ -10,7 +10,7 @@ from flask import g
 
 from ..config import current_settings
 from ..models import Client
-from ..resource_uris import uri_problem
+from ..resource_uris import same_resource, uri_problem
 
 
 class InvalidTargetError(OAuth2Error):
@@ -23,13 +23,19 @@ def requested(data: Any, client: Client) -> list[str]:
     """The `resource` values of a request, each well-formed and registered for `client`, or
     our own routes' audience, which every token gets when it names none (so naming it, as a
     client that read our RFC 9728 metadata does, asks for nothing wider)."""
-    values = list(dict.fromkeys(data.getlist("resource")))
     own = current_settings().audience
-    for value in values:
+    values: list[str] = []
+    for value in data.getlist("resource"):
         if uri_problem(value):
             raise InvalidTargetError("'resource' must be an absolute URI without a fragment.")
-        if value != own and value not in client.audience_list:
+        # Our audience as a URL parser may respell it (`http://host` read back as `http://host/`,
+        # as some MCP clients send what our metadata names): the token still gets our `aud`.
+        if same_resource(value, own):
+            value = own
+        elif value not in client.audience_list:
             raise InvalidTargetError("The resource is not one this client may ask for.")
+        if value not in values:
+            values.append(value)
     return values
 
 
