@@ -170,6 +170,32 @@ def test_a_page_reads_why_its_token_was_refused(client: FlaskClient, registered:
 
 
 @pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/oauth/token", "GET"),  # a simple request: the browser sends it without a preflight
+        ("/oauth/revoke", "GET"),
+        ("/users/me", "POST"),
+        ("/junk/7", "POST"),
+    ],
+)
+def test_a_page_reads_that_a_route_does_not_take_its_method(
+    client: FlaskClient, registered: str, path: str, method: str
+) -> None:
+    refused = client.open(path, method=method, headers={"Origin": ORIGIN})
+    assert refused.status_code == 405 and refused.json["error"] == "method_not_allowed"
+    assert refused.headers[ALLOW_ORIGIN] == ORIGIN and "Origin" in refused.headers["Vary"]
+    # Another origin's page is refused before the method is even looked at, as elsewhere.
+    elsewhere = client.open(path, method=method, headers={"Origin": EVIL})
+    assert elsewhere.status_code == 403 and ALLOW_ORIGIN not in elsewhere.headers
+    assert "Origin" in elsewhere.headers["Vary"]
+
+
+def test_a_page_reads_that_a_public_document_takes_only_get(client: FlaskClient) -> None:
+    refused = client.post("/.well-known/jwks.json", headers={"Origin": EVIL})
+    assert refused.status_code == 405 and refused.headers[ALLOW_ORIGIN] == "*"
+
+
+@pytest.mark.parametrize(
     "path", ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"]
 )
 def test_public_documents_are_readable_from_any_page(client: FlaskClient, path: str) -> None:

@@ -17,6 +17,7 @@ import time
 
 import idna
 from flask import Flask, current_app, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
 from . import clients
@@ -109,8 +110,29 @@ def _origin_of(uri: str) -> tuple[str, str] | None:
     return f"{parts.scheme}://{host}:{port}", host
 
 
-def _is_app_route() -> bool:
-    return request.endpoint in _APP or request.blueprint in _APP_BLUEPRINTS
+def _endpoint() -> str | None:
+    """The endpoint of the route this request's path names, even one its method misses.
+
+    Routing leaves request.endpoint unset for a method the path does not take (405); that
+    answer is still the route's, and its page must read it like any other error.
+    """
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return request.endpoint
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        return None
+    try:
+        rule, _ = adapter.match(method=next(iter(error.valid_methods)), return_rule=True)
+    except HTTPException:
+        return None
+    return rule.endpoint
+
+
+def _is_app_route(endpoint: str | None) -> bool:
+    if endpoint is None:
+        return False
+    return endpoint in _APP or endpoint.rpartition(".")[0] in _APP_BLUEPRINTS
 
 
 def _allowed_origin() -> str | None:
@@ -125,9 +147,10 @@ def _allowed_origin() -> str | None:
     origin = request.environ.get("HTTP_ORIGIN")
     if origin is None:
         return None
-    if request.endpoint in _PUBLIC:
+    endpoint = _endpoint()
+    if endpoint in _PUBLIC:
         return "*"
-    if not _is_app_route():
+    if not _is_app_route(endpoint):
         return None
     origins: WebOrigins = current_app.extensions[_EXTENSION]
     if origins.allows(origin):
@@ -163,10 +186,11 @@ def _check() -> Response | None:
 
 def _add_headers(response: Response) -> Response:
     """After the request: tell the browser which page may read the answer."""
-    if request.endpoint in _PUBLIC:
+    endpoint = _endpoint()
+    if endpoint in _PUBLIC:
         response.headers["Access-Control-Allow-Origin"] = "*"  # with or without an Origin
         return response
-    if _is_app_route():
+    if _is_app_route(endpoint):
         # Fetch standard §3.2.5: what these routes answer depends on Origin (allowed, refused,
         # or sent none), so every answer says so, lest a cache give one page another's.
         if "Vary" in response.headers:
