@@ -472,6 +472,39 @@ def test_a_confirmed_logout_returns_to_the_app_however_it_was_asked(
     assert flow.client.get("/account").status_code == 303
 
 
+def test_a_confirmed_logout_without_an_id_token_returns_to_the_named_apps_uri(
+    flow: Flow,
+) -> None:
+    # An app that dropped its ID token names itself with client_id (RP-Initiated Logout §2):
+    # the user is asked, and their answer returns to the URI that app registered.
+    client_id, _secret = flow.register(first_party=True)
+    flow.login()
+    sent = {"client_id": client_id, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    asked = flow.client.get("/oauth/logout?" + urlencode(sent))
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert flow.client.get("/account").status_code == 200  # a link alone signs no one out
+    action, fields = _submitted(asked.text)
+    done = flow.client.post(action, data=fields)
+    assert done.status_code == 303 and done.headers["Location"] == REDIRECT + "?state=s9"
+    assert flow.client.get("/account").status_code == 303
+
+
+@pytest.mark.parametrize("named", ["another client", "no client"])
+def test_a_confirmed_logout_without_an_id_token_goes_nowhere_unregistered(
+    flow: Flow, named: str
+) -> None:
+    flow.register(first_party=True)  # REDIRECT is registered, but not for the client named
+    sent = {"post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    if named == "another client":
+        sent["client_id"] = flow.register("https://other.example.com/callback", first_party=True)[0]
+    flow.login()
+    asked = flow.client.get("/oauth/logout?" + urlencode(sent))
+    action, fields = _submitted(asked.text)
+    done = flow.client.post(action, data=fields)
+    assert done.status_code == 200 and "Location" not in done.headers
+    assert "signed out" in done.text and flow.client.get("/account").status_code == 303
+
+
 def test_logout_refuses_a_forged_id_token_hint(flow: Flow) -> None:
     flow.login()
     response = flow.client.get("/oauth/logout?id_token_hint=e30.e30.AAAA")

@@ -36,6 +36,14 @@ class LogoutEndpoint(EndSessionEndpoint):
     def get_algorithms(self) -> list[str]:
         return [ALGORITHM]
 
+    def is_post_logout_redirect_uri_legitimate(
+        self, request: Any, post_logout_redirect_uri: str, client: Any, logout_hint: Any
+    ) -> bool:
+        # Authlib returns to the app only with an id_token_hint. Without one the user is always
+        # asked first (needs_confirmation), so this follows their answer, and only to a URI the
+        # named client registered exactly: what an app that dropped its ID token expects.
+        return True
+
     def end_session(self, end_session_request: Any) -> None:
         """Nothing here: the logout page ends the browser session, where its cookie is."""
 
