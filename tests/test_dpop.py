@@ -224,10 +224,13 @@ def test_public_clients_refresh_token_is_bound(
     without = _token(client, public_client, None, **refresh)
     assert without.status_code == 400
     assert without.json["error"] == "invalid_grant"
+    # The client hears what to do: a proof is missing, not made with the wrong key.
+    assert "send a DPoP proof" in without.json["error_description"]
     thief = Prover()
     stolen = _token(client, public_client, thief.proof("POST", TOKEN_URL), **refresh)
     assert stolen.status_code == 400
     assert stolen.json["error"] == "invalid_grant"
+    assert "another DPoP key" in stolen.json["error_description"]
 
     # Refused, not revoked: the owner, with the key, still refreshes.
     renewed = _token(client, public_client, prover.proof("POST", TOKEN_URL), **refresh)
@@ -717,6 +720,8 @@ def test_code_bound_to_a_key_is_refused_without_it(
     response = _exchange(flow, _bound_code(flow, prover), proof)
     assert response.status_code == 400
     assert response.json["error"] == "invalid_grant"
+    said = "another DPoP key" if other_key else "send a DPoP proof"
+    assert said in response.json["error_description"]
 
 
 def test_malformed_dpop_jkt_is_redirected_back(flow: Flow) -> None:

@@ -122,10 +122,10 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         if found is not None and not _sent_to_registered(found, client):
             # The client dropped that URI since (RFC 7592): whoever holds it now may hold the code.
             raise InvalidGrantError("The code's redirect URI is no longer registered.")
-        bound = found.dpop_jkt if found else None
-        if bound is not None and bound != dpop.bound_key():
+        bound, presented = (found.dpop_jkt if found else None), dpop.bound_key()
+        if bound is not None and bound != presented:
             # RFC 9449 §10: a code bound to a key is useless to whoever intercepts it.
-            raise InvalidGrantError("The code is bound to another DPoP key.")
+            raise InvalidGrantError(dpop.bound_elsewhere("code", presented))
         return _still_registered(found, client) if found is not None else None
 
     def delete_authorization_code(self, authorization_code: codes.PresentedCode) -> None:

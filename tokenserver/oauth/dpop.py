@@ -264,6 +264,13 @@ def bind_token_request() -> None:
     g.dpop_jkt = request_proof()
 
 
+def bound_elsewhere(what: str, presented_jkt: str | None) -> str:
+    """Why a grant bound to a DPoP key is refused: no proof sent, or one made with another key."""
+    if presented_jkt is None:
+        return f"The {what} is bound to a DPoP key: send a DPoP proof made with it."
+    return f"The {what} is bound to another DPoP key."
+
+
 def bound_key() -> str | None:
     """The thumbprint this request's tokens are bound to; Authlib's generator has no request."""
     jkt: str | None = g.get("dpop_jkt")

@@ -19,6 +19,7 @@ from ..digests import digest
 from ..models import Client, Subject, User, utcnow
 from ..store import tokens
 from ..store.tokens import ACCESS, REFRESH, Issued
+from . import dpop
 from .resources import as_audience
 
 # Refresh tokens are 43 characters; a much longer string cannot be one of ours.
@@ -239,7 +240,7 @@ def find_refresh_token(
         # RFC 9449 §5: a bound refresh token is useless without its private key. Refused before
         # reuse detection, and nothing revoked: whoever stole a spent one, without the key,
         # must not be able to end the owner's login.
-        raise InvalidGrantError("The refresh token is bound to another DPoP key.")
+        raise InvalidGrantError(dpop.bound_elsewhere("refresh token", dpop_jkt))
     settings, now = current_settings(), utcnow()
     session_ends = row.family_created_at + timedelta(seconds=settings.session_max_age)
     grace = _within_grace(row.spent_at, settings.refresh_reuse_grace, now)
