@@ -11,7 +11,7 @@ import jwt as pyjwt
 import pytest
 import time_machine
 from flask import Flask
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -367,6 +367,37 @@ def test_id_token_hint_of_the_signed_in_user_is_accepted_even_expired(flow: Flow
             "/oauth/authorize?" + urlencode(_request(client_id, id_token_hint=hint, prompt="none"))
         )
     assert "code" in query_of(response.headers["Location"])
+
+
+def test_id_token_hint_signed_by_a_key_rotated_out_since_is_accepted(
+    make_app: Any, flow: Flow, runner: FlaskCliRunner
+) -> None:
+    # The app's ID token outlives the key's time in the JWKS; it still names the user.
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "alice")
+    assert runner.invoke(args=["keys", "rotate", "--now"]).exit_code == 0
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=2)):
+        worker = make_app()  # started now: its key ring no longer holds the old key
+        browser = Flow(worker, worker.test_client())
+        published = browser.client.get("/.well-known/jwks.json").json["keys"]
+        assert pyjwt.get_unverified_header(hint)["kid"] not in [key["kid"] for key in published]
+        browser.login()
+        params = _request(client_id, id_token_hint=hint, prompt="none")
+        response = browser.client.get("/oauth/authorize?" + urlencode(params))
+    assert "code" in query_of(response.headers["Location"])
+
+
+def test_id_token_hint_signed_by_a_revoked_key_is_invalid_request(
+    flow: Flow, runner: FlaskCliRunner
+) -> None:
+    client_id, secret = flow.register(first_party=True)
+    hint = _id_token(flow.app, client_id, secret, "alice")
+    kid = pyjwt.get_unverified_header(hint)["kid"]
+    assert runner.invoke(args=["keys", "revoke", kid]).exit_code == 0
+    flow.login()
+    params = _request(client_id, id_token_hint=hint, prompt="none")
+    response = flow.client.get("/oauth/authorize?" + urlencode(params))
+    assert _error_back(response)["error"] == "invalid_request"
 
 
 @pytest.mark.parametrize("prompt", [None, "none"])

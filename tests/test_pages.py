@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import re
 import unicodedata
@@ -546,6 +548,53 @@ def test_logout_accepts_an_expired_id_token_of_the_signed_in_user(flow: Flow) ->
         assert response.status_code == 302
         assert response.headers["Location"] == REDIRECT + "?state=s9"
         assert flow.client.get("/account").status_code == 303
+
+
+def _another_worker(make_app: Any, flow: Flow) -> Flow:
+    """The same browser, served by a worker started now: its key ring is loaded afresh."""
+    worker = make_app()
+    browser = Flow(worker, worker.test_client())
+    cookie = flow.client.get_cookie("tokenserver_session")
+    if cookie is not None:
+        browser.client.set_cookie("tokenserver_session", cookie.value)
+    return browser
+
+
+def test_logout_accepts_an_id_token_whose_key_has_left_the_jwks(
+    make_app: Any, flow: Flow, runner: FlaskCliRunner
+) -> None:
+    # An app keeps its user's ID token as long as its own session, past the rotation of the
+    # key that signed it: its sign-out link must still sign the user out and return.
+    _client_id, id_token = _id_token(flow)
+    old_kid = _kid_of(id_token)
+    assert runner.invoke(args=["keys", "rotate", "--now"]).exit_code == 0
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=1)):
+        browser = _another_worker(make_app, flow)
+        published = browser.client.get("/.well-known/jwks.json").json["keys"]
+        assert old_kid not in [key["kid"] for key in published]
+        response = browser.client.get("/oauth/logout?" + urlencode(query))
+        assert response.status_code == 302
+        assert response.headers["Location"] == REDIRECT + "?state=s9"
+        assert browser.client.get("/account").status_code == 303
+
+
+def test_logout_refuses_an_id_token_signed_by_a_revoked_key(
+    make_app: Any, flow: Flow, runner: FlaskCliRunner
+) -> None:
+    # A revoked key may have leaked: what it signed names no one, however old.
+    _client_id, id_token = _id_token(flow)
+    assert runner.invoke(args=["keys", "revoke", _kid_of(id_token)]).exit_code == 0
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
+    browser = _another_worker(make_app, flow)
+    response = browser.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert browser.client.get("/account").status_code == 200
+
+
+def _kid_of(token: str) -> str:
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    return str(header["kid"])
 
 
 def test_logout_refuses_an_id_token_hint_for_another_client_id(flow: Flow) -> None:

@@ -239,6 +239,20 @@ class KeyRing:
             self.signing_key()
         return {"keys": list(self._public)}
 
+    def id_token_keys(self) -> KeySet:
+        """Every stored key not revoked, for our ID tokens sent back as hints.
+
+        An app keeps its user's ID token as long as its own session, so a hint may be signed
+        by a key that has left the JWKS since (RP-Initiated Logout §2 accepts it expired).
+        A revoked key may have leaked: nothing it signed names anyone.
+        """
+        return KeySet(
+            [
+                self._keys.get(kid) or RSAKey.import_key(json.loads(jwk))
+                for kid, jwk in stored.unrevoked(self._engine)
+            ]
+        )
+
     def unopenable(self) -> str | None:
         """Why the current signing key cannot be opened, or None: from the cache, reloaded
         at most every cache_seconds, so a readiness probe may ask on every call."""

@@ -7,7 +7,6 @@ from joserfc.errors import JoseError
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
-from .tokens import TokenRejected, key_resolver
 
 _ID_TOKEN_TYPE = "JWT"  # ours; our access tokens are at+jwt
 
@@ -24,12 +23,13 @@ def is_id_token(token: str) -> bool:
 def hinted_subject(hint: str, client_id: str) -> str | None:
     """The sub of an ID token we issued to this client, or None if the hint is not one.
 
-    Its exp is not checked: a client passes back the ID token it was given, which may be old.
+    Its exp is not checked: a client passes back the ID token it was given, which may be old
+    (and signed by a key we have rotated out since).
     """
     try:
-        # The keys that verify our access tokens: only RS256, only under a kid of ours.
-        decoded = jwt.decode(hint, key_resolver(current_keyring()), algorithms=[ALGORITHM])
-    except (JoseError, ValueError, TypeError, KeyError, AttributeError, TokenRejected):
+        # Only RS256, only under a kid of ours, which may have left the JWKS since it signed.
+        decoded = jwt.decode(hint, current_keyring().id_token_keys(), algorithms=[ALGORITHM])
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError):
         return None  # not a JWS of ours, or not even a JWS
     if decoded.header.get("typ") != _ID_TOKEN_TYPE:  # our access tokens carry our signature too
         return None

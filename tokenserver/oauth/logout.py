@@ -6,6 +6,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
+from joserfc.jwk import KeySet
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
@@ -30,8 +31,9 @@ class LogoutEndpoint(EndSessionEndpoint):
         # body-only reading would not see a query.
         return QueryRequest(current_settings().issuer)
 
-    def get_server_jwks(self) -> dict[str, Any]:
-        return current_keyring().jwks()
+    def get_server_jwks(self) -> KeySet:
+        # Not just the JWKS: the app's ID token may be older than every key published now.
+        return current_keyring().id_token_keys()
 
     def get_algorithms(self) -> list[str]:
         return [ALGORITHM]

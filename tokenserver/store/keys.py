@@ -82,6 +82,7 @@ _ALL = select(
     _keys.c.kid, _keys.c.state, _keys.c.created_at, _keys.c.activated_at, _keys.c.retired_at
 ).order_by(_keys.c.created_at.desc())
 _WRAPPED = select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
+_UNREVOKED = select(_keys.c.kid, _keys.c.public_jwk).where(_keys.c.state != REVOKED)
 
 
 @contextmanager
@@ -125,6 +126,12 @@ def published(engine: Engine, retired_after: datetime) -> list[Published]:
     )
     with engine.connect() as conn:
         return [Published(*row) for row in conn.execute(statement)]
+
+
+def unrevoked(engine: Engine) -> list[tuple[str, str]]:
+    """The kid and public JWK (JSON) of every stored key not revoked, published or not."""
+    with engine.connect() as conn:
+        return [(row.kid, row.public_jwk) for row in conn.execute(_UNREVOKED)]
 
 
 def private_key(engine: Engine, kid: str) -> str:
