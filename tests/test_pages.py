@@ -16,6 +16,8 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from sqlalchemy.exc import OperationalError
 
 from tokenserver.store import sessions as store_sessions
@@ -590,6 +592,43 @@ def test_logout_refuses_an_id_token_signed_by_a_revoked_key(
     response = browser.client.get("/oauth/logout?" + urlencode(query))
     assert response.status_code == 400 and "Location" not in response.headers
     assert browser.client.get("/account").status_code == 200
+
+
+@pytest.mark.parametrize("names_itself", [False, True])
+def test_logout_with_an_id_token_whose_key_is_deleted_asks_and_signs_out(
+    make_app: Any, flow: Flow, runner: FlaskCliRunner, names_itself: bool
+) -> None:
+    # Older still: `tokens purge` has deleted the key. The hint can name no one now; refusing
+    # the link would leave the user signed in here, so it counts as no hint: the user is asked.
+    client_id, id_token = _id_token(flow)
+    assert runner.invoke(args=["keys", "rotate", "--now"]).exit_code == 0
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    if names_itself:
+        query["client_id"] = client_id
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=3)):
+        assert runner.invoke(args=["tokens", "purge"]).exit_code == 0
+        flow.login()  # the first browser session has expired by then: a new one, same user
+        browser = _another_worker(make_app, flow)
+        asked = browser.client.get("/oauth/logout?" + urlencode(query))
+        assert asked.status_code == 200 and "Sign out?" in asked.text
+        assert browser.client.get("/account").status_code == 200  # not unasked
+        action, fields = _submitted(asked.text)
+        done = browser.client.post(action, data=fields)
+        if names_itself:  # back to the app that named itself, as with no hint at all
+            assert done.status_code == 303 and done.headers["Location"] == REDIRECT + "?state=s9"
+        else:
+            assert done.status_code == 200 and "signed out" in done.text
+        assert browser.client.get("/account").status_code == 303
+
+
+def test_logout_hint_under_an_unknown_kid_is_asked_about_never_acted_on(flow: Flow) -> None:
+    # Whoever signs an "ID token" under a kid we never had gains nothing: the user is asked.
+    flow.login()
+    header = {"alg": "RS256", "kid": "never-ours", "typ": "JWT"}
+    forged = jwt.encode(header, {"sub": "1", "aud": "x"}, RSAKey.generate_key(2048))
+    asked = flow.client.get("/oauth/logout?" + urlencode({"id_token_hint": forged}))
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert flow.client.get("/account").status_code == 200
 
 
 def _kid_of(token: str) -> str:

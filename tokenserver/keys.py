@@ -253,6 +253,11 @@ class KeyRing:
             ]
         )
 
+    def holds(self, kid: str) -> bool:
+        """Whether key `kid` is stored, in any state: not once `tokens purge` has deleted it."""
+        with self._engine.connect() as conn:
+            return stored.state(conn, kid) is not None
+
     def unopenable(self) -> str | None:
         """Why the current signing key cannot be opened, or None: from the cache, reloaded
         at most every cache_seconds, so a readiness probe may ask on every call."""

@@ -20,6 +20,16 @@ def is_id_token(token: str) -> bool:
     return typ == _ID_TOKEN_TYPE
 
 
+def signed_by_a_deleted_key(token: str) -> bool:
+    """Whether a JWT names a kid we no longer store (deleted by `tokens purge`, a day or so
+    after the last token it signed expired): what it says can no longer be checked."""
+    try:
+        kid = jws.extract_compact(token.encode()).headers().get("kid")
+    except (JoseError, ValueError):
+        return False
+    return isinstance(kid, str) and not current_keyring().holds(kid)
+
+
 def hinted_subject(hint: str, client_id: str) -> str | None:
     """The sub of an ID token we issued to this client, or None if the hint is not one.
 

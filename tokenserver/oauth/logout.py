@@ -6,12 +6,13 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
+from flask import request as flask_request
 from joserfc.jwk import KeySet
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
 from ..store.sessions import Session
-from .hints import is_id_token
+from .hints import is_id_token, signed_by_a_deleted_key
 from .query import QueryRequest
 
 
@@ -29,7 +30,13 @@ class LogoutEndpoint(EndSessionEndpoint):
     def create_endpoint_request(self, request: Any) -> Any:
         # The logout request comes as a GET query or a POST form (§2): the token endpoint's
         # body-only reading would not see a query.
-        return QueryRequest(current_settings().issuer)
+        parameters = flask_request.values.copy()
+        hint = parameters.get("id_token_hint")
+        if hint and is_id_token(hint) and signed_by_a_deleted_key(hint):
+            # An app's ID token may outlive the key that signed it, and refusing the link would
+            # leave its user signed in here: with no hint left, the user is asked first.
+            parameters.poplist("id_token_hint")
+        return QueryRequest(current_settings().issuer, parameters)
 
     def get_server_jwks(self) -> KeySet:
         # Not just the JWKS: the app's ID token may be older than every key published now.
