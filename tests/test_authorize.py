@@ -296,6 +296,8 @@ def test_prompt_none_without_a_session_is_login_required(flow: Flow) -> None:
     query = query_of(response.headers["Location"])
     assert response.headers["Location"].startswith(REDIRECT)
     assert query["error"] == "login_required" and query["state"] == "st-1"
+    # Said as for max_age=0 with prompt=none, where the same answer has the same words.
+    assert query["error_description"] == "The user is not signed in."
 
 
 def test_prompt_none_without_consent_is_consent_required(flow: Flow) -> None:

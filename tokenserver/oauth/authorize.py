@@ -95,6 +95,10 @@ def error_location(redirect_uri: str, error: str, description: str, state: str |
     return str(add_params_to_uri(redirect_uri, params))
 
 
+# Authlib raises these without a description; said as where we raise them ourselves.
+_DESCRIPTIONS = {"login_required": "The user is not signed in."}
+
+
 def validate(
     signed_in: SignedIn | None, parameters: MultiDict[str, str], since: datetime | None = None
 ) -> Authorization:
@@ -120,7 +124,9 @@ def validate(
     except OAuth2Error as error:
         if not error.redirect_uri:  # never redirect to a URI we could not verify
             raise BadAuthorizationRequest(error.description or error.error) from None
-        description = error.description or error.error.replace("_", " ")
+        description = (
+            error.description or _DESCRIPTIONS.get(error.error) or error.error.replace("_", " ")
+        )
         raise RedirectBack(error.redirect_uri, error.error, description, state) from None
     prompt = _prompts(request)
     if "none" in prompt and len(prompt) > 1:
