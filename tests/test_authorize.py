@@ -551,6 +551,33 @@ def test_userinfo_answers_get_and_post_and_needs_openid(flow: Flow, actions: Act
     assert flow.client.get("/oauth/userinfo").status_code == 401
 
 
+def test_userinfo_takes_the_token_in_a_posted_form(flow: Flow, actions: Actions) -> None:
+    # OpenID Connect Core §5.3.1 lets a client send it as RFC 6750 §2 allows: §2.2, a form body.
+    client_id, secret, code, verifier = _code_and_client(flow)
+    token = flow.exchange(client_id, secret, code, verifier).json["access_token"]
+    info = flow.client.post("/oauth/userinfo", data={"access_token": token})
+    assert info.status_code == 200 and info.json["preferred_username"] == "alice"
+    # Never in a GET's query (§2.3 is not offered), never beside a header or twice (§2).
+    assert (
+        flow.client.get("/oauth/userinfo", query_string={"access_token": token}).status_code == 401
+    )
+    twice = flow.client.post(
+        "/oauth/userinfo", data={"access_token": token}, headers=Actions.bearer(token)
+    )
+    assert twice.status_code == 400 and twice.json["error"] == "invalid_request"
+    doubled = flow.client.post("/oauth/userinfo", data={"access_token": [token, token]})
+    assert doubled.status_code == 400 and doubled.json["error"] == "invalid_request"
+    # A JSON body is not a form: no token read from it.
+    as_json = flow.client.post("/oauth/userinfo", json={"access_token": token})
+    assert as_json.status_code == 401
+    # The checks of a header's token hold: forged, and without openid.
+    forged = flow.client.post("/oauth/userinfo", data={"access_token": token[:-4] + "AAAA"})
+    assert forged.status_code == 401 and forged.json["error"] == "invalid_token"
+    password_token = actions.token(actions.oauth_client("cli")).json["access_token"]
+    refused = flow.client.post("/oauth/userinfo", data={"access_token": password_token})
+    assert refused.status_code == 403 and refused.json["error"] == "insufficient_scope"
+
+
 def test_openid_configuration_lists_what_rfc8414_metadata_lists(client: FlaskClient) -> None:
     oidc = client.get("/.well-known/openid-configuration").json
     assert oidc == client.get("/.well-known/oauth-authorization-server").json

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 from ..config import current_settings
 from .codes import user_info
 from .metadata import server_metadata
-from .protect import current_user, require_oauth
+from .protect import current_user, require_oauth_or_form
 
 bp = Blueprint("oidc", __name__)
 
@@ -22,7 +22,8 @@ def openid_configuration() -> Response:
 
 
 @bp.route("/oauth/userinfo", methods=["GET", "POST"])
-@require_oauth("openid")
+@require_oauth_or_form("openid")
 def userinfo() -> Response:
-    """OpenID Connect Core §5.3: claims about the user of an access token with `openid`."""
+    """OpenID Connect Core §5.3: claims about the user of an access token with `openid`, sent
+    in the Authorization header or, with POST, as a form's `access_token` (RFC 6750 §2.2)."""
     return jsonify(user_info(current_user(), current_token.scope))

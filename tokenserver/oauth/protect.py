@@ -10,6 +10,7 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import MissingAuthorizationError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
 from flask import Response, g
+from flask import request as flask_request
 from werkzeug.exceptions import HTTPException
 
 from ..config import current_settings
@@ -152,9 +153,42 @@ class ResourceProtector(_ResourceProtector):
         return token
 
 
-require_oauth = ResourceProtector()
-require_oauth.register_token_validator(AccessTokenValidator(realm=REALM))
-require_oauth.register_token_validator(DPoPTokenValidator(realm=REALM))
+class FormBodyResourceProtector(ResourceProtector):
+    """Also takes a bearer token as `access_token` in a POST's form body (RFC 6750 §2.2), as
+    OpenID Connect Core §5.3.1 lets a client send it to userinfo; Authlib reads the header only.
+    """
+
+    def parse_request_authorization(self, request: Any) -> tuple[Any, str]:
+        in_body = _form_body_token()
+        if in_body is None:
+            return super().parse_request_authorization(request)
+        if "Authorization" in flask_request.headers or len(in_body) != 1:
+            raise _MoreThanOneToken()  # RFC 6750 §2: one method, one token
+        token_string = in_body[0]
+        if not token_string or "," in token_string or len(token_string.split()) != 1:
+            raise InvalidTokenError("The access token is malformed.", realm=REALM)
+        return self.get_token_validator("bearer"), token_string
+
+
+def _form_body_token() -> list[str] | None:
+    """The `access_token` values of a form-encoded POST (never a GET's query: RFC 6750 §2.2)."""
+    if flask_request.method != "POST" or flask_request.mimetype != _FORM:
+        return None
+    values = flask_request.form.getlist("access_token")
+    return values or None
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _protector(protector: ResourceProtector) -> ResourceProtector:
+    protector.register_token_validator(AccessTokenValidator(realm=REALM))
+    protector.register_token_validator(DPoPTokenValidator(realm=REALM))
+    return protector
+
+
+require_oauth = _protector(ResourceProtector())
+require_oauth_or_form = _protector(FormBodyResourceProtector())
 
 
 def _both_schemes(status: int, error: str, description: str, *, named: bool = False) -> Response:

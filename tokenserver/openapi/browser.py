@@ -333,7 +333,23 @@ def paths() -> Doc:
         "/device": _device(),
         "/oauth/userinfo": {
             "get": {**userinfo},
-            "post": {**userinfo, "operationId": "userinfoPost"},
+            "post": {
+                **userinfo,
+                "operationId": "userinfoPost",
+                "description": "The bearer token in the Authorization header or, instead, as "
+                "`access_token` in a form body (RFC 6750 §2.2); never both.",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"access_token": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+            },
         },
         "/.well-known/openid-configuration": {
             "get": {
