@@ -7,15 +7,27 @@ from typing import Any
 
 import pytest
 import time_machine
-from flask import Flask
+from authlib.integrations.flask_oauth2 import ResourceProtector, current_token
+from authlib.oauth2.rfc6750 import InvalidTokenError
+from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
+from flask import Flask, jsonify
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
 
 from tokenserver.extensions import db
-from tokenserver.models import TokenFamily, TokenRecord
+from tokenserver.models import TOKEN_EXCHANGE, TokenFamily, TokenRecord
 
 from .conftest import PASSWORD, Actions, RegisteredClient
-from .helpers import assert_oauth_error, claims_of, header_of, post_token, refresh_grant, works
+from .helpers import (
+    ISSUER,
+    Prover,
+    assert_oauth_error,
+    claims_of,
+    header_of,
+    post_token,
+    refresh_grant,
+    works,
+)
 
 METHODS = ["client_secret_basic", "client_secret_post", "none"]
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -309,6 +321,82 @@ def test_token_lifetime_and_audience_follow_settings(make_app: Any) -> None:
     claims = claims_of(response.json["access_token"])
     assert claims["exp"] - claims["iat"] == 120
     assert claims["aud"] == "https://api.example.com"
+
+
+def _api(jwks: dict[str, Any], audience: str, *, refuse_bound: bool) -> FlaskClient:
+    """An API of someone else's checking our tokens with Authlib's RFC 9068 validator, as the
+    README shows it (the JWKS handed over, not fetched); `refuse_bound` adds the README's
+    refusal of a DPoP-bound token sent as a bearer token."""
+
+    class OurTokens(JWTBearerTokenValidator):
+        def get_jwks(self) -> dict[str, Any]:
+            return jwks
+
+        def validate_token(self, token: Any, scopes: Any, request: Any, **kwargs: Any) -> None:
+            super().validate_token(token, scopes, request, **kwargs)
+            if refuse_bound and "cnf" in token:
+                raise InvalidTokenError()
+
+    require_oauth = ResourceProtector()
+    require_oauth.register_token_validator(OurTokens(issuer=ISSUER, resource_server=audience))
+    api = Flask("photos")
+
+    @api.get("/photos")
+    @require_oauth("junk:read")
+    def photos() -> Any:
+        return jsonify(sub=current_token["sub"], client_id=current_token["client_id"])
+
+    return api.test_client()
+
+
+def test_an_api_with_authlibs_rfc9068_validator_takes_our_tokens_for_its_resource_only(
+    client: FlaskClient, actions: Actions, alice: dict[str, Any]
+) -> None:
+    photos = "https://photos.example/api"
+    app_client = actions.oauth_client("app", audiences=(photos, "https://mail.example/"))
+    gateway = actions.oauth_client("gateway", grants=(TOKEN_EXCHANGE,), audiences=(photos,))
+    api = _api(client.get("/.well-known/jwks.json").json, photos, refuse_bound=True)
+
+    def answer(token: str) -> int:
+        return api.get("/photos", headers=Actions.bearer(token)).status_code
+
+    login = actions.token(app_client, resource=photos).json
+    refreshed = refresh_grant(client, app_client, login["refresh_token"]).json
+    service = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "resource": photos},
+        auth=app_client.auth,
+    ).json
+    exchanged = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": login["access_token"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": photos,
+            "scope": "junk:read",
+        },
+        auth=gateway.auth,
+    ).json
+    for good in (login, refreshed, service, exchanged):
+        assert answer(good["access_token"]) == 200, claims_of(good["access_token"])
+    assert claims_of(exchanged["access_token"])["act"] == {"sub": gateway.client_id}
+    # RFC 9068 §4: a token for another resource, ours or another's, is not this API's.
+    for other in (None, "https://mail.example/"):
+        extra = {"resource": other} if other else {}
+        assert answer(actions.token(app_client, **extra).json["access_token"]) == 401
+    # A DPoP-bound token: Authlib's validator alone knows nothing of DPoP and takes it as a
+    # bearer token; the README's check of `cnf` refuses it (RFC 9449 §7.2).
+    bound = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "resource": photos},
+        auth=app_client.auth,
+        headers={"DPoP": Prover().proof("POST", f"{ISSUER}/oauth/token")},
+    ).json
+    assert bound["token_type"] == "DPoP", bound
+    unaware = _api(client.get("/.well-known/jwks.json").json, photos, refuse_bound=False)
+    assert unaware.get("/photos", headers=Actions.bearer(bound["access_token"])).status_code == 200
+    assert answer(bound["access_token"]) == 401
 
 
 @pytest.mark.parametrize("method", CONFIDENTIAL_METHODS)
