@@ -215,6 +215,36 @@ def test_the_key_set_is_readable_from_any_page(app: Flask, client: FlaskClient) 
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ],
+)
+def test_an_mcp_client_in_a_page_may_send_its_protocol_version_to_discovery(
+    client: FlaskClient, path: str
+) -> None:
+    # The MCP TypeScript SDK sends MCP-Protocol-Version with each discovery request: refused at
+    # the preflight, it costs a failed request and a retry without it on every discovery.
+    headers = {
+        "Origin": EVIL,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "mcp-protocol-version",
+    }
+    preflight = client.options(path, headers=headers)
+    assert preflight.status_code == 204 and preflight.headers[ALLOW_ORIGIN] == "*"
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower().split(", ")
+    assert "mcp-protocol-version" in allowed
+    # Not on a browser app's routes, which take no such header.
+    app_route = _preflight(client, "/oauth/token", EVIL)
+    assert (
+        "mcp-protocol-version"
+        not in app_route.headers.get("Access-Control-Allow-Headers", "").lower()
+    )
+
+
+@pytest.mark.parametrize(
     ("path", "method"),
     [
         ("/oauth/introspect", "POST"),  # resource servers, from their servers

@@ -35,6 +35,8 @@ _APP = frozenset(
 )
 _APP_BLUEPRINTS = frozenset({"junk"})
 _ALLOW_HEADERS = "Authorization, Content-Type, DPoP, X-Request-ID"
+# An MCP client in a browser sends its protocol version with every discovery request.
+_PUBLIC_ALLOW_HEADERS = _ALLOW_HEADERS + ", MCP-Protocol-Version"
 # What an app needs to read besides the body: errors' challenges, when to retry, new items,
 # and the nonce its next DPoP proof must carry (RFC 9449 §8.2).
 _EXPOSE_HEADERS = "WWW-Authenticate, Retry-After, Location, X-Request-ID, DPoP-Nonce"
@@ -179,7 +181,10 @@ def _check() -> Response | None:
     response.status_code = 204
     methods = [method for method in response.allow if method not in ("OPTIONS", "HEAD")]
     response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
-    response.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
+    public = origin == "*"  # a public document's
+    response.headers["Access-Control-Allow-Headers"] = (
+        _PUBLIC_ALLOW_HEADERS if public else _ALLOW_HEADERS
+    )
     response.headers["Access-Control-Max-Age"] = _MAX_AGE
     return response
 
