@@ -73,6 +73,9 @@ def test_every_bearer_challenge_names_the_metadata(
         )
     assert len(_named_metadata(none)) == 2  # Bearer and DPoP (RFC 9449 §7.1)
     assert "error=" not in none.headers["WWW-Authenticate"]  # RFC 6750 §3.1
+    # Bearer first: MCP clients read resource_metadata only from a header that starts with it
+    # (a client sees the two challenges joined into one header, in this order).
+    assert none.headers.getlist("WWW-Authenticate")[0].startswith("Bearer ")
 
 
 def test_the_forbidden_answers_name_it_too(actions: Actions) -> None:
