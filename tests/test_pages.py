@@ -24,7 +24,7 @@ from tokenserver.store import sessions as store_sessions
 from tokenserver.store import tokens as store_tokens
 
 from .conftest import PASSWORD, Actions
-from .helpers import REDIRECT, Flow, csrf_of, pkce, query_of
+from .helpers import REDIRECT, Flow, b64url, csrf_of, pkce, query_of
 
 
 def _cookie(response: Any, name: str) -> str:
@@ -626,6 +626,19 @@ def test_logout_hint_under_an_unknown_kid_is_asked_about_never_acted_on(flow: Fl
     flow.login()
     header = {"alg": "RS256", "kid": "never-ours", "typ": "JWT"}
     forged = jwt.encode(header, {"sub": "1", "aud": "x"}, RSAKey.generate_key(2048))
+    asked = flow.client.get("/oauth/logout?" + urlencode({"id_token_hint": forged}))
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert flow.client.get("/account").status_code == 200
+
+
+@pytest.mark.parametrize("kid", ["nul\x00kid", "\ud800", "k" * 300])
+def test_logout_hint_under_a_kid_no_key_could_have_is_asked_about(flow: Flow, kid: str) -> None:
+    # A kid is the attacker's to write: one the database cannot even compare (a NUL, which
+    # PostgreSQL text refuses; a lone surrogate, which no driver encodes) is a kid we never
+    # had, asked about like any other, never a 500.
+    flow.login()
+    header = b64url(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}).encode())
+    forged = f"{header}.{b64url(b'{}')}.{b64url(bytes(256))}"
     asked = flow.client.get("/oauth/logout?" + urlencode({"id_token_hint": forged}))
     assert asked.status_code == 200 and "Sign out?" in asked.text
     assert flow.client.get("/account").status_code == 200

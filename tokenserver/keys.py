@@ -255,6 +255,10 @@ class KeyRing:
 
     def holds(self, kid: str) -> bool:
         """Whether key `kid` is stored, in any state: not once `tokens purge` has deleted it."""
+        if not _could_be_a_kid(kid):
+            # A presented token's kid is whoever sent it's to write: a NUL (refused by
+            # PostgreSQL text) or a lone surrogate (by every driver) would fail the query.
+            return False
         with self._engine.connect() as conn:
             return stored.state(conn, kid) is not None
 
@@ -329,6 +333,14 @@ class KeyRing:
     def _unwrap(self, kid: str, kept: str) -> RSAKey:
         pem = self._wrapper.unwrap(kid, kept)
         return RSAKey.import_key(pem, parameters={"kid": kid, "use": "sig", "alg": ALGORITHM})
+
+
+_KID_LENGTH = 64  # the column's; ours are RFC 7638 thumbprints, 43 characters
+
+
+def _could_be_a_kid(kid: str) -> bool:
+    """Whether `kid` could name a stored key: printable ASCII that fits the column."""
+    return 0 < len(kid) <= _KID_LENGTH and kid.isascii() and kid.isprintable()
 
 
 def current_keyring() -> KeyRing:
