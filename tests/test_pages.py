@@ -18,8 +18,10 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from tokenserver.extensions import db
 from tokenserver.store import sessions as store_sessions
 from tokenserver.store import tokens as store_tokens
 
@@ -579,6 +581,43 @@ def test_logout_accepts_an_id_token_whose_key_has_left_the_jwks(
         assert response.status_code == 302
         assert response.headers["Location"] == REDIRECT + "?state=s9"
         assert browser.client.get("/account").status_code == 303
+
+
+def test_a_logout_hint_reads_the_one_key_it_names_however_many_are_stored(
+    make_app: Any, flow: Flow, runner: FlaskCliRunner
+) -> None:
+    # Anyone may send hints, and /oauth/logout is not rate limited: each must cost one look-up
+    # by its kid, never a read (and a parse) of every key rotation has left stored.
+    _client_id, id_token = _id_token(flow)
+    kid = _kid_of(id_token)
+    for _ in range(3):
+        assert runner.invoke(args=["keys", "rotate", "--now"]).exit_code == 0
+    worker = make_app(key_cache_seconds=3600)  # its published keys, loaded once, stay cached
+    browser = Flow(worker, worker.test_client())
+    browser.client.set_cookie("tokenserver_session", _cookie_value(flow))
+    assert browser.client.get("/.well-known/jwks.json").status_code == 200
+    seen: list[Any] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "signing_keys" in statement:
+            seen.append(params.values() if isinstance(params, dict) else params)
+
+    with worker.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
+        response = browser.client.get("/oauth/logout?" + urlencode(query))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert response.status_code == 302 and response.headers["Location"] == REDIRECT
+    assert seen and all(kid in params for params in seen)
+
+
+def _cookie_value(flow: Flow) -> str:
+    cookie = flow.client.get_cookie("tokenserver_session")
+    assert cookie is not None
+    return cookie.value
 
 
 def test_logout_refuses_an_id_token_signed_by_a_revoked_key(

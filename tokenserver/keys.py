@@ -8,6 +8,7 @@ that time pass promotes it, in one transaction; the database's unique index keep
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -239,19 +240,20 @@ class KeyRing:
             self.signing_key()
         return {"keys": list(self._public)}
 
-    def id_token_keys(self) -> KeySet:
-        """Every stored key not revoked, for our ID tokens sent back as hints.
+    def id_token_key(self, kid: str) -> RSAKey | None:
+        """Key `kid` if it is stored and not revoked, for our ID tokens sent back as hints.
 
         An app keeps its user's ID token as long as its own session, so a hint may be signed
         by a key that has left the JWKS since (RP-Initiated Logout §2 accepts it expired).
-        A revoked key may have leaked: nothing it signed names anyone.
+        A revoked key may have leaked: nothing it signed names anyone. One row, read by its
+        kid: anyone may send hints, and each must cost the same however many keys are stored.
         """
-        return KeySet(
-            [
-                self._keys.get(kid) or RSAKey.import_key(json.loads(jwk))
-                for kid, jwk in stored.unrevoked(self._engine)
-            ]
-        )
+        if not _could_be_a_kid(kid):
+            return None
+        jwk = stored.unrevoked_public_jwk(self._engine, kid)
+        if jwk is None:
+            return None
+        return self._keys.get(kid) or _public_key(jwk)
 
     def holds(self, kid: str) -> bool:
         """Whether key `kid` is stored, in any state: not once `tokens purge` has deleted it."""
@@ -341,6 +343,12 @@ _KID_LENGTH = 64  # the column's; ours are RFC 7638 thumbprints, 43 characters
 def _could_be_a_kid(kid: str) -> bool:
     """Whether `kid` could name a stored key: printable ASCII that fits the column."""
     return 0 < len(kid) <= _KID_LENGTH and kid.isascii() and kid.isprintable()
+
+
+@functools.lru_cache(maxsize=32)
+def _public_key(jwk: str) -> RSAKey:
+    """A stored public JWK, parsed: a cache of parses, as a kid's key never changes."""
+    return RSAKey.import_key(json.loads(jwk))
 
 
 def current_keyring() -> KeyRing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
 from ..config import current_settings
 from ..keys import ALGORITHM, current_keyring
@@ -18,6 +19,16 @@ def is_id_token(token: str) -> bool:
     except (JoseError, ValueError):
         return False
     return typ == _ID_TOKEN_TYPE
+
+
+def hint_keys(token: str) -> KeySet:
+    """The key a JWT names by its kid, if it is one of ours not revoked: at most one."""
+    try:
+        kid = jws.extract_compact(token.encode()).headers().get("kid")
+    except (JoseError, ValueError):
+        return KeySet([])
+    key = current_keyring().id_token_key(kid) if isinstance(kid, str) else None
+    return KeySet([key] if key is not None else [])
 
 
 def signed_by_a_deleted_key(token: str) -> bool:
@@ -38,7 +49,7 @@ def hinted_subject(hint: str, client_id: str) -> str | None:
     """
     try:
         # Only RS256, only under a kid of ours, which may have left the JWKS since it signed.
-        decoded = jwt.decode(hint, current_keyring().id_token_keys(), algorithms=[ALGORITHM])
+        decoded = jwt.decode(hint, hint_keys(hint), algorithms=[ALGORITHM])
     except (JoseError, ValueError, TypeError, KeyError, AttributeError):
         return None  # not a JWS of ours, or not even a JWS
     if decoded.header.get("typ") != _ID_TOKEN_TYPE:  # our access tokens carry our signature too

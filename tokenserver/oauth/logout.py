@@ -10,9 +10,9 @@ from flask import request as flask_request
 from joserfc.jwk import KeySet
 
 from ..config import current_settings
-from ..keys import ALGORITHM, current_keyring
+from ..keys import ALGORITHM
 from ..store.sessions import Session
-from .hints import is_id_token, signed_by_a_deleted_key
+from .hints import hint_keys, is_id_token, signed_by_a_deleted_key
 from .query import QueryRequest
 
 
@@ -39,8 +39,9 @@ class LogoutEndpoint(EndSessionEndpoint):
         return QueryRequest(current_settings().issuer, parameters)
 
     def get_server_jwks(self) -> KeySet:
-        # Not just the JWKS: the app's ID token may be older than every key published now.
-        return current_keyring().id_token_keys()
+        # Not the JWKS: the app's ID token may be older than every key published now. The
+        # hint read here is the one validate_request checks (its parameters are these).
+        return hint_keys(flask_request.values.get("id_token_hint", ""))
 
     def get_algorithms(self) -> list[str]:
         return [ALGORITHM]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Table, Update, exists, insert, select, update
+from sqlalchemy import Table, Update, bindparam, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -81,8 +81,10 @@ _CURRENT_KID = select(_keys.c.kid).where(_keys.c.state == CURRENT)
 _ALL = select(
     _keys.c.kid, _keys.c.state, _keys.c.created_at, _keys.c.activated_at, _keys.c.retired_at
 ).order_by(_keys.c.created_at.desc())
+_UNREVOKED_JWK = select(_keys.c.public_jwk).where(
+    _keys.c.kid == bindparam("kid"), _keys.c.state != REVOKED
+)
 _WRAPPED = select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
-_UNREVOKED = select(_keys.c.kid, _keys.c.public_jwk).where(_keys.c.state != REVOKED)
 
 
 @contextmanager
@@ -128,10 +130,11 @@ def published(engine: Engine, retired_after: datetime) -> list[Published]:
         return [Published(*row) for row in conn.execute(statement)]
 
 
-def unrevoked(engine: Engine) -> list[tuple[str, str]]:
-    """The kid and public JWK (JSON) of every stored key not revoked, published or not."""
+def unrevoked_public_jwk(engine: Engine, kid: str) -> str | None:
+    """The public JWK (JSON) of key `kid` if it is stored and not revoked, published or not."""
     with engine.connect() as conn:
-        return [(row.kid, row.public_jwk) for row in conn.execute(_UNREVOKED)]
+        found: str | None = conn.execute(_UNREVOKED_JWK, {"kid": kid}).scalar()
+        return found
 
 
 def private_key(engine: Engine, kid: str) -> str:
