@@ -232,6 +232,21 @@ def test_open_routes_have_the_default_limit(make_app: Any, path: str) -> None:
     assert client.get(path, environ_base=OTHER_IP).status_code == 200
 
 
+def test_the_logout_endpoint_has_the_default_limit(make_app: Any) -> None:
+    # Anyone may send a logout link with an id_token_hint, each a key lookup and an RSA check.
+    app = _limited(make_app, ratelimit_default="3/minute")
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/oauth/logout").status_code == 200  # asked to confirm
+    for refused in (
+        client.get("/oauth/logout"),
+        client.post("/oauth/logout", data={"id_token_hint": "e30.e30.AAAA"}),
+    ):  # a page, as a throttled sign-in is
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert refused.mimetype == "text/html"
+    assert client.get("/oauth/logout", environ_base=OTHER_IP).status_code == 200
+
+
 def test_openapi_document_has_the_default_limit(make_app: Any) -> None:
     app = _limited(make_app, ratelimit_default="2/minute")
     client = app.test_client()

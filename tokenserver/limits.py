@@ -127,11 +127,13 @@ RULES = (
                 RESOURCE_METADATA_PATH,
                 f"{RESOURCE_METADATA_PATH}/<path:resource_path>",
                 "/oauth/authorize",
+                # A hint there costs a key lookup and a signature check, and anyone may send one.
+                "/oauth/logout",
                 "/.well-known/jwks.json",
                 "/openapi.json",
             }
         ),
-        (*_READ, "POST"),  # /oauth/authorize takes POST too (OpenID Connect Core §3.1.2.1)
+        (*_READ, "POST"),  # /oauth/authorize and /oauth/logout take POST too (OpenID specs)
         "ratelimit_default",
         False,
     ),
