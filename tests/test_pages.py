@@ -488,6 +488,7 @@ def test_a_confirmed_logout_without_an_id_token_returns_to_the_named_apps_uri(
     sent = {"client_id": client_id, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
     asked = flow.client.get("/oauth/logout?" + urlencode(sent))
     assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert "go back to <strong>app.example.com</strong>" in asked.text  # says where it goes
     assert flow.client.get("/account").status_code == 200  # a link alone signs no one out
     action, fields = _submitted(asked.text)
     done = flow.client.post(action, data=fields)
@@ -505,6 +506,7 @@ def test_a_confirmed_logout_without_an_id_token_goes_nowhere_unregistered(
         sent["client_id"] = flow.register("https://other.example.com/callback", first_party=True)[0]
     flow.login()
     asked = flow.client.get("/oauth/logout?" + urlencode(sent))
+    assert "go back to" not in asked.text
     action, fields = _submitted(asked.text)
     done = flow.client.post(action, data=fields)
     assert done.status_code == 200 and "Location" not in done.headers

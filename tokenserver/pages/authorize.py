@@ -235,7 +235,14 @@ def logout() -> Response:
                 if name in _LOGOUT_PARAMETERS
             ]
             session = web.current_session()
-            return web.page("logout.html", session=session, action=request.path, carried=carried)
+            back_to = destination(end.redirect_uri) if end.redirect_uri else None
+            return web.page(
+                "logout.html",
+                session=session,
+                action=request.path,
+                carried=carried,
+                back_to=back_to,
+            )
         web.check_form()
     secret = web.session_cookie()
     if secret:
