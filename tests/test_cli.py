@@ -527,3 +527,90 @@ def test_a_client_may_name_its_keys_by_url(runner: FlaskCliRunner) -> None:
     made = runner.invoke(args=["clients", "create", "svc", "--jwks-uri", uri, "--json"])
     assert made.exit_code == 0, made.output
     assert json.loads(made.stdout)["token_endpoint_auth_method"] == "private_key_jwt"
+
+
+def test_clients_update_adds_and_drops_redirect_uris_keeping_id_and_secret(
+    app: Flask, runner: FlaskCliRunner, flow: Any
+) -> None:
+    from .helpers import REDIRECT, pkce
+
+    client_id, secret = flow.register(first_party=True)
+    with app.app_context():
+        before = db.session.scalars(select(Client).filter_by(client_id=client_id)).one()
+        secret_hash, metadata = before.secret_hash, before.to_dict()
+    other = "https://app.example.com/signed-in"
+    flow.login()
+    assert flow.authorize(client_id, pkce()[1], redirect_uri=other).status_code == 400
+    added = runner.invoke(args=["clients", "update", client_id, "--add-redirect-uri", other])
+    assert added.exit_code == 0, added.output
+    code = flow.code_for(client_id, (pair := pkce())[1], redirect_uri=other)
+    exchanged = flow.exchange(client_id, secret, code, pair[0], redirect_uri=other)
+    assert exchanged.status_code == 200, exchanged.json  # the same id and secret
+    dropped = runner.invoke(
+        args=["clients", "update", client_id, "--remove-redirect-uri", REDIRECT, "--json"]
+    )
+    assert dropped.exit_code == 0, dropped.output
+    assert json.loads(dropped.output)["redirect_uris"] == [other]
+    assert flow.authorize(client_id, pkce()[1], redirect_uri=REDIRECT).status_code == 400
+    with app.app_context():
+        after = db.session.scalars(select(Client).filter_by(client_id=client_id)).one()
+        assert after.secret_hash == secret_hash
+        changed = {k for k in metadata if after.to_dict()[k] != metadata[k]}
+        assert changed == {"redirect_uris"}  # what no option named stays as it was
+
+
+def test_clients_update_changes_only_what_it_names(app: Flask, runner: FlaskCliRunner) -> None:
+    made = json.loads(
+        runner.invoke(
+            args=["clients", "create", "web", "--redirect-uri", "https://a.example/cb", "--json"]
+        ).output
+    )
+    result = runner.invoke(
+        args=[
+            *("clients", "update", made["client_id"], "--name", "Web App"),
+            *("--scope", "openid profile", "--first-party", "--json"),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert (shown["name"], shown["scope"], shown["first_party"]) == (
+        "Web App",
+        "openid profile",
+        True,
+    )
+    unchanged = {k for k in made if k not in ("name", "scope", "first_party", "client_secret")}
+    assert {k: shown[k] for k in unchanged} == {k: made[k] for k in unchanged}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--redirect-uri", "https://a.example/x", "--add-redirect-uri", "https://a.example/y"),
+        ("--remove-redirect-uri", "https://a.example/not-registered"),
+        ("--redirect-uri", "https://a.example/cb#fragment"),
+        ("--scope", "junk:read nonsense"),
+        ("--name", " "),
+    ],
+)
+def test_clients_update_refusals_change_nothing(
+    app: Flask, runner: FlaskCliRunner, args: tuple[str, ...]
+) -> None:
+    made = json.loads(
+        runner.invoke(
+            args=["clients", "create", "web", "--redirect-uri", "https://a.example/cb", "--json"]
+        ).output
+    )
+    result = runner.invoke(args=["clients", "update", made["client_id"], *args])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")  # says what is wrong
+    listed = json.loads(runner.invoke(args=["clients", "list", "--json"]).output)
+    assert [c for c in listed if c["client_id"] == made["client_id"]][0] == {
+        k: v for k, v in made.items() if k != "client_secret"
+    }
+
+
+def test_clients_update_of_an_unknown_client_is_one_line(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["clients", "update", "nope", "--name", "x"])
+    assert result.exit_code != 0 and "nope" in result.output
+    assert "Traceback" not in result.output

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +23,9 @@ from .clients import (
     delete_client,
     issue_initial_access_token,
     register_client,
+    registered_spec,
     rotate_secret,
+    update_client,
 )
 from .config import ConfigError, Settings, current_settings, unknown_variables
 from .digests import new_secret
@@ -125,7 +128,7 @@ def users_list() -> None:
 
 @click.group()
 def clients() -> None:
-    """Register, list, delete OAuth clients and rotate their secrets."""
+    """Register, change, list, delete OAuth clients and rotate their secrets."""
 
 
 @command(clients, "create")
@@ -226,6 +229,78 @@ def clients_create(
     if secret:
         click.echo(f"client_secret: {secret}")
         click.echo("The secret is shown only now; store it safely.", err=True)
+
+
+@command(clients, "update")
+@click.argument("client_id")
+@click.option("--name", help="The name users see on consent.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="Replace its redirect URIs with these; repeat for several.",
+)
+@click.option("--add-redirect-uri", "added", multiple=True, help="Register one more redirect URI.")
+@click.option(
+    "--remove-redirect-uri", "removed", multiple=True, help="Drop one of its redirect URIs."
+)
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    type=click.Choice(GRANT_TYPES),
+    help="Replace its grant types with these; repeat for several.",
+)
+@click.option("--scope", help="Replace its scopes (space-separated).")
+@click.option(
+    "--audience", "audiences", multiple=True, help="Replace its audiences; repeat for several."
+)
+@click.option(
+    "--first-party/--not-first-party", default=None, help="Whether its users skip consent."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def clients_update(
+    client_id: str,
+    name: str | None,
+    redirect_uris: tuple[str, ...],
+    added: tuple[str, ...],
+    removed: tuple[str, ...],
+    grants: tuple[str, ...],
+    scope: str | None,
+    audiences: tuple[str, ...],
+    first_party: bool | None,
+    as_json: bool,
+) -> None:
+    """Change what CLIENT_ID is registered with; what no option names stays as it is.
+
+    Its id and secret stay. A redirect URI dropped takes its unspent codes with it; scopes
+    narrowed narrow its logins' next refreshes (as an RFC 7592 update does).
+    """
+    if redirect_uris and (added or removed):
+        raise click.UsageError("give --redirect-uri, or --add/--remove-redirect-uri, not both")
+    spec = registered_spec(client_id)
+    uris = list(redirect_uris or spec.redirect_uris)
+    for uri in removed:
+        if uri not in uris:
+            raise click.ClickException(f"{uri} is not one of its redirect URIs")
+        uris.remove(uri)
+    uris += [uri for uri in added if uri not in uris]
+    if name is not None and not name.strip():
+        raise click.ClickException("--name: must not be empty (the name users see on consent)")
+    spec = replace(
+        spec,
+        name=spec.name if name is None else name,
+        redirect_uris=tuple(uris),
+        grants=grants or spec.grants,
+        scope=spec.scope if scope is None else scope,
+        audiences=audiences or spec.audiences,
+        first_party=spec.first_party if first_party is None else first_party,
+    )
+    client, _secret = update_client(client_id, spec)  # the secret stays: no new one
+    if as_json:
+        click.echo(json.dumps({"client_id": client.client_id, **client.to_dict()}))
+        return
+    click.echo(f"updated {client.client_id}")
 
 
 @command(clients, "list")

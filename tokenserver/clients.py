@@ -165,6 +165,26 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     return client, secret
 
 
+def registered_spec(client_id: str) -> ClientSpec:
+    """What `client_id` is registered with now, as update_client takes it back unchanged."""
+    client = _stored(client_id)
+    return ClientSpec(
+        client.name,
+        client.is_public,
+        tuple(client.grants),
+        client.scope,
+        client.can_introspect,
+        tuple(client.redirect_uri_list),
+        client.first_party,
+        tuple(client.audience_list),
+        json.loads(client.jwks) if client.jwks else None,
+        client.jwks_uri,
+        client.secret_auth_method,
+        dpop_bound=client.dpop_bound,
+        pushed_only=client.pushed_only,
+    )
+
+
 def delete_client(client_id: str) -> None:
     """Delete a client and, by cascade, every token and code issued to it."""
     gone = store.remove(client_id)
