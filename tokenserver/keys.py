@@ -151,6 +151,14 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
     return stored.every(engine)
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """A stored key's public part, and whether it was revoked (it may have leaked)."""
+
+    key: RSAKey
+    revoked: bool
+
+
 class KeyRing:
     """This worker's cache of the keys in the database (explicit, and bounded in time)."""
 
@@ -240,29 +248,20 @@ class KeyRing:
             self.signing_key()
         return {"keys": list(self._public)}
 
-    def id_token_key(self, kid: str) -> RSAKey | None:
-        """Key `kid` if it is stored and not revoked, for our ID tokens sent back as hints.
-
-        An app keeps its user's ID token as long as its own session, so a hint may be signed
-        by a key that has left the JWKS since (RP-Initiated Logout §2 accepts it expired).
-        A revoked key may have leaked: nothing it signed names anyone. One row, read by its
-        kid: anyone may send hints, and each must cost the same however many keys are stored.
-        """
-        if not _could_be_a_kid(kid):
-            return None
-        jwk = stored.unrevoked_public_jwk(self._engine, kid)
-        if jwk is None:
-            return None
-        return self._keys.get(kid) or _public_key(jwk)
-
-    def holds(self, kid: str) -> bool:
-        """Whether key `kid` is stored, in any state: not once `tokens purge` has deleted it."""
+    def stored_key(self, kid: str) -> StoredKey | None:
+        """Key `kid` as stored now, published or not, revoked or not; None if no key has that
+        kid (never ours, or deleted by `tokens purge`). For our ID tokens sent back as hints,
+        which may be older than every key the JWKS publishes. One row, read by its kid: anyone
+        may send a kid, and each must cost the same however many keys are stored."""
         if not _could_be_a_kid(kid):
             # A presented token's kid is whoever sent it's to write: a NUL (refused by
             # PostgreSQL text) or a lone surrogate (by every driver) would fail the query.
-            return False
-        with self._engine.connect() as conn:
-            return stored.state(conn, kid) is not None
+            return None
+        found = stored.public_by_kid(self._engine, kid)
+        if found is None:
+            return None
+        state, jwk = found
+        return StoredKey(self._keys.get(kid) or _public_key(jwk), revoked=state == REVOKED)
 
     def unopenable(self) -> str | None:
         """Why the current signing key cannot be opened, or None: from the cache, reloaded

@@ -81,9 +81,7 @@ _CURRENT_KID = select(_keys.c.kid).where(_keys.c.state == CURRENT)
 _ALL = select(
     _keys.c.kid, _keys.c.state, _keys.c.created_at, _keys.c.activated_at, _keys.c.retired_at
 ).order_by(_keys.c.created_at.desc())
-_UNREVOKED_JWK = select(_keys.c.public_jwk).where(
-    _keys.c.kid == bindparam("kid"), _keys.c.state != REVOKED
-)
+_PUBLIC_BY_KID = select(_keys.c.state, _keys.c.public_jwk).where(_keys.c.kid == bindparam("kid"))
 _WRAPPED = select(_keys.c.kid, _keys.c.private_key).where(_keys.c.private_key != "")
 
 
@@ -130,11 +128,12 @@ def published(engine: Engine, retired_after: datetime) -> list[Published]:
         return [Published(*row) for row in conn.execute(statement)]
 
 
-def unrevoked_public_jwk(engine: Engine, kid: str) -> str | None:
-    """The public JWK (JSON) of key `kid` if it is stored and not revoked, published or not."""
+def public_by_kid(engine: Engine, kid: str) -> tuple[str, str] | None:
+    """The state and public JWK (JSON) of key `kid`, whatever its state; None if there is no
+    such key (never ours, or purged)."""
     with engine.connect() as conn:
-        found: str | None = conn.execute(_UNREVOKED_JWK, {"kid": kid}).scalar()
-        return found
+        row = conn.execute(_PUBLIC_BY_KID, {"kid": kid}).first()
+        return None if row is None else (row.state, row.public_jwk)
 
 
 def private_key(engine: Engine, kid: str) -> str:
