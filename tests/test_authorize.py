@@ -206,6 +206,22 @@ def test_first_party_clients_skip_consent(flow: Flow) -> None:
     assert "code" in query_of(response.headers["Location"])
 
 
+def test_a_first_party_client_asking_prompt_consent_is_asked_about(flow: Flow) -> None:
+    # OpenID Connect Core §3.1.2.1: prompt=consent SHOULD ask, whoever the app is.
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    asked = flow.authorize(client_id, challenge, prompt="consent")
+    assert asked.headers["Location"].startswith("/consent?")
+    assert "Photo App" in flow.client.get(asked.headers["Location"]).text
+    code = query_of(flow.consent(asked.headers["Location"]).headers["Location"])["code"]
+    assert flow.exchange(client_id, secret, code, verifier).status_code == 200
+    denied = flow.consent(
+        flow.authorize(client_id, challenge, prompt="consent").headers["Location"], "deny"
+    )
+    assert query_of(denied.headers["Location"])["error"] == "access_denied"
+
+
 def test_denied_consent_tells_the_client_access_denied(flow: Flow) -> None:
     client_id, _secret = flow.register()
     flow.login()

@@ -197,9 +197,10 @@ def next_step(
     if authorization.hinted_subject not in (None, str(signed_in.user.id)):
         # OpenID Connect Core §3.1.2.1: the client expects another user; never theirs instead.
         _refuse(authorization, "login_required", "The signed-in user is not the one hinted at.")
-    client = authorization.client
-    known = _allowed_before(authorization, signed_in)
-    if not client.first_party and ("consent" in prompt or not known):
+    # A first-party app skips the question unless it asks for it: OpenID Connect Core §3.1.2.1
+    # says prompt=consent SHOULD ask, and an app that sends it wants the user to see it.
+    skips = authorization.client.first_party or _allowed_before(authorization, signed_in)
+    if "consent" in prompt or not skips:
         if "none" in prompt:
             _refuse(authorization, "consent_required", "The user has not allowed this app.")
         return Next.CONSENT
