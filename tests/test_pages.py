@@ -690,6 +690,19 @@ def _kid_of(token: str) -> str:
     return str(header["kid"])
 
 
+def test_logout_refuses_an_id_token_hint_another_issuer_issued(make_app: Any, flow: Flow) -> None:
+    # RP-Initiated Logout §2: the OP MUST validate that it was the issuer. Signed with our key
+    # before the issuer moved, the token names another issuer: the user is not signed out.
+    _client_id, id_token = _id_token(flow)
+    moved = make_app(issuer="http://127.0.0.1:8000")
+    browser = moved.test_client()
+    browser.set_cookie("tokenserver_session", flow.client.get_cookie("tokenserver_session").value)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
+    response = browser.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert browser.get("/account").status_code == 200
+
+
 def test_logout_refuses_an_id_token_hint_for_another_client_id(flow: Flow) -> None:
     _client_id, id_token = _id_token(flow)
     other, _secret = flow.register(first_party=True)

@@ -25,7 +25,12 @@ class LogoutEndpoint(EndSessionEndpoint):
         hint = request.payload.data.get("id_token_hint")
         if hint and not is_id_token(hint):
             raise InvalidRequestError("The id_token_hint is not an ID token.")
-        return super().validate_request(request)
+        end = super().validate_request(request)
+        # §2: the OP MUST validate that it was the issuer. Our signature alone is not that: a
+        # token our key signed before the issuer moved was issued by another issuer.
+        if end.id_token_claims and end.id_token_claims.get("iss") != current_settings().issuer:
+            raise InvalidRequestError("The id_token_hint was issued by another issuer.")
+        return end
 
     def create_endpoint_request(self, request: Any) -> Any:
         # The logout request comes as a GET query or a POST form (§2): the token endpoint's
