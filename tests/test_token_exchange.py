@@ -341,6 +341,18 @@ def test_malformed_exchange_requests_are_invalid_request(
     assert refused(response, 400, "invalid_request"), response.json
 
 
+@pytest.mark.parametrize("requested", [ACCESS_TOKEN, ""])
+def test_requested_token_type_access_token_or_left_empty_gives_an_access_token(
+    actions: Actions, setup: Setup, requested: str
+) -> None:
+    # RFC 6749 §3.1: a parameter sent without a value is as if it were left out.
+    response = exchange(
+        actions, setup.gateway, setup.subject, resource=PHOTOS, requested_token_type=requested
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["issued_token_type"] == ACCESS_TOKEN
+
+
 def test_a_repeated_subject_token_is_invalid_request(actions: Actions, setup: Setup) -> None:
     other = actions.token(setup.front).json["access_token"]
     response = exchange(actions, setup.gateway, [setup.subject, other], resource=PHOTOS)

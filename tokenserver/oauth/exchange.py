@@ -127,7 +127,8 @@ def _check_parameters(data: Any) -> None:
     if data.get("actor_token_type") and not data.get("actor_token"):
         raise InvalidRequestError("'actor_token_type' is given without 'actor_token'.")
     requested = data.get("requested_token_type")
-    if requested is not None and requested != ACCESS_TOKEN_TYPE:
+    # RFC 6749 §3.1: sent without a value, it is as if left out (an access token, then).
+    if requested and requested != ACCESS_TOKEN_TYPE:
         raise InvalidRequestError(f"'requested_token_type' must be {ACCESS_TOKEN_TYPE}.")
 
 
