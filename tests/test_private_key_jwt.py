@@ -236,9 +236,11 @@ def test_replayed_assertion_has_one_winner_across_live_workers(
 # --- claims, keys and algorithms -----------------------------------------------------------
 
 
-def test_aud_may_be_the_issuer_or_the_token_endpoint(keyed: _Keyed) -> None:
+def test_aud_may_be_the_issuer_the_token_endpoint_or_the_par_endpoint(keyed: _Keyed) -> None:
     assert keyed.token(keyed.assertion(aud=keyed.issuer)).status_code == 200
     assert keyed.token(keyed.assertion(aud=keyed.token_url)).status_code == 200
+    # RFC 9126 §2 names the pushed request endpoint too; any of the three at every endpoint.
+    assert keyed.token(keyed.assertion(aud=f"{keyed.issuer}/oauth/par")).status_code == 200
     assert (
         keyed.token(keyed.assertion(aud=["https://other.example", keyed.issuer])).status_code == 200
     )
