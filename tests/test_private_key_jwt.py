@@ -432,6 +432,30 @@ def test_a_key_of_another_type_under_the_same_kid_is_refused(
     _refused(client.post("/oauth/token", data=_form(_assertion(rsa, client_id, aud, "RS256"))))
 
 
+def test_a_key_marked_for_encryption_leaves_the_signing_key_the_only_one_without_a_kid(
+    app: Flask, client: FlaskClient
+) -> None:
+    # RFC 7517 §4.2-4.3: a key the client marked for encryption never verifies its assertions,
+    # so beside it the one signing key of that type is the key meant, kid or not.
+    signing, sealing = _ec(), ECKey.generate_key("P-256", parameters={"use": "enc"})
+    marked = ECKey.generate_key("P-256", parameters={"key_ops": ["encrypt"]})
+    client_id = _register(app, jwks=_jwks(sealing, signing, marked))
+    claims = {"iss": client_id, "sub": client_id, "aud": f"{_issuer(app)}/oauth/token"}
+
+    def unnamed(key: ECKey) -> str:
+        now, jti = int(time.time()), secrets.token_urlsafe(8)
+        payload = {**claims, "exp": now + 60, "jti": jti}
+        return jwt.encode({"alg": "ES256"}, payload, key, algorithms=["ES256"])
+
+    response = client.post("/oauth/token", data=_form(unnamed(signing)))
+    assert response.status_code == 200, response.json
+    for key in (sealing, marked):  # their private halves, which joserfc would not sign with
+        unmarked = {
+            k: v for k, v in key.as_dict(private=True).items() if k not in ("use", "key_ops")
+        }
+        _refused(client.post("/oauth/token", data=_form(unnamed(ECKey.import_key(unmarked)))))
+
+
 @pytest.mark.parametrize(
     "assertion",
     ["", "not-a-jwt", "a.b.c", "e30.e30.", "W10.W10.AAAA", "\x00\x01", "x" * 5000],

@@ -57,10 +57,25 @@ def pick_key(keys: KeySet, header: dict[str, Any]) -> Key:
     if kid is not None and not isinstance(kid, str):
         raise KeysUnavailable("the assertion's kid is not a string")
     # Without a kid, several keys of one type would leave us guessing: the client must name one.
-    matches = [key for key in keys if key.key_type == key_type and (kid is None or key.kid == kid)]
+    # A key the client marked for encryption or another alg is none of them: it cannot verify.
+    matches = [
+        key
+        for key in keys
+        if key.key_type == key_type and (kid is None or key.kid == kid) and _verifies(key, alg)
+    ]
     if len(matches) != 1:
         raise KeysUnavailable("no single key of the client matches the assertion's kid and alg")
     return matches[0]
+
+
+def _verifies(key: Key, alg: object) -> bool:
+    """Whether a JWK's own `use`, `key_ops` and `alg` (RFC 7517 §4.2-4.4) let it verify `alg`."""
+    operations = key.get("key_ops")
+    return (
+        key.get("use") in (None, "sig")
+        and key.get("alg") in (None, alg)
+        and (operations is None or "verify" in operations)
+    )
 
 
 @dataclass
