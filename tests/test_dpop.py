@@ -418,6 +418,22 @@ def test_bound_token_works_with_a_proof(client: FlaskClient, bound: str, prover:
 
 
 @pytest.mark.parametrize(
+    "htu",
+    [
+        "HTTP://LOCALHOST:8000/users/me",  # scheme and host in any case (RFC 3986 §6.2.2.1)
+        f"{ISSUER}/users/%6De",  # an unreserved character percent-encoded (§6.2.2.2)
+        f"{ISSUER}/users/m%65?page=2#top",  # and neither query nor fragment counts
+    ],
+)
+def test_a_proofs_htu_is_compared_as_a_uri_in_any_spelling(
+    client: FlaskClient, bound: str, prover: Prover, htu: str
+) -> None:
+    # RFC 9449 §4.3: servers SHOULD normalise both URIs (RFC 3986 §6.2.2, §6.2.3) to compare.
+    me = _dpop_get(client, bound, prover.proof("GET", htu, bound), "/users/me")
+    assert me.status_code == 200, me.json
+
+
+@pytest.mark.parametrize(
     ("change", "error"),
     [
         ({"claims": {"htu": f"{ISSUER}/users/me"}}, "invalid_dpop_proof"),

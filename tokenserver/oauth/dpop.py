@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from authlib.oauth2 import OAuth2Error
 from flask import Flask, Response, g
@@ -218,7 +218,8 @@ def _uri(value: str) -> tuple[str, str, str] | None:
     host = (parts.hostname or "").lower()
     if port is not None and port != {"https": 443, "http": 80}.get(scheme):
         host = f"{host}:{port}"
-    return scheme, host, parts.path or "/"
+    # Decoded, as the request's own path reaches us: `/users/%6De` is `/users/me` (§6.2.2.2).
+    return scheme, host, unquote(parts.path) or "/"
 
 
 def token_hash(access_token: str) -> str:
