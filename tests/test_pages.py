@@ -100,7 +100,14 @@ def test_wrong_password_unknown_user_and_disabled_user_get_one_message(
             flow.login(username="dora"),
         )
     }
-    assert answers == {(401, True)}
+    assert answers == {(400, True)}
+
+
+def test_a_wrong_password_is_no_401_without_a_challenge(flow: Flow) -> None:
+    # RFC 9110 §15.5.2: a 401 must carry WWW-Authenticate, and a form has no scheme to name.
+    wrong = flow.login(password="wrong-password")
+    assert wrong.status_code == 400 and wrong.mimetype == "text/html"
+    assert "WWW-Authenticate" not in wrong.headers
 
 
 def test_a_password_over_the_length_limit_only_as_typed_signs_in(
@@ -120,7 +127,7 @@ def test_a_password_over_the_length_limit_only_as_typed_signs_in(
 
 def test_a_throttled_account_gets_a_429_page_without_a_password_check(flow: Flow) -> None:
     for _ in range(5):
-        assert flow.login(password="wrong-password").status_code == 401
+        assert flow.login(password="wrong-password").status_code == 400
     throttled = flow.login()  # the right password, but the guard refuses before checking
     assert throttled.status_code == 429 and throttled.mimetype == "text/html"
     assert int(throttled.headers["Retry-After"]) >= 1
@@ -131,8 +138,8 @@ def test_login_failures_count_against_the_per_ip_limit(make_app: Any, actions: A
     actions.user("alice")
     app = make_app(ratelimit_enabled=True, ratelimit_token_failures="2/minute")
     flow = Flow(app, app.test_client())
-    assert flow.login(username="nobody1").status_code == 401
-    assert flow.login(username="nobody2").status_code == 401
+    assert flow.login(username="nobody1").status_code == 400
+    assert flow.login(username="nobody2").status_code == 400
     limited = flow.login()
     assert limited.status_code == 429 and limited.mimetype == "text/html"
     assert "Retry-After" in limited.headers

@@ -103,7 +103,7 @@ def test_a_wrong_password_is_read_out_on_the_fields_it_is_about(flow: Flow) -> N
     # The page comes back with focus in the password field (autofocus), where a screen reader
     # reads the field, not the alert above it: the field itself must carry the message.
     wrong = flow.login(password="wrong-password")
-    assert wrong.status_code == 401
+    assert wrong.status_code == 400
     page = _Page(wrong.text)
     for name in ("username", "password"):
         assert _is_announced_error(page, name, "That username and password do not match.")

@@ -163,7 +163,7 @@ def test_a_sign_in_checked_just_before_a_new_password_starts_no_session(
 
     monkeypatch.setattr(sessions, "start", reset_first)
     refused = Flow(app, client).login()
-    assert refused.status_code == 401  # as for a wrong password
+    assert refused.status_code == 400  # as for a wrong password
     assert client.get("/account").status_code == 303  # no session: off to /login
     assert [e.get("reason") for e in events("login.failure")] == ["account_changed"]
     assert events("session.started") == []

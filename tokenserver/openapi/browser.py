@@ -263,7 +263,7 @@ def paths() -> Doc:
             "post": _page(
                 "login",
                 "Sign in: a new browser session",
-                {401: "Wrong credentials"},
+                {400: "Wrong credentials (one message for any cause)"},
                 (303,),
                 requestBody=_FORM_BODY,
             ),

@@ -70,8 +70,10 @@ def login() -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if started is None:
-        # One message for any cause: no telling an unknown name from a wrong password.
-        return _form(401, "That username and password do not match.", username, wrong=True)
+        # One message for any cause: no telling an unknown name from a wrong password. 400, as
+        # a refused form field on /account is: a 401 must carry an HTTP authentication
+        # challenge (RFC 9110 §15.5.2), and a form has none to offer.
+        return _form(400, "That username and password do not match.", username, wrong=True)
     response = redirect(local_path(_next()), 303)
     web.set_session_cookie(response, started.secret)
     return response
