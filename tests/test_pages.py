@@ -421,6 +421,40 @@ def test_a_head_of_a_logout_link_signs_no_one_out(flow: Flow) -> None:
     assert flow.client.get("/account").status_code == 200  # still signed in
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        # A refused password change answers at this address; reopening it from the address bar
+        # is a GET.
+        ("GET", "/account/password", {"POST"}),
+        ("GET", "/account/sign-out-everywhere", {"POST"}),
+        ("PUT", "/login", {"GET", "HEAD", "POST"}),
+        ("DELETE", "/device", {"GET", "HEAD", "POST"}),
+    ],
+)
+def test_a_method_a_page_does_not_take_gets_an_error_page(
+    flow: Flow, method: str, path: str, allowed: set[str]
+) -> None:
+    flow.login()
+    response = flow.client.open(path, method=method)
+    assert response.status_code == 405 and response.mimetype == "text/html"
+    assert "Method Not Allowed" in response.text
+    assert set(response.headers["Allow"].split(", ")) - {"OPTIONS"} == allowed
+    # A page's headers: its stylesheet may load, and no cache keeps it.
+    assert "style-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/oauth/token"), ("PUT", "/users")])
+def test_a_method_an_api_route_does_not_take_is_still_json(
+    flow: Flow, method: str, path: str
+) -> None:
+    response = flow.client.open(path, method=method, headers={"Accept": "text/html"})
+    assert response.status_code == 405 and response.json is not None
+    assert response.json["error"] == "method_not_allowed"
+    assert "Allow" in response.headers
+
+
 def test_rp_initiated_logout_ends_the_session_and_returns_to_the_registered_uri(
     flow: Flow,
 ) -> None:

@@ -115,7 +115,8 @@ def error_response(
     return response
 
 
-def _http_error(exc: HTTPException) -> Response | WerkzeugResponse:
+def http_error(exc: HTTPException) -> Response | WerkzeugResponse:
+    """Werkzeug's own errors (404, 405, 413...) in the one JSON shape, their Allow kept."""
     status = exc.code or 500
     response = exc.get_response()
     if response.mimetype == "application/json" and exc.response is not None:
@@ -198,7 +199,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(
         APIError, lambda e: error_response(e.status, e.error, e.description, e.headers)
     )
-    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(Exception, _unexpected)

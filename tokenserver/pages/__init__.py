@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Rule
 
-from ..errors import APIError, error_response
+from ..errors import APIError, error_response, http_error
 from . import web
 
 bp = Blueprint("pages", __name__)
@@ -55,9 +56,32 @@ def _api_error(exc: APIError) -> Response:
     return response
 
 
+def _method_not_allowed(exc: MethodNotAllowed) -> Any:
+    """A method a page's address does not take: that page's error page, not the API's JSON.
+
+    Routing fails before any blueprint is known. A browser meets this when it reopens the
+    address of a form's answer (/account/password after a refused change) by GET.
+    """
+    rule = _rule_taking(list(exc.valid_methods or ()))
+    if rule is None or not rule.endpoint.startswith(f"{bp.name}."):
+        return http_error(exc)
+    request.url_rule = rule  # the page's handler, headers (our stylesheet's CSP) and no-store
+    return _http_error(exc)
+
+
+def _rule_taking(methods: list[str]) -> Rule | None:
+    """The rule this request's address matches by a method it takes."""
+    adapter = current_app.create_url_adapter(request)
+    if not methods or adapter is None:
+        return None
+    rule, _arguments = adapter.match(method=methods[0], return_rule=True)
+    return rule
+
+
 def init_app(app: Flask) -> None:
     """Register the pages and their template globals."""
     from . import account, authorize, device, login  # noqa: F401 (their routes join the blueprint)
 
     app.jinja_env.globals.update(csrf_token=web.csrf_token, scope_words=SCOPE_WORDS)
     app.register_blueprint(bp)
+    app.register_error_handler(MethodNotAllowed, _method_not_allowed)
