@@ -49,6 +49,23 @@ def test_login_page_is_an_accessible_form_with_our_stylesheet_only(client: Flask
     assert client.get("/static/pages.css").status_code == 200
 
 
+def test_every_page_names_an_icon_of_ours_so_browsers_ask_for_no_favicon_ico(
+    flow: Flow,
+) -> None:
+    # A page that names no icon makes the browser fetch /favicon.ico, which we do not have:
+    # a 404 and an access-log line on every page shown.
+    pages = [flow.client.get("/login")]
+    flow.login()
+    pages += [flow.client.get(path) for path in ("/account", "/device", "/oauth/logout")]
+    pages.append(flow.client.get("/account/password"))  # an error page (405)
+    for page in pages:
+        icons = re.findall(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page.text)
+        assert icons == ["/static/favicon.svg"], page.request.path
+    icon = flow.client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    assert "img-src 'self'" in pages[0].headers["Content-Security-Policy"]
+
+
 def test_sign_in_sets_a_rotated_httponly_lax_session_cookie(flow: Flow) -> None:
     first = flow.login()
     assert first.status_code == 303 and first.headers["Location"] == "/account"
