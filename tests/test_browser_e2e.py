@@ -684,6 +684,30 @@ def test_a_device_signs_in_while_its_user_allows_it_in_a_browser(
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
 
 
+def test_a_device_form_sent_again_after_back_shows_the_answer_given(
+    server: LiveServer, browser: WebDriver, tmp_path: Path
+) -> None:
+    _sign_up(server)
+    tv = _register(server, "Living Room TV", "--public", "--grant", DEVICE_GRANT)
+    codes = requests.post(
+        f"{server.url}/oauth/device_authorization", data={"client_id": tv["client_id"]}, timeout=10
+    ).json()
+    browser.get(codes["verification_uri_complete"])
+    _sign_in(browser)
+    _wait_for(browser, "/device")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "button[value=allow]"))
+    ).click()
+    WebDriverWait(browser, 20).until(lambda b: "Device connected" in b.title)
+    # Back to the question, a POST's answer no cache kept: reloading sends the code's form again.
+    browser.back()
+    browser.refresh()
+    WebDriverWait(browser, 20).until(lambda b: "Device connected" in b.title)
+    browser.save_screenshot(str(tmp_path / "device-sent-again.png"))
+    assert "not valid" not in browser.page_source
+
+
 def _fits_the_screen(browser: WebDriver) -> bool:
     width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     scrolled, shown = browser.execute_script(width)

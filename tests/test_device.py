@@ -363,8 +363,9 @@ def test_a_denied_code_answers_access_denied_and_cannot_be_allowed_after(device:
     denied = device.answer(codes["user_code"], "deny")
     assert denied.status_code == 200 and "denied" in denied.text
     assert _error(device.poll(codes["device_code"])) == "access_denied"
-    again = device.enter(codes["user_code"])
-    assert again.status_code == 400 and "not valid" in again.text
+    again = device.enter(codes["user_code"])  # this browser is shown its answer, no question
+    assert again.status_code == 200 and "Request denied" in again.text
+    assert 'value="allow"' not in again.text
     assert _error(device.poll(codes["device_code"])) == "access_denied"
 
 
@@ -378,6 +379,41 @@ def test_an_allowed_code_cannot_be_answered_again(device: Device) -> None:
     second = device.client.post("/device", data={**form, "decision": "deny"})
     assert second.status_code == 400 and "not valid" in second.text
     assert device.poll(codes["device_code"]).status_code == 200  # still allowed
+
+
+@pytest.mark.parametrize(("decision", "outcome"), [("allow", "connected"), ("deny", "denied")])
+def test_the_same_answer_sent_again_from_its_browser_is_that_answer(
+    device: Device, decision: str, outcome: str
+) -> None:
+    # A double click on Allow, or the form sent again after Back, is no wrong code.
+    codes = device.codes()
+    device.flow.login()
+    question = device.enter(codes["user_code"])
+    form = {"csrf_token": csrf_of(question.text), "user_code": codes["user_code"]}
+    for _ in range(2):
+        again = device.client.post("/device", data={**form, "decision": decision})
+        assert again.status_code == 200 and outcome in again.text
+    typed_again = device.client.post("/device", data=form)  # the code's form, after Back
+    assert typed_again.status_code == 200 and outcome in typed_again.text
+    polled = device.poll(codes["device_code"])
+    assert polled.status_code == (200 if decision == "allow" else 400)
+
+
+def test_another_browser_cannot_resend_an_answer_it_did_not_give(
+    app: Flask, device: Device
+) -> None:
+    codes = device.codes()
+    device.flow.login()
+    assert device.answer(codes["user_code"]).status_code == 200
+    other = Device(app, app.test_client(), device.oauth_client)
+    other.flow.login()  # the same user, another browser session
+    token = csrf_of(other.client.get("/device").text)
+    form = {"csrf_token": token, "user_code": codes["user_code"], "decision": "allow"}
+    refused = other.client.post("/device", data=form)
+    assert refused.status_code == 400 and "not valid" in refused.text
+    del form["decision"]
+    typed = other.client.post("/device", data=form)
+    assert typed.status_code == 400 and "not valid" in typed.text
 
 
 def test_an_expired_code_answers_expired_token_and_cannot_be_allowed(device: Device) -> None:

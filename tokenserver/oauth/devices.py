@@ -222,18 +222,32 @@ def pending(user_code: str) -> PendingDevice | None:
     return devices.pending(digest(code)) if code else None
 
 
+def answer_of(user_code: str, signed_in: SignedIn) -> bool | None:
+    """The answer this browser session gave a live code (True: allowed), if it gave one.
+
+    Only to the session that answered: it knew the code, so this tells a guesser nothing.
+    """
+    code = normalize_user_code(user_code)
+    if code is None:
+        return None
+    status = devices.answered_in(digest(code), signed_in.session_id)
+    return None if status is None else status == devices.ALLOWED
+
+
 def decide(user_code: str, signed_in: SignedIn, allowed: bool) -> bool:
-    """The signed-in user's answer for a pending code; False if it was decided or expired."""
+    """The signed-in user's answer for a pending code; False if it was decided or expired,
+    unless this browser session gave it the same answer already (a double click on Allow, the
+    form sent again after Back): that is the answer it has, not a wrong code."""
     code = normalize_user_code(user_code)
     if code is None:
         return False
     found = devices.pending(digest(code))
-    if found is None:
-        return False
     user = signed_in.user
     session = signed_in.session_id
-    if not devices.decide(digest(code), user.id, allowed, signed_in.auth_time, session):
-        return False
+    if found is None or not devices.decide(
+        digest(code), user.id, allowed, signed_in.auth_time, session
+    ):
+        return answer_of(user_code, signed_in) == allowed
     audit.event(
         "device.allowed" if allowed else "device.denied",
         client_id=found.client_id,

@@ -52,7 +52,10 @@ def device() -> Response:
     if decision is None:
         pending = devices.pending(user_code)
         if pending is None:
-            return _wrong_code(user_code)
+            # The code this browser answered, typed again (its form sent again after Back):
+            # the answer it gave, not a wrong code.
+            answer = devices.answer_of(user_code, signed_in)
+            return _wrong_code(user_code) if answer is None else _answered(answer)
         return web.page(
             "device.html", user=signed_in.user, device=pending, user_code=_typed_code(user_code)
         )
@@ -61,13 +64,18 @@ def device() -> Response:
     allowed = decision == "allow"
     if not devices.decide(user_code, signed_in, allowed):
         return _wrong_code(user_code)
+    return _answered(allowed)
+
+
+def _answered(allowed: bool) -> Response:
+    """What the user's answer did."""
     done = "Device connected" if allowed else "Request denied"
     message = (
         "Your device is now signed in; it will carry on by itself."
         if allowed
         else "The device was told no and gets no access to your account."
     )
-    return web.page("device.html", user=signed_in.user, done=done, message=message)
+    return web.page("device.html", done=done, message=message)
 
 
 def _wrong_code(user_code: str) -> Response:

@@ -214,6 +214,20 @@ _DECIDE = update(_devices).where(
 )
 
 
+_ANSWERED_IN = select(_devices.c.status).where(
+    _devices.c.user_code_hash == bindparam("hash"),
+    _devices.c.session_id == bindparam("session"),
+    _devices.c.expires_at > _now,
+)
+
+
+def answered_in(user_code_hash: str, session_id: str) -> str | None:
+    """The answer a browser session gave a live code (ALLOWED or DENIED), if it gave one."""
+    params = {"hash": user_code_hash, "session": session_id, "now": utcnow()}
+    status: str | None = reader().execute(_ANSWERED_IN, params).scalar()
+    return status
+
+
 def decide(
     user_code_hash: str, user_id: int, allowed: bool, auth_time: datetime, session_id: str
 ) -> bool:
