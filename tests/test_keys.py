@@ -21,6 +21,7 @@ from tokenserver.extensions import db
 from tokenserver.keys import KeyRing, list_keys, promote_due, revoke, rotate
 from tokenserver.keywrap import KeyWrapper
 from tokenserver.models import SigningKey, utcnow
+from tokenserver.oauth.codes import IdToken
 from tokenserver.oauth.tokens import TokenRejected, verify_access_token
 
 from .conftest import Actions
@@ -397,3 +398,20 @@ def test_a_live_token_re_signed_under_another_key_we_hold_is_refused(
     )
     assert introspected.json == {"active": False}
     assert actions.client.get("/users/me", headers=Actions.bearer(token)).status_code == 200
+
+
+def test_an_id_tokens_kid_names_the_key_that_signs_it_when_the_ring_moves_on(app: Flask) -> None:
+    # Authlib asks for the header's kid and for the signing key in two calls; a worker whose
+    # key cache runs out between them (here: at once) meets a rotation in between.
+    with app.app_context():
+        app.extensions["tokenserver.keyring"] = ring(app, cache_seconds=0)
+    with app.test_request_context("/oauth/token", method="POST"):
+        id_token = IdToken()
+        header = id_token.get_encode_header(None)
+        new_kid = rotate_key(app, now=True)
+        assert new_kid != header["kid"]
+        assert id_token.resolve_client_private_key(None).kid == header["kid"]
+    with app.test_request_context("/oauth/token", method="POST"):
+        # The next request's id_token is signed, and named, with the new key.
+        assert IdToken().get_encode_header(None)["kid"] == new_kid
+        assert IdToken().resolve_client_private_key(None).kid == new_kid

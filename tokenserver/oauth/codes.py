@@ -16,6 +16,7 @@ from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, OpenIDToken, UserInfo
+from flask import g
 from joserfc.jwk import RSAKey
 
 from .. import audit
@@ -182,18 +183,27 @@ class S256Challenge(CodeChallenge):
         super().validate_code_challenge(grant, redirect_uri)
 
 
+def _id_token_key() -> RSAKey:
+    """The key of this request's id_token. Authlib asks for its header's kid and for the key it
+    signs with in two calls, and the ring may move on to a new key between them."""
+    if "id_token_key" not in g:
+        g.id_token_key = current_keyring().signing_key()
+    key: RSAKey = g.id_token_key
+    return key
+
+
 class _IdTokenClaims:
     """What our id_tokens say and how they are signed: RS256 with the access tokens' key."""
 
     def resolve_client_private_key(self, client: Client) -> RSAKey:
-        return current_keyring().signing_key()
+        return _id_token_key()
 
     def get_client_algorithm(self, client: Client) -> str:
         return ALGORITHM
 
     def get_encode_header(self, client: Client) -> dict[str, Any]:
         # The kid lets a relying party pick the key from our JWKS; typ tells it from an at+jwt.
-        return {"alg": ALGORITHM, "kid": current_keyring().signing_key().kid, "typ": "JWT"}
+        return {"alg": ALGORITHM, "kid": _id_token_key().kid, "typ": "JWT"}
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         now = int(time.time())
