@@ -73,6 +73,22 @@ def test_without_resource_the_token_is_for_the_default_audience(
         assert verified(actions.client, response.json["access_token"], DEFAULT)["aud"] == DEFAULT
 
 
+def test_an_empty_resource_is_as_if_left_out(
+    actions: Actions, registered: RegisteredClient
+) -> None:
+    # RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+    password = actions.token(registered, resource="")
+    machine = _client_credentials(actions, registered, resource="")
+    for response in (password, machine):
+        assert response.status_code == 200, response.json
+        assert verified(actions.client, response.json["access_token"], DEFAULT)["aud"] == DEFAULT
+    # Beside a value, it names nothing more.
+    data = {"grant_type": "client_credentials", "resource": ["", PRINT]}
+    response = actions.client.post("/oauth/token", data=data, auth=registered.auth)
+    assert response.status_code == 200, response.json
+    assert verified(actions.client, response.json["access_token"], PRINT)["aud"] == PRINT
+
+
 def test_several_resources_give_a_token_for_all_of_them(
     actions: Actions, registered: RegisteredClient
 ) -> None:
@@ -88,7 +104,6 @@ def test_several_resources_give_a_token_for_all_of_them(
         "/api",  # relative
         "photos.example/api",  # no scheme
         PHOTOS + "#frag",  # a fragment (RFC 8707 §2)
-        "",
     ],
 )
 @pytest.mark.parametrize("grant", ["password", "client_credentials"])

@@ -353,6 +353,17 @@ def test_requested_token_type_access_token_or_left_empty_gives_an_access_token(
     assert response.json["issued_token_type"] == ACCESS_TOKEN
 
 
+def test_an_empty_resource_or_audience_is_as_if_left_out(actions: Actions, setup: Setup) -> None:
+    # RFC 6749 §3.1: an empty value names no target; the other one is the token's.
+    response = exchange(actions, setup.gateway, setup.subject, resource="", audience=PHOTOS)
+    assert response.status_code == 200, response.json
+    response = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS, audience="")
+    assert response.status_code == 200, response.json
+    # With nothing else, no target is named at all.
+    response = exchange(actions, setup.gateway, setup.subject, resource="", audience="")
+    assert refused(response, 400, "invalid_request"), response.json
+
+
 def test_a_repeated_subject_token_is_invalid_request(actions: Actions, setup: Setup) -> None:
     other = actions.token(setup.front).json["access_token"]
     response = exchange(actions, setup.gateway, [setup.subject, other], resource=PHOTOS)

@@ -134,11 +134,12 @@ def _check_parameters(data: Any) -> None:
 
 def _targets(data: Any, client: Client) -> list[str]:
     """RFC 8693 §2.1: `resource` and `audience` name the target, among the client's audiences."""
-    resources = data.getlist("resource")
+    # RFC 6749 §3.1: a parameter sent without a value is as if left out.
+    resources = list(filter(None, data.getlist("resource")))
     for value in resources:
         if uri_problem(value):
             raise InvalidTargetError("'resource' must be an absolute URI without a fragment.")
-    targets = list(dict.fromkeys([*resources, *data.getlist("audience")]))
+    targets = list(dict.fromkeys([*resources, *filter(None, data.getlist("audience"))]))
     if not targets:
         raise InvalidRequestError("'resource' or 'audience' is required: the token's target.")
     if not set(targets) <= set(client.audience_list):
