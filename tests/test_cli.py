@@ -222,6 +222,35 @@ def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, n
     assert runner.invoke(args=["clients", "list"]).output.strip() == ""
 
 
+NOT_UTF8 = "caf\udcc3\udca9"  # how Python hands over an argument whose bytes are not UTF-8
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users", "create", NOT_UTF8, "--password-stdin"],
+        ["users", "disable", NOT_UTF8],
+        ["users", "set-password", NOT_UTF8, "--password-stdin"],
+        ["clients", "create", NOT_UTF8],
+        ["clients", "create", "x", "--redirect-uri", f"https://app.example/{NOT_UTF8}"],
+        ["clients", "update", NOT_UTF8, "--name", "x"],
+        ["clients", "delete", NOT_UTF8],
+        ["keys", "revoke", NOT_UTF8],
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line(
+    runner: FlaskCliRunner, args: list[str]
+) -> None:
+    runner.invoke(args=["users", "create", "alice", "--password-stdin"], input=PASSWORD)
+    before = [runner.invoke(args=[group, "list"]).stdout for group in ("users", "clients", "keys")]
+    result = runner.invoke(args=args, input=PASSWORD)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "not UTF-8" in result.output.strip().splitlines()[-1]
+    after = [runner.invoke(args=[group, "list"]).stdout for group in ("users", "clients", "keys")]
+    assert after == before
+
+
 def test_clients_create_takes_a_name_of_200_characters(runner: FlaskCliRunner) -> None:
     assert runner.invoke(args=["clients", "create", "é" * 200]).exit_code == 0
 

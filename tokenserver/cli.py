@@ -61,11 +61,39 @@ def _one_line_errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _text_arguments(f: F) -> F:
+    """Refuse an argument that is not UTF-8 before it reaches the database.
+
+    Python hands such bytes over as lone surrogates, which no driver can send: each would
+    otherwise end the command in a traceback.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for param in click.get_current_context().command.params:
+            value = kwargs.get(param.name or "")
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str) and not _is_utf8(text):
+                    raise click.BadParameter(f"{text!r} is not UTF-8 text", param=param)
+        return f(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def command(group: click.Group, *args: Any, **kwargs: Any) -> Callable[[F], F]:
     """A subcommand that runs in the app context with one-line errors."""
 
     def decorator(f: F) -> F:
-        return group.command(*args, **kwargs)(with_appcontext(_one_line_errors(f)))  # type: ignore[return-value]
+        checked = _one_line_errors(_text_arguments(f))
+        return group.command(*args, **kwargs)(with_appcontext(checked))  # type: ignore[return-value]
 
     return decorator
 
