@@ -346,11 +346,13 @@ def test_keys_rotate_publishes_a_next_key_and_list_shows_states(
     [
         ["keys", "rotate", "--if-older-than", "99999999999999999999d"],
         ["keys", "rotate", "--if-older-than", "36501d"],
+        ["keys", "rotate", "--if-older-than", ""],  # an unset variable in a cron line
+        ["keys", "rotate", "--if-older-than", " "],
         ["tokens", "purge", "--older-than", "99999999999999"],
         ["clients", "rotate-secret", "any", "--overlap", "99999999999999"],
     ],
 )
-def test_durations_past_any_date_are_refused_in_one_line(
+def test_durations_past_any_date_or_empty_are_refused_in_one_line(
     runner: FlaskCliRunner, args: list[str]
 ) -> None:
     before = runner.invoke(args=["keys", "list"]).stdout

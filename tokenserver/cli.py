@@ -499,7 +499,7 @@ def keys_rotate(at_once: bool, older_than: str | None) -> None:
         current_app.extensions["tokenserver.keywrap"],
         settings.key_publish_seconds or 0,
         now=at_once,
-        if_older_than=_duration(older_than) if older_than else None,
+        if_older_than=None if older_than is None else _duration(older_than),
     )
     if rotation is None:
         click.echo("the current signing key is not that old; nothing to do")
