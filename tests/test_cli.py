@@ -641,6 +641,25 @@ def test_clients_update_refusals_change_nothing(
     }
 
 
+@pytest.mark.parametrize("scope", ["", "  "])
+def test_an_empty_scope_neither_widens_nor_empties_a_client(
+    runner: FlaskCliRunner, scope: str
+) -> None:
+    made = json.loads(
+        runner.invoke(args=["clients", "create", "narrow", "--scope", "junk:read", "--json"]).output
+    )
+    for args in (
+        ["clients", "create", "x", "--scope", scope],
+        ["clients", "update", made["client_id"], "--scope", scope],
+    ):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("Error: --scope")
+    [listed] = json.loads(runner.invoke(args=["clients", "list", "--json"]).output)
+    assert listed["scope"] == "junk:read"
+
+
 def test_clients_update_of_an_unknown_client_is_one_line(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["clients", "update", "nope", "--name", "x"])
     assert result.exit_code != 0 and "nope" in result.output

@@ -159,6 +159,13 @@ def clients() -> None:
     """Register, change, list, delete OAuth clients and rotate their secrets."""
 
 
+def _refuse_blank_scope(scope: str | None) -> None:
+    """An empty --scope (an unset variable, most likely) is refused: left out, --scope means
+    every scope, so taking "" as left out would widen a client instead of narrowing it."""
+    if scope is not None and not scope.split():
+        raise click.ClickException("--scope: must name at least one scope")
+
+
 @command(clients, "create")
 @click.argument("name")
 @click.option("--public", is_flag=True, help="A public client (no secret; auth method none).")
@@ -224,6 +231,7 @@ def clients_create(
     """Register client NAME and print its id and (once only) its secret."""
     if not name.strip():
         raise click.ClickException("NAME: must not be empty (the name users see on consent)")
+    _refuse_blank_scope(scope)
     if jwks_file is not None and jwks_uri is not None:
         raise click.UsageError("give --jwks-file or --jwks-uri, not both")
     jwks = None
@@ -315,6 +323,7 @@ def clients_update(
     uris += [uri for uri in added if uri not in uris]
     if name is not None and not name.strip():
         raise click.ClickException("--name: must not be empty (the name users see on consent)")
+    _refuse_blank_scope(scope)
     spec = replace(
         spec,
         name=spec.name if name is None else name,
