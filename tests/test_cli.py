@@ -54,6 +54,24 @@ def test_users_create_errors_are_one_line(runner: FlaskCliRunner) -> None:
         assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["users", "create", "x"], "'username' must be"),
+        (["users", "create", "ALICE"], "taken"),
+        (["users", "set-password", "ghost"], "no user named 'ghost'"),
+    ],
+)
+def test_a_refused_username_is_said_before_the_password_is_asked_for(
+    runner: FlaskCliRunner, args: list[str], complaint: str
+) -> None:
+    runner.invoke(args=["users", "create", "alice", "--password-stdin"], input=PASSWORD)
+    result = runner.invoke(args=args, input="")  # nobody there to type a password
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and complaint in line
+
+
 def test_users_disable_and_enable(app: Flask, runner: FlaskCliRunner) -> None:
     runner.invoke(args=["users", "create", "dave", "--password-stdin"], input=PASSWORD)
     assert runner.invoke(args=["users", "disable", "DAVE"]).exit_code == 0

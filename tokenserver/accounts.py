@@ -62,6 +62,15 @@ def register(username: object, password: object) -> Subject:
     return user
 
 
+def check_name_free(username: object) -> str:
+    """The username if it follows the rules and no account has it in any letter case, so the
+    CLI can refuse it before asking for a password."""
+    name = validate_username(username)
+    if find(name) is not None:
+        raise _taken()
+    return name
+
+
 def _check_new_password(password: str, username: str, field: str = "password") -> None:
     """A 400 naming `field` if the new password may not be used (NIST SP 800-63B §5.1.1.2)."""
     if _as_utf8(password) != password:

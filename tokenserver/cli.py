@@ -116,6 +116,7 @@ def _read_password(prompt: str, from_stdin: bool) -> str:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_create(username: str, password_stdin: bool) -> None:
     """Create USERNAME, asking for the password (or reading it from stdin)."""
+    accounts.check_name_free(username)  # before the password is typed twice in vain
     user = accounts.register(username, _read_password("Password", password_stdin))
     click.echo(f"created user {user.username} (id {user.id})")
 
@@ -125,6 +126,7 @@ def users_create(username: str, password_stdin: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_set_password(username: str, password_stdin: bool) -> None:
     """Give USERNAME a new password (asked for, or read from stdin); every login they have ends."""
+    accounts.get(username)  # an unknown name is refused before the password is typed
     user, ended = accounts.reset_password(username, _read_password("New password", password_stdin))
     logins = "1 login" if ended == 1 else f"{ended} logins"
     click.echo(f"new password set for {user.username}; {logins} ended")
