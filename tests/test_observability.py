@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -173,6 +174,30 @@ def test_gunicorn_and_app_logs_are_json_lines(live_server: Any) -> None:
     assert all({"time", "level", "logger", "message"} <= set(line) for line in error_log)
     everything = "\n".join(live_server.log_lines("error") + live_server.log_lines("access"))
     assert "hunter2-secret" not in everything
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /junk?code=leaked-code-1\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /junk HTTP/1.1\r\nHost: x\r\nAuthorization Bearer leaked-token-2\r\n\r\n",
+        b"GET /oauth/authorize?code=leaked-code-4\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_a_request_gunicorn_refuses_leaves_no_query_or_header_in_the_log(
+    live_server: Any, head: bytes
+) -> None:
+    host, port = live_server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head)
+        # gunicorn logs its refusal before it answers, so the line is written by now.
+        assert connection.recv(100).startswith(b"HTTP/1.1 400")
+    refusals = [line for line in live_server.log_lines("error") if "Invalid request" in line]
+    assert refusals  # the refusal is still on record, with its kind
+    assert all("Invalid HTTP" in line for line in refusals)
+    assert "leaked" not in "\n".join(
+        live_server.log_lines("error") + live_server.log_lines("access")
+    )
 
 
 def test_database_errors_never_carry_the_statements_values(app: Flask) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,12 +32,29 @@ class JSONLogger(glogging.Logger):
         configure_logging()
         for handler in self.error_log.handlers:
             handler.setFormatter(JSONFormatter())
+        self.error_log.addFilter(_without_request_text)
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
         """One JSON line per request; no query string, as it may carry a token."""
         if not self.access_log_enabled or (_is_readiness_check(environ) and _succeeded(resp)):
             return
         self.access_log.info(json.dumps(access_entry(resp, environ, request_time)))
+
+
+# gunicorn's own line about a request it could not parse quotes what was sent: its
+# request line with the query (`?code=...`), or a malformed header line whole (`Authorization
+# Bearer <token>` without its colon). The kind of error stays; what the client sent goes.
+_INVALID_REQUEST = "Invalid request from ip="
+_QUOTED = re.compile(r"(?::\s*)?(?<!\w)b?['\"].*", re.DOTALL)  # the first repr() to the end
+
+
+def _without_request_text(record: logging.LogRecord) -> bool:
+    """Strip what the client sent from gunicorn's lines about a request it refused."""
+    message = record.msg if isinstance(record.msg, str) else ""
+    if message.startswith(_INVALID_REQUEST):
+        record.msg = _QUOTED.sub("", message)
+        record.args = ()
+    return True
 
 
 def access_entry(resp: Any, environ: dict[str, Any], request_time: timedelta) -> dict[str, Any]:
