@@ -449,6 +449,16 @@ def test_db_upgrade_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("command", [["users", "list"], ["db", "upgrade"]])
+def test_an_sqlite_path_through_a_file_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    url = f"sqlite:///{tmp_path}/afile/tokenserver.db"
+    result = _tokenserver(*command, TOKENSERVER_DATABASE_URL=url)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
 def test_db_upgrade_of_a_missing_postgresql_database_is_one_line() -> None:
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/tokenserver_no_such_database"
     result = _tokenserver("db", "upgrade", TOKENSERVER_DATABASE_URL=url)

@@ -131,8 +131,9 @@ def _create_private_sqlite_file(url: str) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     # O_EXCL: an existing file keeps the mode its owner chose. SQLite gives its -wal and -shm
-    # files the database file's mode. A missing folder is SQLite's to report.
-    with contextlib.suppress(FileExistsError, FileNotFoundError):
+    # files the database file's mode. A folder that is missing, not a folder or not ours to
+    # write to is SQLite's to report, in one line where it is opened, not a traceback here.
+    with contextlib.suppress(OSError):
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
