@@ -328,6 +328,13 @@ def test_the_web_process_refuses_a_bad_worker_count_with_one_line(workers: str) 
     ]
 
 
+@pytest.mark.parametrize("workers", ["", "  "])
+def test_the_web_process_takes_a_blank_worker_count_as_unset(workers: str) -> None:
+    result = _run([*_procfile_web(), "--check-config"], {"WEB_CONCURRENCY": workers})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_gunicorn_conf_refuses_too_many_workers_too() -> None:
     result = _run(
         _CHECK_CONFIG,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tokenserver.config import ConfigError, Settings
@@ -12,10 +13,13 @@ def main() -> None:
     # gunicorn reads WEB_CONCURRENCY with a bare int() while importing its own config module,
     # before it loads gunicorn.conf.py: "abc" would be a traceback, "-1" a line not naming it.
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         sys.stderr.write(f"Error: {exc}\n")
         sys.exit(2)
+    # A blank WEB_CONCURRENCY is unset to us, as any blank setting is, and a traceback to
+    # gunicorn's int(): it reads the count we settled on instead.
+    os.environ["WEB_CONCURRENCY"] = str(settings.web_concurrency)
     from gunicorn.app.wsgiapp import run
 
     sys.argv[0] = "gunicorn"  # its usage and error lines name the program operators know
