@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ROOT, Actions
 from tokenserver import metric_files
 
-from .helpers import REQUESTS, sample
+from .helpers import REQUESTS, Flow, sample
 
 _UNUSED_PATH = "/no-such-route-but-this-test"
 
@@ -144,6 +144,23 @@ def test_wrong_passwords_count_as_login_failures(actions: Actions, client: Flask
         sample(after, issued, grant_type="password") - sample(before, issued, grant_type="password")
         == 1
     )
+
+
+def test_wrong_passwords_on_the_sign_in_page_count_as_login_failures(
+    app: Flask, actions: Actions, client: FlaskClient
+) -> None:
+    # With the password grant off, the page is where every password is typed.
+    actions.user("alice")
+    browser = Flow(app, app.test_client())
+    failures = "tokenserver_login_failures_total"
+    before = scrape(client)
+    assert browser.login("alice", "not the password").status_code == 400
+    assert browser.login("nobody-here", "not the password").status_code == 400
+    # A form that is refused before any password is checked is no failed sign-in.
+    assert client.post("/login", data={"username": "alice", "password": "x"}).status_code == 403
+    assert browser.login("alice").status_code == 303
+    after = scrape(client)
+    assert sample(after, failures) - sample(before, failures) == 2
 
 
 def test_introspections_are_counted_by_result(actions: Actions, client: FlaskClient) -> None:

@@ -40,7 +40,8 @@ TOKENS_ISSUED = Counter(
 )
 LOGIN_FAILURES = Counter(
     "tokenserver_login_failures",
-    "Password grants refused as invalid_grant (wrong credentials or a disabled account).",
+    "Sign-ins refused for their credentials (wrong, or a disabled account): password grants "
+    "answered invalid_grant and /login forms answered 400.",
 )
 THROTTLED = Counter(
     "tokenserver_throttled_requests",
@@ -73,6 +74,7 @@ _series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _SELF = "metrics.metrics"
 _TOKEN = "oauth.token"
 _INTROSPECT = "oauth.introspect"
+_LOGIN_PAGE = "pages.login"
 
 
 @bp.get("/metrics")
@@ -114,6 +116,8 @@ def _observe(response: Response) -> Response:
         THROTTLED.labels(route).inc()
     elif endpoint == _TOKEN:
         _count_token_answer(current, status, response)
+    elif endpoint == _LOGIN_PAGE and status == 400:
+        LOGIN_FAILURES.inc()  # the page's one 400: these credentials do not sign anyone in
     elif endpoint == _INTROSPECT and status == 200:
         body = _json(response)
         INTROSPECTIONS.labels("true" if body.get("active") is True else "false").inc()
