@@ -472,6 +472,27 @@ def test_a_method_an_api_route_does_not_take_is_still_json(
     assert "Allow" in response.headers
 
 
+_WEBSOCKET = {"Upgrade": "websocket", "Connection": "Upgrade"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/account//password", {}),  # matched again, its slashes merged: a redirect
+        ("PUT", "/account//sign-out-everywhere", {}),
+        ("PUT", "/login", _WEBSOCKET),  # matched again, a route that takes no WebSocket: a 400
+    ],
+)
+def test_a_method_a_page_does_not_take_is_a_405_where_matching_again_fails(
+    flow: Flow, method: str, path: str, headers: dict[str, str]
+) -> None:
+    # The 405's handler matches the address again to find its page; what that match raises
+    # must not escape the handler as a 500.
+    response = flow.client.open(path, method=method, headers=headers)
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"].split(", ")
+
+
 def test_rp_initiated_logout_ends_the_session_and_returns_to_the_registered_uri(
     flow: Flow,
 ) -> None:

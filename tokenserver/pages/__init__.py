@@ -74,7 +74,12 @@ def _rule_taking(methods: list[str]) -> Rule | None:
     adapter = current_app.create_url_adapter(request)
     if not methods or adapter is None:
         return None
-    rule, _arguments = adapter.match(method=methods[0], return_rule=True)
+    try:
+        rule, _arguments = adapter.match(method=methods[0], return_rule=True)
+    except HTTPException:
+        # Matched again, the address may ask for a redirect (`/account//password`) or refuse a
+        # WebSocket upgrade: raised in an error handler, that would be a 500. The API's 405.
+        return None
     return rule
 
 
