@@ -160,8 +160,9 @@ def _device() -> Doc:
             "device",
             "A code shows what the device asks for; a decision allows or denies it",
             {
-                200: "The question, or the outcome",
-                400: "A wrong, expired or used code (counts toward the guessing limit)",
+                200: "The question, or the outcome (again, to the browser session that answered)",
+                400: "A wrong or expired code, or one another browser session answered (counts "
+                "toward the guessing limit)",
             },
             (303,),
             requestBody=body,
