@@ -110,6 +110,14 @@ def test_every_contract_error_for_each_client_auth_method(
             {"grant_type": "refresh_token"},
             (400, "invalid_request"),
         ),
+        # RFC 6749 §3.2: a parameter sent without a value is as if left out.
+        "empty username": (full, {**login, "username": ""}, (400, "invalid_request")),
+        "empty password": (full, {**login, "password": ""}, (400, "invalid_request")),
+        "empty refresh token": (
+            full,
+            {"grant_type": "refresh_token", "refresh_token": ""},
+            (400, "invalid_request"),
+        ),
         "missing grant type": (full, _without(login, "grant_type"), (400, "invalid_request")),
         "authorization_code, not registered": (
             full,
@@ -481,7 +489,7 @@ def test_bad_refresh_tokens_are_invalid_grant(
     client: FlaskClient, actions: Actions, alice: dict[str, Any], app_client: RegisteredClient
 ) -> None:
     access_token = actions.token(app_client).json["access_token"]
-    for token in ("", "x" * 600, "a.b.c", "\u00e9" * 43, access_token):
+    for token in ("x" * 600, "a.b.c", "\u00e9" * 43, access_token):
         assert_oauth_error(refresh_grant(client, app_client, token), 400, "invalid_grant")
 
 
