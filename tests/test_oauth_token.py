@@ -532,6 +532,38 @@ def test_refresh_cannot_widen_scope_and_the_token_survives(
     assert retry.json["scope"] == "junk:read"
 
 
+@pytest.mark.parametrize("blank", [" ", "  ", "\t"])
+def test_a_blank_scope_on_refresh_never_widens_the_login(
+    client: FlaskClient,
+    actions: Actions,
+    alice: dict[str, Any],
+    app_client: RegisteredClient,
+    blank: str,
+) -> None:
+    # Only delimiters name no scope: the scope granted at sign-in, never everything the client
+    # is registered for (here junk:write, which the user never granted).
+    first = actions.token(app_client, scope="junk:read").json
+    refreshed = refresh_grant(client, app_client, first["refresh_token"], scope=blank)
+    assert refreshed.status_code == 200, refreshed.json
+    assert refreshed.json["scope"] == "junk:read"
+    assert claims_of(refreshed.json["access_token"])["scope"] == "junk:read"
+
+
+@pytest.mark.parametrize("grant", ["password", "client_credentials"])
+def test_a_blank_scope_is_as_if_left_out(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient, grant: str
+) -> None:
+    data = {"grant_type": grant, "username": "alice", "password": PASSWORD}
+    omitted = post_token(client, app_client, "client_secret_basic", **data)
+    blank = post_token(client, app_client, "client_secret_basic", **data, scope=" ")
+    assert blank.status_code == 200, blank.json
+    assert blank.json["scope"] == omitted.json["scope"] == "junk:read junk:write"
+    assert claims_of(blank.json["access_token"])["scope"] == omitted.json["scope"]
+    if grant == "password":  # a login that can be refreshed, not one left with no scope
+        refreshed = refresh_grant(client, app_client, blank.json["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.json
+
+
 def test_disabled_user_cannot_refresh_and_enabling_brings_nothing_back(
     client: FlaskClient,
     runner: FlaskCliRunner,

@@ -317,9 +317,9 @@ class Client(db.Model):  # type: ignore[name-defined,misc]
         """
         from authlib.oauth2.rfc6749.errors import InvalidScopeError
 
-        if not scope:
+        requested = (scope or "").split()
+        if not requested:  # "" or only delimiters: no scope asked for (RFC 6749 §3.2, §3.3)
             return self.scope
-        requested = scope.split()
         if not set(requested) <= set(self.scopes):
             raise InvalidScopeError("The requested scope exceeds what this client may ask for.")
         return " ".join(dict.fromkeys(requested))

@@ -77,7 +77,9 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
         # Authlib re-issues the scope granted at sign-in whatever the client may ask for now;
         # a client whose registered scope was narrowed since (RFC 7592) keeps only the rest.
         client = self.request.client
-        asked = self.request.payload.scope
+        # A scope of only delimiters asks for nothing, so it is the sign-in's: passed on as
+        # asked, its "" would read to the generator as every scope the client may have.
+        asked = " ".join((self.request.payload.scope or "").split())
         if asked:  # within the sign-in's scope (Authlib checked) and now the client's too
             scope = client.get_allowed_scope(asked)
         else:
