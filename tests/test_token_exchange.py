@@ -353,6 +353,17 @@ def test_requested_token_type_access_token_or_left_empty_gives_an_access_token(
     assert response.json["issued_token_type"] == ACCESS_TOKEN
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t "])
+def test_a_blank_scope_is_as_if_left_out(actions: Actions, setup: Setup, blank: str) -> None:
+    # RFC 6749 §3.2-3.3: no scope value asked for; the subject's, as far as the client may hold.
+    response = exchange(actions, setup.gateway, setup.subject, resource=PHOTOS, scope=blank)
+    assert response.status_code == 200, response.json
+    assert (
+        response.json["scope"]
+        == exchange(actions, setup.gateway, setup.subject, resource=PHOTOS).json["scope"]
+    )
+
+
 def test_an_empty_resource_or_audience_is_as_if_left_out(actions: Actions, setup: Setup) -> None:
     # RFC 6749 §3.1: an empty value names no target; the other one is the token's.
     response = exchange(actions, setup.gateway, setup.subject, resource="", audience=PHOTOS)

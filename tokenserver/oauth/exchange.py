@@ -198,8 +198,8 @@ def _actor(data: Any, client: Client) -> _Presented | None:
 def _narrowed_scope(asked: str | None, subject: _Presented, client: Client) -> str:
     """The scope to issue: what was asked, within the subject's; else all the client may hold."""
     held = subject.claims["scope"].split()
-    if asked:
-        wanted = asked.split()
+    wanted = (asked or "").split()  # only delimiters ask for nothing, as no scope does
+    if wanted:
         if not set(wanted) <= set(held):
             raise InvalidScopeError("The requested scope is wider than the subject token's.")
     else:
