@@ -70,3 +70,58 @@ def test_a_chunked_body_within_the_limit_is_served(live_server: Any) -> None:
         timeout=10,
     )
     assert response.status_code == 201, response.text
+
+
+def test_a_connection_gunicorn_will_close_after_an_unread_body_says_so(
+    live_server: Any, actions: Actions
+) -> None:
+    # gunicorn drains at most 64 KiB of a body the app left unread, then closes the
+    # connection; announced as kept alive, the client's next request on it would fail.
+    access_token = actions.login("alice")["access_token"]
+    item = b'{"name": "lamp"}'
+    refused = [
+        (item + b" " * LIMIT, False, "413"),  # over the limit: never read
+        (item + b" " * 4 * LIMIT, True, "413"),  # chunked: read up to the limit only
+        (item + b" " * (LIMIT - len(item)), False, "401"),  # at the limit, but refused unread
+    ]
+    for body, chunked, status in refused:
+        with requests.Session() as session:
+            headers = {"Content-Type": "application/json", **Actions.bearer(access_token)}
+            if status == "401":
+                headers["Authorization"] = "Bearer not-a-token"
+            response = session.post(
+                f"{live_server.url}/junk",
+                data=_chunked(body) if chunked else body,
+                headers=headers,
+                timeout=10,
+            )
+            assert str(response.status_code) == status, response.text
+            assert response.headers["Connection"] == "close"
+            again = session.post(
+                f"{live_server.url}/junk",
+                data=item,
+                headers={"Content-Type": "application/json", **Actions.bearer(access_token)},
+                timeout=10,
+            )
+            assert again.status_code == 201, again.text
+
+
+def test_a_connection_stays_open_after_a_body_read_or_drained(
+    live_server: Any, actions: Actions
+) -> None:
+    access_token = actions.login("alice")["access_token"]
+    headers = {"Content-Type": "application/json", **Actions.bearer(access_token)}
+    item = b'{"name": "lamp"}'
+    with requests.Session() as session:
+        for body, content_type in [
+            (item + b" " * (LIMIT - len(item)), "application/json"),  # read: 201
+            (item, "text/plain"),  # unread but small: gunicorn drains it (415)
+        ]:
+            response = session.post(
+                f"{live_server.url}/junk",
+                data=body,
+                headers={**headers, "Content-Type": content_type},
+                timeout=10,
+            )
+            assert response.status_code in (201, 415), response.text
+            assert response.headers["Connection"] == "keep-alive"

@@ -20,6 +20,10 @@ a level it has yielded at before, so a steady stream of short connections is not
 Connections already kept alive stay where they are, so a worker that holds more than one per
 thread (its sibling was restarting when they came) closes one after its answer now and then,
 with `Connection: close`, and yields while the client connects again.
+
+An answer that leaves more of the request body unread than gunicorn drains afterwards (a 413
+for a body over the limit) says `Connection: close` too: gunicorn closes such a connection
+after the answer, and one announced as kept alive would fail the client's next request on it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from functools import partial
 from typing import Any
 
 from gunicorn import http
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers import gthread
 
 # A head longer than this is refused by closing the connection (nginx's default total for
@@ -43,12 +48,16 @@ _END_OF_HEAD = b"\r\n\r\n"
 # so again at a level of load it has already yielded at.
 YIELD_SECONDS = 0.005
 YIELD_AT_MOST_EVERY = 0.1
+# What gunicorn reads and discards of a body the app left unread, before the next request on
+# the connection (gunicorn.http.parser._DRAIN_MAX_BYTES); with this much left, it closes.
+DRAINED_AT_MOST = 64 * 1024
 
 
 class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gthread, but a pool thread is given only a request whose head is already here."""
 
     pending_conns: deque[Any]  # gthread's: connections waiting in the poller (ours: for a head)
+    wsgi: Any  # gunicorn's: the app it calls
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +76,11 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().check_config(cfg, log)
         if cfg.is_ssl or cfg.http_protocols != ["h1"] or cfg.proxy_protocol != "off":
             raise RuntimeError("BufferedHeadWorker serves plain HTTP/1.1 only: end TLS in front")
+
+    def load_wsgi(self) -> None:
+        """gunicorn's, with the app wrapped so that what gunicorn will close says so."""
+        super().load_wsgi()
+        self.wsgi = partial(_closing_if_body_left, self.wsgi)
 
     def accept(self, listener: Any) -> None:
         """Take a new connection and wait, in the poller, for its first request head."""
@@ -206,6 +220,31 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 self.poller.unregister(conn.sock)
             self.nr_conns -= 1
             conn.close()
+
+
+def _closing_if_body_left(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
+    """Run the app; if it answers with more of the body unread than gunicorn drains, the
+    answer says `Connection: close` (gunicorn's Response, behind start_response, sends it)."""
+    body = environ["wsgi.input"]  # gunicorn's own, before any middleware replaces it
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if _left_unread(body) >= DRAINED_AT_MOST:
+            start_response.__self__.force_close()
+        return start_response(status, headers, exc_info)
+
+    return app(environ, start)
+
+
+def _left_unread(body: Any) -> int:
+    """Bytes of a request body not yet read; DRAINED_AT_MOST when a chunked body has not
+    ended, as what is left of it is unknown."""
+    reader = getattr(body, "reader", None)
+    buffered: int = body.buf.tell() if hasattr(body, "buf") else 0
+    if isinstance(reader, LengthReader):
+        return reader.length + buffered
+    if isinstance(reader, ChunkedReader):
+        return buffered + reader.buf.tell() if reader.parser is None else DRAINED_AT_MOST
+    return buffered
 
 
 def _whole(head: bytearray, start: int = 0) -> bool:
