@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from .conftest import raw_answer
 
 
 def _assert_json_error(response, status: int, error: str) -> None:  # type: ignore[no-untyped-def]
@@ -161,3 +164,43 @@ def test_a_database_outage_logs_one_line_per_request_and_few_tracebacks(
         assert "\n" not in message and len(message) < 400
         assert "OperationalError" in message and "/.well-known/jwks.json" in message
         assert f"req-{n}" in message
+
+
+MALFORMED = [
+    (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        400,
+        "invalid_request",
+    ),
+    (b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    (
+        b"POST /junk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+        "invalid_request",
+    ),
+    (b"GET /healthz?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: nothing-you-know\r\n\r\n",
+        417,
+        "expectation_failed",
+    ),
+]
+
+
+def test_requests_gunicorn_refuses_are_answered_in_json(live_server: Any) -> None:
+    # Refused before the app sees them, but every error of the service is JSON, never HTML.
+    for request, status, code in MALFORMED:
+        answered, headers, body = raw_answer(live_server.url, request)
+        assert answered == status, body
+        assert headers["content-type"] == "application/json"
+        assert headers["connection"] == "close"
+        assert int(headers["content-length"]) == len(body)
+        error = json.loads(body)
+        assert set(error) == {"error", "error_description"}
+        assert error["error"] == code
+        assert b"nothing-you-know" not in body and b"qqq" not in body  # nothing echoed

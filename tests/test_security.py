@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from flask.testing import FlaskClient
 
 from tokenserver.keys import current_keyring
 
-from .conftest import PASSWORD, Actions
+from .conftest import PASSWORD, Actions, raw_answer
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
@@ -140,13 +139,7 @@ def test_deeply_nested_json_is_refused_before_parsing(client: FlaskClient) -> No
 
 
 def _raw_status(url: str, request: bytes) -> int:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+    return raw_answer(url, request)[0]
 
 
 def test_gunicorn_rejects_oversized_headers(live_server: Any) -> None:

@@ -46,11 +46,20 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "request_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     429: "too_many_requests",
     431: "request_header_fields_too_large",
+    500: "server_error",
+    501: "not_implemented",
     503: "service_unavailable",
 }
+
+
+def error_code(status: int) -> str:
+    """The `error` of an answer with this status when nothing more specific applies."""
+    return _HTTP_CODES.get(status, "error")
 
 
 class APIError(Exception):
@@ -122,8 +131,7 @@ def http_error(exc: HTTPException) -> Response | WerkzeugResponse:
     if response.mimetype == "application/json" and exc.response is not None:
         return response  # already rendered as JSON (e.g. by Authlib's ResourceProtector)
     headers = {k: v for k, v in response.headers.items() if k in ("Allow", "WWW-Authenticate")}
-    error = _HTTP_CODES.get(status, "error")
-    return error_response(status, error, exc.description or exc.name, headers)
+    return error_response(status, error_code(status), exc.description or exc.name, headers)
 
 
 _tracebacks = Tracebacks()

@@ -24,20 +24,27 @@ with `Connection: close`, and yields while the client connects again.
 An answer that leaves more of the request body unread than gunicorn drains afterwards (a 413
 for a body over the limit) says `Connection: close` too: gunicorn closes such a connection
 after the answer, and one announced as kept alive would fail the client's next request on it.
+
+A request gunicorn refuses before the app sees it (malformed HTTP, a head over its limits) is
+answered in the one JSON shape of every error, not with gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import selectors
 import time
 from collections import deque
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers import gthread
+
+from .errors import error_code
 
 # A head longer than this is refused by closing the connection (nginx's default total for
 # request headers is 4 x 8 KiB too). Ours are well under 2 KiB.
@@ -81,6 +88,13 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """gunicorn's, with the app wrapped so that what gunicorn will close says so."""
         super().load_wsgi()
         self.wsgi = partial(_closing_if_body_left, self.wsgi)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's (it logs the refusal and picks the status), but answered in JSON."""
+        page = _ErrorPage()
+        super().handle_error(req, page, addr, exc)
+        with contextlib.suppress(OSError):
+            util.write_nonblock(client, _json_error(page.status()))
 
     def accept(self, listener: Any) -> None:
         """Take a new connection and wait, in the poller, for its first request head."""
@@ -245,6 +259,51 @@ def _left_unread(body: Any) -> int:
     if isinstance(reader, ChunkedReader):
         return buffered + reader.buf.tell() if reader.parser is None else DRAINED_AT_MOST
     return buffered
+
+
+# What each refusal of gunicorn's means; the request line and headers are never echoed.
+_REFUSALS = {
+    400: "The request is not well-formed HTTP/1.1.",
+    414: "The request line is too long.",
+    417: "The server cannot meet the request's Expect header.",
+    431: "The request's header fields are too long or too many.",
+    501: "The request's transfer coding is not supported.",
+}
+
+
+class _ErrorPage:
+    """Takes the place of the client's socket while gunicorn writes its HTML error page, to
+    learn the status it chose."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def gettimeout(self) -> float:
+        return 0.0  # "non-blocking": util.write_nonblock leaves it as it is
+
+    def sendall(self, data: bytes) -> None:
+        self.written += data
+
+    def status(self) -> int:
+        """The status of the page written ("HTTP/1.1 400 Bad Request..."); 500 if none."""
+        parts = self.written.split(b" ", 2)
+        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 500
+
+
+def _json_error(status: int) -> bytes:
+    """A whole HTTP/1.1 answer, closing the connection, with the one JSON error body."""
+    phrase = HTTPStatus(status).phrase
+    description = _REFUSALS.get(status, f"{phrase}.")
+    body = json.dumps({"error": error_code(status), "error_description": description})
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Cache-Control: no-store\r\n\r\n"
+    )
+    return (head + body).encode("ascii")
 
 
 def _whole(head: bytearray, start: int = 0) -> bool:
