@@ -325,6 +325,26 @@ def test_hostile_bodies_get_json_errors_and_write_nothing(
 
 
 @pytest.mark.parametrize("method", ["post", "patch"])
+def test_a_field_given_twice_is_refused_and_writes_nothing(
+    app: Flask, client: FlaskClient, alice: Caller, method: str
+) -> None:
+    item = _create(client, alice, name="before")
+    url = "/junk" if method == "post" else f"/junk/{item['id']}"
+    for data, field in [
+        (b'{"name": "a", "name": "b"}', "'name'"),
+        (b'{"name": "a", "description": "", "description": "d"}', "'description'"),
+        (b'{"name": "a", "description": {"x": 1, "x": 2}}', "'x'"),
+    ]:
+        response = getattr(client, method)(
+            url, data=data, content_type="application/json", headers=alice.headers
+        )
+        assert response.status_code == 400
+        assert response.json["error_description"] == f"{field} must be given once"
+    assert _count(app) == 1
+    assert client.get(f"/junk/{item['id']}", headers=alice.headers).json == item
+
+
+@pytest.mark.parametrize("method", ["post", "patch"])
 def test_body_over_64_kib_is_413_and_writes_nothing(
     app: Flask, client: FlaskClient, alice: Caller, method: str
 ) -> None:

@@ -136,6 +136,20 @@ def test_repeated_form_field_is_refused(client: FlaskClient) -> None:
     assert "username" in response.json["error_description"]
 
 
+def test_a_json_field_given_twice_is_refused_and_writes_nothing(
+    app: Flask, client: FlaskClient
+) -> None:
+    # Kept last, the second name would sign up an account a filter reading the first never saw.
+    body = f'{{"username": "alice", "username": "admin", "password": "{PASSWORD}"}}'
+    response = client.post("/users", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json == {
+        "error": "invalid_request",
+        "error_description": "'username' must be given once",
+    }
+    assert _user_count(app) == 0
+
+
 def test_closed_registration_answers_403(make_app: Any) -> None:
     app = make_app(registration_open=False)
     response = app.test_client().post("/users", json={"username": "alice", "password": PASSWORD})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import request
@@ -54,7 +55,9 @@ class JSONTooDeep(ValueError):
     """A JSON document nested deeper than any we accept."""
 
 
-def parse_json(raw: bytes | str) -> Any:
+def parse_json(
+    raw: bytes | str, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Any:
     """A JSON document from outside; ValueError, like any bad JSON, if it is nested too deeply.
 
     Python's parser recurses once per level, so `[[[...]]]` a few thousand deep exhausts the
@@ -66,14 +69,37 @@ def parse_json(raw: bytes | str) -> Any:
     brackets = text.count("[") + text.count("{")
     if brackets > _MAX_JSON_DEPTH and _nesting_depth(text) > _MAX_JSON_DEPTH:
         raise JSONTooDeep(f"JSON nested deeper than {_MAX_JSON_DEPTH} levels")
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=object_pairs_hook)
+
+
+class _RepeatedName(ValueError):
+    """A JSON object that names one member twice."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Refused rather than the last one kept (RFC 8259 §4: what a reader makes of it is
+    # unpredictable): a filter in front that reads the first would judge another body than ours.
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise _RepeatedName(name)
+        seen.add(name)
+    return dict(pairs)
 
 
 def _json_object() -> dict[str, Any]:
     try:
-        data = parse_json(request.get_data(cache=True))
+        data = parse_json(request.get_data(cache=True), object_pairs_hook=_unique_members)
     except JSONTooDeep:
         raise InvalidRequest("the JSON body is nested too deeply") from None
+    except _RepeatedName as exc:
+        # Named only if it reads as a field name, as _unknown_field does.
+        field = f"'{exc.name}'" if _FIELD_NAME.fullmatch(exc.name) else "each field"
+        raise InvalidRequest(f"{field} must be given once") from None
     except ValueError:
         raise InvalidRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
