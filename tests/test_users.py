@@ -136,6 +136,18 @@ def test_repeated_form_field_is_refused(client: FlaskClient) -> None:
     assert "username" in response.json["error_description"]
 
 
+def test_a_form_that_is_not_utf8_is_named_as_such(app: Flask, client: FlaskClient) -> None:
+    # Werkzeug parses it as an empty form: the answer must not say the username was left out.
+    body = b"username=alice&password=correct\xff\xfehorse battery"
+    response = client.post("/users", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert response.json == {
+        "error": "invalid_request",
+        "error_description": "the body must be UTF-8",
+    }
+    assert _user_count(app) == 0
+
+
 def test_a_json_field_given_twice_is_refused_and_writes_nothing(
     app: Flask, client: FlaskClient
 ) -> None:

@@ -25,6 +25,7 @@ def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[st
     if mimetype == "application/json" or mimetype.endswith("+json"):
         data = _json_object()
     elif form:
+        require_utf8_body()
         data = {key: request.form.getlist(key) for key in request.form}
     else:
         accepted = "application/json" + (" or a form" if allow_form else "")
@@ -41,6 +42,15 @@ def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[st
         if not _storable(value):
             raise InvalidRequest(f"'{key}' holds a NUL character or a lone surrogate")
     return data
+
+
+def require_utf8_body() -> None:
+    """A 400 if the body is not UTF-8: Werkzeug parses such a form as an empty one, which would
+    read as fields left out."""
+    try:
+        request.get_data(cache=True).decode()  # the form is then parsed from this copy
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body must be UTF-8") from None
 
 
 def _unknown_field(name: str, allowed: frozenset[str]) -> str:

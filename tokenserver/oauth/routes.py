@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..config import current_settings
 from ..errors import InvalidRequest, NotFound
 from ..keys import current_keyring
+from ..payloads import require_utf8_body
 from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
 from ..store import replay
 from .metadata import resource_metadata, server_metadata
@@ -89,11 +90,7 @@ def _require_form(*, optional: bool = False) -> None:
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-    try:
-        # Werkzeug parses such a body as an empty form, which would read as missing parameters.
-        request.get_data(cache=True).decode()  # the form is then parsed from this copy
-    except UnicodeDecodeError:
-        raise InvalidRequest("the body must be UTF-8") from None
+    require_utf8_body()
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once",
     # but unrecognized ones MUST be ignored, so only a repeat of one we read is refused.
     repeated = next(
