@@ -324,6 +324,22 @@ def test_hostile_bodies_get_json_errors_and_write_nothing(
     assert client.get(f"/junk/{item['id']}", headers=alice.headers).json == item
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b'{"name": NaN}', b'{"name": "a", "description": Infinity}', b'{"name": -Infinity}'],
+)
+def test_nan_and_infinity_are_not_json(
+    app: Flask, client: FlaskClient, alice: Caller, data: bytes
+) -> None:
+    # Python's parser takes them; RFC 8259 does not, so the answer is not about a field's type.
+    response = client.post(
+        "/junk", data=data, content_type="application/json", headers=alice.headers
+    )
+    assert response.status_code == 400
+    assert response.json["error_description"] == "the body is not valid JSON"
+    assert _count(app) == 0
+
+
 @pytest.mark.parametrize("method", ["post", "patch"])
 def test_a_field_given_twice_is_refused_and_writes_nothing(
     app: Flask, client: FlaskClient, alice: Caller, method: str

@@ -68,7 +68,8 @@ class JSONTooDeep(ValueError):
 def parse_json(
     raw: bytes | str, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
 ) -> Any:
-    """A JSON document from outside; ValueError, like any bad JSON, if it is nested too deeply.
+    """A JSON document from outside (RFC 8259: no NaN or Infinity); ValueError, like any bad
+    JSON, if it is nested too deeply.
 
     Python's parser recurses once per level, so `[[[...]]]` a few thousand deep exhausts the
     stack (a RecursionError, which no `except ValueError` catches: a 500). The depth is
@@ -79,7 +80,12 @@ def parse_json(
     brackets = text.count("[") + text.count("{")
     if brackets > _MAX_JSON_DEPTH and _nesting_depth(text) > _MAX_JSON_DEPTH:
         raise JSONTooDeep(f"JSON nested deeper than {_MAX_JSON_DEPTH} levels")
-    return json.loads(text, object_pairs_hook=object_pairs_hook)
+    return json.loads(text, object_pairs_hook=object_pairs_hook, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> Any:
+    # Python's parser takes NaN, Infinity and -Infinity, which RFC 8259 §6 leaves out of JSON.
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 class _RepeatedName(ValueError):
