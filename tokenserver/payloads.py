@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 from flask import request
@@ -65,22 +64,21 @@ class JSONTooDeep(ValueError):
     """A JSON document nested deeper than any we accept."""
 
 
-def parse_json(
-    raw: bytes | str, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
-) -> Any:
+def parse_json(raw: bytes | str, *, unique: bool = False) -> Any:
     """A JSON document from outside (RFC 8259: no NaN or Infinity); ValueError, like any bad
     JSON, if it is nested too deeply.
 
     Python's parser recurses once per level, so `[[[...]]]` a few thousand deep exhausts the
     stack (a RecursionError, which no `except ValueError` catches: a 500). The depth is
     counted first, on the text: bytes are decoded as json.loads would decode them, since in
-    UTF-16 a character's bytes can pass for a quote or a backslash and hide brackets.
+    UTF-16 a character's bytes can pass for a quote or a backslash and hide brackets. With
+    `unique`, an object that names a member twice is refused too (_RepeatedName).
     """
     text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
     brackets = text.count("[") + text.count("{")
     if brackets > _MAX_JSON_DEPTH and _nesting_depth(text) > _MAX_JSON_DEPTH:
         raise JSONTooDeep(f"JSON nested deeper than {_MAX_JSON_DEPTH} levels")
-    return json.loads(text, object_pairs_hook=object_pairs_hook, parse_constant=_not_json)
+    return (_UNIQUE_DECODER if unique else _DECODER).decode(text)
 
 
 def _not_json(constant: str) -> Any:
@@ -107,9 +105,14 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+# Made once: json.loads given any option builds a decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+_UNIQUE_DECODER = json.JSONDecoder(parse_constant=_not_json, object_pairs_hook=_unique_members)
+
+
 def _json_object() -> dict[str, Any]:
     try:
-        data = parse_json(request.get_data(cache=True), object_pairs_hook=_unique_members)
+        data = parse_json(request.get_data(cache=True), unique=True)
     except JSONTooDeep:
         raise InvalidRequest("the JSON body is nested too deeply") from None
     except _RepeatedName as exc:
