@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +61,32 @@ def test_chunked_bodies_over_the_limit_are_413_on_every_route(
         )
         assert response.status_code == 413, (path, response.text)
         assert response.json()["error"] == "request_too_large"
+
+
+def test_a_body_cut_short_by_its_client_is_refused_not_processed(
+    live_server: Any, actions: Actions
+) -> None:
+    actions.user("alice")
+    backend = actions.oauth_client("backend")
+    # The client promised more than it sent, then closed its side: the narrowing scope it was
+    # sending never arrived, and "scope=" alone would read as every scope the client may have.
+    body = f"grant_type=password&username=alice&password={PASSWORD.replace(' ', '+')}&scope="
+    basic = base64.b64encode(":".join(backend.auth).encode()).decode()
+    head = (
+        "POST /oauth/token HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Basic {basic}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body) + len('junk:read')}\r\n\r\n"
+    )
+    host, port = live_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + body.encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"access_token" not in answer
 
 
 def test_a_chunked_body_within_the_limit_is_served(live_server: Any) -> None:

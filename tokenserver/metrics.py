@@ -134,8 +134,9 @@ def _count_token_answer(current: Request, status: int, response: Response) -> No
         TOKENS_ISSUED.labels(grant if grant in GRANT_TYPES else "other").inc()
     elif (
         status == 400
-        and current.form.get("grant_type") == "password"
+        # The answer first: the form of a refused body (one cut short) is read only once.
         and _json(response).get("error") == "invalid_grant"
+        and current.form.get("grant_type") == "password"
     ):
         LOGIN_FAILURES.inc()
 

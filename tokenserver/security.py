@@ -57,6 +57,9 @@ class ChunkedBodyLimit:
     Werkzeug stops reading a body without a length at the limit and the form parser takes what
     was read: the end of the body (a narrowing `scope`, say) was silently lost. Buffered here,
     at most one byte past the limit, the body gets a Content-Length that Flask refuses with 413.
+
+    A body that ends before its Content-Length (the client closed its side) is refused too,
+    never processed: RFC 9112 §6.3 says such a message is incomplete.
     """
 
     def __init__(self, app: Any, limit: int) -> None:
@@ -71,6 +74,9 @@ class ChunkedBodyLimit:
             environ["CONTENT_LENGTH"] = str(len(body))
             # Decoded now: Werkzeug would ignore a Content-Length beside "chunked".
             del environ["HTTP_TRANSFER_ENCODING"]
+        # gunicorn sets this, and Werkzeug then reads its stream to the end, a short one too:
+        # without it, Werkzeug reads Content-Length bytes and answers 400 if fewer come.
+        environ.pop("wsgi.input_terminated", None)
         return self.app(environ, start_response)  # type: ignore[no-any-return]
 
     def _read(self, stream: Any) -> bytes:
