@@ -365,6 +365,45 @@ def test_a_deeply_nested_update_is_refused_and_changes_nothing(
     }
 
 
+_REPEATED = [
+    b'{"client_name": "Photos", "redirect_uris": ["https://photos.example.com/cb"],'
+    b' "redirect_uris": ["https://evil.example/cb"]}',
+    b'{"client_name": "Photos", "redirect_uris": ["https://photos.example.com/cb"],'
+    b' "jwks": {"keys": [], "keys": []}}',
+]
+
+
+@pytest.mark.parametrize("body", _REPEATED)
+def test_metadata_that_gives_a_field_twice_is_refused(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, body: bytes
+) -> None:
+    # RFC 8259 leaves a repeated name to the reader: a filter in front that reads the first
+    # redirect URI would have judged another registration than the one stored.
+    token = initial_token(runner)
+    response = client.post(
+        "/oauth/register", data=body, headers={**bearer(token), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_client_metadata"
+    assert "must be given once" in response.json["error_description"]
+    assert client_count(app) == 0
+
+
+def test_an_update_that_gives_a_field_twice_is_refused_and_changes_nothing(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    registered = register(client, initial_token(runner), WEB_APP).json
+    document = json.dumps({"client_id": registered["client_id"], "client_name": "New"})
+    body = document[:-1] + ', "client_name": "Newer"}'
+    response = _manage(client, "PUT", registered, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json == {
+        "error": "invalid_client_metadata",
+        "error_description": "'client_name' must be given once",
+    }
+    assert _manage(client, "GET", registered).json["client_name"] == registered["client_name"]
+
+
 def test_a_key_client_registers_with_private_key_jwt(
     client: FlaskClient, runner: FlaskCliRunner
 ) -> None:

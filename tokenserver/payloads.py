@@ -72,7 +72,7 @@ def parse_json(raw: bytes | str, *, unique: bool = False) -> Any:
     stack (a RecursionError, which no `except ValueError` catches: a 500). The depth is
     counted first, on the text: bytes are decoded as json.loads would decode them, since in
     UTF-16 a character's bytes can pass for a quote or a backslash and hide brackets. With
-    `unique`, an object that names a member twice is refused too (_RepeatedName).
+    `unique`, an object that names a member twice is refused too (RepeatedName).
     """
     text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
     brackets = text.count("[") + text.count("{")
@@ -86,12 +86,19 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-class _RepeatedName(ValueError):
+class RepeatedName(ValueError):
     """A JSON object that names one member twice."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+    @property
+    def description(self) -> str:
+        """What an error answer says: the name only if it reads as a field name, as
+        _unknown_field does, since an error never echoes what was submitted."""
+        field = f"'{self.name}'" if _FIELD_NAME.fullmatch(self.name) else "each field"
+        return f"{field} must be given once"
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -100,7 +107,7 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for name, _ in pairs:
         if name in seen:
-            raise _RepeatedName(name)
+            raise RepeatedName(name)
         seen.add(name)
     return dict(pairs)
 
@@ -115,10 +122,8 @@ def _json_object() -> dict[str, Any]:
         data = parse_json(request.get_data(cache=True), unique=True)
     except JSONTooDeep:
         raise InvalidRequest("the JSON body is nested too deeply") from None
-    except _RepeatedName as exc:
-        # Named only if it reads as a field name, as _unknown_field does.
-        field = f"'{exc.name}'" if _FIELD_NAME.fullmatch(exc.name) else "each field"
-        raise InvalidRequest(f"{field} must be given once") from None
+    except RepeatedName as exc:
+        raise InvalidRequest(exc.description) from None
     except ValueError:
         raise InvalidRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):

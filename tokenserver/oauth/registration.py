@@ -18,7 +18,7 @@ from ..clients import DynamicRegistration, InvalidClientMetadata
 from ..config import current_settings
 from ..errors import APIError, InvalidRequest
 from ..models import Client
-from ..payloads import JSONTooDeep, parse_json
+from ..payloads import JSONTooDeep, RepeatedName, parse_json
 from . import client_metadata
 from .metadata import server_metadata
 from .protect import REALM
@@ -48,9 +48,11 @@ def _json_body() -> Any:
         raise InvalidClientMetadata("the body must be application/json client metadata")
     try:
         # Depth-checked: Flask's parser lets a body nested thousands deep escape as a 500.
-        return parse_json(flask_request.get_data(cache=True))
+        return parse_json(flask_request.get_data(cache=True), unique=True)
     except JSONTooDeep:
         raise InvalidClientMetadata("the body is nested too deeply") from None
+    except RepeatedName as exc:
+        raise InvalidClientMetadata(exc.description) from None
     except ValueError:
         raise InvalidClientMetadata("the body is not valid JSON") from None
 
