@@ -365,6 +365,17 @@ def test_a_deeply_nested_update_is_refused_and_changes_nothing(
     }
 
 
+def test_a_scope_of_only_spaces_is_as_if_left_out(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    # As at the token endpoint: only delimiters name no scope, so the default applies; a
+    # client registered with none at all could get only tokens that open nothing.
+    service = {"client_name": "Sync", "grant_types": ["client_credentials"]}
+    omitted = register(client, initial_token(runner), service).json
+    blank = register(client, initial_token(runner), service, scope="   ").json
+    assert blank["scope"] == omitted["scope"] != ""
+
+
 _REPEATED = [
     b'{"client_name": "Photos", "redirect_uris": ["https://photos.example.com/cb"],'
     b' "redirect_uris": ["https://evil.example/cb"]}',

@@ -97,7 +97,8 @@ def to_spec(metadata: dict[str, Any]) -> ClientSpec:
         name=metadata.get("client_name", ""),
         public=method == "none",
         grants=tuple(grants),
-        scope=metadata.get("scope") or None,  # RFC 7591 §2: omitted, the server picks
+        # RFC 7591 §2: omitted, the server picks; only spaces name no scope, so as if omitted.
+        scope=" ".join(metadata.get("scope", "").split()) or None,
         redirect_uris=tuple(metadata.get("redirect_uris", ())),
         jwks=metadata.get("jwks"),
         jwks_uri=metadata.get("jwks_uri"),
