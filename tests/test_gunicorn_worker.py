@@ -115,6 +115,28 @@ def test_idle_and_slow_connections_do_not_hold_the_server(
             sock.close()
 
 
+def test_clients_that_keep_a_closed_connection_open_do_not_hold_the_server(
+    live_server: LiveServer,
+) -> None:
+    # After an answer that closes the connection, gunicorn reads what the client still sends
+    # for up to 2 s (RFC 9112 §9.6), so that a reset does not cut the answer short. Done in
+    # the worker's main thread, each client that keeps its side open stalled every other
+    # connection of that worker for those 2 s, one after the other.
+    workers = 2  # live_server's
+    held = [_connect(live_server) for _ in range(4 * workers)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # Answered and half-closed by the server (ours stay open): the workers now read them.
+        assert _closed_by_server(held[0], limit=5)
+        for _ in range(3):
+            health = requests.get(f"{live_server.url}/healthz", timeout=PROMPT)
+            assert health.status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_kept_alive_connection_is_served_again_and_then_cut_if_its_next_head_stalls(
     live_server: LiveServer,
 ) -> None:

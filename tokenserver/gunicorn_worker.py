@@ -25,6 +25,11 @@ An answer that leaves more of the request body unread than gunicorn drains after
 for a body over the limit) says `Connection: close` too: gunicorn closes such a connection
 after the answer, and one announced as kept alive would fail the client's next request on it.
 
+A connection closed after its answer is closed as gunicorn does (its end first, then what the
+client still sends is read, for up to 2 s, so that a reset does not cut the answer short: RFC
+9112 §9.6), but that reading waits in the poller: gunicorn did it in the worker's main thread,
+where each client that kept its side open stalled every other connection of the worker.
+
 A request gunicorn refuses before the app sees it (malformed HTTP, a head over its limits) is
 answered in the one JSON shape of every error, not with gunicorn's HTML page.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import selectors
+import socket
 import time
 from collections import deque
 from functools import partial
@@ -58,6 +64,10 @@ YIELD_AT_MOST_EVERY = 0.1
 # What gunicorn reads and discards of a body the app left unread, before the next request on
 # the connection (gunicorn.http.parser._DRAIN_MAX_BYTES); with this much left, it closes.
 DRAINED_AT_MOST = 64 * 1024
+# How long, and how much, a closed connection is read for what the client still sends
+# (gunicorn.util.close_graceful's defaults).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
 
 
 class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
@@ -76,6 +86,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._last_yield_level = 0  # ...lowered as connections close; this one is not
         self._last_yield = -YIELD_AT_MOST_EVERY
         self._last_shed = -YIELD_AT_MOST_EVERY  # when an answer last closed its connection
+        self._lingering: deque[Any] = deque()  # closed connections still read, by deadline
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -103,7 +114,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         except (BlockingIOError, ConnectionAbortedError):
             return  # another worker took it, or the client gave up
         self.nr_conns += 1
-        conn = gthread.TConn(self.cfg, sock, address, listener.getsockname())  # non-blocking
+        conn = _Conn(self, self.cfg, sock, address, listener.getsockname())  # non-blocking
         conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         self._await_head(conn)
         self._leave_to_siblings()
@@ -112,7 +123,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """Stop accepting for YIELD_SECONDS when this worker reaches a new level of load."""
         if self._alone:
             return
-        level = self.nr_conns // self._threads
+        level = self._served() // self._threads
         self._yielded_level = min(self._yielded_level, level)
         if level <= self._yielded_level:
             return
@@ -122,6 +133,10 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._yielded_level = self._last_yield_level = level
         self._last_yield = now
         self._yield()
+
+    def _served(self) -> int:
+        """Connections held but for those closed and only read until they end (linger)."""
+        return int(self.nr_conns) - len(self._lingering)
 
     def _yield(self) -> None:
         self._yield_until = time.monotonic() + YIELD_SECONDS
@@ -136,7 +151,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         return bool(super().handle_request(req, conn))
 
     def _shed_one(self) -> bool:
-        if self._alone or self.nr_conns <= self._threads:
+        if self._alone or self._served() <= self._threads:
             return False
         now = time.monotonic()
         if now - self._last_shed < YIELD_AT_MOST_EVERY:
@@ -191,12 +206,9 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def _read_head(self, conn: Any, client: Any) -> None:
         """Called by the poller: take what has arrived; hand the head over once it is whole."""
-        try:
-            data = conn.sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         head: bytearray = conn.head
         start = max(0, len(head) - len(_END_OF_HEAD) + 1)
         head += data
@@ -218,13 +230,47 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.nr_conns -= 1
         conn.close()
 
+    def linger(self, conn: Any) -> None:
+        """Close a connection after its answer: send our end, then read from the poller what
+        the client still sends, until it closes, LINGER_BYTES or LINGER_SECONDS."""
+        sock = conn.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            util.close(sock)  # already gone
+            return
+        conn.timeout = time.monotonic() + LINGER_SECONDS
+        conn.drained = 0
+        self.nr_conns += 1  # counted again (gthread let it go): a stopping worker waits for it
+        self._lingering.append(conn)
+        self.poller.register(sock, selectors.EVENT_READ, partial(self._drain, conn))
+
+    def _drain(self, conn: Any, client: Any) -> None:
+        data = _receive(conn.sock)
+        if data is None:
+            return
+        conn.drained += len(data)
+        if not data or conn.drained >= LINGER_BYTES:
+            self._lingering.remove(conn)
+            self._end_linger(conn)
+
+    def _end_linger(self, conn: Any) -> None:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        util.close(conn.sock)
+
     def murder_pending(self) -> None:
         """Close every connection whose head has not arrived by its deadline (run each second).
 
         gthread's own version stops at the first live entry, as its deadlines are all made
         alike; ours come from a connect or a previous response, so each entry is looked at.
+        Closed connections whose LINGER_SECONDS are over are closed for good too.
         """
         now = time.monotonic()
+        while self._lingering and self._lingering[0].timeout <= now:
+            self._end_linger(self._lingering.popleft())
         late = [conn for conn in self.pending_conns if conn.timeout <= now]
         if not late:
             return
@@ -234,6 +280,21 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 self.poller.unregister(conn.sock)
             self.nr_conns -= 1
             conn.close()
+
+
+class _Conn(gthread.TConn):  # type: ignore[misc]
+    """gthread's connection, whose closing after an answer is left to its worker's poller."""
+
+    def __init__(self, worker: BufferedHeadWorker, *args: Any) -> None:
+        super().__init__(*args)
+        self._worker = worker
+
+    def close(self, graceful: bool = False) -> None:
+        """gthread's graceful close blocks for up to LINGER_SECONDS: the worker lingers."""
+        if graceful:
+            self._worker.linger(self)
+        else:
+            super().close()
 
 
 def _closing_if_body_left(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
@@ -304,6 +365,17 @@ def _json_error(status: int) -> bytes:
         "Cache-Control: no-store\r\n\r\n"
     )
     return (head + body).encode("ascii")
+
+
+def _receive(sock: Any) -> bytes | None:
+    """What a non-blocking socket has for us: None if nothing yet, b"" if it is gone."""
+    try:
+        data: bytes = sock.recv(_READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+    return data
 
 
 def _whole(head: bytearray, start: int = 0) -> bool:
