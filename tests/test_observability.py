@@ -6,16 +6,19 @@ import json
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask, abort, request
 from flask.testing import FlaskClient
+from gunicorn.config import Config
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tokenserver.extensions import db
+from tokenserver.gunicorn_logging import JSONLogger
 
 from .conftest import Actions
 
@@ -198,6 +201,26 @@ def test_a_request_gunicorn_refuses_leaves_no_query_or_header_in_the_log(
     assert "leaked" not in "\n".join(
         live_server.log_lines("error") + live_server.log_lines("access")
     )
+
+
+def test_a_request_that_fails_past_the_app_leaves_no_query_in_the_log(tmp_path: Path) -> None:
+    # gunicorn's own line when handling a request raised past Flask (our 500 in JSON) names it
+    # by method and URI, the query with its code or token too: the path is enough.
+    cfg = Config()
+    cfg.set("errorlog", str(tmp_path / "error.log"))
+    log = JSONLogger(cfg)
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        log.exception("Error handling request %s %s", "GET", "/callback?code=leaked-code-5")
+    log.exception("Error handling request %s", "/callback?access_token=leaked-token-6")
+    lines = json_lines((tmp_path / "error.log").read_text())
+    assert [line["message"] for line in lines] == [
+        "Error handling request GET /callback",
+        "Error handling request /callback",
+    ]
+    assert "RuntimeError" in lines[0]["exception"]
+    assert "leaked" not in (tmp_path / "error.log").read_text()
 
 
 def test_database_errors_never_carry_the_statements_values(app: Flask) -> None:

@@ -48,12 +48,19 @@ _INVALID_REQUEST = "Invalid request from ip="
 _QUOTED = re.compile(r"(?::\s*)?(?<!\w)b?['\"].*", re.DOTALL)  # the first repr() to the end
 
 
+# Its line about a request whose handling raised past the app names the request by its URI,
+# query and all: "Error handling request GET /cb?code=...".
+_FAILED_REQUEST = "Error handling request %s"
+
+
 def _without_request_text(record: logging.LogRecord) -> bool:
-    """Strip what the client sent from gunicorn's lines about a request it refused."""
+    """Strip what the client sent from gunicorn's lines about a request it refused or failed."""
     message = record.msg if isinstance(record.msg, str) else ""
     if message.startswith(_INVALID_REQUEST):
         record.msg = _QUOTED.sub("", message)
         record.args = ()
+    elif message.startswith(_FAILED_REQUEST) and isinstance(record.args, tuple):
+        record.args = tuple(str(arg).split("?", 1)[0] for arg in record.args)
     return True
 
 
