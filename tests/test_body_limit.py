@@ -87,6 +87,7 @@ def test_a_body_cut_short_by_its_client_is_refused_not_processed(
             answer += data
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"access_token" not in answer
+    assert b"Content-Length gave" in answer and b'"invalid_request"' in answer, answer
 
 
 def test_a_chunked_body_within_the_limit_is_served(live_server: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .observability import Tracebacks, one_line
@@ -208,9 +208,17 @@ def register_error_handlers(app: Flask) -> None:
         APIError, lambda e: error_response(e.status, e.error, e.description, e.headers)
     )
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(ClientDisconnected, _body_cut_short)
     app.register_error_handler(DBAPIError, _database_error_or_bug)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(Exception, _unexpected)
+
+
+def _body_cut_short(_exc: ClientDisconnected) -> Response:
+    # Werkzeug's own text ("The browser (or proxy) sent a request...") says nothing of why.
+    return error_response(
+        400, "invalid_request", "The body ended before the length its Content-Length gave."
+    )
 
 
 def _database_error_or_bug(exc: DBAPIError) -> Response:
