@@ -299,15 +299,13 @@ class _Conn(gthread.TConn):  # type: ignore[misc]
 
 def _closing_if_body_left(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
     """Run the app; if it answers with more of the body unread than gunicorn drains, the
-    answer says `Connection: close` (gunicorn's Response, behind start_response, sends it)."""
+    answer says `Connection: close`: gunicorn's Response (behind start_response) writes its
+    head only once the app's answer is iterated, after this."""
     body = environ["wsgi.input"]  # gunicorn's own, before any middleware replaces it
-
-    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        if _left_unread(body) >= DRAINED_AT_MOST:
-            start_response.__self__.force_close()
-        return start_response(status, headers, exc_info)
-
-    return app(environ, start)
+    answer = app(environ, start_response)
+    if _left_unread(body) >= DRAINED_AT_MOST:
+        start_response.__self__.force_close()
+    return answer
 
 
 def _left_unread(body: Any) -> int:
