@@ -228,9 +228,11 @@ def answer_of(user_code: str, signed_in: SignedIn) -> bool | None:
     Only to the session that answered: it knew the code, so this tells a guesser nothing.
     """
     code = normalize_user_code(user_code)
-    if code is None:
-        return None
-    status = devices.answered_in(digest(code), signed_in.session_id)
+    return _answer_in(digest(code), signed_in) if code else None
+
+
+def _answer_in(code_hash: str, signed_in: SignedIn) -> bool | None:
+    status = devices.answered_in(code_hash, signed_in.session_id)
     return None if status is None else status == devices.ALLOWED
 
 
@@ -241,13 +243,14 @@ def decide(user_code: str, signed_in: SignedIn, allowed: bool) -> bool:
     code = normalize_user_code(user_code)
     if code is None:
         return False
-    found = devices.pending(digest(code))
+    code_hash = digest(code)
+    found = devices.pending(code_hash)
     user = signed_in.user
     session = signed_in.session_id
     if found is None or not devices.decide(
-        digest(code), user.id, allowed, signed_in.auth_time, session
+        code_hash, user.id, allowed, signed_in.auth_time, session
     ):
-        return answer_of(user_code, signed_in) == allowed
+        return _answer_in(code_hash, signed_in) == allowed
     audit.event(
         "device.allowed" if allowed else "device.denied",
         client_id=found.client_id,
