@@ -280,6 +280,30 @@ def test_counts_survive_worker_recycling(live_server_factory: Any, tmp_path: Pat
     assert len(list(folder.glob("counter_*.db"))) <= 4  # two workers, the archive, one reaping
 
 
+def test_a_scrape_while_a_worker_starts_is_answered(
+    live_server_factory: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "metrics"
+    server = live_server_factory(workers=1, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    requests.get(f"{server.url}{_UNUSED_PATH}", timeout=10)
+    # A worker starting (one replacing a recycled worker) has opened its file, not yet sized it.
+    (folder / "counter_4243.db").touch()
+    (folder / "histogram_4243.db").touch()
+    answer = requests.get(f"{server.url}/metrics", timeout=10)
+    assert answer.status_code == 200
+    assert sample(answer.text, REQUESTS, method="GET", route="<unmatched>", status="404") == 1
+
+
+def test_a_worker_that_died_starting_is_folded_as_nothing(tmp_path: Path) -> None:
+    key = _write_counts(tmp_path / "counter_101.db", 3.0)
+    metric_files.worker_exited(101, str(tmp_path))
+    (tmp_path / "counter_102.db").touch()  # opened, never sized
+    metric_files.worker_exited(102, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db"]
+    archived = MmapedDict.read_all_values_from_file(str(tmp_path / "counter_archive.db"))
+    assert [(k, v) for k, v, _ts, _pos in archived] == [(key, 3.0)]
+
+
 def test_only_prometheus_free_modules_load_before_the_directory_is_chosen() -> None:
     # gunicorn.conf.py imports these before choosing PROMETHEUS_MULTIPROC_DIR; had one of them
     # imported prometheus_client, every worker would count for itself alone.

@@ -100,6 +100,22 @@ def worker_exited(pid: int, path: str) -> None:
                 dead.unlink()
 
 
+def readable(path: str) -> list[str]:
+    """The metric files a scrape can read now.
+
+    A starting worker's file exists empty for an instant before prometheus_client sizes it, and
+    reading it then raises, which would fail the whole scrape: such a file holds nothing yet.
+    """
+    return [str(f) for f in Path(path).glob("*.db") if _sized(f)]
+
+
+def _sized(file: Path) -> bool:
+    try:
+        return file.stat().st_size > 0
+    except FileNotFoundError:  # a fold removed it since the listing
+        return False
+
+
 @contextmanager
 def scrape_lock(path: str) -> Iterator[None]:
     """Held while a scrape reads the files, so it never meets a half-done fold."""
@@ -123,7 +139,7 @@ def _fold(dead: Path, archive: Path) -> None:
 
     totals: dict[str, float] = defaultdict(float)
     for source in (archive, dead):
-        if source.exists():
+        if source.exists() and _sized(source):
             for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(source):
                 totals[key] += value
     partial = archive.with_suffix(".partial")  # not *.db: scrapes never read it

@@ -151,8 +151,15 @@ def _registry() -> CollectorRegistry:
     if metric_files.directory() is None:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    _Collector(registry)
     return registry
+
+
+class _Collector(multiprocess.MultiProcessCollector):
+    """prometheus_client's, reading only files a worker has begun (metric_files.readable)."""
+
+    def collect(self) -> Any:
+        return self.merge(metric_files.readable(self._path), accumulate=True)
 
 
 def init_app(app: Flask) -> None:
