@@ -884,12 +884,14 @@ def test_a_jwks_uri_whose_name_never_resolves_holds_a_request_no_longer_than_the
 ) -> None:
     # A nameserver that never answers: getaddrinfo would wait out the resolver's every try.
     release, finished, asked = threading.Event(), threading.Event(), []
+    asking = threading.Event()
     real_getaddrinfo = socket.getaddrinfo
 
     def unanswered(host: str, *args: Any, **kwargs: Any) -> Any:
         if host != "unanswered.example":
             return real_getaddrinfo(host, *args, **kwargs)
         asked.append(host)
+        asking.set()
         try:
             release.wait(60)
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
@@ -905,6 +907,8 @@ def test_a_jwks_uri_whose_name_never_resolves_holds_a_request_no_longer_than_the
         # Asked again at once: refused from the failure just seen, without another lookup.
         with pytest.raises(KeysUnavailable, match="failed moments ago"):
             keys.get("https://unanswered.example/jwks.json", None, public_only=True)
+        # The caller's wait can end before the lookup's thread has even asked.
+        assert asking.wait(10)
         assert asked == ["unanswered.example"]
     finally:
         release.set()
@@ -917,19 +921,36 @@ class _Nameserver:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.release, self.asked = threading.Event(), []
-        self.finished = threading.Semaphore(0)
+        self._hanging: list[threading.Thread] = []  # the lookups asking for a "hang" name
+        self._changed = threading.Condition()
         self.real = socket.getaddrinfo
         monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
 
     def getaddrinfo(self, host: str, *args: Any, **kwargs: Any) -> Any:
-        self.asked.append(host)
-        if not host.startswith("hang"):
+        hangs = host.startswith("hang")
+        with self._changed:
+            self.asked.append(host)
+            if hangs:
+                self._hanging.append(threading.current_thread())
+            self._changed.notify_all()
+        if not hangs:
             return self.real("127.0.0.1", *args, **kwargs)
-        try:
-            self.release.wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        finally:
-            self.finished.release()
+        self.release.wait(60)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    def hanging(self, count: int) -> None:
+        """Return once `count` lookups of "hang" names have asked: a caller that gave up on
+        one may be answered before the lookup's thread has even begun."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self._hanging) >= count, timeout=10)
+
+    def answer_hanging(self) -> None:
+        """Let every hanging lookup fail, and return once each has ended (its thread, which
+        also takes it off the resolver's list, has finished)."""
+        self.release.set()
+        for thread in self._hanging:
+            thread.join(10)
+            assert not thread.is_alive(), "a lookup left behind never ended"
 
 
 @pytest.fixture
@@ -946,11 +967,14 @@ def test_names_that_never_resolve_do_not_hold_up_other_clients_lookups(
     jwks_server.document = _jwks(key)
     port = jwks_server.url.split(":")[2].split("/")[0]
     keys = RemoteKeys(timeout=0.3)
-    for name in ("hang1.example", "hang2.example", "hang3.example"):
+    for n, name in enumerate(("hang1.example", "hang2.example", "hang3.example"), 1):
         with pytest.raises(KeysUnavailable, match="did not resolve in time"):
             keys.get(f"http://{name}:{port}/jwks.json", None)
+        nameserver.hanging(n)
     # Their lookups still hang; another client's name is looked up at once, and its keys
-    # are fetched.
+    # are fetched. Its fetch may take what a busy machine needs: one queued behind theirs
+    # would still wait for them, and fail.
+    keys.timeout = 10
     fetched = keys.get(f"http://keys.example:{port}/jwks.json", key.kid)
     assert [k.kid for k in fetched] == [key.kid]
     names = [host for host in nameserver.asked if host.endswith(".example")]
@@ -963,6 +987,7 @@ def test_a_name_still_hanging_fails_at_once_without_another_lookup(
     resolver = Resolver()
     with pytest.raises(TimeoutError):
         resolver.addresses("hang.example", 443, timeout=0.1)
+    nameserver.hanging(1)
     # Asked again (another URL on the same host) with a long timeout: the name's lookup is
     # still past its deadline, so the answer comes at once, and no second lookup starts.
     with ThreadPoolExecutor(1) as pool:
@@ -971,8 +996,7 @@ def test_a_name_still_hanging_fails_at_once_without_another_lookup(
     assert isinstance(again.exception(), TimeoutError)
     assert nameserver.asked == ["hang.example"]
     # Once the lookup left behind ends, the name is looked up afresh.
-    nameserver.release.set()
-    assert nameserver.finished.acquire(timeout=10)
+    nameserver.answer_hanging()
     with pytest.raises(socket.gaierror):
         resolver.addresses("hang.example", 443, timeout=10)
     assert nameserver.asked == ["hang.example", "hang.example"]
@@ -980,15 +1004,14 @@ def test_a_name_still_hanging_fails_at_once_without_another_lookup(
 
 def test_lookups_running_at_once_are_bounded(nameserver: _Nameserver) -> None:
     resolver = Resolver(max_running=2)
-    for name in ("hang1.example", "hang2.example"):
+    for n, name in enumerate(("hang1.example", "hang2.example"), 1):
         with pytest.raises(TimeoutError):
             resolver.addresses(name, 443, timeout=0.1)
+        nameserver.hanging(n)
     with pytest.raises(TimeoutError, match="too many"):
         resolver.addresses("keys.example", 443, timeout=60)
     assert nameserver.asked == ["hang1.example", "hang2.example"]
-    nameserver.release.set()
-    for _ in range(2):
-        assert nameserver.finished.acquire(timeout=10)
+    nameserver.answer_hanging()  # both end, and with them the lookups running
     assert resolver.addresses("keys.example", 443, timeout=10) == ["127.0.0.1"]
 
 
