@@ -158,7 +158,10 @@ def test_only_nonces_of_this_window_and_the_last_are_taken(
     prover: Prover,
     windows: int,
     accepted: bool,
+    frozen: Any,
 ) -> None:
+    # The clock stands still: a window that ended between making the nonce and checking it
+    # would move "this window" and "the last" by one.
     with app.app_context():
         # A genuine MAC for that window: only its time is wrong (or right).
         nonce = nonces.issue(time.time() + windows * nonces.WINDOW)
