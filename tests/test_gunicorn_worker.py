@@ -227,7 +227,11 @@ def test_a_burst_of_kept_alive_connections_is_shared_between_the_workers(
         requests.get(f"{live_server.url}/warm-{n}", headers={"Connection": "close"}, timeout=5)
         pids = set(_served_by(live_server, {f"/warm-{k}" for k in range(1, n + 1)}).values())
     assert len(pids) == workers
-    for burst in range(3):
+    # A yield lasts 5 ms: on a loaded host the sibling is now and then not given the CPU in time
+    # and the burst is left uneven, for the shedding tested below to even out. Without the
+    # yield about one burst in six comes out even by chance.
+    bursts, uneven = 6, []
+    for burst in range(bursts):
         # A pool opening a connection per thread of every worker at once, kept alive.
         conns = [
             HTTPConnection("127.0.0.1", live_server.port, timeout=5)
@@ -243,13 +247,16 @@ def test_a_burst_of_kept_alive_connections_is_shared_between_the_workers(
             for conn in conns:
                 conn.close()
         served = _served_by(live_server, {*paths, *(path + "-again" for path in paths)})
-        for path in paths:
-            assert served[path] == served[path + "-again"]  # kept alive, in the same worker
-        # Neither worker holds more than one connection per thread (none is left to a worker
-        # whose threads are all taken while the other has idle ones).
-        assert Counter(served[path] for path in paths) == dict.fromkeys(pids, threads)
+        assert set(served.values()) <= pids
+        # Kept alive, in the same worker; and neither worker holds more than one connection per
+        # thread (none is left to a worker whose threads are all taken while the other idles).
+        per_worker = Counter(served[path] for path in paths)
+        kept = all(served[path] == served[path + "-again"] for path in paths)
+        if not kept or per_worker != dict.fromkeys(pids, threads):
+            uneven.append((kept, per_worker))
         # A worker yields at a level it yielded at before only after YIELD_AT_MOST_EVERY.
         time.sleep(YIELD_AT_MOST_EVERY)
+    assert len(uneven) <= 1, f"{len(uneven)} bursts of {bursts} uneven: {uneven}"
 
 
 def _workers_of(master: int) -> set[int]:
