@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from .conftest import raw_answer
+from .helpers import REQUESTS, sample
 
 
 def _assert_json_error(response, status: int, error: str) -> None:  # type: ignore[no-untyped-def]
@@ -204,3 +207,13 @@ def test_requests_gunicorn_refuses_are_answered_in_json(live_server: Any) -> Non
         assert set(error) == {"error", "error_description"}
         assert error["error"] == code
         assert b"nothing-you-know" not in body and b"qqq" not in body  # nothing echoed
+    # Counted, though no route saw them: a flood of malformed requests shows in the metrics.
+    text = requests.get(f"{live_server.url}/metrics", timeout=10).text
+    counted = {
+        status: sum(
+            sample(text, REQUESTS, method=method, route="<server>", status=str(status))
+            for method in ("GET", "POST", "other")
+        )
+        for _request, status, _code in MALFORMED
+    }
+    assert counted == Counter(status for _request, status, _code in MALFORMED)

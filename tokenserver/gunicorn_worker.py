@@ -102,10 +102,14 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's (it logs the refusal and picks the status), but answered in JSON."""
+        from .metrics import count_server_answer  # here: prometheus_client after the master
+
         page = _ErrorPage()
         super().handle_error(req, page, addr, exc)
+        status = page.status()
         with contextlib.suppress(OSError):
-            util.write_nonblock(client, _json_error(page.status()))
+            util.write_nonblock(client, _json_error(status))
+        count_server_answer(getattr(req, "method", None), status)
 
     def accept(self, listener: Any) -> None:
         """Take a new connection and wait, in the poller, for its first request head."""

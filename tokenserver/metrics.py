@@ -66,6 +66,7 @@ for _active in ("true", "false"):
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _UNMATCHED = "<unmatched>"  # 404s and 405s: one series, whatever the path was
+SERVER = "<server>"  # answered by gunicorn before or outside the app
 _STARTED = "tokenserver.metrics.started"  # in the WSGI environ, like the request it times
 # This process's handles on its request series, so the hot path skips labels()' checks and
 # lock. Bounded: keys are known methods, route templates and status codes. Threads need no
@@ -122,6 +123,12 @@ def _observe(response: Response) -> Response:
         body = _json(response)
         INTROSPECTIONS.labels("true" if body.get("active") is True else "false").inc()
     return response
+
+
+def count_server_answer(method: str | None, status: int) -> None:
+    """Count an answer gunicorn gave without the app (a request it could not parse, or a
+    failure outside the app), under the route SERVER: the app's hooks never saw it."""
+    REQUESTS.labels(method if method in _METHODS else "other", SERVER, str(status)).inc()
 
 
 def _new_series(method: str, route: str, status: int) -> tuple[Any, Any]:
