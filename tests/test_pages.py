@@ -26,7 +26,7 @@ from tokenserver.store import sessions as store_sessions
 from tokenserver.store import tokens as store_tokens
 
 from .conftest import PASSWORD, Actions
-from .helpers import REDIRECT, Flow, b64url, csrf_of, pkce, query_of
+from .helpers import REDIRECT, Flow, b64url, claims_of, csrf_of, pkce, query_of
 
 
 def _cookie(response: Any, name: str) -> str:
@@ -627,12 +627,42 @@ def test_logout_accepts_an_expired_id_token_of_the_signed_in_user(flow: Flow) ->
     # RP-Initiated Logout §2: the OP SHOULD accept an ID token past its exp.
     _client_id, id_token = _id_token(flow)
     query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
-    with time_machine.travel(datetime.now(UTC) + timedelta(days=2)):
-        flow.login()  # the first session has expired by then: a new one, same user
+    expires = datetime.fromtimestamp(claims_of(id_token)["exp"], UTC)
+    with time_machine.travel(expires + timedelta(minutes=1)):
+        assert flow.client.get("/account").status_code == 200  # the session outlives it
         response = flow.client.get("/oauth/logout?" + urlencode(query))
         assert response.status_code == 302
         assert response.headers["Location"] == REDIRECT + "?state=s9"
         assert flow.client.get("/account").status_code == 303
+
+
+def test_logout_with_an_id_token_of_an_earlier_session_asks_first(flow: Flow) -> None:
+    # §2: the OP MUST ask when the ID token does not belong to the current OP session. One left
+    # over from a session that has ended (in a log, a history) must not sign out a later one.
+    _client_id, id_token = _id_token(flow)
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT, "state": "s9"}
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=2)):
+        flow.login()  # the first session has expired by then: a new one, same user
+        asked = flow.client.get("/oauth/logout?" + urlencode(query))
+        assert asked.status_code == 200 and "Sign out?" in asked.text
+        assert "Location" not in asked.headers
+        assert flow.client.get("/account").status_code == 200  # still signed in
+        action, fields = _submitted(asked.text)
+        done = flow.client.post(action, data=fields)  # the user says yes: back to the app
+        assert done.status_code == 303 and done.headers["Location"] == REDIRECT + "?state=s9"
+        assert flow.client.get("/account").status_code == 303
+
+
+def test_logout_with_an_id_token_of_another_live_session_asks_first(app: Flask, flow: Flow) -> None:
+    # The same user signed in on two browsers: the first one's ID token is not this one's.
+    _client_id, id_token = _id_token(flow)
+    other = Flow(app, app.test_client())
+    other.login()
+    query = {"id_token_hint": id_token, "post_logout_redirect_uri": REDIRECT}
+    asked = other.client.get("/oauth/logout?" + urlencode(query))
+    assert asked.status_code == 200 and "Sign out?" in asked.text
+    assert other.client.get("/account").status_code == 200
+    assert flow.client.get("/account").status_code == 200
 
 
 def _another_worker(make_app: Any, flow: Flow) -> Flow:

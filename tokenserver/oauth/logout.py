@@ -64,11 +64,14 @@ class LogoutEndpoint(EndSessionEndpoint):
 
 
 def needs_confirmation(end: EndSessionRequest, session: Session | None) -> bool:
-    """Whether to ask the user before signing this browser out (RP-Initiated Logout §6).
+    """Whether to ask the user before signing this browser out (RP-Initiated Logout §2, §6).
 
     A valid id_token_hint only proves someone was given an ID token: anyone can get one of their
-    own. It stands for the user's intent only when it names the user signed in here.
+    own. It stands for the user's intent only when it was issued for this very browser session
+    (§2: the OP MUST ask when the ID token does not belong to the current OP session), so an ID
+    token left over from an earlier session cannot sign out a later one unasked.
     """
     if end.needs_confirmation or session is None:
         return end.needs_confirmation
-    return str(end.id_token_claims.get("sub")) != str(session.user.id)
+    claims = end.id_token_claims
+    return str(claims.get("sub")) != str(session.user.id) or claims.get("sid") != session.id
