@@ -359,6 +359,11 @@ def _code_and_client(flow: Flow, public: bool = False) -> tuple[str, str | None,
         ({"code_verifier": secrets.token_urlsafe(48)}, "invalid_grant"),
         ({"redirect_uri": "https://app.example.com/other"}, "invalid_grant"),
         ({"code": "not-a-code"}, "invalid_grant"),
+        # RFC 6749 §3.2: sent without a value is as if left out: a code bound to a redirect URI
+        # still needs it, and an empty code is a missing one, not a wrong one.
+        ({"redirect_uri": ""}, "invalid_grant"),
+        ({"code_verifier": ""}, "invalid_request"),
+        ({"code": ""}, "invalid_request"),
     ],
 )
 def test_code_exchange_refuses_a_wrong_verifier_redirect_or_code(

@@ -218,6 +218,19 @@ def test_malformed_requests_are_invalid_request(
     assert "username" in repeated.json["error_description"]
 
 
+def test_a_parameter_sent_empty_beside_its_value_is_not_a_repeat(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    # RFC 6749 §3.2: one sent without a value is as if omitted, so the other is given once.
+    response = client.post(
+        "/oauth/token",
+        data=f"grant_type=password&username=&username=alice&password={PASSWORD}&scope=",
+        content_type="application/x-www-form-urlencoded",
+        auth=app_client.auth,
+    )
+    assert response.status_code == 200, response.json
+
+
 @pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
 def test_a_body_that_is_not_utf8_is_named_as_such(
     client: FlaskClient, app_client: RegisteredClient, path: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -323,6 +324,23 @@ def test_a_bad_dpop_proof_with_the_push_is_refused(flow: Flow, app: Flask, case:
     response = flow.client.post("/oauth/par", data=body, headers={"DPoP": proof})
     assert response.status_code == 400 and response.json["error"] == "invalid_dpop_proof"
     assert _stored(app) == 0
+
+
+def test_an_empty_request_uri_or_dpop_jkt_is_pushed_as_if_left_out(flow: Flow, app: Flask) -> None:
+    # RFC 6749 §3.2: a parameter sent without a value is treated as if omitted; neither is
+    # stored, so the code is bound to no key.
+    client_id, _ = flow.register(public=True, first_party=True)
+    verifier, challenge = pkce()
+    body = authorization_request(client_id, challenge, request_uri="", dpop_jkt="", nonce="")
+    pushed = flow.client.post("/oauth/par", data=body)
+    assert pushed.status_code == 201, pushed.json
+    with app.app_context():
+        stored = db.session.scalars(select(PushedAuthorization.parameters)).one()
+    assert not {"request_uri", "dpop_jkt", "nonce"} & {name for name, _value in json.loads(stored)}
+    flow.login()
+    location = _by_reference(flow, client_id, pushed.json["request_uri"]).headers["Location"]
+    exchanged = flow.exchange(client_id, None, query_of(location)["code"], verifier)
+    assert exchanged.status_code == 200 and exchanged.json["token_type"] == "Bearer"
 
 
 def test_unknown_parameters_are_not_stored_and_a_huge_request_is_refused(

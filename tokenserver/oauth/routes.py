@@ -11,7 +11,7 @@ from ..payloads import require_utf8_body
 from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
 from ..store import replay
 from .metadata import resource_metadata, server_metadata
-from .parameters import AUTHORIZATION_PARAMETERS
+from .parameters import AUTHORIZATION_PARAMETERS, given
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
@@ -92,9 +92,10 @@ def _require_form(*, optional: bool = False) -> None:
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     require_utf8_body()
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once",
-    # but unrecognized ones MUST be ignored, so only a repeat of one we read is refused.
+    # but unrecognized ones MUST be ignored, so only a repeat of one we read is refused; one
+    # sent without a value is as if left out, so it repeats nothing.
     repeated = next(
-        (name for name, values in request.form.lists() if len(values) > 1 and name in _ONCE),
+        (name for name, values in given(request.form).lists() if len(values) > 1 and name in _ONCE),
         None,
     )
     if repeated is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import cached_property
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
@@ -30,6 +31,7 @@ from ..store import clients
 from . import client_auth, dpop
 from .assertions import PrivateKeyJWT
 from .client_keys import ClientKeys
+from .parameters import given
 from .protect import REALM
 
 _DESCRIPTIONS = {
@@ -44,11 +46,13 @@ _DESCRIPTIONS = {
 
 
 class _FormPayload(FlaskOAuth2Payload):
-    """Parameters from the body only: RFC 6749 §3.2 and RFC 7009/7662 say form-encoded."""
+    """Parameters from the body only: RFC 6749 §3.2 and RFC 7009/7662 say form-encoded.
 
-    @property
+    One sent without a value is left out (parameters.given)."""
+
+    @cached_property
     def data(self) -> MultiDict[str, str]:
-        return self._request.form
+        return given(self._request.form)
 
 
 class _Request(FlaskOAuth2Request):
@@ -62,6 +66,12 @@ class _Request(FlaskOAuth2Request):
         )
         self._request = flask_request
         self.payload = _FormPayload(flask_request)
+
+    @property
+    def form(self) -> MultiDict[str, str]:
+        # Authlib's grants read the body here (code, code_verifier, refresh_token, username...):
+        # the same parameters as the payload, those sent without a value left out.
+        return self.payload.data
 
 
 class AuthorizationServer(_AuthorizationServer):
