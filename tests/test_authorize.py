@@ -14,9 +14,11 @@ from urllib.parse import urlencode
 import jwt as pyjwt
 import pytest
 import time_machine
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from tokenserver.browser_models import AuthorizationCode
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
 from tokenserver.oauth.codes import CODE_TTL
@@ -280,6 +282,63 @@ def test_unknown_client_or_redirect_uri_gets_a_page_never_a_redirect(
     assert response.status_code == 400
     assert response.mimetype == "text/html" and "Location" not in response.headers
     assert "evil" not in response.text or "not supported" in response.text
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "client_id",
+        "redirect_uri",
+        "response_type",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "prompt",
+        "max_age",
+        "login_hint",
+        "id_token_hint",
+        "response_mode",
+        "ui_locales",
+        "claims",
+        "request",
+        "request_uri",
+        "resource",
+        "dpop_jkt",
+    ],
+)
+def test_a_parameter_sent_empty_is_answered_as_if_left_out(
+    flow: Flow, name: str, method: str
+) -> None:
+    # RFC 6749 §3.1, OpenID Connect Core §3.1.2.1: "Parameters sent without a value MUST be
+    # treated as if they were omitted from the request."
+    client_id, _secret = flow.register()
+    flow.login()
+    challenge = pkce()[1]
+    answers = []
+    for value in (None, ""):
+        query = authorization_request(client_id, challenge, **{"nonce": "n-1", name: value})
+        if method == "GET":
+            response = flow.client.get("/oauth/authorize?" + urlencode(query))
+        else:
+            response = flow.client.post("/oauth/authorize", data=query)
+        answers.append((response.status_code, response.headers.get("Location"), response.text))
+    assert answers[0] == answers[1]
+
+
+def test_an_empty_nonce_or_redirect_uri_is_stored_as_left_out(flow: Flow, app: Flask) -> None:
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge, nonce="", redirect_uri="")
+    with app.app_context():
+        stored = db.session.execute(select(AuthorizationCode.nonce, AuthorizationCode.redirect_uri))
+        assert stored.one() == (None, None)
+    exchanged = flow.exchange(client_id, secret, code, verifier, redirect_uri=None)
+    assert exchanged.status_code == 200, exchanged.json
+    assert "nonce" not in _claims(exchanged.json["id_token"])
 
 
 def test_redirect_uri_may_be_left_out_only_when_one_is_registered(flow: Flow) -> None:

@@ -749,6 +749,16 @@ def test_malformed_dpop_jkt_is_redirected_back(flow: Flow) -> None:
     assert query_of(response.headers["Location"])["error"] == "invalid_request"
 
 
+def test_an_empty_dpop_jkt_binds_the_code_to_no_key(flow: Flow) -> None:
+    # RFC 6749 §3.1: a parameter sent without a value is treated as if omitted.
+    client_id, secret = flow.register(first_party=True)
+    flow.login()
+    verifier, challenge = pkce()
+    code = flow.code_for(client_id, challenge, dpop_jkt="")
+    exchanged = flow.exchange(client_id, secret, code, verifier)
+    assert exchanged.status_code == 200 and exchanged.json["token_type"] == "Bearer"
+
+
 def test_proofs_are_spent_in_redis_when_the_nodes_share_it(
     live_server_factory: Any, app: Flask, app_client: RegisteredClient, redis_prefix: str
 ) -> None:

@@ -15,6 +15,7 @@ from ..oauth import authorize, freshness, pushed
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
 from ..oauth.codes import SignedIn
 from ..oauth.logout import needs_confirmation
+from ..oauth.parameters import given
 from ..oauth.server import current_server
 from ..redirects import destination
 from . import bp, web
@@ -39,6 +40,7 @@ class _Request:
     (RFC 9126) that its client_id and request_uri stand for."""
 
     def __init__(self, sent: MultiDict[str, str]) -> None:
+        sent = given(sent)  # RFC 6749 §3.1: one sent without a value is as if left out
         try:
             self.pushed = pushed.resolve(sent)
             if self.pushed is None:
