@@ -61,7 +61,7 @@ class ClientAuthentication(_ClientAuthentication):
             _audit_failure(request, method, endpoint, self.query_client)
             raise InvalidClientError(status_code=401, description=FAILED)
         claimed = request.payload.data.get("client_id")
-        if claimed and claimed != client.client_id:  # empty: omitted (RFC 6749 §3.2)
+        if claimed and claimed != client.client_id:
             # Which client asks must not depend on which of two ids the server reads (an
             # assertion's is checked against its sub in assertions.py, before this).
             raise InvalidRequestError("'client_id' does not name the authenticated client.")

@@ -101,7 +101,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
             session_id=signed_in.session_id,
             # Checked at /oauth/authorize (authorize.validate); the exchange may only narrow it.
             resources=" ".join(requested(data, request.client)),
-            dpop_jkt=data.get("dpop_jkt") or None,  # checked by authorize.validate
+            dpop_jkt=data.get("dpop_jkt"),  # checked by authorize.validate
         )
         codes.save(digest(code), bound, CODE_TTL)  # never the code itself
 

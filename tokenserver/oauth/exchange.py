@@ -127,19 +127,17 @@ def _check_parameters(data: Any) -> None:
     if data.get("actor_token_type") and not data.get("actor_token"):
         raise InvalidRequestError("'actor_token_type' is given without 'actor_token'.")
     requested = data.get("requested_token_type")
-    # RFC 6749 §3.1: sent without a value, it is as if left out (an access token, then).
-    if requested and requested != ACCESS_TOKEN_TYPE:
+    if requested and requested != ACCESS_TOKEN_TYPE:  # left out: an access token
         raise InvalidRequestError(f"'requested_token_type' must be {ACCESS_TOKEN_TYPE}.")
 
 
 def _targets(data: Any, client: Client) -> list[str]:
     """RFC 8693 §2.1: `resource` and `audience` name the target, among the client's audiences."""
-    # RFC 6749 §3.1: a parameter sent without a value is as if left out.
-    resources = list(filter(None, data.getlist("resource")))
+    resources = data.getlist("resource")
     for value in resources:
         if uri_problem(value):
             raise InvalidTargetError("'resource' must be an absolute URI without a fragment.")
-    targets = list(dict.fromkeys([*resources, *filter(None, data.getlist("audience"))]))
+    targets = list(dict.fromkeys([*resources, *data.getlist("audience")]))
     if not targets:
         raise InvalidRequestError("'resource' or 'audience' is required: the token's target.")
     if not set(targets) <= set(client.audience_list):

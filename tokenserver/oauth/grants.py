@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import (
-    InvalidGrantError,
-    InvalidRequestError,
-    InvalidScopeError,
-)
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
 
 from .. import accounts
 from ..models import Subject
@@ -22,21 +18,12 @@ from .resources import ResourceIndicators
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
-def _require(name: str, value: str) -> None:
-    # RFC 6749 §3.2: a parameter sent without a value is as if left out, so it is missing
-    # (invalid_request), not a wrong credential (invalid_grant). Authlib checks presence only.
-    if not value:
-        raise InvalidRequestError(f"'{name}' is required")
-
-
 class PasswordGrant(ResourceIndicators, grants.ResourceOwnerPasswordCredentialsGrant):
     """RFC 6749 §4.3: username and password for tokens."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = _AUTH_METHODS
 
     def authenticate_user(self, username: str, password: str) -> Subject:
-        _require("username", username)
-        _require("password", password)
         # Authlib answers bad credentials with invalid_request; RFC 6749 §5.2 says invalid_grant.
         user = accounts.authenticate(username, password)
         if user is None:
@@ -60,7 +47,6 @@ class RefreshGrant(ResourceIndicators, grants.RefreshTokenGrant):
         # both win); we only read here and spend with a conditional UPDATE in save_token.
         # A token bound to a DPoP key (RFC 9449 §5) is checked against this request's key there,
         # before a spent one could revoke its login.
-        _require("refresh_token", refresh_token)
         credential = find_refresh_token(refresh_token, self.request.client, bound_key())
         if credential is None:
             raise InvalidGrantError("The refresh token is invalid, expired or spent.")

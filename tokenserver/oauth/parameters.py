@@ -129,6 +129,5 @@ def with_understood_scope(parameters: MultiDict[str, str]) -> MultiDict[str, str
 
 
 def _value(datalist: Mapping[str, Sequence[str]], name: str) -> str | None:
-    # RFC 6749 §3.1: a parameter sent without a value is treated as if it were left out.
     values = datalist.get(name, ())
-    return values[0] if values and values[0] else None
+    return values[0] if values else None

@@ -25,8 +25,7 @@ def requested(data: Any, client: Client) -> list[str]:
     client that read our RFC 9728 metadata does, asks for nothing wider)."""
     own = current_settings().audience
     values: list[str] = []
-    # RFC 6749 §3.1: a parameter sent without a value is as if left out.
-    for value in filter(None, data.getlist("resource")):
+    for value in data.getlist("resource"):
         if uri_problem(value):
             raise InvalidTargetError("'resource' must be an absolute URI without a fragment.")
         # Our audience as a URL parser may respell it (`http://host` read back as `http://host/`,
