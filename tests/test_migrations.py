@@ -423,7 +423,14 @@ def _fill_every_table(conn: Connection) -> None:
             }
         ],
         "pushed_authorizations": [
-            {"request_uri_hash": "p", "client_id": "app", "parameters": "{}", "expires_at": later}
+            {
+                "request_uri_hash": "p",
+                "client_id": "app",
+                "parameters": "{}",
+                "expires_at": later,
+                "used_at": now,
+                "session_id": "s1",
+            }
         ],
     }
     assert set(rows) == set(tables), "a new table needs its rows here"

@@ -27,6 +27,8 @@ class PushedAuthorization(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     # The request was answered (a code, or an error at the redirect URI): never again.
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The browser session that answered it, if one was signed in.
+    session_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]
