@@ -1,4 +1,5 @@
-"""Pushed authorization requests (RFC 9126): checked when pushed, carried by reference, once."""
+"""Pushed authorization requests (RFC 9126): checked when pushed, carried by reference, answered
+by one browser."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def _by_reference(flow: Flow, client_id: str, request_uri: str, **extra: str) ->
     return flow.client.get("/oauth/authorize?" + urlencode(query))
 
 
+def _elsewhere(flow: Flow) -> Flow:
+    """Another browser: a cookie jar of its own, signed in as no one yet."""
+    return Flow(flow.app, flow.app.test_client())
+
+
+def _answer(flow: Flow, to_consent: str, csrf: str, decision: str = "allow") -> Any:
+    """POST a decision at /consent with a token from a page shown before, as a second click or
+    the form sent again after Back does."""
+    return flow.client.post(to_consent, data={"csrf_token": csrf, "decision": decision})
+
+
 def _stored(app: Flask) -> int:
     with app.app_context():
         return int(db.session.scalar(select(func.count()).select_from(PushedAuthorization)))
@@ -71,8 +83,8 @@ def test_a_pushed_request_signs_the_user_in_and_its_code_is_exchanged(
     exchanged = flow.exchange(client_id, secret, query["code"], verifier)
     assert exchanged.status_code == 200, exchanged.json
     assert exchanged.json["scope"] == "openid profile junk:read" and exchanged.json["id_token"]
-    # Once answered, the request_uri is spent: a second tab or a replayed link gets a page.
-    again = _by_reference(flow, client_id, request_uri)
+    # Once answered, the request_uri is spent: another browser or a replayed link gets a page.
+    again = _by_reference(_elsewhere(flow), client_id, request_uri)
     assert again.status_code == 400 and "expired or has been used" in again.text
     assert _stored(app) == 1
 
@@ -184,7 +196,7 @@ def test_an_error_at_the_redirect_uri_answers_a_pushed_request_too(flow: Flow, h
         answered = flow.consent(to_consent, decision="deny")
         error = "access_denied"
     assert query_of(answered.headers["Location"])["error"] == error
-    assert _by_reference(flow, client_id, request_uri).status_code == 400
+    assert _by_reference(_elsewhere(flow), client_id, request_uri).status_code == 400
 
 
 def test_a_public_client_pushes_with_its_client_id(flow: Flow) -> None:
@@ -527,3 +539,79 @@ def test_a_head_request_at_consent_answers_nothing(flow: Flow) -> None:
     query = urlencode({"client_id": client_id, "request_uri": request_uri})
     assert flow.client.head("/consent?" + query).status_code == 405
     assert _by_reference(flow, client_id, request_uri).status_code == 302  # not spent
+
+
+def test_a_double_click_on_allow_for_a_pushed_request_signs_the_app_in(flow: Flow) -> None:
+    # The browser shows the answer to the last click: an error page there would leave the user
+    # signed in nowhere while the app was sent a code the browser abandoned.
+    client_id, secret = flow.register()  # not first-party: /consent asks
+    verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+    csrf = csrf_of(flow.client.get(to_consent).text)
+    first, second = _answer(flow, to_consent, csrf), _answer(flow, to_consent, csrf)
+    assert first.status_code == second.status_code == 303
+    codes = [query_of(answered.headers["Location"])["code"] for answered in (first, second)]
+    assert codes[0] != codes[1]
+    assert query_of(second.headers["Location"])["state"] == "st-1"
+    exchanged = flow.exchange(client_id, secret, codes[1], verifier)
+    assert exchanged.status_code == 200, exchanged.json
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_a_pushed_request_answered_in_one_browser_is_refused_to_any_other(
+    flow: Flow, actions: Any, user: str
+) -> None:
+    actions.user("bob")
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+    csrf = csrf_of(flow.client.get(to_consent).text)
+    other = _elsewhere(flow)
+    other.login(user)
+    other_csrf = csrf_of(other.client.get(to_consent).text)  # open there too, not answered yet
+    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    for refused in (
+        _answer(other, to_consent, other_csrf),
+        other.client.get(to_consent),
+        _by_reference(other, client_id, request_uri),
+        _by_reference(_elsewhere(flow), client_id, request_uri),  # no one signed in
+    ):
+        assert refused.status_code == 400 and "Location" not in refused.headers
+        assert "expired or has been used" in refused.text
+    # Refused elsewhere, it is still the answering browser's to answer again.
+    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+
+
+def test_a_pushed_request_answered_again_still_expires(flow: Flow, frozen: Any) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+    csrf = csrf_of(flow.client.get(to_consent).text)
+    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    frozen.shift(LIFETIME - 1)
+    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    frozen.shift(2)
+    for expired in (_answer(flow, to_consent, csrf), _by_reference(flow, client_id, request_uri)):
+        assert expired.status_code == 400 and "Location" not in expired.headers
+        assert "expired or has been used" in expired.text
+
+
+def test_a_deny_sent_twice_tells_the_app_access_denied_twice(flow: Flow) -> None:
+    client_id, secret = flow.register()
+    _verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+    csrf = csrf_of(flow.client.get(to_consent).text)
+    for _ in range(2):
+        denied = _answer(flow, to_consent, csrf, decision="deny")
+        assert denied.status_code == 303
+        query = query_of(denied.headers["Location"])
+        assert query["error"] == "access_denied" and query["state"] == "st-1"
+    assert _by_reference(_elsewhere(flow), client_id, request_uri).status_code == 400

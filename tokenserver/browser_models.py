@@ -25,9 +25,10 @@ class PushedAuthorization(db.Model):  # type: ignore[name-defined,misc]
     parameters: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    # The request was answered (a code, or an error at the redirect URI): never again.
+    # The request was answered (a code, or an error at the redirect URI): by no other browser.
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The browser session that answered it, if one was signed in.
+    # The browser session that answered it, if one was signed in: it may answer again while the
+    # request lives (a double click on Allow, the form sent again after Back).
     session_id: Mapped[str | None] = mapped_column(String(32))
 
 

@@ -140,9 +140,10 @@ class PushedRequest:
     request_uri_hash: str
 
 
-def resolve(parameters: MultiDict[str, str]) -> PushedRequest | None:
+def resolve(parameters: MultiDict[str, str], session_id: str | None) -> PushedRequest | None:
     """The pushed request an authorization request names by request_uri, or None if it names
-    none; BadAuthorizationRequest if it is not a live one of this client's.
+    none; BadAuthorizationRequest if it is not a live one of this client's, unanswered or
+    answered by this browser session (`session_id`, None if no one is signed in).
 
     Only the pushed parameters count: anything sent beside client_id and request_uri is
     ignored, so the browser cannot change what the client pushed.
@@ -156,7 +157,7 @@ def resolve(parameters: MultiDict[str, str]) -> PushedRequest | None:
     if len(parameters.getlist("client_id")) > 1:  # RFC 6749 §3.1, as for any request
         raise BadAuthorizationRequest("'client_id' must not be given more than once.")
     request_uri_hash = digest(uri)
-    found = store.find(request_uri_hash)
+    found = store.find(request_uri_hash, session_id)
     if found is None or found.client_id != parameters.get("client_id"):
         raise BadAuthorizationRequest(EXPIRED)
     reference = MultiDict([("client_id", found.client_id), ("request_uri", uri)])
@@ -172,8 +173,15 @@ def check_not_required(parameters: MultiDict[str, str]) -> None:
         raise BadAuthorizationRequest(PUSH_REQUIRED)
 
 
-def finish(pushed: PushedRequest) -> None:
-    """Mark a pushed request answered, before its code or error is sent; once only (RFC 9126
-    §4), so a second tab, a replayed URL or a racing request is refused as expired."""
-    if not store.spend(pushed.request_uri_hash):
+def finish(pushed: PushedRequest, session_id: str | None) -> None:
+    """Mark a pushed request answered by this browser session (None if no one is signed in),
+    before its code or error is sent.
+
+    RFC 9126 §4 allows a request answered again when the user reloads or resubmits: the
+    browser shows the last answer, so a double click on Allow, or the form sent again after
+    Back, must not end on an error page while the app was sent a code it will never get. Only
+    the session that answered may; any other browser, a replayed URL without a session, or a
+    racing request from elsewhere is refused as expired.
+    """
+    if not store.spend(pushed.request_uri_hash, session_id):
         raise BadAuthorizationRequest(EXPIRED)

@@ -63,8 +63,9 @@ _AUTHORIZE_PARAMETERS = [
     _query(
         "request_uri",
         "RFC 9126: what /oauth/par answered; with client_id it stands for the pushed request, "
-        "and every other parameter is ignored. Unknown, expired, another client's or already "
-        "answered: a page, never a redirect. Any other request_uri is request_uri_not_supported",
+        "and every other parameter is ignored. Unknown, expired, another client's or answered "
+        "in another browser session: a page, never a redirect (the session that answered it may "
+        "answer it again). Any other request_uri is request_uri_not_supported",
     ),
     _query("redirect_uri", "A registered redirect URI; optional when exactly one is registered"),
     _query("scope", "Space-separated scopes"),
@@ -192,7 +193,9 @@ def _pushed_authorization() -> Doc:
             "requestBody": body,
             "responses": {
                 "201": json_response(
-                    "PushedAuthorization", "Stored; answered once", {"Cache-Control": "NoStore"}
+                    "PushedAuthorization",
+                    "Stored; answered in one browser session",
+                    {"Cache-Control": "NoStore"},
                 ),
                 "400": json_response(
                     "Error",

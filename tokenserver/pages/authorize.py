@@ -41,8 +41,11 @@ class _Request:
 
     def __init__(self, sent: MultiDict[str, str]) -> None:
         sent = given(sent)  # RFC 6749 §3.1: one sent without a value is as if left out
+        # The browser session that brought it: one that answered a pushed request may again.
+        signed_in = web.signed_in()
+        self.session_id = signed_in.session_id if signed_in is not None else None
         try:
-            self.pushed = pushed.resolve(sent)
+            self.pushed = pushed.resolve(sent, self.session_id)
             if self.pushed is None:
                 pushed.check_not_required(sent)
         except BadAuthorizationRequest as exc:
@@ -72,10 +75,11 @@ class _Request:
         return location
 
     def answer(self) -> None:
-        """Mark a pushed request answered, before its code or error exists: once only."""
+        """Mark a pushed request answered, before its code or error exists: by this browser
+        session only, which may answer it again (a double click, the form sent after Back)."""
         if self.pushed is not None:
             try:
-                pushed.finish(self.pushed)
+                pushed.finish(self.pushed, self.session_id)
             except BadAuthorizationRequest as exc:
                 raise _not_valid(exc) from None
 

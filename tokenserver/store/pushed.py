@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import String, Table, bindparam, insert, or_, select, update
 
 from ..browser_models import PushedAuthorization
 from ..extensions import db, reader
@@ -15,14 +15,16 @@ from . import delete_in_batches, single_write
 
 _pushed: Table = PushedAuthorization.__table__
 _now = bindparam("now", type_=UTCDateTime())
-# A live request: not answered yet, not expired.
+_session = bindparam("session", type_=String())
+# A live request for this browser session: unexpired, and not answered yet or answered by this
+# session (a session of None answers nothing again: NULL equals nothing).
 _LIVE = (
     _pushed.c.request_uri_hash == bindparam("hash"),
-    _pushed.c.used_at.is_(None),
+    or_(_pushed.c.used_at.is_(None), _pushed.c.session_id == _session),
     _pushed.c.expires_at > _now,
 )
 _FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).where(*_LIVE)
-_SPEND = update(_pushed).where(*_LIVE).values(used_at=_now)
+_SPEND = update(_pushed).where(*_LIVE).values(used_at=_now, session_id=_session)
 
 
 @dataclass(frozen=True)
@@ -50,22 +52,26 @@ def save(
         conn.execute(insert(_pushed).values(values))
 
 
-def find(request_uri_hash: str) -> Pushed | None:
-    """The live (unexpired, unanswered) pushed request with this digest, or None."""
-    row = reader().execute(_FIND, {"hash": request_uri_hash, "now": utcnow()}).first()
+def find(request_uri_hash: str, session_id: str | None) -> Pushed | None:
+    """The live pushed request with this digest, or None: unexpired, and unanswered or
+    answered by this browser session."""
+    params = {"hash": request_uri_hash, "session": session_id, "now": utcnow()}
+    row = reader().execute(_FIND, params).first()
     if row is None:
         return None
     parameters = [(str(name), str(value)) for name, value in json.loads(row.parameters)]
     return Pushed(row.client_id, parameters, row.created_at)
 
 
-def spend(request_uri_hash: str) -> bool:
-    """Mark a pushed request answered; False if it was already (or has expired).
+def spend(request_uri_hash: str, session_id: str | None) -> bool:
+    """Mark a pushed request answered by this browser session (None: by none); False if
+    another answered it (or any did, for None), or it has expired.
 
-    One conditional UPDATE decides, so two tabs racing to finish it cannot both get a code.
+    One conditional UPDATE decides, so two browsers racing to finish it cannot both get a code.
     """
+    params = {"hash": request_uri_hash, "session": session_id, "now": utcnow()}
     with single_write() as conn:
-        done = conn.execute(_SPEND, {"hash": request_uri_hash, "now": utcnow()})
+        done = conn.execute(_SPEND, params)
     return bool(done.rowcount)
 
 
