@@ -647,6 +647,12 @@ def test_userinfo_takes_the_token_in_a_posted_form(flow: Flow, actions: Actions)
     assert twice.status_code == 400 and twice.json["error"] == "invalid_request"
     doubled = flow.client.post("/oauth/userinfo", data={"access_token": [token, token]})
     assert doubled.status_code == 400 and doubled.json["error"] == "invalid_request"
+    # One sent without a value is as if left out: the header's token counts, or there is none.
+    empty = {"access_token": ""}
+    beside = flow.client.post("/oauth/userinfo", data=empty, headers=Actions.bearer(token))
+    assert beside.status_code == 200 and beside.json["preferred_username"] == "alice"
+    alone = flow.client.post("/oauth/userinfo", data=empty)
+    assert alone.status_code == 401 and "error" not in alone.headers["WWW-Authenticate"]
     # A JSON body is not a form: no token read from it.
     as_json = flow.client.post("/oauth/userinfo", json={"access_token": token})
     assert as_json.status_code == 401

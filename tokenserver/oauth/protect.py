@@ -171,10 +171,11 @@ class FormBodyResourceProtector(ResourceProtector):
 
 
 def _form_body_token() -> list[str] | None:
-    """The `access_token` values of a form-encoded POST (never a GET's query: RFC 6750 §2.2)."""
+    """The `access_token` values of a form-encoded POST (never a GET's query: RFC 6750 §2.2);
+    one sent without a value is as if left out, as for every OAuth parameter (RFC 6749 §3.1)."""
     if flask_request.method != "POST" or flask_request.mimetype != _FORM:
         return None
-    values = flask_request.form.getlist("access_token")
+    values = [value for value in flask_request.form.getlist("access_token") if value]
     return values or None
 
 
