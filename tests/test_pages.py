@@ -505,6 +505,22 @@ def test_rp_initiated_logout_ends_the_session_and_returns_to_the_registered_uri(
     assert flow.client.get("/account").status_code == 303
 
 
+def test_an_empty_id_token_hint_beside_the_real_one_is_as_if_left_out(flow: Flow) -> None:
+    # RFC 6749 §3.1, as at every OAuth endpoint: the hint checked is the one sent with a value,
+    # and so are the keys it is checked with.
+    _client_id, id_token = _id_token(flow)
+    query = [
+        ("id_token_hint", ""),
+        ("id_token_hint", id_token),
+        ("post_logout_redirect_uri", REDIRECT),
+        ("state", "s9"),
+    ]
+    response = flow.client.get("/oauth/logout?" + urlencode(query))
+    assert response.status_code == 302, response.text
+    assert response.headers["Location"] == REDIRECT + "?state=s9"
+    assert flow.client.get("/account").status_code == 303
+
+
 @pytest.mark.parametrize(
     "target", ["https://evil.example/", REDIRECT + "/../evil", "https://app.example.com"]
 )

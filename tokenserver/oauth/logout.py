@@ -8,11 +8,13 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
 from flask import request as flask_request
 from joserfc.jwk import KeySet
+from werkzeug.datastructures import MultiDict
 
 from ..config import current_settings
 from ..keys import ALGORITHM
 from ..store.sessions import Session
 from .hints import hint_keys, is_id_token, signed_by_a_deleted_key
+from .parameters import given
 from .query import QueryRequest
 
 
@@ -34,8 +36,8 @@ class LogoutEndpoint(EndSessionEndpoint):
 
     def create_endpoint_request(self, request: Any) -> Any:
         # The logout request comes as a GET query or a POST form (§2): the token endpoint's
-        # body-only reading would not see a query.
-        parameters = flask_request.values.copy()
+        # body-only reading would not see a query. One sent without a value is as if left out.
+        parameters = _sent().copy()
         hint = parameters.get("id_token_hint")
         if hint and is_id_token(hint) and signed_by_a_deleted_key(hint):
             # An app's ID token may outlive the key that signed it, and refusing the link would
@@ -46,7 +48,7 @@ class LogoutEndpoint(EndSessionEndpoint):
     def get_server_jwks(self) -> KeySet:
         # Not the JWKS: the app's ID token may be older than every key published now. The
         # hint read here is the one validate_request checks (its parameters are these).
-        return hint_keys(flask_request.values.get("id_token_hint", ""))
+        return hint_keys(_sent().get("id_token_hint", ""))
 
     def get_algorithms(self) -> list[str]:
         return [ALGORITHM]
@@ -61,6 +63,12 @@ class LogoutEndpoint(EndSessionEndpoint):
 
     def end_session(self, end_session_request: Any) -> None:
         """Nothing here: the logout page ends the browser session, where its cookie is."""
+
+
+def _sent() -> MultiDict[str, str]:
+    """The logout request's parameters, those sent without a value left out (RFC 6749 §3.1):
+    the hint whose keys are looked up is the one validated."""
+    return given(flask_request.values)
 
 
 def needs_confirmation(end: EndSessionRequest, session: Session | None) -> bool:
