@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -19,7 +20,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Actions
+from tests.conftest import PASSWORD, ROOT, Actions
 from tokenserver import metric_files
 
 from .helpers import REQUESTS, Flow, sample
@@ -144,6 +145,32 @@ def test_wrong_passwords_count_as_login_failures(actions: Actions, client: Flask
         sample(after, issued, grant_type="password") - sample(before, issued, grant_type="password")
         == 1
     )
+
+
+def test_a_grant_type_sent_after_an_empty_one_is_counted_as_that_grant(
+    actions: Actions, client: FlaskClient
+) -> None:
+    # The token endpoint reads the grant type sent with a value; so do the counters.
+    actions.user("alice")
+    oauth_client = actions.oauth_client()
+    issued, failures = "tokenserver_tokens_issued_total", "tokenserver_login_failures_total"
+    before = scrape(client)
+    for password in (PASSWORD, "not the password"):
+        client.post(
+            "/oauth/token",
+            data=urlencode(
+                [("grant_type", ""), ("grant_type", "password")]
+                + [("username", "alice"), ("password", password)]
+            ),
+            content_type="application/x-www-form-urlencoded",
+            auth=oauth_client.auth,
+        )
+    after = scrape(client)
+    assert (
+        sample(after, issued, grant_type="password") - sample(before, issued, grant_type="password")
+        == 1
+    )
+    assert sample(after, failures) - sample(before, failures) == 1
 
 
 def test_wrong_passwords_on_the_sign_in_page_count_as_login_failures(

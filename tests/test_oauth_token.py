@@ -231,6 +231,18 @@ def test_a_parameter_sent_empty_beside_its_value_is_not_a_repeat(
     assert response.status_code == 200, response.json
 
 
+def test_an_empty_grant_type_beside_the_real_one_is_as_if_left_out(
+    client: FlaskClient, alice: dict[str, Any], app_client: RegisteredClient
+) -> None:
+    response = client.post(
+        "/oauth/token",
+        data=f"grant_type=&grant_type=password&username=alice&password={PASSWORD}",
+        content_type="application/x-www-form-urlencoded",
+        auth=app_client.auth,
+    )
+    assert response.status_code == 200, response.json
+
+
 @pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
 def test_a_body_that_is_not_utf8_is_named_as_such(
     client: FlaskClient, app_client: RegisteredClient, path: str

@@ -106,7 +106,7 @@ def _require_form(*, optional: bool = False) -> None:
 def token() -> Response:
     """Issue tokens for every grant the server registers (models.GRANT_TYPES)."""
     _require_form()
-    if not request.form.get("grant_type"):
+    if not given(request.form).get("grant_type"):  # sent without a value: left out
         raise InvalidRequest("'grant_type' is required")
     server = current_server()
     try:
