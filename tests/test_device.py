@@ -980,7 +980,7 @@ def test_purge_deletes_expired_device_authorizations(
         device.codes()
     device.codes()  # live
     result = runner.invoke(args=["tokens", "purge"])
-    assert result.exit_code == 0 and "1 device authorizations" in result.output
+    assert result.exit_code == 0 and "1 device authorization and" in result.output
     assert len(_stored(app)) == 1
 
 

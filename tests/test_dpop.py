@@ -611,7 +611,7 @@ def test_purge_forgets_expired_proof_ids(
     assert _token(client, app_client, proof).status_code == 200
     assert "0 spent JWT ids" in runner.invoke(args=["tokens", "purge"]).output
     with time_machine.travel(utcnow() + timedelta(minutes=3)):
-        assert "1 spent JWT ids" in runner.invoke(args=["tokens", "purge"]).output
+        assert "1 spent JWT id and" in runner.invoke(args=["tokens", "purge"]).output
 
 
 # --- against real gunicorn ------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_retired_keys_go_once_no_token_of_theirs_can_live(
             db.session.scalars(select(SigningKey.kid).where(SigningKey.retired_at.is_(None)))
         )
     output = purge(runner)
-    assert "deleted 1 retired signing keys" in output
+    assert "deleted 1 retired signing key and" in output
     keys = store.key_ids()
     assert retired_yesterday in keys
     assert long_dead not in keys
@@ -326,7 +326,7 @@ def test_old_codes_and_browser_sessions_go(store: Store, runner: FlaskCliRunner)
     live, just_ended = session(NOW + DAY), session(NOW + DAY, ended=NOW - HOUR)
 
     output = purge(runner)
-    assert "1 authorization codes" in output and "2 browser sessions" in output
+    assert "1 authorization code and" in output and "2 browser sessions" in output
     with store.app.app_context():
         codes = set(db.session.scalars(select(AuthorizationCode.code_hash)))
         sessions = set(db.session.scalars(select(BrowserSession.id)))
@@ -346,7 +346,7 @@ def test_a_retired_key_the_workers_still_publish_is_kept(make_app: Any, actions:
         unpublished = made.retired_key(NOW - DAY - ttl - 2 * HOUR)
         try:
             output = purge(app.test_cli_runner())
-            assert "deleted 1 retired signing keys" in output
+            assert "deleted 1 retired signing key and" in output
             assert still_published in made.key_ids()
             assert unpublished not in made.key_ids()
         finally:
@@ -407,3 +407,11 @@ def test_each_browser_session_batch_finds_its_rows_through_indexes(app: Flask) -
                 used = " | ".join(str(n.get("Index Name")) for n in nodes)
             assert "ix_browser_sessions_ended_at" in used
             assert "ix_browser_sessions_expires_at" in used
+
+
+def test_one_of_a_kind_is_named_in_the_singular(store: Store, runner: FlaskCliRunner) -> None:
+    family = store.family(NOW - 40 * DAY)
+    store.record(family, NOW - 3 * DAY)
+    output = purge(runner)
+    assert output.startswith("purged 1 token record and 1 token family; ")
+    assert "0 authorization codes" in output  # none: plural

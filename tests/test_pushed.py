@@ -293,7 +293,7 @@ def test_purge_deletes_pushed_requests_once_expired(
     assert "0 pushed authorization requests" in kept.output and _stored(app) == 1
     frozen.shift(LIFETIME + 1)  # dead at once: --older-than (a day by default) is not waited
     purged = runner.invoke(args=["tokens", "purge"])
-    assert "1 pushed authorization request" in purged.output and _stored(app) == 0
+    assert "1 pushed authorization request and" in purged.output and _stored(app) == 0
 
 
 def test_a_pushed_max_age_counts_from_the_sign_in(flow: Flow, frozen: Any) -> None:

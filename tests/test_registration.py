@@ -1056,7 +1056,7 @@ def test_purge_deletes_initial_access_tokens_expired_long_ago(
         initial_token(runner, "--expires-in", "3600")  # expired an hour ago: kept a day
     live = initial_token(runner)
     output = runner.invoke(args=["tokens", "purge"]).output
-    assert "1 initial access tokens" in output
+    assert "1 initial access token and" in output
     with app.app_context():
         left = db.session.scalars(select(InitialAccessToken.token_hash)).all()
     assert len(left) == 2

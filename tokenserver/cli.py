@@ -585,9 +585,17 @@ def tokens_purge(older_than: int, batch_size: int) -> None:
     from .purge import purge
 
     counts = purge(older_than, batch_size)
-    records, families = counts.pop("token records"), counts.pop("token families")
-    rest = " and ".join(f"{count} {name}" for name, count in counts.items())
-    click.echo(f"purged {records} token records and {families} token families; deleted {rest}")
+    records = _counted(counts.pop("token records"), "token records")
+    families = _counted(counts.pop("token families"), "token families")
+    rest = " and ".join(_counted(count, name) for name, count in counts.items())
+    click.echo(f"purged {records} and {families}; deleted {rest}")
+
+
+def _counted(count: int, things: str) -> str:
+    """ "1 token family", "2 token families": `things` is plural, a last word in -s or -ies."""
+    if count != 1:
+        return f"{count} {things}"
+    return f"1 {things[:-3] + 'y' if things.endswith('ies') else things[:-1]}"
 
 
 def register_commands(app: Flask) -> None:
