@@ -139,7 +139,7 @@ def _fold(dead: Path, archive: Path) -> None:
 
     totals: dict[str, float] = defaultdict(float)
     for source in (archive, dead):
-        if source.exists() and _sized(source):
+        if _sized(source):  # an archive not made yet, or a file never sized, adds nothing
             for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(source):
                 totals[key] += value
     partial = archive.with_suffix(".partial")  # not *.db: scrapes never read it
