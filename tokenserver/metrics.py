@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import metric_files
 from .models import GRANT_TYPES
+from .payloads import given
 
 bp = Blueprint("metrics", __name__)
 
@@ -149,9 +150,8 @@ def _count_token_answer(current: Request, status: int, response: Response) -> No
 
 
 def _grant_type(current: Request) -> str:
-    """The grant type the token endpoint read: the first sent with a value, as one sent without
-    is as if left out (oauth.parameters.given)."""
-    return next((value for value in current.form.getlist("grant_type") if value), "")
+    """The grant type the token endpoint read (one sent without a value is as if left out)."""
+    return given(current.form).get("grant_type", "")
 
 
 def _json(response: Response) -> dict[str, Any]:

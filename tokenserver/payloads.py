@@ -1,4 +1,5 @@
-"""Reading request bodies: a JSON object (or a form where allowed) with known fields only.
+"""Reading request bodies: a JSON object (or a form where allowed) with known fields only, and
+an OAuth request's parameters as those sent with a value.
 
 Also the one parser for every JSON document from outside (bodies, JWT payloads, key sets).
 """
@@ -10,6 +11,7 @@ import re
 from typing import Any
 
 from flask import request
+from werkzeug.datastructures import ImmutableMultiDict, MultiDict
 
 from .errors import APIError, InvalidRequest
 
@@ -50,6 +52,28 @@ def require_utf8_body() -> None:
         request.get_data(cache=True).decode()  # the form is then parsed from this copy
     except UnicodeDecodeError:
         raise InvalidRequest("the body must be UTF-8") from None
+
+
+# RFC 7009 §2.2, RFC 7662 §2.2: an empty `token` is a token no one holds, answered as one we do
+# not know (200, inactive), not as a request without one (README).
+_KEPT_EMPTY = frozenset({"token"})
+
+
+def given(parameters: MultiDict[str, str]) -> MultiDict[str, str]:
+    """The parameters sent with a value: every OAuth endpoint reads its request through this.
+
+    RFC 6749 §3.1, §3.2 (and OpenID Connect Core §3.1.2.1 after them): "Parameters sent without
+    a value MUST be treated as if they were omitted from the request."
+    """
+    if all(value or name in _KEPT_EMPTY for name, value in parameters.items(multi=True)):
+        return parameters
+    return ImmutableMultiDict(
+        [
+            (name, value)
+            for name, value in parameters.items(multi=True)
+            if value or name in _KEPT_EMPTY
+        ]
+    )
 
 
 def _unknown_field(name: str, allowed: frozenset[str]) -> str:

@@ -12,9 +12,9 @@ from werkzeug.datastructures import MultiDict
 
 from ..config import current_settings
 from ..keys import ALGORITHM
+from ..payloads import given
 from ..store.sessions import Session
 from .hints import hint_keys, is_id_token, signed_by_a_deleted_key
-from .parameters import given
 from .query import QueryRequest
 
 

@@ -12,13 +12,9 @@ from authlib.oidc.core.errors import (
     RequestNotSupportedError,
     RequestURINotSupportedError,
 )
-from werkzeug.datastructures import ImmutableMultiDict, MultiDict
+from werkzeug.datastructures import MultiDict
 
 from ..models import OIDC_SCOPES, SCOPES
-
-# RFC 7009 §2.2, RFC 7662 §2.2: an empty `token` is a token no one holds, answered as one we do
-# not know (200, inactive), not as a request without one (README).
-_KEPT_EMPTY = frozenset({"token"})
 
 # RFC 6749 §3.1: no parameter more than once. Authlib checks response_type, client_id,
 # redirect_uri, scope and state before the redirect URI is known, and the PKCE extension its
@@ -63,23 +59,6 @@ AUTHORIZATION_PARAMETERS = frozenset(
 PROMPTS = ("none", "login", "consent", "select_account")
 _MAX_AGE = re.compile(r"[0-9]{1,10}")  # seconds, ASCII digits; ten of them is over 300 years
 _KNOWN_SCOPES = frozenset({*SCOPES, *OIDC_SCOPES})
-
-
-def given(parameters: MultiDict[str, str]) -> MultiDict[str, str]:
-    """The parameters sent with a value: every OAuth endpoint reads its request through this.
-
-    RFC 6749 §3.1, §3.2 (and OpenID Connect Core §3.1.2.1 after them): "Parameters sent without
-    a value MUST be treated as if they were omitted from the request."
-    """
-    if all(value or name in _KEPT_EMPTY for name, value in parameters.items(multi=True)):
-        return parameters
-    return ImmutableMultiDict(
-        [
-            (name, value)
-            for name, value in parameters.items(multi=True)
-            if value or name in _KEPT_EMPTY
-        ]
-    )
 
 
 def check(datalist: Mapping[str, Sequence[str]]) -> None:

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..config import current_settings
 from ..errors import error_response
 from ..models import Subject
+from ..payloads import given
 from ..resource_uris import resource_metadata_url
 from . import dpop, records
 from .tokens import TokenRejected, verified_token
@@ -175,7 +176,7 @@ def _form_body_token() -> list[str] | None:
     one sent without a value is as if left out, as for every OAuth parameter (RFC 6749 §3.1)."""
     if flask_request.method != "POST" or flask_request.mimetype != _FORM:
         return None
-    values = [value for value in flask_request.form.getlist("access_token") if value]
+    values = given(flask_request.form).getlist("access_token")
     return values or None
 
 

@@ -7,7 +7,7 @@ from authlib.oauth2 import OAuth2Request
 from flask import request as flask_request
 from werkzeug.datastructures import MultiDict
 
-from .parameters import given
+from ..payloads import given
 
 
 class QueryRequest(FlaskOAuth2Request):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.datastructures import MultiDict
 
 from ..config import current_settings
 from ..errors import InvalidRequest, NotFound
 from ..keys import current_keyring
-from ..payloads import require_utf8_body
+from ..payloads import given, require_utf8_body
 from ..resource_uris import RESOURCE_METADATA_PATH, resource_metadata_path
 from ..store import replay
 from .metadata import resource_metadata, server_metadata
-from .parameters import AUTHORIZATION_PARAMETERS, given
+from .parameters import AUTHORIZATION_PARAMETERS
 from .server import current_server
 
 bp = Blueprint("oauth", __name__)
@@ -78,15 +79,16 @@ def _refuse_secrets_in_url() -> None:
         raise InvalidRequest(f"'{leaked}' must be sent in the request body, never in the URL")
 
 
-def _require_form(*, optional: bool = False) -> None:
-    """Refuse secrets in the URL, and a body that is not a UTF-8 form naming each parameter once.
+def _require_form(*, optional: bool = False) -> MultiDict[str, str]:
+    """Refuse secrets in the URL, and a body that is not a UTF-8 form naming each parameter once;
+    the parameters sent with a value.
 
     With `optional`, a request without a body passes (a Basic-authenticated client may send
     none to /oauth/device_authorization).
     """
     _refuse_secrets_in_url()
     if optional and not (request.mimetype or request.content_length):
-        return
+        return MultiDict()
     # RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: parameters come form-encoded.
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
@@ -94,19 +96,19 @@ def _require_form(*, optional: bool = False) -> None:
     # RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once",
     # but unrecognized ones MUST be ignored, so only a repeat of one we read is refused; one
     # sent without a value is as if left out, so it repeats nothing.
+    form = given(request.form)
     repeated = next(
-        (name for name, values in given(request.form).lists() if len(values) > 1 and name in _ONCE),
-        None,
+        (name for name, values in form.lists() if len(values) > 1 and name in _ONCE), None
     )
     if repeated is not None:
         raise InvalidRequest(f"'{repeated}' must not be given more than once")
+    return form
 
 
 @bp.post("/oauth/token")
 def token() -> Response:
     """Issue tokens for every grant the server registers (models.GRANT_TYPES)."""
-    _require_form()
-    if not given(request.form).get("grant_type"):  # sent without a value: left out
+    if not _require_form().get("grant_type"):
         raise InvalidRequest("'grant_type' is required")
     server = current_server()
     try:

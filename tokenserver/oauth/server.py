@@ -27,11 +27,11 @@ from .. import audit
 from ..config import Settings
 from ..errors import InvalidRequest, not_a_protocol_step
 from ..models import Client
+from ..payloads import given
 from ..store import clients
 from . import client_auth, dpop
 from .assertions import PrivateKeyJWT
 from .client_keys import ClientKeys
-from .parameters import given
 from .protect import REALM
 
 _DESCRIPTIONS = {
@@ -48,7 +48,7 @@ _DESCRIPTIONS = {
 class _FormPayload(FlaskOAuth2Payload):
     """Parameters from the body only: RFC 6749 §3.2 and RFC 7009/7662 say form-encoded.
 
-    One sent without a value is left out (parameters.given)."""
+    One sent without a value is left out (payloads.given)."""
 
     @cached_property
     def data(self) -> MultiDict[str, str]:

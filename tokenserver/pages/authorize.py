@@ -15,8 +15,8 @@ from ..oauth import authorize, freshness, pushed
 from ..oauth.authorize import Authorization, BadAuthorizationRequest, Next, RedirectBack
 from ..oauth.codes import SignedIn
 from ..oauth.logout import needs_confirmation
-from ..oauth.parameters import given
 from ..oauth.server import current_server
+from ..payloads import given
 from ..redirects import destination
 from . import bp, web
 
