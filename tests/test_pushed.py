@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -48,6 +49,28 @@ def _answer(flow: Flow, to_consent: str, csrf: str, decision: str = "allow") -> 
     """POST a decision at /consent with a token from a page shown before, as a second click or
     the form sent again after Back does."""
     return flow.client.post(to_consent, data={"csrf_token": csrf, "decision": decision})
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A pushed request of an app that asks (not first-party), its user on /consent."""
+
+    client_id: str
+    secret: str
+    verifier: str
+    request_uri: str
+    to_consent: str
+    csrf: str
+
+
+def _asked(flow: Flow) -> _Asked:
+    client_id, secret = flow.register()
+    verifier, challenge = pkce()
+    request_uri = _pushed(flow, client_id, secret, challenge)
+    flow.login()
+    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
+    csrf = csrf_of(flow.client.get(to_consent).text)
+    return _Asked(client_id, secret, verifier, request_uri, to_consent, csrf)
 
 
 def _stored(app: Flask) -> int:
@@ -544,18 +567,13 @@ def test_a_head_request_at_consent_answers_nothing(flow: Flow) -> None:
 def test_a_double_click_on_allow_for_a_pushed_request_signs_the_app_in(flow: Flow) -> None:
     # The browser shows the answer to the last click: an error page there would leave the user
     # signed in nowhere while the app was sent a code the browser abandoned.
-    client_id, secret = flow.register()  # not first-party: /consent asks
-    verifier, challenge = pkce()
-    request_uri = _pushed(flow, client_id, secret, challenge)
-    flow.login()
-    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
-    csrf = csrf_of(flow.client.get(to_consent).text)
-    first, second = _answer(flow, to_consent, csrf), _answer(flow, to_consent, csrf)
+    asked = _asked(flow)
+    first, second = (_answer(flow, asked.to_consent, asked.csrf) for _ in range(2))
     assert first.status_code == second.status_code == 303
     codes = [query_of(answered.headers["Location"])["code"] for answered in (first, second)]
     assert codes[0] != codes[1]
     assert query_of(second.headers["Location"])["state"] == "st-1"
-    exchanged = flow.exchange(client_id, secret, codes[1], verifier)
+    exchanged = flow.exchange(asked.client_id, asked.secret, codes[1], asked.verifier)
     assert exchanged.status_code == 200, exchanged.json
 
 
@@ -564,54 +582,42 @@ def test_a_pushed_request_answered_in_one_browser_is_refused_to_any_other(
     flow: Flow, actions: Any, user: str
 ) -> None:
     actions.user("bob")
-    client_id, secret = flow.register()
-    _verifier, challenge = pkce()
-    request_uri = _pushed(flow, client_id, secret, challenge)
-    flow.login()
-    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
-    csrf = csrf_of(flow.client.get(to_consent).text)
+    asked = _asked(flow)
     other = _elsewhere(flow)
     other.login(user)
-    other_csrf = csrf_of(other.client.get(to_consent).text)  # open there too, not answered yet
-    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    other_csrf = csrf_of(other.client.get(asked.to_consent).text)  # open there, not answered
+    assert "code" in query_of(_answer(flow, asked.to_consent, asked.csrf).headers["Location"])
     for refused in (
-        _answer(other, to_consent, other_csrf),
-        other.client.get(to_consent),
-        _by_reference(other, client_id, request_uri),
-        _by_reference(_elsewhere(flow), client_id, request_uri),  # no one signed in
+        _answer(other, asked.to_consent, other_csrf),
+        other.client.get(asked.to_consent),
+        _by_reference(other, asked.client_id, asked.request_uri),
+        _by_reference(_elsewhere(flow), asked.client_id, asked.request_uri),  # no one signed in
     ):
         assert refused.status_code == 400 and "Location" not in refused.headers
         assert "expired or has been used" in refused.text
     # Refused elsewhere, it is still the answering browser's to answer again.
-    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    assert "code" in query_of(_answer(flow, asked.to_consent, asked.csrf).headers["Location"])
 
 
 def test_a_pushed_request_answered_again_still_expires(flow: Flow, frozen: Any) -> None:
-    client_id, secret = flow.register()
-    _verifier, challenge = pkce()
-    request_uri = _pushed(flow, client_id, secret, challenge)
-    flow.login()
-    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
-    csrf = csrf_of(flow.client.get(to_consent).text)
-    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    asked = _asked(flow)
+    assert "code" in query_of(_answer(flow, asked.to_consent, asked.csrf).headers["Location"])
     frozen.shift(LIFETIME - 1)
-    assert "code" in query_of(_answer(flow, to_consent, csrf).headers["Location"])
+    assert "code" in query_of(_answer(flow, asked.to_consent, asked.csrf).headers["Location"])
     frozen.shift(2)
-    for expired in (_answer(flow, to_consent, csrf), _by_reference(flow, client_id, request_uri)):
+    for expired in (
+        _answer(flow, asked.to_consent, asked.csrf),
+        _by_reference(flow, asked.client_id, asked.request_uri),
+    ):
         assert expired.status_code == 400 and "Location" not in expired.headers
         assert "expired or has been used" in expired.text
 
 
 def test_a_deny_sent_twice_tells_the_app_access_denied_twice(flow: Flow) -> None:
-    client_id, secret = flow.register()
-    _verifier, challenge = pkce()
-    request_uri = _pushed(flow, client_id, secret, challenge)
-    flow.login()
-    to_consent = _by_reference(flow, client_id, request_uri).headers["Location"]
-    csrf = csrf_of(flow.client.get(to_consent).text)
+    asked = _asked(flow)
     for _ in range(2):
-        denied = _answer(flow, to_consent, csrf, decision="deny")
+        denied = _answer(flow, asked.to_consent, asked.csrf, decision="deny")
         assert denied.status_code == 303
         query = query_of(denied.headers["Location"])
         assert query["error"] == "access_denied" and query["state"] == "st-1"
-    assert _by_reference(_elsewhere(flow), client_id, request_uri).status_code == 400
+    assert _by_reference(_elsewhere(flow), asked.client_id, asked.request_uri).status_code == 400
