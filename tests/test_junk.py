@@ -133,6 +133,23 @@ def test_patch_moves_updated_at_but_never_created_at(actions: Actions) -> None:
     assert patched.json["updated_at"] == "2030-01-01T12:05:00Z"
 
 
+def test_patch_that_changes_nothing_keeps_updated_at(actions: Actions) -> None:
+    start = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    with time_machine.travel(start, tick=False):
+        alice = _sign_in(actions, "alice")
+        item = _create(actions.client, alice, name="same", description="also same")
+    with time_machine.travel(start + timedelta(minutes=5), tick=False):
+        url = f"/junk/{item['id']}"
+        same = {"name": "same", "description": "also same"}
+        unchanged = actions.client.patch(url, json=same, headers=alice.headers)
+        partly = actions.client.patch(
+            url, json={"name": "same", "description": "new"}, headers=alice.headers
+        )
+    assert unchanged.status_code == 200
+    assert unchanged.json == item
+    assert partly.json["updated_at"] == "2030-01-01T12:05:00Z"
+
+
 @pytest.mark.parametrize(
     ("moment", "rendered"),
     [

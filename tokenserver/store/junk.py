@@ -13,8 +13,10 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
+    case,
     delete,
     insert,
+    or_,
     select,
     tuple_,
     type_coerce,
@@ -111,11 +113,12 @@ def add(owner_id: int, name: str, description: str) -> Item:
 
 def update(owner_id: int, item_id: int, changes: dict[str, str]) -> Item | None:
     """Change some fields in one conditional UPDATE (concurrent changes never mix); None if
-    the owner has no such item."""
+    the owner has no such item. `updated_at` moves only if a value changes."""
+    changed = or_(*(_items.c[name] != value for name, value in changes.items()))
     statement = (
         sql_update(_items)
         .where(*_OWNED)
-        .values(**changes, updated_at=utcnow())
+        .values(**changes, updated_at=case((changed, utcnow()), else_=_items.c.updated_at))
         .returning(*_COLUMNS)
     )
     with single_write() as conn:
