@@ -32,6 +32,23 @@ def test_wrong_method_is_json_405_with_allow(client: FlaskClient) -> None:
     assert "GET" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/junk", {"GET", "HEAD", "POST"}),
+        ("/oauth/token", {"POST"}),
+        ("/login", {"GET", "HEAD", "POST"}),
+    ],
+)
+def test_options_answers_204_with_allow_and_no_content(
+    client: FlaskClient, path: str, methods: set[str]
+) -> None:
+    response = client.open(path, method="OPTIONS")
+    assert response.status_code == 204
+    assert set(response.headers["Allow"].split(", ")) == methods | {"OPTIONS"}
+    assert "Content-Type" not in response.headers and response.data == b""
+
+
 def test_oversized_body_is_json_413(client: FlaskClient) -> None:
     response = client.post("/users", data=b"x" * (64 * 1024 + 1), content_type="application/json")
     _assert_json_error(response, 413, "request_too_large")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +30,13 @@ class TokenServer(Flask):
         # Every view and hook here is synchronous (tests/test_wsgi.py holds it to that), so
         # Flask's inspection of each one for a coroutine, on every call, finds nothing.
         return func
+
+    def make_default_options_response(self) -> Response:
+        # RFC 9110 §15.3.5: an answer with no content is a 204, not an empty text/html page.
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
 
 
 def create_app(settings: Settings | None = None, *, migrations: bool = False) -> Flask:

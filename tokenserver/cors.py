@@ -177,8 +177,7 @@ def _check() -> Response | None:
         return None
     # Flask's own answer to OPTIONS names the methods of this path (Allow); a preflight is not
     # counted by the per-IP limits, which run after this hook.
-    response = current_app.make_default_options_response()
-    response.status_code = 204
+    response = current_app.make_default_options_response()  # a 204
     methods = [method for method in response.allow if method not in ("OPTIONS", "HEAD")]
     response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
     public = origin == "*"  # a public document's
