@@ -237,7 +237,7 @@ def test_clients_create_refuses_a_bad_name_in_one_line(runner: FlaskCliRunner, n
     assert result.exit_code == 1, result.output
     [line] = result.output.strip().splitlines()
     assert line.startswith("Error: ") and "name" in line.lower()
-    assert runner.invoke(args=["clients", "list"]).output.strip() == ""
+    assert runner.invoke(args=["clients", "list"]).stdout.strip() == ""
 
 
 NOT_UTF8 = "caf\udcc3\udca9"  # how Python hands over an argument whose bytes are not UTF-8
@@ -294,6 +294,30 @@ def test_clients_list_and_delete(runner: FlaskCliRunner) -> None:
     again = runner.invoke(args=["clients", "delete", made["client_id"]])
     assert again.exit_code == 1
     assert "no client" in again.output
+
+
+@pytest.mark.parametrize(
+    ("group", "words"),
+    [("users", "no users yet"), ("clients", "no clients yet"), ("keys", "no signing keys yet")],
+)
+def test_an_empty_list_says_so_on_stderr_and_prints_no_row(
+    app: Flask, runner: FlaskCliRunner, group: str, words: str
+) -> None:
+    with app.app_context():
+        db.session.execute(SigningKey.__table__.delete())  # the next app makes one again
+        db.session.commit()
+    listed = runner.invoke(args=[group, "list"])
+    assert listed.exit_code == 0
+    assert listed.stdout == ""
+    assert listed.stderr.startswith(words)
+
+
+def test_a_list_with_rows_says_nothing_on_stderr(runner: FlaskCliRunner) -> None:
+    runner.invoke(args=["users", "create", "alice", "--password-stdin"], input=PASSWORD)
+    runner.invoke(args=["clients", "create", "web"])
+    for group in ("users", "clients"):
+        listed = runner.invoke(args=[group, "list"])
+        assert listed.stdout.strip() and "yet" not in listed.stderr
 
 
 def test_clients_create_pushed_only_and_list_show_it(runner: FlaskCliRunner) -> None:

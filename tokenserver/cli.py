@@ -151,9 +151,17 @@ def users_enable(username: str) -> None:
 @command(users, "list")
 def users_list() -> None:
     """List every user: id, username, state, creation time."""
-    for user in accounts.list_all():
+    every = accounts.list_all()
+    for user in every:
         state = "disabled" if user.disabled else "active"
         click.echo(f"{user.id}\t{user.username}\t{state}\t{isoformat(user.created_at)}")
+    if not every:
+        _none_yet("no users yet")
+
+
+def _none_yet(words: str) -> None:
+    """Say that a list is empty on stderr: a script reading stdout still sees no rows."""
+    click.echo(words, err=True)
 
 
 @click.group()
@@ -360,6 +368,8 @@ def clients_list(as_json: bool) -> None:
             f"{c.client_id}\t{c.name}\t{kind}\t{c.auth_method}\t{c.grant_types}\t{c.scope}{extra}"
             f"\t{audiences}\t{c.jwks_uri or '-'}"
         )
+    if not rows:
+        _none_yet("no clients yet: `tokenserver clients create NAME` registers one")
 
 
 @command(clients, "delete")
@@ -545,9 +555,12 @@ def keys_list() -> None:
     Columns: kid, state (next, current, retired, revoked), created, became current, stopped
     signing.
     """
-    for key in list_keys(db.engine):
+    every = list_keys(db.engine)
+    for key in every:
         times = (key.created_at, key.activated_at, key.retired_at)
         click.echo("\t".join([key.kid, key.state, *(isoformat(t) if t else "-" for t in times)]))
+    if not every:
+        _none_yet("no signing keys yet: the server makes its first one when it starts")
 
 
 @command(keys, "rewrap")
