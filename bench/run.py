@@ -18,7 +18,7 @@ from typing import Any
 from . import bulk, costs, dpop, load, report, seed
 from .cpu import CpuWatch, wait_until_idle
 from .profile import Profiler
-from .server import ROOT, Gunicorn, free_port, server_env, throwaway_database, tokenserver_command
+from .server import ROOT, Gunicorn, server_env, throwaway_database, tokenserver_command
 
 ALTERNATIONS = 4  # short /healthz and bare-app runs in turn, for the /healthz target
 USERS = 32  # logged-in users whose tokens the routes rotate over
@@ -194,7 +194,7 @@ def bench_once(
         throwaway_database(options.database_url, Path(tmp)) as database_url,
     ):
         workdir = Path(tmp)
-        env = server_env(database_url, options.workers, free_port(), gunicorn_args)
+        env = server_env(database_url, options.workers, gunicorn_args)
         if options.redis_url:
             env["TOKENSERVER_RATELIMIT_STORAGE_URI"] = options.redis_url
             env["TOKENSERVER_RATELIMIT_KEY_PREFIX"] = f"bench-{workdir.name}"
@@ -211,7 +211,7 @@ def bench_once(
             print(f"[{label}] loaded {loaded}", flush=True)
         server = Gunicorn(env, workdir).start()
         # The floor: a bare Flask app under the same gunicorn settings, on its own port.
-        bare = Gunicorn({**env, "PORT": str(free_port())}, workdir, "bench.bare:app", "bare")
+        bare = Gunicorn(env, workdir, "bench.bare:app", "bare")
         try:
             bare.start()
             with_junk = seed.junk_available(server.url)
