@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -30,7 +28,13 @@ from openapi_core.exceptions import OpenAPIError
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from sqlalchemy import create_engine, text
 
-from bench.server import free_port, throwaway_postgres
+from bench.server import (
+    Port,
+    PortTaken,
+    on_a_port_of_its_own,
+    throwaway_postgres,
+    wait_until_serving,
+)
 from deploy.cluster import node_command
 from tokenserver import create_app
 from tokenserver.config import Settings
@@ -262,18 +266,21 @@ def actions(app: Flask, client: FlaskClient) -> Actions:
 
 
 class LiveServer:
-    """Real gunicorn on loopback, configured through the environment like production."""
+    """Real gunicorn on loopback, configured through the environment like production.
+
+    Its port is a Port of its own from construction to stop(): started again after
+    terminate() or kill(), it serves on the same port, which refuses connections meanwhile.
+    """
+
+    # Set before start(): its issuer is then its own URL, as a browser reaches it.
+    own_issuer = False
 
     def __init__(
         self, settings: Settings, workers: int = 2, log_dir: Path | None = None, **env: str
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         # Logs go to files, not pipes: a pipe nobody drains fills up and blocks the workers.
         self._temporary_logs = log_dir is None  # removed again by stop()
-        log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tokenserver-live-"))
-        self.error_log = log_dir / f"gunicorn-{self.port}.log"
-        self.access_log = log_dir / f"gunicorn-{self.port}.access.log"
+        self._log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tokenserver-live-"))
         self.env = {
             **os.environ,
             "TOKENSERVER_DATABASE_URL": settings.database_url,
@@ -282,11 +289,26 @@ class LiveServer:
             "TOKENSERVER_ARGON2_TIME_COST": str(settings.argon2_time_cost),
             "TOKENSERVER_ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib),
             "TOKENSERVER_KEY_CACHE_SECONDS": str(settings.key_cache_seconds),
-            "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self._port: Port | None = None
+        self._use(Port())
+
+    def _use(self, port: Port) -> None:
+        """Serve on `port` (the previous one, if any, given back)."""
+        if self._port is not None:
+            self._port.release()
+        self._port = port
+        self.port = port.number
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.error_log = self._log_dir / f"gunicorn-{self.port}.log"
+        self.access_log = self._log_dir / f"gunicorn-{self.port}.access.log"
+        self.env["PORT"] = str(self.port)
+
+    def _log_end(self) -> str:
+        return "\n".join(self.log_lines())[-2000:]
 
     def log_lines(self, which: str = "error") -> list[str]:
         """What gunicorn has written so far to its error log (stderr) or its access log."""
@@ -294,6 +316,18 @@ class LiveServer:
         return path.read_text(errors="replace").splitlines() if path.exists() else []
 
     def start(self) -> LiveServer:
+        """Start gunicorn and wait until it answers /healthz from its own socket. The first
+        start moves to a fresh port if another process took this one; a later one (its
+        address is known, e.g. to a balancer) raises PortTaken instead."""
+        if self.process is None:
+            on_a_port_of_its_own(self._start_once, self._use)
+        else:
+            self._start_once()
+        return self
+
+    def _start_once(self) -> None:
+        if self.own_issuer:
+            self.env["TOKENSERVER_ISSUER"] = self.url
         stderr = open(self.error_log, "ab")  # noqa: SIM115 (the child keeps it open)
         self.process = subprocess.Popen(
             [*node_command(self.address), "--access-logfile", str(self.access_log)],
@@ -304,18 +338,15 @@ class LiveServer:
             start_new_session=True,  # a process group of its own, for kill()
         )
         stderr.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("\n".join(self.log_lines())[-2000:])
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or the workers are still loading the app
-            time.sleep(0.05)  # polling for start-up, not waiting out a race
-        self.stop()
-        raise RuntimeError("gunicorn did not start within 30 s")
+        try:
+            wait_until_serving(self.process, self.port, seconds=30, failed=self._log_end)
+        except PortTaken:
+            # Not serving yet, and it could only fail to bind (after 5 s of gunicorn's retries).
+            self.kill()
+            raise
+        except BaseException:
+            self.terminate()
+            raise
 
     @property
     def address(self) -> str:
@@ -344,10 +375,12 @@ class LiveServer:
                 self.process.wait()
 
     def stop(self) -> None:
-        """Stop gracefully and remove temporary logs."""
+        """Stop gracefully, give the port back and remove temporary logs."""
         self.terminate()
+        if self._port is not None:
+            self._port.release()
         if self._temporary_logs:
-            shutil.rmtree(self.error_log.parent, ignore_errors=True)
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
-from bench.server import free_port
+from bench.server import Port
 from tokenserver.config import Settings
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily
@@ -58,7 +58,7 @@ pytestmark = pytest.mark.skipif(
 def server(base_settings: Settings, app: Flask, tmp_path: Path) -> Iterator[LiveServer]:
     """Live gunicorn whose issuer is its own loopback URL, as a browser reaches it."""
     live = LiveServer(base_settings, 2, tmp_path)
-    live.env["TOKENSERVER_ISSUER"] = live.url
+    live.own_issuer = True
     try:
         yield live.start()
     finally:
@@ -190,8 +190,10 @@ def _relying_party(issuer: str, client: dict[str, Any], port: int) -> tuple[Flas
 
 
 @pytest.fixture
-def rp_port() -> int:
-    return free_port()
+def rp_port() -> Iterator[int]:
+    """A loopback port kept for the test's web app (its redirect URI names it)."""
+    with Port() as port:
+        yield port.number
 
 
 def test_a_web_app_signs_a_user_in_through_our_pages(
