@@ -32,7 +32,7 @@ from flask.testing import FlaskCliRunner
 from joserfc import jws
 from sqlalchemy import create_engine, select
 
-from bench.server import free_port
+from bench.server import Port, listener_owner
 from deploy.cluster import Balancer, start_command, supervise, wait_until
 from tests.conftest import (
     PASSWORD,
@@ -93,23 +93,45 @@ def _start_cluster(
 
 
 def _balancing(stack: list[Any], addresses: tuple[str, str], folder: Path) -> Balancer:
-    """HAProxy with deploy/haproxy.cfg in front of `addresses`, added to `stack`; once it has
-    both nodes in its pool."""
-    balancer = Balancer(
-        f"127.0.0.1:{free_port()}",
-        addresses,
-        f"127.0.0.1:{free_port()}",
-        folder / "haproxy.sock",
-        folder / "haproxy.log",
-    )
-    stack.append(balancer)
-    balancer.start().wait_for({"node1": "UP", "node2": "UP"})
-    return balancer
+    """HAProxy with deploy/haproxy.cfg in front of `addresses`, on two ports of its own, added
+    to `stack`; once it has both nodes in its pool. Fresh ports if another process listens on
+    one first (HAProxy then exits, or would share it: it binds with SO_REUSEPORT)."""
+    for attempt in range(1, 4):
+        ports = (Port(), Port())
+        stack.extend(ports)
+        balancer = Balancer(
+            f"127.0.0.1:{ports[0].number}",
+            addresses,
+            f"127.0.0.1:{ports[1].number}",
+            folder / "haproxy.sock",
+            folder / "haproxy.log",
+        )
+        stack.append(balancer)
+        try:
+            balancer.start()
+        except RuntimeError:  # it exited, or its stats never answered
+            if attempt == 3 or not _taken(balancer, ports):
+                raise
+            continue
+        if not _taken(balancer, ports):
+            balancer.wait_for({"node1": "UP", "node2": "UP"})
+            return balancer
+        balancer.stop()
+    raise RuntimeError("another process took HAProxy's ports three times")
+
+
+def _taken(balancer: Balancer, ports: tuple[Port, Port]) -> bool:
+    """Whether another process than HAProxy listens on one of its ports."""
+    assert balancer.process is not None
+    return any(listener_owner(balancer.process.pid, port.number) == "another" for port in ports)
 
 
 def _stop(stack: list[Any]) -> None:
-    for part in reversed(stack):  # the balancer first
-        part.stop()
+    for part in reversed(stack):  # the balancer first, then its ports, then the nodes
+        if isinstance(part, Port):
+            part.release()
+        else:
+            part.stop()
 
 
 @pytest.fixture
@@ -337,15 +359,18 @@ def test_requests_reach_the_nodes_while_no_node_passes_its_check(
     """Fail open: a pause of the shared database fails every node's check at once, and the
     nodes, which wait for it or answer their own JSON 503, are still the ones to ask."""
     cluster = cluster_factory()
-    closed = free_port()  # nothing listens there: every check is refused, as when both stop
-    for name in ("node1", "node2"):
-        cluster.balancer.command(f"set server nodes/{name} check-port {closed}")
-    cluster.balancer.wait_for({"node1": "DOWN", "node2": "DOWN"}, seconds=10)
-    served = [_served(node) for node in cluster.nodes]
-    jwks = [requests.get(f"{cluster.url}/.well-known/jwks.json", timeout=TIMEOUT) for _ in "ab"]
-    assert [answer.status_code for answer in jwks] == [200, 200]
-    assert _signup(cluster.url, "alice").status_code == 201
-    assert all(_served(node) > before for node, before in zip(cluster.nodes, served, strict=True))
+    # Nothing listens there: every check is refused, as when both stop.
+    with Port() as closed:
+        for name in ("node1", "node2"):
+            cluster.balancer.command(f"set server nodes/{name} check-port {closed.number}")
+        cluster.balancer.wait_for({"node1": "DOWN", "node2": "DOWN"}, seconds=10)
+        served = [_served(node) for node in cluster.nodes]
+        jwks = [requests.get(f"{cluster.url}/.well-known/jwks.json", timeout=TIMEOUT) for _ in "ab"]
+        assert [answer.status_code for answer in jwks] == [200, 200]
+        assert _signup(cluster.url, "alice").status_code == 201
+        assert all(
+            _served(node) > before for node, before in zip(cluster.nodes, served, strict=True)
+        )
 
 
 def _json_error(answer: requests.Response) -> str:
@@ -451,6 +476,8 @@ def fake_nodes(tmp_path: Path) -> Iterator[Callable[..., tuple[Balancer, list[_F
     for part in reversed(stack):
         if isinstance(part, Balancer):
             part.stop()
+        elif isinstance(part, Port):
+            part.release()
         else:
             part.shutdown()
             part.server_close()
@@ -674,4 +701,4 @@ def test_launcher_prints_a_command_that_starts_a_node_again(base_settings: Setti
     finally:
         os.killpg(shell.pid, signal.SIGTERM)
         shell.wait(timeout=35)
-        shutil.rmtree(node.error_log.parent, ignore_errors=True)
+        node.stop()  # its port and logs
