@@ -82,13 +82,6 @@ def tokenserver_command(env: dict[str, str], *args: str, stdin: str | None = Non
     return done.stdout
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Port:
     """A loopback port kept for a server of ours, from before it starts until we are done.
 

@@ -1,6 +1,6 @@
 """PostgreSQL going away under load: fast JSON 503s, /readyz 503, recovery, no acknowledged loss.
 
-The test runs a PostgreSQL cluster of its own (initdb and pg_ctl on a free port) and kills it
+The test runs a PostgreSQL cluster of its own (initdb and pg_ctl, on a port it keeps) and kills it
 with `pg_ctl stop -m immediate`, as a crash would; it never touches the shared server. It makes
 its cluster whatever TEST_DATABASE_URL says, so it runs once per `make test`: in the PostgreSQL
 run, the one that says PostgreSQL is installed here.
@@ -28,7 +28,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select, text
 
-from bench.server import free_port
+from bench.server import Port
 from tests.conftest import FAST_HASHING, PASSWORD
 from tests.helpers import until_a_backend_waits_for_a_lock
 from tokenserver import create_app
@@ -52,10 +52,14 @@ RECOVERY_SECONDS = 20  # after the database is back, /readyz says ready within t
 
 
 class Cluster:
-    """A throwaway PostgreSQL cluster on a free loopback port, run as the postgres user."""
+    """A throwaway PostgreSQL cluster on a loopback Port of its own, run as the postgres user.
+
+    The port stays ours until remove(), so the cluster can crash and start again on it.
+    """
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self._port = Port()
+        self.port = self._port.number
         self.root = Path(tempfile.mkdtemp(prefix="tokenserver-pg-"))
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.root, "postgres", "postgres")
@@ -69,7 +73,18 @@ class Cluster:
 
     def create(self) -> Cluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
-        self.start()
+        for attempt in range(1, 4):
+            try:
+                self.start()
+                break
+            except subprocess.CalledProcessError:
+                # Another process listens on the port: the postmaster could not bind it.
+                if attempt == 3 or "Address already in use" not in self._log():
+                    raise
+                self._port.release()
+                self._port = Port()
+                self.port = self._port.number
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/tokenserver"
         admin = create_engine(
             self.url.replace("/tokenserver", "/postgres"), isolation_level="AUTOCOMMIT"
         )
@@ -83,6 +98,10 @@ class Cluster:
         log = str(self.root / "postgres.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
 
+    def _log(self) -> str:
+        path = self.root / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def crash(self) -> None:
         """Stop at once, as a crash would: no clean shutdown, clients cut off mid-query."""
         self.stop("immediate")
@@ -95,6 +114,7 @@ class Cluster:
         if (self.data / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.CalledProcessError):
                 self.crash()  # it may be down already
+        self._port.release()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
