@@ -1,5 +1,6 @@
 """gunicorn settings as deployed; PORT, WEB_CONCURRENCY and the metrics directory from the env."""
 
+import atexit
 import os
 import sys
 
@@ -54,6 +55,10 @@ try:
     metric_files.check(METRICS_DIR)
 except ConfigError as exc:
     _refuse(exc)
+# Removed when this master exits, however it does: gunicorn calls no hook when the master
+# gives up before serving (its port taken, say). Only this master's own directory goes: the
+# workers forked from it run this too, and an operator's directory is never removed.
+atexit.register(metric_files.remove_if_own, METRICS_DIR)
 # Bounds on what a web worker's PostgreSQL session may do, so a stuck statement or an abandoned
 # transaction answers 503 long before `timeout` below kills the worker. Only the server gets
 # them (migrations may run longer). libpq reads PGOPTIONS: set it yourself to choose others,
@@ -101,8 +106,3 @@ def post_worker_init(worker: object) -> None:
 def child_exit(server: object, worker: object) -> None:
     """Keep a dead worker's counts (folded into the archive) and forget its process."""
     metric_files.worker_exited(worker.pid, METRICS_DIR)  # type: ignore[attr-defined]
-
-
-def on_exit(server: object) -> None:
-    """Remove the metrics directory if it was made for this master (never the operator's)."""
-    metric_files.remove_if_own(METRICS_DIR)

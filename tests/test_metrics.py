@@ -364,6 +364,37 @@ def test_the_operators_directory_is_kept_and_others_masters_are_not_shared(
     assert not Path(fresh).exists()
 
 
+def test_a_master_that_cannot_bind_leaves_no_metrics_directory(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 (where the deployed config binds)
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        failed = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", "PORT": port, "TMPDIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert failed.returncode == 1 and "Connection in use" in failed.stderr
+    assert list(tmp_path.glob("tokenserver-metrics-*")) == []
+
+
+def test_a_stopped_master_leaves_no_metrics_directory(
+    tmp_path: Path, live_server_factory: Any
+) -> None:
+    made = tmp_path / "made"
+    made.mkdir()
+    server = live_server_factory(workers=1, TMPDIR=str(made))
+    [folder] = made.glob("tokenserver-metrics-*")  # made for this master while it serves
+    assert requests.get(f"{server.url}/metrics", timeout=10).status_code == 200
+    server.stop()
+    assert not folder.exists()
+
+
 def _write_counts(path: Path, value: float) -> str:
     key = mmap_key("demo", "demo_total", ["route"], ["/x"], "A demo counter.")
     values = MmapedDict(str(path))
