@@ -29,7 +29,7 @@ from tokenserver.oauth.devices import (
 )
 from tokenserver.observability import JSONFormatter
 from tokenserver.store import devices as store_devices
-from tokenserver.store import tokens
+from tokenserver.store.tokens import issuing, lookups
 
 from .conftest import PASSWORD, REDIS_URL, Actions, LiveServer, RegisteredClient
 from .helpers import Flow, Prover, csrf_of, run_behind
@@ -663,13 +663,13 @@ def test_an_approval_dies_with_the_browser_session_that_gave_it(device: Device) 
 
 def _before_storing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
     """Run `action` after a poll spends its device code, just before its tokens are stored."""
-    store_issued = tokens.store_issued
+    store_issued = issuing.store_issued
 
     def action_first(*args: Any, **kwargs: Any) -> Any:
         action()
         return store_issued(*args, **kwargs)
 
-    monkeypatch.setattr(tokens, "store_issued", action_first)
+    monkeypatch.setattr(issuing, "store_issued", action_first)
 
 
 def test_a_reset_landing_between_the_poll_and_its_tokens_leaves_none(
@@ -685,7 +685,7 @@ def test_a_reset_landing_between_the_poll_and_its_tokens_leaves_none(
     )
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
     with app.app_context():
-        assert tokens.signed_in_apps(accounts.get("alice").id) == []
+        assert lookups.signed_in_apps(accounts.get("alice").id) == []
 
 
 def test_wrong_codes_are_limited_per_ip_and_per_browser_session(
@@ -1081,7 +1081,7 @@ def test_an_app_signed_out_between_the_poll_and_its_tokens_gets_none(
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"
     monkeypatch.undo()
     with app.app_context():
-        assert tokens.signed_in_apps(accounts.get("alice").id) == []
+        assert lookups.signed_in_apps(accounts.get("alice").id) == []
     assert _error(device.poll(codes["device_code"])) == "invalid_grant"  # spent, not waiting
 
 
@@ -1129,7 +1129,7 @@ def test_a_sign_out_landing_while_a_polls_tokens_are_stored_ends_them(
         racer.join()
     assert len(racers) == 1
     with app.app_context():
-        assert tokens.signed_in_apps(accounts.get("alice").id) == []
+        assert lookups.signed_in_apps(accounts.get("alice").id) == []
     if polled.status_code == 200:
         refreshed = device.client.post(
             "/oauth/token",

@@ -277,9 +277,9 @@ def test_of_two_refreshes_racing_to_bind_a_login_with_different_keys_one_binds(
     refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
     # Each refresh reads the login as unbound, as the second would have before the first's
     # commit: only the conditional binding, in the writing transaction, can tell them apart.
-    read = records.tokens.refresh_record
+    read = records.lookups.refresh_record
     monkeypatch.setattr(
-        records.tokens, "refresh_record", lambda h: dataclasses.replace(read(h), dpop_jkt=None)
+        records.lookups, "refresh_record", lambda h: dataclasses.replace(read(h), dpop_jkt=None)
     )
     owner, other = Prover(), Prover()
     first = _token(client, phone, owner.proof("POST", TOKEN_URL), **refresh)

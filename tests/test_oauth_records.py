@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from tokenserver.extensions import db
 from tokenserver.models import TokenFamily, User
-from tokenserver.store.tokens import revoke_logins
+from tokenserver.store.tokens.revoking import revoke_logins
 
 from .conftest import LiveServer, RegisteredClient
 from .helpers import (

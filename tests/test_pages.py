@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from tokenserver.extensions import db
 from tokenserver.store import sessions as store_sessions
-from tokenserver.store import tokens as store_tokens
+from tokenserver.store.tokens import revoking as store_revoking
 
 from .conftest import PASSWORD, Actions
 from .helpers import REDIRECT, Flow, b64url, claims_of, csrf_of, pkce, query_of
@@ -310,8 +310,8 @@ def test_a_disabled_user_loses_the_browser_session(flow: Flow, runner: FlaskCliR
 
 # The steps of a sign-out: whichever fails, as a lost database connection would, the others
 # must not stand alone (a session left alive, that `users enable` would bring back).
-_SIGN_OUT_STEPS = [(store_sessions, "end"), (store_tokens, "revoke_logins")]
-_STEP_IDS = ["sessions.end", "tokens.revoke_logins"]
+_SIGN_OUT_STEPS = [(store_sessions, "end"), (store_revoking, "revoke_logins")]
+_STEP_IDS = ["sessions.end", "revoking.revoke_logins"]
 
 
 def _fail(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:

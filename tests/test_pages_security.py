@@ -15,7 +15,8 @@ from sqlalchemy import create_engine
 
 from tokenserver import accounts
 from tokenserver.browser_models import BrowserSession
-from tokenserver.store import sessions, tokens
+from tokenserver.store import sessions
+from tokenserver.store.tokens import issuing, lookups, revoking
 
 from .conftest import PASSWORD
 from .helpers import (
@@ -159,7 +160,7 @@ def _a_code_not_yet_exchanged(flow: Flow) -> Any:
 
 def _live_apps(app: Flask, user_id: int) -> list[Any]:
     with app.app_context():
-        return tokens.signed_in_apps(user_id)
+        return lookups.signed_in_apps(user_id)
 
 
 @pytest.mark.parametrize("ending", ["sign out everywhere", "password reset"])
@@ -170,17 +171,17 @@ def test_a_sign_out_landing_during_the_exchange_leaves_no_tokens(
     # looked its code up and before it stores the tokens: nothing it stores may outlive it.
     exchange_of = _a_code_not_yet_exchanged(flow)
     user_id = _alice_id(app)
-    store_issued = tokens.store_issued
+    store_issued = issuing.store_issued
 
     def signed_out_first(*args: Any, **kwargs: Any) -> Any:
         if ending == "password reset":
             accounts.reset_password("alice", NEW_PASSWORD)
         else:
             sessions.end(user_id)
-            tokens.revoke_logins(user_id)
+            revoking.revoke_logins(user_id)
         return store_issued(*args, **kwargs)
 
-    monkeypatch.setattr(tokens, "store_issued", signed_out_first)
+    monkeypatch.setattr(issuing, "store_issued", signed_out_first)
     response = exchange_of()
     assert response.status_code == 400 and response.json["error"] == "invalid_grant"
     assert _live_apps(app, user_id) == []

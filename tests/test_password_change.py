@@ -16,7 +16,8 @@ from tokenserver import accounts
 from tokenserver.extensions import db
 from tokenserver.guard import FREE_ATTEMPTS
 from tokenserver.models import User
-from tokenserver.store import sessions, tokens, users
+from tokenserver.store import sessions, users
+from tokenserver.store.tokens import issuing, lookups
 
 from .conftest import PASSWORD, Actions
 from .helpers import Flow, assert_oauth_error, refresh_grant, reset_queued_behind
@@ -128,17 +129,17 @@ def test_a_password_login_checked_just_before_a_new_password_stores_nothing(
     # stores its tokens. Whoever held the old password must not keep a login.
     actions.user("alice")
     oauth_client = actions.oauth_client()
-    store_issued = tokens.store_issued
+    store_issued = issuing.store_issued
 
     def reset_first(*args: Any, **kwargs: Any) -> Any:
         accounts.reset_password("alice", NEW)
         return store_issued(*args, **kwargs)
 
-    monkeypatch.setattr(tokens, "store_issued", reset_first)
+    monkeypatch.setattr(issuing, "store_issued", reset_first)
     assert_oauth_error(actions.token(oauth_client, "alice"), 400, "invalid_grant")
     with app.app_context():
         user = accounts.get("alice")
-        assert tokens.signed_in_apps(user.id) == []
+        assert lookups.signed_in_apps(user.id) == []
     # The password checked out, so the success is logged; the refusal follows it.
     assert [e["event"] for e in events() if e["event"].startswith("login.")] == [
         "login.success",
@@ -246,7 +247,7 @@ def test_a_reset_waits_for_a_password_login_under_way_and_revokes_it(
     actions.user("alice")
     oauth_client = actions.oauth_client()
     stored, release = threading.Event(), threading.Event()
-    issue = tokens._issue
+    issue = issuing._issue
 
     def held(*args: Any, **kwargs: Any) -> Any:
         outcome = issue(*args, **kwargs)
@@ -254,7 +255,7 @@ def test_a_reset_waits_for_a_password_login_under_way_and_revokes_it(
         release.wait(30)
         return outcome
 
-    monkeypatch.setattr(tokens, "_issue", held)
+    monkeypatch.setattr(issuing, "_issue", held)
     answers: list[Any] = []
     login = threading.Thread(target=lambda: answers.append(actions.token(oauth_client, "alice")))
     login.start()
@@ -266,4 +267,4 @@ def test_a_reset_waits_for_a_password_login_under_way_and_revokes_it(
     resetting.join()
     assert answers[0].status_code == 200  # it came first...
     with app.app_context():
-        assert tokens.signed_in_apps(accounts.get("alice").id) == []  # ...and is revoked
+        assert lookups.signed_in_apps(accounts.get("alice").id) == []  # ...and is revoked

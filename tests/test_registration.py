@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from tokenserver.extensions import db
 from tokenserver.models import Client, InitialAccessToken, TokenFamily
 from tokenserver.store import sessions
-from tokenserver.store import tokens as token_store
+from tokenserver.store.tokens import issuing
 
 from .conftest import Actions, LiveServer
 from .helpers import REDIRECT, Flow, claims_of, pkce, query_of, run_behind, works
@@ -677,7 +677,7 @@ def test_a_client_made_public_after_authenticating_gets_no_login(
     # The exchange authenticated with the secret; the update making the client public, and
     # revoking its logins, commits before the login is stored: none is.
     registered, flow, code, verifier = _code_of_a_confidential_client(app, client, runner, actions)
-    store_issued, put = token_store.store_issued, _made_public(app, registered)
+    store_issued, put = issuing.store_issued, _made_public(app, registered)
 
     def made_public_first(*args: Any, **kwargs: Any) -> Any:
         putting = threading.Thread(target=put)  # another request, with its own app context
@@ -685,7 +685,7 @@ def test_a_client_made_public_after_authenticating_gets_no_login(
         putting.join()
         return store_issued(*args, **kwargs)
 
-    monkeypatch.setattr(token_store, "store_issued", made_public_first)
+    monkeypatch.setattr(issuing, "store_issued", made_public_first)
     exchanged = flow.exchange(registered["client_id"], registered["client_secret"], code, verifier)
     assert exchanged.status_code == 401 and exchanged.json["error"] == "invalid_client"
     assert _families_of(app, registered["client_id"]) == 0

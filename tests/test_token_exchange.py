@@ -633,12 +633,12 @@ def _revoking_on_a_thread(app: Flask, token: str, what: str = "token") -> thread
     from tokenserver.extensions import db
     from tokenserver.keys import revoke as revoke_key
     from tokenserver.keywrap import KeyWrapper
-    from tokenserver.store import tokens
+    from tokenserver.store.tokens import revoking
 
     def revoke() -> None:
         with app.app_context():
             if what == "token":
-                tokens.revoke_access_token(claims_of(token)["jti"])
+                revoking.revoke_access_token(claims_of(token)["jti"])
             else:
                 revoke_key(db.engine, KeyWrapper(), pyjwt.get_unverified_header(token)["kid"])
 
@@ -663,10 +663,10 @@ def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its
     # signing key) is revoked: the revocation waits for it, then sees that token and revokes
     # it too.
     _postgres_only(database_url)
-    from tokenserver.store import tokens
+    from tokenserver.store.tokens import issuing as token_issuing
 
     holding, release = threading.Event(), threading.Event()
-    issuing = tokens._issuing
+    issuing = token_issuing._issuing
 
     def held(write: Any) -> bool:
         def stored_then_held(conn: Any) -> bool:
@@ -677,7 +677,7 @@ def test_revoking_a_subject_token_waits_for_its_exchange_under_way_and_kills_its
 
         return issuing(stored_then_held)
 
-    monkeypatch.setattr(tokens, "_issuing", held)
+    monkeypatch.setattr(token_issuing, "_issuing", held)
     answers: list[Any] = []
     other = app.test_client()
     exchanging = threading.Thread(
@@ -713,17 +713,17 @@ def test_an_exchange_waits_for_its_subject_tokens_revocation_under_way_and_store
     # The other way round: the subject token is revoked, not yet committed, when the exchange
     # (which found it live) stores its token: the exchange waits, then finds it revoked.
     _postgres_only(database_url)
-    from tokenserver.store import tokens
+    from tokenserver.store.tokens import revoking as token_revoking
 
     holding, release = threading.Event(), threading.Event()
-    walking = tokens._revoke_exchanged
+    walking = token_revoking._revoke_exchanged
 
     def held(conn: Any, jtis: list[str], now: Any) -> None:
         holding.set()
         release.wait(30)
         walking(conn, jtis, now)
 
-    monkeypatch.setattr(tokens, "_revoke_exchanged", held)
+    monkeypatch.setattr(token_revoking, "_revoke_exchanged", held)
     revoking = _revoking_on_a_thread(app, setup.subject)
     revoking.start()
     assert holding.wait(30)

@@ -14,7 +14,8 @@ from .errors import APIError, Conflict, InvalidRequest, NotFound
 from .guard import Throttled, current_guard
 from .models import Subject
 from .passwords import current_passwords, password_problem
-from .store import devices, sessions, tokens, transaction, users
+from .store import devices, sessions, transaction, users
+from .store.tokens import revoking
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -227,7 +228,7 @@ def _replace_password(
         if not users.set_password_hash(user.id, new_hash, tx, over=over):
             return None
         sessions.end(user.id, keep=keep_session, tx=tx)
-        ended = tokens.revoke_logins(user.id, keep_family=keep_family, tx=tx)
+        ended = revoking.revoke_logins(user.id, keep_family=keep_family, tx=tx)
         devices.withdraw_approvals(user.id, tx, keep_session=keep_session)
     return ended
 
@@ -267,7 +268,7 @@ def set_disabled(username: str, disabled: bool) -> Subject:
         user = users.set_disabled(user.id, disabled, tx)
         if disabled:
             sessions.end(user.id, tx=tx)  # out of our pages too (first: see sessions.end)
-            tokens.revoke_logins(user.id, tx=tx)  # so enabling again brings none of them back
+            revoking.revoke_logins(user.id, tx=tx)  # so enabling again brings none of them back
     audit.event(
         "user.disabled" if disabled else "user.enabled", user_id=user.id, username=user.username
     )

@@ -36,7 +36,8 @@ from .models import (
 from .redirects import LOOPBACK_HOSTS, UNREADABLE, readable_parts, redirect_uri_problem
 from .resource_uris import uri_problem as resource_problem
 from .store import clients as store
-from .store import initial_tokens, tokens, transaction
+from .store import initial_tokens, transaction
+from .store.tokens import revoking
 
 
 class InvalidClientMetadata(APIError):
@@ -158,7 +159,7 @@ def update_client(client_id: str, spec: ClientSpec) -> tuple[Client, str | None]
     with transaction() as tx:
         if not store.change(client_id, columns, tx):
             raise NotFound(f"no client with id {client_id!r}")  # deleted meanwhile
-        ended = tokens.revoke_client_logins(client_id, tx) if weakened else 0
+        ended = revoking.revoke_client_logins(client_id, tx) if weakened else 0
     client = _stored(client_id)
     _changed(client_id)
     _audit("client.updated", client, new_secret=secret is not None, ended=ended)

@@ -25,9 +25,9 @@ from .errors import APIError, NotFound
 from .keywrap import KeyEncryptionError, KeyWrapper
 from .models import isoformat, utcnow
 from .store import keys as stored
-from .store import tokens as token_records
 from .store import transaction
 from .store.keys import CURRENT, NEXT, REVOKED, KeyConflict, KeyInfo, NewKey
+from .store.tokens import revoking as token_revoking
 
 KEY_SIZE = 2048
 ALGORITHM = "RS256"
@@ -138,7 +138,7 @@ def _withdraw(engine: Engine, replacement: NewKey, kid: str) -> str | None:
             raise APIError(f"signing key {kid} changed meanwhile; try again")
         # Its tokens die by their kid on every check; what was exchanged from them (signed by
         # another key) is revoked here, as if each of them had been revoked.
-        token_records.revoke_exchanged_from_key(tx, kid)
+        token_revoking.revoke_exchanged_from_key(tx, kid)
         if state != CURRENT:
             return None
         if stored.promote_next(tx, utcnow()):

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from . import accounts, audit
 from .config import current_settings
-from .store import clients, codes, consents, devices, sessions, tokens, transaction
+from .store import clients, codes, consents, devices, sessions, transaction
 from .store.sessions import Session, SessionInfo
-from .store.tokens import SignedInApp
+from .store.tokens import lookups, revoking
+from .store.tokens.lookups import SignedInApp
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Overview:
 
 def overview(session: Session) -> Overview:
     """The signed-in user's sessions and apps."""
-    return Overview(sessions.list_live(session.user.id), tokens.signed_in_apps(session.user.id))
+    return Overview(sessions.list_live(session.user.id), lookups.signed_in_apps(session.user.id))
 
 
 def sign_out(secret: str) -> None:
@@ -89,7 +90,7 @@ def sign_out_app(session: Session, client_id: str) -> None:
         # the logins are revoked; one that comes after finds the code expired.
         codes.expire_unused(user_id, client_id, tx)
         devices.withdraw_approvals(user_id, tx, client_id=client_id)
-        tokens.revoke_logins(user_id, client_id=client_id, tx=tx)
+        revoking.revoke_logins(user_id, client_id=client_id, tx=tx)
         consents.forget(user_id, client_id, tx)
     audit.event("app.signed_out", user_id=session.user.id, client_id=client_id)
 
@@ -99,7 +100,7 @@ def sign_out_everywhere(session: Session) -> None:
     failure part-way must not leave tokens alive behind a page that said they were ended."""
     with transaction() as tx:
         sessions.end(session.user.id, tx=tx)  # first: see sessions.end
-        tokens.revoke_logins(session.user.id, tx=tx)
+        revoking.revoke_logins(session.user.id, tx=tx)
     audit.event("user.signed_out_everywhere", user_id=session.user.id)
 
 

@@ -24,7 +24,8 @@ from ..config import current_settings
 from ..digests import digest
 from ..keys import ALGORITHM, current_keyring
 from ..models import Client, Subject
-from ..store import codes, tokens, users
+from ..store import codes, users
+from ..store.tokens import revoking
 from . import dpop, parameters
 from .grants import _AUTH_METHODS
 from .records import RefreshCredential
@@ -133,7 +134,7 @@ class CodeGrant(ResourceIndicators, grants.AuthorizationCodeGrant):
         pass  # spent with the tokens it issued, in one transaction
 
     def authenticate_user(self, authorization_code: codes.PresentedCode) -> Subject | None:
-        # Its browser session is checked where the tokens are stored (store.tokens._issue).
+        # Its browser session is checked where the tokens are stored (store.tokens.issuing._issue).
         user = users.subject(authorization_code.user_id)
         return None if user is None or user.disabled else user  # disabled since: invalid_grant
 
@@ -158,7 +159,7 @@ def _sent_to_registered(code: codes.PresentedCode, client: Client) -> bool:
 def reuse_detected(client_id: str, family_id: str | None) -> None:
     """A spent code was presented again: revoke every token it issued (RFC 6749 §4.1.2)."""
     if family_id is not None:
-        tokens.revoke_family(family_id)
+        revoking.revoke_family(family_id)
     audit.event("code.reuse_detected", client_id=client_id, family_id=family_id)
 
 

@@ -10,7 +10,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoi
 
 from ..config import current_settings
 from ..models import Client
-from ..store import tokens as token_store
+from ..store.tokens import revoking
 from . import records
 from .tokens import TokenRejected, VerifiedToken, is_jwt_shaped, verified_token
 
@@ -134,6 +134,6 @@ class RevocationEndpoint(_RevocationEndpoint):
 
     def revoke_token(self, token: records.StoredToken, request: Any) -> None:
         if token.kind == records.REFRESH:
-            token_store.revoke_family(token.family_id)
+            revoking.revoke_family(token.family_id)
         elif token.jti:
-            token_store.revoke_access_token(token.jti)
+            revoking.revoke_access_token(token.jti)

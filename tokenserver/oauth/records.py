@@ -1,6 +1,6 @@
 """The rules of the records kept for every issued token: rotation, reuse, revocation, liveness.
 
-Their statements are in store/tokens.py.
+Their statements are in store/tokens/.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from .. import accounts, audit
 from ..config import current_settings
 from ..digests import digest
 from ..models import Client, Subject, User, utcnow
-from ..store import tokens
-from ..store.tokens import ACCESS, REFRESH, Issued
+from ..store.tokens import ACCESS, REFRESH, issuing, lookups, revoking
+from ..store.tokens.issuing import Issued
 from . import dpop
 from .resources import as_audience
 
@@ -122,7 +122,7 @@ def record_issued(
     login = None
     checked_hash = getattr(user, "checked_hash", None)
     if parent is None:
-        login = tokens.NewLogin(
+        login = issuing.NewLogin(
             family_id,
             client.client_id,
             None if user is None else user.id,
@@ -141,7 +141,7 @@ def record_issued(
         # the proof's key, or its next refresh token would be spendable without the key.
         bind = (family_id, dpop_jkt)
     try:
-        outcome = tokens.store_issued(
+        outcome = issuing.store_issued(
             records,
             login=login,
             parent_hash=None if parent is None else parent.token_hash,
@@ -149,7 +149,7 @@ def record_issued(
             code=None if code_hash is None else (code_hash, family_id),
             bind=bind,
         )
-    except tokens.ClientGone:
+    except issuing.ClientGone:
         raise InvalidClientError() from None
     if outcome is Issued.CLIENT_PUBLIC:
         raise InvalidClientError()  # the credential it authenticated with is no more
@@ -206,8 +206,8 @@ def record_exchanged(
         "audience": " ".join(auds),
     }
     try:
-        return tokens.store_exchanged(record)
-    except tokens.ClientGone:
+        return issuing.store_exchanged(record)
+    except issuing.ClientGone:
         raise InvalidClientError() from None  # the client was deleted since it authenticated
 
 
@@ -224,7 +224,7 @@ def find_refresh_token(
     if not _may_be_ours(token):
         return None
     token_hash = digest(token)
-    row = tokens.refresh_record(token_hash)
+    row = lookups.refresh_record(token_hash)
     if row is None:
         return None
     if row.client_id != client.client_id:
@@ -270,7 +270,7 @@ def _within_grace(spent_at: datetime | None, grace: int, now: datetime) -> bool:
 
 
 def _reuse_detected(client: Client, family_id: str) -> None:
-    tokens.revoke_family(family_id)  # replay of a spent token: assume it was stolen
+    revoking.revoke_family(family_id)  # replay of a spent token: assume it was stolen
     audit.event("token.reuse_detected", client_id=client.client_id, family_id=family_id)
 
 
@@ -299,7 +299,7 @@ def live_access_token(claims: dict[str, Any], kid: str) -> LiveToken | None:
     any key a worker still holds (a leaked key, revoked but cached for a few seconds more).
     """
     expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-    row = tokens.live_access(claims["jti"], kid, claims["scope"], expires_at)
+    row = lookups.live_access(claims["jti"], kid, claims["scope"], expires_at)
     if row is None:
         return None
     user = row.user
@@ -352,7 +352,7 @@ def live_refresh_token(token: str) -> LiveToken | None:
         return None
     session_max_age = timedelta(seconds=current_settings().session_max_age)
     token_hash = digest(token)
-    row = tokens.live_refresh(token_hash, utcnow() - session_max_age)
+    row = lookups.live_refresh(token_hash, utcnow() - session_max_age)
     if row is None:
         return None
     # Its login may end first: TOKENSERVER_SESSION_MAX_AGE lowered since it was issued.
@@ -392,7 +392,7 @@ class StoredToken:
 
 def stored_access_token(jti: str, kid: str) -> StoredToken | None:
     """The record of the access token with this `jti`, signed under `kid`, if any."""
-    row = tokens.stored_access(jti, kid)
+    row = lookups.stored_access(jti, kid)
     return None if row is None else StoredToken(ACCESS, row.family_id, row.client_id, row.jti)
 
 
@@ -400,5 +400,5 @@ def stored_refresh_token(token: str) -> StoredToken | None:
     """The record of this refresh token, if any."""
     if not _may_be_ours(token):
         return None
-    row = tokens.stored_refresh(digest(token))
+    row = lookups.stored_refresh(digest(token))
     return None if row is None else StoredToken(REFRESH, row.family_id, row.client_id, None)

@@ -2,7 +2,7 @@
 
 One module per aggregate: users, clients, tokens, keys, throttles, junk, and the browser's
 codes, consents, sessions and devices (plus initial access tokens, spent JWT ids and
-the schema's version).
+the schema's version). Tokens, the largest, are a package: issuing, lookups and revoking.
 Each owns its statements (prebuilt Core where a request runs them; ORM where only the CLI
 does) and hands its callers typed results (frozen dataclasses), never a session, a row or a
 statement. Callers apply the rules; the store knows nothing of HTTP.
@@ -15,13 +15,13 @@ the request's connection in autocommit, one round trip. The signing keys' functi
 the engine their caller holds: a key ring is bound to its app's, and the start-up check runs
 before any app.
 
-Each table is written by one module, and only there:
+Each table is written by one module (the tokens' by their package), and only there:
 
     users                  users.py          junk_items             junk.py
     clients                clients.py        login_throttles        throttles.py
     signing_keys           keys.py           spent_jtis             replay.py
-    token_families         tokens.py         initial_access_tokens  initial_tokens.py
-    token_records          tokens.py         authorization_codes    codes.py
+    token_families         tokens/           initial_access_tokens  initial_tokens.py
+    token_records          tokens/           authorization_codes    codes.py
     consents               consents.py       browser_sessions       sessions.py
     device_authorizations  devices.py
 """

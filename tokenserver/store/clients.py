@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from ..extensions import db
 from ..models import Client
 from . import transaction
-from .tokens import revoke_exchanged_to_client
+from .tokens.revoking import revoke_exchanged_to_client
 
 _clients: Table = Client.__table__
 # Built once: every token, introspection and revocation request may look its client up.

@@ -177,7 +177,7 @@ def still_allowed(conn: Connection, device_code_hash: str) -> bool:
     stores its tokens: a withdrawal racing it (an app signed out, a new password) waits for
     the caller on PostgreSQL (the row is share-locked) and then sees its tokens to revoke,
     or comes first and this says False. On SQLite the caller's transaction holds the one
-    write lock from its start (tokens._issuing)."""
+    write lock from its start (tokens.issuing._issuing)."""
     return conn.execute(_STILL_ALLOWED, {"hash": device_code_hash}).first() is not None
 
 

@@ -124,7 +124,8 @@ def signed_in(conn: Connection, session_id: str) -> bool:
 
     On PostgreSQL the row is share-locked until the caller commits: a sign-out waits for the
     caller and then revokes what it stored, or comes first and this says False. On SQLite the
-    caller's transaction holds the database's one write lock from its start (tokens._issuing).
+    caller's transaction holds the database's one write lock from its start
+    (tokens.issuing._issuing).
     """
     row = conn.execute(_ENDED, {"session_id": session_id}).first()
     return row is not None and row.ended_at is None
