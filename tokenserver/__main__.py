@@ -1,4 +1,4 @@
-"""The `tokenserver` command (also `python -m tokenserver`): cli.py's group on create_app."""
+"""The `tokenserver` command (also `python -m tokenserver`): cli/'s group on create_app."""
 
 from __future__ import annotations
 
