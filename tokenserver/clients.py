@@ -110,6 +110,22 @@ def register_client(spec: ClientSpec) -> tuple[Client, str | None]:
     return client, secret
 
 
+def register_first(spec: ClientSpec) -> tuple[Client | None, str | None]:
+    """The client named `spec.name`, registered from `spec` if no client exists at all (its
+    secret is returned then only); (None, None) if others exist and none is so named."""
+    found = store.named(spec.name)
+    if found is not None:
+        return found, None
+    if store.any_registered():
+        return None, None
+    return register_client(spec)
+
+
+def list_all() -> list[Client]:
+    """Every registered client, oldest first."""
+    return store.every()
+
+
 def register_dynamic_client(spec: ClientSpec, initial_access_token: str) -> DynamicRegistration:
     """Register a client over RFC 7591, spending the operator's single-use initial access token.
 

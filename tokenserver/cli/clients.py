@@ -12,7 +12,9 @@ from ..clients import (
     ClientSpec,
     delete_client,
     issue_initial_access_token,
+    list_all,
     register_client,
+    register_first,
     registered_spec,
     rotate_secret,
     update_client,
@@ -21,7 +23,6 @@ from ..config import current_settings
 from ..digests import new_secret
 from ..models import GRANT_TYPES, isoformat
 from ..payloads import parse_json
-from ..store import clients as client_store
 from .command import LONGEST, command, none_yet
 
 
@@ -215,7 +216,7 @@ def clients_update(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def clients_list(as_json: bool) -> None:
     """List registered clients (never their secrets)."""
-    rows = client_store.every()
+    rows = list_all()
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in rows]))
         return
@@ -289,20 +290,18 @@ def clients_ensure_demo() -> None:
     Used by `make run`: the URL opens our sign-in page in a browser, and the printed curl line
     exchanges the code it returns (the demo client's loopback redirect URI, RFC 8252 §7.3).
     """
-    demo = client_store.named(DEMO_NAME)
-    if demo is None and client_store.any_registered():
+    demo, secret = register_first(
+        ClientSpec(
+            DEMO_NAME,
+            grants=("password", "refresh_token", "client_credentials", "authorization_code"),
+            introspect=True,
+            redirect_uris=(DEMO_REDIRECT,),
+        )
+    )
+    if demo is None:
         click.echo("a client exists already; no demo client created")
         return
-    secret = None
-    if demo is None:
-        demo, secret = register_client(
-            ClientSpec(
-                DEMO_NAME,
-                grants=("password", "refresh_token", "client_credentials", "authorization_code"),
-                introspect=True,
-                redirect_uris=(DEMO_REDIRECT,),
-            )
-        )
+    if secret is not None:
         click.echo(f"demo client_id: {demo.client_id}\ndemo client_secret: {secret}")
     if DEMO_REDIRECT in demo.redirect_uri_list:
         click.echo(demo_sign_in(demo.client_id, secret))
