@@ -16,6 +16,7 @@ from sqlalchemy import (
     case,
     delete,
     insert,
+    literal,
     or_,
     select,
     tuple_,
@@ -115,10 +116,11 @@ def update(owner_id: int, item_id: int, changes: dict[str, str]) -> Item | None:
     """Change some fields in one conditional UPDATE (concurrent changes never mix); None if
     the owner has no such item. `updated_at` moves only if a value changes."""
     changed = or_(*(_items.c[name] != value for name, value in changes.items()))
+    now = literal(utcnow(), _items.c.updated_at.type)  # as the column binds it (UTC, checked)
     statement = (
         sql_update(_items)
         .where(*_OWNED)
-        .values(**changes, updated_at=case((changed, utcnow()), else_=_items.c.updated_at))
+        .values(**changes, updated_at=case((changed, now), else_=_items.c.updated_at))
         .returning(*_COLUMNS)
     )
     with single_write() as conn:
