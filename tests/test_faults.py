@@ -28,7 +28,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select, text
 
-from bench.server import Port
+from bench.server import Port, PortTaken, on_a_port_of_its_own
 from tests.conftest import FAST_HASHING, PASSWORD
 from tests.helpers import until_a_backend_waits_for_a_lock
 from tokenserver import create_app
@@ -59,12 +59,18 @@ class Cluster:
 
     def __init__(self) -> None:
         self._port = Port()
-        self.port = self._port.number
         self.root = Path(tempfile.mkdtemp(prefix="tokenserver-pg-"))
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.root, "postgres", "postgres")
         self.data = self.root / "data"
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/tokenserver"
+
+    @property
+    def port(self) -> int:
+        return self._port.number
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/tokenserver"
 
     def _run(self, tool: str, *args: str) -> None:
         runner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -73,18 +79,7 @@ class Cluster:
 
     def create(self) -> Cluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
-        for attempt in range(1, 4):
-            try:
-                self.start()
-                break
-            except subprocess.CalledProcessError:
-                # Another process listens on the port: the postmaster could not bind it.
-                if attempt == 3 or "Address already in use" not in self._log():
-                    raise
-                self._port.release()
-                self._port = Port()
-                self.port = self._port.number
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/tokenserver"
+        on_a_port_of_its_own(self._first_start, self._move)
         admin = create_engine(
             self.url.replace("/tokenserver", "/postgres"), isolation_level="AUTOCOMMIT"
         )
@@ -97,6 +92,20 @@ class Cluster:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
         log = str(self.root / "postgres.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+
+    def _first_start(self) -> None:
+        """start(), or PortTaken if the postmaster could not bind: another process listens."""
+        before = len(self._log())
+        try:
+            self.start()
+        except subprocess.CalledProcessError:
+            if "Address already in use" in self._log()[before:]:  # this start's lines only
+                raise PortTaken(f"another process listens on 127.0.0.1:{self.port}") from None
+            raise
+
+    def _move(self, port: Port) -> None:
+        self._port.release()
+        self._port = port
 
     def _log(self) -> str:
         path = self.root / "postgres.log"
