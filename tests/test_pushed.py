@@ -621,3 +621,19 @@ def test_a_deny_sent_twice_tells_the_app_access_denied_twice(flow: Flow) -> None
         query = query_of(denied.headers["Location"])
         assert query["error"] == "access_denied" and query["state"] == "st-1"
     assert _by_reference(_elsewhere(flow), asked.client_id, asked.request_uri).status_code == 400
+
+
+@pytest.mark.parametrize("first, then", [("deny", "allow"), ("allow", "deny")])
+def test_a_pushed_request_is_answered_again_only_as_it_was_first(
+    flow: Flow, first: str, then: str
+) -> None:
+    # Deny, Back, Allow: the app was told access_denied for this request and its state; a code
+    # for the same request now would contradict it (and the other way round).
+    asked = _asked(flow)
+    assert _answer(flow, asked.to_consent, asked.csrf, decision=first).status_code == 303
+    changed = _answer(flow, asked.to_consent, asked.csrf, decision=then)
+    assert changed.status_code == 400 and "Location" not in changed.headers
+    assert "expired or has been used" in changed.text
+    again = _answer(flow, asked.to_consent, asked.csrf, decision=first)  # still as it was
+    assert again.status_code == 303
+    assert ("code" if first == "allow" else "error") in query_of(again.headers["Location"])

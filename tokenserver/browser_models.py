@@ -30,6 +30,9 @@ class PushedAuthorization(db.Model):  # type: ignore[name-defined,misc]
     # The browser session that answered it, if one was signed in: it may answer again while the
     # request lives (a double click on Allow, the form sent again after Back).
     session_id: Mapped[str | None] = mapped_column(String(32))
+    # How it was answered, "code" or "error": answered again, only the same way, so a Deny
+    # followed by Back and Allow sends no code after the app was told access_denied.
+    answer: Mapped[str | None] = mapped_column(String(8))
 
 
 class AuthorizationCode(db.Model):  # type: ignore[name-defined,misc]

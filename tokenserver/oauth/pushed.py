@@ -37,6 +37,7 @@ _MAX_REQUEST_URI = 128  # ours are about 80 characters
 # What one stored request may take (JSON of its parameters): far more than any real request,
 # far less than what a stranger pushing for a public client could otherwise store.
 _MAX_STORED = 8192
+Answer = store.Answer  # a code, or an error at the redirect URI
 EXPIRED = "This sign-in link has expired or has been used."
 PUSH_REQUIRED = "This app starts its sign-ins itself; this link did not come from it."
 
@@ -173,15 +174,17 @@ def check_not_required(parameters: MultiDict[str, str]) -> None:
         raise BadAuthorizationRequest(PUSH_REQUIRED)
 
 
-def finish(pushed: PushedRequest, session_id: str | None) -> None:
-    """Mark a pushed request answered by this browser session (None if no one is signed in),
-    before its code or error is sent.
+def finish(pushed: PushedRequest, session_id: str | None, answer: Answer) -> None:
+    """Mark a pushed request answered by this browser session (None if no one is signed in)
+    with a code or an error, before that answer is sent.
 
     RFC 9126 §4 allows a request answered again when the user reloads or resubmits: the
     browser shows the last answer, so a double click on Allow, or the form sent again after
     Back, must not end on an error page while the app was sent a code it will never get. Only
-    the session that answered may; any other browser, a replayed URL without a session, or a
-    racing request from elsewhere is refused as expired.
+    the session that answered may, and only the same way: after the app was told
+    access_denied, Back and Allow must not send it a code for the same request. Any other
+    browser, a replayed URL without a session, or a racing request from elsewhere is refused
+    as expired.
     """
-    if not store.spend(pushed.request_uri_hash, session_id):
+    if not store.spend(pushed.request_uri_hash, session_id, answer):
         raise BadAuthorizationRequest(EXPIRED)

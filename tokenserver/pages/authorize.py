@@ -71,15 +71,16 @@ class _Request:
 
     def back(self, location: str) -> str:
         """`location` at the client, an error: the pushed request, if any, is answered."""
-        self.answer()
+        self.answer("error")
         return location
 
-    def answer(self) -> None:
+    def answer(self, answer: pushed.Answer) -> None:
         """Mark a pushed request answered, before its code or error exists: by this browser
-        session only, which may answer it again (a double click, the form sent after Back)."""
+        session only, which may answer it again the same way (a double click, the form sent
+        after Back)."""
         if self.pushed is not None:
             try:
-                pushed.finish(self.pushed, self.session_id)
+                pushed.finish(self.pushed, self.session_id, answer)
             except BadAuthorizationRequest as exc:
                 raise _not_valid(exc) from None
 
@@ -160,7 +161,7 @@ def authorize_endpoint() -> Response:
             return redirect("/consent?" + _query(sent.onward), status)
         onward = freshness.from_sign_in(sent.parameters, signed_in.auth_time)
         return redirect("/consent?" + urlencode(onward), status)
-    sent.answer()
+    sent.answer("code")
     return redirect(authorize.issue_code(authorization, signed_in), status)
 
 
@@ -210,7 +211,7 @@ def consent() -> Response:
     sent, authorization = _consentable(signed_in)
     decision = request.form.get("decision")
     if decision == "allow":
-        sent.answer()
+        sent.answer("code")
         return redirect(authorize.allow(authorization, signed_in), 303)
     if decision == "deny":
         return redirect(sent.back(authorize.deny(authorization)), 303)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import String, Table, bindparam, insert, or_, select, update
+from sqlalchemy import String, Table, and_, bindparam, insert, or_, select, update
 
 from ..browser_models import PushedAuthorization
 from ..extensions import db, reader
@@ -24,7 +25,22 @@ _LIVE = (
     _pushed.c.expires_at > _now,
 )
 _FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).where(*_LIVE)
-_SPEND = update(_pushed).where(*_LIVE).values(used_at=_now, session_id=_session)
+# Answered again only as it was first: an error (Deny) is never followed by a code.
+_answer = bindparam("answer", type_=String())
+_SPEND = (
+    update(_pushed)
+    .where(
+        _pushed.c.request_uri_hash == bindparam("hash"),
+        or_(
+            _pushed.c.used_at.is_(None),
+            and_(_pushed.c.session_id == _session, _pushed.c.answer == _answer),
+        ),
+        _pushed.c.expires_at > _now,
+    )
+    .values(used_at=_now, session_id=_session, answer=_answer)
+)
+
+Answer = Literal["code", "error"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +79,14 @@ def find(request_uri_hash: str, session_id: str | None) -> Pushed | None:
     return Pushed(row.client_id, parameters, row.created_at)
 
 
-def spend(request_uri_hash: str, session_id: str | None) -> bool:
-    """Mark a pushed request answered by this browser session (None: by none); False if
-    another answered it (or any did, for None), or it has expired.
+def spend(request_uri_hash: str, session_id: str | None, answer: Answer) -> bool:
+    """Mark a pushed request answered by this browser session (None: by none) with a code or
+    an error; False if another answered it (or any did, for None), this one answered it the
+    other way, or it has expired.
 
     One conditional UPDATE decides, so two browsers racing to finish it cannot both get a code.
     """
-    params = {"hash": request_uri_hash, "session": session_id, "now": utcnow()}
+    params = {"hash": request_uri_hash, "session": session_id, "now": utcnow(), "answer": answer}
     with single_write() as conn:
         done = conn.execute(_SPEND, params)
     return bool(done.rowcount)
