@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from ..config import ConfigError, Settings, unknown_variables
 from ..keywrap import check_at_startup
-from . import clients, keys, tokens, users
+from . import clients, demo, keys, tokens, users  # noqa: F401  (demo adds clients ensure-demo)
 from .command import F, one_line_errors
 
 
