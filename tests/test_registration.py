@@ -223,6 +223,8 @@ def test_an_initial_access_token_registers_exactly_one_client(
         ({"client_name": "\u00ad\u0301"}, "invalid_client_metadata", "client_name"),
         # A line separator splits a row of `clients list` as a newline does.
         ({"client_name": "Photo\u2028App"}, "invalid_client_metadata", "client_name"),
+        # Half a surrogate pair: JSON may spell one, but no database text can hold it.
+        ({"client_name": "Photo \ud800App"}, "invalid_client_metadata", "client_name"),
         # RFC 9449 §5.2: a JSON boolean, nothing that merely reads as one.
         ({"dpop_bound_access_tokens": "true"}, "invalid_client_metadata", "dpop_bound"),
         ({"dpop_bound_access_tokens": 1}, "invalid_client_metadata", "dpop_bound"),
@@ -363,6 +365,18 @@ def test_a_deeply_nested_update_is_refused_and_changes_nothing(
     assert _manage(client, "GET", registered).json == {
         key: value for key, value in registered.items() if key != "client_secret"
     }
+
+
+def test_an_update_naming_the_client_with_a_lone_surrogate_is_refused_and_changes_nothing(
+    client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    registered = register(client, initial_token(runner), WEB_APP).json
+    body = json.dumps({"client_id": registered["client_id"], "client_name": "New \udc00"})
+    response = _manage(client, "PUT", registered, data=body, content_type="application/json")
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == "invalid_client_metadata"
+    assert "client_name" in response.json["error_description"]
+    assert _manage(client, "GET", registered).json["client_name"] == registered["client_name"]
 
 
 def test_a_scope_of_only_spaces_is_as_if_left_out(

@@ -56,8 +56,9 @@ _MAX_JWKS_URI_LENGTH = 2048  # the column's width
 _MAX_NAME_LENGTH = 200  # shown on the consent page and in `clients list`
 # Bidirectional embeddings, overrides and isolates: they would let a name read as another.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Control characters, and the line and paragraph separators (U+2028, U+2029) that also end a line.
-_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+# Control characters, the line and paragraph separators (U+2028, U+2029) that also end a line,
+# and half a surrogate pair: JSON may spell one, but no database's text can hold it.
+_BREAKING = frozenset({"Cc", "Zl", "Zp", "Cs"})
 # Format characters (zero-width space, soft hyphen...) and marks that show only on a letter.
 _UNSEEN = frozenset({"Cf", "Mn", "Me"})
 # Letters and symbols that are drawn as blank space (Hangul fillers, the blank Braille cell).
