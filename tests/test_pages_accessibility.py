@@ -118,6 +118,9 @@ def test_a_throttled_sign_in_is_announced_but_marks_no_field_wrong(flow: Flow) -
     page = _Page(throttled.text)
     (alert,) = [e for e in page.elements if e.attrs.get("role") == "alert"]
     assert "Too many attempts" in alert.text
+    # The first wait is a second, said as one: "1 second", never "1 seconds".
+    assert throttled.headers["Retry-After"] == "1"
+    assert alert.text.strip().endswith("Try again in 1 second.")
     for name in ("username", "password"):
         assert "aria-invalid" not in page.field(name).attrs  # the password may well be right
         assert "Too many attempts" in _described_by(page, name)

@@ -163,7 +163,7 @@ def _too_many(limit: RequestLimit) -> Response:
             "error.html",
             429,
             title="Too many attempts",
-            message=f"Too many requests from this address; retry after {retry_after} seconds.",
+            message=f"Too many requests from this address; retry after {seconds(retry_after)}.",
         )
         response.headers["Retry-After"] = str(retry_after)
         return response

@@ -6,6 +6,7 @@ from flask import redirect, request
 from werkzeug.wrappers import Response
 
 from .. import accounts, signin
+from ..errors import seconds
 from ..guard import Throttled
 from ..redirects import local_path
 from . import bp, web
@@ -65,7 +66,7 @@ def login() -> Response:
         )
     except Throttled as exc:
         response = _form(
-            429, f"Too many attempts. Try again in {exc.retry_after} seconds.", username
+            429, f"Too many attempts. Try again in {seconds(exc.retry_after)}.", username
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
