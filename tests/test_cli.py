@@ -565,6 +565,7 @@ def test_a_client_registered_with_keys_has_no_secret(
         ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "public RSA, EC, OKP"),
         ("PRIVATE", "private parts"),
         ('{"keys": [{"kty": "EC", "crv": "P-256"}]}', "cannot be read"),
+        ('{"keys": [{"kty": "EC", "crv": "P-999", "x": "AAAA", "y": "AAAA"}]}', "curve"),
         ("WEAK", "at least 2048"),
         ("X25519", "curve X25519"),
     ],

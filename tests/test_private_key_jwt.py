@@ -788,6 +788,17 @@ def test_jwks_uri_with_private_keys_is_refused(
     )
 
 
+def test_a_key_on_an_unknown_curve_at_a_jwks_uri_is_invalid_client_never_500(
+    app: Flask, client: FlaskClient, jwks_server: JwksServer
+) -> None:
+    key = _ec()
+    jwks_server.document = {"keys": [{**key.as_dict(private=False), "crv": "P-999"}]}
+    with pytest.raises(KeysUnavailable, match="P-999"):
+        RemoteKeys().get(jwks_server.url, None)
+    client_id = _register(app, jwks_uri=jwks_server.url)
+    _refused(_send(client, key, client_id, f"{_issuer(app)}/oauth/token"))
+
+
 def test_weak_and_non_signing_keys_at_a_jwks_uri_are_left_out(
     app: Flask, client: FlaskClient, jwks_server: JwksServer
 ) -> None:

@@ -268,6 +268,12 @@ def _keyed(key: Key) -> dict[str, Any]:
     return {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [key.as_dict()]}}
 
 
+def _unknown_curve(kty: str, crv: str) -> dict[str, Any]:
+    key = ECKey.generate_key("P-256") if kty == "EC" else OKPKey.generate_key("Ed25519")
+    named = {**key.as_dict(private=False), "crv": crv}
+    return {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [named]}}
+
+
 @pytest.mark.parametrize(
     "metadata, field",
     [
@@ -312,6 +318,9 @@ def _keyed(key: Key) -> dict[str, Any]:
         (_keyed(OKPKey.generate_key("X25519", private=False)), "curve X25519"),
         (_keyed(OKPKey.generate_key("X448", private=False)), "curve X448"),
         (_keyed(ECKey.generate_key("P-384", private=False)), "curve P-384"),
+        # A curve no library knows: refused like any key that cannot be read, never a 500.
+        (_unknown_curve("EC", "P-999"), "P-999"),
+        (_unknown_curve("OKP", "Ed1"), "Ed1"),
     ],
 )
 def test_bad_keys_are_refused_and_change_nothing(

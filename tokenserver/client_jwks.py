@@ -45,6 +45,8 @@ def public_key_set(document: Any, *, skip_unusable: bool = False) -> KeySet:
             keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError) as exc:
         raise KeysUnavailable(f"jwks holds a key that cannot be read ({exc})") from None
+    except KeyError as exc:  # joserfc looks an EC or OKP key's curve up unchecked
+        raise KeysUnavailable(f"jwks holds a key on a curve we do not know ({exc})") from None
     if any(key.is_private for key in keys):
         raise KeysUnavailable("jwks must hold public keys only, never private parts")
     problems = [(key, _signing_problem(key)) for key in keys]
