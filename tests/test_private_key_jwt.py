@@ -464,6 +464,32 @@ def test_malformed_assertions_are_refused(keyed: _Keyed, assertion: str) -> None
     _refused(keyed.token(assertion))
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        # joserfc names the alg or the crit member it refuses, and RFC 6749 §5.2 allows an
+        # error_description no quote, backslash or character beyond ASCII.
+        {"alg": 'ES"256'},
+        {"alg": "ES256\\"},
+        {"alg": "ES256\u00e9"},
+        {"alg": "ES256\ud800"},
+        {"alg": "ES256", "crit": ['"']},
+        {"alg": "ES256", "crit": ["\u00e9"]},
+    ],
+)
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
+def test_a_header_naming_odd_characters_is_invalid_client_never_500(
+    keyed: _Keyed, header: dict[str, Any], path: str
+) -> None:
+    encoded = json.dumps({**header, "kid": keyed.key.kid}).encode()
+    payload = json.dumps(_claims(keyed)).encode()
+    signing_input = f"{b64url(encoded)}.{b64url(payload)}"
+    signature = jws.JWSRegistry().get_alg("ES256").sign(signing_input.encode(), keyed.key)
+    assertion = f"{signing_input}.{b64url(signature)}"
+    _refused(keyed.http.post(path, data=_form(assertion, token="x")))
+    assert keyed.token(keyed.assertion()).status_code == 200
+
+
 _DEEP = "[" * 20_000 + "]" * 20_000  # parsed by recursion, it would exhaust the stack
 
 

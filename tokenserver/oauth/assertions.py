@@ -71,7 +71,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
             try:
                 return self.keys.key_for(client, token.headers())
             except KeysUnavailable as exc:
-                raise InvalidClientError(description=str(exc)) from None
+                raise InvalidClientError(description=_plain(str(exc))) from None
 
         return resolve
 
@@ -80,7 +80,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         try:
             token = jwt.decode(assertion, resolve_key, algorithms=ALGORITHMS)
         except (JoseError, ValueError) as exc:
-            raise InvalidClientError(description=f"bad assertion ({exc})") from None
+            raise InvalidClientError(description=_plain(f"bad assertion ({exc})")) from None
         self.verify_claims(token.claims)
         return token.claims
 
@@ -97,7 +97,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         try:
             registry.validate(claims)
         except JoseError as exc:
-            raise InvalidClientError(description=f"bad claims ({exc})") from None
+            raise InvalidClientError(description=_plain(f"bad claims ({exc})")) from None
         if claims["sub"] != claims["iss"]:
             raise InvalidClientError(description="iss and sub must both be the client_id")
         if claims["exp"] > time.time() + MAX_LIFETIME:
@@ -109,6 +109,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         # Kept until the assertion can no longer pass the exp check, leeway included.
         until = datetime.fromtimestamp(int(claims["exp"]) + self.leeway + 1, UTC)
         return replay.spend("client_assertion", claims["sub"], jti, until)
+
+
+def _plain(text: str) -> str:
+    """`text` with each character RFC 6749 §5.2 forbids in an error_description (a quote, a
+    backslash, anything beyond printable ASCII) as "?": joserfc's messages quote the
+    assertion's own header, which Authlib would refuse to carry, with a 500."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
 def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
