@@ -810,6 +810,19 @@ def test_logout_hint_under_a_kid_no_key_could_have_is_asked_about(flow: Flow, ki
     assert flow.client.get("/account").status_code == 200
 
 
+@pytest.mark.parametrize("alg", ['RS"256', "RS256\\"])
+def test_logout_hint_whose_alg_holds_a_quote_is_refused_never_500(flow: Flow, alg: str) -> None:
+    # joserfc's refusal quotes the alg, which no OAuth error description may carry: the hint
+    # is refused as a page, like any ID token that is not ours, and nobody is signed out.
+    _client_id, id_token = _id_token(flow)
+    header = {"alg": alg, "kid": _kid_of(id_token), "typ": "JWT"}
+    _header, payload, signature = id_token.split(".")
+    forged = f"{b64url(json.dumps(header).encode())}.{payload}.{signature}"
+    response = flow.client.get("/oauth/logout?" + urlencode({"id_token_hint": forged}))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert flow.client.get("/account").status_code == 200
+
+
 def _kid_of(token: str) -> str:
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     return str(header["kid"])

@@ -27,7 +27,12 @@ class LogoutEndpoint(EndSessionEndpoint):
         hint = request.payload.data.get("id_token_hint")
         if hint and not is_id_token(hint):
             raise InvalidRequestError("The id_token_hint is not an ID token.")
-        end = super().validate_request(request)
+        try:
+            end = super().validate_request(request)
+        except ValueError:
+            # Authlib will not build an error whose description would echo characters RFC 6749
+            # §5.2 forbids, as joserfc's refusal of an alg like RS"256 does: not an ID token.
+            raise InvalidRequestError("The id_token_hint is not a valid ID token.") from None
         # §2: the OP MUST validate that it was the issuer. Our signature alone is not that: a
         # token our key signed before the issuer moved was issued by another issuer.
         if end.id_token_claims and end.id_token_claims.get("iss") != current_settings().issuer:
