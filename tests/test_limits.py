@@ -132,6 +132,16 @@ def test_sign_in_page_and_token_endpoint_share_one_failure_budget(
     _assert_too_many(actions.token(oauth_client, "alice"))
 
 
+def test_a_throttled_page_says_its_last_second_as_one(make_app: Any, frozen: Any) -> None:
+    app = _limited(make_app, ratelimit_token_failures="1/minute")
+    browser = Flow(app, app.test_client())
+    assert browser.login("nobody", WRONG).status_code == 400
+    frozen.shift(59)
+    refused = browser.login("nobody", WRONG)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert "retry after 1 second." in refused.text
+
+
 def _password_budget_app(make_app: Any, storage: str, request: pytest.FixtureRequest) -> Flask:
     """An app allowing one failed password check a minute per IP, counted in `storage`."""
     stored: dict[str, str] = {}
