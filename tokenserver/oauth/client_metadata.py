@@ -1,7 +1,7 @@
 """RFC 7591 client metadata: what a registration request may say, and how a client reads back.
 
 This module only translates between the JSON of RFC 7591 / 7592 and a ClientSpec; the rules a
-client must follow are clients.py's, the same for the CLI and for HTTP.
+client must follow are client_rules.py's, the same for the CLI and for HTTP.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..clients import ClientSpec, InvalidClientMetadata
+from ..client_rules import ClientSpec, InvalidClientMetadata
 from ..models import GRANT_TYPES, TOKEN_EXCHANGE, Client
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -38,7 +38,7 @@ def requested(document: Any) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise InvalidClientMetadata(f"{name}: must be a string")
-        # A name may hold any Unicode but controls (clients.readable_name checks it).
+        # A name may hold any Unicode but controls (client_rules.readable_name checks it).
         if name != "client_name" and not value.isprintable():
             raise InvalidClientMetadata(f"{name}: must be a string of printable characters")
         metadata[name] = value

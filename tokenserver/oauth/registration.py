@@ -14,7 +14,8 @@ from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint
 from flask import request as flask_request
 
 from .. import clients
-from ..clients import DynamicRegistration, InvalidClientMetadata
+from ..client_rules import InvalidClientMetadata
+from ..clients import DynamicRegistration
 from ..config import current_settings
 from ..errors import APIError, InvalidRequest
 from ..models import Client
