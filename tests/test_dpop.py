@@ -423,6 +423,8 @@ def test_bound_token_works_with_a_proof(client: FlaskClient, bound: str, prover:
         "HTTP://LOCALHOST:8000/users/me",  # scheme and host in any case (RFC 3986 §6.2.2.1)
         f"{ISSUER}/users/%6De",  # an unreserved character percent-encoded (§6.2.2.2)
         f"{ISSUER}/users/m%65?page=2#top",  # and neither query nor fragment counts
+        f"{ISSUER}/junk/../users/./me",  # dot segments removed (§6.2.2.3)
+        f"{ISSUER}/../../users/me",  # never above the root
     ],
 )
 def test_a_proofs_htu_is_compared_as_a_uri_in_any_spelling(

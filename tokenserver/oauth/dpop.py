@@ -218,8 +218,25 @@ def _uri(value: str) -> tuple[str, str, str] | None:
     host = (parts.hostname or "").lower()
     if port is not None and port != {"https": 443, "http": 80}.get(scheme):
         host = f"{host}:{port}"
-    # Decoded, as the request's own path reaches us: `/users/%6De` is `/users/me` (§6.2.2.2).
-    return scheme, host, unquote(parts.path) or "/"
+    # Decoded, as the request's own path reaches us: `/users/%6De` is `/users/me` (§6.2.2.2);
+    # then without dot segments: `/junk/../users/me` is `/users/me` too (§6.2.2.3).
+    return scheme, host, _without_dot_segments(unquote(parts.path) or "/")
+
+
+def _without_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 remove_dot_segments, for an absolute path (or an empty one)."""
+    *segments, last = path.split("/")
+    kept: list[str] = []
+    for segment in segments:
+        if segment == ".." and len(kept) > 1:  # never above the root
+            kept.pop()
+        elif segment not in (".", ".."):
+            kept.append(segment)
+    if last == ".." and len(kept) > 1:
+        kept.pop()
+    # A path ending in a dot segment names a directory: "/a/b/.." is "/a/".
+    kept.append("" if last in (".", "..") else last)
+    return "/".join(kept)
 
 
 def token_hash(access_token: str) -> str:
