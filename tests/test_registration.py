@@ -338,6 +338,23 @@ def test_bad_keys_are_refused_and_change_nothing(
 
 
 @pytest.mark.parametrize(
+    "key",
+    [
+        {"kty": "RSA", "n": "@@@", "e": "AQAB"},  # no base64
+        {"kty": "OKP", "crv": "Ed25519", "x": "zz"},  # too short for its curve
+    ],
+)
+def test_a_key_that_cannot_be_read_is_named_so_without_an_empty_reason(
+    client: FlaskClient, runner: FlaskCliRunner, key: dict[str, Any]
+) -> None:
+    jwks = {"keys": [key]}
+    metadata = {"token_endpoint_auth_method": "private_key_jwt", "jwks": jwks}
+    response = register(client, initial_token(runner), **{**WEB_APP, **metadata})
+    assert response.status_code == 400
+    assert response.json["error_description"].endswith("jwks holds a key that cannot be read")
+
+
+@pytest.mark.parametrize(
     "body, content_type",
     [
         (b"client_name=x", "application/x-www-form-urlencoded"),

@@ -44,7 +44,8 @@ def public_key_set(document: Any, *, skip_unusable: bool = False) -> KeySet:
             warnings.simplefilter("ignore")  # joserfc warns of small keys
             keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError) as exc:
-        raise KeysUnavailable(f"jwks holds a key that cannot be read ({exc})") from None
+        detail = f" ({exc})" if str(exc) else ""  # some of joserfc's say nothing
+        raise KeysUnavailable(f"jwks holds a key that cannot be read{detail}") from None
     except KeyError as exc:  # joserfc looks an EC or OKP key's curve up unchecked
         raise KeysUnavailable(f"jwks holds a key on a curve we do not know ({exc})") from None
     if any(key.is_private for key in keys):
