@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
 from joserfc import jws
@@ -93,35 +93,12 @@ def record_issued(
     issued = datetime.fromtimestamp(claims["iat"], UTC)
     family_id = parent.family_id if parent is not None else secrets.token_hex(16)
     session_ends = parent.session_ends_at if parent else issued + timedelta(seconds=session_max_age)
-    records = [
-        {
-            "family_id": family_id,
-            "kind": ACCESS,
-            "jti": claims["jti"],
-            "kid": signing_kid(token["access_token"]),
-            "token_hash": None,
-            "scope": claims["scope"],
-            "issued_at": issued,
-            "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
-        }
-    ]
-    if "refresh_token" in token:
-        records.append(
-            {
-                "family_id": family_id,
-                "kind": REFRESH,
-                "jti": None,
-                "kid": None,
-                "token_hash": digest(token["refresh_token"]),  # never the token itself
-                # RFC 6749 §6: a rotated refresh token keeps the scope of the one it replaces.
-                "scope": parent.scope if parent is not None else claims["scope"],
-                "issued_at": issued,
-                "expires_at": min(issued + timedelta(seconds=refresh_ttl), session_ends),
-            }
-        )
+    # A refresh token dies unused after refresh_ttl, and with its login's session in any case.
+    refresh_ends = min(issued + timedelta(seconds=refresh_ttl), session_ends)
+    records = _records(token, claims, family_id, parent, refresh_ends)
     login = None
-    checked_hash = getattr(user, "checked_hash", None)
     if parent is None:
+        checked_hash = getattr(user, "checked_hash", None)
         login = issuing.NewLogin(
             family_id,
             client.client_id,
@@ -151,6 +128,58 @@ def record_issued(
         )
     except issuing.ClientGone:
         raise InvalidClientError() from None
+    if outcome is not Issued.STORED:
+        _refuse(outcome, client, parent, login, user)
+    return family_id
+
+
+def _records(
+    token: dict[str, Any],
+    claims: dict[str, Any],
+    family_id: str,
+    parent: RefreshCredential | None,
+    refresh_ends: datetime,
+) -> list[dict[str, Any]]:
+    """The rows of a token response: its access token and any refresh token (which dies at
+    `refresh_ends`)."""
+    issued = datetime.fromtimestamp(claims["iat"], UTC)
+    records = [
+        {
+            "family_id": family_id,
+            "kind": ACCESS,
+            "jti": claims["jti"],
+            "kid": signing_kid(token["access_token"]),
+            "token_hash": None,
+            "scope": claims["scope"],
+            "issued_at": issued,
+            "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+        }
+    ]
+    if "refresh_token" in token:
+        records.append(
+            {
+                "family_id": family_id,
+                "kind": REFRESH,
+                "jti": None,
+                "kid": None,
+                "token_hash": digest(token["refresh_token"]),  # never the token itself
+                # RFC 6749 §6: a rotated refresh token keeps the scope of the one it replaces.
+                "scope": parent.scope if parent is not None else claims["scope"],
+                "issued_at": issued,
+                "expires_at": refresh_ends,
+            }
+        )
+    return records
+
+
+def _refuse(
+    outcome: Issued,
+    client: Client,
+    parent: RefreshCredential | None,
+    login: issuing.NewLogin | None,
+    user: User | Subject | None,
+) -> NoReturn:
+    """The grant's error for records `store_issued` would not store, and why."""
     if outcome is Issued.CLIENT_PUBLIC:
         raise InvalidClientError()  # the credential it authenticated with is no more
     if outcome is Issued.CODE_SPENT:
@@ -161,13 +190,12 @@ def record_issued(
         assert parent is not None
         _reuse_detected(client, parent.family_id)
         raise InvalidGrantError("The refresh token is invalid, expired or spent.")
-    if outcome in (Issued.USER_DISABLED, Issued.SIGNED_OUT):
-        # Disabled, a new password, or the code's browser session signed out, while signing
-        # in; said as for any refused sign-in (no account-state oracle).
-        if login is not None and login.checked_hash is not None and user is not None:
-            accounts.login_superseded(user)  # a password login, its success already audited
-        raise InvalidGrantError("The grant is invalid, expired or revoked.")
-    return family_id
+    # Disabled, a new password, or the code's browser session signed out, while signing in;
+    # said as for any refused sign-in (no account-state oracle).
+    assert outcome in (Issued.USER_DISABLED, Issued.SIGNED_OUT), outcome
+    if login is not None and login.checked_hash is not None and user is not None:
+        accounts.login_superseded(user)  # a password login, its success already audited
+    raise InvalidGrantError("The grant is invalid, expired or revoked.")
 
 
 class CodeSpentMeanwhile(InvalidGrantError):
