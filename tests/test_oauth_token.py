@@ -12,6 +12,7 @@ from authlib.oauth2.rfc6750 import InvalidTokenError
 from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
 from flask import Flask, jsonify
 from flask.testing import FlaskClient, FlaskCliRunner
+from joserfc.jwk import KeySet
 from sqlalchemy import select
 
 from tokenserver.extensions import db
@@ -353,12 +354,13 @@ def test_token_lifetime_and_audience_follow_settings(make_app: Any) -> None:
 
 def _api(jwks: dict[str, Any], audience: str, *, refuse_bound: bool) -> FlaskClient:
     """An API of someone else's checking our tokens with Authlib's RFC 9068 validator, as the
-    README shows it (the JWKS handed over, not fetched); `refuse_bound` adds the README's
-    refusal of a DPoP-bound token sent as a bearer token."""
+    README shows it (the JWKS handed over as a KeySet, not fetched); `refuse_bound` adds the
+    README's refusal of a DPoP-bound token sent as a bearer token."""
+    keys = KeySet.import_key_set(jwks)
 
     class OurTokens(JWTBearerTokenValidator):
-        def get_jwks(self) -> dict[str, Any]:
-            return jwks
+        def get_jwks(self) -> KeySet:
+            return keys
 
         def validate_token(self, token: Any, scopes: Any, request: Any, **kwargs: Any) -> None:
             super().validate_token(token, scopes, request, **kwargs)
