@@ -312,6 +312,29 @@ def test_an_empty_list_says_so_on_stderr_and_prints_no_row(
     assert listed.stderr.startswith(words)
 
 
+def test_keys_list_says_the_first_key_is_made_when_first_needed(make_app: Any) -> None:
+    """A new database has no signing key after a server starts on it, only once a token or
+    the JWKS is first asked for: what `keys list` tells the operator who looks before."""
+    app = make_app()
+    with app.app_context():
+        db.session.execute(SigningKey.__table__.delete())
+        db.session.commit()
+    server = make_app()  # a server starting on the database
+    runner = server.test_cli_runner()
+    empty = runner.invoke(args=["keys", "list"])
+    assert empty.exit_code == 0
+    assert empty.stdout == ""
+    assert empty.stderr.strip() == (
+        "no signing keys yet: the server makes its first one when first needed "
+        "(the first token, or the first JWKS served)"
+    )
+    jwks = server.test_client().get("/.well-known/jwks.json")
+    assert jwks.status_code == 200
+    (kid,) = [key["kid"] for key in jwks.json["keys"]]
+    listed = runner.invoke(args=["keys", "list"])
+    assert listed.stdout.split("\t")[:2] == [kid, "current"]
+
+
 def test_a_list_with_rows_says_nothing_on_stderr(runner: FlaskCliRunner) -> None:
     runner.invoke(args=["users", "create", "alice", "--password-stdin"], input=PASSWORD)
     runner.invoke(args=["clients", "create", "web"])

@@ -198,7 +198,8 @@ def test_an_unset_key_is_one_warning_line(own_database: str) -> None:
     assert result.stderr.splitlines() == [
         "Warning: TOKENSERVER_KEY_ENCRYPTION_KEY is not set: "
         "private signing keys are stored unencrypted",
-        "no signing keys yet: the server makes its first one when it starts",  # a new database
+        "no signing keys yet: the server makes its first one when first needed "
+        "(the first token, or the first JWKS served)",  # a new database
     ]
     assert check_at_startup(Settings(database_url=own_database, key_encryption_keys=(NEW,))) is None
 

@@ -91,7 +91,10 @@ def keys_list() -> None:
         times = (key.created_at, key.activated_at, key.retired_at)
         click.echo("\t".join([key.kid, key.state, *(isoformat(t) if t else "-" for t in times)]))
     if not every:
-        none_yet("no signing keys yet: the server makes its first one when it starts")
+        none_yet(
+            "no signing keys yet: the server makes its first one when first needed "
+            "(the first token, or the first JWKS served)"
+        )
 
 
 @command(keys, "rewrap")
