@@ -88,6 +88,7 @@ def test_a_wrong_posted_secret_does_not_fall_through_either(
         "Basic 6Trp",  # decodes to bytes that are not UTF-8
         "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
         "Basic not base64 at all!",
+        "Basic \xff\xfe",  # the header's own bytes past ASCII (read as Latin-1), not base64's
         "Basic " + base64.b64encode(b"no-colon-here").decode(),
         "Basic ",
     ],

@@ -93,8 +93,10 @@ def basic_credentials(headers: Any) -> tuple[str, str] | None:
     if scheme != "basic":
         return None
     try:
-        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        # A header is read as Latin-1: bytes past ASCII reach b64decode as a str it refuses
+        # with a bare ValueError (not binascii.Error), which must not escape as a 500.
+        decoded = base64.b64decode(credentials.encode("ascii"), validate=True).decode("utf-8")
+    except (UnicodeError, binascii.Error):
         return None
     client_id, colon, secret = decoded.partition(":")
     if not colon or not client_id or not secret:
