@@ -137,6 +137,25 @@ def test_an_issuer_with_a_query_or_fragment_is_refused(issuer: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://auth example.com",  # a space in the host
+        'https://auth.example.com/"t',  # would end a quoted header value
+        "https://auth\\example.com",
+        "http://localhost:99999",  # a port out of range, read only when used
+        "http://localhost:0",
+        "http://localhost:port",
+        "https://:443",  # no host at all
+    ],
+)
+def test_an_issuer_that_is_no_usable_url_is_refused(issuer: str) -> None:
+    # Every URL we publish starts with it, so is as broken as it is.
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({"TOKENSERVER_ISSUER": issuer})
+    assert "TOKENSERVER_ISSUER" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
     "issuer", ["http://localhost:8000", "http://127.0.0.1:9000", "http://[::1]:8000"]
 )
 def test_a_plain_http_issuer_on_loopback_is_allowed(issuer: str) -> None:

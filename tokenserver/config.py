@@ -74,11 +74,24 @@ def _worker_count(raw: str) -> int:
     return count
 
 
+def _is_plain_uri(value: str) -> bool:
+    # It goes into tokens, JSON and (as a URL) our WWW-Authenticate challenges: nothing that
+    # could end a quoted header value or a line, nor a space no URI may hold.
+    return value.isprintable() and not any(c.isspace() or c in '"\\' for c in value)
+
+
 def _http_url(raw: str) -> str:
     value = raw.strip().rstrip("/")
+    expected = "expected an http(s) URL such as https://auth.example.com"
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueError("expected an http(s) URL such as https://auth.example.com")
+    if parts.scheme not in {"http", "https"} or not parts.hostname or not _is_plain_uri(value):
+        raise ValueError(expected)
+    try:
+        port = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
     return value
 
 
@@ -124,10 +137,8 @@ def _database_url(raw: str) -> str:
 
 
 def _audience(raw: str) -> str:
-    # It goes into tokens, JSON and (as a URL) our WWW-Authenticate challenges: nothing that
-    # could end a quoted header value or a line.
     value = raw.strip()
-    if not value.isprintable() or any(c.isspace() or c in '"\\' for c in value):
+    if not _is_plain_uri(value):
         raise ValueError("expected a URI (no spaces, quotes or backslashes)")
     return value
 
