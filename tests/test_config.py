@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,26 @@ def test_gunicorn_refuses_bad_setting_with_one_line() -> None:
     assert result.returncode != 0
     assert "TOKENSERVER_REGISTRATION_OPEN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_gunicorn_without_our_config_refuses_bad_setting_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # Run from another folder, gunicorn finds no gunicorn.conf.py: the worker loading
+    # wsgi.py is the first to read the settings, and must stop the server just as plainly.
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT), "-b", "127.0.0.1:0", "wsgi:app"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "TOKENSERVER_ACCESS_TOKEN_TTL": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    named = [line for line in result.stderr.splitlines() if "TOKENSERVER_" in line]
+    assert len(named) == 1 and "TOKENSERVER_ACCESS_TOKEN_TTL" in named[0], result.stderr
 
 
 @pytest.mark.parametrize(
