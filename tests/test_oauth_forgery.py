@@ -97,6 +97,10 @@ FORGERIES: dict[str, Forger] = {
     # Our own key over a live token's jti: the claims must still be the ones it was issued.
     "scope wider than issued": lambda c, o, f: _signed({**c, "scope": f"{c['scope']} x:y"}, o),
     "exp later than issued": lambda c, o, f: _signed({**c, "exp": c["exp"] + 3600}, o),
+    # Past the last date a datetime holds (year 9999), where the record lookup converts it.
+    "exp past year 9999": lambda c, o, f: _signed({**c, "exp": 10**20}, o),
+    "exp a huge float": lambda c, o, f: _signed({**c, "exp": 1e308}, o),
+    "exp a fraction": lambda c, o, f: _signed({**c, "exp": c["exp"] + 0.5}, o),
 }
 
 GARBAGE = [

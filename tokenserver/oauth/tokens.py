@@ -32,6 +32,8 @@ ACCESS_TOKEN_TYPE = "at+jwt"
 _MAX_TOKEN_LENGTH = 4096
 # Seconds another node's clock may run ahead of ours when it stamps `iat`.
 _CLOCK_SKEW = 30
+# 9999-12-31T23:59:59Z, the last second a datetime holds.
+_LAST_DATE = 253_402_300_799
 
 
 class TokenGenerator(JWTBearerTokenGenerator):
@@ -136,6 +138,13 @@ class _AccessTokenClaims(jwt.JWTClaimsRegistry):
     def validate_iat(self, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value > self.now + _CLOCK_SKEW:
             raise InvalidClaimError("iat")
+
+    def validate_exp(self, value: object) -> None:
+        # We sign whole seconds within a date's range: a later `exp` would be a 500 where the
+        # record lookup turns it into a datetime (only our key signs one, still a 401).
+        if isinstance(value, bool) or not isinstance(value, int) or value > _LAST_DATE:
+            raise InvalidClaimError("exp")
+        super().validate_exp(value)
 
 
 @dataclass(frozen=True)
