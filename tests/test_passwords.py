@@ -140,6 +140,8 @@ def test_unknown_user_and_wrong_password_answer_identically(actions: Actions) ->
         "Football2024!",
         "iloveyou",
         "Welcome1!",
+        "Abc12345!",  # a common password ("abc12345") under decoration, like "Password1!"
+        "Iloveyou2!",
     ],
 )
 def test_common_and_breached_passwords_are_refused(client: FlaskClient, password: str) -> None:
@@ -167,7 +169,14 @@ def test_common_words_and_names_under_decoration_are_refused(
 
 
 @pytest.mark.parametrize(
-    "password", [PASSWORD, "Tr0ub4dor&3-lamp-quietly", "vivid otter juggles rain", "Zq8#mW2!pLx"]
+    "password",
+    [
+        PASSWORD,
+        "Tr0ub4dor&3-lamp-quietly",
+        "vivid otter juggles rain",
+        "Zq8#mW2!pLx",
+        "7391!!8264$$",  # digits and symbols only: no stem of a word, not cut into bits either
+    ],
 )
 def test_uncommon_passwords_are_accepted(client: FlaskClient, password: str) -> None:
     response = client.post("/users", json={"username": "alice", "password": password})

@@ -21,8 +21,10 @@ _LEGACY_PREFIXES = ("scrypt:", "pbkdf2:")
 # The breach corpus holds passwords of this length and more (its package's own rule).
 _BREACHED_MIN_LENGTH = 10
 # A common word under a short tail or head of digits and symbols ("Summer2024!") is as weak as
-# the word: guessers try exactly those. A long random tail is left to zxcvbn's estimate.
-_DECORATION = re.compile(r"^[\d\W_]{0,6}|[\d\W_]{0,6}$")
+# the word, and so is a common password under one ("abc12345" in "Abc12345!"): guessers try
+# exactly those. A long random tail is left to zxcvbn's estimate.
+_LEADING_DECORATION = re.compile(r"[\d\W_]{0,6}")
+_TRAILING_DECORATION = re.compile(r"[\d\W_]{0,6}$")
 _UNLEET = str.maketrans("@4310$5!7", "aaeiosslt")
 # The head of each of zxcvbn's frequency-ranked lists: passwords, and the words and names
 # ("Autumn", "Michael", "Christmas") that guessers decorate just as they do "Summer".
@@ -134,12 +136,31 @@ def _is_common(password: str) -> bool:
         is_bad_password(form) for form in {password, lowered, password.capitalize()}
     ):
         return True
-    stem = _DECORATION.sub("", lowered)
+    forms = {form for stem in _stems(lowered) for form in (stem, stem.translate(_UNLEET))}
     return any(
         words.get(form, _COMMON_STEM_RANK + 1) <= _COMMON_STEM_RANK
         for words in RANKED_DICTIONARIES.values()
-        for form in (stem, stem.translate(_UNLEET))
+        for form in forms
     )
+
+
+def _stems(lowered: str) -> set[str]:
+    """The password with none, some or all of its decoration (at most 6 digits and symbols at
+    either end) taken off: "abc12345!" gives "abc12345" as well as "abc". Each keeps the core
+    between the decorations, so a password of digits and symbols only is not cut into bits."""
+    lead = _LEADING_DECORATION.match(lowered)
+    trail = _TRAILING_DECORATION.search(lowered)
+    head = lead.end() if lead else 0
+    tail = len(lowered) - trail.start() if trail else 0
+    end = len(lowered)
+    if head + tail >= end:
+        return {lowered}
+    return {
+        lowered[start : end - cut]
+        for start in range(head + 1)
+        for cut in range(tail + 1)
+        if start < end - cut
+    }
 
 
 def current_passwords() -> Passwords:
