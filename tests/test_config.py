@@ -59,6 +59,11 @@ def test_values_are_parsed_from_the_environment() -> None:
         ("TOKENSERVER_ISSUER", "not a url"),
         ("TOKENSERVER_ISSUER", "ftp://example.com"),
         ("TOKENSERVER_RATELIMIT_STORAGE_URI", "mongodb://x"),
+        # redis-py would refuse these only in the first worker to connect, with a traceback.
+        ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:port/0"),
+        ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:99999"),
+        ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/-1"),
+        ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/cache"),
         ("TOKENSERVER_DATABASE_URL", "::nonsense::"),
     ],
 )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 PREFIX = "TOKENSERVER_"
 # The schemes of a Redis URL, as the limits library spells them (shared_redis.py connects).
@@ -86,13 +86,18 @@ def _http_url(raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.hostname or not _is_plain_uri(value):
         raise ValueError(expected)
+    if not _port_ok(parts):
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
+    return value
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    """Whether a URL's port, if it names one, is a number from 1 to 65535."""
     try:
         port = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
-        port = 0
-    if port == 0:
-        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
-    return value
+        return False
+    return port != 0
 
 
 def _issuer(raw: str) -> str:
@@ -157,8 +162,16 @@ def _without_password(raw: str) -> str:
 
 def _storage_uri(raw: str) -> str:
     value = raw.strip()
-    if urlsplit(value).scheme not in {"memory", *REDIS_SCHEMES}:
-        raise ValueError("expected memory:// or a redis:// URL")
+    expected = "expected memory:// or a redis:// URL"
+    parts = urlsplit(value)
+    if parts.scheme not in {"memory", *REDIS_SCHEMES}:
+        raise ValueError(expected)
+    # Else the first worker to connect refuses it with a traceback (redis-py parses it late).
+    if parts.scheme != "memory" and not _port_ok(parts):
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
+    database = parts.path.strip("/") if parts.scheme != "redis+unix" else ""
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(f"{expected}, with a database number if any (redis://HOST:PORT/0)")
     return value
 
 
