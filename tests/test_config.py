@@ -65,6 +65,7 @@ def test_values_are_parsed_from_the_environment() -> None:
         ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/-1"),
         ("TOKENSERVER_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/cache"),
         ("TOKENSERVER_DATABASE_URL", "::nonsense::"),
+        ("TOKENSERVER_DATABASE_URL", "postgresql+psycopg://u@127.0.0.1:99999/db"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:

@@ -132,6 +132,9 @@ def _database_url(raw: str) -> str:
         url = make_url(value)  # ValueError too, for a port that is not a number
     except (ArgumentError, ValueError):
         raise ValueError(expected) from None
+    if url.port is not None and not 1 <= url.port <= 65535:
+        # Else the service starts, and only its readiness check says what is wrong.
+        raise ValueError(f"{expected}, with a port from 1 to 65535")
     try:
         # The driver is imported here, not at the first connection: a `postgres://` copied
         # from a platform's DATABASE_URL, or a driver we do not ship, is named at start-up.
