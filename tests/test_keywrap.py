@@ -236,6 +236,26 @@ def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> 
     engine.dispose()
 
 
+def test_a_relative_sqlite_path_is_created_owner_only_where_it_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flask-SQLAlchemy opens a relative path under the instance folder: the owner-only file
+    # must be made there too, not left empty in the working folder beside a world-readable one.
+    instance, work = tmp_path / "instance", tmp_path / "work"
+    instance.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    environ = {"TOKENSERVER_DATABASE_URL": "sqlite:///relative.db"}
+    settings = Settings.from_env(environ, instance_path=str(instance))
+    assert settings.database_url == f"sqlite:///{instance / 'relative.db'}"
+    app = create_app(Settings(**{**settings.__dict__, **FAST_HASHING}), migrations=True)
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    assert stat.S_IMODE((instance / "relative.db").stat().st_mode) == 0o600
+    assert list(work.iterdir()) == []
+
+
 def test_gunicorn_warns_once_as_a_json_line_when_the_key_is_unset(live_server: Any) -> None:
     import json
 

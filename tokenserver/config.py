@@ -342,9 +342,11 @@ class Settings:
         if self.key_publish_seconds is None:
             # No verifier can hold a key set older than its max-age plus our own cache.
             changes["key_publish_seconds"] = JWKS_MAX_AGE + self.key_cache_seconds
+        folder = Path(instance_path or Path.cwd() / "instance")
         if not self.database_url:
-            folder = Path(instance_path or Path.cwd() / "instance")
             changes["database_url"] = f"sqlite:///{folder / 'tokenserver.db'}"
+        elif (anchored := _sqlite_anchored(self.database_url, folder)) != self.database_url:
+            changes["database_url"] = anchored
         if not changes:
             return self
         return type(self)(**{**self.__dict__, **changes})
@@ -361,6 +363,25 @@ class Settings:
     def is_sqlite(self) -> bool:
         """Whether the database is an SQLite file (which needs WAL and a busy timeout)."""
         return self.database_url.startswith("sqlite")
+
+
+def _sqlite_anchored(url_text: str, folder: Path) -> str:
+    """A relative SQLite path made absolute under the instance folder, where Flask-SQLAlchemy
+    opens it. Every other reader of the path must find the same file: the owner-only creation
+    of a new database (else made in the working folder while the real one, world-readable,
+    went to the instance folder), the key-encryption check, `db upgrade`'s folder check."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(url_text)
+    database = url.database or ""
+    if (
+        url.get_backend_name() != "sqlite"
+        or database in ("", ":memory:")
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
+        return url_text
+    return url.set(database=str(folder / database)).render_as_string(hide_password=False)
 
 
 # Which variable an argon2 refusal is about, by a word of the library's message.
