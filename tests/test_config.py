@@ -173,6 +173,8 @@ def test_an_issuer_with_a_query_or_fragment_is_refused(issuer: str) -> None:
         "http://localhost:0",
         "http://localhost:port",
         "https://:443",  # no host at all
+        "https://admin:secret@auth.example.com",  # published in every token
+        "https://admin@auth.example.com",
     ],
 )
 def test_an_issuer_that_is_no_usable_url_is_refused(issuer: str) -> None:

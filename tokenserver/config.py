@@ -107,6 +107,10 @@ def _issuer(raw: str) -> str:
     # endpoint we publish is the issuer followed by a path, which would land inside them.
     if "?" in value or "#" in value:
         raise ValueError("must be a URL without a query or fragment (? or #)")
+    # It is published in every token and metadata document: a user or password in it would be
+    # too (RFC 9110 §4.2.4 deprecates them in http(s) URLs).
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must be a URL without a user or password (user@host)")
     # RFC 6749 §3.2 requires TLS: a plain-http issuer serves only this machine (development).
     if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
         raise ValueError("must be an https URL (plain http is for localhost only)")
