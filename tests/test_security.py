@@ -122,6 +122,15 @@ def test_unknown_media_type_is_json_415_but_oauth_says_invalid_request(
     assert token.json["error"] == "invalid_request"
 
 
+def test_a_multipart_sign_up_is_told_which_form_is_taken(client: FlaskClient) -> None:
+    # multipart/form-data is a form too: the answer names the one media type of forms we read.
+    signup = client.post(
+        "/users", data={"username": "alice", "password": "x"}, content_type="multipart/form-data"
+    )
+    assert signup.status_code == 415
+    assert "application/x-www-form-urlencoded" in signup.json["error_description"]
+
+
 def test_oversized_login_fields_are_refused_cleanly(actions: Actions) -> None:
     actions.user("alice")
     oauth_client = actions.oauth_client()

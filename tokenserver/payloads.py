@@ -29,7 +29,9 @@ def read_fields(allowed: frozenset[str], *, allow_form: bool = False) -> dict[st
         require_utf8_body()
         data = {key: request.form.getlist(key) for key in request.form}
     else:
-        accepted = "application/json" + (" or a form" if allow_form else "")
+        accepted = "application/json" + (
+            " or application/x-www-form-urlencoded" if allow_form else ""
+        )
         raise APIError(f"send the body as {accepted}", status=415, error="unsupported_media_type")
     unknown = sorted(set(data) - allowed)
     if unknown:
