@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import requests
+from flask.testing import FlaskClient
 
 from .conftest import PASSWORD, Actions
 
@@ -154,3 +155,20 @@ def test_a_connection_stays_open_after_a_body_read_or_drained(
             )
             assert response.status_code in (201, 415), response.text
             assert response.headers["Connection"] == "keep-alive"
+
+
+def test_a_body_over_the_limit_is_413_where_the_route_would_not_read_it(
+    client: FlaskClient, actions: Actions
+) -> None:
+    # Flask refuses a body when it is read: a DELETE ignores its body, and must not act on it.
+    bearer = Actions.bearer(actions.login("alice")["access_token"])
+    item = client.post("/junk", json={"name": "lamp"}, headers=bearer).json
+    too_large = b" " * (LIMIT + 1)
+    deleted = client.delete(f"/junk/{item['id']}", data=too_large, headers=bearer)
+    assert deleted.status_code == 413
+    assert deleted.json["error"] == "request_too_large"
+    assert client.get(f"/junk/{item['id']}", headers=bearer).status_code == 200
+    assert client.get("/healthz", data=too_large).status_code == 413
+    # At the limit, the body is still no reason to refuse.
+    at_limit = client.delete(f"/junk/{item['id']}", data=b" " * LIMIT, headers=bearer)
+    assert at_limit.status_code == 204

@@ -27,7 +27,8 @@ def _op(
 ) -> Doc:
     """One operation: its own responses, then the shared error responses it can give."""
     responses = {str(status): response for status, response in ok.items()}
-    for name in sorted(errors, key=lambda name: ERRORS[name][0]):
+    # A body over the limit is refused on every route, read or not (security.py).
+    for name in sorted({*errors, "TooLarge"}, key=lambda name: ERRORS[name][0]):
         responses.setdefault(str(ERRORS[name][0]), ref("responses", name))
     operation = {"operationId": op_id, "summary": summary, "tags": [tag], **extra}
     if any("dpopAuth" in requirement for requirement in extra.get("security", [])):

@@ -101,7 +101,8 @@ def schemas() -> Doc:
 
 def _op(op_id: str, summary: str, ok: dict[int, Doc], errors: tuple[str, ...], **extra: Any) -> Doc:
     responses = {str(status): response for status, response in ok.items()}
-    for name in sorted(errors, key=lambda name: ERRORS[name][0]):
+    # A body over the limit is refused on every route, read or not (security.py).
+    for name in sorted({*errors, "TooLarge"}, key=lambda name: ERRORS[name][0]):
         responses.setdefault(str(ERRORS[name][0]), ref("responses", name))
     return {
         "operationId": op_id,
