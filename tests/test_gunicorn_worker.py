@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -396,3 +398,47 @@ def test_per_ip_limits_count_exactly_across_one_workers_threads(live_server_fact
     assert answers == {201: 5, 429: 19}
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     assert sample(text, "tokenserver_throttled_requests_total", route="/users") == 19
+
+
+# --- stopping ----------------------------------------------------------------------------
+
+# A worker as gunicorn forks it, quit by Ctrl-C (SIGINT from the terminal) while the master's
+# SIGQUIT lands at the worst moment: as the first handler's ThreadPoolExecutor.shutdown puts
+# its wake-up in the pool's queue, holding the pool's shutdown lock.
+_CTRL_C = """
+import os, signal
+from concurrent.futures import ThreadPoolExecutor
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from tokenserver.gunicorn_worker import BufferedHeadWorker
+
+class MasterSignalsMeanwhile:
+    def __init__(self, queue):
+        self.queue = queue
+    def put(self, item, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGQUIT)
+        return self.queue.put(item, *args, **kwargs)
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+
+cfg = Config()
+worker = BufferedHeadWorker(0, os.getppid(), [], None, 30, cfg, Logger(cfg))
+worker.tpool = ThreadPoolExecutor(2)
+worker.tpool._work_queue = MasterSignalsMeanwhile(worker.tpool._work_queue)
+signal.signal(signal.SIGINT, worker.handle_quit)
+signal.signal(signal.SIGQUIT, worker.handle_quit)
+os.kill(os.getpid(), signal.SIGINT)
+signal.pause()
+"""
+
+
+def test_a_worker_quit_by_two_signals_at_once_exits_at_once() -> None:
+    # gthread's handler, run again inside itself, waited on its own lock until the master's
+    # SIGKILL, graceful_timeout (30 s) later: Ctrl-C on `make run` now and then hung that long.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CTRL_C], capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker did not exit: its quit handler waits on itself")
+    assert done.returncode == 0, done.stderr

@@ -87,6 +87,7 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._last_yield = -YIELD_AT_MOST_EVERY
         self._last_shed = -YIELD_AT_MOST_EVERY  # when an answer last closed its connection
         self._lingering: deque[Any] = deque()  # closed connections still read, by deadline
+        self._quitting = False
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -94,6 +95,19 @@ class BufferedHeadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().check_config(cfg, log)
         if cfg.is_ssl or cfg.http_protocols != ["h1"] or cfg.proxy_protocol != "off":
             raise RuntimeError("BufferedHeadWorker serves plain HTTP/1.1 only: end TLS in front")
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """gthread's quick exit, run once however many signals ask for it.
+
+        Ctrl-C reaches the master and its workers at once, and the master then sends each
+        worker SIGQUIT: run again from inside the first run's ThreadPoolExecutor.shutdown,
+        gthread's handler waited forever on the lock that call holds, until the master killed
+        the worker `graceful_timeout` (30 s) later.
+        """
+        if self._quitting:
+            return  # the first run goes on, and exits
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def load_wsgi(self) -> None:
         """gunicorn's, with the app wrapped so that what gunicorn will close says so."""
