@@ -228,13 +228,21 @@ def _change_password(flow: Flow, current: str, new: str, again: str) -> Any:
         ),
         (
             PASSWORD,
+            "Tokenserver1!",
+            "Tokenserver1!",
+            "new_password",
+            "The new password is made from your username or the name of this service; "
+            "choose another.",
+        ),
+        (
+            PASSWORD,
             "a-Longer-passphrase-7",
             "a-Longer-passphrase-8",
             "confirm_password",
             "The new passwords do not match.",
         ),
     ],
-    ids=["wrong-current", "too-short", "weak", "mismatch"],
+    ids=["wrong-current", "too-short", "weak", "own-words", "mismatch"],
 )
 def test_a_refused_password_change_is_said_in_words_on_its_field(
     flow: Flow, current: str, new: str, again: str, field: str, words: str

@@ -170,6 +170,42 @@ def test_common_words_and_names_under_decoration_are_refused(
 
 @pytest.mark.parametrize(
     "password",
+    ["Zorbatrix1!", "2024!zorbatrix", "Z0rb4trix99", "Tokenserver1!", "T0kenserver2024!"],
+)
+def test_the_username_and_the_services_name_under_decoration_are_refused(
+    client: FlaskClient, password: str
+) -> None:
+    # NIST SP 800-63B §5.1.1.2: context-specific words are the first a guesser tries.
+    response = client.post("/users", json={"username": "zorbatrix", "password": password})
+    assert response.status_code == 400, password
+    assert response.json["error"] == "invalid_request"
+    assert "weak_password" in response.json["error_description"]
+    assert "username" in response.json["error_description"]
+
+
+def test_another_accounts_username_is_no_common_word(client: FlaskClient) -> None:
+    first = client.post("/users", json={"username": "zorbatrix", "password": PASSWORD})
+    assert first.status_code == 201, first.json
+    second = client.post("/users", json={"username": "bob", "password": "Zorbatrix1!"})
+    assert second.status_code == 201, second.json
+
+
+def test_a_new_password_made_from_the_username_is_refused(actions: Actions) -> None:
+    tokens = actions.login("zorbatrix")
+    changed = actions.client.post(
+        "/users/me/password",
+        json={"current_password": PASSWORD, "new_password": "Zorbatrix2025!"},
+        headers=actions.bearer(tokens["access_token"]),
+    )
+    assert changed.status_code == 400
+    assert changed.json["error_description"].startswith("'new_password' is refused (weak_password)")
+    # The old password still signs in: nothing changed.
+    again = actions.token(tokens["client"], "zorbatrix")
+    assert again.status_code == 200, again.json
+
+
+@pytest.mark.parametrize(
+    "password",
     [
         PASSWORD,
         "Tr0ub4dor&3-lamp-quietly",

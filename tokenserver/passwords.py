@@ -32,6 +32,11 @@ _COMMON_STEM_RANK = 10_000
 # The words for a person; the API's message adds its reason code for programs to match on.
 WEAK_WORDS = "is common or known from data breaches; choose another"
 WEAK = f"is refused (weak_password): it {WEAK_WORDS}"
+# NIST SP 800-63B §5.1.1.2: context-specific words (the service's name, the username) and
+# their kin are refused as common ones are: they are the first a guesser of this account tries.
+_SERVICE_NAME = "tokenserver"
+OWN_WORDS = "is made from your username or the name of this service; choose another"
+OWN = f"is refused (weak_password): it {OWN_WORDS}"
 
 
 def normalized(password: str) -> str:
@@ -113,7 +118,10 @@ def password_problem(password: str, username: str = "") -> str | None:
 
     if _is_common(password):
         return WEAK
-    result = zxcvbn(password[:_ANALYSED_PREFIX], user_inputs=[username] if username else [])
+    context = [_SERVICE_NAME, *([username] if username else [])]
+    if _is_made_of(password, {word.lower() for word in context}):
+        return OWN
+    result = zxcvbn(password[:_ANALYSED_PREFIX], user_inputs=context)
     if result["score"] == 0:
         return WEAK
     return None
@@ -136,12 +144,24 @@ def _is_common(password: str) -> bool:
         is_bad_password(form) for form in {password, lowered, password.capitalize()}
     ):
         return True
-    forms = {form for stem in _stems(lowered) for form in (stem, stem.translate(_UNLEET))}
     return any(
         words.get(form, _COMMON_STEM_RANK + 1) <= _COMMON_STEM_RANK
-        for words in RANKED_DICTIONARIES.values()
-        for form in forms
+        for name, words in RANKED_DICTIONARIES.items()
+        # zxcvbn keeps its last call's user_inputs among them: another account's username
+        # is no common word.
+        if name != "user_inputs"
+        for form in _forms(lowered)
     )
+
+
+def _is_made_of(password: str, words: set[str]) -> bool:
+    """Whether the password is one of `words` (lower case) under a little decoration."""
+    return not _forms(password.lower()).isdisjoint(words)
+
+
+def _forms(lowered: str) -> set[str]:
+    """What a guesser would start from: each stem (_stems), as typed and with leet undone."""
+    return {form for stem in _stems(lowered) for form in (stem, stem.translate(_UNLEET))}
 
 
 def _stems(lowered: str) -> set[str]:

@@ -112,7 +112,7 @@ def change_password(session: Session) -> Response:
 # The form's labels for the fields the API's messages name ("'new_password' must be ...").
 _LABELS = {"current_password": "The current password", "new_password": "The new password"}
 # An API reason said without its code, which means nothing to a person.
-_PLAIN = {passwords.WEAK: passwords.WEAK_WORDS}
+_PLAIN = {passwords.WEAK: passwords.WEAK_WORDS, passwords.OWN: passwords.OWN_WORDS}
 
 
 def _refusal(description: str) -> tuple[str, str]:
