@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -92,21 +92,26 @@ class ChunkedBodyLimit:
         return b"".join(parts)
 
 
-def _refuse_a_body_over_the_limit() -> None:
-    """413 for a body over the limit on every route, whether or not the route reads it.
+def _refusing_bodies_over(limit: int) -> Callable[[], None]:
+    """A hook that answers 413 to a body over `limit` on every route, read or not.
 
     Flask refuses a body only when it is read: a DELETE /junk/<id> or a GET that ignores its
     body acted on a request the limit refuses (the chunked one measured in ChunkedBodyLimit).
+    It runs on every request, so it reads the header as it came: most have none.
     """
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
+
+    def refuse() -> None:
+        length = request.environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > limit:
+            raise RequestEntityTooLarge()
+
+    return refuse
 
 
 def init_app(app: Flask) -> None:
     """Add the headers to every response; trust X-Forwarded-For only from configured proxies."""
     settings: Settings = app.extensions["tokenserver.settings"]
-    app.before_request(_refuse_a_body_over_the_limit)
+    app.before_request(_refusing_bodies_over(settings.max_body_bytes))
     # Browsers heed HSTS only over https, so it is sent only when clients reach us that way.
     app.after_request(_add_headers(settings.issuer.startswith("https://")))
     app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
