@@ -104,6 +104,17 @@ def test_every_documented_route_is_served(app: Flask, document: dict[str, Any]) 
     assert _operations(document) - _served(app) == set()
 
 
+def test_every_operation_documents_the_413_every_route_gives(document: dict[str, Any]) -> None:
+    # A body over the limit is refused before any route runs, whether it reads a body or not.
+    missing = [
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in _METHODS and "413" not in operation["responses"]
+    ]
+    assert missing == []
+
+
 def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
     ids = [
         item[method]["operationId"]

@@ -32,6 +32,7 @@ def _page(
     for status, text in (
         (400, "Bad request"),
         (403, "Cross-site or without the CSRF token"),
+        (413, "The body is larger than the configured maximum, on every page"),
         (429, "Too many attempts; see Retry-After"),
     ):
         responses.setdefault(str(status), _html(text))
@@ -223,7 +224,10 @@ def paths() -> Doc:
             "parameters": [ref("parameters", "DPoP")],
             "responses": {
                 "200": json_response("UserInfo", "The claims", {"Cache-Control": "NoStore"}),
-                **{str(ERRORS[name][0]): ref("responses", name) for name in BEARER_ERRORS},
+                **{
+                    str(ERRORS[name][0]): ref("responses", name)
+                    for name in (*BEARER_ERRORS, "TooLarge")
+                },
             },
         }
     )
@@ -365,7 +369,7 @@ def paths() -> Doc:
                     "200": json_response("ServerMetadata", "The metadata"),
                     **{
                         str(ERRORS[n][0]): ref("responses", n)
-                        for n in ("TooManyRequests", "Unavailable")
+                        for n in ("TooLarge", "TooManyRequests", "Unavailable")
                     },
                 },
             }
