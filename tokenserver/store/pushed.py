@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import String, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import String, Table, bindparam, insert, or_, select, update
 
 from ..browser_models import PushedAuthorization
 from ..extensions import db, reader
@@ -29,14 +29,7 @@ _FIND = select(_pushed.c.client_id, _pushed.c.parameters, _pushed.c.created_at).
 _answer = bindparam("answer", type_=String())
 _SPEND = (
     update(_pushed)
-    .where(
-        _pushed.c.request_uri_hash == bindparam("hash"),
-        or_(
-            _pushed.c.used_at.is_(None),
-            and_(_pushed.c.session_id == _session, _pushed.c.answer == _answer),
-        ),
-        _pushed.c.expires_at > _now,
-    )
+    .where(*_LIVE, or_(_pushed.c.used_at.is_(None), _pushed.c.answer == _answer))
     .values(used_at=_now, session_id=_session, answer=_answer)
 )
 
